@@ -1,0 +1,210 @@
+/**
+ * NbdServer: accepts connections on TCP and Unix sockets (or takes an
+ * already-connected stream, e.g. stdio) and runs one `Connection` for each.
+ */
+import { EventEmitter } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { ClientInfo, ExportProvider } from './export';
+import {
+  Connection,
+  DEFAULT_LIMITS,
+  silentLogger,
+  type ConnectionStats,
+  type NbdLogger,
+  type ServerLimits,
+  type TlsSettings,
+} from './connection';
+
+export type { NbdLogger, ServerLimits, TlsSettings, TlsMode } from './connection';
+export { DEFAULT_LIMITS } from './connection';
+
+export interface NbdServerOptions {
+  provider: ExportProvider;
+  logger?: NbdLogger;
+  limits?: Partial<ServerLimits>;
+  tls?: TlsSettings;
+}
+
+export interface ServerStats extends ConnectionStats {
+  connections: number;
+  connectionsTotal: number;
+  connectionsRefused: number;
+}
+
+export class NbdServer extends EventEmitter {
+  readonly limits: ServerLimits;
+  private readonly provider: ExportProvider;
+  private readonly logger: NbdLogger;
+  private tlsSettings: TlsSettings;
+  private readonly sockets: net.Server[] = [];
+  private readonly unixPaths: string[] = [];
+  private readonly conns = new Set<Connection>();
+  private nextId = 1;
+  private closing = false;
+  private readonly counters: ConnectionStats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  private connectionsTotal = 0;
+  private connectionsRefused = 0;
+
+  constructor(opts: NbdServerOptions) {
+    super();
+    this.provider = opts.provider;
+    this.logger = opts.logger ?? silentLogger;
+    this.limits = { ...DEFAULT_LIMITS, ...(opts.limits ?? {}) };
+    this.tlsSettings = opts.tls ?? { mode: 'off' };
+    if (this.tlsSettings.mode !== 'off' && !this.tlsSettings.secureContext) {
+      throw new Error(`TLS mode ${this.tlsSettings.mode} needs certificates (secureContext)`);
+    }
+  }
+
+  async listenTcp(host: string, port: number): Promise<{ address: string; port: number }> {
+    const srv = this.makeListener('tcp');
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen({ host, port }, () => {
+        srv.off('error', reject);
+        resolve();
+      });
+    });
+    const a = srv.address() as net.AddressInfo;
+    this.logger.info({ address: a.address, port: a.port }, 'NBD listening on TCP');
+    return { address: a.address, port: a.port };
+  }
+
+  async listenUnix(path: string): Promise<void> {
+    // A stale socket from a dead process would make listen fail with EADDRINUSE.
+    await removeStaleSocket(path);
+    const srv = this.makeListener('unix');
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen({ path }, () => {
+        srv.off('error', reject);
+        resolve();
+      });
+    });
+    this.unixPaths.push(path);
+    this.logger.info({ path }, 'NBD listening on Unix socket');
+  }
+
+  /**
+   * Serve one already-connected stream (stdio mode, socket activation,
+   * tests). Resolves when the connection ends.
+   */
+  serveStream(stream: Duplex, transport = 'stdio'): Promise<void> {
+    const c = this.accept(stream, { transport, id: this.nextId++, tls: false });
+    return c ? c.closed() : Promise.resolve();
+  }
+
+  /** Stop listening and end every connection. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all(
+      this.sockets.map((l) => new Promise<void>((r) => l.close(() => r()))),
+    );
+    this.sockets.length = 0;
+    const waits = [...this.conns].map((c) => {
+      c.destroy();
+      return c.closed();
+    });
+    await Promise.all(waits);
+    for (const p of this.unixPaths) fs.rmSync(p, { force: true });
+    this.unixPaths.length = 0;
+  }
+
+  /** Hard-disconnect every client of an export; returns how many. */
+  disconnectExport(name: string): number {
+    let n = 0;
+    for (const c of this.conns) {
+      if (c.exportName === name) {
+        c.destroy();
+        n++;
+      }
+    }
+    if (n) this.logger.info({ export: name, connections: n }, 'disconnected clients of export');
+    return n;
+  }
+
+  /** Resolves when no connection serves `name` any more. */
+  async drainExport(name: string): Promise<void> {
+    await Promise.all([...this.conns].filter((c) => c.exportName === name).map((c) => c.closed()));
+  }
+
+  connectionCount(exportName?: string): number {
+    if (exportName === undefined) return this.conns.size;
+    let n = 0;
+    for (const c of this.conns) if (c.exportName === exportName) n++;
+    return n;
+  }
+
+  stats(): ServerStats {
+    return {
+      ...this.counters,
+      connections: this.conns.size,
+      connectionsTotal: this.connectionsTotal,
+      connectionsRefused: this.connectionsRefused,
+    };
+  }
+
+  setTls(settings: TlsSettings): void {
+    this.tlsSettings = settings;
+  }
+
+  private makeListener(transport: 'tcp' | 'unix'): net.Server {
+    const srv = net.createServer({ noDelay: true }, (sock) => {
+      const info: ClientInfo = { transport, id: this.nextId++, tls: false };
+      if (transport === 'tcp') {
+        info.remoteAddress = sock.remoteAddress;
+        info.remotePort = sock.remotePort;
+      }
+      this.accept(sock, info);
+    });
+    srv.on('error', (err) => this.logger.error({ err: err.message }, 'listener error'));
+    this.sockets.push(srv);
+    return srv;
+  }
+
+  private accept(sock: Duplex, info: ClientInfo): Connection | null {
+    if (this.closing || this.conns.size >= this.limits.maxConnections) {
+      this.connectionsRefused++;
+      this.logger.warn({ conn: info.id, remote: info.remoteAddress }, 'connection refused: limit or shutdown');
+      sock.destroy();
+      return null;
+    }
+    this.connectionsTotal++;
+    this.logger.debug({ conn: info.id, transport: info.transport, remote: info.remoteAddress }, 'connection');
+    const c = new Connection(sock, info, {
+      provider: this.provider,
+      limits: this.limits,
+      logger: this.logger,
+      tls: this.tlsSettings,
+      stats: this.counters,
+      onClose: (conn) => {
+        this.conns.delete(conn);
+        this.emit('connection-closed', conn.info);
+      },
+    });
+    this.conns.add(c);
+    return c;
+  }
+}
+
+async function removeStaleSocket(path: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = net.connect({ path });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`another server is listening on ${path}`);
+  fs.rmSync(path, { force: true });
+}
