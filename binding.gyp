@@ -1,0 +1,31 @@
+{
+  "targets": [
+    {
+      "target_name": "rewind_native",
+      "sources": [
+        "addon/errors.cc",
+        "addon/rewind_native.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "_FILE_OFFSET_BITS=64"
+      ],
+      "cflags!": [ "-fno-exceptions" ],
+      "cflags_cc!": [ "-fno-exceptions", "-std=gnu++17", "-std=gnu++20" ],
+      "cflags_cc": [ "-std=gnu++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter" ],
+      "conditions": [
+        [ "OS=='mac'", {
+          "xcode_settings": {
+            "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+            "CLANG_CXX_LANGUAGE_STANDARD": "gnu++17"
+          }
+        } ]
+      ]
+    }
+  ]
+}
