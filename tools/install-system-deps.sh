@@ -18,6 +18,9 @@ PACKAGES=(
   openssl           # test certificates
   iproute2          # network namespaces for two-host tests
   util-linux        # mount, losetup
+  python3           # node-gyp (npm ci builds the native addon)
+  make              # node-gyp
+  g++               # node-gyp
 )
 
 missing=()

@@ -1,0 +1,5 @@
+/** Helpers shared by tools/ and tests: import from 'tools/lib' (dist/tools/lib). */
+export * from './cleanup';
+export * from './net';
+export * from './process';
+export * from './server';
