@@ -105,6 +105,10 @@ const REQUEST_HEADER = 28;
 const SPARSE_READ_THRESHOLD = 64 * 1024;
 const MAX_EXTENTS = 1 << 16;
 const MAX_NAME = 4096;
+/** Size of the buffer plain-socket reads land in. */
+const STAGING_SIZE = 256 * 1024;
+/** WRITE payloads at least this large are read directly into place. */
+const DIRECT_MIN_PAYLOAD = 32 * 1024;
 
 class ProtocolViolation extends Error {}
 
@@ -137,12 +141,24 @@ export class Connection {
   private pendingDiscardCookie: Buffer | null = null;
   private discMode = false;
   private corkScheduled = false;
+  private inputEnded = false;
+  /** Direct-read mode (plain sockets): see readBuffer()/onRead(). */
+  private readonly directMode: boolean;
+  private staging: Buffer | null = null;
+  private lastGiven: Buffer | null = null;
+  private direct: { hdr: Buffer; payload: Buffer; filled: number } | null = null;
   private closeWaiters: Array<() => void> = [];
 
-  constructor(sock: Duplex, info: ClientInfo, hooks: Hooks) {
+  /**
+   * `directMode`: the caller created `sock` with Node's `onread` option
+   * wired to readBuffer()/onRead(), so large WRITE payloads are received
+   * straight into their own buffer. Otherwise data arrives as 'data' events.
+   */
+  constructor(sock: Duplex, info: ClientInfo, hooks: Hooks, directMode = false) {
     this.sock = sock;
     this.info = info;
     this.hooks = hooks;
+    this.directMode = directMode;
     this.attach(sock);
     this.handshakeTimer = setTimeout(() => {
       this.log('warn', { timeoutMs: hooks.limits.handshakeTimeoutMs }, 'handshake timed out');
@@ -181,6 +197,7 @@ export class Connection {
     sock.on('error', this.onError);
     sock.on('close', this.onSockClose);
     sock.on('drain', this.onDrain);
+    sock.on('end', this.onEnd);
   }
 
   private detach(sock: Duplex): void {
@@ -188,6 +205,7 @@ export class Connection {
     sock.off('error', this.onError);
     sock.off('close', this.onSockClose);
     sock.off('drain', this.onDrain);
+    sock.off('end', this.onEnd);
   }
 
   private readonly onError = (err: Error): void => {
@@ -198,6 +216,52 @@ export class Connection {
     if (this.phase !== Phase.Closed) this.phase = Phase.Closing;
     this.maybeFinish();
   };
+
+  /** The client half-closed: finish what is in flight, then close our side. */
+  private readonly onEnd = (): void => {
+    this.inputEnded = true;
+    if (this.phase === Phase.Transmission) this.maybeEndAfterDisc();
+    else if (this.phase !== Phase.Closed) this.destroy();
+  };
+
+  /** Next buffer for the socket to read into (direct mode). */
+  readBuffer(): Buffer {
+    if (this.direct) {
+      this.lastGiven = this.direct.payload.subarray(this.direct.filled);
+    } else {
+      this.lastGiven = this.staging ??= Buffer.allocUnsafe(STAGING_SIZE);
+    }
+    return this.lastGiven;
+  }
+
+  /** Bytes arrived in the buffer last returned by readBuffer() (direct mode). */
+  onRead(n: number, buf: Buffer): boolean {
+    const d = this.direct;
+    if (d && buf === this.lastGiven && buf !== this.staging) {
+      d.filled += n;
+      if (d.filled === d.payload.length) {
+        this.direct = null;
+        if (this.phase !== Phase.Transmission) return true;
+        try {
+          this.dispatch(d.hdr, d.payload);
+          this.pump();
+        } catch (e) {
+          this.violation(e);
+        }
+      }
+      return true;
+    }
+    let chunk: Buffer;
+    if (n >= STAGING_SIZE / 2) {
+      // Hand the staging buffer over rather than copying a large read.
+      chunk = buf.subarray(0, n);
+      if (buf === this.staging) this.staging = null;
+    } else {
+      chunk = Buffer.from(buf.subarray(0, n));
+    }
+    this.onData(chunk);
+    return true;
+  }
 
   private readonly onDrain = (): void => {
     if (this.stallTimer) {
@@ -296,7 +360,7 @@ export class Connection {
           return;
         }
         case Phase.Transmission: {
-          if (this.discMode || this.discardRemaining > 0) return;
+          if (this.discMode || this.discardRemaining > 0 || this.direct) return;
           if (this.readPaused) return;
           if (this.input.length < REQUEST_HEADER) return;
           const h = this.input.peek(REQUEST_HEADER);
@@ -312,7 +376,17 @@ export class Connection {
               this.beginDiscard(hdr, len);
               return;
             }
-            if (this.input.length < REQUEST_HEADER + len) return;
+            if (this.input.length < REQUEST_HEADER + len) {
+              if (this.directMode && len >= DIRECT_MIN_PAYLOAD) {
+                // Receive the rest of the payload straight into its buffer.
+                const hdr = Buffer.from(this.input.take(REQUEST_HEADER));
+                const payload = Buffer.allocUnsafe(len);
+                const have = this.input.length;
+                if (have > 0) this.input.take(have).copy(payload, 0);
+                this.direct = { hdr, payload, filled: have };
+              }
+              return;
+            }
           }
           const hdr = this.input.take(REQUEST_HEADER);
           const payload = type === P.CMD_WRITE ? this.input.take(len) : null;
@@ -646,6 +720,7 @@ export class Connection {
     if (type === P.CMD_DISC) {
       this.discMode = true;
       this.log('debug', {}, 'soft disconnect requested');
+      this.input.clear();
       this.maybeEndAfterDisc();
       return;
     }
@@ -754,7 +829,7 @@ export class Connection {
     this.inflight--;
     this.inflightBytes -= bytes;
     this.updateFlow();
-    if (this.discMode) this.maybeEndAfterDisc();
+    if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
     if (this.phase === Phase.Closing) this.maybeFinish();
   }
 
@@ -996,6 +1071,16 @@ export class Connection {
 
   private maybeEndAfterDisc(): void {
     if (this.inflight > 0 || this.phase !== Phase.Transmission) return;
+    if (!this.discMode && this.input.length >= REQUEST_HEADER) {
+      // Half-closed with requests still queued behind a pause: serve them first.
+      try {
+        this.pump();
+      } catch (e) {
+        this.violation(e);
+        return;
+      }
+      if (this.inflight > 0 || this.phase !== Phase.Transmission) return;
+    }
     this.phase = Phase.Closing;
     this.sock.end();
     this.maybeFinish();
@@ -1011,6 +1096,8 @@ export class Connection {
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.handshakeTimer = this.stallTimer = null;
     this.input.clear();
+    this.staging = null;
+    this.direct = null;
     const exp = this.exp;
     this.exp = null;
     const done = () => {

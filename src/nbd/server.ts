@@ -151,20 +151,43 @@ export class NbdServer extends EventEmitter {
   }
 
   private makeListener(transport: 'tcp' | 'unix'): net.Server {
-    const srv = net.createServer({ noDelay: true }, (sock) => {
+    const srv = net.createServer({ noDelay: true, pauseOnConnect: true, allowHalfOpen: true }, (raw) => {
       const info: ClientInfo = { transport, id: this.nextId++, tls: false };
       if (transport === 'tcp') {
-        info.remoteAddress = sock.remoteAddress;
-        info.remotePort = sock.remotePort;
+        info.remoteAddress = raw.remoteAddress;
+        info.remotePort = raw.remotePort;
       }
-      this.accept(sock, info);
+      if (this.tlsSettings.mode !== 'off') {
+        // STARTTLS wraps the socket later; keep ordinary 'data' delivery.
+        this.accept(raw, info);
+        raw.resume();
+        return;
+      }
+      // Re-wrap the accepted handle with Node's `onread` option so reads land
+      // in buffers the connection chooses: a staging buffer, or the final
+      // buffer of a large WRITE payload (no copy, few syscalls).
+      let conn: Connection | null = null;
+      const handle = (raw as unknown as { _handle: unknown })._handle;
+      (raw as unknown as { _handle: unknown })._handle = null;
+      raw.destroy(); // the husk: lets net.Server count the connection as gone
+      const sock = new net.Socket({
+        handle,
+        allowHalfOpen: true,
+        onread: {
+          buffer: () => (conn ? conn.readBuffer() : Buffer.allocUnsafe(64 * 1024)),
+          callback: (n: number, buf: Uint8Array) => (conn ? conn.onRead(n, buf as Buffer) : true),
+        },
+      } as net.SocketConstructorOpts);
+      if (transport === 'tcp') sock.setNoDelay(true);
+      conn = this.accept(sock, info, true);
+      if (conn) sock.resume();
     });
     srv.on('error', (err) => this.logger.error({ err: err.message }, 'listener error'));
     this.sockets.push(srv);
     return srv;
   }
 
-  private accept(sock: Duplex, info: ClientInfo): Connection | null {
+  private accept(sock: Duplex, info: ClientInfo, directMode = false): Connection | null {
     if (this.closing || this.conns.size >= this.limits.maxConnections) {
       this.connectionsRefused++;
       this.logger.warn({ conn: info.id, remote: info.remoteAddress }, 'connection refused: limit or shutdown');
@@ -183,7 +206,7 @@ export class NbdServer extends EventEmitter {
         this.conns.delete(conn);
         this.emit('connection-closed', conn.info);
       },
-    });
+    }, directMode);
     this.conns.add(c);
     return c;
   }

@@ -1,0 +1,417 @@
+/**
+ * nbd-server-ts against its own client and raw sockets: negotiation,
+ * transmission, concurrency, and every kind of bad input the issue names.
+ */
+import test from 'ava';
+import { NbdClient, NbdClientError } from '../src/nbd/client';
+import * as P from '../src/nbd/protocol';
+import { STATE_HOLE, STATE_ZERO } from '../src/nbd/export';
+import { RawPeer, pattern, startFixture } from './helpers/nbd-fixtures';
+
+const MiB = 1024 * 1024;
+
+async function expectNbdError(p: Promise<unknown>, errno: number): Promise<void> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof NbdClientError && e.errno === errno) return;
+    throw new Error(`expected NBD error ${errno}, got ${(e as Error).message} (${(e as NbdClientError).errno})`);
+  }
+  throw new Error(`expected NBD error ${errno}, got success`);
+}
+
+test('OPT_LIST, OPT_INFO and OPT_GO report exports, names, descriptions and block sizes', async (t) => {
+  const f = await startFixture(t);
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  peer.sendOption(P.OPT_LIST);
+  const names: string[] = [];
+  for (;;) {
+    const r = await peer.optionReply();
+    if (r.type === P.REP_ACK) break;
+    t.is(r.type, P.REP_SERVER);
+    const n = r.data.readUInt32BE(0);
+    names.push(r.data.toString('utf8', 4, 4 + n));
+  }
+  t.deepEqual(names.sort(), ['ro', 'rw']);
+  peer.destroy();
+
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  t.is(c.info.size, 64 * MiB);
+  t.is(c.info.name, 'rw');
+  t.is(c.info.description, 'test export rw');
+  t.is(c.info.minBlock, 1);
+  t.is(c.info.prefBlock, 4096);
+  t.is(c.info.maxPayload, 32 * MiB);
+  t.truthy(c.info.flags & P.FLAG_SEND_FLUSH);
+  t.truthy(c.info.flags & P.FLAG_CAN_MULTI_CONN);
+  t.truthy(c.info.flags & P.FLAG_SEND_DF);
+  t.is(c.metaContextId, 1);
+  await c.disconnect();
+});
+
+test('unknown options get NBD_REP_ERR_UNSUP and negotiation goes on', async (t) => {
+  const f = await startFixture(t);
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  peer.sendOption(4242, Buffer.from('whatever'));
+  const r = await peer.optionReply();
+  t.is(r.opt, 4242);
+  t.is(r.type, P.REP_ERR_UNSUP);
+  const { size } = await peer.go('rw');
+  t.is(size, 64 * MiB);
+  peer.destroy();
+});
+
+test('EXPORT_NAME enters transmission with size and flags; unknown name closes', async (t) => {
+  const f = await startFixture(t);
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake(P.FLAG_C_FIXED_NEWSTYLE); // no NO_ZEROES: expect 124 zero bytes
+  peer.sendOption(P.OPT_EXPORT_NAME, Buffer.from('rw'));
+  const b = await peer.read(134);
+  t.is(Number(b.readBigUInt64BE(0)), 64 * MiB);
+  t.true(b.subarray(10).every((x) => x === 0));
+  peer.request(P.CMD_WRITE, 0, 7n, 0, 4, Buffer.from('abcd'));
+  const w = await peer.simpleReply();
+  t.is(w.error, 0);
+  t.is(w.cookie, 7n);
+  peer.request(P.CMD_READ, 0, 8n, 0, 4);
+  const r = await peer.simpleReply(4);
+  t.is(r.data.toString(), 'abcd');
+  peer.destroy();
+
+  const bad = await RawPeer.connect(f.port);
+  await bad.handshake();
+  bad.sendOption(P.OPT_EXPORT_NAME, Buffer.from('nope'));
+  t.true(await bad.waitClosed());
+});
+
+test('OPT_GO for an unknown export gets NBD_REP_ERR_UNKNOWN', async (t) => {
+  const f = await startFixture(t);
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  await t.throwsAsync(peer.go('missing'), { message: `GO failed: ${P.REP_ERR_UNKNOWN}` });
+  peer.destroy();
+});
+
+test('meta contexts: list, set, and block status with holes', async (t) => {
+  const f = await startFixture(t);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  await c.write(1 * MiB, pattern(64 * 1024, 1));
+  const ex = await c.blockStatus(0, 4 * MiB);
+  t.true(ex.length >= 3);
+  t.is(ex[0]!.flags, STATE_HOLE | STATE_ZERO);
+  t.is(ex[0]!.length, 1 * MiB);
+  t.is(ex[1]!.flags & STATE_HOLE, 0);
+  const one = await c.blockStatus(0, 4096, P.CMD_FLAG_REQ_ONE);
+  t.is(one.length, 1);
+  t.is(one[0]!.length, 4096);
+  // LIST_META_CONTEXT with the "base:" wildcard
+  const lst = Buffer.alloc(4 + 2 + 4 + 4 + 5);
+  lst.writeUInt32BE(2, 0);
+  lst.write('rw', 4);
+  lst.writeUInt32BE(1, 6);
+  lst.writeUInt32BE(5, 10);
+  lst.write('base:', 14);
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  peer.sendOption(P.OPT_STRUCTURED_REPLY);
+  t.is((await peer.optionReply()).type, P.REP_ACK);
+  peer.sendOption(P.OPT_LIST_META_CONTEXT, lst);
+  const r1 = await peer.optionReply();
+  t.is(r1.type, P.REP_META_CONTEXT);
+  t.is(r1.data.toString('utf8', 4), 'base:allocation');
+  t.is((await peer.optionReply()).type, P.REP_ACK);
+  // A truncated query is invalid
+  peer.sendOption(P.OPT_SET_META_CONTEXT, lst.subarray(0, lst.length - 2));
+  t.is((await peer.optionReply()).type, P.REP_ERR_INVALID);
+  peer.destroy();
+  await c.disconnect();
+});
+
+test('block status without a negotiated context is EINVAL', async (t) => {
+  const f = await startFixture(t);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw', blockStatus: false });
+  await expectNbdError(c.blockStatus(0, 4096), P.EINVAL);
+  t.is((await c.read(0, 16)).length, 16);
+  await c.disconnect();
+});
+
+test('structured reads send hole chunks for sparse ranges and data for the rest', async (t) => {
+  const f = await startFixture(t);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const d = pattern(100_000, 5);
+  await c.write(3 * MiB + 12345, d);
+  const got = await c.read(2 * MiB, 4 * MiB);
+  const want = Buffer.alloc(4 * MiB);
+  d.copy(want, 1 * MiB + 12345);
+  t.true(got.equals(want));
+  // DF: one content chunk
+  const df = await c.read(3 * MiB, 256 * 1024, P.CMD_FLAG_DF);
+  t.true(df.subarray(12345, 12345 + 1000).equals(d.subarray(0, 1000)));
+  await c.disconnect();
+});
+
+test('write, trim, zero with flags, FUA and flush read back exactly', async (t) => {
+  const f = await startFixture(t);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const d = pattern(1 * MiB, 9);
+  await c.write(0, d, P.CMD_FLAG_FUA);
+  await c.write(777, Buffer.from('unaligned!'));
+  await c.trim(64 * 1024, 64 * 1024);
+  await c.zero(200 * 1024, 8192, P.CMD_FLAG_NO_HOLE);
+  await c.zero(300 * 1024, 8192, P.CMD_FLAG_FAST_ZERO);
+  await c.flush();
+  await c.cache(0, 1 * MiB);
+  const back = await c.read(0, 1 * MiB);
+  const want = Buffer.from(d);
+  want.write('unaligned!', 777);
+  want.fill(0, 64 * 1024, 128 * 1024);
+  want.fill(0, 200 * 1024, 200 * 1024 + 8192);
+  want.fill(0, 300 * 1024, 300 * 1024 + 8192);
+  t.true(back.equals(want));
+  await c.disconnect();
+});
+
+test('requests beyond the end: EINVAL for read/trim/cache/status, ENOSPC for write/zero', async (t) => {
+  const f = await startFixture(t, { size: 1 * MiB });
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  await expectNbdError(c.read(1 * MiB - 10, 20), P.EINVAL);
+  await expectNbdError(c.write(1 * MiB - 10, Buffer.alloc(20)), P.ENOSPC);
+  await expectNbdError(c.trim(1 * MiB, 1), P.EINVAL);
+  await expectNbdError(c.zero(1 * MiB - 1, 2), P.ENOSPC);
+  await expectNbdError(c.cache(2 * MiB, 1), P.EINVAL);
+  await expectNbdError(c.blockStatus(1 * MiB, 1), P.EINVAL);
+  await expectNbdError(c.read(2 ** 62, 1), P.EINVAL);
+  await expectNbdError(c.write(2 ** 62, Buffer.alloc(1)), P.ENOSPC);
+  // Still serving
+  await c.write(0, Buffer.from('ok'));
+  t.is((await c.read(0, 2)).toString(), 'ok');
+  await c.disconnect();
+});
+
+test('writes to a read-only export get EPERM; unknown commands and flags get EINVAL', async (t) => {
+  const f = await startFixture(t);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'ro' });
+  t.truthy(c.info.flags & P.FLAG_READ_ONLY);
+  await expectNbdError(c.write(0, Buffer.alloc(512)), P.EPERM);
+  await expectNbdError(c.trim(0, 512), P.EPERM);
+  await expectNbdError(c.zero(0, 512), P.EPERM);
+  await expectNbdError(c.raw(99, 0, 0, 0), P.EINVAL);
+  await expectNbdError(c.raw(P.CMD_READ, 0x8000, 0, 16), P.EINVAL);
+  await expectNbdError(c.raw(P.CMD_READ, P.CMD_FLAG_NO_HOLE, 0, 16), P.EINVAL);
+  t.is((await c.read(0, 512)).length, 512);
+  await c.disconnect();
+});
+
+test('a payload over the maximum is refused and discarded; the connection goes on', async (t) => {
+  const f = await startFixture(t, { size: 128 * MiB });
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  await expectNbdError(c.write(0, Buffer.alloc(32 * MiB + 4096, 1)), P.EINVAL);
+  await expectNbdError(c.read(0, 32 * MiB + 1), P.EINVAL);
+  await c.write(0, Buffer.from('after'));
+  t.is((await c.read(0, 5)).toString(), 'after');
+  t.true((await c.read(0, 32 * MiB)).subarray(5).every((x) => x === 0));
+  await c.disconnect();
+});
+
+test('a payload far over any sane size ends the connection, other clients unaffected', async (t) => {
+  const f = await startFixture(t);
+  const other = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  await peer.go('rw');
+  peer.request(P.CMD_WRITE, 0, 1n, 0, 0xffffffff);
+  t.true(await peer.waitClosed());
+  await other.write(0, Buffer.from('x'));
+  t.is((await other.read(0, 1)).toString(), 'x');
+  await other.disconnect();
+});
+
+test('malformed handshakes close only that connection', async (t) => {
+  const f = await startFixture(t);
+  const good = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+
+  // Wrong option magic
+  const a = await RawPeer.connect(f.port);
+  await a.handshake();
+  a.write(Buffer.from('NOTMAGIC\0\0\0\x07\0\0\0\0'));
+  t.true(await a.waitClosed());
+
+  // Unknown client flags
+  const b = await RawPeer.connect(f.port);
+  await b.handshake(0xff00);
+  t.true(await b.waitClosed());
+
+  // Option length over the limit
+  const c = await RawPeer.connect(f.port);
+  await c.handshake();
+  c.sendOption(P.OPT_GO, Buffer.alloc(0), 1 << 30);
+  const r = await c.optionReply();
+  t.is(r.type, P.REP_ERR_TOO_BIG);
+  t.true(await c.waitClosed());
+
+  // Truncated option, then the client vanishes
+  const d = await RawPeer.connect(f.port);
+  await d.handshake();
+  d.write(Buffer.from('IHAVEOPT\0\0\0\x07\0\0\0\x20abc'));
+  d.destroy();
+
+  // Bad request magic in transmission
+  const e = await RawPeer.connect(f.port);
+  await e.handshake();
+  await e.go('rw');
+  e.write(Buffer.alloc(28, 0x41));
+  t.true(await e.waitClosed());
+
+  // Garbage instead of a handshake
+  const g = await RawPeer.connect(f.port);
+  await g.read(18);
+  g.write(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+  t.true(await g.waitClosed());
+
+  await good.write(4096, Buffer.from('still here'));
+  t.is((await good.read(4096, 10)).toString(), 'still here');
+  await good.disconnect();
+});
+
+test('the handshake times out for a client that stalls', async (t) => {
+  const f = await startFixture(t, { limits: { handshakeTimeoutMs: 300 } });
+  const p = await RawPeer.connect(f.port);
+  await p.read(18);
+  t.true(await p.waitClosed(3000));
+});
+
+test('many requests in flight are answered as they complete, out of order', async (t) => {
+  const f = await startFixture(t);
+  const rw = f.exports.get('rw')!;
+  rw.delays.read = (off) => (off === 0 ? 300 : 0);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const order: number[] = [];
+  const reads = [0, 4096, 8192, 12288].map((off) => c.read(off, 4096).then(() => order.push(off)));
+  await Promise.all(reads);
+  t.is(order[order.length - 1], 0, `slow read must finish last, order ${order}`);
+  // 500 concurrent writes and reads of distinct blocks
+  const ops: Promise<void>[] = [];
+  for (let i = 0; i < 500; i++) ops.push(c.write(i * 4096, pattern(4096, i + 1)));
+  await Promise.all(ops);
+  const got = await Promise.all(Array.from({ length: 500 }, (_, i) => c.read(i * 4096, 4096)));
+  got.forEach((g, i) => t.true(g.equals(pattern(4096, i + 1)), `block ${i}`));
+  await c.disconnect();
+});
+
+test('I/O errors from the export become NBD error replies, and the server recovers', async (t) => {
+  const f = await startFixture(t);
+  const rw = f.exports.get('rw')!;
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  rw.faults.write = 'EIO';
+  await expectNbdError(c.write(0, Buffer.alloc(4096, 1)), P.EIO);
+  rw.faults.write = 'ENOSPC';
+  await expectNbdError(c.write(0, Buffer.alloc(4096, 1)), P.ENOSPC);
+  rw.faults.read = 'EIO';
+  await expectNbdError(c.read(0, 4096), P.EIO);
+  await expectNbdError(c.read(0, 1 * MiB), P.EIO); // sparse path
+  rw.faults.flush = 'EIO';
+  await expectNbdError(c.flush(), P.EIO);
+  rw.faults = {};
+  await c.write(0, Buffer.alloc(4096, 2));
+  t.true((await c.read(0, 4096)).equals(Buffer.alloc(4096, 2)));
+  await c.disconnect();
+});
+
+test('a client that vanishes mid-request leaves the server serving and releases the export', async (t) => {
+  const f = await startFixture(t);
+  const rw = f.exports.get('rw')!;
+  for (let i = 0; i < 20; i++) {
+    const p = await RawPeer.connect(f.port);
+    await p.handshake();
+    await p.go('rw');
+    // Header of a 1 MiB write, then half the payload, then gone.
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(P.REQUEST_MAGIC, 0);
+    h.writeUInt16BE(P.CMD_WRITE, 6);
+    h.writeUInt32BE(MiB, 24);
+    p.write(Buffer.concat([h, Buffer.alloc(MiB / 2, 7)]));
+    p.destroy();
+  }
+  // Slow in-flight reads when the peer disappears
+  rw.delays.read = () => 100;
+  const q = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const pend = q.read(0, 4096).catch(() => 'closed');
+  q.destroy();
+  t.is(await pend, 'closed');
+  rw.delays = {};
+  await new Promise((r) => setTimeout(r, 300));
+  t.is(f.server.connectionCount(), 0);
+  t.is(rw.closed, 22); // 20 raw peers, plus the meta-context probe and the GO of `q`
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  t.true((await c.read(0, 4096)).every((x) => x === 0), 'partial write never applied');
+  await c.disconnect();
+});
+
+test('a client that floods writes and never reads replies is held to the limit, then disconnected', async (t) => {
+  const f = await startFixture(t, {
+    limits: { maxBufferedBytesPerConnection: 4 * MiB, maxInflightPerConnection: 16, writeStallTimeoutMs: 1500 },
+  });
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  await peer.go('rw');
+  peer.sock.pause(); // never read replies
+  const before = f.server.stats().requests;
+  // Reads produce 1 MiB replies each: the output backlog fills quickly.
+  let sent = 0;
+  const deadline = Date.now() + 1000;
+  while (Date.now() < deadline) {
+    for (let i = 0; i < 64; i++) peer.request(P.CMD_READ, 0, BigInt(sent++), 0, MiB);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const processed = f.server.stats().requests - before;
+  t.true(processed < 64, `server stopped reading after ${processed} of ${sent} requests`);
+  const other = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  t.is((await other.read(0, 4096)).length, 4096);
+  await other.disconnect();
+  // The server drops the stalled connection after writeStallTimeoutMs.
+  const deadline2 = Date.now() + 5000;
+  while (f.server.connectionCount() > 0 && Date.now() < deadline2) await new Promise((r) => setTimeout(r, 50));
+  t.is(f.server.connectionCount(), 0, 'stalled client disconnected by the server');
+  peer.sock.resume(); // the client sees it once it reads again
+  t.true(await peer.waitClosed(), 'client observes the disconnect');
+});
+
+test('DISC waits for requests in flight, then closes', async (t) => {
+  const f = await startFixture(t);
+  const rw = f.exports.get('rw')!;
+  rw.delays.write = () => 200;
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const w = c.write(0, Buffer.from('late'));
+  const d = c.disconnect();
+  await w;
+  await d;
+  rw.delays = {};
+  const c2 = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  t.is((await c2.read(0, 4)).toString(), 'late');
+  await c2.disconnect();
+});
+
+test('server limits: connections over the maximum are refused', async (t) => {
+  const f = await startFixture(t, { limits: { maxConnections: 2 } });
+  const a = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const b = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  await t.throwsAsync(NbdClient.connect({ port: f.port, exportName: 'rw' }));
+  await a.disconnect();
+  await new Promise((r) => setTimeout(r, 50));
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  await c.disconnect();
+  await b.disconnect();
+  t.pass();
+});
+
+test('disconnectExport drops the clients of that export only', async (t) => {
+  const f = await startFixture(t);
+  const a = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const b = await NbdClient.connect({ port: f.port, exportName: 'ro' });
+  t.is(f.server.disconnectExport('rw'), 1);
+  await t.throwsAsync(a.read(0, 1));
+  t.is((await b.read(0, 1)).length, 1);
+  await b.disconnect();
+});
