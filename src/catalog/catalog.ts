@@ -1,0 +1,122 @@
+/**
+ * The volume catalog: which volumes exist, their size and where their data
+ * lives. Stored in LMDB at <data-dir>/catalog, so it survives restarts and
+ * every change is committed (fsync'd) before the call that made it resolves.
+ *
+ * Sub-databases:
+ *   volumes  name -> VolumeRecord
+ *   meta     string -> any (e.g. "defaultVolumeCreated")
+ */
+import * as path from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+
+export type VolumeKind = 'file' | 'device';
+
+export interface VolumeRecord {
+  /** Export name; see validateVolumeName. */
+  name: string;
+  /** Size in bytes (a multiple of 512). */
+  size: number;
+  /** Absolute path of the raw image (or block device). */
+  path: string;
+  kind: VolumeKind;
+  readOnly: boolean;
+  /**
+   * True if the image was supplied by the user (POST path): the daemon never
+   * deletes it. False for images it created under <data-dir>/volumes/NAME/.
+   */
+  external: boolean;
+  /** ISO 8601 creation time. */
+  created: string;
+  description: string;
+}
+
+export const VOLUME_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Returns null if `name` is a valid volume name, else why not. */
+export function validateVolumeName(name: unknown): string | null {
+  if (name === undefined || name === null || name === '') return 'volume name is required';
+  if (typeof name !== 'string') return 'volume name must be a string';
+  if (name.length > 64) return `invalid volume name "${name.slice(0, 70)}...": at most 64 characters`;
+  if (!VOLUME_NAME_RE.test(name)) {
+    return `invalid volume name ${JSON.stringify(name)}: use only letters, digits, '.', '_' and '-'`;
+  }
+  if (name.startsWith('.')) return `invalid volume name "${name}": must not start with '.'`;
+  return null;
+}
+
+export class DuplicateVolumeError extends Error {
+  constructor(readonly volumeName: string) {
+    super(`volume "${volumeName}" already exists`);
+    this.name = 'DuplicateVolumeError';
+  }
+}
+
+export class Catalog {
+  private closed = false;
+
+  private constructor(
+    private readonly root: RootDatabase,
+    private readonly volumes: Database<VolumeRecord, string>,
+    private readonly meta: Database<unknown, string>,
+    readonly path: string,
+  ) {}
+
+  /** Opens (creating if needed) the catalog in <dataDir>/catalog. */
+  static open(dataDir: string): Catalog {
+    const dbPath = path.join(dataDir, 'catalog');
+    const root = open({ path: dbPath, maxDbs: 8 });
+    const volumes = root.openDB<VolumeRecord, string>('volumes', {});
+    const meta = root.openDB<unknown, string>('meta', {});
+    return new Catalog(root, volumes, meta, dbPath);
+  }
+
+  /** All volumes, sorted by name. */
+  list(): VolumeRecord[] {
+    const out: VolumeRecord[] = [];
+    for (const { value } of this.volumes.getRange({})) out.push(value);
+    out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return out;
+  }
+
+  count(): number {
+    return this.volumes.getCount();
+  }
+
+  get(name: string): VolumeRecord | undefined {
+    return this.volumes.get(name);
+  }
+
+  /** Adds a volume; throws DuplicateVolumeError if the name is taken. */
+  async add(record: VolumeRecord): Promise<void> {
+    const added = await this.volumes.transaction(() => {
+      if (this.volumes.get(record.name) !== undefined) return false;
+      void this.volumes.put(record.name, record);
+      return true;
+    });
+    if (!added) throw new DuplicateVolumeError(record.name);
+  }
+
+  /** Removes a volume; resolves false if there was none by that name. */
+  async remove(name: string): Promise<boolean> {
+    return this.volumes.transaction(() => {
+      if (this.volumes.get(name) === undefined) return false;
+      void this.volumes.remove(name);
+      return true;
+    });
+  }
+
+  getMeta<T>(key: string): T | undefined {
+    return this.meta.get(key) as T | undefined;
+  }
+
+  async setMeta(key: string, value: unknown): Promise<void> {
+    await this.meta.put(key, value);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.root.close();
+  }
+}

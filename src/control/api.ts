@@ -1,0 +1,67 @@
+/**
+ * Types shared by the control API server and its client (JSON over HTTP).
+ *
+ *   GET    /v1/health                    -> Health
+ *   GET    /v1/volumes                   -> { volumes: VolumeView[] }
+ *   GET    /v1/volumes/NAME              -> VolumeView
+ *   POST   /v1/volumes                   CreateVolumeBody -> 201 VolumeView
+ *   DELETE /v1/volumes/NAME[?keepData=1] -> DeleteResult
+ *   GET    /v1/metrics                   -> Prometheus text format
+ *
+ * Errors: 4xx/5xx with { error: "message" }.
+ */
+export const API_PREFIX = '/v1';
+
+/** Largest request body accepted, in bytes. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+export interface Health {
+  ok: true;
+  version: string;
+  pid: number;
+  uptimeSeconds: number;
+  dataDir: string;
+  nbd: { tcp: string | null; unix: string | null };
+  volumes: number;
+  connections: number;
+}
+
+export interface VolumeView {
+  name: string;
+  size: number;
+  /** Bytes allocated on disk; null for block devices. */
+  allocatedBytes: number | null;
+  readOnly: boolean;
+  kind: 'file' | 'device';
+  path: string;
+  /** True if the image was supplied with `path` (never deleted by rewind). */
+  external: boolean;
+  created: string;
+  description: string;
+  /** NBD connections currently using the volume. */
+  connections: number;
+  /** True for the volume served as the default export "". */
+  isDefaultExport: boolean;
+  uris: { tcp: string | null; unix: string | null };
+}
+
+export interface CreateVolumeBody {
+  name: string;
+  /** "1G", "512M", "4096" or a number of bytes; optional with `path`. */
+  size?: string | number;
+  readOnly?: boolean;
+  /** Absolute path of an existing image file or block device to serve. */
+  path?: string;
+  description?: string;
+}
+
+export interface DeleteResult {
+  deleted: string;
+  disconnected: number;
+  dataDeleted: boolean;
+  path: string;
+}
+
+export interface ErrorBody {
+  error: string;
+}

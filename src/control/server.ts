@@ -1,0 +1,462 @@
+/**
+ * The control API: a small JSON-over-HTTP server (node:http) on the Unix
+ * socket <data-dir>/control.sock and, optionally, on a TCP address.
+ *
+ * Access control:
+ * - The Unix socket is created with mode 0600 (the process umask is
+ *   tightened around bind, then the mode is set explicitly), so only the
+ *   daemon's user (and root) can connect. No token is needed on it.
+ * - Every request on a TCP listener must carry
+ *   `Authorization: Bearer <token>` with the token from
+ *   <data-dir>/control.token (see daemon/token.ts); others get 401.
+ *
+ * Robustness: request bodies are limited to 64 KiB (413), bodies must be a
+ * JSON object (400), unknown routes are 404 and wrong methods 405. Handler
+ * failures become a JSON 500 and are logged; nothing a client sends can take
+ * the daemon down.
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as client from 'prom-client';
+import { httpStatusOf, UserError } from '../daemon/errors';
+import { tokenMatches } from '../daemon/token';
+import { DEFAULT_VOLUME, type Logger, type VolumeManager } from '../daemon/volumes';
+import type { VolumeRecord } from '../catalog/catalog';
+import {
+  API_PREFIX,
+  MAX_BODY_BYTES,
+  type CreateVolumeBody,
+  type DeleteResult,
+  type Health,
+  type VolumeView,
+} from './api';
+
+/** What the control server needs from the NBD server. */
+export interface NbdServerView {
+  stats(): { connections: number; requests: number; bytesRead: number; bytesWritten: number; errors: number };
+  disconnectExport(name: string): number;
+  connectionCount(exportName?: string): number;
+}
+
+export interface NbdEndpoints {
+  tcp?: { host: string; port: number };
+  unix?: string;
+}
+
+export interface ControlServerOptions {
+  version: string;
+  dataDir: string;
+  volumes: VolumeManager;
+  nbd: NbdServerView;
+  endpoints: NbdEndpoints;
+  token: string;
+  logger: Logger;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description']);
+
+export class ControlServer {
+  private readonly servers: { server: http.Server; unixPath?: string }[] = [];
+  private readonly startedAt = Date.now();
+  readonly registry = new client.Registry();
+
+  constructor(private readonly opts: ControlServerOptions) {
+    this.setupMetrics();
+  }
+
+  /** Listens on a Unix socket created with mode 0600. */
+  async listenUnix(socketPath: string): Promise<void> {
+    await removeStaleSocket(socketPath);
+    const server = this.makeServer(false);
+    const oldUmask = process.umask(0o177);
+    try {
+      await listen(server, { path: socketPath });
+    } finally {
+      process.umask(oldUmask);
+    }
+    fs.chmodSync(socketPath, 0o600);
+    this.servers.push({ server, unixPath: socketPath });
+    this.opts.logger.info({ path: socketPath }, 'control API listening on Unix socket');
+  }
+
+  /** Listens on TCP; every request must carry the bearer token. */
+  async listenTcp(host: string, port: number): Promise<{ address: string; port: number }> {
+    const server = this.makeServer(true);
+    await listen(server, { host, port });
+    this.servers.push({ server });
+    const a = server.address() as AddressInfo;
+    this.opts.logger.info({ address: a.address, port: a.port }, 'control API listening on TCP (bearer token required)');
+    return { address: a.address, port: a.port };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(
+      this.servers.map(
+        ({ server, unixPath }) =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+            if (unixPath) fs.rmSync(unixPath, { force: true });
+          }),
+      ),
+    );
+    this.servers.length = 0;
+  }
+
+  private makeServer(requireToken: boolean): http.Server {
+    const server = http.createServer((req, res) => {
+      this.handle(req, res, requireToken).catch((err: unknown) => {
+        this.opts.logger.error({ err: (err as Error).message }, 'control request failed');
+        if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
+        else res.destroy();
+      });
+    });
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 30_000;
+    server.keepAliveTimeout = 5_000;
+    server.maxHeadersCount = 100;
+    server.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+    return server;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse, requireToken: boolean): Promise<void> {
+    try {
+      if (requireToken) {
+        const auth = req.headers.authorization;
+        const m = auth ? /^Bearer\s+(\S+)\s*$/i.exec(auth) : null;
+        if (!tokenMatches(m?.[1], this.opts.token)) {
+          res.setHeader('WWW-Authenticate', 'Bearer realm="rewind"');
+          throw new HttpError(
+            401,
+            'missing or invalid bearer token: the TCP control API needs "Authorization: Bearer <token>" ' +
+              'with the token from <data-dir>/control.token',
+          );
+        }
+      }
+      await this.route(req, res);
+    } catch (err) {
+      let status: number;
+      let message: string;
+      if (err instanceof HttpError) {
+        status = err.status;
+        message = err.message;
+      } else if (err instanceof UserError) {
+        status = httpStatusOf(err);
+        message = err.message;
+      } else {
+        status = 500;
+        message = `internal error: ${(err as Error).message}`;
+        this.opts.logger.error({ err: (err as Error).stack, method: req.method, url: req.url }, 'control request failed');
+      }
+      if (status >= 400 && status < 500) {
+        this.opts.logger.debug({ status, method: req.method, url: req.url, error: message }, 'control request rejected');
+      }
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      // If the body was not read (e.g. 401, 413), do not keep the connection.
+      if (!req.complete) res.setHeader('Connection', 'close');
+      sendJson(res, status, { error: message });
+      if (!req.complete) req.resume();
+    }
+  }
+
+  private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://control');
+    const method = req.method ?? 'GET';
+    const p = url.pathname.replace(/\/+$/, '') || '/';
+
+    if (p === `${API_PREFIX}/health`) {
+      allow(method, ['GET', 'HEAD']);
+      return sendJson(res, 200, this.health());
+    }
+    if (p === `${API_PREFIX}/metrics`) {
+      allow(method, ['GET', 'HEAD']);
+      const text = await this.registry.metrics();
+      res.writeHead(200, { 'Content-Type': this.registry.contentType, 'Cache-Control': 'no-store' });
+      res.end(text);
+      return;
+    }
+    if (p === `${API_PREFIX}/volumes`) {
+      allow(method, ['GET', 'HEAD', 'POST']);
+      if (method === 'POST') {
+        const body = await readJsonObject(req);
+        const created = await this.createVolume(body);
+        res.setHeader('Location', `${API_PREFIX}/volumes/${encodeURIComponent(created.name)}`);
+        return sendJson(res, 201, created);
+      }
+      const views = await Promise.all(this.opts.volumes.listRecords().map((r) => this.view(r)));
+      return sendJson(res, 200, { volumes: views });
+    }
+    if (p.startsWith(`${API_PREFIX}/volumes/`)) {
+      let name: string;
+      try {
+        name = decodeURIComponent(p.slice(`${API_PREFIX}/volumes/`.length));
+      } catch {
+        throw new HttpError(400, 'malformed volume name in URL');
+      }
+      allow(method, ['GET', 'HEAD', 'DELETE']);
+      if (method === 'DELETE') {
+        const keepData = flag(url.searchParams.get('keepData'), 'keepData');
+        const result = await this.opts.volumes.remove(name, {
+          keepData,
+          disconnect: (n) => this.disconnect(n),
+        });
+        const out: DeleteResult = {
+          deleted: name,
+          disconnected: result.disconnected,
+          dataDeleted: result.dataDeleted,
+          path: result.record.path,
+        };
+        return sendJson(res, 200, out);
+      }
+      const record = this.opts.volumes.get(name);
+      if (!record) throw new HttpError(404, `no volume named "${name}"`);
+      return sendJson(res, 200, await this.view(record));
+    }
+    throw new HttpError(404, `no such endpoint: ${method} ${url.pathname}`);
+  }
+
+  private health(): Health {
+    const { tcp, unix } = this.opts.endpoints;
+    return {
+      ok: true,
+      version: this.opts.version,
+      pid: process.pid,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      dataDir: this.opts.dataDir,
+      nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
+      volumes: this.opts.volumes.listRecords().length,
+      connections: this.opts.nbd.connectionCount(),
+    };
+  }
+
+  private async createVolume(body: Record<string, unknown>): Promise<VolumeView> {
+    for (const key of Object.keys(body)) {
+      if (!CREATE_FIELDS.has(key)) {
+        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description)`);
+      }
+    }
+    const b = body as Partial<CreateVolumeBody>;
+    const record = await this.opts.volumes.create({
+      name: b.name,
+      size: b.size,
+      readOnly: b.readOnly,
+      path: b.path,
+      description: b.description,
+    });
+    return this.view(record);
+  }
+
+  private disconnect(name: string): number {
+    return this.opts.nbd.disconnectExport(name);
+  }
+
+  private async view(record: VolumeRecord): Promise<VolumeView> {
+    const info = await this.opts.volumes.info(record);
+    return {
+      name: record.name,
+      size: record.size,
+      allocatedBytes: info.allocatedBytes,
+      readOnly: record.readOnly,
+      kind: record.kind,
+      path: record.path,
+      external: record.external,
+      created: record.created,
+      description: record.description,
+      connections: this.opts.nbd.connectionCount(record.name),
+      isDefaultExport: record.name === DEFAULT_VOLUME,
+      uris: nbdUris(this.opts.endpoints, record.name),
+    };
+  }
+
+  private setupMetrics(): void {
+    const reg = this.registry;
+    const nbd = this.opts.nbd;
+    const volumes = this.opts.volumes;
+    reg.setDefaultLabels({});
+    client.collectDefaultMetrics({ register: reg, prefix: 'rewind_process_' });
+    new client.Gauge({
+      name: 'rewind_nbd_connections',
+      help: 'NBD connections currently open',
+      registers: [reg],
+      collect() {
+        this.set(nbd.stats().connections);
+      },
+    });
+    const counters: [string, string, keyof ReturnType<NbdServerView['stats']>][] = [
+      ['rewind_nbd_requests_total', 'NBD requests handled', 'requests'],
+      ['rewind_nbd_read_bytes_total', 'Bytes read by NBD clients', 'bytesRead'],
+      ['rewind_nbd_written_bytes_total', 'Bytes written by NBD clients', 'bytesWritten'],
+      ['rewind_nbd_errors_total', 'NBD requests that failed', 'errors'],
+    ];
+    for (const [name, help, key] of counters) {
+      let last = 0;
+      new client.Counter({
+        name,
+        help,
+        registers: [reg],
+        collect() {
+          const now = nbd.stats()[key];
+          if (now > last) this.inc(now - last);
+          last = now;
+        },
+      });
+    }
+    new client.Gauge({
+      name: 'rewind_volumes',
+      help: 'Volumes in the catalog',
+      registers: [reg],
+      collect() {
+        this.set(volumes.listRecords().length);
+      },
+    });
+    new client.Gauge({
+      name: 'rewind_volume_size_bytes',
+      help: 'Size of each volume in bytes',
+      labelNames: ['volume'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const v of volumes.listRecords()) this.set({ volume: v.name }, v.size);
+      },
+    });
+    const start = Date.now();
+    new client.Gauge({
+      name: 'rewind_uptime_seconds',
+      help: 'Seconds since the daemon started',
+      registers: [reg],
+      collect() {
+        this.set((Date.now() - start) / 1000);
+      },
+    });
+  }
+}
+
+export function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** The host a client should dial for a listener bound to `host`. */
+function dialHost(host: string): string {
+  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
+  if (host === '::') return '::1';
+  return host;
+}
+
+export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | null; unix: string | null } {
+  const tcp = endpoints.tcp ? `nbd://${hostPort(dialHost(endpoints.tcp.host), endpoints.tcp.port)}/${name}` : null;
+  const unix = endpoints.unix
+    ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}`
+    : null;
+  return { tcp, unix };
+}
+
+function allow(method: string, methods: string[]): void {
+  if (!methods.includes(method)) {
+    throw new HttpError(405, `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
+  }
+}
+
+function flag(value: string | null, name: string): boolean {
+  if (value === null) return false;
+  const v = value.toLowerCase();
+  if (v === '' || v === '1' || v === 'true' || v === 'yes') return true;
+  if (v === '0' || v === 'false' || v === 'no') return false;
+  throw new HttpError(400, `${name} must be 1 or 0 (or true/false)`);
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body) + '\n';
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+    'Cache-Control': 'no-store',
+  });
+  res.end(res.req?.method === 'HEAD' ? undefined : text);
+}
+
+async function readJsonObject(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > MAX_BODY_BYTES) {
+    throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes)`);
+  }
+  // Collected by hand rather than with for-await: leaving a for-await early
+  // destroys the socket, and the client would get no 413 response.
+  const raw = await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    let failed = false;
+    const fail = (err: HttpError) => {
+      if (failed) return;
+      failed = true;
+      chunks.length = 0;
+      reject(err);
+    };
+    req.on('data', (chunk: Buffer) => {
+      if (failed) return; // discard the rest; the connection is closed after the reply
+      total += chunk.length;
+      if (total > MAX_BODY_BYTES) {
+        fail(new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes)`));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (!failed) resolve(Buffer.concat(chunks));
+    });
+    req.on('error', (err) => fail(new HttpError(400, `reading request body: ${err.message}`)));
+    req.on('close', () => {
+      if (!req.complete) fail(new HttpError(400, 'request body incomplete'));
+    });
+  });
+  const text = raw.toString('utf8');
+  if (text.trim() === '') throw new HttpError(400, 'request body is empty: expected a JSON object');
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new HttpError(400, `request body is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new HttpError(400, 'request body must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+function listen(server: http.Server, where: { path: string } | { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.once('error', onError);
+    server.listen(where, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+/** Removes a socket file left by a dead daemon (the caller holds the data-dir lock). */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socketPath);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${socketPath} exists and is not a socket`);
+  fs.rmSync(socketPath, { force: true });
+}

@@ -1,0 +1,235 @@
+/**
+ * `rewind serve`: the daemon.
+ *
+ * Start-up: create the data directory (0700) if missing, take the
+ * data-directory lock (see lock.ts), write the pid file, make sure the
+ * control token exists, open the LMDB catalog, create the `default` volume
+ * on first start, then listen for NBD (TCP and Unix socket) and for the
+ * control API (Unix socket, plus optional TCP with a bearer token).
+ *
+ * Shutdown on SIGTERM, SIGINT or SIGHUP: stop the control API, close the NBD
+ * server (stops accepting, ends every connection), close the shared images,
+ * close LMDB, remove the pid and lock files. A second signal, or shutdown
+ * taking more than 15 s, exits at once.
+ *
+ * UV_THREADPOOL_SIZE is raised to 16 by src/util/threadpool.ts, imported
+ * first by the CLI entry point, before anything can start libuv's pool.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import { Catalog } from '../catalog/catalog';
+import { ControlServer, hostPort, type NbdEndpoints } from '../control/server';
+import { NbdServer } from '../nbd/server';
+import type { HostPort } from '../util/address';
+import { isLoopback } from '../util/address';
+import { formatSize } from '../util/size';
+import { threadpoolSize } from '../util/threadpool';
+import { rewindVersion } from '../util/version';
+import { DataDirLock } from './lock';
+import { dataDirLayout, type DataDirLayout } from './paths';
+import { ensureControlToken } from './token';
+import { VolumeManager, type ImageBackend } from './volumes';
+
+export interface ServeConfig {
+  dataDir: string;
+  /** NBD over TCP; null disables it. */
+  listen: HostPort | null;
+  /** NBD over a Unix socket; null disables it. */
+  socket: string | null;
+  /** Control API Unix socket path. */
+  controlSocket: string;
+  /** Additional control API TCP listeners (bearer token required). */
+  controlTcp: HostPort[];
+  /** Size of the default volume created on first start, or null for none. */
+  defaultVolumeSize: number | null;
+}
+
+const MAX_UNIX_PATH = 107;
+
+/**
+ * Creates the data directory (mode 0700; missing parents get the usual
+ * mode) if it does not exist. Returns true if it was created.
+ */
+export function ensureDataDir(dir: string): boolean {
+  let created = false;
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+    created = true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
+      fs.mkdirSync(path.dirname(dir), { recursive: true });
+      fs.mkdirSync(dir, { mode: 0o700 });
+      created = true;
+    } else if (code !== 'EEXIST') {
+      throw err;
+    }
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new Error(`data directory ${dir} exists and is not a directory`);
+  return created;
+}
+
+export class Daemon {
+  private stopping: Promise<void> | null = null;
+
+  private constructor(
+    readonly layout: DataDirLayout,
+    private readonly logger: Logger,
+    private readonly lock: DataDirLock,
+    private readonly catalog: Catalog,
+    private readonly volumes: VolumeManager,
+    private readonly nbd: NbdServer,
+    private readonly control: ControlServer,
+  ) {}
+
+  static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
+    const layout = dataDirLayout(config.dataDir);
+    for (const p of [config.socket, config.controlSocket]) {
+      if (p && Buffer.byteLength(p) > MAX_UNIX_PATH) {
+        throw new Error(`Unix socket path too long (${Buffer.byteLength(p)} bytes, limit ${MAX_UNIX_PATH}): ${p}`);
+      }
+    }
+    if (ensureDataDir(layout.dataDir)) logger.info({ dataDir: layout.dataDir }, 'created data directory');
+
+    const lock = await DataDirLock.acquire(layout);
+    const cleanups: (() => Promise<void> | void)[] = [() => lock.release()];
+    const cleanup = async () => {
+      for (const fn of cleanups.reverse()) {
+        try {
+          await fn();
+        } catch (err) {
+          logger.warn({ err: (err as Error).message }, 'cleanup after failed start');
+        }
+      }
+    };
+    try {
+      const token = ensureControlToken(layout.tokenFile);
+      fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
+      const catalog = Catalog.open(layout.dataDir);
+      cleanups.push(() => catalog.close());
+      const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }));
+      cleanups.push(() => volumes.closeAll());
+
+      if (config.defaultVolumeSize !== null) {
+        const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
+        if (made) logger.info({ volume: made.name }, `created the default volume (${formatSize(made.size)})`);
+      }
+
+      const nbd = new NbdServer({ provider: volumes, logger: logger.child({ component: 'nbd' }) });
+      cleanups.push(() => nbd.close());
+      const endpoints: NbdEndpoints = {};
+      if (config.listen) {
+        const a = await nbd.listenTcp(config.listen.host, config.listen.port);
+        endpoints.tcp = { host: config.listen.host, port: a.port };
+      }
+      if (config.socket) {
+        await nbd.listenUnix(config.socket);
+        endpoints.unix = config.socket;
+      }
+
+      const control = new ControlServer({
+        version: rewindVersion(),
+        dataDir: layout.dataDir,
+        volumes,
+        nbd,
+        endpoints,
+        token,
+        logger: logger.child({ component: 'control' }),
+      });
+      cleanups.push(() => control.close());
+      await control.listenUnix(config.controlSocket);
+      for (const t of config.controlTcp) {
+        if (!isLoopback(t.host)) {
+          logger.warn({ host: t.host }, 'control API on a non-loopback address: protected only by the bearer token, without TLS');
+        }
+        await control.listenTcp(t.host, t.port);
+      }
+
+      logger.info(
+        {
+          version: rewindVersion(),
+          dataDir: layout.dataDir,
+          nbdTcp: endpoints.tcp ? hostPort(endpoints.tcp.host, endpoints.tcp.port) : null,
+          nbdUnix: endpoints.unix ?? null,
+          control: config.controlSocket,
+          volumes: catalog.count(),
+          threadpool: threadpoolSize(),
+        },
+        'rewind daemon ready',
+      );
+      return new Daemon(layout, logger, lock, catalog, volumes, nbd, control);
+    } catch (err) {
+      await cleanup();
+      throw err;
+    }
+  }
+
+  /** Graceful shutdown; idempotent. */
+  stop(reason: string): Promise<void> {
+    if (!this.stopping) this.stopping = this.doStop(reason);
+    return this.stopping;
+  }
+
+  private async doStop(reason: string): Promise<void> {
+    this.logger.info({ reason }, 'shutting down');
+    const step = async (what: string, fn: () => Promise<void> | void) => {
+      try {
+        await fn();
+      } catch (err) {
+        this.logger.error({ err: (err as Error).message }, `shutdown: ${what} failed`);
+      }
+    };
+    await step('closing control API', () => this.control.close());
+    await step('closing NBD server', async () => {
+      const closing = this.nbd.close(); // refuses new connections at once
+      // NbdServer.close() awaits its listeners' close() before ending the
+      // connections, and a net.Server only finishes closing once its
+      // connections are gone: end the clients of every volume now so that
+      // shutdown does not wait for them to leave on their own.
+      for (const v of this.catalog.list()) this.nbd.disconnectExport(v.name);
+      await closing;
+    });
+    await step('closing volumes', () => this.volumes.closeAll());
+    await step('closing catalog', () => this.catalog.close());
+    await step('releasing data directory', () => this.lock.release());
+    this.logger.info('stopped');
+  }
+}
+
+/**
+ * Runs the daemon until a signal stops it. Resolves with the process exit
+ * code; throws if start-up fails.
+ */
+export async function runDaemon(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<number> {
+  const daemon = await Daemon.start(config, logger, backend);
+  return new Promise<number>((resolve) => {
+    let signalled = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (signalled) {
+        logger.warn({ signal }, 'second signal during shutdown: exiting now');
+        resolve(1);
+        return;
+      }
+      signalled = true;
+      const timer = setTimeout(() => {
+        logger.error('shutdown took more than 15 s: exiting anyway');
+        resolve(1);
+      }, 15_000);
+      timer.unref();
+      daemon.stop(signal).then(
+        () => {
+          clearTimeout(timer);
+          resolve(0);
+        },
+        (err: unknown) => {
+          logger.error({ err: (err as Error).message }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+    process.on('SIGHUP', onSignal);
+  });
+}

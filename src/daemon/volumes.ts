@@ -1,0 +1,470 @@
+/**
+ * Volumes as the daemon sees them: the catalog records plus the open images
+ * behind them, and the ExportProvider that hands them to the NBD server.
+ *
+ * One image file is opened once per volume and shared by all the
+ * connections using it (one fd; FileExport is safe for concurrent use and
+ * keeps no per-connection cache, so multi-conn holds). Each connection gets
+ * a thin VolumeHandle whose close() releases its reference instead of
+ * closing the shared fd; the fd is closed when the last connection leaves,
+ * or when the volume is deleted (after in-flight requests finish).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type {
+  ClientInfo,
+  ExportListing,
+  ExportProvider,
+  NbdExport,
+  OpenedExport,
+  WriteFlags,
+  ZeroFlags,
+} from '../nbd/export';
+import { Catalog, DuplicateVolumeError, validateVolumeName, type VolumeKind, type VolumeRecord } from '../catalog/catalog';
+import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
+import { UserError } from './errors';
+import { managedImagePath, type DataDirLayout } from './paths';
+
+/** An opened image: what FileExport provides. */
+export interface ImageExport extends NbdExport {
+  close(): Promise<void> | void;
+}
+
+/** How images are created and opened (FileExport in the daemon). */
+export interface ImageBackend {
+  create(path: string, size: number): Promise<void>;
+  open(path: string, opts: { readOnly: boolean }): Promise<ImageExport>;
+}
+
+export interface Logger {
+  debug(o: object | string, msg?: string): void;
+  info(o: object | string, msg?: string): void;
+  warn(o: object | string, msg?: string): void;
+  error(o: object | string, msg?: string): void;
+}
+
+/** Volume name served as the default export "". */
+export const DEFAULT_VOLUME = 'default';
+
+export interface CreateVolumeRequest {
+  name: unknown;
+  size?: unknown;
+  readOnly?: unknown;
+  path?: unknown;
+  description?: unknown;
+}
+
+function shutdownError(name: string): Error {
+  const err = new Error(`volume ${name} was deleted`) as NodeJS.ErrnoException;
+  err.code = 'ESHUTDOWN';
+  return err;
+}
+
+/** The shared open image of one volume, with reference and in-flight counts. */
+class SharedImage {
+  private image: Promise<ImageExport> | null = null;
+  refs = 0;
+  private inflight = 0;
+  revoked = false;
+  private closing: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly record: VolumeRecord,
+    private readonly backend: ImageBackend,
+    private readonly logger: Logger,
+    private readonly onIdle: (s: SharedImage) => void,
+  ) {}
+
+  async acquire(): Promise<VolumeHandle> {
+    if (this.revoked) throw shutdownError(this.record.name);
+    this.refs++;
+    try {
+      if (!this.image) {
+        const opening = (async () => {
+          await this.closing; // a previous close of the same image finishes first
+          return this.backend.open(this.record.path, { readOnly: this.record.readOnly });
+        })();
+        this.image = opening;
+        opening.catch(() => {
+          if (this.image === opening) this.image = null;
+        });
+      }
+      const image = await this.image;
+      if (this.revoked) throw shutdownError(this.record.name);
+      return new VolumeHandle(this, image);
+    } catch (err) {
+      this.release();
+      throw err;
+    }
+  }
+
+  release(): void {
+    this.refs--;
+    this.maybeClose();
+  }
+
+  async run<T>(op: () => Promise<T>): Promise<T> {
+    if (this.revoked) throw shutdownError(this.record.name);
+    this.inflight++;
+    try {
+      return await op();
+    } finally {
+      this.inflight--;
+      if (this.revoked) this.maybeClose();
+    }
+  }
+
+  /** Refuses further I/O; the image closes once in-flight requests finish. */
+  revoke(): Promise<void> {
+    this.revoked = true;
+    this.maybeClose();
+    return this.closing;
+  }
+
+  private maybeClose(): void {
+    const idle = this.inflight === 0 && (this.refs === 0 || this.revoked);
+    if (!idle) return;
+    if (this.image) {
+      const image = this.image;
+      this.image = null;
+      this.closing = this.closing.then(async () => {
+        try {
+          await (await image).close();
+        } catch (err) {
+          // it failed to open, or to close: nothing more to do with it
+          this.logger.debug({ volume: this.record.name, err: (err as Error).message }, 'closing image');
+        }
+      });
+    }
+    if (this.refs === 0) this.onIdle(this);
+  }
+}
+
+/** What one connection holds: delegates to the shared image. */
+class VolumeHandle implements NbdExport {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly capabilities: NbdExport['capabilities'];
+  readonly blockSize: NbdExport['blockSize'];
+  readonly readSparse: NbdExport['readSparse'];
+  private released = false;
+
+  constructor(
+    private readonly shared: SharedImage,
+    private readonly image: ImageExport,
+  ) {
+    this.size = image.size;
+    this.readOnly = image.readOnly || shared.record.readOnly;
+    this.capabilities = image.capabilities;
+    this.blockSize = image.blockSize;
+    const sparse = image.readSparse;
+    this.readSparse = sparse
+      ? (offset: number, length: number) => this.shared.run(() => sparse.call(image, offset, length))
+      : undefined;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.shared.run(() => this.image.read(offset, length));
+  }
+  write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    return this.shared.run(() => this.image.write(offset, data, flags));
+  }
+  flush(): Promise<void> {
+    return this.shared.run(() => this.image.flush());
+  }
+  trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
+    return this.shared.run(() => this.image.trim(offset, length, flags));
+  }
+  zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
+    return this.shared.run(() => this.image.zero(offset, length, flags));
+  }
+  cache(offset: number, length: number): Promise<void> {
+    return this.shared.run(() => this.image.cache(offset, length));
+  }
+  blockStatus(offset: number, length: number) {
+    return this.shared.run(() => this.image.blockStatus(offset, length));
+  }
+  close(): void {
+    if (this.released) return;
+    this.released = true;
+    this.shared.release();
+  }
+}
+
+export interface VolumeInfo extends VolumeRecord {
+  /** Bytes allocated on disk (st_blocks * 512); null for block devices. */
+  allocatedBytes: number | null;
+}
+
+export class VolumeManager implements ExportProvider {
+  private readonly shared = new Map<string, SharedImage>();
+  /** Serialises create and delete. */
+  private mutex: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly catalog: Catalog,
+    private readonly layout: DataDirLayout,
+    private readonly backend: ImageBackend,
+    private readonly logger: Logger,
+  ) {}
+
+  // ---- ExportProvider -------------------------------------------------
+
+  list(_client: ClientInfo): ExportListing[] {
+    return this.catalog.list().map((v) => ({ name: v.name, description: describe(v) }));
+  }
+
+  async open(name: string, client: ClientInfo): Promise<OpenedExport | null> {
+    const volumeName = name === '' ? DEFAULT_VOLUME : name;
+    const record = this.catalog.get(volumeName);
+    if (!record) return null;
+    let shared = this.shared.get(volumeName);
+    if (!shared || shared.revoked || shared.record.created !== record.created) {
+      shared = new SharedImage(record, this.backend, this.logger, (s) => {
+        if (this.shared.get(s.record.name) === s) this.shared.delete(s.record.name);
+      });
+      this.shared.set(volumeName, shared);
+    }
+    const handle = await shared.acquire();
+    // Deleted while we were opening it?
+    if (this.catalog.get(volumeName)?.created !== record.created) {
+      handle.close();
+      return null;
+    }
+    this.logger.debug({ volume: volumeName, conn: client.id }, 'volume opened');
+    return { name: volumeName, description: describe(record), export: handle };
+  }
+
+  // ---- catalog operations ---------------------------------------------
+
+  get(name: string): VolumeRecord | undefined {
+    return this.catalog.get(name);
+  }
+
+  listRecords(): VolumeRecord[] {
+    return this.catalog.list();
+  }
+
+  async info(record: VolumeRecord): Promise<VolumeInfo> {
+    let allocatedBytes: number | null = null;
+    if (record.kind === 'file') {
+      try {
+        const st = await fs.promises.stat(record.path);
+        allocatedBytes = st.blocks * 512;
+      } catch {
+        allocatedBytes = null;
+      }
+    }
+    return { ...record, allocatedBytes };
+  }
+
+  /** Creates a volume (and its sparse image unless `path` names an existing one). */
+  create(req: CreateVolumeRequest): Promise<VolumeRecord> {
+    return this.serialised(() => this.doCreate(req));
+  }
+
+  /**
+   * Deletes a volume. `disconnect` is called after the volume left the
+   * catalog (so no new client can open it) to drop the clients using it.
+   * Returns the record and how many clients were disconnected.
+   */
+  remove(
+    name: string,
+    opts: { keepData: boolean; disconnect: (name: string) => number },
+  ): Promise<{ record: VolumeRecord; disconnected: number; dataDeleted: boolean }> {
+    return this.serialised(async () => {
+      const nameError = validateVolumeName(name);
+      if (nameError) throw new UserError('invalid', nameError);
+      const record = this.catalog.get(name);
+      if (!record) throw new UserError('not-found', `no volume named "${name}"`);
+      await this.catalog.remove(name);
+      const disconnected = opts.disconnect(name);
+      const shared = this.shared.get(name);
+      if (shared) {
+        this.shared.delete(name);
+        await shared.revoke();
+      }
+      let dataDeleted = false;
+      if (!opts.keepData && !record.external) {
+        const { dir, image } = managedImagePath(this.layout, name);
+        if (record.path === image) {
+          await fs.promises.rm(dir, { recursive: true, force: true });
+          dataDeleted = true;
+        }
+      }
+      this.logger.info({ volume: name, disconnected, dataDeleted }, 'volume deleted');
+      return { record, disconnected, dataDeleted };
+    });
+  }
+
+  /** Creates the default volume on first start (see serve). */
+  async ensureDefaultVolume(size: number): Promise<VolumeRecord | null> {
+    if (this.catalog.getMeta<boolean>('defaultVolumeCreated')) return null;
+    if (this.catalog.count() > 0) {
+      await this.catalog.setMeta('defaultVolumeCreated', true);
+      return null;
+    }
+    const record = await this.create({ name: DEFAULT_VOLUME, size });
+    await this.catalog.setMeta('defaultVolumeCreated', true);
+    return record;
+  }
+
+  /** Clients currently holding the volume open (from our own references). */
+  openCount(name: string): number {
+    return this.shared.get(name)?.refs ?? 0;
+  }
+
+  /** Closes every shared image (after the NBD server has closed). */
+  async closeAll(): Promise<void> {
+    const all = [...this.shared.values()];
+    this.shared.clear();
+    await Promise.all(all.map((s) => s.revoke()));
+  }
+
+  private serialised<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.mutex.then(fn, fn);
+    this.mutex = run.catch(() => undefined);
+    return run;
+  }
+
+  private async doCreate(req: CreateVolumeRequest): Promise<VolumeRecord> {
+    const nameError = validateVolumeName(req.name);
+    if (nameError) throw new UserError('invalid', nameError);
+    const name = req.name as string;
+    if (req.readOnly !== undefined && typeof req.readOnly !== 'boolean') {
+      throw new UserError('invalid', 'readOnly must be true or false');
+    }
+    const readOnly = req.readOnly === true;
+    if (req.description !== undefined && typeof req.description !== 'string') {
+      throw new UserError('invalid', 'description must be a string');
+    }
+    if (this.catalog.get(name)) throw new UserError('conflict', `volume "${name}" already exists`);
+
+    let size: number | undefined;
+    if (req.size !== undefined && req.size !== null) {
+      if (typeof req.size !== 'string' && typeof req.size !== 'number') {
+        throw new UserError('invalid', 'size must be a string such as "1G" or a number of bytes');
+      }
+      try {
+        size = parseVolumeSize(req.size);
+      } catch (err) {
+        if (err instanceof SizeError) throw new UserError('invalid', err.message);
+        throw err;
+      }
+    }
+
+    const description = typeof req.description === 'string' ? req.description : '';
+    let record: VolumeRecord;
+    let createdImage: { dir: string } | null = null;
+    if (req.path !== undefined && req.path !== null) {
+      record = await this.externalRecord(name, req.path, size, readOnly, description);
+    } else {
+      if (size === undefined) throw new UserError('invalid', 'size is required (e.g. "1G") unless path is given');
+      const { dir, image } = managedImagePath(this.layout, name);
+      if (await exists(image)) {
+        throw new UserError(
+          'conflict',
+          `an image for "${name}" already exists at ${image} (kept from a deleted volume?); ` +
+            `remove it, or create the volume with path=${image} to reuse it`,
+        );
+      }
+      await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
+      createdImage = { dir };
+      try {
+        await this.backend.create(image, size);
+      } catch (err) {
+        await fs.promises.rm(dir, { recursive: true, force: true });
+        throw new Error(`cannot create image ${image}: ${(err as Error).message}`);
+      }
+      record = {
+        name,
+        size,
+        path: image,
+        kind: 'file',
+        readOnly,
+        external: false,
+        created: new Date().toISOString(),
+        description,
+      };
+    }
+    try {
+      await this.catalog.add(record);
+    } catch (err) {
+      if (createdImage) await fs.promises.rm(createdImage.dir, { recursive: true, force: true });
+      if (err instanceof DuplicateVolumeError) throw new UserError('conflict', err.message);
+      throw err;
+    }
+    this.logger.info({ volume: name, size: record.size, path: record.path, kind: record.kind, readOnly }, 'volume created');
+    return record;
+  }
+
+  private async externalRecord(
+    name: string,
+    rawPath: unknown,
+    size: number | undefined,
+    readOnly: boolean,
+    description: string,
+  ): Promise<VolumeRecord> {
+    if (typeof rawPath !== 'string' || rawPath === '') throw new UserError('invalid', 'path must be a non-empty string');
+    if (!path.isAbsolute(rawPath)) throw new UserError('invalid', `path must be absolute: ${rawPath}`);
+    const file = path.normalize(rawPath);
+    let st: fs.Stats;
+    try {
+      st = await fs.promises.stat(file);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new UserError('invalid', `path does not exist: ${file}`);
+      throw new UserError('invalid', `cannot use ${file}: ${(err as Error).message}`);
+    }
+    let kind: VolumeKind;
+    if (st.isFile()) kind = 'file';
+    else if (st.isBlockDevice()) kind = 'device';
+    else throw new UserError('invalid', `path is not a regular file or a block device: ${file}`);
+    const user = this.catalog.list().find((v) => v.path === file);
+    if (user) throw new UserError('conflict', `${file} is already used by volume "${user.name}"`);
+
+    // Open it as the daemon will, to check access and learn a device's size.
+    let actual: number;
+    try {
+      const image = await this.backend.open(file, { readOnly });
+      actual = image.size;
+      await image.close();
+    } catch (err) {
+      throw new UserError('invalid', `cannot open ${file}${readOnly ? '' : ' for writing'}: ${(err as Error).message}`);
+    }
+    if (size !== undefined && size !== actual) {
+      throw new UserError(
+        'invalid',
+        `size ${size} does not match the size of ${file} (${actual} bytes); omit size to use the ${kind}'s size`,
+      );
+    }
+    try {
+      checkVolumeSize(actual, `of ${file}`);
+    } catch (err) {
+      throw new UserError('invalid', (err as Error).message);
+    }
+    return {
+      name,
+      size: actual,
+      path: file,
+      kind,
+      readOnly,
+      external: true,
+      created: new Date().toISOString(),
+      description,
+    };
+  }
+}
+
+export function describe(v: VolumeRecord): string {
+  return v.description ? `rewind volume ${v.name}: ${v.description}` : `rewind volume ${v.name}`;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.promises.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
