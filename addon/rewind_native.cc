@@ -12,6 +12,15 @@
 //                                                   physicalSectorSize,
 //                                                   major, minor }
 //   fadviseWillNeed(fd, offset, length)        -> undefined
+//   preadNoWait(fd, buf, bufOff, len, pos)     -> bytes read, or -1 if the
+//   pwriteNoWait(fd, buf, bufOff, len, pos)       kernel would block (the
+//                                                 data is not in the page
+//                                                 cache / writeback would
+//                                                 wait): preadv2/pwritev2
+//                                                 with RWF_NOWAIT, so the
+//                                                 event loop never waits on
+//                                                 a disk; the caller then
+//                                                 uses the threadpool.
 //
 // Failures become JS Errors with `.code` (errno name), `.errno` (positive
 // number) and `.syscall`; asynchronous functions reject instead of throwing,
@@ -24,6 +33,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #ifdef __linux__
@@ -425,6 +435,41 @@ Napi::Value FadviseWillNeed(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Positioned I/O that refuses to block: RWF_NOWAIT. Returns the byte count,
+// or -1 when the kernel reports EAGAIN (would block) or does not support
+// RWF_NOWAIT for this file (EOPNOTSUPP), so the caller falls back to the
+// threadpool. Other errors throw.
+Napi::Value NoWaitIo(const Napi::CallbackInfo& info, bool write) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  if (!info[1].IsBuffer()) throw Napi::TypeError::New(env, "buffer must be a Buffer");
+  auto buf = info[1].As<Napi::Buffer<uint8_t>>();
+  int64_t bufOff = ArgOffset(info, 2, "bufferOffset");
+  int64_t len = ArgOffset(info, 3, "length");
+  int64_t pos = ArgOffset(info, 4, "position");
+  if (bufOff + len > static_cast<int64_t>(buf.Length()))
+    throw Napi::RangeError::New(env, "range exceeds the buffer");
+#if defined(__linux__) && defined(RWF_NOWAIT)
+  struct iovec iov;
+  iov.iov_base = buf.Data() + bufOff;
+  iov.iov_len = static_cast<size_t>(len);
+  ssize_t r;
+  do {
+    r = write ? ::pwritev2(fd, &iov, 1, static_cast<off_t>(pos), RWF_NOWAIT)
+              : ::preadv2(fd, &iov, 1, static_cast<off_t>(pos), RWF_NOWAIT);
+  } while (r < 0 && errno == EINTR);
+  if (r >= 0) return Napi::Number::New(env, static_cast<double>(r));
+  int e = errno;
+  if (e == EAGAIN || e == EOPNOTSUPP) return Napi::Number::New(env, -1);
+  throw ErrnoError(env, e, write ? "pwritev2(RWF_NOWAIT)" : "preadv2(RWF_NOWAIT)", write ? "pwritev2" : "preadv2");
+#else
+  return Napi::Number::New(env, -1);
+#endif
+}
+
+Napi::Value PreadNoWait(const Napi::CallbackInfo& info) { return NoWaitIo(info, false); }
+Napi::Value PwriteNoWait(const Napi::CallbackInfo& info) { return NoWaitIo(info, true); }
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("fallocateSync", Napi::Function::New(env, FallocateSync, "fallocateSync"));
@@ -436,6 +481,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize, "blockDeviceSize"));
   exports.Set("blockDeviceInfo", Napi::Function::New(env, BlockDeviceInfo, "blockDeviceInfo"));
   exports.Set("fadviseWillNeed", Napi::Function::New(env, FadviseWillNeed, "fadviseWillNeed"));
+  exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
+  exports.Set("pwriteNoWait", Napi::Function::New(env, PwriteNoWait, "pwriteNoWait"));
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
   return exports;
 }

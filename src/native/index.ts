@@ -56,6 +56,8 @@ interface RawAddon {
   blockDeviceSize(fd: number): number;
   blockDeviceInfo(fd: number): BlockDeviceInfo;
   fadviseWillNeed(fd: number, offset: number, length: number): void;
+  preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   linux: boolean;
 }
 
@@ -214,6 +216,22 @@ export function fadviseWillNeed(fd: number, offset: number, length: number): voi
 }
 
 /** True if err is an "operation not supported" failure (EOPNOTSUPP/ENOTSUP/ENOSYS). */
+/**
+ * pread that never waits for the disk (preadv2 + RWF_NOWAIT): returns the
+ * bytes read from the page cache (possibly short), or -1 if it would block.
+ */
+export function preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
+  return loadNative().preadNoWait(fd, buf, bufOffset, length, position);
+}
+
+/**
+ * pwrite that never waits (pwritev2 + RWF_NOWAIT): returns the bytes
+ * written (possibly short), or -1 if it would block or is unsupported.
+ */
+export function pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
+  return loadNative().pwriteNoWait(fd, buf, bufOffset, length, position);
+}
+
 export function isNotSupported(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS';
