@@ -415,3 +415,15 @@ test('disconnectExport drops the clients of that export only', async (t) => {
   t.is((await b.read(0, 1)).length, 1);
   await b.disconnect();
 });
+
+test('close() ends handshaking and transmitting clients promptly', async (t) => {
+  const f = await startFixture(t);
+  const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
+  const half = await RawPeer.connect(f.port);
+  await half.read(18); // stays in the handshake
+  const t0 = Date.now();
+  await f.server.close();
+  t.true(Date.now() - t0 < 2000, `close took ${Date.now() - t0} ms`);
+  t.true(await half.waitClosed());
+  await t.throwsAsync(c.read(0, 1));
+});

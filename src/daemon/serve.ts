@@ -181,15 +181,7 @@ export class Daemon {
       }
     };
     await step('closing control API', () => this.control.close());
-    await step('closing NBD server', async () => {
-      const closing = this.nbd.close(); // refuses new connections at once
-      // NbdServer.close() awaits its listeners' close() before ending the
-      // connections, and a net.Server only finishes closing once its
-      // connections are gone: end the clients of every volume now so that
-      // shutdown does not wait for them to leave on their own.
-      for (const v of this.catalog.list()) this.nbd.disconnectExport(v.name);
-      await closing;
-    });
+    await step('closing NBD server', () => this.nbd.close());
     await step('closing volumes', () => this.volumes.closeAll());
     await step('closing catalog', () => this.catalog.close());
     await step('releasing data directory', () => this.lock.release());

@@ -99,15 +99,15 @@ export class NbdServer extends EventEmitter {
   /** Stop listening and end every connection. */
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.all(
-      this.sockets.map((l) => new Promise<void>((r) => l.close(() => r()))),
-    );
+    // A net.Server finishes closing only when its connections are gone, so
+    // end the connections (handshaking ones too) before waiting on it.
+    const listenersClosed = this.sockets.map((l) => new Promise<void>((r) => l.close(() => r())));
     this.sockets.length = 0;
     const waits = [...this.conns].map((c) => {
       c.destroy();
       return c.closed();
     });
-    await Promise.all(waits);
+    await Promise.all([...waits, ...listenersClosed]);
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
     this.unixPaths.length = 0;
   }
