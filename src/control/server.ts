@@ -36,6 +36,7 @@ import {
 export interface NbdServerView {
   stats(): { connections: number; requests: number; bytesRead: number; bytesWritten: number; errors: number };
   disconnectExport(name: string): number;
+  drainExport(name: string): Promise<void>;
   connectionCount(exportName?: string): number;
 }
 
@@ -214,7 +215,8 @@ export class ControlServer {
         const keepData = flag(url.searchParams.get('keepData'), 'keepData');
         const result = await this.opts.volumes.remove(name, {
           keepData,
-          disconnect: (n) => this.disconnect(n),
+          disconnect: (n) => this.opts.nbd.disconnectExport(n),
+          drained: (n) => this.opts.nbd.drainExport(n),
         });
         const out: DeleteResult = {
           deleted: name,
@@ -262,9 +264,6 @@ export class ControlServer {
     return this.view(record);
   }
 
-  private disconnect(name: string): number {
-    return this.opts.nbd.disconnectExport(name);
-  }
 
   private async view(record: VolumeRecord): Promise<VolumeView> {
     const info = await this.opts.volumes.info(record);

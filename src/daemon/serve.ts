@@ -78,7 +78,6 @@ export class Daemon {
     private readonly logger: Logger,
     private readonly lock: DataDirLock,
     private readonly catalog: Catalog,
-    private readonly volumes: VolumeManager,
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
   ) {}
@@ -109,7 +108,6 @@ export class Daemon {
       const catalog = Catalog.open(layout.dataDir);
       cleanups.push(() => catalog.close());
       const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }));
-      cleanups.push(() => volumes.closeAll());
 
       if (config.defaultVolumeSize !== null) {
         const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
@@ -158,7 +156,7 @@ export class Daemon {
         },
         'rewind daemon ready',
       );
-      return new Daemon(layout, logger, lock, catalog, volumes, nbd, control);
+      return new Daemon(layout, logger, lock, catalog, nbd, control);
     } catch (err) {
       await cleanup();
       throw err;
@@ -182,7 +180,6 @@ export class Daemon {
     };
     await step('closing control API', () => this.control.close());
     await step('closing NBD server', () => this.nbd.close());
-    await step('closing volumes', () => this.volumes.closeAll());
     await step('closing catalog', () => this.catalog.close());
     await step('releasing data directory', () => this.lock.release());
     this.logger.info('stopped');

@@ -1,13 +1,12 @@
 /**
- * Volumes as the daemon sees them: the catalog records plus the open images
- * behind them, and the ExportProvider that hands them to the NBD server.
+ * Volumes as the daemon sees them: the catalog records, and the
+ * ExportProvider that hands their images to the NBD server.
  *
- * One image file is opened once per volume and shared by all the
- * connections using it (one fd; FileExport is safe for concurrent use and
- * keeps no per-connection cache, so multi-conn holds). Each connection gets
- * a thin VolumeHandle whose close() releases its reference instead of
- * closing the shared fd; the fd is closed when the last connection leaves,
- * or when the volume is deleted (after in-flight requests finish).
+ * Each connection opens its own FileExport; FileExport shares one fd per
+ * image among them (reference-counted, closed only after in-flight I/O), and
+ * keeps no per-connection cache, so multi-conn holds. Deleting a volume
+ * removes it from the catalog first (no new client can open it), then has
+ * the NBD server drop and drain its clients, and only then deletes the file.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -17,8 +16,6 @@ import type {
   ExportProvider,
   NbdExport,
   OpenedExport,
-  WriteFlags,
-  ZeroFlags,
 } from '../nbd/export';
 import { Catalog, DuplicateVolumeError, validateVolumeName, type VolumeKind, type VolumeRecord } from '../catalog/catalog';
 import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
@@ -54,150 +51,12 @@ export interface CreateVolumeRequest {
   description?: unknown;
 }
 
-function shutdownError(name: string): Error {
-  const err = new Error(`volume ${name} was deleted`) as NodeJS.ErrnoException;
-  err.code = 'ESHUTDOWN';
-  return err;
-}
-
-/** The shared open image of one volume, with reference and in-flight counts. */
-class SharedImage {
-  private image: Promise<ImageExport> | null = null;
-  refs = 0;
-  private inflight = 0;
-  revoked = false;
-  private closing: Promise<void> = Promise.resolve();
-
-  constructor(
-    readonly record: VolumeRecord,
-    private readonly backend: ImageBackend,
-    private readonly logger: Logger,
-    private readonly onIdle: (s: SharedImage) => void,
-  ) {}
-
-  async acquire(): Promise<VolumeHandle> {
-    if (this.revoked) throw shutdownError(this.record.name);
-    this.refs++;
-    try {
-      if (!this.image) {
-        const opening = (async () => {
-          await this.closing; // a previous close of the same image finishes first
-          return this.backend.open(this.record.path, { readOnly: this.record.readOnly });
-        })();
-        this.image = opening;
-        opening.catch(() => {
-          if (this.image === opening) this.image = null;
-        });
-      }
-      const image = await this.image;
-      if (this.revoked) throw shutdownError(this.record.name);
-      return new VolumeHandle(this, image);
-    } catch (err) {
-      this.release();
-      throw err;
-    }
-  }
-
-  release(): void {
-    this.refs--;
-    this.maybeClose();
-  }
-
-  async run<T>(op: () => Promise<T>): Promise<T> {
-    if (this.revoked) throw shutdownError(this.record.name);
-    this.inflight++;
-    try {
-      return await op();
-    } finally {
-      this.inflight--;
-      if (this.revoked) this.maybeClose();
-    }
-  }
-
-  /** Refuses further I/O; the image closes once in-flight requests finish. */
-  revoke(): Promise<void> {
-    this.revoked = true;
-    this.maybeClose();
-    return this.closing;
-  }
-
-  private maybeClose(): void {
-    const idle = this.inflight === 0 && (this.refs === 0 || this.revoked);
-    if (!idle) return;
-    if (this.image) {
-      const image = this.image;
-      this.image = null;
-      this.closing = this.closing.then(async () => {
-        try {
-          await (await image).close();
-        } catch (err) {
-          // it failed to open, or to close: nothing more to do with it
-          this.logger.debug({ volume: this.record.name, err: (err as Error).message }, 'closing image');
-        }
-      });
-    }
-    if (this.refs === 0) this.onIdle(this);
-  }
-}
-
-/** What one connection holds: delegates to the shared image. */
-class VolumeHandle implements NbdExport {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly capabilities: NbdExport['capabilities'];
-  readonly blockSize: NbdExport['blockSize'];
-  readonly readSparse: NbdExport['readSparse'];
-  private released = false;
-
-  constructor(
-    private readonly shared: SharedImage,
-    private readonly image: ImageExport,
-  ) {
-    this.size = image.size;
-    this.readOnly = image.readOnly || shared.record.readOnly;
-    this.capabilities = image.capabilities;
-    this.blockSize = image.blockSize;
-    const sparse = image.readSparse;
-    this.readSparse = sparse
-      ? (offset: number, length: number) => this.shared.run(() => sparse.call(image, offset, length))
-      : undefined;
-  }
-
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.shared.run(() => this.image.read(offset, length));
-  }
-  write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    return this.shared.run(() => this.image.write(offset, data, flags));
-  }
-  flush(): Promise<void> {
-    return this.shared.run(() => this.image.flush());
-  }
-  trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
-    return this.shared.run(() => this.image.trim(offset, length, flags));
-  }
-  zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
-    return this.shared.run(() => this.image.zero(offset, length, flags));
-  }
-  cache(offset: number, length: number): Promise<void> {
-    return this.shared.run(() => this.image.cache(offset, length));
-  }
-  blockStatus(offset: number, length: number) {
-    return this.shared.run(() => this.image.blockStatus(offset, length));
-  }
-  close(): void {
-    if (this.released) return;
-    this.released = true;
-    this.shared.release();
-  }
-}
-
 export interface VolumeInfo extends VolumeRecord {
   /** Bytes allocated on disk (st_blocks * 512); null for block devices. */
   allocatedBytes: number | null;
 }
 
 export class VolumeManager implements ExportProvider {
-  private readonly shared = new Map<string, SharedImage>();
   /** Serialises create and delete. */
   private mutex: Promise<unknown> = Promise.resolve();
 
@@ -218,21 +77,14 @@ export class VolumeManager implements ExportProvider {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
     if (!record) return null;
-    let shared = this.shared.get(volumeName);
-    if (!shared || shared.revoked || shared.record.created !== record.created) {
-      shared = new SharedImage(record, this.backend, this.logger, (s) => {
-        if (this.shared.get(s.record.name) === s) this.shared.delete(s.record.name);
-      });
-      this.shared.set(volumeName, shared);
-    }
-    const handle = await shared.acquire();
+    const image = await this.backend.open(record.path, { readOnly: record.readOnly });
     // Deleted while we were opening it?
     if (this.catalog.get(volumeName)?.created !== record.created) {
-      handle.close();
+      await image.close();
       return null;
     }
     this.logger.debug({ volume: volumeName, conn: client.id }, 'volume opened');
-    return { name: volumeName, description: describe(record), export: handle };
+    return { name: volumeName, description: describe(record), export: image };
   }
 
   // ---- catalog operations ---------------------------------------------
@@ -264,13 +116,14 @@ export class VolumeManager implements ExportProvider {
   }
 
   /**
-   * Deletes a volume. `disconnect` is called after the volume left the
-   * catalog (so no new client can open it) to drop the clients using it.
+   * Deletes a volume. Once it has left the catalog (so no new client can
+   * open it), `disconnect` drops the clients using it and `drained` resolves
+   * when their in-flight requests are done; then the image is deleted.
    * Returns the record and how many clients were disconnected.
    */
   remove(
     name: string,
-    opts: { keepData: boolean; disconnect: (name: string) => number },
+    opts: { keepData: boolean; disconnect: (name: string) => number; drained: (name: string) => Promise<void> },
   ): Promise<{ record: VolumeRecord; disconnected: number; dataDeleted: boolean }> {
     return this.serialised(async () => {
       const nameError = validateVolumeName(name);
@@ -279,11 +132,7 @@ export class VolumeManager implements ExportProvider {
       if (!record) throw new UserError('not-found', `no volume named "${name}"`);
       await this.catalog.remove(name);
       const disconnected = opts.disconnect(name);
-      const shared = this.shared.get(name);
-      if (shared) {
-        this.shared.delete(name);
-        await shared.revoke();
-      }
+      await opts.drained(name);
       let dataDeleted = false;
       if (!opts.keepData && !record.external) {
         const { dir, image } = managedImagePath(this.layout, name);
@@ -307,18 +156,6 @@ export class VolumeManager implements ExportProvider {
     const record = await this.create({ name: DEFAULT_VOLUME, size });
     await this.catalog.setMeta('defaultVolumeCreated', true);
     return record;
-  }
-
-  /** Clients currently holding the volume open (from our own references). */
-  openCount(name: string): number {
-    return this.shared.get(name)?.refs ?? 0;
-  }
-
-  /** Closes every shared image (after the NBD server has closed). */
-  async closeAll(): Promise<void> {
-    const all = [...this.shared.values()];
-    this.shared.clear();
-    await Promise.all(all.map((s) => s.revoke()));
   }
 
   private serialised<T>(fn: () => Promise<T>): Promise<T> {

@@ -109,6 +109,10 @@ const MAX_NAME = 4096;
 const STAGING_SIZE = 256 * 1024;
 /** WRITE payloads at least this large are read directly into place. */
 const DIRECT_MIN_PAYLOAD = 32 * 1024;
+/** Reads at least this large use recycled buffers. */
+const POOL_MIN = 64 * 1024;
+/** Bytes of idle read buffers a connection keeps. */
+const POOL_MAX_BYTES = 16 * 1024 * 1024;
 
 class ProtocolViolation extends Error {}
 
@@ -147,6 +151,9 @@ export class Connection {
   private staging: Buffer | null = null;
   private lastGiven: Buffer | null = null;
   private direct: { hdr: Buffer; payload: Buffer; filled: number } | null = null;
+  /** Read buffers lent to the export, returned once the socket has sent them. */
+  private readonly readPool = new Map<number, Buffer[]>();
+  private readPoolBytes = 0;
   private closeWaiters: Array<() => void> = [];
 
   /**
@@ -934,6 +941,32 @@ export class Connection {
     return b;
   }
 
+  private borrow(length: number): Buffer | undefined {
+    if (length < POOL_MIN) return undefined;
+    const list = this.readPool.get(length);
+    const b = list?.pop();
+    if (b) {
+      this.readPoolBytes -= length;
+      return b;
+    }
+    return Buffer.allocUnsafe(length);
+  }
+
+  private giveBack(b: Buffer | undefined): void {
+    if (!b || this.phase === Phase.Closed || this.readPoolBytes + b.length > POOL_MAX_BYTES) return;
+    let list = this.readPool.get(b.length);
+    if (!list) this.readPool.set(b.length, (list = []));
+    list.push(b);
+    this.readPoolBytes += b.length;
+  }
+
+  /** Send the last piece of a read reply; lend `into` back once it is out. */
+  private sendLast(buf: Buffer, into: Buffer | undefined): void {
+    if (this.sock.destroyed) return;
+    if (into) this.sock.write(buf, () => this.giveBack(into));
+    else this.sock.write(buf);
+  }
+
   private async doRead(cookie: Buffer, offset: number, length: number, df: boolean): Promise<void> {
     const e = this.exp!;
     if (length === 0) {
@@ -943,10 +976,11 @@ export class Connection {
       } else this.replyOk(cookie);
       return;
     }
+    const into = this.borrow(length);
     if (this.structured && !df && e.readSparse && length >= SPARSE_READ_THRESHOLD) {
       let chunks;
       try {
-        chunks = await e.readSparse(offset, length);
+        chunks = await e.readSparse(offset, length, into);
         let covered = offset;
         for (const c of chunks) {
           if (c.offset !== covered || c.length <= 0 || (c.data && c.data.length !== c.length)) {
@@ -956,12 +990,14 @@ export class Connection {
         }
         if (covered !== offset + length) throw new Error('export sparse read did not cover the request');
       } catch (err) {
+        this.giveBack(into);
         this.log('warn', { err: (err as Error)?.message }, 'read failed');
         return this.replyErrorCookie(cookie, P.CMD_READ, this.errnoOf(err), (err as Error)?.message ?? 'read error');
       }
       if (this.sock.destroyed) return;
       this.cork();
       for (let i = 0; i < chunks.length; i++) {
+        const last = i === chunks.length - 1;
         const c = chunks[i]!;
         const done = i === chunks.length - 1 ? P.REPLY_FLAG_DONE : 0;
         if (c.data) {
@@ -970,13 +1006,15 @@ export class Connection {
           o.writeBigUInt64BE(BigInt(c.offset), 0);
           this.send(h);
           this.send(o);
-          this.send(c.data);
+          if (last) this.sendLast(c.data, into);
+          else this.send(c.data);
         } else {
           const h = Buffer.allocUnsafe(32);
           this.structuredHeader(cookie, done, P.REPLY_TYPE_OFFSET_HOLE, 12).copy(h, 0);
           h.writeBigUInt64BE(BigInt(c.offset), 20);
           h.writeUInt32BE(c.length, 28);
-          this.send(h);
+          if (last) this.sendLast(h, into);
+          else this.send(h);
         }
       }
       this.hooks.stats.bytesRead += length;
@@ -984,9 +1022,10 @@ export class Connection {
     }
     let data: Buffer;
     try {
-      data = await e.read(offset, length);
+      data = await e.read(offset, length, into);
       if (data.length !== length) throw new Error(`export returned ${data.length} bytes for a ${length}-byte read`);
     } catch (err) {
+      this.giveBack(into);
       this.log('warn', { err: (err as Error)?.message }, 'read failed');
       return this.replyErrorCookie(cookie, P.CMD_READ, this.errnoOf(err), (err as Error)?.message ?? 'read error');
     }
@@ -1010,7 +1049,7 @@ export class Connection {
       cookie.copy(h, 8, 0, 8);
       this.send(h);
     }
-    this.send(data);
+    this.sendLast(data, into);
   }
 
   private async doBlockStatus(cookie: Buffer, offset: number, length: number, reqOne: boolean): Promise<void> {
@@ -1098,6 +1137,8 @@ export class Connection {
     this.input.clear();
     this.staging = null;
     this.direct = null;
+    this.readPool.clear();
+    this.readPoolBytes = 0;
     const exp = this.exp;
     this.exp = null;
     const done = () => {

@@ -87,14 +87,20 @@ export interface NbdExport {
   /** Constraints to advertise; the server's defaults apply when absent. */
   readonly blockSize?: BlockSizeConstraints;
 
-  /** Read `length` bytes at `offset`. The result must be exactly `length` long. */
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Read `length` bytes at `offset`. The result must be exactly `length`
+   * long. When `into` is given (exactly `length` bytes, lent by the server
+   * from its buffer pool), an export should fill it and return it; it may
+   * ignore it and return a buffer of its own.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /**
    * Optional sparse read: chunks covering [offset, offset+length) in
    * ascending order, with holes marked by a missing `data`. The server uses
    * it for large structured reads to send NBD_REPLY_TYPE_OFFSET_HOLE.
+   * `into` is as for read(): data chunks may be views of it.
    */
-  readSparse?(offset: number, length: number): Promise<ReadChunk[]>;
+  readSparse?(offset: number, length: number, into?: Buffer): Promise<ReadChunk[]>;
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, flags: WriteFlags): Promise<void>;
