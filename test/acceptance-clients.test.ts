@@ -353,3 +353,31 @@ if bad:
     sys.exit(1)
 print(f"verified {last + 1} blocks")
 `;
+
+test.serial('a real ENOSPC from the backing file becomes an NBD error; earlier data survives and the daemon keeps serving', async (t) => {
+  need('qemu-io', 'mount', 'umount');
+  const d = await startDaemon();
+  t.teardown(() => d.cleanup());
+  const dir = tempDir();
+  const mnt = path.join(dir, 'small');
+  fs.mkdirSync(mnt);
+  await ok('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
+  t.teardown(async () => {
+    await run('umount', [mnt]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const img = path.join(mnt, 'disk.raw');
+  fs.writeFileSync(img, '');
+  fs.truncateSync(img, 64 * MiB); // sparse: far larger than the filesystem
+  const created = await d.cli(['volume', 'create', 'tight', '--path', img]);
+  t.is(created.code, 0, created.stderr);
+  await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 2M', d.nbdUri('tight')]);
+  const full = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x62 4M 16M', d.nbdUri('tight')]);
+  t.regex(full.stdout + full.stderr, /No space left on device/);
+  t.true(d.isRunning, 'daemon still up');
+  const back = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x61 0 2M', d.nbdUri('tight')]);
+  t.is(back.code, 0, back.stdout + back.stderr);
+  t.notRegex(back.stdout, /Pattern verification failed/);
+  // Other volumes are unaffected.
+  await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x63 0 1M', '-c', 'read -P 0x63 0 1M', d.nbdUri('default')]);
+});
