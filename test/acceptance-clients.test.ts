@@ -150,6 +150,7 @@ test.serial('fio 4k random writes at iodepth 32 with crc32c verify: no errors', 
     '--size=128M',
     '--verify=crc32c',
     '--verify_fatal=1',
+    '--verify_state_save=0',
   ]);
   const job = r.jobs[0];
   t.is(job.error, 0);
@@ -174,6 +175,7 @@ test.serial('fio two jobs on two connections (multi-conn) with verify: no errors
     '--offset_increment=64M',
     '--verify=crc32c',
     '--verify_fatal=1',
+    '--verify_state_save=0',
   ]);
   t.is(r.jobs.length, 2);
   for (const job of r.jobs) {

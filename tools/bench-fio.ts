@@ -4,7 +4,7 @@
  * nbdkit (file plugin) and qemu-nbd, each serving its own sparse file of the
  * same size on the same filesystem.
  *
- *   node dist/tools/bench-fio.js [--only rewind,nbdkit,qemu-nbd] [--profiles seq-write,...]
+ *   node dist/tools/bench-fio.js [--only rewind,rewind-protected,nbdkit,qemu-nbd] [--profiles seq-write,...]
  *                                [--runtime 10] [--size 4G] [--repeat 1] [--json out.json]
  *
  * Profiles run one after another; inside a profile every server runs before the
@@ -112,6 +112,8 @@ interface RewindOptions {
   volume: string;
   extraArgs: string[];
   bin: string;
+  /** Create the volume after start with these `rewind volume create` flags (e.g. --protected). */
+  createArgs?: string[];
 }
 
 function rewindServer(o: RewindOptions): ServerDescriptor {
@@ -162,6 +164,13 @@ function rewindServer(o: RewindOptions): ServerDescriptor {
         readyTimeoutMs: 60_000,
         stopTimeoutMs: 30_000,
       });
+      if (o.createArgs) {
+        await runCommand(
+          process.execPath,
+          [o.bin, '--data-dir', dataDir, 'volume', 'create', o.volume, '--size', String(ctx.size), ...o.createArgs],
+          { timeoutMs: 60_000 },
+        );
+      }
       return running(handle, o.volume);
     },
   };
@@ -229,6 +238,15 @@ const qemuNbdServer: ServerDescriptor = {
 function serverCatalog(opts: CliOptions): ServerDescriptor[] {
   return [
     rewindServer({ name: 'rewind', volume: opts.rewindVolume, extraArgs: opts.rewindArgs, bin: opts.rewindBin }),
+    // The same daemon with a protected (journaled) volume: the intercept,
+    // AILFC appends, state map and the backup manager applying behind it.
+    rewindServer({
+      name: 'rewind-protected',
+      volume: 'protected',
+      extraArgs: [...opts.rewindArgs, '--no-default-volume'],
+      bin: opts.rewindBin,
+      createArgs: ['--protected'],
+    }),
     nbdkitServer,
     qemuNbdServer,
   ];
@@ -394,7 +412,7 @@ function parseOptions(argv: string[]): CliOptions {
       "Benchmark fio's NBD engine against Rewind, nbdkit (file plugin) and qemu-nbd on equal sparse files.\n" +
         `Profiles: ${PROFILES.map((p) => `${p.name} (${p.rw} bs=${p.bs} iodepth=${p.iodepth})`).join(', ')}.`,
     )
-    .option('--only <servers>', 'comma-separated servers to run (default: all: rewind,nbdkit,qemu-nbd)')
+    .option('--only <servers>', 'comma-separated servers to run (default: all: rewind,rewind-protected,nbdkit,qemu-nbd)')
     .option('--profiles <list>', 'comma-separated profiles (default: all, in the order above)')
     .option('--runtime <seconds>', 'measured seconds per run', positiveInt('--runtime'), 10)
     .option('--ramp <seconds>', 'unmeasured warm-up seconds per run (fio ramp_time)', nonNegativeInt('--ramp'), 2)
