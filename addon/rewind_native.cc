@@ -436,9 +436,10 @@ Napi::Value FadviseWillNeed(const Napi::CallbackInfo& info) {
 }
 
 // Positioned I/O that refuses to block: RWF_NOWAIT. Returns the byte count,
-// or -1 when the kernel reports EAGAIN (would block) or does not support
-// RWF_NOWAIT for this file (EOPNOTSUPP), so the caller falls back to the
-// threadpool. Other errors throw.
+// -1 when the kernel reports EAGAIN (would block), or -2 when it does not
+// support RWF_NOWAIT for this file (EOPNOTSUPP: e.g. buffered writes on
+// ext4), so the caller falls back to the threadpool (and stops trying on
+// -2). Other errors throw.
 Napi::Value NoWaitIo(const Napi::CallbackInfo& info, bool write) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
@@ -460,10 +461,11 @@ Napi::Value NoWaitIo(const Napi::CallbackInfo& info, bool write) {
   } while (r < 0 && errno == EINTR);
   if (r >= 0) return Napi::Number::New(env, static_cast<double>(r));
   int e = errno;
-  if (e == EAGAIN || e == EOPNOTSUPP) return Napi::Number::New(env, -1);
+  if (e == EAGAIN) return Napi::Number::New(env, -1);
+  if (e == EOPNOTSUPP) return Napi::Number::New(env, -2);
   throw ErrnoError(env, e, write ? "pwritev2(RWF_NOWAIT)" : "preadv2(RWF_NOWAIT)", write ? "pwritev2" : "preadv2");
 #else
-  return Napi::Number::New(env, -1);
+  return Napi::Number::New(env, -2);
 #endif
 }
 

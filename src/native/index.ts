@@ -218,7 +218,8 @@ export function fadviseWillNeed(fd: number, offset: number, length: number): voi
 /** True if err is an "operation not supported" failure (EOPNOTSUPP/ENOTSUP/ENOSYS). */
 /**
  * pread that never waits for the disk (preadv2 + RWF_NOWAIT): returns the
- * bytes read from the page cache (possibly short), or -1 if it would block.
+ * bytes read from the page cache (possibly short), -1 if it would block, or
+ * -2 if the file system does not support RWF_NOWAIT reads.
  */
 export function preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
   return loadNative().preadNoWait(fd, buf, bufOffset, length, position);
@@ -226,7 +227,8 @@ export function preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: 
 
 /**
  * pwrite that never waits (pwritev2 + RWF_NOWAIT): returns the bytes
- * written (possibly short), or -1 if it would block or is unsupported.
+ * written (possibly short), -1 if it would block, or -2 if the file system
+ * does not support RWF_NOWAIT writes (ext4 buffered writes, for one).
  */
 export function pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
   return loadNative().pwriteNoWait(fd, buf, bufOffset, length, position);

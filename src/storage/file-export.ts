@@ -90,8 +90,9 @@ class SharedImage {
   punchOk: boolean | undefined;
   zeroRangeOk: boolean | undefined;
   allocOk: boolean | undefined;
-  /** Block devices always use the threadpool (buffered RWF_NOWAIT support there varies by kernel). */
-  readonly noWaitBroken: boolean;
+  /** RWF_NOWAIT usable for reads / writes (false once the kernel says EOPNOTSUPP; block devices: never tried). */
+  noWaitReads: boolean;
+  noWaitWrites: boolean;
 
   constructor(
     readonly key: string,
@@ -105,7 +106,8 @@ class SharedImage {
     /** Block device with hardware/driver write-zeroes (so ZERO_RANGE is fast). */
     readonly writeZeroesOffload: boolean,
   ) {
-    this.noWaitBroken = isBlockDevice;
+    this.noWaitReads = !isBlockDevice;
+    this.noWaitWrites = !isBlockDevice;
   }
 
   opDone(): void {
@@ -332,11 +334,16 @@ const NOWAIT_MAX = 256 * 1024;
 
 /** Synchronous, non-blocking attempt; returns bytes done (0 if it would block). */
 function tryNoWait(img: SharedImage, write: boolean, pos: number, buf: Buffer): number {
-  if (buf.length > NOWAIT_MAX || img.noWaitBroken) return 0;
+  if (buf.length > NOWAIT_MAX || (write ? img.noWaitWrites : img.noWaitReads) === false) return 0;
   try {
     const n = write
       ? native.pwriteNoWait(img.fd, buf, 0, buf.length, pos)
       : native.preadNoWait(img.fd, buf, 0, buf.length, pos);
+    if (n === -2) {
+      // Not supported here (ext4 refuses buffered RWF_NOWAIT writes): stop trying.
+      if (write) img.noWaitWrites = false;
+      else img.noWaitReads = false;
+    }
     return n > 0 ? n : 0;
   } catch {
     // Let the threadpool path report the error with its usual handling.
