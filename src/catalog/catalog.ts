@@ -5,7 +5,8 @@
  *
  * Sub-databases:
  *   volumes  name -> VolumeRecord
- *   meta     string -> any (e.g. "defaultVolumeCreated")
+ *   groups   name -> GroupRecord (consistency groups of protected volumes)
+ *   meta     string -> any (e.g. "defaultVolumeCreated", "nextGroupId")
  */
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
@@ -29,7 +30,42 @@ export interface VolumeRecord {
   /** ISO 8601 creation time. */
   created: string;
   description: string;
+  /** Present for a protected (journaled) volume. */
+  protection?: VolumeProtection;
 }
+
+export interface VolumeProtection {
+  /** Consistency group name; a volume created without --group is a group of its own name. */
+  group: string;
+  groupId: number;
+  /** Volume id within the group, as recorded in the AILFC records. */
+  volumeId: number;
+}
+
+/** A consistency group: volumes sharing one sequence and one set of seal boundaries. */
+export interface GroupRecord {
+  name: string;
+  groupId: number;
+  /** State-map region size, bytes. */
+  regionSize: number;
+  /** Before-image and index block size, bytes. */
+  blockSize: number;
+  /** Seal the active AILFC at this size (bytes) ... */
+  sealBytes: number;
+  /** ... or this long after its first record (ms). */
+  sealAgeMs: number;
+  nextVolumeId: number;
+  created: string;
+}
+
+export type GroupSettings = Pick<GroupRecord, 'regionSize' | 'blockSize' | 'sealBytes' | 'sealAgeMs'>;
+
+export const DEFAULT_GROUP_SETTINGS: GroupSettings = {
+  regionSize: 64 * 1024,
+  blockSize: 4096,
+  sealBytes: 64 * 1024 * 1024,
+  sealAgeMs: 2000,
+};
 
 export const VOLUME_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -58,6 +94,7 @@ export class Catalog {
   private constructor(
     private readonly root: RootDatabase,
     private readonly volumes: Database<VolumeRecord, string>,
+    private readonly groups: Database<GroupRecord, string>,
     private readonly meta: Database<unknown, string>,
     readonly path: string,
   ) {}
@@ -67,8 +104,9 @@ export class Catalog {
     const dbPath = path.join(dataDir, 'catalog');
     const root = open({ path: dbPath, maxDbs: 8 });
     const volumes = root.openDB<VolumeRecord, string>('volumes', {});
+    const groups = root.openDB<GroupRecord, string>('groups', {});
     const meta = root.openDB<unknown, string>('meta', {});
-    return new Catalog(root, volumes, meta, dbPath);
+    return new Catalog(root, volumes, groups, meta, dbPath);
   }
 
   /** All volumes, sorted by name. */
@@ -95,6 +133,56 @@ export class Catalog {
       return true;
     });
     if (!added) throw new DuplicateVolumeError(record.name);
+  }
+
+  /**
+   * Adds a protected volume to a consistency group (created with `settings`
+   * if new) and assigns its volume id, in one transaction. Returns the
+   * stored record (with `protection` filled in) and the group.
+   */
+  async addProtected(
+    record: VolumeRecord,
+    groupName: string,
+    settings: GroupSettings,
+  ): Promise<{ record: VolumeRecord; group: GroupRecord }> {
+    const out = await this.volumes.transaction(() => {
+      if (this.volumes.get(record.name) !== undefined) return null;
+      let group = this.groups.get(groupName);
+      if (!group) {
+        const groupId = (this.meta.get('nextGroupId') as number | undefined) ?? 1;
+        void this.meta.put('nextGroupId', groupId + 1);
+        group = { name: groupName, groupId, ...settings, nextVolumeId: 1, created: record.created };
+      }
+      const volumeId = group.nextVolumeId;
+      group = { ...group, nextVolumeId: volumeId + 1 };
+      const stored: VolumeRecord = { ...record, protection: { group: groupName, groupId: group.groupId, volumeId } };
+      void this.groups.put(groupName, group);
+      void this.volumes.put(record.name, stored);
+      return { record: stored, group };
+    });
+    if (!out) throw new DuplicateVolumeError(record.name);
+    return out;
+  }
+
+  getGroup(name: string): GroupRecord | undefined {
+    return this.groups.get(name);
+  }
+
+  listGroups(): GroupRecord[] {
+    const out: GroupRecord[] = [];
+    for (const { value } of this.groups.getRange({})) out.push(value);
+    return out;
+  }
+
+  /** Volumes of a group, by volume id. */
+  groupVolumes(name: string): VolumeRecord[] {
+    return this.list()
+      .filter((v) => v.protection?.group === name)
+      .sort((a, b) => a.protection!.volumeId - b.protection!.volumeId);
+  }
+
+  async removeGroup(name: string): Promise<void> {
+    await this.groups.remove(name);
   }
 
   /** Removes a volume; resolves false if there was none by that name. */

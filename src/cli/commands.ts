@@ -14,7 +14,15 @@ function json(value: unknown): void {
 
 export async function volumeCreate(
   name: string,
-  o: GlobalOptions & { size?: string; readOnly?: boolean; path?: string; description?: string; json?: boolean },
+  o: GlobalOptions & {
+    size?: string;
+    readOnly?: boolean;
+    path?: string;
+    description?: string;
+    protected?: boolean;
+    group?: string;
+    json?: boolean;
+  },
 ): Promise<void> {
   const client = makeClient(o);
   const body: CreateVolumeBody = { name };
@@ -23,23 +31,27 @@ export async function volumeCreate(
   // The daemon has its own working directory: send an absolute path.
   if (o.path !== undefined) body.path = path.resolve(o.path);
   if (o.description !== undefined) body.description = o.description;
+  if (o.protected) body.protected = true;
+  if (o.group !== undefined) body.group = o.group;
   const v = await client.createVolume(body);
   if (o.json) return json(v);
   print(
-    `created volume ${v.name} (${formatSize(v.size)}${v.readOnly ? ', read-only' : ''}${v.external ? `, ${v.kind} ${v.path}` : ''})`,
+    `created volume ${v.name} (${formatSize(v.size)}${v.readOnly ? ', read-only' : ''}${v.external ? `, ${v.kind} ${v.path}` : ''}` +
+      `${v.protection ? `, protected, group ${v.protection.group}` : ''})`,
   );
   for (const uri of [v.uris.tcp, v.uris.unix]) if (uri) print(`  ${uri}`);
 }
 
 export function volumeTable(volumes: VolumeView[]): string {
   return table(
-    ['NAME', 'SIZE', 'ALLOCATED', 'MODE', 'KIND', 'CONNS', 'URI'],
+    ['NAME', 'SIZE', 'ALLOCATED', 'MODE', 'KIND', 'GROUP', 'CONNS', 'URI'],
     volumes.map((v) => [
       v.name,
       formatSize(v.size),
       v.allocatedBytes === null ? '-' : formatSize(v.allocatedBytes),
       v.readOnly ? 'ro' : 'rw',
       v.kind,
+      v.protection ? v.protection.group : '-',
       String(v.connections),
       v.uris.tcp ?? v.uris.unix ?? '-',
     ]),

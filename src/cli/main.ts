@@ -16,6 +16,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ApiError, DaemonUnreachableError } from '../control/client';
 import { rewindVersion } from '../util/version';
 import { status, volumeCreate, volumeList, volumeRemove } from './commands';
+import { log, seal, verify, volumeStatus } from './protection-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 
@@ -77,6 +78,8 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .option('--read-only', 'serve the volume read-only')
     .option('--path <file>', 'serve this existing file or block device instead of creating an image')
     .option('--description <text>', 'free-form description')
+    .option('--protected', 'journal every write (AILFC, state map, backup manager)')
+    .option('--group <name>', 'join this consistency group (implies --protected); default: a group of its own')
     .option('--json', 'print the created volume as JSON')
     .action(async (name: string, _o: unknown, cmd: Command) => {
       await volumeCreate(name, cmd.optsWithGlobals());
@@ -102,10 +105,38 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   program
     .command('status')
-    .description('show whether the daemon is running, and where')
+    .description('show whether the daemon is running, and where; with VOLUME, its journal and replication state')
+    .argument('[volume]', 'a protected volume')
     .option('--json', 'print JSON')
-    .action(async (_o: unknown, cmd: Command) => {
-      await status(cmd.optsWithGlobals<GlobalOptions & { json?: boolean }>());
+    .action(async (vol: string | undefined, _o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<GlobalOptions & { json?: boolean }>();
+      if (vol) await volumeStatus(vol, o);
+      else await status(o);
+    });
+  program
+    .command('seal')
+    .description("seal the volume's active AILFC now and wait for the backup manager to commit it")
+    .argument('<volume>', 'a protected volume')
+    .option('--json', 'print JSON')
+    .action(async (vol: string, _o: unknown, cmd: Command) => {
+      await seal(vol, cmd.optsWithGlobals());
+    });
+  program
+    .command('log')
+    .description("list the volume's committed transactions with their seq and time ranges")
+    .argument('<volume>', 'a protected volume')
+    .option('--limit <n>', 'only the last N transactions')
+    .option('--json', 'print JSON')
+    .action(async (vol: string, _o: unknown, cmd: Command) => {
+      await log(vol, cmd.optsWithGlobals());
+    });
+  program
+    .command('verify')
+    .description('quiesce writes, let the manager catch up, compare production and replica, check every container')
+    .argument('<volume>', 'a protected volume')
+    .option('--json', 'print JSON')
+    .action(async (vol: string, _o: unknown, cmd: Command) => {
+      await verify(vol, cmd.optsWithGlobals());
     });
 
   return program;

@@ -43,6 +43,8 @@ export interface VolumeView {
   /** True for the volume served as the default export "". */
   isDefaultExport: boolean;
   uris: { tcp: string | null; unix: string | null };
+  /** Protected (journaled) volumes: their consistency group and volume id. */
+  protection: { group: string; volumeId: number } | null;
 }
 
 export interface CreateVolumeBody {
@@ -53,6 +55,10 @@ export interface CreateVolumeBody {
   /** Absolute path of an existing image file or block device to serve. */
   path?: string;
   description?: string;
+  /** Journal every write. */
+  protected?: boolean;
+  /** Consistency group to join (implies protected). */
+  group?: string;
 }
 
 export interface DeleteResult {

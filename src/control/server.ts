@@ -23,6 +23,7 @@ import { httpStatusOf, UserError } from '../daemon/errors';
 import { tokenMatches } from '../daemon/token';
 import { DEFAULT_VOLUME, type Logger, type VolumeManager } from '../daemon/volumes';
 import type { VolumeRecord } from '../catalog/catalog';
+import type { Protection } from '../daemon/protection';
 import {
   API_PREFIX,
   MAX_BODY_BYTES,
@@ -49,6 +50,7 @@ export interface ControlServerOptions {
   version: string;
   dataDir: string;
   volumes: VolumeManager;
+  protection: Protection;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
@@ -64,7 +66,7 @@ class HttpError extends Error {
   }
 }
 
-const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description']);
+const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group']);
 
 export class ControlServer {
   private readonly servers: { server: http.Server; unixPath?: string }[] = [];
@@ -203,6 +205,35 @@ export class ControlServer {
       const views = await Promise.all(this.opts.volumes.listRecords().map((r) => this.view(r)));
       return sendJson(res, 200, { volumes: views });
     }
+    const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
+    if (action) {
+      let name: string;
+      try {
+        name = decodeURIComponent(action[1]!);
+      } catch {
+        throw new HttpError(400, 'malformed volume name in URL');
+      }
+      const record = this.opts.volumes.get(name);
+      if (!record) throw new HttpError(404, `no volume named "${name}"`);
+      if (!record.protection) throw new HttpError(409, `volume "${name}" is not protected (create it with --protected)`);
+      const prot = this.opts.protection;
+      switch (action[2]) {
+        case 'status':
+          allow(method, ['GET', 'HEAD']);
+          return sendJson(res, 200, prot.status(name));
+        case 'seal':
+          allow(method, ['POST']);
+          return sendJson(res, 200, await prot.seal(name));
+        case 'log': {
+          allow(method, ['GET', 'HEAD']);
+          const limit = url.searchParams.get('limit');
+          return sendJson(res, 200, { transactions: prot.log(name, limit ? { limit: Number(limit) } : {}) });
+        }
+        case 'verify':
+          allow(method, ['POST']);
+          return sendJson(res, 200, await prot.verify(name));
+      }
+    }
     if (p.startsWith(`${API_PREFIX}/volumes/`)) {
       let name: string;
       try {
@@ -250,7 +281,7 @@ export class ControlServer {
   private async createVolume(body: Record<string, unknown>): Promise<VolumeView> {
     for (const key of Object.keys(body)) {
       if (!CREATE_FIELDS.has(key)) {
-        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description)`);
+        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description, protected, group)`);
       }
     }
     const b = body as Partial<CreateVolumeBody>;
@@ -260,6 +291,8 @@ export class ControlServer {
       readOnly: b.readOnly,
       path: b.path,
       description: b.description,
+      protected: b.protected,
+      group: b.group,
     });
     return this.view(record);
   }
@@ -280,6 +313,7 @@ export class ControlServer {
       connections: this.opts.nbd.connectionCount(record.name),
       isDefaultExport: record.name === DEFAULT_VOLUME,
       uris: nbdUris(this.opts.endpoints, record.name),
+      protection: record.protection ? { group: record.protection.group, volumeId: record.protection.volumeId } : null,
     };
   }
 

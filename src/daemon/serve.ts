@@ -30,6 +30,7 @@ import { DataDirLock } from './lock';
 import { dataDirLayout, type DataDirLayout } from './paths';
 import { ensureControlToken } from './token';
 import { VolumeManager, type ImageBackend } from './volumes';
+import { Protection } from './protection';
 
 export interface ServeConfig {
   dataDir: string;
@@ -78,6 +79,7 @@ export class Daemon {
     private readonly logger: Logger,
     private readonly lock: DataDirLock,
     private readonly catalog: Catalog,
+    private readonly protection: Protection,
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
   ) {}
@@ -107,7 +109,10 @@ export class Daemon {
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
       cleanups.push(() => catalog.close());
-      const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }));
+      const protection = new Protection(layout.dataDir, catalog, logger.child({ component: 'protection' }));
+      cleanups.push(() => protection.close());
+      await protection.start();
+      const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }), protection);
 
       if (config.defaultVolumeSize !== null) {
         const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
@@ -130,6 +135,7 @@ export class Daemon {
         version: rewindVersion(),
         dataDir: layout.dataDir,
         volumes,
+        protection,
         nbd,
         endpoints,
         token,
@@ -156,7 +162,7 @@ export class Daemon {
         },
         'rewind daemon ready',
       );
-      return new Daemon(layout, logger, lock, catalog, nbd, control);
+      return new Daemon(layout, logger, lock, catalog, protection, nbd, control);
     } catch (err) {
       await cleanup();
       throw err;
@@ -180,6 +186,7 @@ export class Daemon {
     };
     await step('closing control API', () => this.control.close());
     await step('closing NBD server', () => this.nbd.close());
+    await step('closing protection (journals, managers)', () => this.protection.close());
     await step('closing catalog', () => this.catalog.close());
     await step('releasing data directory', () => this.lock.release());
     this.logger.info('stopped');

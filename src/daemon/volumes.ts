@@ -17,7 +17,15 @@ import type {
   NbdExport,
   OpenedExport,
 } from '../nbd/export';
-import { Catalog, DuplicateVolumeError, validateVolumeName, type VolumeKind, type VolumeRecord } from '../catalog/catalog';
+import {
+  Catalog,
+  DEFAULT_GROUP_SETTINGS,
+  DuplicateVolumeError,
+  validateVolumeName,
+  type VolumeKind,
+  type VolumeRecord,
+} from '../catalog/catalog';
+import type { Protection } from './protection';
 import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
 import { UserError } from './errors';
 import { managedImagePath, type DataDirLayout } from './paths';
@@ -49,6 +57,10 @@ export interface CreateVolumeRequest {
   readOnly?: unknown;
   path?: unknown;
   description?: unknown;
+  /** Journal every write (a protected volume). */
+  protected?: unknown;
+  /** Consistency group to join (implies protected); default: a group of its own. */
+  group?: unknown;
 }
 
 export interface VolumeInfo extends VolumeRecord {
@@ -65,6 +77,7 @@ export class VolumeManager implements ExportProvider {
     private readonly layout: DataDirLayout,
     private readonly backend: ImageBackend,
     private readonly logger: Logger,
+    private readonly protection: Protection | null = null,
   ) {}
 
   // ---- ExportProvider -------------------------------------------------
@@ -77,6 +90,11 @@ export class VolumeManager implements ExportProvider {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
     if (!record) return null;
+    if (record.protection) {
+      const pv = this.protection?.volume(volumeName);
+      if (!pv) return null;
+      return { name: volumeName, description: describe(record), export: pv };
+    }
     const image = await this.backend.open(record.path, { readOnly: record.readOnly });
     // Deleted while we were opening it?
     if (this.catalog.get(volumeName)?.created !== record.created) {
@@ -133,6 +151,7 @@ export class VolumeManager implements ExportProvider {
       await this.catalog.remove(name);
       const disconnected = opts.disconnect(name);
       await opts.drained(name);
+      if (record.protection) await this.protection?.detach(record);
       let dataDeleted = false;
       if (!opts.keepData && !record.external) {
         const { dir, image } = managedImagePath(this.layout, name);
@@ -176,6 +195,18 @@ export class VolumeManager implements ExportProvider {
       throw new UserError('invalid', 'description must be a string');
     }
     if (this.catalog.get(name)) throw new UserError('conflict', `volume "${name}" already exists`);
+    if (req.protected !== undefined && typeof req.protected !== 'boolean') {
+      throw new UserError('invalid', 'protected must be true or false');
+    }
+    let group: string | null = null;
+    if (req.group !== undefined && req.group !== null) {
+      const groupError = validateVolumeName(req.group);
+      if (groupError) throw new UserError('invalid', groupError.replace(/volume name/g, 'group name'));
+      group = req.group as string;
+    }
+    const protect = req.protected === true || group !== null;
+    if (protect && !this.protection) throw new UserError('invalid', 'this daemon does not run protection');
+    if (protect && readOnly) throw new UserError('invalid', 'a read-only volume cannot be protected (it takes no writes)');
 
     let size: number | undefined;
     if (req.size !== undefined && req.size !== null) {
@@ -225,11 +256,26 @@ export class VolumeManager implements ExportProvider {
       };
     }
     try {
-      await this.catalog.add(record);
+      if (protect) {
+        const groupName = group ?? name;
+        const existing = this.catalog.getGroup(groupName);
+        record = (await this.catalog.addProtected(record, groupName, existing ?? DEFAULT_GROUP_SETTINGS)).record;
+      } else {
+        await this.catalog.add(record);
+      }
     } catch (err) {
       if (createdImage) await fs.promises.rm(createdImage.dir, { recursive: true, force: true });
       if (err instanceof DuplicateVolumeError) throw new UserError('conflict', err.message);
       throw err;
+    }
+    if (record.protection) {
+      try {
+        await this.protection!.attach(record);
+      } catch (err) {
+        await this.catalog.remove(name);
+        if (createdImage) await fs.promises.rm(createdImage.dir, { recursive: true, force: true });
+        throw new Error(`cannot start protection for "${name}": ${(err as Error).message}`);
+      }
     }
     this.logger.info({ volume: name, size: record.size, path: record.path, kind: record.kind, readOnly }, 'volume created');
     return record;

@@ -1,0 +1,423 @@
+/**
+ * The journal of one consistency group: one sequence, one active AILFC,
+ * one set of seal boundaries for every volume in the group (a volume that
+ * is not in a named group is a group of one).
+ *
+ * - Sequence numbers are reserved when a write arrives (before the
+ *   production write) and records reach the AILFC strictly in seq order: a
+ *   record whose predecessors are not appended yet waits in a small reorder
+ *   buffer. Every reserved seq ends as exactly one record (the write, or an
+ *   error record if the production write failed).
+ * - Sealing (by size, by age, or on command) switches appends to a spare
+ *   container created ahead of time, so writes do not pause; the old one is
+ *   sealed in the background and handed to the backup manager.
+ * - When the manager commits T_n, the state-map bits of regions that no
+ *   later write dirtied are cleared, and the local copy of AILFC_n is
+ *   deleted (the manager keeps its own).
+ * - If the journal itself fails (a full or failing journal disk), the group
+ *   goes "degraded": production writes go on, the state maps go on
+ *   tracking, nothing more is journaled. Resync is a later capability.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  ContainerWriter,
+  listContainers,
+  repairActive,
+  scanContainer,
+  type RecordInput,
+} from './container';
+import { ContainerKind, RecordKind, type Footer } from './format';
+import type { StateMap } from './state-map';
+
+export interface SealedContainerRef {
+  groupId: number;
+  containerId: number;
+  path: string;
+  footer: Footer;
+}
+
+export interface CommitInfo {
+  groupId: number;
+  containerId: number;
+  firstSeq: number;
+  lastSeq: number;
+  firstTime: number;
+  lastTime: number;
+  blocks: number;
+  bytesApplied: number;
+}
+
+/** How the intercept reaches the backup manager: local call today, TCP later. */
+export interface ManagerLink {
+  submit(ref: SealedContainerRef): Promise<CommitInfo>;
+}
+
+export interface JournalLogger {
+  info(o: object, msg?: string): void;
+  warn(o: object, msg?: string): void;
+  error(o: object, msg?: string): void;
+  debug(o: object, msg?: string): void;
+}
+
+export interface GroupJournalOptions {
+  dir: string;
+  groupId: number;
+  link: ManagerLink;
+  /** Seal when the active AILFC reaches this many bytes (default 64 MiB). */
+  sealBytes?: number;
+  /** Seal this long after the first record of a container (default 2000 ms). */
+  sealAgeMs?: number;
+  blockSize?: number;
+  /** The manager's committed position, so numbering continues after it. */
+  committedContainer: number;
+  committedSeq: number;
+  logger: JournalLogger;
+}
+
+interface Parked {
+  rec: RecordInput;
+  payload: Buffer | null;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+const RESOLVED = Promise.resolve();
+
+export interface JournalStatus {
+  groupId: number;
+  nextSeq: number;
+  lastAppendedSeq: number;
+  lastAppendedTime: number;
+  /** Payload bytes journaled but not yet committed by the manager. */
+  unappliedBytes: number;
+  active: { containerId: number; bytes: number; records: number; firstSeq: number; lastSeq: number } | null;
+  sealedPending: number[];
+  committedContainer: number;
+  committedSeq: number;
+  committedTime: number;
+  degraded: { since: string; reason: string } | null;
+  lastError: string | null;
+}
+
+export class GroupJournal {
+  readonly groupId: number;
+  private readonly dir: string;
+  private readonly link: ManagerLink;
+  private readonly sealBytes: number;
+  private readonly sealAgeMs: number;
+  private readonly blockSize: number;
+  private readonly log: JournalLogger;
+
+  private active!: ContainerWriter;
+  private spare: Promise<ContainerWriter> | null = null;
+  private nextContainer = 1;
+  private nextSeq = 1;
+  private nextAppend = 1;
+  private readonly parked = new Map<number, Parked>();
+  private ageTimer: NodeJS.Timeout | null = null;
+  private sealing: Promise<unknown> = RESOLVED;
+  private readonly pending = new Map<number, Promise<CommitInfo | null>>();
+  private readonly pendingBytes = new Map<number, number>();
+  private lastAppendedTime = 0;
+  private readonly stateMaps = new Map<number, StateMap>();
+  private committedContainer: number;
+  private committedSeq: number;
+  private committedTime = 0;
+  private degraded: { since: string; reason: string } | null = null;
+  private lastError: string | null = null;
+  private closed = false;
+  private commitListeners: Array<(c: CommitInfo) => void> = [];
+
+  private constructor(opts: GroupJournalOptions) {
+    this.groupId = opts.groupId;
+    this.dir = opts.dir;
+    this.link = opts.link;
+    this.sealBytes = opts.sealBytes ?? 64 * 1024 * 1024;
+    this.sealAgeMs = opts.sealAgeMs ?? 2000;
+    this.blockSize = opts.blockSize ?? 4096;
+    this.log = opts.logger;
+    this.committedContainer = opts.committedContainer;
+    this.committedSeq = opts.committedSeq;
+  }
+
+  /**
+   * Open the group's journal directory, repairing what a crash left:
+   * a torn tail in the active AILFC is truncated and the container sealed;
+   * sealed containers not yet committed are handed to the manager again
+   * (it ignores ones it has already committed).
+   */
+  static async open(opts: GroupJournalOptions): Promise<GroupJournal> {
+    const j = new GroupJournal(opts);
+    await fs.promises.mkdir(opts.dir, { recursive: true });
+    let maxContainer = opts.committedContainer;
+    let maxSeq = opts.committedSeq;
+    const toSubmit: SealedContainerRef[] = [];
+    for (const c of await listContainers(opts.dir)) {
+      maxContainer = Math.max(maxContainer, c.n);
+      if (c.kind === 'active') {
+        const scan = await repairActive(c.path);
+        if (scan.tornAt !== undefined) {
+          opts.logger.warn({ container: c.n, tornAt: scan.tornAt, problem: scan.problem }, 'truncated torn AILFC tail');
+        }
+        if (scan.recordCount === 0) {
+          await fs.promises.rm(c.path, { force: true });
+          continue;
+        }
+        maxSeq = Math.max(maxSeq, scan.lastSeq);
+        const w = await ContainerWriter.reopen(c.path, scan.validEnd, scan);
+        const sealed = await w.seal();
+        opts.logger.info({ container: c.n, records: scan.recordCount }, 'sealed AILFC left active by a crash');
+        toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealed.path, footer: sealed.footer });
+      } else if (c.kind === 'ailfc') {
+        if (c.n <= opts.committedContainer) {
+          await fs.promises.rm(c.path, { force: true }); // committed; the manager has its copy
+          continue;
+        }
+        const scan = await scanContainer(c.path);
+        if (!scan.sealed || !scan.footer) throw new Error(`${c.path}: sealed container without a valid footer`);
+        maxSeq = Math.max(maxSeq, scan.lastSeq);
+        toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: c.path, footer: scan.footer });
+      }
+    }
+    j.nextContainer = maxContainer + 1;
+    j.nextSeq = maxSeq + 1;
+    j.nextAppend = j.nextSeq;
+    j.active = await j.createWriter(j.nextContainer++);
+    j.spare = j.createWriter(j.nextContainer++);
+    j.spare.catch(() => undefined);
+    toSubmit.sort((a, b) => a.containerId - b.containerId);
+    for (const ref of toSubmit) j.submit(ref);
+    return j;
+  }
+
+  addStateMap(volumeId: number, map: StateMap): void {
+    this.stateMaps.set(volumeId, map);
+  }
+
+  onCommit(cb: (c: CommitInfo) => void): void {
+    this.commitListeners.push(cb);
+  }
+
+  /** Reserve the next sequence number (before the production write). */
+  reserve(): number {
+    return this.nextSeq++;
+  }
+
+  /**
+   * Append the record for a reserved seq. Resolves when it is in the AILFC
+   * (page cache). Records are written in seq order whatever the call order.
+   * In degraded mode this resolves at once: nothing is journaled.
+   */
+  append(seq: number, kind: RecordKind, volumeId: number, offset: number, length: number, payload: Buffer | null, flags = 0): Promise<void> {
+    const rec: RecordInput = { kind, flags, volumeId, seq, time: 0, offset, length };
+    if (seq !== this.nextAppend) {
+      return new Promise<void>((resolve, reject) => this.parked.set(seq, { rec, payload, resolve, reject }));
+    }
+    const p = this.write(rec, payload);
+    this.nextAppend++;
+    if (this.parked.size) this.drainParked();
+    return p;
+  }
+
+  private drainParked(): void {
+    let next: Parked | undefined;
+    while ((next = this.parked.get(this.nextAppend))) {
+      this.parked.delete(this.nextAppend);
+      this.nextAppend++;
+      this.write(next.rec, next.payload).then(next.resolve, next.reject);
+    }
+  }
+
+  private write(rec: RecordInput, payload: Buffer | null): Promise<void> {
+    if (this.degraded || this.closed) return RESOLVED;
+    rec.time = this.lastAppendedTime = Date.now();
+    const w = this.active;
+    const p = w.append(rec, payload).catch((err) => this.fail(err));
+    if (w.recordCount === 1 && this.sealAgeMs > 0 && !this.ageTimer) {
+      this.ageTimer = setTimeout(() => {
+        this.ageTimer = null;
+        void this.seal('age');
+      }, this.sealAgeMs);
+      this.ageTimer.unref?.();
+    }
+    if (w.size >= this.sealBytes) void this.seal('size');
+    return p;
+  }
+
+  /** The journal disk failed: keep serving, stop journaling, report it. */
+  private fail(err: unknown): void {
+    const reason = (err as Error)?.message ?? String(err);
+    this.lastError = reason;
+    if (!this.degraded) {
+      this.degraded = { since: new Date().toISOString(), reason };
+      this.log.error({ group: this.groupId, err: reason }, 'journal failed: volume group is degraded (state map only)');
+    }
+  }
+
+  /** Make every appended record durable (FLUSH / FUA). */
+  async sync(): Promise<void> {
+    if (this.degraded || this.closed) return;
+    try {
+      await this.active.sync();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  /**
+   * Seal the active AILFC now (if it holds records) and hand it to the
+   * manager. Resolves with the sealed container's id and the promise of its
+   * commit, or null when there was nothing to seal.
+   */
+  seal(reason: string): Promise<{ containerId: number; committed: Promise<CommitInfo | null> } | null> {
+    const run = this.sealing.then(() => this.doSeal(reason));
+    this.sealing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async doSeal(reason: string): Promise<{ containerId: number; committed: Promise<CommitInfo | null> } | null> {
+    if (this.closed || this.degraded) return null;
+    if (this.active.recordCount === 0) return null;
+    if (this.ageTimer) {
+      clearTimeout(this.ageTimer);
+      this.ageTimer = null;
+    }
+    let next: ContainerWriter;
+    try {
+      next = await this.spare!;
+    } catch (err) {
+      this.fail(err);
+      return null;
+    }
+    // Switch: records from here on go to the new container.
+    const old = this.active;
+    this.active = next;
+    this.spare = this.createWriter(this.nextContainer++);
+    this.spare.catch(() => undefined);
+    if (this.active.recordCount > 0 && !this.ageTimer && this.sealAgeMs > 0) {
+      this.ageTimer = setTimeout(() => {
+        this.ageTimer = null;
+        void this.seal('age');
+      }, this.sealAgeMs);
+      this.ageTimer.unref?.();
+    }
+    let sealed: { path: string; footer: Footer };
+    try {
+      sealed = await old.seal();
+    } catch (err) {
+      this.fail(err);
+      return null;
+    }
+    this.log.debug({ group: this.groupId, container: old.header.containerId, reason, records: sealed.footer.recordCount }, 'sealed AILFC');
+    const ref: SealedContainerRef = {
+      groupId: this.groupId,
+      containerId: old.header.containerId,
+      path: sealed.path,
+      footer: sealed.footer,
+    };
+    return { containerId: ref.containerId, committed: this.submit(ref) };
+  }
+
+  private submit(ref: SealedContainerRef): Promise<CommitInfo | null> {
+    this.pendingBytes.set(ref.containerId, ref.footer.payloadBytes);
+    const p = this.link.submit(ref).then(
+      async (c) => {
+        this.pending.delete(ref.containerId);
+        this.pendingBytes.delete(ref.containerId);
+        if (c.containerId > this.committedContainer) {
+          this.committedContainer = c.containerId;
+          this.committedSeq = Math.max(this.committedSeq, c.lastSeq);
+          this.committedTime = Math.max(this.committedTime, c.lastTime);
+        }
+        for (const m of this.stateMaps.values()) m.clearCommitted(this.committedSeq);
+        await fs.promises.rm(ref.path, { force: true });
+        for (const cb of this.commitListeners) cb(c);
+        return c;
+      },
+      (err) => {
+        this.pending.delete(ref.containerId);
+        this.lastError = `container ${ref.containerId}: ${(err as Error)?.message ?? err}`;
+        this.log.error({ group: this.groupId, container: ref.containerId, err: this.lastError }, 'manager refused container');
+        return null;
+      },
+    );
+    this.pending.set(ref.containerId, p);
+    return p;
+  }
+
+  /** Seal, then wait until the manager has committed everything sealed so far. */
+  async catchUp(): Promise<CommitInfo | null> {
+    await this.seal('catch-up');
+    await this.sealing;
+    let last: CommitInfo | null = null;
+    while (this.pending.size) {
+      const all = await Promise.all([...this.pending.values()]);
+      last = all[all.length - 1] ?? last;
+    }
+    return last;
+  }
+
+  private async createWriter(n: number): Promise<ContainerWriter> {
+    return ContainerWriter.create(this.dir, ContainerKind.AILFC, {
+      groupId: this.groupId,
+      containerId: n,
+      blockSize: this.blockSize,
+    });
+  }
+
+  status(): JournalStatus {
+    const a = this.active;
+    return {
+      groupId: this.groupId,
+      nextSeq: this.nextSeq,
+      lastAppendedSeq: this.nextAppend - 1,
+      lastAppendedTime: this.lastAppendedTime,
+      unappliedBytes: [...this.pendingBytes.values()].reduce((x, y) => x + y, 0) + (a ? a.payloadBytes : 0),
+      active: a
+        ? { containerId: a.header.containerId, bytes: a.size, records: a.recordCount, firstSeq: a.firstSeq, lastSeq: a.lastSeq }
+        : null,
+      sealedPending: [...this.pending.keys()].sort((x, y) => x - y),
+      committedContainer: this.committedContainer,
+      committedSeq: this.committedSeq,
+      committedTime: this.committedTime,
+      degraded: this.degraded,
+      lastError: this.lastError,
+    };
+  }
+
+  get isDegraded(): boolean {
+    return this.degraded !== null;
+  }
+
+  /**
+   * Stop journaling: records still parked are refused, the active AILFC is
+   * sealed if it holds records (the next start hands it to the manager) or
+   * deleted if empty, and the spare is removed.
+   */
+  async close(): Promise<void> {
+    if (this.ageTimer) clearTimeout(this.ageTimer);
+    this.ageTimer = null;
+    await this.sealing;
+    this.closed = true;
+    for (const [seq, p] of this.parked) p.reject(new Error(`journal closed before seq ${seq} was appended`));
+    this.parked.clear();
+    const a = this.active;
+    if (a.recordCount > 0 && !this.degraded) await a.seal().catch((err) => this.fail(err));
+    else {
+      await a.close().catch(() => undefined);
+      if (a.recordCount === 0) await fs.promises.rm(a.path, { force: true });
+    }
+    if (this.spare) {
+      const s = await this.spare.catch(() => null);
+      if (s) {
+        await s.close().catch(() => undefined);
+        await fs.promises.rm(s.path, { force: true });
+      }
+    }
+  }
+
+  get directory(): string {
+    return path.resolve(this.dir);
+  }
+}
