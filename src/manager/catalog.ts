@@ -1,0 +1,205 @@
+/**
+ * The backup manager's LMDB environment, <dir>/index: the transaction
+ * catalog and the block index for time travel. Every commit of a transaction
+ * is ONE LMDB write transaction (and is awaited until flushed to disk).
+ *
+ * Sub-databases (keys use lmdb-js's ordered-binary encoding; array keys sort
+ * element by element, numbers numerically):
+ *
+ *   meta      'config'  -> { groupId, blockSize, firstContainer, created }
+ *             'applied' -> { lastContainer, lastSeq, lastTime }
+ *                          the applied pointer: T_1..T_lastContainer are
+ *                          committed, and nothing else is. This is the single
+ *                          source of truth for "is T_n done?".
+ *   volumes   volumeId -> { volumeId, name, size, added, sinceContainer }
+ *   txn       n -> TransactionRecord (see types.ts)
+ *   seq       lastSeq -> n, for every T_n holding at least one record:
+ *             the transaction holding seq p is the first entry with key >= p
+ *   blocks    [volumeId, blockIndex, n] -> position (number)
+ *             T_n touched block blockIndex of volume volumeId, and that
+ *             block's before-image (its content at T_{n-1}) is the
+ *             BeforeBlock record at byte `position` of BILFC_n.
+ *
+ * Time-travel lookup (what beforeBlockSource() does): the content of block b
+ * of volume v at T_{k-1} (i.e. just before AILFC_k was applied) is
+ *   - the before-image in BILFC_m where m = the smallest m >= k such that
+ *     T_m touched (v, b): ONE range read, the first key >= [v, b, k] and
+ *     < [v, b + 1];
+ *   - else (no committed T_m, m >= k, touched it) the replicated image's
+ *     block, which has not changed since T_{k-1} (but see
+ *     BackupManager.readBlockBefore for the transaction being applied).
+ * The image at seq p (inside AILFC_k, k = transactionForSeq(p)) is that,
+ * overlaid with AILFC_k's records whose seq <= p.
+ */
+import * as path from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import type { BlockRun, TransactionRecord } from './types';
+
+export interface ManagerConfig {
+  groupId: number;
+  blockSize: number;
+  firstContainer: number;
+  created: number;
+}
+
+export interface AppliedPointer {
+  lastContainer: number;
+  lastSeq: number;
+  lastTime: number;
+}
+
+export interface VolumeEntry {
+  volumeId: number;
+  name: string;
+  size: number;
+  /** ms since the epoch. */
+  added: number;
+  /** lastContainer when the volume joined the group. */
+  sinceContainer: number;
+}
+
+type BlockKey = [number, number, number];
+
+export class ManagerCatalog {
+  private closed = false;
+
+  private constructor(
+    readonly root: RootDatabase,
+    private readonly meta: Database<unknown, string>,
+    private readonly vols: Database<VolumeEntry, number>,
+    private readonly txns: Database<TransactionRecord, number>,
+    private readonly seqs: Database<number, number>,
+    private readonly blocks: Database<number, BlockKey>,
+  ) {}
+
+  static open(dir: string): ManagerCatalog {
+    const root = open({ path: path.join(dir, 'index'), maxDbs: 8 });
+    return new ManagerCatalog(
+      root,
+      root.openDB<unknown, string>('meta', {}),
+      root.openDB<VolumeEntry, number>('volumes', {}),
+      root.openDB<TransactionRecord, number>('txn', {}),
+      root.openDB<number, number>('seq', {}),
+      root.openDB<number, BlockKey>('blocks', {}),
+    );
+  }
+
+  config(): ManagerConfig | undefined {
+    return this.meta.get('config') as ManagerConfig | undefined;
+  }
+
+  async setConfig(c: ManagerConfig): Promise<void> {
+    await this.meta.put('config', c);
+    await this.root.flushed;
+  }
+
+  applied(): AppliedPointer {
+    return (this.meta.get('applied') as AppliedPointer | undefined) ?? { lastContainer: 0, lastSeq: 0, lastTime: 0 };
+  }
+
+  /** The n the next commit must have. */
+  nextContainer(): number {
+    const last = this.applied().lastContainer;
+    return last === 0 ? (this.config()?.firstContainer ?? 1) : last + 1;
+  }
+
+  volumes(): VolumeEntry[] {
+    return [...this.vols.getRange({})].map((e) => e.value);
+  }
+
+  volume(id: number): VolumeEntry | undefined {
+    return this.vols.get(id);
+  }
+
+  async putVolume(v: VolumeEntry): Promise<void> {
+    await this.vols.put(v.volumeId, v);
+    await this.root.flushed;
+  }
+
+  /**
+   * Commits T_n atomically: its record, its block index entries, its seq
+   * entry and the applied pointer. Refuses (throws) unless n is exactly the
+   * next transaction, so nothing is ever committed twice.
+   */
+  async commit(rec: TransactionRecord, runs: BlockRun[], blockSize: number): Promise<void> {
+    const stride = 48 + blockSize; // RECORD_HEADER_SIZE + blockSize
+    const ok = await this.root.transaction(() => {
+      const cur = this.applied();
+
+      if (rec.n !== this.nextContainer()) return false;
+      if (this.txns.get(rec.n) !== undefined) return false;
+      void this.txns.put(rec.n, rec);
+      if (rec.records > 0) void this.seqs.put(rec.lastSeq, rec.n);
+      for (const r of runs) {
+        for (let i = 0; i < r.count; i++) void this.blocks.put([r.volumeId, r.start + i, rec.n], r.position + i * stride);
+      }
+      const next: AppliedPointer = {
+        lastContainer: rec.n,
+        lastSeq: rec.records > 0 ? rec.lastSeq : cur.lastSeq,
+        lastTime: rec.records > 0 ? rec.lastTime : cur.lastTime,
+      };
+      void this.meta.put('applied', next);
+      return true;
+    });
+    if (!ok) throw new Error(`refusing to commit T_${rec.n}: the applied pointer is at ${this.applied().lastContainer}`);
+    await this.root.flushed;
+  }
+
+  transaction(n: number): TransactionRecord | undefined {
+    return this.txns.get(n);
+  }
+
+  transactions(opts: { from?: number; to?: number; limit?: number } = {}): TransactionRecord[] {
+    const out: TransactionRecord[] = [];
+    const range: { start?: number; end?: number; limit?: number } = {};
+    if (opts.from !== undefined) range.start = opts.from;
+    if (opts.to !== undefined) range.end = opts.to + 1;
+    if (opts.limit !== undefined) range.limit = opts.limit;
+    for (const { value } of this.txns.getRange(range)) out.push(value);
+    return out;
+  }
+
+  transactionCount(): number {
+    return this.txns.getCount();
+  }
+
+  /** n of the committed transaction whose AILFC holds seq p, if any. */
+  transactionForSeq(p: number): number | undefined {
+    for (const { key, value } of this.seqs.getRange({ start: p, limit: 1 })) {
+      const rec = this.txns.get(value);
+      if (rec && rec.firstSeq <= p && p <= key) return value;
+    }
+    return undefined;
+  }
+
+  /**
+   * The smallest committed m >= k such that T_m touched (volumeId, blockIndex),
+   * with the position of that block's BeforeBlock record in BILFC_m; or
+   * undefined if no committed transaction from k on touched it.
+   */
+  beforeBlockSource(volumeId: number, blockIndex: number, k: number): { n: number; position: number } | undefined {
+    for (const { key, value } of this.blocks.getRange({ start: [volumeId, blockIndex, k], end: [volumeId, blockIndex + 1, 0], limit: 1 })) {
+      return { n: key[2], position: value };
+    }
+    return undefined;
+  }
+
+  /** Every transaction that touched (volumeId, blockIndex), ascending. */
+  blockHistory(volumeId: number, blockIndex: number): Array<{ n: number; position: number }> {
+    const out: Array<{ n: number; position: number }> = [];
+    for (const { key, value } of this.blocks.getRange({ start: [volumeId, blockIndex, 0], end: [volumeId, blockIndex + 1, 0] })) {
+      out.push({ n: key[2], position: value });
+    }
+    return out;
+  }
+
+  resetReadTxn(): void {
+    this.root.resetReadTxn();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.root.close();
+  }
+}
