@@ -19,6 +19,7 @@ import { ProtectedVolume } from '../journal/protected-volume';
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
+import { UserError } from './errors';
 import type { Logger } from './volumes';
 
 interface GroupRuntime {
@@ -169,7 +170,7 @@ export class Protection {
   private runtime(name: string): { rt: GroupRuntime; pv: ProtectedVolume } {
     const rt = this.byVolume.get(name);
     const pv = rt?.volumes.get(name);
-    if (!rt || !pv) throw Object.assign(new Error(`volume "${name}" is not protected`), { status: 400 });
+    if (!rt || !pv) throw new UserError('invalid', `volume "${name}" is not protected`);
     return { rt, pv };
   }
 
@@ -222,10 +223,14 @@ export class Protection {
    */
   async verify(name: string): Promise<VerifyReport> {
     const { rt, pv } = this.runtime(name);
-    const containers = await rt.manager.verifyHistory();
+    const blocked = rt.manager.status().blocked;
+    if (blocked) {
+      throw new UserError('conflict', `the backup manager is blocked at container ${blocked.n}: ${blocked.error}`);
+    }
     return pv.quiesced(async () => {
       await pv.flush();
       await rt.journal.catchUp();
+      const containers = await rt.manager.verifyHistory();
       const replica = rt.manager.replicaPath(pv.volumeId);
       const cmp = await compareFiles(pv.production, replica, pv.size);
       const ok = cmp.equal && containers.every((c) => c.ok);

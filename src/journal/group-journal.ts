@@ -27,7 +27,7 @@ import {
   scanContainer,
   type RecordInput,
 } from './container';
-import { ContainerKind, RecordKind, type Footer } from './format';
+import { ContainerKind, RecordKind, containerFileName, type Footer } from './format';
 import type { StateMap } from './state-map';
 
 export interface SealedContainerRef {
@@ -153,8 +153,15 @@ export class GroupJournal {
     let maxContainer = opts.committedContainer;
     let maxSeq = opts.committedSeq;
     const toSubmit: SealedContainerRef[] = [];
+    // Numbering resumes right after the highest container holding records:
+    // the manager applies containers strictly in order, so ids must have no
+    // gaps. Empty actives (the spare, or one that never got a record) and
+    // half-created files are deleted, and their ids reused.
     for (const c of await listContainers(opts.dir)) {
-      maxContainer = Math.max(maxContainer, c.n);
+      if (c.kind === 'partial') {
+        await fs.promises.rm(c.path, { force: true });
+        continue;
+      }
       if (c.kind === 'active') {
         const scan = await repairActive(c.path);
         if (scan.tornAt !== undefined) {
@@ -164,12 +171,23 @@ export class GroupJournal {
           await fs.promises.rm(c.path, { force: true });
           continue;
         }
+        maxContainer = Math.max(maxContainer, c.n);
         maxSeq = Math.max(maxSeq, scan.lastSeq);
+        if (scan.sealed && scan.footer) {
+          // The crash came after the footer but before the rename: finish the seal.
+          const sealedPath = path.join(opts.dir, containerFileName('ailfc', c.n));
+          await fs.promises.rename(c.path, sealedPath);
+          await fsyncDir(opts.dir);
+          opts.logger.info({ container: c.n }, 'finished sealing an AILFC interrupted by a crash');
+          toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealedPath, footer: scan.footer });
+          continue;
+        }
         const w = await ContainerWriter.reopen(c.path, scan.validEnd, scan);
         const sealed = await w.seal();
         opts.logger.info({ container: c.n, records: scan.recordCount }, 'sealed AILFC left active by a crash');
         toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealed.path, footer: sealed.footer });
       } else if (c.kind === 'ailfc') {
+        maxContainer = Math.max(maxContainer, c.n);
         if (c.n <= opts.committedContainer) {
           await fs.promises.rm(c.path, { force: true }); // committed; the manager has its copy
           continue;
@@ -279,6 +297,9 @@ export class GroupJournal {
   private async doSeal(reason: string): Promise<{ containerId: number; committed: Promise<CommitInfo | null> } | null> {
     if (this.closed || this.degraded) return null;
     if (this.active.recordCount === 0) return null;
+    // Seals requested by size while an earlier one was switching containers
+    // find a fresh, small active container: leave it alone.
+    if (reason === 'size' && this.active.size < this.sealBytes) return null;
     if (this.ageTimer) {
       clearTimeout(this.ageTimer);
       this.ageTimer = null;
@@ -419,5 +440,14 @@ export class GroupJournal {
 
   get directory(): string {
     return path.resolve(this.dir);
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.promises.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
