@@ -1,0 +1,80 @@
+/**
+ * GroupJournal recovery, deterministically: the states a crash can leave in
+ * the journal directory, and what start-up must do with each.
+ */
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ContainerWriter, listContainers, verifyContainer } from '../src/journal/container';
+import { ContainerKind, RecordKind, containerFileName } from '../src/journal/format';
+import { GroupJournal, type CommitInfo, type ManagerLink, type SealedContainerRef } from '../src/journal/group-journal';
+
+const silent = { info() {}, warn() {}, error() {}, debug() {} };
+
+function recordingLink(): { link: ManagerLink; submitted: SealedContainerRef[] } {
+  const submitted: SealedContainerRef[] = [];
+  return {
+    submitted,
+    link: {
+      submit: async (ref): Promise<CommitInfo> => {
+        submitted.push(ref);
+        return new Promise(() => {}); // never commits: the files stay for inspection
+      },
+    },
+  };
+}
+
+async function writeContainer(dir: string, n: number, firstSeq: number, count: number): Promise<ContainerWriter> {
+  const w = await ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 1, containerId: n, blockSize: 4096 });
+  for (let i = 0; i < count; i++) {
+    await w.append(
+      { kind: RecordKind.Write, volumeId: 1, seq: firstSeq + i, time: Date.now(), offset: i * 4096, length: 4096 },
+      Buffer.alloc(4096, i + 1),
+    );
+  }
+  return w;
+}
+
+function tmp(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'gj-'));
+}
+
+test('a container sealed but not yet renamed is renamed, not sealed a second time', async (t) => {
+  const dir = tmp();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const w = await writeContainer(dir, 1, 1, 5);
+  const sealed = await w.seal();
+  // Put it back under its active name, as if the crash came before the rename.
+  fs.renameSync(sealed.path, path.join(dir, containerFileName('active', 1)));
+  const { link, submitted } = recordingLink();
+  const j = await GroupJournal.open({ dir, groupId: 1, link, committedContainer: 0, committedSeq: 0, logger: silent, sealAgeMs: 0 });
+  t.teardown(() => j.close());
+  t.is(submitted.length, 1);
+  t.is(submitted[0]!.containerId, 1);
+  const v = await verifyContainer(submitted[0]!.path);
+  t.true(v.ok, JSON.stringify(v));
+  t.is(j.status().nextSeq, 6, 'sequence continues after the recovered records');
+});
+
+test('an empty spare left by a crash does not leave a gap in container numbers', async (t) => {
+  const dir = tmp();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const active = await writeContainer(dir, 3, 10, 4); // records: will be sealed at start-up
+  await active.close();
+  const spare = await writeContainer(dir, 4, 0, 0); // the pre-created spare, empty
+  await spare.close();
+  const { link, submitted } = recordingLink();
+  const j = await GroupJournal.open({ dir, groupId: 1, link, committedContainer: 2, committedSeq: 9, logger: silent, sealAgeMs: 0 });
+  t.deepEqual(submitted.map((s) => s.containerId), [3]);
+  t.is(j.status().active!.containerId, 4, 'the next container takes the id right after the last one with records');
+  const seq = j.reserve();
+  t.is(seq, 14);
+  await j.append(seq, RecordKind.Write, 1, 0, 512, Buffer.alloc(512, 9));
+  const r = await j.seal('command');
+  t.is(r!.containerId, 4);
+  t.deepEqual(submitted.map((s) => s.containerId), [3, 4]);
+  await j.close();
+  const left = (await listContainers(dir)).map((c) => `${c.kind}-${c.n}`);
+  t.deepEqual(left.sort(), ['ailfc-3', 'ailfc-4']);
+});
