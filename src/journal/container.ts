@@ -33,6 +33,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fsyncDir } from '../util/fsync-dir';
 import * as zlib from 'node:zlib';
 import {
   ContainerKind,
@@ -357,17 +358,6 @@ function pickStats(s: ContainerStats): ContainerStats {
 
 function emptyStats(): ContainerStats {
   return { recordCount: 0, firstSeq: 0, lastSeq: 0, firstTime: 0, lastTime: 0, bodyCrc: 0, payloadBytes: 0 };
-}
-
-function fsyncDir(dir: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fs.open(dir, 'r', (err, fd) => {
-      if (err) return reject(err);
-      fs.fsync(fd, (err2) => {
-        fs.close(fd, () => (err2 ? reject(err2) : resolve()));
-      });
-    });
-  });
 }
 
 function writeAllSync(fd: number, buf: Buffer, position: number): void {

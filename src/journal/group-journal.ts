@@ -28,30 +28,11 @@ import {
   type RecordInput,
 } from './container';
 import { ContainerKind, RecordKind, containerFileName, type Footer } from './format';
+import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
+import { fsyncDir } from '../util/fsync-dir';
 
-export interface SealedContainerRef {
-  groupId: number;
-  containerId: number;
-  path: string;
-  footer: Footer;
-}
-
-export interface CommitInfo {
-  groupId: number;
-  containerId: number;
-  firstSeq: number;
-  lastSeq: number;
-  firstTime: number;
-  lastTime: number;
-  blocks: number;
-  bytesApplied: number;
-}
-
-/** How the intercept reaches the backup manager: local call today, TCP later. */
-export interface ManagerLink {
-  submit(ref: SealedContainerRef): Promise<CommitInfo>;
-}
+export type { SealedContainerRef, CommitInfo, ManagerLink } from './link';
 
 export interface JournalLogger {
   info(o: object, msg?: string): void;
@@ -440,14 +421,5 @@ export class GroupJournal {
 
   get directory(): string {
     return path.resolve(this.dir);
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.promises.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

@@ -47,6 +47,7 @@
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fsyncDir } from '../util/fsync-dir';
 import Piscina from 'piscina';
 import { verifyContainer } from '../journal/container';
 import { RECORD_HEADER_SIZE, containerFileName } from '../journal/format';
@@ -784,14 +785,6 @@ async function exists(p: string): Promise<boolean> {
   );
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.promises.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 async function sameContent(a: string, b: string): Promise<boolean> {
   const [fa, fb] = await Promise.all([fs.promises.open(a, 'r'), fs.promises.open(b, 'r')]);

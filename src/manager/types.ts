@@ -2,29 +2,8 @@
  * Types shared by the backup manager's main thread, its piscina workers and
  * its LMDB catalog. See backup-manager.ts for the overall design.
  */
-import type { Footer } from '../journal/format';
 
-/** A sealed AILFC handed to the manager (the message a remote intercept sends). */
-export interface SealedContainerRef {
-  groupId: number;
-  containerId: number;
-  path: string;
-  footer: Footer;
-}
-
-/** What the manager answers when T_n is committed (also for a resend of a committed n). */
-export interface CommitInfo {
-  groupId: number;
-  containerId: number;
-  firstSeq: number;
-  lastSeq: number;
-  firstTime: number;
-  lastTime: number;
-  /** Blocks touched (= BeforeBlock records in BILFC_n). */
-  blocks: number;
-  /** Bytes written to the replicated images. */
-  bytesApplied: number;
-}
+export type { SealedContainerRef, CommitInfo } from '../journal/link';
 
 export interface ManagedVolume {
   /** Volume id inside the group (the u16 of the record header). */
