@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { run, startDaemon, tempDir, type TestDaemon, haveCommand, sleep } from './helpers/daemon';
+import { checkLedger, requireLedgerTools, startLedgerWriter } from './helpers/ledger';
 
 const MiB = 1024 * 1024;
 
@@ -274,87 +275,35 @@ test.serial('nbdfuse + mkfs.ext4 + mount -o loop: a file tree survives umount, e
 });
 
 test.serial('kill -9 under fio load: every write acknowledged before the last acknowledged FLUSH survives', async (t) => {
-  need('fio', '/usr/bin/python3');
-  const py = await run('/usr/bin/python3', ['-c', 'import nbd']);
-  if (py.code !== 0) throw new Error('python3-libnbd is missing (run tools/install-system-deps.sh)');
+  need('fio');
+  await requireLedgerTools();
   const d = await startDaemon();
   t.teardown(() => d.cleanup());
   await createVolume(d, 'load', '256M');
   await createVolume(d, 'ledger', '64M');
 
   for (let round = 0; round < 3; round++) {
-    // Background load on one volume...
+    // Background load on one volume, and the flush ledger on another.
     const load = spawn(
       'fio',
       ['--name=load', '--ioengine=nbd', `--uri=${d.nbdUri('load')}`, '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=256M', '--time_based', '--runtime=60'],
       { stdio: 'ignore' },
     );
-    // ...and an independent libnbd writer that records each acknowledged flush.
-    const writer = spawn('/usr/bin/python3', ['-c', LEDGER_WRITER, d.nbdUri('ledger'), String(round)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let lastFlushed = -1;
-    let buf = '';
-    writer.stdout.setEncoding('utf8').on('data', (s: string) => {
-      buf += s;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        const m = /^flushed (\d+)$/.exec(line);
-        if (m) lastFlushed = Number(m[1]);
-      }
-    });
+    const writer = startLedgerWriter(d.nbdUri('ledger'), round, { blocks: 16384, flushEvery: 8 });
     const deadline = Date.now() + 30_000;
     const target = 200 + Math.floor(Math.random() * 600);
-    while (lastFlushed < target && Date.now() < deadline) await sleep(20);
-    t.true(lastFlushed >= target, `writer made progress (${lastFlushed})`);
+    while (writer.lastFlushed < target && Date.now() < deadline) await sleep(20);
+    t.true(writer.lastFlushed >= target, `writer made progress (${writer.lastFlushed})`);
+    const flushedAtKill = writer.lastFlushed;
     await d.kill('SIGKILL');
-    const flushedAtKill = lastFlushed;
     load.kill('SIGKILL');
-    writer.kill('SIGKILL');
+    writer.process.kill('SIGKILL');
     await d.restart();
-    // Verify with another independent client: every block up to the last
-    // acknowledged flush holds its pattern.
-    const check = await run('/usr/bin/python3', ['-c', LEDGER_CHECK, d.nbdUri('ledger'), String(round), String(flushedAtKill)]);
+    const check = await checkLedger(d.nbdUri('ledger'), round, flushedAtKill);
     t.is(check.code, 0, `round ${round}: ${check.stdout}${check.stderr}`);
     t.regex(check.stdout, new RegExp(`^verified ${flushedAtKill + 1} blocks`, 'm'));
   }
 });
-
-/** Writes 4 KiB block i with a pattern derived from (round, i); flushes every 8 writes and prints what is durable. */
-const LEDGER_WRITER = `
-import nbd, sys, hashlib
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-rnd = sys.argv[2]
-def block(i):
-    d = hashlib.sha256(f"{rnd}-{i}".encode()).digest()
-    return (d * 128)[:4096]
-i = 0
-while i < 16384:
-    h.pwrite(block(i), i * 4096)
-    if i % 8 == 7:
-        h.flush()
-        print(f"flushed {i}", flush=True)
-    i += 1
-`;
-
-const LEDGER_CHECK = `
-import nbd, sys, hashlib
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-rnd, last = sys.argv[2], int(sys.argv[3])
-bad = []
-for i in range(last + 1):
-    d = hashlib.sha256(f"{rnd}-{i}".encode()).digest()
-    if h.pread(4096, i * 4096) != (d * 128)[:4096]:
-        bad.append(i)
-if bad:
-    print(f"lost blocks: {bad[:20]} ({len(bad)} in all)")
-    sys.exit(1)
-print(f"verified {last + 1} blocks")
-`;
 
 test.serial('a real ENOSPC from the backing file becomes an NBD error; earlier data survives and the daemon keeps serving', async (t) => {
   need('qemu-io', 'mount', 'umount');

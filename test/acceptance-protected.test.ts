@@ -14,6 +14,7 @@ import { readRecords } from '../src/journal/container';
 import { RecordKind } from '../src/journal/format';
 import { run, startDaemon, sleep, tempDir, haveCommand, type TestDaemon } from './helpers/daemon';
 import { pattern } from './helpers/nbd-fixtures';
+import { checkLedger, requireLedgerTools, startLedgerWriter } from './helpers/ledger';
 
 const MiB = 1024 * 1024;
 
@@ -301,7 +302,8 @@ test.serial('real filesystem: ext4 through nbdfuse on a protected volume; the re
 });
 
 test.serial('kill -9 campaign: 30 kills under mixed load lose no flushed write, and the images agree after catch-up', async (t) => {
-  if (!haveCommand('fio') || !fs.existsSync('/usr/bin/python3')) throw new Error('fio and python3-libnbd are required');
+  if (!haveCommand('fio')) throw new Error('fio missing (run tools/install-system-deps.sh)');
+  await requireLedgerTools();
   const d = await startDaemon();
   t.teardown(() => d.cleanup());
   await cli(d, ['volume', 'create', 'kc', '--size', '64M', '--protected']);
@@ -313,27 +315,16 @@ test.serial('kill -9 campaign: 30 kills under mixed load lose no flushed write, 
        '--offset=32M', '--size=32M', '--time_based', '--runtime=30'],
       { stdio: 'ignore' },
     );
-    const writer = spawn('/usr/bin/python3', ['-c', LEDGER, d.nbdUri('kc'), String(round)], { stdio: ['ignore', 'pipe', 'ignore'] });
-    let lastFlushed = -1;
-    let buf = '';
-    writer.stdout.setEncoding('utf8').on('data', (s: string) => {
-      buf += s;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const m = /^flushed (\d+)$/.exec(buf.slice(0, nl));
-        buf = buf.slice(nl + 1);
-        if (m) lastFlushed = Number(m[1]);
-      }
-    });
+    const writer = startLedgerWriter(d.nbdUri('kc'), round, { blocks: 4096, flushEvery: 4 });
     // Kill at a random moment: sometimes before any flush, mostly in the middle.
     await sleep(150 + Math.floor(Math.random() * 1200));
-    const flushedAtKill = lastFlushed;
+    const flushedAtKill = writer.lastFlushed;
     await d.kill('SIGKILL');
     load.kill('SIGKILL');
-    writer.kill('SIGKILL');
+    writer.process.kill('SIGKILL');
     await d.restart();
     if (flushedAtKill >= 0) {
-      const check = await run('/usr/bin/python3', ['-c', LEDGER_CHECK, d.nbdUri('kc'), String(round), String(flushedAtKill)]);
+      const check = await checkLedger(d.nbdUri('kc'), round, flushedAtKill);
       t.is(check.code, 0, `round ${round}: ${check.stdout}${check.stderr}`);
     }
   }
@@ -345,31 +336,6 @@ test.serial('kill -9 campaign: 30 kills under mixed load lose no flushed write, 
     t.true(txns[i]!.n > txns[i - 1]!.n && txns[i]!.firstSeq > txns[i - 1]!.lastSeq, 'transactions strictly ordered, none twice');
   }
 });
-
-const LEDGER = `
-import nbd, sys, hashlib
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-rnd = sys.argv[2]
-for i in range(4096):
-    d = hashlib.sha256(f"{rnd}-{i}".encode()).digest()
-    h.pwrite((d * 128)[:4096], i * 4096)
-    if i % 4 == 3:
-        h.flush()
-        print(f"flushed {i}", flush=True)
-`;
-
-const LEDGER_CHECK = `
-import nbd, sys, hashlib
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-rnd, last = sys.argv[2], int(sys.argv[3])
-bad = [i for i in range(last + 1) if h.pread(4096, i * 4096) != (hashlib.sha256(f"{rnd}-{i}".encode()).digest() * 128)[:4096]]
-if bad:
-    print(f"lost blocks: {bad[:20]} ({len(bad)} in all)")
-    sys.exit(1)
-print(f"verified {last + 1} blocks")
-`;
 
 test.serial('a full journal disk: writes still succeed on production, the volume reports degraded, the state map keeps tracking', async (t) => {
   const d = await startDaemon();

@@ -2,6 +2,7 @@
  * FileExport (regular files and a loop block device) and MemoryExport
  * against a byte-for-byte model, plus the behaviour specific to each.
  */
+import { pattern, rng } from './helpers/random';
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -37,29 +38,7 @@ async function openFile(t: T, file: string, readOnly = false): Promise<FileExpor
   return e;
 }
 
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(length);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 function isZero(b: Buffer): boolean {
   for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;

@@ -88,18 +88,8 @@ export function runRewind(
   });
 }
 
-/** A TCP port that was free a moment ago (bound to 0 and released). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen({ host, port: 0, exclusive: true }, () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from '../../tools/lib/net';
+export { freePort };
 
 /** Resolves true if something accepts a connection at `where`. */
 export function canConnect(where: { path: string } | { host: string; port: number }, timeoutMs = 1000): Promise<boolean> {

@@ -237,14 +237,4 @@ export class RawPeer {
   }
 }
 
-export function pattern(len: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(len);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
+export { pattern } from './random';
