@@ -20,7 +20,8 @@ export class RangeLock {
   /**
    * Reserve [offset, offset + length). Returns null when nothing earlier
    * overlaps (the common case, no promise created) or a promise to await.
-   * Either way, call `release()` on the returned token when finished.
+   * Either way, call `release()` on the returned token when finished (more
+   * than once is harmless).
    */
   acquire(offset: number, length: number): { wait: Promise<void> | null; release: () => void } {
     const start = offset;
@@ -32,10 +33,14 @@ export class RangeLock {
     let release!: () => void;
     const done = new Promise<void>((r) => (release = r));
     const entry: Held = { start, end, done, release };
+    let released = false;
     this.held.push(entry);
     const token = {
       wait: waits ? (waits.length === 1 ? waits[0]! : Promise.all(waits).then(() => undefined)) : null,
+      /** Idempotent: the intercept releases early and again in `finally`. */
       release: () => {
+        if (released) return;
+        released = true;
         const i = this.held.indexOf(entry);
         if (i >= 0) this.held.splice(i, 1);
         entry.release();
