@@ -66,7 +66,7 @@ test('volume create, list, rm end to end', async (t) => {
   const list = await shared.cli(['volume', 'list']);
   t.is(list.code, 0, list.stderr);
   const lines = list.stdout.trimEnd().split('\n');
-  t.regex(lines[0]!, /^NAME +SIZE +ALLOCATED +MODE +KIND +CONNS +URI$/);
+  t.regex(lines[0]!, /^NAME +SIZE +ALLOCATED +MODE +KIND +GROUP +CONNS +URI$/);
   const row = lines.find((l) => l.startsWith('cli-vol '));
   t.truthy(row, list.stdout);
   t.regex(row!, new RegExp(`^cli-vol +64 MiB +0 B +rw +file +0 +nbd://127\\.0\\.0\\.1:${shared.nbdPort}/cli-vol$`));
