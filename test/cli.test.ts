@@ -69,7 +69,7 @@ test('volume create, list, rm end to end', async (t) => {
   t.regex(lines[0]!, /^NAME +SIZE +ALLOCATED +MODE +KIND +GROUP +CONNS +URI$/);
   const row = lines.find((l) => l.startsWith('cli-vol '));
   t.truthy(row, list.stdout);
-  t.regex(row!, new RegExp(`^cli-vol +64 MiB +0 B +rw +file +0 +nbd://127\\.0\\.0\\.1:${shared.nbdPort}/cli-vol$`));
+  t.regex(row!, new RegExp(`^cli-vol +64 MiB +0 B +rw +file +- +0 +nbd://127\\.0\\.0\\.1:${shared.nbdPort}/cli-vol$`));
   t.truthy(lines.find((l) => /^default +1 GiB /.test(l)), list.stdout);
 
   const json = await shared.cli(['volume', 'list', '--json']);
