@@ -20,6 +20,7 @@
  * without their extra fields.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { ContainerWriter, verifyContainer } from '../journal/container';
@@ -49,6 +50,15 @@ import {
   type RecordTableData,
 } from './plan';
 import type { BlockRun, ContainerFileInfo } from './types';
+
+// The manager is background work that may lag: its threads yield the CPU to
+// the intercept (client I/O) and to the clients themselves. On Linux the
+// nice value is per thread, and pid 0 means the calling thread.
+try {
+  os.setPriority(0, Number(process.env.REWIND_MANAGER_NICE ?? 10));
+} catch {
+  // not permitted or not supported: run at normal priority
+}
 
 export interface WorkerVolume {
   volumeId: number;

@@ -109,7 +109,7 @@ const MAX_NAME = 4096;
 const STAGING_SIZE = 256 * 1024;
 /** WRITE payloads at least this large are read directly into place. */
 const DIRECT_MIN_PAYLOAD = 32 * 1024;
-/** Reads at least this large use recycled buffers. */
+/** Reads at least this large use recycled buffers (direct WRITE payloads always do). */
 const POOL_MIN = 64 * 1024;
 /** Bytes of idle read buffers a connection keeps. */
 const POOL_MAX_BYTES = 16 * 1024 * 1024;
@@ -151,9 +151,13 @@ export class Connection {
   private staging: Buffer | null = null;
   private lastGiven: Buffer | null = null;
   private direct: { hdr: Buffer; payload: Buffer; filled: number } | null = null;
-  /** Read buffers lent to the export, returned once the socket has sent them. */
-  private readonly readPool = new Map<number, Buffer[]>();
-  private readPoolBytes = 0;
+  /**
+   * Buffers lent to the export, by length: read buffers (back once the
+   * socket has sent them) and WRITE payloads received directly (back once
+   * the write is done).
+   */
+  private readonly bufferPool = new Map<number, Buffer[]>();
+  private poolBytes = 0;
   private closeWaiters: Array<() => void> = [];
 
   /**
@@ -250,7 +254,7 @@ export class Connection {
         this.direct = null;
         if (this.phase !== Phase.Transmission) return true;
         try {
-          this.dispatch(d.hdr, d.payload);
+          this.dispatch(d.hdr, d.payload, true);
           this.pump();
         } catch (e) {
           this.violation(e);
@@ -387,7 +391,9 @@ export class Connection {
               if (this.directMode && len >= DIRECT_MIN_PAYLOAD) {
                 // Receive the rest of the payload straight into its buffer.
                 const hdr = Buffer.from(this.input.take(REQUEST_HEADER));
-                const payload = Buffer.allocUnsafe(len);
+                // From the pool: a fresh 1 MiB buffer makes the export's
+                // fs.write call itself ~30x dearer than a reused one.
+                const payload = this.borrow(len) ?? Buffer.allocUnsafe(len);
                 const have = this.input.length;
                 if (have > 0) this.input.take(have).copy(payload, 0);
                 this.direct = { hdr, payload, filled: have };
@@ -711,8 +717,11 @@ export class Connection {
     });
   }
 
-  /** Validate and start one request. `hdr` is a view; copy what outlives this call. */
-  private dispatch(hdrView: Buffer, payload: Buffer | null): void {
+  /**
+   * Validate and start one request. `hdr` is a view; copy what outlives this
+   * call. `pooled`: the payload is a pool buffer to give back when done.
+   */
+  private dispatch(hdrView: Buffer, payload: Buffer | null, pooled = false): void {
     this.hooks.stats.requests++;
     const flags = hdrView.readUInt16BE(4);
     const type = hdrView.readUInt16BE(6);
@@ -767,11 +776,15 @@ export class Connection {
         if (length > this.maxPayload) return fail(P.EINVAL, `read length ${length} exceeds maximum ${this.maxPayload}`);
         this.track(length, this.doRead(hdr, offset, length, (flags & P.CMD_FLAG_DF) !== 0));
         return;
-      case P.CMD_WRITE:
+      case P.CMD_WRITE: {
         if (length === 0) return this.replyOk(hdr);
-        this.track(length, this.runSimple(hdr, type, () => e.write(offset, payload!, { fua })));
+        const done = this.runSimple(hdr, type, () => e.write(offset, payload!, { fua }));
+        // A payload received directly into a pool buffer goes back to the
+        // pool once the export is done with it (see NbdExport.write).
+        this.track(length, pooled ? done.then(() => this.giveBack(payload!)) : done);
         this.hooks.stats.bytesWritten += length;
         return;
+      }
       case P.CMD_FLUSH:
         if (!(this.transmitFlags & P.FLAG_SEND_FLUSH)) return fail(P.EINVAL, 'flush not supported');
         this.track(0, this.runSimple(hdr, type, () => e.flush()));
@@ -943,21 +956,21 @@ export class Connection {
 
   private borrow(length: number): Buffer | undefined {
     if (length < POOL_MIN) return undefined;
-    const list = this.readPool.get(length);
+    const list = this.bufferPool.get(length);
     const b = list?.pop();
     if (b) {
-      this.readPoolBytes -= length;
+      this.poolBytes -= length;
       return b;
     }
     return Buffer.allocUnsafe(length);
   }
 
   private giveBack(b: Buffer | undefined): void {
-    if (!b || this.phase === Phase.Closed || this.readPoolBytes + b.length > POOL_MAX_BYTES) return;
-    let list = this.readPool.get(b.length);
-    if (!list) this.readPool.set(b.length, (list = []));
+    if (!b || this.phase === Phase.Closed || this.poolBytes + b.length > POOL_MAX_BYTES) return;
+    let list = this.bufferPool.get(b.length);
+    if (!list) this.bufferPool.set(b.length, (list = []));
     list.push(b);
-    this.readPoolBytes += b.length;
+    this.poolBytes += b.length;
   }
 
   /** Send the last piece of a read reply; lend `into` back once it is out. */
@@ -1137,8 +1150,8 @@ export class Connection {
     this.input.clear();
     this.staging = null;
     this.direct = null;
-    this.readPool.clear();
-    this.readPoolBytes = 0;
+    this.bufferPool.clear();
+    this.poolBytes = 0;
     const exp = this.exp;
     this.exp = null;
     const done = () => {

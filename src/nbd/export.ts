@@ -101,6 +101,11 @@ export interface NbdExport {
    * `into` is as for read(): data chunks may be views of it.
    */
   readSparse?(offset: number, length: number, into?: Buffer): Promise<ReadChunk[]>;
+  /**
+   * Write `data` at `offset`. `data` is lent by the server: it is valid
+   * until the returned promise settles and is reused afterwards, so an
+   * export that needs the bytes later must copy them.
+   */
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, flags: WriteFlags): Promise<void>;
