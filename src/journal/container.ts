@@ -1046,14 +1046,8 @@ class ChunkReader {
   }
 }
 
-interface WalkState extends ContainerStats {
-  sealed: boolean;
-  footer?: Footer;
-  validEnd: number;
-  tornAt?: number;
-  problem?: string;
-  fileSize: number;
-}
+/** A scan in progress: everything but the header, which is read first. */
+type WalkState = Omit<ScanResult, 'header'>;
 
 async function readHeader(r: ChunkReader, filePath: string): Promise<FileHeader> {
   const at = r.fileSize < FILE_HEADER_SIZE ? -1 : await r.window(0, FILE_HEADER_SIZE);
