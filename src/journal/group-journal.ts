@@ -232,7 +232,7 @@ export class GroupJournal {
     if (this.degraded || this.closed) return RESOLVED;
     rec.time = this.lastAppendedTime = Date.now();
     const w = this.active;
-    const p = w.append(rec, payload).catch((err) => this.fail(err));
+    const p = w.append(rec, payload).catch(this.onAppendError);
     if (w.recordCount === 1 && this.sealAgeMs > 0 && !this.ageTimer) {
       this.ageTimer = setTimeout(() => {
         this.ageTimer = null;
@@ -243,6 +243,8 @@ export class GroupJournal {
     if (w.size >= this.sealBytes) void this.seal('size');
     return p;
   }
+
+  private readonly onAppendError = (err: unknown): void => this.fail(err);
 
   /** The journal disk failed: keep serving, stop journaling, report it. */
   private fail(err: unknown): void {
