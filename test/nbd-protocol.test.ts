@@ -327,11 +327,7 @@ test('a client that vanishes mid-request leaves the server serving and releases 
     await p.handshake();
     await p.go('rw');
     // Header of a 1 MiB write, then half the payload, then gone.
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(P.REQUEST_MAGIC, 0);
-    h.writeUInt16BE(P.CMD_WRITE, 6);
-    h.writeUInt32BE(MiB, 24);
-    p.write(Buffer.concat([h, Buffer.alloc(MiB / 2, 7)]));
+    p.write(Buffer.concat([P.encodeRequest(P.CMD_WRITE, 0, 0n, 0, MiB), Buffer.alloc(MiB / 2, 7)]));
     p.destroy();
   }
   // Slow in-flight reads when the peer disappears

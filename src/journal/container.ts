@@ -68,15 +68,8 @@ export interface StoredRecord extends RecordHeader {
   payload: Buffer | null;
 }
 
-export interface ContainerStats {
-  recordCount: number;
-  firstSeq: number;
-  lastSeq: number;
-  firstTime: number;
-  lastTime: number;
-  bodyCrc: number;
-  payloadBytes: number;
-}
+/** Running statistics of a container: exactly what its footer records at seal. */
+export type ContainerStats = Footer;
 
 export interface WriterOptions {
   /**

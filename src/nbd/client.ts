@@ -271,13 +271,7 @@ export class NbdClient {
   private request(type: number, flags: number, offset: number, length: number, payload?: Buffer): Promise<unknown> {
     if (this.closedErr) return Promise.reject(this.closedErr);
     const cookie = this.nextCookie++;
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(P.REQUEST_MAGIC, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(cookie, 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
+    const h = P.encodeRequest(type, flags, cookie, offset, length);
     const pr = new Promise((resolve, reject) => {
       this.pending.set(cookie, { type, offset, length, resolve, reject });
     });
@@ -321,9 +315,7 @@ export class NbdClient {
   /** Soft disconnect: NBD_CMD_DISC, then wait for the server to close. */
   async disconnect(): Promise<void> {
     if (this.closedErr) return;
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(P.REQUEST_MAGIC, 0);
-    h.writeUInt16BE(P.CMD_DISC, 6);
+    const h = P.encodeRequest(P.CMD_DISC, 0, 0n, 0, 0);
     const closed = new Promise<void>((r) => this.sock.once('close', () => r()));
     this.sock.write(h);
     this.sock.end();

@@ -131,6 +131,18 @@ export function nbdErrnoFromCode(code: string | undefined): number {
 
 export const BASE_ALLOCATION = 'base:allocation';
 
+/** The 28-byte request header (magic, flags, type, cookie, offset, length). */
+export function encodeRequest(type: number, flags: number, cookie: bigint, offset: number | bigint, length: number): Buffer {
+  const h = Buffer.allocUnsafe(28);
+  h.writeUInt32BE(REQUEST_MAGIC, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  h.writeBigUInt64BE(cookie, 8);
+  h.writeBigUInt64BE(BigInt(offset), 16);
+  h.writeUInt32BE(length, 24);
+  return h;
+}
+
 /** Default size constraints when an export states none. */
 export const DEFAULT_MIN_BLOCK = 1;
 export const DEFAULT_PREFERRED_BLOCK = 4096;

@@ -220,13 +220,7 @@ export class RawPeer {
     }
   }
   request(type: number, flags: number, cookie: bigint, offset: bigint | number, length: number, payload?: Buffer) {
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(P.REQUEST_MAGIC, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(cookie, 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
+    const h = P.encodeRequest(type, flags, cookie, offset, length);
     this.write(payload ? Buffer.concat([h, payload]) : h);
   }
   async simpleReply(dataLen = 0): Promise<{ error: number; cookie: bigint; data: Buffer }> {
