@@ -7,6 +7,11 @@
  *     volume list   [--json]
  *     volume rm     NAME [--keep-data]
  *     status        [--json]
+ *     snapshot VOL --at POINT [--name N]      (snapshot list|rm)
+ *     clone SOURCE [--at POINT] [--name N]    (clone step|list|rm)
+ *     restore VOL --to POINT [--range OFF:LEN]... [--force]
+ *     export VOL --at POINT --out FILE
+ *     point VOL POINT
  *
  * Exit codes: 0 success, 1 failure, 2 bad usage, 3 no daemon reachable.
  */
@@ -17,6 +22,7 @@ import { ApiError, DaemonUnreachableError } from '../control/client';
 import { rewindVersion } from '../util/version';
 import { status, volumeCreate, volumeList, volumeRemove } from './commands';
 import { log, seal, verify, volumeStatus } from './protection-commands';
+import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 
@@ -139,6 +145,104 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await verify(vol, cmd.optsWithGlobals());
     });
 
+  const pointHelp = 'a point: @seq:N, @txn:N, an ISO time, "10 minutes ago", latest, or a marker';
+  program
+    .command('point')
+    .description('show which write a point names (seq, time, extent)')
+    .argument('<volume>', 'a protected volume')
+    .argument('<point>', pointHelp)
+    .option('--json', 'print JSON')
+    .action(async (v: string, at: string, _o: unknown, cmd: Command) => {
+      await point(v, at, cmd.optsWithGlobals());
+    });
+
+  const snap = program
+    .command('snapshot')
+    .description('serve a read-only export of a protected volume as it was at a point (copies nothing)')
+    .argument('<volume>', 'a protected volume')
+    .option('--at <point>', `required: ${pointHelp}`)
+    .option('--name <name>', 'export name (default VOLUME.snap-SEQ)')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await snapshot(v, cmd.optsWithGlobals());
+    });
+  snap
+    .command('list')
+    .description('list snapshots')
+    .argument('[volume]', 'only those of this volume')
+    .option('--json', 'print JSON')
+    .action(async (v: string | undefined, _o: unknown, cmd: Command) => {
+      await viewList('snapshot', v, cmd.optsWithGlobals());
+    });
+  snap
+    .command('rm')
+    .description('delete a snapshot (its clients are disconnected)')
+    .argument('<name>')
+    .option('--json', 'print JSON')
+    .action(async (n: string, _o: unknown, cmd: Command) => {
+      await viewRemove(n, cmd.optsWithGlobals());
+    });
+
+  const cl = program
+    .command('clone')
+    .description('serve a writable clone of a protected volume at a point, or of another clone (copies nothing)')
+    .argument('<source>', 'a protected volume (with --at) or a clone')
+    .option('--at <point>', pointHelp)
+    .option('--name <name>', 'export name (default SOURCE.clone-SEQ)')
+    .option('--read-only', 'a read-only clone (it can step)')
+    .option('--json', 'print JSON')
+    .action(async (src: string, _o: unknown, cmd: Command) => {
+      await clone(src, cmd.optsWithGlobals());
+    });
+  cl.command('step')
+    .description('move a snapshot or an unwritten clone through history by single writes; clients reconnect to see it')
+    .argument('<name>')
+    .option('--forward <k>', 'K writes later')
+    .option('--back <k>', 'K writes earlier')
+    .option('--to <point>', pointHelp)
+    .option('--json', 'print JSON')
+    .action(async (n: string, _o: unknown, cmd: Command) => {
+      await step(n, cmd.optsWithGlobals());
+    });
+  cl.command('list')
+    .description('list clones')
+    .argument('[volume]', 'only those of this volume')
+    .option('--json', 'print JSON')
+    .action(async (v: string | undefined, _o: unknown, cmd: Command) => {
+      await viewList('clone', v, cmd.optsWithGlobals());
+    });
+  cl.command('rm')
+    .description("delete a clone and its writes (its clients are disconnected)")
+    .argument('<name>')
+    .option('--json', 'print JSON')
+    .action(async (n: string, _o: unknown, cmd: Command) => {
+      await viewRemove(n, cmd.optsWithGlobals());
+    });
+
+  program
+    .command('restore')
+    .description('roll a protected volume back to a point (journaled: it can be undone); its clients are disconnected meanwhile')
+    .argument('<volume>', 'a protected volume')
+    .requiredOption('--to <point>', pointHelp)
+    .option('--range <offset:len>', 'restore only this byte range (repeatable), e.g. 0:1M', collect)
+    .option('--force', 'restore even though snapshots or clones of the volume exist')
+    .option('--no-progress', 'no progress bar')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await restore(v, cmd.optsWithGlobals());
+    });
+  program
+    .command('export')
+    .description('write a sparse raw image of a protected volume at a point (a virtual full backup)')
+    .argument('<volume>', 'a protected volume')
+    .requiredOption('--at <point>', pointHelp)
+    .requiredOption('--out <file>', 'a new file (written by the daemon)')
+    .option('--no-progress', 'no progress bar')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await exportImage(v, cmd.optsWithGlobals());
+    });
+
   return program;
 }
 
@@ -167,6 +271,11 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module || require.main?.filename.endsWith('/bin/rewind')) {
+  // A closed pipe (rewind ... | head) ends the output quietly.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   void main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });

@@ -139,6 +139,73 @@ export class ControlClient {
     return parsed as T;
   }
 
+  /**
+   * Sends a JSON request asking for NDJSON progress; calls onLine for each
+   * line and resolves with the last line's "result" (throws ApiError for an
+   * HTTP error or an {"error"} line). No overall timeout: the daemon keeps
+   * the stream alive with progress lines.
+   */
+  async streamJson<T>(method: string, path: string, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<T> {
+    const ep = this.endpoint;
+    const text = JSON.stringify(body);
+    const headers: Record<string, string | number> = {
+      Accept: 'application/x-ndjson',
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(text),
+    };
+    if (ep.kind === 'tcp' && this.opts.token) headers.Authorization = `Bearer ${this.opts.token}`;
+    const options: http.RequestOptions = {
+      method,
+      path,
+      headers,
+      agent: false,
+      ...(ep.kind === 'unix' ? { socketPath: ep.path, host: 'localhost' } : { host: ep.host, port: ep.port }),
+    };
+    return new Promise<T>((resolve, reject) => {
+      const req = http.request(options, (res) => {
+        let buf = '';
+        let result: T | undefined;
+        let error: ApiError | null = null;
+        res.setEncoding('utf8');
+        const handle = (line: string): void => {
+          if (!line.trim()) return;
+          let obj: Record<string, unknown>;
+          try {
+            obj = JSON.parse(line) as Record<string, unknown>;
+          } catch {
+            error = new ApiError(res.statusCode ?? 0, `unexpected response from daemon: ${line.slice(0, 200)}`);
+            return;
+          }
+          if ((res.statusCode ?? 0) >= 400) {
+            error = new ApiError(res.statusCode ?? 0, typeof obj.error === 'string' ? obj.error : `HTTP ${res.statusCode}`);
+            return;
+          }
+          if (typeof obj.error === 'string') error = new ApiError(typeof obj.status === 'number' ? obj.status : 500, obj.error);
+          else if ('result' in obj) result = obj.result as T;
+          else if (!('progress' in obj)) result = obj as T; // a plain JSON answer
+          onLine(obj);
+        };
+        res.on('data', (c: string) => {
+          buf += c;
+          let i: number;
+          while ((i = buf.indexOf('\n')) >= 0) {
+            handle(buf.slice(0, i));
+            buf = buf.slice(i + 1);
+          }
+        });
+        res.on('end', () => {
+          handle(buf);
+          if (error) reject(error);
+          else if (result === undefined) reject(new ApiError(res.statusCode ?? 0, 'the daemon ended the stream without a result'));
+          else resolve(result);
+        });
+        res.on('error', reject);
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => reject(this.connectError(err)));
+      req.end(text);
+    });
+  }
+
   health(): Promise<Health> {
     return this.request<Health>('GET', '/v1/health');
   }

@@ -24,6 +24,8 @@ import { tokenMatches } from '../daemon/token';
 import { DEFAULT_VOLUME, type Logger, type VolumeManager } from '../daemon/volumes';
 import type { VolumeRecord } from '../catalog/catalog';
 import type { Protection } from '../daemon/protection';
+import type { TimeTravel } from '../timetravel/service';
+import { routeTimeTravel } from './timetravel-routes';
 import {
   API_PREFIX,
   MAX_BODY_BYTES,
@@ -51,13 +53,14 @@ export interface ControlServerOptions {
   dataDir: string;
   volumes: VolumeManager;
   protection: Protection;
+  timeTravel?: TimeTravel;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
   logger: Logger;
 }
 
-class HttpError extends Error {
+export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
@@ -205,6 +208,7 @@ export class ControlServer {
       const views = await Promise.all(this.opts.volumes.listRecords().map((r) => this.view(r)));
       return sendJson(res, 200, { volumes: views });
     }
+    if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url))) return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
     if (action) {
       let name: string;
@@ -399,7 +403,7 @@ export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | 
   return { tcp, unix };
 }
 
-function allow(method: string, methods: string[]): void {
+export function allow(method: string, methods: string[]): void {
   if (!methods.includes(method)) {
     throw new HttpError(405, `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
   }
@@ -413,7 +417,7 @@ function flag(value: string | null, name: string): boolean {
   throw new HttpError(400, `${name} must be 1 or 0 (or true/false)`);
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+export function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body) + '\n';
   res.writeHead(status, {
     'Content-Type': 'application/json; charset=utf-8',
@@ -423,7 +427,7 @@ function sendJson(res: http.ServerResponse, status: number, body: unknown): void
   res.end(res.req?.method === 'HEAD' ? undefined : text);
 }
 
-async function readJsonObject(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+export async function readJsonObject(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > MAX_BODY_BYTES) {
     throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes)`);

@@ -163,6 +163,19 @@ export class Protection {
     await fs.promises.rm(this.stateMapPath(v.name), { force: true });
   }
 
+  /** What time travel needs of a protected volume: its group's history and its intercept. */
+  context(name: string): { manager: BackupManager; journal: GroupJournal; pv: ProtectedVolume; group: string; volumeId: number; size: number } {
+    const { rt, pv } = this.runtime(name);
+    return { manager: rt.manager, journal: rt.journal, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+  }
+
+  /** Name of volume `volumeId` of a group (for messages). */
+  volumeName(group: string, volumeId: number): string {
+    const rt = this.groups.get(group);
+    if (rt) for (const pv of rt.volumes.values()) if (pv.volumeId === volumeId) return pv.name;
+    return `volume ${volumeId}`;
+  }
+
   volume(name: string): ProtectedVolume | undefined {
     return this.byVolume.get(name)?.volumes.get(name);
   }

@@ -31,6 +31,7 @@ import { dataDirLayout, type DataDirLayout } from './paths';
 import { ensureControlToken } from './token';
 import { VolumeManager, type ImageBackend } from './volumes';
 import { Protection } from './protection';
+import { TimeTravel } from '../timetravel/service';
 
 export interface ServeConfig {
   dataDir: string;
@@ -80,6 +81,7 @@ export class Daemon {
     private readonly lock: DataDirLock,
     private readonly catalog: Catalog,
     private readonly protection: Protection,
+    private readonly timeTravel: TimeTravel,
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
   ) {}
@@ -114,12 +116,31 @@ export class Daemon {
       await protection.start();
       const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }), protection);
 
+      let nbdRef: NbdServer | null = null;
+      const timeTravel = await TimeTravel.open(layout.dataDir, {
+        context: (v) => protection.context(v),
+        volumeName: (g, id) => protection.volumeName(g, id),
+        volumeExists: (n) => catalog.get(n) !== undefined,
+        disconnect: async (n) => {
+          if (!nbdRef) return 0;
+          const count = nbdRef.disconnectExport(n);
+          await nbdRef.drainExport(n);
+          return count;
+        },
+        setOffline: (v, reason) => volumes.setOffline(v, reason),
+        logger: logger.child({ component: 'timetravel' }),
+      });
+      cleanups.push(() => timeTravel.close());
+      volumes.attachTimeTravel(timeTravel);
+      for (const v of timeTravel.pendingRestoreVolumes()) volumes.setOffline(v, 'an interrupted production restore is being finished');
+
       if (config.defaultVolumeSize !== null) {
         const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
         if (made) logger.info({ volume: made.name }, `created the default volume (${formatSize(made.size)})`);
       }
 
       const nbd = new NbdServer({ provider: volumes, logger: logger.child({ component: 'nbd' }) });
+      nbdRef = nbd;
       cleanups.push(() => nbd.close());
       const endpoints: NbdEndpoints = {};
       if (config.listen) {
@@ -136,6 +157,7 @@ export class Daemon {
         dataDir: layout.dataDir,
         volumes,
         protection,
+        timeTravel,
         nbd,
         endpoints,
         token,
@@ -162,7 +184,9 @@ export class Daemon {
         },
         'rewind daemon ready',
       );
-      return new Daemon(layout, logger, lock, catalog, protection, nbd, control);
+      // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
+      void timeTravel.resumeRestores();
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control);
     } catch (err) {
       await cleanup();
       throw err;
@@ -186,6 +210,7 @@ export class Daemon {
     };
     await step('closing control API', () => this.control.close());
     await step('closing NBD server', () => this.nbd.close());
+    await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     await step('closing catalog', () => this.catalog.close());
     await step('releasing data directory', () => this.lock.release());

@@ -26,6 +26,7 @@ import {
   type VolumeRecord,
 } from '../catalog/catalog';
 import type { Protection } from './protection';
+import type { TimeTravel } from '../timetravel/service';
 import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
 import { UserError } from './errors';
 import { managedImagePath, type DataDirLayout } from './paths';
@@ -71,6 +72,10 @@ export interface VolumeInfo extends VolumeRecord {
 export class VolumeManager implements ExportProvider {
   /** Serialises create and delete. */
   private mutex: Promise<unknown> = Promise.resolve();
+  /** Snapshots and clones, served under their own names. */
+  private timeTravel: TimeTravel | null = null;
+  /** Volumes taken offline (a production restore): name -> reason. */
+  private readonly offline = new Map<string, string>();
 
   constructor(
     private readonly catalog: Catalog,
@@ -83,13 +88,29 @@ export class VolumeManager implements ExportProvider {
   // ---- ExportProvider -------------------------------------------------
 
   list(_client: ClientInfo): ExportListing[] {
-    return this.catalog.list().map((v) => ({ name: v.name, description: describe(v) }));
+    const out = this.catalog.list().map((v) => ({ name: v.name, description: describe(v) }));
+    for (const v of this.timeTravel?.list() ?? []) {
+      out.push({ name: v.name, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${v.point.time})` });
+    }
+    return out;
   }
 
   async open(name: string, client: ClientInfo): Promise<OpenedExport | null> {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
-    if (!record) return null;
+    if (!record) {
+      const tt = this.timeTravel;
+      if (!tt || !tt.has(volumeName)) return null;
+      const exp = await tt.openExport(volumeName);
+      if (!exp) return null;
+      const v = tt.get(volumeName);
+      this.logger.debug({ view: volumeName, conn: client.id }, 'view opened');
+      return { name: volumeName, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${v.point.time})`, export: exp };
+    }
+    if (this.offline.has(volumeName)) {
+      this.logger.info({ volume: volumeName, conn: client.id, reason: this.offline.get(volumeName) }, 'refused a client: the volume is offline');
+      return null;
+    }
     if (record.protection) {
       const pv = this.protection?.volume(volumeName);
       if (!pv) return null;
@@ -103,6 +124,22 @@ export class VolumeManager implements ExportProvider {
     }
     this.logger.debug({ volume: volumeName, conn: client.id }, 'volume opened');
     return { name: volumeName, description: describe(record), export: image };
+  }
+
+  // ---- time travel ----------------------------------------------------
+
+  attachTimeTravel(tt: TimeTravel): void {
+    this.timeTravel = tt;
+  }
+
+  /** Takes a volume's export offline (reason) or back online (null). */
+  setOffline(name: string, reason: string | null): void {
+    if (reason === null) this.offline.delete(name);
+    else this.offline.set(name, reason);
+  }
+
+  offlineReason(name: string): string | null {
+    return this.offline.get(name) ?? null;
   }
 
   // ---- catalog operations ---------------------------------------------
@@ -148,6 +185,10 @@ export class VolumeManager implements ExportProvider {
       if (nameError) throw new UserError('invalid', nameError);
       const record = this.catalog.get(name);
       if (!record) throw new UserError('not-found', `no volume named "${name}"`);
+      const views = this.timeTravel?.list(name).filter((v) => v.volume === name) ?? [];
+      if (views.length) {
+        throw new UserError('conflict', `volume "${name}" has snapshots or clones (${views.map((v) => v.name).join(', ')}); delete them first`);
+      }
       await this.catalog.remove(name);
       const disconnected = opts.disconnect(name);
       await opts.drained(name);
@@ -195,6 +236,7 @@ export class VolumeManager implements ExportProvider {
       throw new UserError('invalid', 'description must be a string');
     }
     if (this.catalog.get(name)) throw new UserError('conflict', `volume "${name}" already exists`);
+    if (this.timeTravel?.has(name)) throw new UserError('conflict', `a snapshot or clone named "${name}" already exists`);
     if (req.protected !== undefined && typeof req.protected !== 'boolean') {
       throw new UserError('invalid', 'protected must be true or false');
     }

@@ -20,7 +20,8 @@
  * Records follow the header back to back. Record header (48 bytes):
  *   0  u32    magic 0x52524543 ("RREC" read as big-endian bytes 'R','R','E','C')
  *   4  u8     kind: 1 write, 2 trim, 3 zero, 4 error, 5 resync, 16 before-block
- *   5  u8     flags (bit 0: FUA)
+ *   5  u8     flags (bit 0: FUA; bit 1: before-block is all zero;
+ *             bit 2: written by a production restore)
  *   6  u16    volume id (within the group)
  *   8  u64    seq: strictly increasing within the group (BILFC: 0)
  *  16  f64    wall-clock time, ms since the epoch (BILFC: 0)
@@ -90,6 +91,10 @@ export const enum RecordKind {
 }
 
 export const RECORD_FLAG_FUA = 1;
+/** BILFC before-block: the payload is all zero (the block read as a hole). */
+export const RECORD_FLAG_ZERO = 2;
+/** AILFC record written by a production restore (rewind restore). */
+export const RECORD_FLAG_RESTORE = 4;
 
 export interface FileHeader {
   kind: ContainerKind;

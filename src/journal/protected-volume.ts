@@ -25,7 +25,7 @@ import {
   type WriteFlags,
   type ZeroFlags,
 } from '../nbd/export';
-import { RecordKind, RECORD_FLAG_FUA } from './format';
+import { RecordKind, RECORD_FLAG_FUA, RECORD_FLAG_RESTORE } from './format';
 import type { GroupJournal } from './group-journal';
 import { RangeLock } from './range-lock';
 import type { StateMap } from './state-map';
@@ -114,6 +114,20 @@ export class ProtectedVolume implements NbdExport {
     return this.intercept(RecordKind.Zero, offset, length, null, flags.fua, () => this.production.zero(offset, length, f));
   }
 
+  /**
+   * A production restore's write: journaled like any other (so the restore
+   * is itself a point in history and can be undone), with the restore flag.
+   */
+  restoreWrite(offset: number, data: Buffer): Promise<void> {
+    return this.intercept(RecordKind.Write, offset, data.length, data, false, () => this.production.write(offset, data, NO_FUA), RECORD_FLAG_RESTORE);
+  }
+
+  /** A production restore's zeroing of a range (it reads as zero at the point restored to). */
+  restoreZero(offset: number, length: number): Promise<void> {
+    const f = { fua: false, noHole: false, fastZero: false };
+    return this.intercept(RecordKind.Zero, offset, length, null, false, () => this.production.zero(offset, length, f), RECORD_FLAG_RESTORE);
+  }
+
   /** FLUSH: production image, AILFC and state map durable. */
   async flush(): Promise<void> {
     await Promise.all([this.production.flush(), this.journal.sync(), this.stateMap.sync()]);
@@ -126,6 +140,7 @@ export class ProtectedVolume implements NbdExport {
     payload: Buffer | null,
     fua: boolean,
     apply: () => Promise<void>,
+    extraFlags = 0,
   ): Promise<void> {
     if (this.gate) await this.gate;
     this.writesInFlight++;
@@ -146,7 +161,7 @@ export class ProtectedVolume implements NbdExport {
         await this.journal.append(seq, RecordKind.Error, this.volumeId, offset, length, msg);
         throw failure;
       }
-      await this.journal.append(seq, kind, this.volumeId, offset, length, payload, fua ? RECORD_FLAG_FUA : 0);
+      await this.journal.append(seq, kind, this.volumeId, offset, length, payload, (fua ? RECORD_FLAG_FUA : 0) | extraFlags);
       if (fua) await this.flush();
     } finally {
       lock.release();

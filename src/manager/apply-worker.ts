@@ -29,12 +29,14 @@ import {
   FILE_HEADER_SIZE,
   FOOTER_SIZE,
   LFC_MAGIC,
+  RECORD_FLAG_ZERO,
   RECORD_HEADER_SIZE,
   RecordKind,
   containerFileName,
   type Footer,
 } from '../journal/format';
 import { crashPoint } from './crash-hook';
+import { fallocateSync, isNotSupported, nativeAvailable } from '../native';
 import {
   PlanError,
   RecordTable,
@@ -308,7 +310,10 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
         for (let i = 0; i < nb; i++) {
           const len = blockLength(b + i, blockSize, vol.size);
           const at = arenaUsed + i * blockSize;
-          const p = w.append({ kind: RecordKind.BeforeBlock, volumeId: r.volumeId, seq: 0, time: 0, offset: (b + i) * blockSize, length: len }, arena.subarray(at, at + len));
+          const block = arena.subarray(at, at + len);
+          // Flag an all-zero before-image, so block status at a point in time can tell holes from data.
+          const flags = isZeroBlock(block) ? RECORD_FLAG_ZERO : 0;
+          const p = w.append({ kind: RecordKind.BeforeBlock, flags, volumeId: r.volumeId, seq: 0, time: 0, offset: (b + i) * blockSize, length: len }, block);
           if (p !== last) {
             p.catch(() => undefined); // awaited below through `last` (batches complete in order)
             last = p;
@@ -377,6 +382,54 @@ function readFully(fd: number, buf: Buffer, position: number, off = 0, len = buf
     position += got;
     len -= got;
   }
+}
+
+const ZERO_BLOCK = Buffer.alloc(64 * 1024);
+
+/** True if every byte of b is zero. */
+export function isZeroBlock(b: Buffer): boolean {
+  for (let at = 0; at < b.length; at += ZERO_BLOCK.length) {
+    const n = Math.min(ZERO_BLOCK.length, b.length - at);
+    if (!b.subarray(at, at + n).equals(n === ZERO_BLOCK.length ? ZERO_BLOCK : ZERO_BLOCK.subarray(0, n))) return false;
+  }
+  return true;
+}
+
+let punchWorks = nativeAvailable();
+
+/**
+ * Writes buf[off, off+len) at `position` (block aligned, whole blocks but
+ * the volume's last), punching runs of all-zero blocks instead of writing
+ * them (when the file system can punch holes).
+ */
+function writeOrPunch(fd: number, buf: Buffer, off: number, len: number, position: number, blockSize: number): void {
+  if (!punchWorks) return writeFully(fd, buf, off, len, position);
+  let runStart = 0; // start (relative) of the pending run
+  let runZero: boolean | null = null;
+  const flush = (end: number): void => {
+    if (end <= runStart || runZero === null) return;
+    if (runZero) {
+      try {
+        fallocateSync(fd, 'punch', position + runStart, end - runStart);
+      } catch (err) {
+        if (!isNotSupported(err)) throw err;
+        punchWorks = false;
+        writeFully(fd, buf, off + runStart, end - runStart, position + runStart);
+      }
+    } else {
+      writeFully(fd, buf, off + runStart, end - runStart, position + runStart);
+    }
+  };
+  for (let at = 0; at < len; at += blockSize) {
+    const n = Math.min(blockSize, len - at);
+    const zero = isZeroBlock(buf.subarray(off + at, off + at + n));
+    if (runZero !== null && zero !== runZero) {
+      flush(at);
+      runStart = at;
+    }
+    runZero = zero;
+  }
+  flush(len);
 }
 
 function writeFully(fd: number, buf: Buffer, off: number, len: number, position: number): void {
@@ -466,9 +519,12 @@ async function apply(task: ApplyTask): Promise<ApplyOk | Failure> {
         }
       }
       clock.lap('overlay');
-      // 3. Each final block once, ascending; a piece is a run of adjacent blocks.
+      // 3. Each final block once, ascending; a piece is a run of adjacent
+      //    blocks. Whole blocks that end up all zero (trimmed, zeroed, or
+      //    written with zeroes) are punched out instead, so the replica stays
+      //    sparse and its holes say where the image reads as zero.
       for (const p of pieces) {
-        writeFully(replicaFd, buf, p.bufOffset, p.byteLength, p.byteStart);
+        writeOrPunch(replicaFd, buf, p.bufOffset, p.byteLength, p.byteStart, blockSize);
         blocks += p.count;
         bytes += p.byteLength;
       }

@@ -48,9 +48,11 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fsyncDir } from '../util/fsync-dir';
+import { FdCache, preadFully } from '../util/fd-cache';
+import { mapExtentsRaw } from '../native';
 import Piscina from 'piscina';
 import { verifyContainer } from '../journal/container';
-import { RECORD_HEADER_SIZE, containerFileName } from '../journal/format';
+import { RECORD_FLAG_ZERO, RECORD_HEADER_SIZE, containerFileName } from '../journal/format';
 import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, VerifyOk, VerifyTask, WorkerVolume } from './apply-worker';
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
@@ -134,6 +136,10 @@ export class BackupManager {
   private readonly replicaReads = new Set<Promise<unknown>>();
   private readonly prefetched = new Map<number, { ref: SealedContainerRef; result: Promise<VerifyOk | Failure> }>();
   private closed = false;
+  /** Descriptors of history files and replicas for time-travel reads. */
+  private readonly fds = new FdCache(256);
+  /** Live pins: holder -> the first transaction it reads (T_k onward must stay). */
+  private readonly pins = new Map<string, number>();
   readonly groupId: number;
   readonly blockSize: number;
   readonly historyDir: string;
@@ -350,7 +356,7 @@ export class BackupManager {
       .map((v) => ({ volumeId: v.volumeId, size: v.size, replicaPath: this.replicaPath(v.volumeId) }));
   }
 
-  private historyPath(kind: 'ailfc' | 'bilfc', n: number): string {
+  historyPath(kind: 'ailfc' | 'bilfc', n: number): string {
     return path.join(this.historyDir, containerFileName(kind, n));
   }
 
@@ -694,6 +700,215 @@ export class BackupManager {
     return out;
   }
 
+  /**
+   * Where each block first..first+count-1 of volume `volumeId` was at
+   * T_{k-1}: a BeforeBlock record (file, position) or the replica (file
+   * null). Synchronous, so the caller can start replica reads in the same
+   * tick (see readBefore).
+   */
+  private blockSources(volumeId: number, first: number, count: number, k: number): Array<{ file: string | null; position: number }> {
+    const inf = this.inflight;
+    const out = new Array<{ file: string | null; position: number }>(count);
+    for (let i = 0; i < count; i++) {
+      const b = first + i;
+      const src = this.catalog.beforeBlockSource(volumeId, b, k);
+      if (src) {
+        out[i] = { file: this.historyPath('bilfc', src.n), position: src.position };
+        continue;
+      }
+      if (inf && inf.n >= k) {
+        const pos = runPosition(inf.runs, volumeId, b, this.blockSize);
+        if (pos !== undefined) {
+          out[i] = { file: inf.bilfcPath, position: pos };
+          continue;
+        }
+      }
+      out[i] = { file: null, position: b * this.blockSize };
+    }
+    return out;
+  }
+
+  private checkRange(volumeId: number, offset: number, length: number, k: number): VolumeEntry {
+    const v = this.volumes.get(volumeId);
+    if (!v) throw new RangeError(`unknown volume ${volumeId}`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > v.size) {
+      throw new RangeError(`range ${offset}+${length} is outside volume ${volumeId} (${v.size} bytes)`);
+    }
+    const first = this.catalog.config()!.firstContainer;
+    const next = this.catalog.nextContainer();
+    if (!Number.isInteger(k) || k < first || k > next) throw new RangeError(`T_${k - 1} is not available (transactions ${first}..${next - 1} are committed)`);
+    return v;
+  }
+
+  /** Groups consecutive blocks whose sources are adjacent in one file. */
+  private segments(srcs: Array<{ file: string | null; position: number }>): Array<{ i: number; count: number; file: string | null; position: number }> {
+    const segs: Array<{ i: number; count: number; file: string | null; position: number }> = [];
+    const stride = RECORD_HEADER_SIZE + this.blockSize;
+    for (let i = 0; i < srcs.length; i++) {
+      const s = srcs[i]!;
+      const last = segs[segs.length - 1];
+      if (last && last.file === s.file && s.position === last.position + last.count * (s.file === null ? this.blockSize : stride)) {
+        last.count++;
+      } else {
+        segs.push({ i, count: 1, file: s.file, position: s.position });
+      }
+    }
+    return segs;
+  }
+
+  /**
+   * Bytes [offset, offset+length) of volume `volumeId` as they were at
+   * T_{k-1} (k = lastContainer + 1: as the replica is now, yet stable while
+   * later transactions are applied). Before-images are checked against
+   * their CRCs. The same lookup as readBlockBefore, for a whole range, with
+   * adjacent blocks read together and descriptors cached.
+   */
+  readBefore(volumeId: number, offset: number, length: number, k: number, into?: Buffer): Promise<Buffer> {
+    const v = this.checkRange(volumeId, offset, length, k);
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const count = last - first + 1;
+    const out = into && into.length === length ? into : Buffer.allocUnsafe(length);
+    const end = Math.min(v.size, (last + 1) * bs);
+    const aligned = offset === first * bs && offset + length === end;
+    const dest = aligned ? out : Buffer.allocUnsafe(end - first * bs);
+    const srcs = this.blockSources(volumeId, first, count, k);
+    const replicaFile = this.replicaPath(volumeId);
+    const replicaReads: Promise<void>[] = [];
+    const others: Promise<void>[] = [];
+    for (const seg of this.segments(srcs)) {
+      const at = seg.i * bs;
+      const byteStart = (first + seg.i) * bs;
+      const bytes = Math.min(v.size, byteStart + seg.count * bs) - byteStart;
+      if (seg.file === null) {
+        const fd = this.fds.acquire(replicaFile);
+        replicaReads.push(preadFully(fd, dest, at, bytes, byteStart).finally(() => this.fds.release(replicaFile, fd)));
+      } else {
+        const file = seg.file;
+        const fd = this.fds.acquire(file);
+        const rawLen = seg.count * RECORD_HEADER_SIZE + bytes;
+        const raw = Buffer.allocUnsafe(rawLen);
+        others.push(
+          preadFully(fd, raw, 0, rawLen, seg.position)
+            .then(() => unpackBeforeBlocks(raw, seg.position, volumeId, first + seg.i, seg.count, bs, v.size, dest, at))
+            .finally(() => this.fds.release(file, fd)),
+        );
+      }
+    }
+    if (replicaReads.length) this.trackReplicaRead(Promise.all(replicaReads));
+    return Promise.all([...replicaReads, ...others]).then(() => {
+      if (!aligned) dest.copy(out, 0, offset - first * bs, offset - first * bs + length);
+      return out;
+    });
+  }
+
+  /**
+   * For blocks first..first+count-1 of the volume at T_{k-1}: 1 where the
+   * block read as zero and held no data (a hole), 0 where it held data.
+   * From the before-blocks' zero flag and the replica's holes.
+   */
+  zeroMapBefore(volumeId: number, first: number, count: number, k: number): Promise<Uint8Array> {
+    const bs = this.blockSize;
+    const size = this.volumes.get(volumeId)?.size ?? 0;
+    const v = this.checkRange(volumeId, first * bs, Math.min(count * bs, size - first * bs), k);
+    const map = new Uint8Array(count);
+    const srcs = this.blockSources(volumeId, first, count, k);
+    const replicaFile = this.replicaPath(volumeId);
+    const replicaReads: Promise<void>[] = [];
+    const others: Promise<void>[] = [];
+    const stride = RECORD_HEADER_SIZE + bs;
+    for (const seg of this.segments(srcs)) {
+      const byteStart = (first + seg.i) * bs;
+      const bytes = Math.min(v.size, byteStart + seg.count * bs) - byteStart;
+      if (seg.file === null) {
+        const fd = this.fds.acquire(replicaFile);
+        replicaReads.push(
+          mapExtentsRaw(fd, byteStart, bytes, v.size, 1 << 16)
+            .then((raw) => {
+              let pos = byteStart;
+              for (let j = 0; j < raw.length && pos < byteStart + bytes; j += 2) {
+                const len = raw[j]!;
+                if (raw[j + 1] === 0) {
+                  // A hole: every block wholly inside it reads as zero.
+                  const holeEnd = pos + len;
+                  for (let b = Math.ceil(pos / bs); Math.min((b + 1) * bs, v.size) <= holeEnd && b < first + seg.i + seg.count; b++) {
+                    const idx = b - first;
+                    if (idx >= seg.i) map[idx] = 1;
+                  }
+                }
+                pos += len;
+              }
+            })
+            .finally(() => this.fds.release(replicaFile, fd)),
+        );
+      } else {
+        const file = seg.file;
+        const fd = this.fds.acquire(file);
+        const hdr = Buffer.allocUnsafe(RECORD_HEADER_SIZE);
+        others.push(
+          (async () => {
+            for (let j = 0; j < seg.count; j++) {
+              await preadFully(fd, hdr, 0, RECORD_HEADER_SIZE, seg.position + j * stride);
+              map[seg.i + j] = hdr[5]! & RECORD_FLAG_ZERO ? 1 : 0;
+            }
+          })().finally(() => this.fds.release(file, fd)),
+        );
+      }
+    }
+    if (replicaReads.length) this.trackReplicaRead(Promise.all(replicaReads));
+    return Promise.all([...replicaReads, ...others]).then(() => map);
+  }
+
+  private trackReplicaRead(p: Promise<unknown>): void {
+    const tracked = p.catch(() => undefined);
+    this.replicaReads.add(tracked);
+    void tracked.finally(() => this.replicaReads.delete(tracked));
+  }
+
+  /**
+   * The blocks of volume `volumeId` that T_k, T_{k+1}, ... (every committed
+   * transaction from k on) touched, as sorted disjoint [start, count) runs.
+   * What a restore to a point before T_k must rewrite.
+   */
+  changedSince(volumeId: number, k: number): Array<{ start: number; count: number }> {
+    const marks: Array<[number, number]> = [];
+    const last = this.catalog.applied().lastContainer;
+    for (let n = Math.max(k, this.catalog.config()!.firstContainer); n <= last; n++) {
+      for (const r of this.catalog.runs(n)) if (r.volumeId === volumeId) marks.push([r.start, r.count]);
+    }
+    marks.sort((a, b) => a[0] - b[0]);
+    const out: Array<{ start: number; count: number }> = [];
+    for (const [start, count] of marks) {
+      const prev = out[out.length - 1];
+      if (prev && start <= prev.start + prev.count) prev.count = Math.max(prev.count, start + count - prev.start);
+      else out.push({ start, count });
+    }
+    return out;
+  }
+
+  /** Pin T_k onward for `holder` (a snapshot or clone): no cleanup may remove those containers. */
+  pin(holder: string, k: number): void {
+    this.pins.set(holder, k);
+  }
+
+  unpin(holder: string): void {
+    this.pins.delete(holder);
+  }
+
+  /** The first pinned transaction (everything from it on is pinned), or null. */
+  pinnedFrom(): number | null {
+    let min: number | null = null;
+    for (const k of this.pins.values()) if (min === null || k < min) min = k;
+    return min;
+  }
+
+  /** Cleanup (retention) must ask before removing T_n's containers. */
+  isPinned(n: number): boolean {
+    const from = this.pinnedFrom();
+    return from !== null && n >= from;
+  }
+
   // --- verification --------------------------------------------------------------
 
   /**
@@ -747,6 +962,7 @@ export class BackupManager {
     for (const p of this.pending.values()) for (const w of p.waiters) w.reject(err);
     this.pending.clear();
     await this.pool.destroy();
+    this.fds.closeAll();
     await this.catalog.close();
   }
 }

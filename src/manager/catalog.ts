@@ -15,6 +15,10 @@
  *   txn       n -> TransactionRecord (see types.ts)
  *   seq       lastSeq -> n, for every T_n holding at least one record:
  *             the transaction holding seq p is the first entry with key >= p
+ *   runs      n -> Float64Array [volumeId, start, count, position]*: the
+ *             block runs T_n touched (BILFC_n's layout), so "what changed
+ *             since T_k" is read per transaction, in proportion to the
+ *             changes rather than to the volume or the whole history
  *   blocks    [volumeId, blockIndex, n] -> position (number)
  *             T_n touched block blockIndex of volume volumeId, and that
  *             block's before-image (its content at T_{n-1}) is the
@@ -70,6 +74,7 @@ export class ManagerCatalog {
     private readonly txns: Database<TransactionRecord, number>,
     private readonly seqs: Database<number, number>,
     private readonly blocks: Database<number, BlockKey>,
+    private readonly txnRuns: Database<Buffer, number>,
   ) {}
 
   static open(dir: string): ManagerCatalog {
@@ -81,6 +86,7 @@ export class ManagerCatalog {
       root.openDB<TransactionRecord, number>('txn', {}),
       root.openDB<number, number>('seq', {}),
       root.openDB<number, BlockKey>('blocks', {}),
+      root.openDB<Buffer, number>('runs', { encoding: 'binary' }),
     );
   }
 
@@ -133,6 +139,7 @@ export class ManagerCatalog {
       for (const r of runs) {
         for (let i = 0; i < r.count; i++) void this.blocks.put([r.volumeId, r.start + i, rec.n], r.position + i * stride);
       }
+      void this.txnRuns.put(rec.n, packRuns(runs));
       const next: AppliedPointer = {
         lastContainer: rec.n,
         lastSeq: rec.records > 0 ? rec.lastSeq : cur.lastSeq,
@@ -193,6 +200,12 @@ export class ManagerCatalog {
     return out;
   }
 
+  /** The block runs T_n touched (empty for an unknown n). */
+  runs(n: number): BlockRun[] {
+    const b = this.txnRuns.get(n);
+    return b ? unpackRuns(b) : [];
+  }
+
   resetReadTxn(): void {
     this.root.resetReadTxn();
   }
@@ -202,4 +215,25 @@ export class ManagerCatalog {
     this.closed = true;
     await this.root.close();
   }
+}
+
+/** Runs as a Buffer of f64 quadruples [volumeId, start, count, position]. */
+export function packRuns(runs: BlockRun[]): Buffer {
+  const f = new Float64Array(runs.length * 4);
+  let i = 0;
+  for (const r of runs) {
+    f[i++] = r.volumeId;
+    f[i++] = r.start;
+    f[i++] = r.count;
+    f[i++] = r.position;
+  }
+  return Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+}
+
+export function unpackRuns(b: Buffer): BlockRun[] {
+  const out: BlockRun[] = [];
+  for (let i = 0; i + 32 <= b.length; i += 32) {
+    out.push({ volumeId: b.readDoubleLE(i), start: b.readDoubleLE(i + 8), count: b.readDoubleLE(i + 16), position: b.readDoubleLE(i + 24) });
+  }
+  return out;
 }

@@ -1,0 +1,146 @@
+/**
+ * Control API routes of time travel (snapshots, clones, step, restore,
+ * export). Long operations (restore, export) stream progress as NDJSON when
+ * the client sends "Accept: application/x-ndjson": lines
+ * {"progress":{phase,done,total}} ... then {"result":...} or {"error":"..."}.
+ * Errors found before any progress are ordinary HTTP errors.
+ *
+ *   POST   /v1/volumes/NAME/resolve     {at}                -> point
+ *   POST   /v1/volumes/NAME/snapshots   {at, name?}         -> view
+ *   POST   /v1/volumes/NAME/clones      {at?, name?, readOnly?}  (NAME: volume or clone)
+ *   GET    /v1/views[?volume=NAME]                          -> {views}
+ *   GET    /v1/views/NAME                                   -> view
+ *   DELETE /v1/views/NAME
+ *   POST   /v1/views/NAME/step          {forward|back|to}
+ *   POST   /v1/volumes/NAME/restore     {to, ranges?, force?}
+ *   GET    /v1/volumes/NAME/restores
+ *   POST   /v1/volumes/NAME/export      {at, out}
+ */
+import type * as http from 'node:http';
+import { UserError, httpStatusOf } from '../daemon/errors';
+import type { VolumeManager } from '../daemon/volumes';
+import type { Progress, TimeTravel } from '../timetravel/service';
+import { HttpError, allow, readJsonObject, sendJson } from './server';
+
+function decode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new HttpError(400, 'malformed name in URL');
+  }
+}
+
+function only(body: Record<string, unknown>, fields: string[]): void {
+  for (const k of Object.keys(body)) {
+    if (!fields.includes(k)) throw new HttpError(400, `unknown field "${k}" (expected ${fields.join(', ')})`);
+  }
+}
+
+/** Runs a long operation, streaming progress as NDJSON if the client asked for it. */
+async function streamed<T>(req: http.IncomingMessage, res: http.ServerResponse, run: (progress: (p: Progress) => void) => Promise<T>): Promise<void> {
+  const ndjson = /application\/x-ndjson/.test(req.headers.accept ?? '');
+  let started = false;
+  let last = 0;
+  const progress = (p: Progress): void => {
+    if (!ndjson || res.destroyed) return;
+    if (!started) {
+      res.writeHead(200, { 'Content-Type': 'application/x-ndjson', 'Cache-Control': 'no-store' });
+      started = true;
+    }
+    const now = Date.now();
+    if (now - last < 100 && p.done < p.total) return;
+    last = now;
+    res.write(JSON.stringify({ progress: p }) + '\n');
+  };
+  try {
+    const result = await run(progress);
+    if (!started && !ndjson) return sendJson(res, 200, result);
+    if (!started) res.writeHead(200, { 'Content-Type': 'application/x-ndjson', 'Cache-Control': 'no-store' });
+    res.end(JSON.stringify({ result }) + '\n');
+  } catch (err) {
+    if (!started) throw err;
+    const status = err instanceof UserError ? httpStatusOf(err) : 500;
+    res.end(JSON.stringify({ error: (err as Error).message, status }) + '\n');
+  }
+}
+
+export async function routeTimeTravel(
+  tt: TimeTravel,
+  volumes: VolumeManager,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  method: string,
+  p: string,
+  url: URL,
+): Promise<boolean> {
+  if (p === '/v1/views') {
+    allow(method, ['GET', 'HEAD']);
+    sendJson(res, 200, { views: tt.list(url.searchParams.get('volume') ?? undefined) });
+    return true;
+  }
+  let m = /^\/v1\/views\/([^/]+)(\/step)?$/.exec(p);
+  if (m) {
+    const name = decode(m[1]!);
+    if (m[2]) {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['forward', 'back', 'to']);
+      sendJson(res, 200, await tt.step(name, body));
+      return true;
+    }
+    allow(method, ['GET', 'HEAD', 'DELETE']);
+    if (method === 'DELETE') sendJson(res, 200, await tt.remove(name));
+    else sendJson(res, 200, tt.get(name));
+    return true;
+  }
+  m = /^\/v1\/volumes\/([^/]+)\/(resolve|snapshots|clones|restore|restores|export)$/.exec(p);
+  if (!m) return false;
+  const name = decode(m[1]!);
+  const action = m[2]!;
+  if (!volumes.get(name) && !(action === 'clones' && tt.has(name))) throw new HttpError(404, `no volume named "${name}"`);
+  switch (action) {
+    case 'resolve': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['at']);
+      const r = await tt.resolve(name, body.at);
+      sendJson(res, 200, r.info);
+      return true;
+    }
+    case 'snapshots': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['at', 'name']);
+      sendJson(res, 201, await tt.snapshot(name, body.at, body.name));
+      return true;
+    }
+    case 'clones': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['at', 'name', 'readOnly']);
+      if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw new UserError('invalid', 'readOnly must be true or false');
+      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true }));
+      return true;
+    }
+    case 'restores':
+      allow(method, ['GET', 'HEAD']);
+      sendJson(res, 200, { restores: tt.restores(name) });
+      return true;
+    case 'restore': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['to', 'ranges', 'force']);
+      if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
+      await streamed(req, res, (progress) => tt.restore(name, body, progress));
+      return true;
+    }
+    case 'export': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['at', 'out']);
+      await streamed(req, res, (progress) => tt.exportImage(name, body.at, body.out, progress));
+      return true;
+    }
+  }
+  return false;
+}

@@ -1,0 +1,730 @@
+/**
+ * Time travel: snapshots, clones, stepping, virtual full exports and
+ * production restores of protected volumes (MISSION §4).
+ *
+ *   snapshot   a read-only export of a volume at a point: a PointImage,
+ *              no data copied (creation reads one AILFC's record headers at
+ *              most, whatever the volume's size)
+ *   clone      a snapshot plus write layers (layers.ts); a clone of a clone
+ *              shares the parent's frozen layers
+ *   step       moves a snapshot (or an unwritten clone) by single writes
+ *   export     writes a sparse raw image of any point (virtual full backup)
+ *   restore    rolls production (and, through the journal, the replica)
+ *              back to a point: see restore()
+ *
+ * Every view pins the history it reads (BackupManager.pin), so no cleanup
+ * may remove it while the view lives. Views are stored in DATA_DIR/
+ * timetravel/index (LMDB) and come back after a restart.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { BackupManager } from '../manager/backup-manager';
+import type { GroupJournal } from '../journal/group-journal';
+import type { ProtectedVolume } from '../journal/protected-volume';
+import { UserError } from '../daemon/errors';
+import { validateVolumeName } from '../catalog/catalog';
+import { describeWrite, parsePoint, resolvePoint, stepSeq, type PointSpec, type ResolvedPoint } from './point';
+import { PointImage, STATUS_BLOCKS, type ImageSource } from './point-image';
+import { LayeredImage, ViewStore, WriteLayer, type LayerRecord, type ViewRecord } from './layers';
+import { ViewExport } from './view-export';
+
+export interface VolumeContext {
+  manager: BackupManager;
+  journal: GroupJournal;
+  pv: ProtectedVolume;
+  group: string;
+  volumeId: number;
+  size: number;
+}
+
+export interface TimeTravelHost {
+  /** The protected volume's context; throws UserError when it is not protected. */
+  context(volume: string): VolumeContext;
+  volumeName(group: string, volumeId: number): string;
+  /** Is the name taken by a volume? (Views and volumes share one namespace of exports.) */
+  volumeExists(name: string): boolean;
+  /** Drop the clients of an export; resolves when their requests are done. */
+  disconnect(name: string): Promise<number>;
+  /** Take a volume's export offline (no new clients) or back online. */
+  setOffline(volume: string, reason: string | null): void;
+  logger: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
+}
+
+export interface PointInfo {
+  seq: number;
+  time: string;
+  txn: number;
+  write: ResolvedPoint['write'] & { volume: string };
+  description: string;
+}
+
+export interface ViewInfo {
+  name: string;
+  kind: 'snapshot' | 'clone';
+  volume: string;
+  group: string;
+  size: number;
+  readOnly: boolean;
+  parent: string | null;
+  point: PointInfo;
+  created: string;
+  /** Blocks written to the clone (its own layer). */
+  writtenBlocks: number;
+  steps: number;
+}
+
+export interface Progress {
+  phase: string;
+  done: number;
+  total: number;
+}
+
+export interface RestoreIntent {
+  volume: string;
+  seq: number;
+  ranges: Array<{ offset: number; length: number }> | null;
+  /** The group's last applied seq before the first restore write: the point that undoes the restore. */
+  undoSeq: number | null;
+  started: string;
+}
+
+export interface RestoreResult {
+  volume: string;
+  point: PointInfo;
+  blocksChanged: number;
+  blocksWritten: number;
+  bytesWritten: number;
+  /** Seq range of the restore's own writes (null if nothing differed). */
+  firstSeq: number | null;
+  lastSeq: number | null;
+  transactions: number[];
+  /** The point to restore to in order to undo this restore. */
+  undo: string | null;
+  durationMs: number;
+  resumed: boolean;
+}
+
+interface ViewRuntime {
+  record: ViewRecord;
+  image: ImageSource;
+  layered: LayeredImage | null;
+  layers: WriteLayer[];
+  exp: ViewExport;
+}
+
+const RESTORE_CHUNK = 1 << 20;
+
+export class TimeTravel {
+  private readonly runtimes = new Map<string, Promise<ViewRuntime>>();
+  private readonly restoring = new Set<string>();
+  /** Serialises view creation, deletion and stepping. */
+  private mutex: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly store: ViewStore,
+    private readonly host: TimeTravelHost,
+  ) {}
+
+  static async open(dataDir: string, host: TimeTravelHost): Promise<TimeTravel> {
+    const store = ViewStore.open(path.join(dataDir, 'timetravel'));
+    const tt = new TimeTravel(store, host);
+    for (const v of store.views()) {
+      try {
+        host.context(v.volume).manager.pin(`view:${v.name}`, pinFrom(v.point));
+      } catch (err) {
+        host.logger.warn({ view: v.name, volume: v.volume, err: (err as Error).message }, 'view of a volume that is not protected any more');
+      }
+    }
+    return tt;
+  }
+
+  /** Finish restores a crash interrupted (the volumes stay offline until then). */
+  async resumeRestores(): Promise<void> {
+    for (const intent of this.store.restoreIntents()) {
+      this.host.logger.warn({ volume: intent.volume, seq: intent.seq }, 'resuming a production restore interrupted by a crash');
+      try {
+        await this.runRestore(intent, () => undefined, true);
+      } catch (err) {
+        this.host.logger.error({ volume: intent.volume, err: (err as Error).message }, 'could not finish the interrupted restore; the volume stays offline');
+      }
+    }
+  }
+
+  /** Volumes with a restore pending (kept offline). */
+  pendingRestoreVolumes(): string[] {
+    return this.store.restoreIntents().map((i) => i.volume);
+  }
+
+  private serialised<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.mutex.then(fn, fn);
+    this.mutex = run.catch(() => undefined);
+    return run;
+  }
+
+  // ---- points ------------------------------------------------------------
+
+  private markerLookup(_volume: string): (name: string) => { seq: number } | null {
+    return () => null;
+  }
+
+  /**
+   * Resolves a point of a volume. A point past what the manager has applied
+   * (the newest writes, "latest", a recent time) first seals and waits for
+   * the manager to catch up.
+   */
+  async resolve(volume: string, at: unknown): Promise<{ point: ResolvedPoint; info: PointInfo; ctx: VolumeContext }> {
+    const ctx = this.host.context(volume);
+    const spec = parsePoint(at);
+    if (needsCatchUp(spec, ctx)) await ctx.journal.catchUp();
+    const point = await resolvePoint(ctx.manager, spec, this.markerLookup(volume));
+    return { point, info: this.pointInfo(ctx.group, point), ctx };
+  }
+
+  private pointInfo(group: string, p: ResolvedPoint): PointInfo {
+    const name = (id: number): string => this.host.volumeName(group, id);
+    return {
+      seq: p.seq,
+      time: new Date(p.time).toISOString(),
+      txn: p.txn,
+      write: { ...p.write, volume: name(p.write.volumeId) },
+      description: describeWrite(p.write, name),
+    };
+  }
+
+  // ---- views -------------------------------------------------------------
+
+  has(name: string): boolean {
+    return this.store.view(name) !== undefined;
+  }
+
+  list(volume?: string): ViewInfo[] {
+    return this.store
+      .views()
+      .filter((v) => !volume || v.volume === volume || v.name === volume)
+      .map((v) => this.info(v));
+  }
+
+  get(name: string): ViewInfo {
+    const v = this.store.view(name);
+    if (!v) throw new UserError('not-found', `no snapshot or clone named "${name}"`);
+    return this.info(v);
+  }
+
+  private info(v: ViewRecord): ViewInfo {
+    let written = 0;
+    if (v.kind === 'clone' && v.layers.length) {
+      const top = v.layers[v.layers.length - 1]!;
+      written = this.store.layerBlocks(top).length;
+    }
+    return {
+      name: v.name,
+      kind: v.kind,
+      volume: v.volume,
+      group: v.group,
+      size: v.size,
+      readOnly: v.readOnly,
+      parent: v.parent,
+      point: this.pointInfo(v.group, v.point),
+      created: v.created,
+      writtenBlocks: written,
+      steps: v.steps,
+    };
+  }
+
+  /** The NBD export of a view (one per view, shared by its connections), or null. */
+  async openExport(name: string): Promise<ViewExport | null> {
+    if (!this.store.view(name)) return null;
+    return (await this.runtime(name)).exp;
+  }
+
+  private runtime(name: string): Promise<ViewRuntime> {
+    let r = this.runtimes.get(name);
+    if (!r) {
+      r = this.buildRuntime(this.store.view(name)!);
+      r.catch(() => this.runtimes.delete(name));
+      this.runtimes.set(name, r);
+    }
+    return r;
+  }
+
+  private async buildRuntime(record: ViewRecord): Promise<ViewRuntime> {
+    const ctx = this.host.context(record.volume);
+    const base = await PointImage.open(ctx.manager, record.volumeId, record.size, record.point);
+    if (record.kind === 'snapshot') {
+      return { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null) };
+    }
+    const layers = record.layers.map((id) => {
+      const rec = this.store.layer(id);
+      if (!rec) throw new Error(`clone ${record.name}: layer ${id} is missing`);
+      return WriteLayer.open(this.store, rec);
+    });
+    const layered = new LayeredImage(base, layers, record.readOnly);
+    return { record, image: layered, layered, layers, exp: new ViewExport(layered, layered) };
+  }
+
+  private checkNewName(name: string): void {
+    const err = validateVolumeName(name);
+    if (err) throw new UserError('invalid', err.replace(/volume name/g, 'name'));
+    if (this.host.volumeExists(name) || this.store.view(name)) throw new UserError('conflict', `an export named "${name}" already exists`);
+  }
+
+  private defaultName(base: string, kind: string, seq: number): string {
+    const stem = `${base}.${kind}-${seq}`.slice(0, 56);
+    let name = stem;
+    for (let i = 2; this.host.volumeExists(name) || this.store.view(name); i++) name = `${stem}-${i}`;
+    return name;
+  }
+
+  /** `rewind snapshot VOL --at POINT [--name N]`. */
+  snapshot(volume: string, at: unknown, name?: unknown): Promise<ViewInfo> {
+    return this.serialised(async () => {
+      const { point, ctx } = await this.resolve(volume, at);
+      const viewName = name === undefined || name === null || name === '' ? this.defaultName(volume, 'snap', point.seq) : String(name);
+      this.checkNewName(viewName);
+      const rec: ViewRecord = {
+        name: viewName,
+        kind: 'snapshot',
+        volume,
+        group: ctx.group,
+        volumeId: ctx.volumeId,
+        size: ctx.size,
+        point,
+        parent: null,
+        layers: [],
+        readOnly: true,
+        created: new Date().toISOString(),
+        steps: 0,
+      };
+      ctx.manager.pin(`view:${viewName}`, pinFrom(point));
+      await this.store.put({ views: [rec] });
+      this.host.logger.info({ view: viewName, volume, seq: point.seq }, 'snapshot created');
+      return this.info(rec);
+    });
+  }
+
+  /**
+   * `rewind clone SOURCE [--at POINT] [--name N]`: SOURCE is a protected
+   * volume (then --at is required) or a clone (its current content; --at is
+   * refused).
+   */
+  clone(source: string, at: unknown, name?: unknown, opts: { readOnly?: boolean } = {}): Promise<ViewInfo> {
+    return this.serialised(async () => {
+      const parent = this.store.view(source);
+      if (parent) return this.cloneOfView(parent, at, name, opts);
+      if (at === undefined || at === null || at === '') throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
+      const { point, ctx } = await this.resolve(source, at);
+      const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
+      this.checkNewName(viewName);
+      const layer = await this.store.newLayer(ctx.size, ctx.manager.blockSize);
+      const rec: ViewRecord = {
+        name: viewName,
+        kind: 'clone',
+        volume: source,
+        group: ctx.group,
+        volumeId: ctx.volumeId,
+        size: ctx.size,
+        point,
+        parent: null,
+        layers: [layer.id],
+        readOnly: opts.readOnly === true,
+        created: new Date().toISOString(),
+        steps: 0,
+      };
+      ctx.manager.pin(`view:${viewName}`, pinFrom(point));
+      await this.store.put({ views: [rec], layers: [layer] });
+      this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
+      return this.info(rec);
+    });
+  }
+
+  private async cloneOfView(parent: ViewRecord, at: unknown, name: unknown, opts: { readOnly?: boolean }): Promise<ViewInfo> {
+    if (at !== undefined && at !== null && at !== '') {
+      throw new UserError('invalid', `"${parent.name}" is a ${parent.kind}: a clone of it takes its current content, so --at does not apply`);
+    }
+    const viewName = name === undefined || name === null || name === '' ? this.defaultName(parent.name, 'clone', parent.point.seq) : String(name);
+    this.checkNewName(viewName);
+    const ctx = this.host.context(parent.volume);
+    const now = new Date().toISOString();
+    const childTop = await this.store.newLayer(parent.size, ctx.manager.blockSize);
+    const rec: ViewRecord = {
+      ...parent,
+      name: viewName,
+      kind: 'clone',
+      parent: parent.name,
+      layers: [...parent.layers, childTop.id],
+      readOnly: opts.readOnly === true,
+      created: now,
+      steps: 0,
+    };
+    const layers: LayerRecord[] = [childTop];
+    const views: ViewRecord[] = [rec];
+    if (parent.kind === 'clone' && !parent.readOnly && parent.layers.length) {
+      // Freeze the parent's top layer (now shared) and give the parent a fresh one.
+      const rt = await this.runtime(parent.name);
+      await rt.exp.quiesced(async () => {
+        await rt.layered!.flush();
+        const topId = parent.layers[parent.layers.length - 1]!;
+        const frozen = { ...this.store.layer(topId)!, frozen: true };
+        const parentTop = await this.store.newLayer(parent.size, ctx.manager.blockSize);
+        const parentNext: ViewRecord = { ...parent, layers: [...parent.layers, parentTop.id] };
+        await this.store.put({ views: [rec, parentNext], layers: [frozen, childTop, parentTop] });
+        const newTop = WriteLayer.open(this.store, parentTop);
+        const oldLayers = rt.layers;
+        const layered = new LayeredImage(rt.layered!.base, [...oldLayers, newTop], false);
+        rt.layers = [...oldLayers, newTop];
+        rt.layered = layered;
+        rt.image = layered;
+        rt.record = parentNext;
+        rt.exp.swap(layered, layered);
+      });
+      ctx.manager.pin(`view:${viewName}`, pinFrom(rec.point));
+      this.host.logger.info({ view: viewName, parent: parent.name }, 'clone of a clone created');
+      return this.info(rec);
+    }
+    ctx.manager.pin(`view:${viewName}`, pinFrom(rec.point));
+    await this.store.put({ views, layers });
+    this.host.logger.info({ view: viewName, parent: parent.name }, 'clone created');
+    return this.info(rec);
+  }
+
+  /** Deletes a snapshot or clone: its clients are disconnected, its own layers deleted. */
+  remove(name: string): Promise<{ removed: string; disconnected: number }> {
+    return this.serialised(async () => {
+      const v = this.store.view(name);
+      if (!v) throw new UserError('not-found', `no snapshot or clone named "${name}"`);
+      await this.store.put({ removeViews: [name] });
+      const disconnected = await this.host.disconnect(name);
+      const rt = this.runtimes.get(name);
+      this.runtimes.delete(name);
+      if (rt) {
+        const r = await rt.catch(() => null);
+        for (const l of r?.layers ?? []) l.close();
+      }
+      // Layers no other view uses go.
+      const used = new Set(this.store.views().flatMap((x) => x.layers));
+      const gone = v.layers.filter((id) => !used.has(id));
+      const files = gone.map((id) => this.store.layer(id)?.file).filter((f): f is string => !!f);
+      await this.store.put({ removeLayers: gone });
+      for (const f of files) await fs.promises.rm(f, { force: true });
+      try {
+        this.host.context(v.volume).manager.unpin(`view:${name}`);
+      } catch {
+        // the volume is gone
+      }
+      this.host.logger.info({ view: name, disconnected }, 'view deleted');
+      return { removed: name, disconnected };
+    });
+  }
+
+  /**
+   * Moves a snapshot (or a clone without writes of its own) through history
+   * by single writes, or to a point. Its clients are disconnected; they
+   * reconnect to see the new point.
+   */
+  step(name: string, how: { forward?: unknown; back?: unknown; to?: unknown }): Promise<ViewInfo & { from: PointInfo }> {
+    return this.serialised(async () => {
+      const v = this.store.view(name);
+      if (!v) throw new UserError('not-found', `no snapshot or clone named "${name}"`);
+      if (v.kind === 'clone') {
+        const own = v.layers.length ? this.store.layerBlocks(v.layers[v.layers.length - 1]!).length : 0;
+        const rt = this.runtimes.get(name) ? await this.runtime(name) : null;
+        const pending = rt?.layers.length ? rt.layers[rt.layers.length - 1]!.count() : 0;
+        if (v.parent !== null || v.layers.length > 1 || own > 0 || pending > 0) {
+          throw new UserError('conflict', `clone "${name}" holds writes of its own; only snapshots and unwritten clones can step (take a snapshot to step instead)`);
+        }
+      }
+      const given = ['forward', 'back', 'to'].filter((k) => how[k as keyof typeof how] !== undefined && how[k as keyof typeof how] !== null);
+      if (given.length !== 1) throw new UserError('invalid', 'give exactly one of forward, back or to');
+      const ctx = this.host.context(v.volume);
+      let spec: PointSpec;
+      if (how.to !== undefined && how.to !== null) spec = parsePoint(how.to);
+      else {
+        const raw = how.forward ?? how.back;
+        const k = typeof raw === 'number' ? raw : Number(raw);
+        if (!Number.isSafeInteger(k) || k < 1) throw new UserError('invalid', `step count must be a positive integer, not ${JSON.stringify(raw)}`);
+        if (how.forward !== undefined) await ctx.journal.catchUp();
+        const seq = await stepSeq(ctx.manager, v.volumeId, v.point.seq, how.forward !== undefined ? k : -k);
+        spec = { kind: 'seq', seq, text: `@seq:${seq}` };
+      }
+      if (needsCatchUp(spec, ctx)) await ctx.journal.catchUp();
+      const point = await resolvePoint(ctx.manager, spec, this.markerLookup(v.volume));
+      const next: ViewRecord = { ...v, point, steps: v.steps + 1 };
+      ctx.manager.pin(`view:${name}`, Math.min(pinFrom(point), pinFrom(v.point)));
+      await this.store.put({ views: [next] });
+      const old = this.runtimes.get(name);
+      this.runtimes.delete(name);
+      await this.host.disconnect(name);
+      if (old) for (const l of (await old.catch(() => null))?.layers ?? []) l.close();
+      ctx.manager.pin(`view:${name}`, pinFrom(point));
+      this.host.logger.info({ view: name, from: v.point.seq, to: point.seq }, 'view stepped');
+      return { ...this.info(next), from: this.pointInfo(v.group, v.point) };
+    });
+  }
+
+  // ---- virtual full export -------------------------------------------------
+
+  /** Writes a sparse raw image of the volume at a point to `out` (a new file). */
+  async exportImage(volume: string, at: unknown, out: unknown, progress: (p: Progress) => void = () => undefined): Promise<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }> {
+    const t0 = Date.now();
+    if (typeof out !== 'string' || !path.isAbsolute(out)) throw new UserError('invalid', 'out must be an absolute file path');
+    if (fs.existsSync(out)) throw new UserError('conflict', `${out} already exists; choose a new file name`);
+    if (!fs.existsSync(path.dirname(out))) throw new UserError('invalid', `directory ${path.dirname(out)} does not exist`);
+    const { point, info, ctx } = await this.resolve(volume, at);
+    const holder = `export:${process.hrtime.bigint()}`;
+    ctx.manager.pin(holder, pinFrom(point));
+    const tmp = `${out}.partial`;
+    try {
+      const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
+      const fh = await fs.promises.open(tmp, 'w', 0o600);
+      let dataBytes = 0;
+      try {
+        await fh.truncate(ctx.size);
+        const bs = img.blockSize;
+        const nblocks = Math.ceil(ctx.size / bs);
+        for (let b = 0; b < nblocks; b += STATUS_BLOCKS) {
+          const count = Math.min(STATUS_BLOCKS, nblocks - b);
+          const map = await img.zeroMap(b, count);
+          for (let i = 0; i < count; ) {
+            if (map[i]) {
+              i++;
+              continue;
+            }
+            let j = i + 1;
+            while (j < count && !map[j] && j - i < RESTORE_CHUNK / bs) j++;
+            const start = (b + i) * bs;
+            const end = Math.min(ctx.size, (b + j) * bs);
+            const data = await img.read(start, end - start);
+            await fh.write(data, 0, data.length, start);
+            dataBytes += data.length;
+            i = j;
+          }
+          progress({ phase: 'export', done: Math.min(ctx.size, (b + count) * bs), total: ctx.size });
+        }
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fs.promises.rename(tmp, out);
+      return { file: out, point: info, size: ctx.size, dataBytes, durationMs: Date.now() - t0 };
+    } catch (err) {
+      await fs.promises.rm(tmp, { force: true });
+      throw err;
+    } finally {
+      ctx.manager.unpin(holder);
+    }
+  }
+
+  // ---- production restore --------------------------------------------------
+
+  /**
+   * `rewind restore VOL --to POINT [--range OFF:LEN]... [--force]`.
+   *
+   *   1. The volume's export goes offline: new clients are refused, attached
+   *      ones disconnected (they never see stale data).
+   *   2. Writes so far are sealed and applied (the manager catches up).
+   *   3. The blocks changed since the point are found from the transactions'
+   *      block runs (cost in proportion to the changes, not the volume), and
+   *      each is rewritten with its content at the point, read through a
+   *      PointImage, unless production already holds exactly that.
+   *   4. Those writes go through the intercept like any write, flagged as a
+   *      restore, and are sealed into their own transaction(s): the replica
+   *      is rolled back by the manager, and the restore is itself a point in
+   *      history that a second restore can undo.
+   * A restore intent is stored before anything is written; after a crash the
+   * daemon keeps the volume offline and runs the restore again at start-up,
+   * which converges on the same image (it rewrites whatever differs).
+   */
+  async restore(
+    volume: string,
+    body: { to?: unknown; ranges?: unknown; force?: unknown },
+    progress: (p: Progress) => void = () => undefined,
+  ): Promise<RestoreResult> {
+    const ctx = this.host.context(volume);
+    if (this.restoring.has(volume)) throw new UserError('conflict', `a restore of "${volume}" is already running`);
+    const views = this.store.views().filter((v) => v.volume === volume);
+    if (views.length && body.force !== true) {
+      throw new UserError('conflict', `volume "${volume}" has ${views.length} snapshot(s)/clone(s) attached (${views.map((v) => v.name).join(', ')}); delete them or pass --force (they keep their point in time)`);
+    }
+    const ranges = parseRanges(body.ranges, ctx.size);
+    this.restoring.add(volume);
+    try {
+      const { point } = await this.resolve(volume, body.to);
+      const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
+      await this.store.putRestoreIntent(intent);
+      return await this.runRestore(intent, progress, false);
+    } finally {
+      this.restoring.delete(volume);
+    }
+  }
+
+  private async runRestore(intent: RestoreIntent, progress: (p: Progress) => void, resumed: boolean): Promise<RestoreResult> {
+    const t0 = Date.now();
+    const volume = intent.volume;
+    const ctx = this.host.context(volume);
+    this.host.setOffline(volume, 'a production restore is running');
+    const disconnected = await this.host.disconnect(volume);
+    if (disconnected) this.host.logger.info({ volume, disconnected }, 'restore: clients disconnected');
+    const holder = `restore:${volume}`;
+    try {
+      progress({ phase: 'catch-up', done: 0, total: 1 });
+      if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
+      await ctx.pv.flush();
+      await ctx.journal.catchUp();
+      const before = ctx.manager.status().lastContainer;
+      const point = await resolvePoint(ctx.manager, { kind: 'seq', seq: intent.seq, text: `@seq:${intent.seq}` });
+      ctx.manager.pin(holder, pinFrom(point));
+      if (intent.undoSeq === null) {
+        intent.undoSeq = ctx.manager.status().lastSeq;
+        await this.store.putRestoreIntent(intent);
+      }
+      const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
+      const bs = ctx.manager.blockSize;
+      // Byte ranges to rewrite: blocks changed since the point, within the requested ranges.
+      const changed = ctx.manager.changedSince(ctx.volumeId, point.overlay ?? point.k);
+      let pieces: Array<{ offset: number; length: number }> = changed.map((r) => ({
+        offset: r.start * bs,
+        length: Math.min(ctx.size, (r.start + r.count) * bs) - r.start * bs,
+      }));
+      if (intent.ranges) pieces = intersect(pieces, intent.ranges);
+      const total = pieces.reduce((a, p) => a + p.length, 0);
+      const blocksChanged = changed.reduce((a, r) => a + r.count, 0);
+      progress({ phase: 'restore', done: 0, total });
+      await ctx.journal.seal('restore-start');
+      const firstSeqBefore = ctx.journal.status().lastAppendedSeq;
+      let done = 0;
+      let bytesWritten = 0;
+      let blocksWritten = 0;
+      for (const p of pieces) {
+        for (let off = p.offset; off < p.offset + p.length; off += RESTORE_CHUNK) {
+          const len = Math.min(RESTORE_CHUNK, p.offset + p.length - off);
+          const [want, have] = await Promise.all([img.read(off, len), ctx.pv.production.read(off, len)]);
+          // Write only the runs of blocks that differ.
+          for (let a = 0; a < len; ) {
+            const blockEnd = (x: number): number => Math.min(len, (Math.floor((off + x) / bs) + 1) * bs - off);
+            let z = blockEnd(a);
+            if (want.subarray(a, z).equals(have.subarray(a, z))) {
+              a = z;
+              continue;
+            }
+            while (z < len) {
+              const nz = blockEnd(z);
+              if (want.subarray(z, nz).equals(have.subarray(z, nz))) break;
+              z = nz;
+            }
+            const slice = want.subarray(a, z);
+            if (isZero(slice)) await ctx.pv.restoreZero(off + a, z - a);
+            else await ctx.pv.restoreWrite(off + a, slice);
+            bytesWritten += z - a;
+            blocksWritten += Math.ceil((z - a) / bs);
+            a = z;
+          }
+          done += len;
+          progress({ phase: 'restore', done, total });
+        }
+      }
+      await ctx.pv.flush();
+      const lastSeqAfter = ctx.journal.status().lastAppendedSeq;
+      progress({ phase: 'commit', done: total, total });
+      await ctx.journal.catchUp();
+      const after = ctx.manager.status().lastContainer;
+      const txns: number[] = [];
+      for (let n = before + 1; n <= after; n++) txns.push(n);
+      const wrote = bytesWritten > 0;
+      const result: RestoreResult = {
+        volume,
+        point: this.pointInfo(ctx.group, point),
+        blocksChanged,
+        blocksWritten,
+        bytesWritten,
+        firstSeq: wrote ? firstSeqBefore + 1 : null,
+        lastSeq: wrote ? lastSeqAfter : null,
+        transactions: wrote ? txns : [],
+        undo: wrote && intent.undoSeq ? `@seq:${intent.undoSeq}` : null,
+        durationMs: Date.now() - t0,
+        resumed,
+      };
+      await this.store.putRestoreIntent(null, volume, result);
+      this.host.logger.info({ ...result, point: result.point.seq }, 'production restore done');
+      return result;
+    } finally {
+      ctx.manager.unpin(holder);
+      if (!this.store.restoreIntents().some((i) => i.volume === volume)) this.host.setOffline(volume, null);
+    }
+  }
+
+  restores(volume?: string): RestoreResult[] {
+    return this.store.restoreLog<RestoreResult>().filter((r) => !volume || r.volume === volume);
+  }
+
+  async close(): Promise<void> {
+    for (const r of this.runtimes.values()) {
+      const rt = await r.catch(() => null);
+      if (!rt) continue;
+      await rt.layered?.flush().catch(() => undefined);
+      for (const l of rt.layers) l.close();
+    }
+    this.runtimes.clear();
+    await this.store.close();
+  }
+}
+
+/** A view at `p` reads T_k onward (and AILFC_k for an overlay). */
+function pinFrom(p: ResolvedPoint): number {
+  return p.overlay ?? p.k;
+}
+
+function needsCatchUp(spec: PointSpec, ctx: VolumeContext): boolean {
+  const st = ctx.manager.status();
+  switch (spec.kind) {
+    case 'latest':
+      return true;
+    case 'seq':
+      return spec.seq > st.lastSeq;
+    case 'time':
+      return spec.ms >= st.lastTime;
+    default:
+      return false;
+  }
+}
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/** Validates OFFSET:LEN ranges (numbers or size strings) against the volume. */
+function parseRanges(raw: unknown, size: number): Array<{ offset: number; length: number }> | null {
+  if (raw === undefined || raw === null) return null;
+  if (!Array.isArray(raw) || raw.length === 0) throw new UserError('invalid', 'ranges must be a non-empty list of {offset, length}');
+  const out: Array<{ offset: number; length: number }> = [];
+  for (const r of raw) {
+    const o = (r as { offset?: unknown })?.offset;
+    const l = (r as { length?: unknown })?.length;
+    if (!Number.isSafeInteger(o) || !Number.isSafeInteger(l) || (o as number) < 0 || (l as number) <= 0) {
+      throw new UserError('invalid', `bad range ${JSON.stringify(r)}: offset >= 0 and length > 0 are required`);
+    }
+    if ((o as number) + (l as number) > size) throw new UserError('invalid', `range ${o}:${l} runs past the end of the volume (${size} bytes)`);
+    out.push({ offset: o as number, length: l as number });
+  }
+  return out;
+}
+
+/** The parts of sorted, disjoint `pieces` inside any of `ranges`. */
+function intersect(pieces: Array<{ offset: number; length: number }>, ranges: Array<{ offset: number; length: number }>): Array<{ offset: number; length: number }> {
+  const out: Array<{ offset: number; length: number }> = [];
+  for (const p of pieces) {
+    for (const r of ranges) {
+      const a = Math.max(p.offset, r.offset);
+      const z = Math.min(p.offset + p.length, r.offset + r.length);
+      if (a < z) out.push({ offset: a, length: z - a });
+    }
+  }
+  out.sort((x, y) => x.offset - y.offset);
+  const merged: Array<{ offset: number; length: number }> = [];
+  for (const p of out) {
+    const last = merged[merged.length - 1];
+    if (last && p.offset <= last.offset + last.length) last.length = Math.max(last.length, p.offset + p.length - last.offset);
+    else merged.push({ ...p });
+  }
+  return merged;
+}
