@@ -45,6 +45,8 @@ export interface VolumeView {
   uris: { tcp: string | null; unix: string | null };
   /** Protected (journaled) volumes: their consistency group and volume id. */
   protection: { group: string; volumeId: number } | null;
+  /** Why the volume's export is offline (a production restore), or null. */
+  offline: string | null;
 }
 
 export interface CreateVolumeBody {

@@ -318,6 +318,7 @@ export class ControlServer {
       isDefaultExport: record.name === DEFAULT_VOLUME,
       uris: nbdUris(this.opts.endpoints, record.name),
       protection: record.protection ? { group: record.protection.group, volumeId: record.protection.volumeId } : null,
+      offline: this.opts.volumes.offlineReason(record.name),
     };
   }
 

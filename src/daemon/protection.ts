@@ -45,6 +45,8 @@ export interface VolumeProtectionStatus {
   regionSize: number;
   transactions: number;
   lastError: string | null;
+  /** First transaction pinned by snapshots, clones or running exports (no cleanup may remove it or later ones); null if none. */
+  pinnedFrom: number | null;
 }
 
 export interface VerifyReport {
@@ -214,6 +216,7 @@ export class Protection {
       regionSize: rt.record.regionSize,
       transactions: ms.transactions,
       lastError: js.lastError,
+      pinnedFrom: rt.manager.pinnedFrom(),
     };
   }
 

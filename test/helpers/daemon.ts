@@ -247,7 +247,7 @@ export class TestDaemon {
   }
 
   /** Runs `rewind --data-dir DIR ARGS`. */
-  cli(args: string[], opts: { env?: Record<string, string | undefined>; cwd?: string } = {}): Promise<RunResult> {
+  cli(args: string[], opts: { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
     return runRewind(['--data-dir', this.dataDir, ...args], opts);
   }
 
