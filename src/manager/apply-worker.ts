@@ -37,6 +37,7 @@ import {
 } from '../journal/format';
 import { crashPoint } from './crash-hook';
 import { fallocateSync, isNotSupported, nativeAvailable } from '../native';
+import { isZero } from '../util/zero';
 import {
   PlanError,
   RecordTable,
@@ -312,7 +313,7 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
           const at = arenaUsed + i * blockSize;
           const block = arena.subarray(at, at + len);
           // Flag an all-zero before-image, so block status at a point in time can tell holes from data.
-          const flags = isZeroBlock(block) ? RECORD_FLAG_ZERO : 0;
+          const flags = isZero(block) ? RECORD_FLAG_ZERO : 0;
           const p = w.append({ kind: RecordKind.BeforeBlock, flags, volumeId: r.volumeId, seq: 0, time: 0, offset: (b + i) * blockSize, length: len }, block);
           if (p !== last) {
             p.catch(() => undefined); // awaited below through `last` (batches complete in order)
@@ -384,17 +385,6 @@ function readFully(fd: number, buf: Buffer, position: number, off = 0, len = buf
   }
 }
 
-const ZERO_BLOCK = Buffer.alloc(64 * 1024);
-
-/** True if every byte of b is zero. */
-export function isZeroBlock(b: Buffer): boolean {
-  for (let at = 0; at < b.length; at += ZERO_BLOCK.length) {
-    const n = Math.min(ZERO_BLOCK.length, b.length - at);
-    if (!b.subarray(at, at + n).equals(n === ZERO_BLOCK.length ? ZERO_BLOCK : ZERO_BLOCK.subarray(0, n))) return false;
-  }
-  return true;
-}
-
 let punchWorks = nativeAvailable();
 
 /**
@@ -422,7 +412,7 @@ function writeOrPunch(fd: number, buf: Buffer, off: number, len: number, positio
   };
   for (let at = 0; at < len; at += blockSize) {
     const n = Math.min(blockSize, len - at);
-    const zero = isZeroBlock(buf.subarray(off + at, off + at + n));
+    const zero = isZero(buf.subarray(off + at, off + at + n));
     if (runZero !== null && zero !== runZero) {
       flush(at);
       runStart = at;

@@ -66,6 +66,9 @@ type BlockKey = [number, number, number];
 
 export class ManagerCatalog {
   private closed = false;
+  /** Cached meta values: only this process writes them (config once, applied at each commit). */
+  private configCache: ManagerConfig | undefined;
+  private appliedCache: AppliedPointer | undefined;
 
   private constructor(
     readonly root: RootDatabase,
@@ -91,16 +94,17 @@ export class ManagerCatalog {
   }
 
   config(): ManagerConfig | undefined {
-    return this.meta.get('config') as ManagerConfig | undefined;
+    return (this.configCache ??= this.meta.get('config') as ManagerConfig | undefined);
   }
 
   async setConfig(c: ManagerConfig): Promise<void> {
+    this.configCache = undefined;
     await this.meta.put('config', c);
     await this.root.flushed;
   }
 
   applied(): AppliedPointer {
-    return (this.meta.get('applied') as AppliedPointer | undefined) ?? { lastContainer: 0, lastSeq: 0, lastTime: 0 };
+    return (this.appliedCache ??= (this.meta.get('applied') as AppliedPointer | undefined) ?? { lastContainer: 0, lastSeq: 0, lastTime: 0 });
   }
 
   /** The n the next commit must have. */
@@ -148,6 +152,7 @@ export class ManagerCatalog {
       void this.meta.put('applied', next);
       return true;
     });
+    this.appliedCache = undefined;
     if (!ok) throw new Error(`refusing to commit T_${rec.n}: the applied pointer is at ${this.applied().lastContainer}`);
     await this.root.flushed;
   }
