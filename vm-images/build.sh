@@ -33,6 +33,20 @@ KERNEL_CMDLINE="console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init"
 
 log() { echo "vm-images: $*" >&2; }
 die() { echo "vm-images: error: $*" >&2; exit 1; }
+# apt's package lists are missing or stale (a version gone from the mirror):
+# exit 3, on which the outer invocation runs `apt-get update` once and retries.
+die_apt() { echo "vm-images: error: $*" >&2; exit 3; }
+
+if [ -z "${REWIND_VM_INNER:-}" ]; then
+  rc=0
+  REWIND_VM_INNER=1 bash "${BASH_SOURCE[0]}" "$@" || rc=$?
+  [ "$rc" = 3 ] || exit "$rc"
+  [ -z "${REWIND_VM_PIN:-}" ] || exit 3
+  [ "$(id -u)" = 0 ] || die "run apt-get update (as root) and try again"
+  log "refreshing apt's package lists (apt-get update) and retrying"
+  apt-get update -q >&2 || die "apt-get update failed"
+  REWIND_VM_INNER=1 exec bash "${BASH_SOURCE[0]}" "$@"
+fi
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -100,7 +114,7 @@ while [ ${#level[@]} -gt 0 ]; do
   done < <(depends_of "${level[@]}")
   level=("${next[@]}")
 done
-[ -n "$KPKG" ] || die "cannot resolve linux-image-cloud-amd64 to a kernel package (apt-cache depends linux-image-cloud-amd64; apt-get update?)"
+[ -n "$KPKG" ] || die_apt "cannot resolve linux-image-cloud-amd64 to a kernel package (apt-cache depends linux-image-cloud-amd64; apt-get update?)"
 [ -n "${seen[libc6]:-}" ] || LIBPKGS+=(libc6)
 
 PKGS=("$KPKG" busybox-static e2fsprogs $(printf '%s\n' "${LIBPKGS[@]}" | LC_ALL=C sort -u))
@@ -109,7 +123,7 @@ while read -r p v; do VER[$p]="$v"; done < <(candidates "${PKGS[@]}")
 LOCK=""
 for p in "${PKGS[@]}"; do
   v="${VER[$p]:-}"
-  [ -n "$v" ] && [ "$v" != "(none)" ] || die "package $p has no installable version (apt-get update? apt sources?)"
+  [ -n "$v" ] && [ "$v" != "(none)" ] || die_apt "package $p has no installable version (apt-get update? apt sources?)"
   LOCK+="$p $v"$'\n'
 done
 
@@ -142,13 +156,13 @@ while read -r p fn sha; do FN[$p]="$fn"; DEBSHA[$p]="$sha"; done < <(
 while read -r p v; do
   [ -n "$p" ] || continue
   fn="${FN[$p]:-}"; sha="${DEBSHA[$p]:-}"
-  [ -n "$fn" ] && [ -n "$sha" ] || die "apt-cache show $p=$v: no Filename/SHA256 (is that version still in the archive?)"
+  [ -n "$fn" ] && [ -n "$sha" ] || die_apt "apt-cache show $p=$v: no Filename/SHA256 (is that version still in the archive?)"
   f="$CACHE/debs/$fn"
   if [ ! -f "$f" ] || [ "$(sha256sum <"$f" | cut -d' ' -f1)" != "$sha" ]; then
     log "downloading $p=$v"
     rm -f "$WORK"/*.deb
     sandbox=(); [ "$(id -u)" != 0 ] || sandbox=(-o APT::Sandbox::User=root)
-    (cd "$WORK" && apt-get download -q "${sandbox[@]}" "$p=$v" >&2 2>&1) || die "apt-get download $p=$v failed"
+    (cd "$WORK" && apt-get download -q "${sandbox[@]}" "$p=$v" >&2 2>&1) || die_apt "apt-get download $p=$v failed"
     dl="$(ls "$WORK"/*.deb)"
     [ "$(sha256sum <"$dl" | cut -d' ' -f1)" = "$sha" ] || die "$fn: SHA256 differs from the archive's"
     mv "$dl" "$f"
@@ -298,5 +312,7 @@ jlist() { local first=1 x; printf '['; for x in "$@"; do [ $first = 1 ] || print
 
 rm -rf "$OUT"
 mv "$STAGE" "$OUT"
+# Keep the 5 most recently built images (other checkouts may use older ones).
+ls -1dt "$CACHE/images"/*/ 2>/dev/null | tail -n +6 | xargs -r rm -rf
 log "built $OUT (kernel $KREL, initrd $(stat -c %s "$OUT/initrd.img") bytes, modules: ${ORDER[*]})"
 echo "$OUT"
