@@ -15,6 +15,7 @@ PACKAGES=(
   fuse3             # nbdfuse needs fusermount3
   qemu-system-x86   # VM test rig
   busybox-static    # VM test rig initramfs
+  cpio              # VM test rig: packs the initramfs (vm-images/build.sh)
   openssl           # test certificates
   iproute2          # network namespaces for two-host tests
   util-linux        # mount, losetup
