@@ -140,6 +140,7 @@ export class BackupManager {
   private readonly fds = new FdCache(256);
   /** Live pins: holder -> the first transaction it reads (T_k onward must stay). */
   private readonly pins = new Map<string, number>();
+  private readonly overlayPins = new Map<string, number>();
   readonly groupId: number;
   readonly blockSize: number;
   readonly historyDir: string;
@@ -356,6 +357,31 @@ export class BackupManager {
       .map((v) => ({ volumeId: v.volumeId, size: v.size, replicaPath: this.replicaPath(v.volumeId) }));
   }
 
+  /** File names of committed transactions (a merge by retention may rename them); see historyFile. */
+  private readonly fileNames = new Map<number, { ailfc: string; bilfc: string }>();
+
+  /**
+   * Path of T_n's stored container as the catalog records it (retention may
+   * have merged T_n and written it under a new name). For an uncommitted n,
+   * the default name. Call forgetFileNames() after changing records.
+   */
+  historyFile(kind: 'ailfc' | 'bilfc', n: number): string {
+    let names = this.fileNames.get(n);
+    if (!names) {
+      const rec = this.catalog.transaction(n);
+      if (!rec) return this.historyPath(kind, n);
+      names = { ailfc: rec.ailfc.file, bilfc: rec.bilfc.file };
+      if (this.fileNames.size > 100_000) this.fileNames.clear();
+      this.fileNames.set(n, names);
+    }
+    return path.join(this.historyDir, names[kind]);
+  }
+
+  forgetFileNames(): void {
+    this.fileNames.clear();
+  }
+
+  /** The default path of AILFC_n / BILFC_n (where the apply writes them). */
   historyPath(kind: 'ailfc' | 'bilfc', n: number): string {
     return path.join(this.historyDir, containerFileName(kind, n));
   }
@@ -662,7 +688,7 @@ export class BackupManager {
     if (!Number.isInteger(k) || k < first || k > next) throw new RangeError(`T_${k - 1} is not available (transactions ${first}..${next - 1} are committed)`);
     const len = blockLength(blockIndex, this.blockSize, v.size);
     const src = this.catalog.beforeBlockSource(volumeId, blockIndex, k);
-    if (src) return this.readBeforeBlock(this.historyPath('bilfc', src.n), src.position, volumeId, blockIndex, v.size);
+    if (src) return this.readBeforeBlock(this.historyFile('bilfc', src.n), src.position, volumeId, blockIndex, v.size);
     const inf = this.inflight;
     if (inf && inf.n >= k) {
       const pos = runPosition(inf.runs, volumeId, blockIndex, this.blockSize);
@@ -713,7 +739,7 @@ export class BackupManager {
       const b = first + i;
       const src = this.catalog.beforeBlockSource(volumeId, b, k);
       if (src) {
-        out[i] = { file: this.historyPath('bilfc', src.n), position: src.position };
+        out[i] = { file: this.historyFile('bilfc', src.n), position: src.position };
         continue;
       }
       if (inf && inf.n >= k) {
@@ -887,13 +913,27 @@ export class BackupManager {
     return out;
   }
 
-  /** Pin T_k onward for `holder` (a snapshot or clone): no cleanup may remove those containers. */
-  pin(holder: string, k: number): void {
+  /**
+   * Pin a point for `holder` (a snapshot, clone, marker or running export):
+   * the image before T_k, plus AILFC_k's records up to its seq when
+   * `overlay`. Retention must keep that point readable: it may not merge
+   * transactions across the boundary before T_k, nor merge T_k itself when
+   * it is an overlay point. pinnedFrom() is the oldest pinned k.
+   */
+  pin(holder: string, k: number, overlay = false): void {
     this.pins.set(holder, k);
+    if (overlay) this.overlayPins.set(holder, k);
+    else this.overlayPins.delete(holder);
+  }
+
+  /** Every pinned point: boundary before T_k, and whether T_k must stay whole. */
+  pinnedPoints(): Array<{ holder: string; k: number; overlay: boolean }> {
+    return [...this.pins].map(([holder, k]) => ({ holder, k, overlay: this.overlayPins.get(holder) === k }));
   }
 
   unpin(holder: string): void {
     this.pins.delete(holder);
+    this.overlayPins.delete(holder);
   }
 
   /** The first pinned transaction (everything from it on is pinned), or null. */
@@ -903,11 +943,6 @@ export class BackupManager {
     return min;
   }
 
-  /** Cleanup (retention) must ask before removing T_n's containers. */
-  isPinned(n: number): boolean {
-    const from = this.pinnedFrom();
-    return from !== null && n >= from;
-  }
 
   // --- verification --------------------------------------------------------------
 

@@ -46,6 +46,12 @@ export interface TransactionRecord {
   blockSize: number;
   /** ms since the epoch. */
   committedAt: number;
+  /**
+   * Set when retention merged T_mergedFrom..T_n into this one: only its
+   * boundaries (before firstSeq, at lastSeq) are points any more; its AILFC
+   * keeps the newest write per block, its BILFC the oldest before-image.
+   */
+  mergedFrom?: number;
 }
 
 /**

@@ -65,7 +65,7 @@ export class TxnOverlay {
         r.length > 0 &&
         (r.kind === RecordKind.Write || r.kind === RecordKind.Resync || r.kind === RecordKind.Trim || r.kind === RecordKind.Zero),
     );
-    return new TxnOverlay(h.historyPath('ailfc', n), recs);
+    return new TxnOverlay(h.historyFile('ailfc', n), recs);
   }
 
   get records(): number {

@@ -56,7 +56,8 @@ export interface PointHistory {
   transactions(opts?: { from?: number; to?: number; limit?: number }): TransactionRecord[];
   transaction(n: number): TransactionRecord | undefined;
   transactionForSeq(seq: number): number | undefined;
-  historyPath(kind: 'ailfc' | 'bilfc', n: number): string;
+  /** Path of T_n's stored container (its name may change when retention merges it). */
+  historyFile(kind: 'ailfc' | 'bilfc', n: number): string;
 }
 
 const UNITS: Record<string, number> = {
@@ -117,7 +118,7 @@ const recordCache = new Map<string, Promise<TxnRecord[]>>();
 const CACHE_MAX = 16;
 
 export function txnRecords(h: PointHistory, n: number): Promise<TxnRecord[]> {
-  const file = h.historyPath('ailfc', n);
+  const file = h.historyFile('ailfc', n);
   let p = recordCache.get(file);
   if (p) {
     recordCache.delete(file);
@@ -219,6 +220,16 @@ export async function resolvePoint(
       for (const t of h.transactions()) {
         if (t.records > 0 && t.firstTime <= spec.ms) chosen = t;
       }
+      if (chosen.mergedFrom !== undefined) {
+        // Inside a merged transaction only its end is a point: the one before it otherwise.
+        if (spec.ms >= chosen.lastTime) seq = chosen.lastSeq;
+        else {
+          const prev = h.transactions({ to: chosen.mergedFrom - 1 }).filter((t) => t.records > 0).pop();
+          if (!prev) throw new UserError('invalid', `${new Date(spec.ms).toISOString()} is inside merged history with no earlier point; ${range}`);
+          seq = prev.lastSeq;
+        }
+        break;
+      }
       const recs = await txnRecords(h, chosen.n);
       let pick = recs[0]!;
       for (const r of recs) if (r.time <= spec.ms) pick = r;
@@ -230,8 +241,29 @@ export async function resolvePoint(
   if (seq > last.lastSeq) throw new UserError('invalid', `@seq:${seq} is after the last write: the latest point is ${pointText(last.lastSeq, last.lastTime)}; ${range}`);
   const n = h.transactionForSeq(seq);
   if (n === undefined) throw new UserError('invalid', `@seq:${seq} is not in any committed transaction; ${range}`);
+  const txn = h.transaction(n)!;
+  if (txn.mergedFrom !== undefined && seq !== txn.lastSeq) {
+    // Retention merged this stretch of history: only its ends are points now.
+    const prev = h.transactions({ to: txn.mergedFrom - 1 }).filter((t) => t.records > 0).pop();
+    const before = prev ? pointText(prev.lastSeq, prev.lastTime) : 'none (it is the oldest retained transaction)';
+    throw new UserError(
+      'invalid',
+      `@seq:${seq} lies inside T_${n}, which retention merged (transactions ${txn.mergedFrom}..${n}): the nearest valid points are ${before} and ${pointText(txn.lastSeq, txn.lastTime)}`,
+    );
+  }
   const recs = await txnRecords(h, n);
   const rec = recs.find((r) => r.seq === seq);
+  if (!rec && txn.mergedFrom !== undefined) {
+    // The end of a merged transaction whose last write was superseded within it.
+    return {
+      seq,
+      time: txn.lastTime,
+      txn: n,
+      k: n + 1,
+      overlay: null,
+      write: { seq, time: txn.lastTime, volumeId: txn.volumes[0] ?? 0, kind: 'write', offset: 0, length: 0, restore: false },
+    };
+  }
   if (!rec) {
     // A gap in the sequence (a reserved number never written): the point is the write before it.
     const before = [...recs].reverse().find((r) => r.seq < seq);
@@ -281,7 +313,10 @@ export async function stepSeq(h: PointHistory, volumeId: number, from: number, d
           `${fwd ? 'later' : 'earlier'} write(s) of this volume are in retained history (${fwd ? 'latest' : 'earliest'} transaction T_${edge.n})`,
       );
     }
-    const recs = (await txnRecords(h, txns[idx]!.n)).filter((r) => r.volumeId === volumeId && r.kind !== RecordKind.Error);
+    const tx = txns[idx]!;
+    let recs = (await txnRecords(h, tx.n)).filter((r) => r.volumeId === volumeId && r.kind !== RecordKind.Error);
+    // A transaction merged by retention is one step: only its end is a point.
+    if (tx.mergedFrom !== undefined) recs = recs.length ? [{ ...recs[recs.length - 1]!, seq: tx.lastSeq }] : [];
     if (fwd) {
       for (const r of recs) {
         if (r.seq > cur) {

@@ -134,7 +134,7 @@ export class TimeTravel {
     const tt = new TimeTravel(store, host);
     for (const v of store.views()) {
       try {
-        host.context(v.volume).manager.pin(`view:${v.name}`, pinFrom(v.point));
+        pinPoint(host.context(v.volume).manager, `view:${v.name}`, v.point);
       } catch (err) {
         host.logger.warn({ view: v.name, volume: v.volume, err: (err as Error).message }, 'view of a volume that is not protected any more');
       }
@@ -299,7 +299,7 @@ export class TimeTravel {
         created: new Date().toISOString(),
         steps: 0,
       };
-      ctx.manager.pin(`view:${viewName}`, pinFrom(point));
+      pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec] });
       this.host.logger.info({ view: viewName, volume, seq: point.seq }, 'snapshot created');
       return this.info(rec);
@@ -334,7 +334,7 @@ export class TimeTravel {
         created: new Date().toISOString(),
         steps: 0,
       };
-      ctx.manager.pin(`view:${viewName}`, pinFrom(point));
+      pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec], layers: [layer] });
       this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
       return this.info(rec);
@@ -381,11 +381,11 @@ export class TimeTravel {
         rt.record = parentNext;
         rt.exp.swap(layered, layered);
       });
-      ctx.manager.pin(`view:${viewName}`, pinFrom(rec.point));
+      pinPoint(ctx.manager, `view:${viewName}`, rec.point);
       this.host.logger.info({ view: viewName, parent: parent.name }, 'clone of a clone created');
       return this.info(rec);
     }
-    ctx.manager.pin(`view:${viewName}`, pinFrom(rec.point));
+    pinPoint(ctx.manager, `view:${viewName}`, rec.point);
     await this.store.put({ views, layers });
     this.host.logger.info({ view: viewName, parent: parent.name }, 'clone created');
     return this.info(rec);
@@ -453,13 +453,14 @@ export class TimeTravel {
       if (needsCatchUp(spec, ctx)) await ctx.journal.catchUp();
       const point = await resolvePoint(ctx.manager, spec, this.markerLookup(v.volume));
       const next: ViewRecord = { ...v, point, steps: v.steps + 1 };
-      ctx.manager.pin(`view:${name}`, Math.min(pinFrom(point), pinFrom(v.point)));
+      pinPoint(ctx.manager, `view:${name}:next`, point); // both points pinned while switching
       await this.store.put({ views: [next] });
       const old = this.runtimes.get(name);
       this.runtimes.delete(name);
       await this.host.disconnect(name);
       if (old) for (const l of (await old.catch(() => null))?.layers ?? []) l.close();
-      ctx.manager.pin(`view:${name}`, pinFrom(point));
+      pinPoint(ctx.manager, `view:${name}`, point);
+      ctx.manager.unpin(`view:${name}:next`);
       this.host.logger.info({ view: name, from: v.point.seq, to: point.seq }, 'view stepped');
       return { ...this.info(next), from: this.pointInfo(v.group, v.point) };
     });
@@ -475,7 +476,7 @@ export class TimeTravel {
     if (!fs.existsSync(path.dirname(out))) throw new UserError('invalid', `directory ${path.dirname(out)} does not exist`);
     const { point, info, ctx } = await this.resolve(volume, at);
     const holder = `export:${process.hrtime.bigint()}`;
-    ctx.manager.pin(holder, pinFrom(point));
+    pinPoint(ctx.manager, holder, point);
     const tmp = `${out}.partial`;
     try {
       const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
@@ -577,7 +578,7 @@ export class TimeTravel {
       const before = ctx.manager.status().lastContainer;
       const tCaughtUp = Date.now();
       const point = await resolvePoint(ctx.manager, { kind: 'seq', seq: intent.seq, text: `@seq:${intent.seq}` });
-      ctx.manager.pin(holder, pinFrom(point));
+      pinPoint(ctx.manager, holder, point);
       if (intent.undoSeq === null) {
         intent.undoSeq = ctx.manager.status().lastSeq;
         await this.store.putRestoreIntent(intent);
@@ -686,6 +687,11 @@ export class TimeTravel {
 /** A view at `p` reads T_k onward (and AILFC_k for an overlay). */
 function pinFrom(p: ResolvedPoint): number {
   return p.overlay ?? p.k;
+}
+
+/** Pins a point in its manager (see BackupManager.pin). */
+function pinPoint(m: BackupManager, holder: string, p: ResolvedPoint): void {
+  m.pin(holder, pinFrom(p), p.overlay !== null);
 }
 
 function needsCatchUp(spec: PointSpec, ctx: VolumeContext): boolean {
