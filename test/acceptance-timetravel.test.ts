@@ -435,7 +435,7 @@ test.serial('kill -9 during a production restore: after restart the volume is ex
     await d.restart();
     // The volume stays offline until the interrupted restore is finished.
     let img: Buffer | null = null;
-    for (let i = 0; i < 300 && !img; i++) {
+    for (let i = 0; i < 600 && !img; i++) {
       try {
         img = await readExport(d, 'kr', SIZE);
       } catch {

@@ -12,6 +12,10 @@
  *     restore VOL --to POINT [--range OFF:LEN]... [--force]
  *     export VOL --at POINT --out FILE
  *     point VOL POINT
+ *     mark VOL|GROUP NAME [--quiesce-pre CMD --quiesce-post CMD --timeout S --keep D]; markers; unmark
+ *     surface VOL MARKER; submerge NAME; schedule VOL [--add RULE]; checkpoint VOL --every N
+ *     diff VOL --from A --to B [--export NAME] [--out FILE]; apply-diff FILE IMAGE
+ *     bisect VOL --good A --bad B --check CMD [--granularity write|transaction]
  *
  * Exit codes: 0 success, 1 failure, 2 bad usage, 3 no daemon reachable.
  */
@@ -22,6 +26,7 @@ import { ApiError, DaemonUnreachableError } from '../control/client';
 import { rewindVersion } from '../util/version';
 import { status, volumeCreate, volumeList, volumeRemove } from './commands';
 import { log, seal, verify, volumeStatus } from './protection-commands';
+import { applyDiff, bisect, checkpoint, diff, mark, markers, schedule, submerge, surface, unmark } from './history-commands';
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
@@ -241,6 +246,111 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await exportImage(v, cmd.optsWithGlobals());
+    });
+
+  program
+    .command('mark')
+    .description('record a named point (a marker) at the current write; copies nothing')
+    .argument('<target>', 'a protected volume or a consistency group')
+    .argument('<name>', 'marker name')
+    .option('--quiesce-pre <cmd>', 'run before the point is taken; success makes it application-consistent')
+    .option('--quiesce-post <cmd>', 'run after the point is taken (always)')
+    .option('--timeout <s>', 'hook timeout in seconds (a hook that hangs is killed)', '30')
+    .option('--keep <duration>', 'delete the marker after this long (e.g. 7d); default: keep')
+    .option('--json', 'print JSON')
+    .action(async (t: string, n: string, _o: unknown, cmd: Command) => {
+      await mark(t, n, cmd.optsWithGlobals());
+    });
+  program
+    .command('markers')
+    .description('list markers')
+    .argument('<target>', 'a protected volume or a consistency group')
+    .option('--name <glob>', 'only names matching (* and ?)')
+    .option('--kind <kind>', 'crash-consistent or application-consistent (crash, application)')
+    .option('--since <time>', 'placed at or after (ISO time or ms)')
+    .option('--until <time>', 'placed at or before')
+    .option('--json', 'print JSON')
+    .action(async (t: string, _o: unknown, cmd: Command) => {
+      await markers(t, cmd.optsWithGlobals());
+    });
+  program
+    .command('unmark')
+    .description('delete a marker (its point is no longer pinned)')
+    .argument('<target>')
+    .argument('<name>')
+    .option('--json', 'print JSON')
+    .action(async (t: string, n: string, _o: unknown, cmd: Command) => {
+      await unmark(t, n, cmd.optsWithGlobals());
+    });
+  program
+    .command('surface')
+    .description("expose a marker's point as a read-only export named after the marker")
+    .argument('<volume>')
+    .argument('<marker>')
+    .option('--json', 'print JSON')
+    .action(async (v: string, m: string, _o: unknown, cmd: Command) => {
+      await surface(v, m, cmd.optsWithGlobals());
+    });
+  program
+    .command('submerge')
+    .description('remove a surfaced marker export (the marker stays)')
+    .argument('<name>')
+    .option('--json', 'print JSON')
+    .action(async (n: string, _o: unknown, cmd: Command) => {
+      await submerge(n, cmd.optsWithGlobals());
+    });
+  program
+    .command('schedule')
+    .description('show or set the schedule of automatic markers (persisted)')
+    .argument('<volume>')
+    .option('--add <rule>', "a rule: 'every=15m,hours=09:00-17:00,days=mon-fri,keep=7d[,pre=CMD,post=CMD,timeout=30s]' (repeatable)", collect)
+    .option('--clear', 'remove every rule (with --add: replace them)')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await schedule(v, cmd.optsWithGlobals());
+    });
+  program
+    .command('checkpoint')
+    .description('place an automatic marker every N seconds (a schedule rule)')
+    .argument('<volume>')
+    .requiredOption('--every <seconds>', 'interval (seconds, or 15m, 1h ...)')
+    .option('--keep <duration>', 'keep each checkpoint this long (e.g. 1d)')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await checkpoint(v, cmd.optsWithGlobals());
+    });
+  program
+    .command('diff')
+    .description('the extents a volume changed between two points (from the index)')
+    .argument('<volume>')
+    .option('--from <point>', `required: ${pointHelp}`)
+    .option('--to <point>', `required: ${pointHelp}`)
+    .option('--export <name>', 'also serve the image at --to with only the changed extents as data')
+    .option('--out <file>', 'also write a diff file that apply-diff replays onto an image at --from')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await diff(v, cmd.optsWithGlobals());
+    });
+  program
+    .command('apply-diff')
+    .description('replay a diff file onto a raw image (or block device) at its --from point')
+    .argument('<file>')
+    .argument('<image>')
+    .option('--json', 'print JSON')
+    .action(async (f: string, i: string, _o: unknown, cmd: Command) => {
+      await applyDiff(f, i, cmd.optsWithGlobals());
+    });
+  program
+    .command('bisect')
+    .description('find the first bad write between two points: CMD runs with REWIND_URI set to a read-only clone; exit 0 good, 125 skip, else bad')
+    .argument('<volume>')
+    .option('--good <point>', 'a point known good')
+    .option('--bad <point>', 'a later point known bad')
+    .option('--check <cmd>', 'shell command to judge a point')
+    .option('--granularity <g>', 'write or transaction', 'write')
+    .option('--json', 'print JSON')
+    .action(async (v: string, _o: unknown, cmd: Command) => {
+      await bisect(v, cmd.optsWithGlobals());
     });
 
   return program;

@@ -15,6 +15,13 @@
  *   POST   /v1/volumes/NAME/restore     {to, ranges?, force?}
  *   GET    /v1/volumes/NAME/restores
  *   POST   /v1/volumes/NAME/export      {at, out}
+ *   GET    /v1/markers/TARGET[?name=GLOB&kind=K&since=T&until=T]   (TARGET: volume or group)
+ *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?}
+ *   DELETE /v1/markers/TARGET/NAME
+ *   POST   /v1/volumes/NAME/surface     {marker}      POST /v1/submerge {name}
+ *   GET    /v1/volumes/NAME/schedule    POST {add?: rule | rules, clear?}
+ *   POST   /v1/volumes/NAME/diff        {from, to, name?, out?}
+ *   POST   /v1/volumes/NAME/bisect-candidates {good, bad, granularity?}
  */
 import type * as http from 'node:http';
 import { UserError, httpStatusOf } from '../daemon/errors';
@@ -78,6 +85,46 @@ export async function routeTimeTravel(
     sendJson(res, 200, { views: tt.list(url.searchParams.get('volume') ?? undefined) });
     return true;
   }
+  const mk = /^\/v1\/markers\/([^/]+)(?:\/([^/]+))?$/.exec(p);
+  if (mk) {
+    const target = decode(mk[1]!);
+    if (mk[2]) {
+      allow(method, ['DELETE']);
+      sendJson(res, 200, await tt.unmark(target, decode(mk[2])));
+      return true;
+    }
+    allow(method, ['GET', 'HEAD', 'POST']);
+    if (method === 'POST') {
+      const body = await readJsonObject(req);
+      only(body, ['name', 'pre', 'post', 'timeout', 'keep']);
+      sendJson(res, 201, await tt.mark(target, body.name, body));
+      return true;
+    }
+    const q = url.searchParams;
+    const time = (k: string): number | undefined => {
+      const v = q.get(k);
+      if (v === null) return undefined;
+      const t = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+      if (!Number.isFinite(t)) throw new UserError('invalid', `${k}: cannot parse time "${v}"`);
+      return t;
+    };
+    const f: { name?: string; kind?: string; since?: number; until?: number } = {};
+    if (q.get('name')) f.name = q.get('name')!;
+    if (q.get('kind')) f.kind = q.get('kind')!;
+    const since = time('since');
+    const until = time('until');
+    if (since !== undefined) f.since = since;
+    if (until !== undefined) f.until = until;
+    sendJson(res, 200, { markers: tt.markers(target, f) });
+    return true;
+  }
+  if (p === '/v1/submerge') {
+    allow(method, ['POST']);
+    const body = await readJsonObject(req);
+    only(body, ['name']);
+    sendJson(res, 200, await tt.submerge(String(body.name ?? '')));
+    return true;
+  }
   let m = /^\/v1\/views\/([^/]+)(\/step)?$/.exec(p);
   if (m) {
     const name = decode(m[1]!);
@@ -93,7 +140,7 @@ export async function routeTimeTravel(
     else sendJson(res, 200, tt.get(name));
     return true;
   }
-  m = /^\/v1\/volumes\/([^/]+)\/(resolve|snapshots|clones|restore|restores|export)$/.exec(p);
+  m = /^\/v1\/volumes\/([^/]+)\/(resolve|snapshots|clones|restore|restores|export|surface|schedule|diff|bisect-candidates)$/.exec(p);
   if (!m) return false;
   const name = decode(m[1]!);
   const action = m[2]!;
@@ -132,6 +179,36 @@ export async function routeTimeTravel(
       only(body, ['to', 'ranges', 'force']);
       if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
       await streamed(req, res, (progress) => tt.restore(name, body, progress));
+      return true;
+    }
+    case 'surface': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['marker']);
+      sendJson(res, 201, await tt.surface(name, String(body.marker ?? '')));
+      return true;
+    }
+    case 'schedule': {
+      allow(method, ['GET', 'HEAD', 'POST']);
+      if (method === 'POST') {
+        const body = await readJsonObject(req);
+        only(body, ['add', 'clear']);
+        sendJson(res, 200, await tt.setSchedule(name, body));
+      } else sendJson(res, 200, tt.schedule(name));
+      return true;
+    }
+    case 'diff': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['from', 'to', 'name', 'out']);
+      await streamed(req, res, (progress) => tt.diff(name, body, progress));
+      return true;
+    }
+    case 'bisect-candidates': {
+      allow(method, ['POST']);
+      const body = await readJsonObject(req);
+      only(body, ['good', 'bad', 'granularity']);
+      sendJson(res, 200, await tt.bisectCandidates(name, body));
       return true;
     }
     case 'export': {

@@ -171,6 +171,18 @@ export class Protection {
     return { manager: rt.manager, journal: rt.journal, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
   }
 
+  /**
+   * A protected volume, or a consistency group by name: its group, the
+   * volume (null for a group) and the context of one of its volumes.
+   */
+  target(name: string): { group: string; volume: string | null; ctx: ReturnType<Protection['context']> } {
+    if (this.byVolume.has(name)) return { group: this.byVolume.get(name)!.record.name, volume: name, ctx: this.context(name) };
+    const rt = this.groups.get(name);
+    const first = rt ? [...rt.volumes.keys()][0] : undefined;
+    if (!rt || first === undefined) throw new UserError('not-found', `no protected volume or consistency group named "${name}"`);
+    return { group: name, volume: null, ctx: this.context(first) };
+  }
+
   /** Name of volume `volumeId` of a group (for messages). */
   volumeName(group: string, volumeId: number): string {
     const rt = this.groups.get(group);

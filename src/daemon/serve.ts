@@ -119,6 +119,7 @@ export class Daemon {
       let nbdRef: NbdServer | null = null;
       const timeTravel = await TimeTravel.open(layout.dataDir, {
         context: (v) => protection.context(v),
+        target: (n) => protection.target(n),
         volumeName: (g, id) => protection.volumeName(g, id),
         volumeExists: (n) => catalog.get(n) !== undefined,
         disconnect: async (n) => {

@@ -141,6 +141,7 @@ export class BackupManager {
   /** Live pins: holder -> the first transaction it reads (T_k onward must stay). */
   private readonly pins = new Map<string, number>();
   private readonly overlayPins = new Map<string, number>();
+  private readonly pinSources: Array<() => Array<{ holder: string; k: number; overlay: boolean }>> = [];
   readonly groupId: number;
   readonly blockSize: number;
   readonly historyDir: string;
@@ -913,6 +914,11 @@ export class BackupManager {
     return out;
   }
 
+  /** Block runs T_n touched on one volume (index "runs"). */
+  transactionRuns(n: number, volumeId: number): Array<{ start: number; count: number }> {
+    return this.catalog.runs(n).filter((r) => r.volumeId === volumeId).map((r) => ({ start: r.start, count: r.count }));
+  }
+
   /**
    * Pin a point for `holder` (a snapshot, clone, marker or running export):
    * the image before T_k, plus AILFC_k's records up to its seq when
@@ -928,7 +934,22 @@ export class BackupManager {
 
   /** Every pinned point: boundary before T_k, and whether T_k must stay whole. */
   pinnedPoints(): Array<{ holder: string; k: number; overlay: boolean }> {
-    return [...this.pins].map(([holder, k]) => ({ holder, k, overlay: this.overlayPins.get(holder) === k }));
+    const out = [...this.pins].map(([holder, k]) => ({ holder, k, overlay: this.overlayPins.get(holder) === k }));
+    for (const src of this.pinSources) out.push(...src());
+    return out;
+  }
+
+  /** Pins computed when asked (markers: many, cheap to resolve at that moment). */
+  addPinSource(fn: () => Array<{ holder: string; k: number; overlay: boolean }>): void {
+    this.pinSources.push(fn);
+  }
+
+  /** The pin of seq p: (k, overlay) as a point at p needs them, or null if p is not committed yet. */
+  pinOfSeq(p: number): { k: number; overlay: boolean } | null {
+    const n = this.catalog.transactionForSeq(p);
+    if (n === undefined) return null;
+    const rec = this.catalog.transaction(n)!;
+    return p >= rec.lastSeq ? { k: n + 1, overlay: false } : { k: n, overlay: true };
   }
 
   unpin(holder: string): void {
@@ -939,7 +960,7 @@ export class BackupManager {
   /** The first pinned transaction (everything from it on is pinned), or null. */
   pinnedFrom(): number | null {
     let min: number | null = null;
-    for (const k of this.pins.values()) if (min === null || k < min) min = k;
+    for (const { k } of this.pinnedPoints()) if (min === null || k < min) min = k;
     return min;
   }
 

@@ -34,6 +34,7 @@ import { RangeLock } from '../journal/range-lock';
 import { preadFully } from '../util/fd-cache';
 import type { ImageSource } from './point-image';
 import type { ResolvedPoint } from './point';
+import type { MarkerRecord, Schedule } from './markers';
 
 export interface LayerRecord {
   id: number;
@@ -48,7 +49,8 @@ export interface LayerRecord {
 
 export interface ViewRecord {
   name: string;
-  kind: 'snapshot' | 'clone';
+  /** diff: the image of `point` restricted to what changed since `from` (see diff.ts). */
+  kind: 'snapshot' | 'clone' | 'diff';
   /** The protected volume whose history it reads. */
   volume: string;
   group: string;
@@ -63,6 +65,10 @@ export interface ViewRecord {
   created: string;
   /** Steps taken (snapshots and unwritten clones can be stepped). */
   steps: number;
+  /** Set for a surfaced marker (rewind surface): the marker's name. */
+  surfaced?: string;
+  /** For a diff export: the earlier point. */
+  from?: ResolvedPoint;
 }
 
 type BlockKey = [number, number];
@@ -83,6 +89,8 @@ export class ViewStore {
     private readonly layersDb: Database<LayerRecord, number>,
     private readonly blocksDb: Database<boolean, BlockKey>,
     private readonly meta: Database<unknown, string>,
+    private readonly markersDb: Database<MarkerRecord, [string, string]>,
+    private readonly schedulesDb: Database<Schedule, string>,
   ) {}
 
   static open(dir: string): ViewStore {
@@ -95,7 +103,50 @@ export class ViewStore {
       root.openDB<LayerRecord, number>('layers', {}),
       root.openDB<boolean, BlockKey>('blocks', {}),
       root.openDB<unknown, string>('meta', {}),
+      root.openDB<MarkerRecord, [string, string]>('markers', {}),
+      root.openDB<Schedule, string>('schedules', {}),
     );
+  }
+
+  // ---- markers (see markers.ts) ----
+
+  marker(group: string, name: string): MarkerRecord | undefined {
+    return this.markersDb.get([group, name]);
+  }
+
+  markers(group?: string): MarkerRecord[] {
+    const range = group === undefined ? {} : { start: [group, ''] as [string, string], end: [group + '\u0000', ''] as [string, string] };
+    return [...this.markersDb.getRange(range)].map((e) => e.value).filter((m) => group === undefined || m.group === group);
+  }
+
+  /** Adds a marker unless the name is taken in its group (then false). */
+  async addMarker(m: MarkerRecord): Promise<boolean> {
+    const ok = await this.markersDb.transaction(() => {
+      if (this.markersDb.get([m.group, m.name]) !== undefined) return false;
+      void this.markersDb.put([m.group, m.name], m);
+      return true;
+    });
+    return ok;
+  }
+
+  async removeMarkers(keys: Array<[string, string]>): Promise<void> {
+    await this.root.transaction(() => {
+      for (const k of keys) void this.markersDb.remove(k);
+    });
+  }
+
+  schedules(): Schedule[] {
+    return [...this.schedulesDb.getRange({})].map((e) => e.value);
+  }
+
+  schedule(volume: string): Schedule | undefined {
+    return this.schedulesDb.get(volume);
+  }
+
+  async putSchedule(s: Schedule | null, volume: string): Promise<void> {
+    if (s) await this.schedulesDb.put(volume, s);
+    else await this.schedulesDb.remove(volume);
+    await this.root.flushed;
   }
 
   views(): ViewRecord[] {

@@ -23,11 +23,14 @@ import type { GroupJournal } from '../journal/group-journal';
 import type { ProtectedVolume } from '../journal/protected-volume';
 import { UserError } from '../daemon/errors';
 import { validateVolumeName } from '../catalog/catalog';
-import { describeWrite, parsePoint, resolvePoint, stepSeq, type PointSpec, type ResolvedPoint } from './point';
+import { describeWrite, parsePoint, resolvePoint, stepSeq, txnRecords, type PointSpec, type ResolvedPoint } from './point';
+import { RecordKind } from '../journal/format';
 import { PointImage, STATUS_BLOCKS, type ImageSource } from './point-image';
 import { LayeredImage, ViewStore, WriteLayer, type LayerRecord, type ViewRecord } from './layers';
 import { ViewExport } from './view-export';
 import { isZero } from '../util/zero';
+import { changedRuns, DiffImage, runsToExtents, writeDiffFile, type Extent } from './diff';
+import { dueRules, parseDuration, parseRule, runHook, type HookResult, type MarkerKind, type MarkerRecord, type Schedule } from './markers';
 
 export interface VolumeContext {
   manager: BackupManager;
@@ -41,6 +44,8 @@ export interface VolumeContext {
 export interface TimeTravelHost {
   /** The protected volume's context; throws UserError when it is not protected. */
   context(volume: string): VolumeContext;
+  /** A protected volume or a consistency group by name. */
+  target(name: string): { group: string; volume: string | null; ctx: VolumeContext };
   volumeName(group: string, volumeId: number): string;
   /** Is the name taken by a volume? (Views and volumes share one namespace of exports.) */
   volumeExists(name: string): boolean;
@@ -61,7 +66,7 @@ export interface PointInfo {
 
 export interface ViewInfo {
   name: string;
-  kind: 'snapshot' | 'clone';
+  kind: 'snapshot' | 'clone' | 'diff';
   volume: string;
   group: string;
   size: number;
@@ -121,6 +126,12 @@ const RESTORE_PARALLEL = 32;
 export class TimeTravel {
   private readonly runtimes = new Map<string, Promise<ViewRuntime>>();
   private readonly restoring = new Set<string>();
+  private timer: NodeJS.Timeout | null = null;
+  private ticking = false;
+  private lastSweep = 0;
+  private readonly pinSourcesAdded = new Set<string>();
+  /** The clock of schedules and marker expiry (tests may shift it). */
+  now: () => number = () => Date.now() + Number(process.env.REWIND_TEST_CLOCK_OFFSET_MS ?? 0);
   /** Serialises view creation, deletion and stepping. */
   private mutex: Promise<unknown> = Promise.resolve();
 
@@ -132,9 +143,12 @@ export class TimeTravel {
   static async open(dataDir: string, host: TimeTravelHost): Promise<TimeTravel> {
     const store = ViewStore.open(path.join(dataDir, 'timetravel'));
     const tt = new TimeTravel(store, host);
+    tt.timer = setInterval(() => void tt.tick(), 1000);
+    tt.timer.unref();
     for (const v of store.views()) {
       try {
-        pinPoint(host.context(v.volume).manager, `view:${v.name}`, v.point);
+        pinPoint(host.context(v.volume).manager, `view:${v.name}`, v.from ?? v.point);
+        if (v.from) pinPoint(host.context(v.volume).manager, `view:${v.name}:to`, v.point);
       } catch (err) {
         host.logger.warn({ view: v.name, volume: v.volume, err: (err as Error).message }, 'view of a volume that is not protected any more');
       }
@@ -167,8 +181,17 @@ export class TimeTravel {
 
   // ---- points ------------------------------------------------------------
 
-  private markerLookup(_volume: string): (name: string) => { seq: number } | null {
-    return () => null;
+  private markerLookup(volume: string): (name: string) => { seq: number } | null {
+    let group: string;
+    try {
+      group = this.host.context(volume).group;
+    } catch {
+      return () => null;
+    }
+    return (name) => {
+      const m = this.store.marker(group, name);
+      return m ? { seq: m.seq } : null;
+    };
   }
 
   /**
@@ -178,7 +201,11 @@ export class TimeTravel {
    */
   async resolve(volume: string, at: unknown): Promise<{ point: ResolvedPoint; info: PointInfo; ctx: VolumeContext }> {
     const ctx = this.host.context(volume);
-    const spec = parsePoint(at);
+    let spec = parsePoint(at);
+    if (spec.kind === 'marker') {
+      const m = this.store.marker(ctx.group, spec.name);
+      if (m) spec = { kind: 'seq', seq: m.seq, text: spec.text };
+    }
     if (needsCatchUp(spec, ctx)) await ctx.journal.catchUp();
     const point = await resolvePoint(ctx.manager, spec, this.markerLookup(volume));
     return { point, info: this.pointInfo(ctx.group, point), ctx };
@@ -254,6 +281,11 @@ export class TimeTravel {
   private async buildRuntime(record: ViewRecord): Promise<ViewRuntime> {
     const ctx = this.host.context(record.volume);
     const base = await PointImage.open(ctx.manager, record.volumeId, record.size, record.point);
+    if (record.kind === 'diff') {
+      const runs = await changedRuns(ctx.manager, record.volumeId, record.from!, record.point);
+      const img = new DiffImage(base, runs);
+      return { record, image: img, layered: null, layers: [], exp: new ViewExport(img, null) };
+    }
     if (record.kind === 'snapshot') {
       return { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null) };
     }
@@ -412,6 +444,7 @@ export class TimeTravel {
       for (const f of files) await fs.promises.rm(f, { force: true });
       try {
         this.host.context(v.volume).manager.unpin(`view:${name}`);
+        this.host.context(v.volume).manager.unpin(`view:${name}:to`);
       } catch {
         // the volume is gone
       }
@@ -464,6 +497,279 @@ export class TimeTravel {
       this.host.logger.info({ view: name, from: v.point.seq, to: point.seq }, 'view stepped');
       return { ...this.info(next), from: this.pointInfo(v.group, v.point) };
     });
+  }
+
+
+  // ---- markers -------------------------------------------------------------
+
+  /** Markers pin their points, resolved when retention asks (one source per group). */
+  private ensureMarkerPins(group: string, ctx: VolumeContext): void {
+    if (this.pinSourcesAdded.has(group)) return;
+    this.pinSourcesAdded.add(group);
+    ctx.manager.addPinSource(() => {
+      const out: Array<{ holder: string; k: number; overlay: boolean }> = [];
+      for (const m of this.store.markers(group)) {
+        const p = ctx.manager.pinOfSeq(m.seq);
+        if (p) out.push({ holder: `marker:${m.name}`, ...p });
+      }
+      return out;
+    });
+  }
+
+  /**
+   * `rewind mark VOL|GROUP NAME [--quiesce-pre CMD --quiesce-post CMD --timeout S] [--keep D]`:
+   * records the current seq (every write acknowledged so far) under a name.
+   * With a pre-hook that succeeds the marker is application-consistent;
+   * if it fails or times out (it is killed) the marker is still placed, as
+   * crash-consistent, with the reason. The post-hook always runs.
+   */
+  async mark(
+    target: string,
+    name: unknown,
+    opts: { pre?: unknown; post?: unknown; timeout?: unknown; keep?: unknown } = {},
+    auto = false,
+  ): Promise<MarkerRecord> {
+    const { group, volume, ctx } = this.host.target(target);
+    const err = validateVolumeName(name);
+    if (err) throw new UserError('invalid', err.replace(/volume name/g, 'marker name'));
+    const markerName = name as string;
+    if (/^(seq|txn|time):|^(latest|now)$/i.test(markerName)) throw new UserError('invalid', `"${markerName}" would read as a point, not a marker name`);
+    if (this.store.marker(group, markerName)) throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
+    for (const [k, v] of Object.entries({ pre: opts.pre, post: opts.post })) {
+      if (v !== undefined && v !== null && (typeof v !== 'string' || !v.trim())) throw new UserError('invalid', `${k} must be a shell command`);
+    }
+    let timeoutS = 30;
+    if (opts.timeout !== undefined && opts.timeout !== null) {
+      timeoutS = typeof opts.timeout === 'number' ? opts.timeout : parseDuration(String(opts.timeout), 'timeout');
+      if (!(timeoutS > 0)) throw new UserError('invalid', 'timeout must be positive');
+    }
+    let keepS: number | null = null;
+    if (opts.keep !== undefined && opts.keep !== null) keepS = typeof opts.keep === 'number' ? opts.keep : parseDuration(String(opts.keep), 'keep');
+    this.ensureMarkerPins(group, ctx);
+    const env = { REWIND_MARKER: markerName, REWIND_GROUP: group, REWIND_VOLUME: volume ?? '' };
+    let pre: HookResult | null = null;
+    let kind: MarkerKind = 'crash-consistent';
+    let reason: string | null = null;
+    if (typeof opts.pre === 'string') {
+      pre = await runHook(opts.pre, timeoutS * 1000, env);
+      if (pre.timedOut) reason = `pre-hook timed out after ${timeoutS}s and was killed`;
+      else if (pre.exitCode !== 0) reason = `pre-hook failed (${pre.signal ? `signal ${pre.signal}` : `exit ${pre.exitCode}`})${pre.output ? `: ${pre.output.split('\n').pop()}` : ''}`;
+      else kind = 'application-consistent';
+    }
+    const seq = ctx.journal.status().lastAppendedSeq;
+    const time = this.now();
+    let post: HookResult | null = null;
+    if (typeof opts.post === 'string') post = await runHook(opts.post, timeoutS * 1000, env);
+    const rec: MarkerRecord = {
+      name: markerName,
+      group,
+      volume,
+      seq,
+      time,
+      kind,
+      reason,
+      retainUntil: keepS === null ? null : time + keepS * 1000,
+      auto,
+      hooks: { pre, post },
+    };
+    if (!(await this.store.addMarker(rec))) throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
+    this.host.logger.info({ marker: markerName, group, seq, kind, reason }, 'marker placed');
+    return rec;
+  }
+
+  /** Markers of a volume's group (or a group), filtered by name glob, kind and time. */
+  markers(target: string, f: { name?: string; kind?: string; since?: number; until?: number } = {}): MarkerRecord[] {
+    const { group } = this.host.target(target);
+    const re = f.name ? new RegExp(`^${f.name.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`) : null;
+    return this.store
+      .markers(group)
+      .filter((m) => (!re || re.test(m.name)) && (!f.kind || m.kind === f.kind || m.kind.startsWith(f.kind)) && (f.since === undefined || m.time >= f.since) && (f.until === undefined || m.time <= f.until))
+      .sort((a, b) => a.seq - b.seq || a.time - b.time);
+  }
+
+  async unmark(target: string, name: string): Promise<MarkerRecord> {
+    const { group } = this.host.target(target);
+    const m = this.store.marker(group, name);
+    if (!m) throw new UserError('not-found', `no marker named "${name}" in group ${group}`);
+    await this.store.removeMarkers([[group, name]]);
+    return m;
+  }
+
+  /** `rewind surface VOL MARKER`: a read-only export named after the marker. */
+  async surface(volume: string, marker: string): Promise<ViewInfo> {
+    const { group } = this.host.target(volume);
+    if (!this.store.marker(group, marker)) throw new UserError('not-found', `no marker named "${marker}" in group ${group}`);
+    const v = await this.snapshot(volume, marker, marker);
+    await this.store.put({ views: [{ ...this.store.view(marker)!, surfaced: marker }] });
+    return v;
+  }
+
+  /** `rewind submerge NAME`: removes a surfaced marker's export (the marker stays). */
+  async submerge(name: string): Promise<{ removed: string; disconnected: number }> {
+    const v = this.store.view(name);
+    if (!v || !v.surfaced) throw new UserError('not-found', `"${name}" is not a surfaced marker`);
+    return this.remove(name);
+  }
+
+  // ---- schedules -------------------------------------------------------------
+
+  schedule(volume: string): Schedule {
+    this.host.context(volume);
+    return this.store.schedule(volume) ?? { volume, rules: [], last: {} };
+  }
+
+  /** Adds rules (or with clear, replaces them all). Persisted: schedules survive restarts. */
+  async setSchedule(volume: string, change: { add?: unknown; clear?: unknown }): Promise<Schedule> {
+    this.host.context(volume);
+    const cur = change.clear === true ? { volume, rules: [], last: {} } : this.schedule(volume);
+    const add = change.add === undefined ? [] : Array.isArray(change.add) ? change.add : [change.add];
+    for (const r of add) {
+      if (typeof r !== 'string') throw new UserError('invalid', 'rules are strings such as "every=15m,hours=09:00-17:00,days=mon-fri,keep=7d"');
+      cur.rules.push(parseRule(r));
+    }
+    await this.store.putSchedule(cur.rules.length ? cur : null, volume);
+    return cur;
+  }
+
+  /** Once a second: scheduled markers, then (every 10 s) expired markers. */
+  private async tick(): Promise<void> {
+    if (this.ticking) return;
+    this.ticking = true;
+    try {
+      const now = this.now();
+      for (const s of this.store.schedules()) {
+        const due = dueRules(s, now);
+        if (!due.length) continue;
+        const rules = due.map((i) => s.rules[i]!);
+        const keep = rules.some((r) => r.keep === null) ? null : Math.max(...rules.map((r) => r.keep!));
+        const hooked = rules.find((r) => r.pre || r.post);
+        const stamp = new Date(now).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+        let name = `auto-${stamp}`;
+        try {
+          const { group } = this.host.target(s.volume);
+          for (let i = 2; this.store.marker(group, name); i++) name = `auto-${stamp}-${i}`;
+          await this.mark(s.volume, name, { pre: hooked?.pre ?? undefined, post: hooked?.post ?? undefined, timeout: hooked?.timeout, keep }, true);
+        } catch (err) {
+          this.host.logger.warn({ volume: s.volume, err: (err as Error).message }, 'scheduled marker failed');
+        }
+        for (const i of due) s.last[String(i)] = now;
+        await this.store.putSchedule(s, s.volume);
+      }
+      if (now - this.lastSweep >= 10_000) {
+        this.lastSweep = now;
+        const gone = this.store.markers().filter((m) => m.retainUntil !== null && m.retainUntil < now);
+        if (gone.length) {
+          await this.store.removeMarkers(gone.map((m) => [m.group, m.name] as [string, string]));
+          this.host.logger.info({ expired: gone.length }, 'expired markers deleted');
+        }
+      }
+    } catch (err) {
+      this.host.logger.error({ err: (err as Error).message }, 'marker schedule tick failed');
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+
+  // ---- diffs and bisect --------------------------------------------------------
+
+  private async twoPoints(volume: string, from: unknown, to: unknown, what: [string, string]): Promise<{ a: ResolvedPoint; b: ResolvedPoint; ctx: VolumeContext }> {
+    if (from === undefined || from === null || from === '') throw new UserError('invalid', `${what[0]} POINT is required`);
+    if (to === undefined || to === null || to === '') throw new UserError('invalid', `${what[1]} POINT is required`);
+    const { point: a, ctx } = await this.resolve(volume, from);
+    const { point: b } = await this.resolve(volume, to);
+    if (a.seq >= b.seq) {
+      throw new UserError('invalid', `${what[0]} (@seq:${a.seq}, ${new Date(a.time).toISOString()}) must come before ${what[1]} (@seq:${b.seq}, ${new Date(b.time).toISOString()})`);
+    }
+    return { a, b, ctx };
+  }
+
+  /**
+   * `rewind diff VOL --from A --to B`: the 4 KiB-block extents any write of
+   * VOL touched between A (exclusive) and B, from the index. With `name`
+   * also a read-only export of B reporting only those extents as data; with
+   * `out` also a diff file (format in diff.ts).
+   */
+  async diff(
+    volume: string,
+    body: { from?: unknown; to?: unknown; name?: unknown; out?: unknown },
+    progress: (p: Progress) => void = () => undefined,
+  ): Promise<{ from: PointInfo; to: PointInfo; blockSize: number; extents: Extent[]; changedBytes: number; export: string | null; file: string | null; fileBytes: number | null }> {
+    if (body.out !== undefined && (typeof body.out !== 'string' || !path.isAbsolute(body.out))) throw new UserError('invalid', 'out must be an absolute file path');
+    if (typeof body.out === 'string' && fs.existsSync(body.out)) throw new UserError('conflict', `${body.out} already exists; choose a new file name`);
+    const { a, b, ctx } = await this.twoPoints(volume, body.from, body.to, ['--from', '--to']);
+    const holder = `diff:${process.hrtime.bigint()}`;
+    pinPoint(ctx.manager, holder, a);
+    pinPoint(ctx.manager, `${holder}:to`, b);
+    try {
+      const runs = await changedRuns(ctx.manager, ctx.volumeId, a, b);
+      const bs = ctx.manager.blockSize;
+      const extents = runsToExtents(runs, bs, ctx.size);
+      const changedBytes = extents.reduce((x, e) => x + e.length, 0);
+      let exportName: string | null = null;
+      if (body.name !== undefined && body.name !== null && body.name !== '') {
+        exportName = await this.serialised(async () => {
+          const n = String(body.name);
+          this.checkNewName(n);
+          const rec: ViewRecord = {
+            name: n,
+            kind: 'diff',
+            volume,
+            group: ctx.group,
+            volumeId: ctx.volumeId,
+            size: ctx.size,
+            point: b,
+            from: a,
+            parent: null,
+            layers: [],
+            readOnly: true,
+            created: new Date().toISOString(),
+            steps: 0,
+          };
+          pinPoint(ctx.manager, `view:${n}`, a);
+          pinPoint(ctx.manager, `view:${n}:to`, b);
+          await this.store.put({ views: [rec] });
+          return n;
+        });
+      }
+      let file: string | null = null;
+      let fileBytes: number | null = null;
+      if (typeof body.out === 'string') {
+        const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, b);
+        const r = await writeDiffFile(body.out, img, extents, { from: a, to: b }, (done, total) => progress({ phase: 'diff file', done, total }));
+        file = body.out;
+        fileBytes = r.fileBytes;
+      }
+      return { from: this.pointInfo(ctx.group, a), to: this.pointInfo(ctx.group, b), blockSize: bs, extents, changedBytes, export: exportName, file, fileBytes };
+    } finally {
+      ctx.manager.unpin(holder);
+      ctx.manager.unpin(`${holder}:to`);
+    }
+  }
+
+  /**
+   * The points a bisect searches between good and bad: every write of the
+   * volume (granularity write) or every transaction end (transaction) in
+   * (good, bad], ending with bad itself.
+   */
+  async bisectCandidates(volume: string, body: { good?: unknown; bad?: unknown; granularity?: unknown }): Promise<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }> {
+    const g = body.granularity ?? 'write';
+    if (g !== 'write' && g !== 'transaction') throw new UserError('invalid', `granularity must be write or transaction, not ${JSON.stringify(g)}`);
+    const { a, b, ctx } = await this.twoPoints(volume, body.good, body.bad, ['the good point', 'the bad point']);
+    const out: number[] = [];
+    for (let n = a.overlay ?? a.k; n <= b.txn; n++) {
+      const t = ctx.manager.transaction(n);
+      if (!t || t.records === 0) continue;
+      if (g === 'transaction' || t.mergedFrom !== undefined) {
+        if (t.lastSeq > a.seq && t.lastSeq < b.seq) out.push(t.lastSeq);
+        continue;
+      }
+      for (const r of await txnRecords(ctx.manager, n)) {
+        if (r.volumeId === ctx.volumeId && r.kind !== RecordKind.Error && r.seq > a.seq && r.seq < b.seq) out.push(r.seq);
+      }
+    }
+    out.push(b.seq);
+    return { good: this.pointInfo(ctx.group, a), bad: this.pointInfo(ctx.group, b), granularity: g, candidates: out };
   }
 
   // ---- virtual full export -------------------------------------------------
@@ -654,7 +960,8 @@ export class TimeTravel {
         firstSeq: wrote ? firstSeqBefore + 1 : null,
         lastSeq: wrote ? lastSeqAfter : null,
         transactions: wrote ? txns : [],
-        undo: wrote && intent.undoSeq ? `@seq:${intent.undoSeq}` : null,
+        // Set even when this run found nothing left to write: a run a crash interrupted may have.
+        undo: intent.undoSeq ? `@seq:${intent.undoSeq}` : null,
         durationMs: Date.now() - t0,
         phases: { catchUpMs: tCaughtUp - t0, rewriteMs: tRewritten - tCaughtUp, commitMs: Date.now() - tRewritten },
         resumed,
@@ -673,6 +980,8 @@ export class TimeTravel {
   }
 
   async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    while (this.ticking) await new Promise((r) => setTimeout(r, 20));
     for (const r of this.runtimes.values()) {
       const rt = await r.catch(() => null);
       if (!rt) continue;
