@@ -183,18 +183,18 @@ async function api<T = any>(method: string, p: string, body?: unknown): Promise<
   return r.body as T;
 }
 
-test.serial('recovery: after the guest damages its disk, a clone at a point before the damage boots with the tree intact', async (t) => {
+test.serial('marker recovery: after the guest damages its disk, a clone at the marker boots with the tree intact', async (t) => {
   await cli(['volume', 'create', 'rec', '--size', '256M', '--protected']);
   const seed = 23;
   const disk = volumeDisk(d, 'rec');
   const w = await runGuest({ disks: [disk], scenario: 'write-tree', args: { seed, files: 48 } });
   t.is(w.exitCode, 0, describeRun(w));
   const digest = w.results.manifest_sha256!;
-  // The point before the damage: the last write so far (the guest synced and powered off).
-  const good = await api('POST', '/v1/volumes/rec/resolve', { at: 'latest' });
+  // The host places a marker; then the guest deletes the tree and writes garbage over the start of the disk.
+  await cli(['mark', 'rec', 'tree-a']);
   const dmg = await runGuest({ disks: [disk], scenario: 'damage', args: { mode: 'both', blocks: 64 } });
   t.is(dmg.exitCode, 0, describeRun(dmg));
-  await cli(['clone', 'rec', '--at', `@seq:${good.seq}`, '--name', 'rec-good']);
+  await cli(['clone', 'rec', '--at', 'tree-a', '--name', 'rec-good']);
   const v = await runGuest({ disks: [volumeDisk(d, 'rec-good')], scenario: 'verify-tree', args: { seed, files: 48, expect: digest } });
   t.is(v.exitCode, 0, describeRun(v));
   t.is(v.results.fsck, 'clean');
@@ -237,4 +237,48 @@ test.serial('crash consistency on clones: at the last write before kill -9 at mo
   t.is(sync.exitCode, 0, describeRun(sync));
   t.is(sync.results.synced_ok, String(n), `every file synced by @seq:${atSync} is in the clone`);
   t.is(sync.results.synced_bad, '0');
+});
+
+test.serial('bisect a guest corruption: a check that boots the guest on each candidate clone finds the damaging write', async (t) => {
+  await cli(['volume', 'create', 'bis', '--size', '128M', '--protected']);
+  const seed = 31;
+  const disk = volumeDisk(d, 'bis');
+  const w = await runGuest({ disks: [disk], scenario: 'write-tree', args: { seed, files: 16 } });
+  t.is(w.exitCode, 0, describeRun(w));
+  const digest = w.results.manifest_sha256!;
+  await cli(['mark', 'bis', 'good']);
+  const good = (await api('POST', '/v1/volumes/bis/resolve', { at: 'good' })).seq as number;
+  // The guest writes raw blocks: 24 harmless ones in the unused tail of the
+  // disk, then garbage over the start of the file system, then 24 more.
+  const dir = tempDir('rwvm-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const script = path.join(dir, 'damage.sh');
+  fs.writeFileSync(
+    script,
+    `#!/bin/sh
+. /etc/rewind/lib.sh
+d=/dev/vda
+last=$(( $(cat /sys/block/vda/size) / 8 - 64 ))
+w() { dd if=/dev/urandom of=$d bs=4096 count=$2 seek=$1 conv=notrunc,fsync 2>/dev/null || fail "dd seek=$1"; }
+i=0; while [ $i -lt 24 ]; do w $((last + i)) 1; i=$((i + 1)); done
+w 0 4
+while [ $i -lt 48 ]; do w $((last + i)) 1; i=$((i + 1)); done
+result damaged=yes
+exit 0
+`,
+  );
+  const dmg = await runGuest({ disks: [disk], scenario: 'custom', script });
+  t.is(dmg.exitCode, 0, describeRun(dmg));
+  const image = await ensureGuestImage();
+  const check = `node ${VM_RUN} --image ${image.dir} --ro-disk "$REWIND_URI" --scenario verify-tree --arg seed=${seed} --arg files=16 --arg expect=${digest} --timeout 180 >/dev/null 2>&1`;
+  const r = await d.cli(['bisect', 'bis', '--good', 'good', '--bad', 'latest', '--check', check, '--json'], { timeoutMs: 900_000 });
+  t.is(r.code, 0, r.stderr);
+  const res = JSON.parse(r.stdout);
+  t.log(`bisect: ${res.checks} guest boots, first bad seq ${res.firstBad.seq} (${res.firstBad.write.kind} of ${res.firstBad.write.length} bytes at ${res.firstBad.write.offset})`);
+  t.true(res.exact);
+  // The damaging write: the garbage at the start of the disk, after the 24 harmless writes.
+  t.is(res.firstBad.write.offset, 0);
+  t.is(res.firstBad.write.length, 16384);
+  t.true(res.firstBad.seq > good + 24, `seq ${res.firstBad.seq} comes after the harmless writes`);
+  t.true(res.checks >= 3 && res.checks <= 8, `${res.checks} checks`);
 });

@@ -129,6 +129,15 @@ export class BackupManager {
   private readonly events = new EventEmitter();
   private readonly pending = new Map<number, Pending>();
   private readonly volumes = new Map<number, VolumeEntry>();
+  /**
+   * Per volume, per block: the last committed transaction that touched it
+   * (0: none). A time-travel read of block b before T_k needs the block
+   * index only if lastTouch[b] >= k; otherwise the replica (or the
+   * transaction being applied) holds it. Built from the "runs" index at
+   * open, updated in the same tick as each commit becomes visible.
+   */
+  private readonly lastTouch = new Map<number, Uint32Array>();
+  private lastTouchReliable = true;
   private running: Promise<void> | null = null;
   private applyingN: number | null = null;
   private blocked: { n: number; error: Error; ref: SealedContainerRef | null } | null = null;
@@ -196,6 +205,7 @@ export class BackupManager {
       });
       const m = new BackupManager(dir, catalog, pool, log, opts, config.blockSize);
       for (const v of catalog.volumes()) m.volumes.set(v.volumeId, v);
+      m.buildLastTouch();
       for (const v of opts.volumes) await m.addVolume(v);
       await m.recover();
       return m;
@@ -506,6 +516,7 @@ export class BackupManager {
     await this.catalog.commit(rec, prep.runs, this.blockSize);
     crashPoint('after-commit', n);
     this.catalog.resetReadTxn();
+    this.noteTouched(n, prep.runs);
     this.inflight = null;
     const info = commitInfo(rec);
     this.log.info(
@@ -727,6 +738,37 @@ export class BackupManager {
     return out;
   }
 
+  private touchArray(volumeId: number): Uint32Array | undefined {
+    let a = this.lastTouch.get(volumeId);
+    if (!a) {
+      const v = this.volumes.get(volumeId);
+      if (!v) return undefined;
+      a = new Uint32Array(Math.ceil(v.size / this.blockSize));
+      this.lastTouch.set(volumeId, a);
+    }
+    return a;
+  }
+
+  /** Records that T_n touched these runs (for the time-travel fast path). */
+  noteTouched(n: number, runs: Array<{ volumeId: number; start: number; count: number }>): void {
+    for (const r of runs) {
+      const a = this.touchArray(r.volumeId);
+      if (!a) continue;
+      for (let b = r.start; b < r.start + r.count && b < a.length; b++) if (a[b]! < n) a[b] = n;
+    }
+  }
+
+  private buildLastTouch(): void {
+    this.lastTouch.clear();
+    this.lastTouchReliable = true;
+    for (const rec of this.catalog.transactions()) {
+      const runs = this.catalog.runs(rec.n);
+      // A transaction committed without its runs (an older index): no fast path.
+      if (rec.blocks > 0 && runs.length === 0) this.lastTouchReliable = false;
+      this.noteTouched(rec.n, runs);
+    }
+  }
+
   /**
    * Where each block first..first+count-1 of volume `volumeId` was at
    * T_{k-1}: a BeforeBlock record (file, position) or the replica (file
@@ -735,10 +777,12 @@ export class BackupManager {
    */
   private blockSources(volumeId: number, first: number, count: number, k: number): Array<{ file: string | null; position: number }> {
     const inf = this.inflight;
+    const touched = this.lastTouchReliable ? this.lastTouch.get(volumeId) : undefined;
     const out = new Array<{ file: string | null; position: number }>(count);
     for (let i = 0; i < count; i++) {
       const b = first + i;
-      const src = this.catalog.beforeBlockSource(volumeId, b, k);
+      // No committed transaction from k on touched b: skip the index lookup.
+      const src = touched && touched[b]! < k ? undefined : this.catalog.beforeBlockSource(volumeId, b, k);
       if (src) {
         out[i] = { file: this.historyFile('bilfc', src.n), position: src.position };
         continue;
