@@ -19,6 +19,7 @@ import { status, volumeCreate, volumeList, volumeRemove } from './commands';
 import { log, seal, verify, volumeStatus } from './protection-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
+import { addHardeningServeOptions } from './serve-options';
 
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -69,6 +70,8 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       process.exit(code);
     });
 
+  addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+
   const volume = program.command('volume').description('manage volumes');
   volume
     .command('create')
@@ -80,6 +83,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .option('--description <text>', 'free-form description')
     .option('--protected', 'journal every write (AILFC, state map, backup manager)')
     .option('--group <name>', 'join this consistency group (implies --protected); default: a group of its own')
+    .option('--allow <spec>', 'allow only matching clients (repeatable): addr:CIDR, uid:N, gid:N, cert:CN=NAME, cert:*, any', collect)
     .option('--json', 'print the created volume as JSON')
     .action(async (name: string, _o: unknown, cmd: Command) => {
       await volumeCreate(name, cmd.optsWithGlobals());

@@ -45,6 +45,8 @@ export interface VolumeView {
   uris: { tcp: string | null; unix: string | null };
   /** Protected (journaled) volumes: their consistency group and volume id. */
   protection: { group: string; volumeId: number } | null;
+  /** Access control list (allow entries); empty: everyone. */
+  allow: string[];
 }
 
 export interface CreateVolumeBody {
@@ -59,6 +61,8 @@ export interface CreateVolumeBody {
   protected?: boolean;
   /** Consistency group to join (implies protected). */
   group?: string;
+  /** Access control list: "addr:CIDR", "uid:N", "gid:N", "cert:CN=NAME", "any"; absent: everyone. */
+  allow?: string[];
 }
 
 export interface DeleteResult {

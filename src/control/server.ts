@@ -66,7 +66,7 @@ class HttpError extends Error {
   }
 }
 
-const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group']);
+const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group', 'allow']);
 
 export class ControlServer {
   private readonly servers: { server: http.Server; unixPath?: string }[] = [];
@@ -281,7 +281,7 @@ export class ControlServer {
   private async createVolume(body: Record<string, unknown>): Promise<VolumeView> {
     for (const key of Object.keys(body)) {
       if (!CREATE_FIELDS.has(key)) {
-        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description, protected, group)`);
+        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description, protected, group, allow)`);
       }
     }
     const b = body as Partial<CreateVolumeBody>;
@@ -293,6 +293,7 @@ export class ControlServer {
       description: b.description,
       protected: b.protected,
       group: b.group,
+      allow: b.allow,
     });
     return this.view(record);
   }
@@ -314,6 +315,7 @@ export class ControlServer {
       isDefaultExport: record.name === DEFAULT_VOLUME,
       uris: nbdUris(this.opts.endpoints, record.name),
       protection: record.protection ? { group: record.protection.group, volumeId: record.protection.volumeId } : null,
+      allow: record.allow ?? [],
     };
   }
 

@@ -20,6 +20,7 @@ import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
 import { UserError } from './errors';
+import { withFaults } from './fault-injection';
 import type { Logger } from './volumes';
 
 interface GroupRuntime {
@@ -118,7 +119,7 @@ export class Protection {
     const smPath = this.stateMapPath(v.name);
     await fs.promises.mkdir(path.dirname(smPath), { recursive: true, mode: 0o700 });
     const stateMap = await StateMap.open(smPath, { volumeSize: v.size, regionSize: rt.record.regionSize });
-    const production = await FileExport.open(v.path);
+    const production = withFaults(await FileExport.open(v.path), v.path);
     const pv = new ProtectedVolume(v.name, v.protection!.volumeId, production, rt.journal, stateMap);
     rt.journal.addStateMap(v.protection!.volumeId, stateMap);
     rt.volumes.set(v.name, pv);

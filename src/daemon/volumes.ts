@@ -26,6 +26,7 @@ import {
   type VolumeRecord,
 } from '../catalog/catalog';
 import type { Protection } from './protection';
+import { AclError, aclAllows, parseAcl } from '../access/acl';
 import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
 import { UserError } from './errors';
 import { managedImagePath, type DataDirLayout } from './paths';
@@ -61,6 +62,8 @@ export interface CreateVolumeRequest {
   protected?: unknown;
   /** Consistency group to join (implies protected); default: a group of its own. */
   group?: unknown;
+  /** Access control list: entry strings (src/access/acl.ts); absent = everyone. */
+  allow?: unknown;
 }
 
 export interface VolumeInfo extends VolumeRecord {
@@ -86,10 +89,17 @@ export class VolumeManager implements ExportProvider {
     return this.catalog.list().map((v) => ({ name: v.name, description: describe(v) }));
   }
 
+  /** ACL check (asked by the NBD server before LIST entries and opens). */
+  authorize(name: string, client: ClientInfo): boolean {
+    const record = this.catalog.get(name === '' ? DEFAULT_VOLUME : name);
+    return record ? aclAllows(record.allow, client) : true;
+  }
+
   async open(name: string, client: ClientInfo): Promise<OpenedExport | null> {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
     if (!record) return null;
+    if (!aclAllows(record.allow, client)) return null;
     if (record.protection) {
       const pv = this.protection?.volume(volumeName);
       if (!pv) return null;
@@ -222,6 +232,13 @@ export class VolumeManager implements ExportProvider {
     }
 
     const description = typeof req.description === 'string' ? req.description : '';
+    let allow: string[] | undefined;
+    try {
+      allow = parseAcl(req.allow);
+    } catch (err) {
+      if (err instanceof AclError) throw new UserError('invalid', err.message);
+      throw err;
+    }
     let record: VolumeRecord;
     let createdImage: { dir: string } | null = null;
     if (req.path !== undefined && req.path !== null) {
@@ -255,6 +272,7 @@ export class VolumeManager implements ExportProvider {
         description,
       };
     }
+    if (allow) record.allow = allow;
     try {
       if (protect) {
         const groupName = group ?? name;
