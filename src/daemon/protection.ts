@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Catalog, GroupRecord, VolumeRecord } from '../catalog/catalog';
 import { GroupJournal, type CommitInfo, type ManagerLink } from '../journal/group-journal';
-import { ProtectedVolume } from '../journal/protected-volume';
+import { ProtectedVolume, type VolumeIoStatus } from '../journal/protected-volume';
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
@@ -46,6 +46,8 @@ export interface VolumeProtectionStatus {
   regionSize: number;
   transactions: number;
   lastError: string | null;
+  /** Production I/O failures (counts, last error, whether it is failing now). */
+  io: VolumeIoStatus;
 }
 
 export interface VerifyReport {
@@ -152,6 +154,7 @@ export class Protection {
     const pv = rt.volumes.get(v.name)!;
     rt.volumes.delete(v.name);
     this.byVolume.delete(v.name);
+    pv.dispose();
     await pv.stateMap.close();
     await pv.production.close?.();
     if (rt.volumes.size === 0) {
@@ -202,6 +205,7 @@ export class Protection {
       regionSize: rt.record.regionSize,
       transactions: ms.transactions,
       lastError: js.lastError,
+      io: pv.ioStatus(),
     };
   }
 
@@ -254,6 +258,7 @@ export class Protection {
       await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
       await rt.manager.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {
+        pv.dispose();
         await pv.stateMap.close().catch(() => undefined);
         await pv.production.close?.();
       }
