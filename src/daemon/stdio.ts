@@ -1,10 +1,16 @@
 /**
  * `rewind serve --stdio EXPORT`: serve exactly one NBD connection on stdin
  * and stdout, as `nbdkit -s` does, then exit. For libnbd's
- * `nbdinfo -- [ rewind serve --stdio NAME ]` (connect_command: stdin and
- * stdout are one end of a socketpair), inetd-style socket activation, and
- * the fuzzer. Logs go to stderr (and --log-file) only: stdout carries the
- * protocol.
+ * connect_command (stdin and stdout are one end of a socketpair: nbdsh -c,
+ * Python's h.connect_command), inetd and systemd `StandardInput=socket`,
+ * and the fuzzer. Logs go to stderr (and --log-file) only: stdout carries
+ * the protocol.
+ *
+ * Under systemd-style socket activation (LISTEN_PID is this process and
+ * LISTEN_FDS >= 1: `nbdinfo -- [ rewind serve --stdio NAME ]`, systemd
+ * Accept=no or Accept=yes) the connection comes from fd 3 instead: one
+ * connection is accepted on it if it is a listening socket, or it is
+ * served as is if it is already connected.
  *
  * It opens the data directory like the daemon (taking its lock, so it
  * refuses while a daemon runs on the same directory), with protection, so
@@ -40,11 +46,17 @@ export function singleExportProvider(inner: ExportProvider, name: string): Expor
   return out;
 }
 
-/** stdin+stdout as one stream: the socket itself when fd 0 is a socket (socketpair, inetd), else a pair of pipes. */
+/**
+ * stdin+stdout as one stream: the socket itself when fds 0 and 1 are the
+ * same socket (a socketpair from connect_command, inetd), else the two as
+ * a pair (pipes, or the two socketpairs Node's spawn gives a child).
+ */
 export function stdioStream(): { stream: Duplex; isSocket: boolean } {
   let isSocket = false;
   try {
-    isSocket = fs.fstatSync(0).isSocket();
+    const a = fs.fstatSync(0);
+    const b = fs.fstatSync(1);
+    isSocket = a.isSocket() && b.isSocket() && a.ino === b.ino && a.dev === b.dev;
   } catch {
     isSocket = false;
   }
@@ -52,8 +64,67 @@ export function stdioStream(): { stream: Duplex; isSocket: boolean } {
     const sock = new net.Socket({ fd: 0, readable: true, writable: true, allowHalfOpen: true });
     return { stream: sock, isSocket };
   }
-  const stream = Duplex.from({ readable: process.stdin, writable: process.stdout });
-  return { stream, isSocket };
+  return { stream: new PipePair(process.stdin, process.stdout), isSocket };
+}
+
+/** A readable and a writable stream (stdin, stdout pipes) as one Duplex, with backpressure both ways. */
+export class PipePair extends Duplex {
+  constructor(
+    private readonly input: NodeJS.ReadableStream & { destroy?(): void },
+    private readonly output: NodeJS.WritableStream & { destroy?(): void },
+  ) {
+    super({ allowHalfOpen: true });
+    input.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) input.pause();
+    });
+    input.on('end', () => this.push(null));
+    input.on('error', (err: Error) => this.destroy(err));
+    output.on('error', (err: Error) => this.destroy(err));
+    input.pause();
+  }
+
+  override _read(): void {
+    this.input.resume();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.output.write(chunk, (err?: Error | null) => cb(err));
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.output.end(() => cb());
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.input.destroy?.();
+    cb(err);
+  }
+}
+
+/** fd 3 when this process was socket-activated (LISTEN_PID/LISTEN_FDS), else null. The variables are consumed. */
+export function activatedFd(env: NodeJS.ProcessEnv = process.env): number | null {
+  const pid = Number(env.LISTEN_PID);
+  const n = Number(env.LISTEN_FDS);
+  if (pid !== process.pid || !(n >= 1)) return null;
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_FDNAMES;
+  return 3;
+}
+
+/** The one connection of a socket-activated fd: accepted from it if it listens, else the fd itself. */
+async function activatedStream(fd: number): Promise<{ stream: net.Socket; isSocket: true }> {
+  const accepted = await new Promise<net.Socket | null>((resolve) => {
+    const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+    srv.once('error', () => resolve(null));
+    srv.once('connection', (sock) => {
+      srv.close();
+      resolve(sock);
+    });
+    srv.listen({ fd });
+  });
+  if (accepted) return { stream: accepted, isSocket: true };
+  return { stream: new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true }), isSocket: true };
 }
 
 /** Serves one connection on stdio; resolves with the exit code once it has ended and everything is closed. */
@@ -89,7 +160,9 @@ export async function runStdio(config: ServeConfig, exportName: string, logger: 
       ...nbdServerOptions(config),
     });
     closers.push(() => nbd.close());
-    const { stream, isSocket } = stdioStream();
+    const fd = activatedFd();
+    const { stream, isSocket } = fd !== null ? await activatedStream(fd) : stdioStream();
+    const streamFd = fd !== null ? ((stream as unknown as { _handle?: { fd?: number } })._handle?.fd ?? fd) : 0;
     // The identity ACLs see: a TCP socket (inetd) by its address, a Unix
     // socket (socketpair, socket activation) by its peer's credentials;
     // plain pipes come from whoever started us, who can read the data
@@ -104,7 +177,7 @@ export async function runStdio(config: ServeConfig, exportName: string, logger: 
       } else {
         transport = 'unix';
         try {
-          const peer = unixPeerCredentials(0);
+          const peer = unixPeerCredentials(streamFd);
           if (peer) identity.peer = peer;
         } catch (err) {
           logger.warn({ err: (err as Error).message }, 'cannot read the peer credentials of stdin');
@@ -115,7 +188,9 @@ export async function runStdio(config: ServeConfig, exportName: string, logger: 
     const stop = () => stream.destroy();
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
-    await nbd.serveStream(stream, transport, identity);
+    const served = nbd.serveStream(stream, transport, identity);
+    stream.resume(); // an accepted socket starts paused
+    await served;
     process.off('SIGTERM', stop);
     process.off('SIGINT', stop);
     logger.info({ stats: nbd.stats() }, 'stdio connection ended');
