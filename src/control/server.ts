@@ -35,7 +35,16 @@ import {
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
-  stats(): { connections: number; requests: number; bytesRead: number; bytesWritten: number; errors: number };
+  stats(): {
+    connections: number;
+    requests: number;
+    bytesRead: number;
+    bytesWritten: number;
+    errors: number;
+    connectionsRefused?: number;
+    handshakeTimeouts?: number;
+    stallDisconnects?: number;
+  };
   disconnectExport(name: string): number;
   drainExport(name: string): Promise<void>;
   connectionCount(exportName?: string): number;
@@ -338,6 +347,9 @@ export class ControlServer {
       ['rewind_nbd_read_bytes_total', 'Bytes read by NBD clients', 'bytesRead'],
       ['rewind_nbd_written_bytes_total', 'Bytes written by NBD clients', 'bytesWritten'],
       ['rewind_nbd_errors_total', 'NBD requests that failed', 'errors'],
+      ['rewind_nbd_connections_refused_total', 'NBD connections refused (connection limit or shutdown)', 'connectionsRefused'],
+      ['rewind_nbd_handshake_timeouts_total', 'NBD connections closed for a handshake over the time limit', 'handshakeTimeouts'],
+      ['rewind_nbd_stall_disconnects_total', 'NBD connections closed for leaving replies unread', 'stallDisconnects'],
     ];
     for (const [name, help, key] of counters) {
       let last = 0;
@@ -346,7 +358,7 @@ export class ControlServer {
         help,
         registers: [reg],
         collect() {
-          const now = nbd.stats()[key];
+          const now = nbd.stats()[key] ?? 0;
           if (now > last) this.inc(now - last);
           last = now;
         },

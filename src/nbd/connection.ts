@@ -74,6 +74,10 @@ export interface ConnectionStats {
   bytesRead: number;
   bytesWritten: number;
   errors: number;
+  /** Connections closed for not finishing the handshake in time. */
+  handshakeTimeouts: number;
+  /** Connections closed for leaving replies unread past the stall timeout. */
+  stallDisconnects: number;
 }
 
 interface Hooks {
@@ -169,6 +173,7 @@ export class Connection {
     this.attach(sock);
     this.handshakeTimer = setTimeout(() => {
       this.log('warn', { timeoutMs: hooks.limits.handshakeTimeoutMs }, 'handshake timed out');
+      hooks.stats.handshakeTimeouts++;
       this.destroy();
     }, hooks.limits.handshakeTimeoutMs);
     this.handshakeTimer.unref?.();
@@ -894,6 +899,7 @@ export class Connection {
     if (outBacklog >= L.maxBufferedBytesPerConnection && !this.stallTimer) {
       this.stallTimer = setTimeout(() => {
         this.log('warn', { backlog: this.sock.writableLength }, 'client is not reading replies; disconnecting');
+        this.hooks.stats.stallDisconnects++;
         this.destroy();
       }, L.writeStallTimeoutMs);
       this.stallTimer.unref?.();
