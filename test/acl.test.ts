@@ -212,3 +212,28 @@ test.serial('daemon with TLS client certificates: a volume allowed to CN=alice i
   const st = await d.api('GET', '/v1/volumes/alice-only/status');
   t.true(st.body.lastSeq >= 1, "alice's write was journaled");
 });
+
+test('addon: SO_PEERCRED gives the peer process of a Unix socket; a non-socket fd is an error', async (t) => {
+  const { peerCredentials } = await import('../src/native');
+  const net = await import('node:net');
+  const dir = tempDir('rw-peer-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sockPath = path.join(dir, 's');
+  const got = new Promise<{ pid: number; uid: number; gid: number }>((resolve, reject) => {
+    const srv = net.createServer((s) => {
+      try {
+        resolve(peerCredentials((s as any)._handle.fd));
+      } catch (e) {
+        reject(e);
+      }
+      s.destroy();
+      srv.close();
+    });
+    srv.listen(sockPath, () => net.connect(sockPath).on('error', () => undefined));
+  });
+  const c = await got;
+  t.deepEqual(c, { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() });
+  const fd = fs.openSync(path.join(dir, 'f'), 'w');
+  t.teardown(() => fs.closeSync(fd));
+  t.throws(() => peerCredentials(fd), { code: 'ENOTSOCK' } as any);
+});

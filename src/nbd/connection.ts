@@ -49,7 +49,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxConnections: 256,
   maxInflightPerConnection: 64,
   maxBufferedBytesPerConnection: 64 * 1024 * 1024,
-  handshakeTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
   maxOptionLength: 64 * 1024,
   writeStallTimeoutMs: 60_000,
   maxDiscardPayload: 64 * 1024 * 1024,
