@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -472,6 +473,26 @@ Napi::Value NoWaitIo(const Napi::CallbackInfo& info, bool write) {
 Napi::Value PreadNoWait(const Napi::CallbackInfo& info) { return NoWaitIo(info, false); }
 Napi::Value PwriteNoWait(const Napi::CallbackInfo& info) { return NoWaitIo(info, true); }
 
+// getsockopt(SO_PEERCRED) on a connected Unix socket: the pid, uid and gid
+// of the peer process as of connect(). Throws ENOTSOCK etc. on failure.
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+#if defined(__linux__) && defined(SO_PEERCRED)
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+    throw ErrnoError(env, errno, "getsockopt(SO_PEERCRED)", "getsockopt");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pid", Napi::Number::New(env, cred.pid));
+  o.Set("uid", Napi::Number::New(env, cred.uid));
+  o.Set("gid", Napi::Number::New(env, cred.gid));
+  return o;
+#else
+  throw ErrnoError(env, ENOSYS, "peerCredentials", "getsockopt");
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("fallocateSync", Napi::Function::New(env, FallocateSync, "fallocateSync"));
@@ -485,6 +506,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fadviseWillNeed", Napi::Function::New(env, FadviseWillNeed, "fadviseWillNeed"));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
   exports.Set("pwriteNoWait", Napi::Function::New(env, PwriteNoWait, "pwriteNoWait"));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
   return exports;
 }

@@ -32,6 +32,8 @@ export interface VolumeRecord {
   description: string;
   /** Present for a protected (journaled) volume. */
   protection?: VolumeProtection;
+  /** Access control: canonical allow entries (src/access/acl.ts); absent = everyone. */
+  allow?: string[];
 }
 
 export interface VolumeProtection {

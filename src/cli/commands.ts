@@ -21,6 +21,7 @@ export async function volumeCreate(
     description?: string;
     protected?: boolean;
     group?: string;
+    allow?: string[];
     json?: boolean;
   },
 ): Promise<void> {
@@ -33,6 +34,7 @@ export async function volumeCreate(
   if (o.description !== undefined) body.description = o.description;
   if (o.protected) body.protected = true;
   if (o.group !== undefined) body.group = o.group;
+  if (o.allow !== undefined) body.allow = o.allow;
   const v = await client.createVolume(body);
   if (o.json) return json(v);
   print(
@@ -40,9 +42,16 @@ export async function volumeCreate(
       `${v.protection ? `, protected, group ${v.protection.group}` : ''})`,
   );
   for (const uri of [v.uris.tcp, v.uris.unix]) if (uri) print(`  ${uri}`);
+  if (v.allow?.length) print(`  allow: ${v.allow.join(' ')}`);
 }
 
 export function volumeTable(volumes: VolumeView[]): string {
+  // An ALLOW column only when some volume has an access list.
+  if (volumes.some((v) => v.allow?.length)) {
+    const lines = volumeTable(volumes.map((v) => ({ ...v, allow: [] }))).split('\n');
+    const width = Math.max(...lines.map((l) => l.length));
+    return lines.map((l, i) => `${l.padEnd(width)}  ${i === 0 ? 'ALLOW' : volumes[i - 1]!.allow?.join(' ') || 'any'}`).join('\n');
+  }
   return table(
     ['NAME', 'SIZE', 'ALLOCATED', 'MODE', 'KIND', 'GROUP', 'CONNS', 'URI'],
     volumes.map((v) => [

@@ -30,6 +30,7 @@ import { applyDiff, bisect, checkpoint, diff, mark, markers, schedule, submerge,
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
+import { addHardeningServeOptions } from './serve-options';
 
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -80,6 +81,8 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       process.exit(code);
     });
 
+  addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+
   const volume = program.command('volume').description('manage volumes');
   volume
     .command('create')
@@ -91,6 +94,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .option('--description <text>', 'free-form description')
     .option('--protected', 'journal every write (AILFC, state map, backup manager)')
     .option('--group <name>', 'join this consistency group (implies --protected); default: a group of its own')
+    .option('--allow <spec>', 'allow only matching clients (repeatable): addr:CIDR, uid:N, gid:N, cert:CN=NAME, cert:*, any', collect)
     .option('--json', 'print the created volume as JSON')
     .action(async (name: string, _o: unknown, cmd: Command) => {
       await volumeCreate(name, cmd.optsWithGlobals());
@@ -167,6 +171,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .argument('<volume>', 'a protected volume')
     .option('--at <point>', `required: ${pointHelp}`)
     .option('--name <name>', 'export name (default VOLUME.snap-SEQ)')
+    .option('--allow <spec>', "its own access list entry (repeatable; default: the volume's)", collect)
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await snapshot(v, cmd.optsWithGlobals());
@@ -195,6 +200,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .option('--at <point>', pointHelp)
     .option('--name <name>', 'export name (default SOURCE.clone-SEQ)')
     .option('--read-only', 'a read-only clone (it can step)')
+    .option('--allow <spec>', "its own access list entry (repeatable; default: the source's)", collect)
     .option('--json', 'print JSON')
     .action(async (src: string, _o: unknown, cmd: Command) => {
       await clone(src, cmd.optsWithGlobals());

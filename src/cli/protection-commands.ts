@@ -21,6 +21,18 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
   print(`  sealed, queued  ${s.sealedPending.length ? s.sealedPending.map((n) => `#${n}`).join(' ') : 'none'}`);
   print(`  dirty regions   ${s.dirtyRegions} x ${formatSize(s.regionSize)}`);
   if (s.lastError) print(`  last error      ${s.lastError}`);
+  if (s.io) {
+    const e = s.io.errors;
+    const total = e.read + e.write + e.trim + e.zero + e.flush;
+    print(
+      `  production I/O  ${s.io.state}; errors: ${total} (read ${e.read}, write ${e.write}, trim ${e.trim}, zero ${e.zero}, flush ${e.flush}); ` +
+        `${s.io.errorRecords} error records` + (s.io.recapturePending ? `; ${s.io.recapturePending} ranges awaiting re-capture` : ''),
+    );
+    if (s.io.lastError) {
+      const le = s.io.lastError;
+      print(`  last I/O error  ${le.time} ${le.op} ${le.offset}+${le.length}: ${le.code} ${le.message}`);
+    }
+  }
 }
 
 export async function seal(name: string, o: GlobalOptions & { json?: boolean }): Promise<void> {

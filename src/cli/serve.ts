@@ -1,6 +1,8 @@
 /** `rewind serve`: command-line parsing into a ServeConfig, then the daemon. */
 import * as path from 'node:path';
-import { fileBackend } from '../daemon/backend';
+import { imageBackend } from '../daemon/backend';
+import { NBD_SETTINGS_KEYS, readConfigFile, resolveNbdSettings, SettingsError, type NbdSettings, type NbdSettingsInput } from '../daemon/nbd-settings';
+import { runStdio } from '../daemon/stdio';
 import { DataDirInUseError } from '../daemon/lock';
 import { createLogger, isLogLevel, LOG_LEVELS, type LogLevel } from '../daemon/logger';
 import { dataDirLayout } from '../daemon/paths';
@@ -16,6 +18,20 @@ export interface ServeOptions extends GlobalOptions {
   defaultVolume: boolean;
   logLevel: string;
   logFile?: string | boolean;
+  // TLS, limits, configuration file, stdio (serve-options.ts)
+  tls?: string;
+  tlsDir?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsVerifyClient?: boolean;
+  maxConnections?: string;
+  maxInflight?: string;
+  maxBuffer?: string;
+  handshakeTimeout?: string;
+  writeStallTimeout?: string;
+  config?: string;
+  stdio?: string;
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:10809';
@@ -81,8 +97,25 @@ export function buildServeConfig(o: ServeOptions): { config: ServeConfig; logLev
     controlSocket: control.socket ?? layout.controlSocket,
     controlTcp: control.tcp,
     defaultVolumeSize,
+    nbd: buildNbdSettings(o, dataDir),
   };
   return logFile === undefined ? { config, logLevel: o.logLevel } : { config, logLevel: o.logLevel, logFile };
+}
+
+/** TLS and limits from the flags over the configuration file. */
+export function buildNbdSettings(o: ServeOptions, dataDir: string): NbdSettings {
+  const flags: NbdSettingsInput = {};
+  for (const k of NBD_SETTINGS_KEYS) {
+    const v = (o as unknown as Record<string, unknown>)[k];
+    if (v !== undefined) (flags as Record<string, unknown>)[k] = typeof v === 'string' && k.startsWith('tls') && k !== 'tls' ? path.resolve(v) : v;
+  }
+  try {
+    const file = o.config ? readConfigFile(path.resolve(o.config)) : {};
+    return resolveNbdSettings(flags, file, dataDir);
+  } catch (err) {
+    if (err instanceof SettingsError) throw new CliError(err.message, EXIT.USAGE);
+    throw err;
+  }
 }
 
 /** Runs the daemon; resolves with the exit code once it has stopped. */
@@ -108,7 +141,7 @@ export async function serveCommand(o: ServeOptions): Promise<number> {
     process.exit(EXIT.FAILURE);
   });
   try {
-    const code = await runDaemon(config, logger, fileBackend);
+    const code = o.stdio !== undefined ? await runStdio(config, o.stdio, logger, imageBackend()) : await runDaemon(config, logger, imageBackend());
     flush();
     return code;
   } catch (err) {

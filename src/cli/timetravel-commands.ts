@@ -41,17 +41,19 @@ export async function point(volume: string, at: string, o: GlobalOptions & Json)
   print(`${at} is ${pointLine(p)}`);
 }
 
-export async function snapshot(volume: string, o: GlobalOptions & Json & { at?: string; name?: string }): Promise<void> {
+export async function snapshot(volume: string, o: GlobalOptions & Json & { at?: string; name?: string; allow?: string[] }): Promise<void> {
   if (!o.at) throw new CliError("required option '--at <point>' not specified", EXIT.USAGE);
   const body: Record<string, unknown> = { at: o.at };
   if (o.name) body.name = o.name;
+  if (o.allow?.length) body.allow = o.allow;
   const v = await makeClient(o).request<ViewInfo>('POST', vol(volume, 'snapshots'), body);
   if (o.json) return print(JSON.stringify(v, null, 2));
   await printView(v, o, 'created');
 }
 
-export async function clone(source: string, o: GlobalOptions & Json & { at?: string; name?: string; readOnly?: boolean }): Promise<void> {
+export async function clone(source: string, o: GlobalOptions & Json & { at?: string; name?: string; readOnly?: boolean; allow?: string[] }): Promise<void> {
   const body: Record<string, unknown> = {};
+  if (o.allow?.length) body.allow = o.allow;
   if (o.at) body.at = o.at;
   if (o.name) body.name = o.name;
   if (o.readOnly) body.readOnly = true;

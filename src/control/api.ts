@@ -47,6 +47,8 @@ export interface VolumeView {
   protection: { group: string; volumeId: number } | null;
   /** Why the volume's export is offline (a production restore), or null. */
   offline: string | null;
+  /** Access control list (allow entries); empty: everyone. */
+  allow: string[];
 }
 
 export interface CreateVolumeBody {
@@ -61,6 +63,8 @@ export interface CreateVolumeBody {
   protected?: boolean;
   /** Consistency group to join (implies protected). */
   group?: string;
+  /** Access control list: "addr:CIDR", "uid:N", "gid:N", "cert:CN=NAME", "any"; absent: everyone. */
+  allow?: string[];
 }
 
 export interface DeleteResult {

@@ -37,7 +37,16 @@ import {
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
-  stats(): { connections: number; requests: number; bytesRead: number; bytesWritten: number; errors: number };
+  stats(): {
+    connections: number;
+    requests: number;
+    bytesRead: number;
+    bytesWritten: number;
+    errors: number;
+    connectionsRefused?: number;
+    handshakeTimeouts?: number;
+    stallDisconnects?: number;
+  };
   disconnectExport(name: string): number;
   drainExport(name: string): Promise<void>;
   connectionCount(exportName?: string): number;
@@ -69,7 +78,7 @@ export class HttpError extends Error {
   }
 }
 
-const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group']);
+const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group', 'allow']);
 
 export class ControlServer {
   private readonly servers: { server: http.Server; unixPath?: string }[] = [];
@@ -285,7 +294,7 @@ export class ControlServer {
   private async createVolume(body: Record<string, unknown>): Promise<VolumeView> {
     for (const key of Object.keys(body)) {
       if (!CREATE_FIELDS.has(key)) {
-        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description, protected, group)`);
+        throw new HttpError(400, `unknown field "${key}" (expected name, size, readOnly, path, description, protected, group, allow)`);
       }
     }
     const b = body as Partial<CreateVolumeBody>;
@@ -297,6 +306,7 @@ export class ControlServer {
       description: b.description,
       protected: b.protected,
       group: b.group,
+      allow: b.allow,
     });
     return this.view(record);
   }
@@ -319,6 +329,7 @@ export class ControlServer {
       uris: nbdUris(this.opts.endpoints, record.name),
       protection: record.protection ? { group: record.protection.group, volumeId: record.protection.volumeId } : null,
       offline: this.opts.volumes.offlineReason(record.name),
+      allow: record.allow ?? [],
     };
   }
 
@@ -341,6 +352,9 @@ export class ControlServer {
       ['rewind_nbd_read_bytes_total', 'Bytes read by NBD clients', 'bytesRead'],
       ['rewind_nbd_written_bytes_total', 'Bytes written by NBD clients', 'bytesWritten'],
       ['rewind_nbd_errors_total', 'NBD requests that failed', 'errors'],
+      ['rewind_nbd_connections_refused_total', 'NBD connections refused (connection limit or shutdown)', 'connectionsRefused'],
+      ['rewind_nbd_handshake_timeouts_total', 'NBD connections closed for a handshake over the time limit', 'handshakeTimeouts'],
+      ['rewind_nbd_stall_disconnects_total', 'NBD connections closed for leaving replies unread', 'stallDisconnects'],
     ];
     for (const [name, help, key] of counters) {
       let last = 0;
@@ -349,7 +363,7 @@ export class ControlServer {
         help,
         registers: [reg],
         collect() {
-          const now = nbd.stats()[key];
+          const now = nbd.stats()[key] ?? 0;
           if (now > last) this.inc(now - last);
           last = now;
         },

@@ -157,16 +157,16 @@ export async function routeTimeTravel(
     case 'snapshots': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'name']);
-      sendJson(res, 201, await tt.snapshot(name, body.at, body.name));
+      only(body, ['at', 'name', 'allow']);
+      sendJson(res, 201, await tt.snapshot(name, body.at, body.name, { allow: body.allow }));
       return true;
     }
     case 'clones': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'name', 'readOnly']);
+      only(body, ['at', 'name', 'readOnly', 'allow']);
       if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw new UserError('invalid', 'readOnly must be true or false');
-      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true }));
+      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow }));
       return true;
     }
     case 'restores':

@@ -15,11 +15,12 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Catalog, GroupRecord, VolumeRecord } from '../catalog/catalog';
 import { GroupJournal, type CommitInfo, type ManagerLink } from '../journal/group-journal';
-import { ProtectedVolume } from '../journal/protected-volume';
+import { ProtectedVolume, type VolumeIoStatus } from '../journal/protected-volume';
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
 import { UserError } from './errors';
+import { withFaults } from './fault-injection';
 import type { Logger } from './volumes';
 
 interface GroupRuntime {
@@ -47,6 +48,8 @@ export interface VolumeProtectionStatus {
   lastError: string | null;
   /** First transaction pinned by snapshots, clones or running exports (no cleanup may remove it or later ones); null if none. */
   pinnedFrom: number | null;
+  /** Production I/O failures (counts, last error, whether it is failing now). */
+  io: VolumeIoStatus;
 }
 
 export interface VerifyReport {
@@ -120,7 +123,7 @@ export class Protection {
     const smPath = this.stateMapPath(v.name);
     await fs.promises.mkdir(path.dirname(smPath), { recursive: true, mode: 0o700 });
     const stateMap = await StateMap.open(smPath, { volumeSize: v.size, regionSize: rt.record.regionSize });
-    const production = await FileExport.open(v.path);
+    const production = withFaults(await FileExport.open(v.path), v.path);
     const pv = new ProtectedVolume(v.name, v.protection!.volumeId, production, rt.journal, stateMap);
     rt.journal.addStateMap(v.protection!.volumeId, stateMap);
     rt.volumes.set(v.name, pv);
@@ -153,6 +156,7 @@ export class Protection {
     const pv = rt.volumes.get(v.name)!;
     rt.volumes.delete(v.name);
     this.byVolume.delete(v.name);
+    pv.dispose();
     await pv.stateMap.close();
     await pv.production.close?.();
     if (rt.volumes.size === 0) {
@@ -229,6 +233,7 @@ export class Protection {
       transactions: ms.transactions,
       lastError: js.lastError,
       pinnedFrom: rt.manager.pinnedFrom(),
+      io: pv.ioStatus(),
     };
   }
 
@@ -281,6 +286,7 @@ export class Protection {
       await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
       await rt.manager.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {
+        pv.dispose();
         await pv.stateMap.close().catch(() => undefined);
         await pv.production.close?.();
       }

@@ -20,7 +20,10 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { Catalog } from '../catalog/catalog';
 import { ControlServer, hostPort, type NbdEndpoints } from '../control/server';
-import { NbdServer } from '../nbd/server';
+import { NbdServer, type NbdServerOptions } from '../nbd/server';
+import type { PeerCredentials } from '../nbd/export';
+import { nativeAvailable, peerCredentials } from '../native';
+import type { NbdSettings } from './nbd-settings';
 import type { HostPort } from '../util/address';
 import { isLoopback } from '../util/address';
 import { formatSize } from '../util/size';
@@ -32,6 +35,7 @@ import { ensureControlToken } from './token';
 import { VolumeManager, type ImageBackend } from './volumes';
 import { Protection } from './protection';
 import { TimeTravel } from '../timetravel/service';
+import { faultController, FAULTS_ENV } from './fault-injection';
 
 export interface ServeConfig {
   dataDir: string;
@@ -45,6 +49,23 @@ export interface ServeConfig {
   controlTcp: HostPort[];
   /** Size of the default volume created on first start, or null for none. */
   defaultVolumeSize: number | null;
+  /** TLS and limits of the NBD server (see nbd-settings.ts); defaults: no TLS, DEFAULT_LIMITS. */
+  nbd?: NbdSettings;
+}
+
+/** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
+export function nbdServerOptions(config: ServeConfig): Pick<NbdServerOptions, 'tls' | 'limits' | 'peerCredentials'> {
+  const out: Pick<NbdServerOptions, 'tls' | 'limits' | 'peerCredentials'> = { peerCredentials: unixPeerCredentials };
+  if (config.nbd) {
+    out.tls = config.nbd.tls;
+    out.limits = config.nbd.limits;
+  }
+  return out;
+}
+
+/** SO_PEERCRED through the native addon; null where it is not available. */
+export function unixPeerCredentials(fd: number): PeerCredentials | null {
+  return nativeAvailable() ? peerCredentials(fd) : null;
 }
 
 const MAX_UNIX_PATH = 107;
@@ -94,6 +115,8 @@ export class Daemon {
       }
     }
     if (ensureDataDir(layout.dataDir)) logger.info({ dataDir: layout.dataDir }, 'created data directory');
+    const faults = faultController();
+    if (faults) logger.warn({ controlFile: faults.file }, `fault injection is enabled (${FAULTS_ENV}): for tests only`);
 
     const lock = await DataDirLock.acquire(layout);
     const cleanups: (() => Promise<void> | void)[] = [() => lock.release()];
@@ -140,7 +163,7 @@ export class Daemon {
         if (made) logger.info({ volume: made.name }, `created the default volume (${formatSize(made.size)})`);
       }
 
-      const nbd = new NbdServer({ provider: volumes, logger: logger.child({ component: 'nbd' }) });
+      const nbd = new NbdServer({ provider: volumes, logger: logger.child({ component: 'nbd' }), ...nbdServerOptions(config) });
       nbdRef = nbd;
       cleanups.push(() => nbd.close());
       const endpoints: NbdEndpoints = {};
@@ -182,6 +205,8 @@ export class Daemon {
           control: config.controlSocket,
           volumes: catalog.count(),
           threadpool: threadpoolSize(),
+          tls: config.nbd?.tls.mode ?? 'off',
+          limits: nbd.limits,
         },
         'rewind daemon ready',
       );

@@ -27,6 +27,7 @@ import {
 } from '../catalog/catalog';
 import type { Protection } from './protection';
 import type { TimeTravel } from '../timetravel/service';
+import { AclError, aclAllows, effectiveAcl, parseAcl } from '../access/acl';
 import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
 import { UserError } from './errors';
 import { managedImagePath, type DataDirLayout } from './paths';
@@ -62,6 +63,8 @@ export interface CreateVolumeRequest {
   protected?: unknown;
   /** Consistency group to join (implies protected); default: a group of its own. */
   group?: unknown;
+  /** Access control list: entry strings (src/access/acl.ts); absent = everyone. */
+  allow?: unknown;
 }
 
 export interface VolumeInfo extends VolumeRecord {
@@ -95,18 +98,35 @@ export class VolumeManager implements ExportProvider {
     return out;
   }
 
+  /** ACL check (asked by the NBD server before LIST entries and opens). */
+  authorize(name: string, client: ClientInfo): boolean {
+    const n = name === '' ? DEFAULT_VOLUME : name;
+    const record = this.catalog.get(n);
+    if (record) return aclAllows(record.allow, client);
+    // A snapshot, clone or surfaced marker answers to its source volume's list.
+    const tt = this.timeTravel;
+    if (tt?.has(n)) {
+      const v = tt.get(n);
+      return aclAllows(effectiveAcl(v.allow ?? undefined, this.catalog.get(v.volume)?.allow), client);
+    }
+    return true;
+  }
+
   async open(name: string, client: ClientInfo): Promise<OpenedExport | null> {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
     if (!record) {
       const tt = this.timeTravel;
       if (!tt || !tt.has(volumeName)) return null;
+      const v = tt.get(volumeName);
+      // Snapshots and clones answer to their source volume's access list.
+      if (!aclAllows(effectiveAcl(v.allow ?? undefined, this.catalog.get(v.volume)?.allow), client)) return null;
       const exp = await tt.openExport(volumeName);
       if (!exp) return null;
-      const v = tt.get(volumeName);
       this.logger.debug({ view: volumeName, conn: client.id }, 'view opened');
       return { name: volumeName, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${v.point.time})`, export: exp };
     }
+    if (!aclAllows(record.allow, client)) return null;
     if (this.offline.has(volumeName)) {
       this.logger.info({ volume: volumeName, conn: client.id, reason: this.offline.get(volumeName) }, 'refused a client: the volume is offline');
       return null;
@@ -264,6 +284,13 @@ export class VolumeManager implements ExportProvider {
     }
 
     const description = typeof req.description === 'string' ? req.description : '';
+    let allow: string[] | undefined;
+    try {
+      allow = parseAcl(req.allow);
+    } catch (err) {
+      if (err instanceof AclError) throw new UserError('invalid', err.message);
+      throw err;
+    }
     let record: VolumeRecord;
     let createdImage: { dir: string } | null = null;
     if (req.path !== undefined && req.path !== null) {
@@ -297,6 +324,7 @@ export class VolumeManager implements ExportProvider {
         description,
       };
     }
+    if (allow) record.allow = allow;
     try {
       if (protect) {
         const groupName = group ?? name;

@@ -12,7 +12,16 @@
  *      the production write failed);
  *   6. acknowledge (for FUA, after image, AILFC and state map are durable).
  *
+ * A failed production write (step 4) is answered with the error and
+ * journaled as an error record; then, still under the range lock, the
+ * range's current production content is re-read and journaled as resync
+ * records, because a failed (or short) write may have changed part of it:
+ * so the replica never diverges from production. If that read fails too,
+ * the range stays pinned dirty in the state map and is re-captured on the
+ * next flush, by a retry timer, or at the next start-up.
+ *
  * Reads, block status and cache go straight to the production image.
+ * Failures of every kind are counted (ioStatus()) for the volume's status.
  * One ProtectedVolume serves every connection to the volume; it keeps no
  * per-connection state, so multi-conn holds.
  */
@@ -32,6 +41,22 @@ import type { StateMap } from './state-map';
 
 /** Resync reads production in pieces of this size. */
 const RESYNC_CHUNK = 1024 * 1024;
+/** Retry re-capturing ranges a failed write left unknown this often. */
+const RECAPTURE_RETRY_MS = 1000;
+
+export type IoOp = 'read' | 'write' | 'trim' | 'zero' | 'flush';
+
+/** Production I/O failures seen by a protected volume. */
+export interface VolumeIoStatus {
+  /** "failing" while the latest production operation failed; "ok" again after one succeeds. */
+  state: 'ok' | 'failing';
+  errors: Record<IoOp, number>;
+  /** Error records journaled (one per failed write, trim or zero). */
+  errorRecords: number;
+  lastError: { time: string; op: IoOp; offset: number; length: number; code: string; message: string } | null;
+  /** Ranges a failed write left unknown that could not be re-read yet. */
+  recapturePending: number;
+}
 
 export class ProtectedVolume implements NbdExport {
   readonly size: number;
@@ -42,6 +67,13 @@ export class ProtectedVolume implements NbdExport {
   private writesInFlight = 0;
   private quiesceWaiters: Array<() => void> = [];
   private gate: Promise<void> | null = null;
+  private readonly ioErrors: Record<IoOp, number> = { read: 0, write: 0, trim: 0, zero: 0, flush: 0 };
+  private errorRecords = 0;
+  private lastIoError: VolumeIoStatus['lastError'] = null;
+  private failing = false;
+  private readonly pendingRecapture: Array<{ offset: number; length: number }> = [];
+  private recaptureTimer: NodeJS.Timeout | null = null;
+  private disposed = false;
 
   constructor(
     readonly name: string,
@@ -81,12 +113,41 @@ export class ProtectedVolume implements NbdExport {
   }
 
   read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.production.read(offset, length, into);
+    return this.production.read(offset, length, into).then(undefined, (err) => this.ioFailed('read', offset, length, err));
   }
 
   get readSparse(): ((offset: number, length: number, into?: Buffer) => Promise<ReadChunk[]>) | undefined {
     const p = this.production;
-    return p.readSparse ? (o, l, into) => p.readSparse!(o, l, into) : undefined;
+    return p.readSparse
+      ? (o, l, into) => p.readSparse!(o, l, into).then(undefined, (err) => this.ioFailed('read', o, l, err))
+      : undefined;
+  }
+
+  /** Count a production failure, then rethrow it. */
+  private ioFailed(op: IoOp, offset: number, length: number, err: unknown): never {
+    this.ioErrors[op]++;
+    this.failing = true;
+    const e = err as NodeJS.ErrnoException | undefined;
+    this.lastIoError = {
+      time: new Date().toISOString(),
+      op,
+      offset,
+      length,
+      code: e?.code ?? 'EIO',
+      message: String(e?.message ?? err).slice(0, 512),
+    };
+    throw err;
+  }
+
+  /** Production I/O failures, for the volume's status. */
+  ioStatus(): VolumeIoStatus {
+    return {
+      state: this.failing ? 'failing' : 'ok',
+      errors: { ...this.ioErrors },
+      errorRecords: this.errorRecords,
+      lastError: this.lastIoError,
+      recapturePending: this.pendingRecapture.length,
+    };
   }
 
   blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -130,7 +191,72 @@ export class ProtectedVolume implements NbdExport {
 
   /** FLUSH: production image, AILFC and state map durable. */
   async flush(): Promise<void> {
-    await Promise.all([this.production.flush(), this.journal.sync(), this.stateMap.sync()]);
+    if (this.pendingRecapture.length) await this.retryRecaptures();
+    try {
+      await Promise.all([this.production.flush(), this.journal.sync(), this.stateMap.sync()]);
+    } catch (err) {
+      this.ioFailed('flush', 0, 0, err);
+    }
+  }
+
+  /**
+   * Journal the current production content of [offset, offset+length) as
+   * resync records (new seqs). The caller holds the range lock. Returns
+   * false, leaving the range pinned dirty, if production cannot be read.
+   */
+  private async recapture(offset: number, length: number): Promise<boolean> {
+    for (let off = offset; off < offset + length; off += RESYNC_CHUNK) {
+      const len = Math.min(RESYNC_CHUNK, offset + length - off);
+      let data: Buffer;
+      try {
+        data = await this.production.read(off, len);
+      } catch (err) {
+        this.ioErrors.read++;
+        this.stateMap.pin(offset, length);
+        this.pendingRecapture.push({ offset, length });
+        this.scheduleRecaptureRetry();
+        return false;
+      }
+      const seq = this.journal.reserve();
+      let marked = true;
+      try {
+        this.stateMap.markDirty(off, len, seq);
+      } catch {
+        marked = false;
+      }
+      await this.journal.append(seq, RecordKind.Resync, this.volumeId, off, len, data);
+      if (!marked) {
+        this.stateMap.pin(offset, length);
+        this.pendingRecapture.push({ offset, length });
+        this.scheduleRecaptureRetry();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private scheduleRecaptureRetry(): void {
+    if (this.recaptureTimer || this.disposed) return;
+    this.recaptureTimer = setTimeout(() => {
+      this.recaptureTimer = null;
+      void this.retryRecaptures().catch(() => undefined);
+    }, RECAPTURE_RETRY_MS);
+    this.recaptureTimer.unref?.();
+  }
+
+  /** Re-capture the ranges earlier failures left unknown (each under its range lock). */
+  private async retryRecaptures(): Promise<void> {
+    const ranges = this.pendingRecapture.splice(0);
+    for (const r of ranges) {
+      const lock = this.locks.acquire(r.offset, r.length);
+      try {
+        if (lock.wait) await lock.wait;
+        this.stateMap.unpin(r.offset, r.length);
+        await this.recapture(r.offset, r.length);
+      } finally {
+        lock.release();
+      }
+    }
   }
 
   private async intercept(
@@ -149,18 +275,26 @@ export class ProtectedVolume implements NbdExport {
       if (lock.wait) await lock.wait;
       const seq = this.journal.reserve();
       let failure: unknown = null;
+      let marked = false;
       try {
         this.stateMap.markDirty(offset, length, seq);
+        marked = true;
         await apply();
       } catch (err) {
         failure = err;
       }
-      lock.release();
       if (failure) {
         const msg = Buffer.from(String((failure as Error)?.message ?? failure).slice(0, 1024), 'utf8');
         await this.journal.append(seq, RecordKind.Error, this.volumeId, offset, length, msg);
-        throw failure;
+        this.errorRecords++;
+        // The image may hold part of the write: journal what it holds now,
+        // before any later overlapping write can run (we hold the lock).
+        if (marked) await this.recapture(offset, length);
+        lock.release();
+        this.ioFailed(kind === RecordKind.Write ? 'write' : kind === RecordKind.Trim ? 'trim' : 'zero', offset, length, failure);
       }
+      this.failing = false;
+      lock.release();
       await this.journal.append(seq, kind, this.volumeId, offset, length, payload, (fua ? RECORD_FLAG_FUA : 0) | extraFlags);
       if (fua) await this.flush();
     } finally {
@@ -190,6 +324,13 @@ export class ProtectedVolume implements NbdExport {
 
   /** Connections come and go; the volume's lifetime is the daemon's business. */
   close(): void {}
+
+  /** The daemon is closing the volume: stop retrying re-captures (start-up resyncs what stays dirty). */
+  dispose(): void {
+    this.disposed = true;
+    if (this.recaptureTimer) clearTimeout(this.recaptureTimer);
+    this.recaptureTimer = null;
+  }
 }
 
 const NO_FUA: WriteFlags = Object.freeze({ fua: false });

@@ -118,6 +118,8 @@ export class StateMap {
 
   private scratch = new Uint8Array(64);
   private closed = false;
+  /** Regions clearCommitted() must leave dirty (content unknown after a failed write), with a count per region. */
+  private readonly pins = new Map<number, number>();
 
   private constructor(filePath: string, fd: number, regionSize: number, volumeSize: number, regionCount: number, bitmap: Buffer) {
     this.path = filePath;
@@ -287,7 +289,7 @@ export class StateMap {
           if (!(v & (1 << bit))) continue;
           const r = i * 8 + bit;
           const s = arr[r];
-          if (s === 0 ? clearLoaded : s <= c1) {
+          if ((s === 0 ? clearLoaded : s <= c1) && !(this.pins.size > 0 && this.pins.has(r))) {
             nv &= ~(1 << bit);
             if (s === 0) this.loaded--;
             arr[r] = 0;
@@ -302,7 +304,7 @@ export class StateMap {
     } else {
       const m = this.seqMap!;
       for (const [r, s] of m) {
-        if (s <= committedSeq) {
+        if (s <= committedSeq && !(this.pins.size > 0 && this.pins.has(r))) {
           m.delete(r);
           const i = r >>> 3;
           bm[i] &= ~(1 << (r & 7));
@@ -316,7 +318,7 @@ export class StateMap {
           if (v === 0) continue;
           let nv = v;
           for (let bit = 0; bit < 8; bit++) {
-            if (v & (1 << bit) && !m.has(i * 8 + bit)) nv &= ~(1 << bit);
+            if (v & (1 << bit) && !m.has(i * 8 + bit) && !this.pins.has(i * 8 + bit)) nv &= ~(1 << bit);
           }
           if (nv !== v) {
             const n = POPCOUNT[v & ~nv & 0xff];
@@ -332,6 +334,34 @@ export class StateMap {
     this.writePages(pages);
     this.maybeToSparse();
     return cleared;
+  }
+
+  /**
+   * Keep the regions of [offset, offset+length) dirty whatever commits
+   * (until unpin()): their production content is not known to be in the
+   * journal. They must already be marked dirty. Pins nest.
+   */
+  pin(offset: number, length: number): void {
+    if (length <= 0) return;
+    const first = Math.floor(offset / this.regionSize);
+    const last = Math.floor((offset + length - 1) / this.regionSize);
+    for (let r = first; r <= last; r++) this.pins.set(r, (this.pins.get(r) ?? 0) + 1);
+  }
+
+  unpin(offset: number, length: number): void {
+    if (length <= 0) return;
+    const first = Math.floor(offset / this.regionSize);
+    const last = Math.floor((offset + length - 1) / this.regionSize);
+    for (let r = first; r <= last; r++) {
+      const n = this.pins.get(r) ?? 0;
+      if (n <= 1) this.pins.delete(r);
+      else this.pins.set(r, n - 1);
+    }
+  }
+
+  /** Regions pinned dirty. */
+  pinnedCount(): number {
+    return this.pins.size;
   }
 
   /**

@@ -39,6 +39,13 @@ export interface BlockDeviceInfo {
 }
 
 /** An Error raised by a failed system call. */
+/** Credentials of the process at the other end of a Unix socket (SO_PEERCRED). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
 export interface NativeError extends Error {
   code: string;
   errno: number;
@@ -58,6 +65,7 @@ interface RawAddon {
   fadviseWillNeed(fd: number, offset: number, length: number): void;
   preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  peerCredentials(fd: number): PeerCredentials;
   linux: boolean;
 }
 
@@ -232,6 +240,11 @@ export function preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: 
  */
 export function pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
   return loadNative().pwriteNoWait(fd, buf, bufOffset, length, position);
+}
+
+/** getsockopt(SO_PEERCRED) on a connected Unix socket's fd. Throws if fd is not one. */
+export function peerCredentials(fd: number): PeerCredentials {
+  return loadNative().peerCredentials(fd);
 }
 
 export function isNotSupported(err: unknown): boolean {

@@ -10,8 +10,8 @@
  * - an option or request payload over the limits is refused, and the
  *   connection closed where the spec allows no other answer.
  */
+import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import * as tls from 'node:tls';
 import { InputQueue } from './inbuf';
 import * as P from './protocol';
 import {
@@ -24,6 +24,9 @@ import {
   type OpenedExport,
   type ExportProvider,
 } from './export';
+import { upgradeToTls, type TlsSettings } from './tls';
+
+export type { TlsMode, TlsSettings } from './tls';
 
 export interface ServerLimits {
   /** Connections served at once; further ones are closed at accept. */
@@ -46,7 +49,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxConnections: 256,
   maxInflightPerConnection: 64,
   maxBufferedBytesPerConnection: 64 * 1024 * 1024,
-  handshakeTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
   maxOptionLength: 64 * 1024,
   writeStallTimeoutMs: 60_000,
   maxDiscardPayload: 64 * 1024 * 1024,
@@ -66,21 +69,15 @@ export const silentLogger: NbdLogger = {
   error() {},
 };
 
-export type TlsMode = 'off' | 'on' | 'require';
-
-export interface TlsSettings {
-  mode: TlsMode;
-  /** Required unless mode is 'off'. */
-  secureContext?: tls.SecureContext;
-  /** Ask for and verify a client certificate against the context's CA. */
-  requestCert?: boolean;
-}
-
 export interface ConnectionStats {
   requests: number;
   bytesRead: number;
   bytesWritten: number;
   errors: number;
+  /** Connections closed for not finishing the handshake in time. */
+  handshakeTimeouts: number;
+  /** Connections closed for leaving replies unread past the stall timeout. */
+  stallDisconnects: number;
 }
 
 interface Hooks {
@@ -136,6 +133,9 @@ export class Connection {
   private transmitFlags = 0;
 
   private handshakeTimer: NodeJS.Timeout | null = null;
+  private readonly startedAt = Date.now();
+  /** The plaintext socket while STARTTLS is upgrading it. */
+  private tlsUpgrading: Duplex | null = null;
   private stallTimer: NodeJS.Timeout | null = null;
   private optionBusy = false;
   private inflight = 0;
@@ -173,6 +173,7 @@ export class Connection {
     this.attach(sock);
     this.handshakeTimer = setTimeout(() => {
       this.log('warn', { timeoutMs: hooks.limits.handshakeTimeoutMs }, 'handshake timed out');
+      hooks.stats.handshakeTimeouts++;
       this.destroy();
     }, hooks.limits.handshakeTimeoutMs);
     this.handshakeTimer.unref?.();
@@ -192,6 +193,7 @@ export class Connection {
 
   /** Hard disconnect. */
   destroy(): void {
+    this.tlsUpgrading?.destroy();
     if (this.phase === Phase.Closed || this.phase === Phase.Closing) {
       this.sock.destroy();
       return;
@@ -462,8 +464,10 @@ export class Connection {
 
   private async optList(data: Buffer): Promise<void> {
     if (data.length !== 0) return this.optionReply(P.OPT_LIST, P.REP_ERR_INVALID, 'LIST takes no data');
-    const list = await this.hooks.provider.list(this.info);
+    const provider = this.hooks.provider;
+    const list = await provider.list(this.info);
     for (const e of list) {
+      if (provider.authorize && !(await this.authorized(e.name))) continue;
       const name = Buffer.from(e.name, 'utf8');
       const desc = Buffer.from(e.description ?? '', 'utf8');
       const b = Buffer.allocUnsafe(4 + name.length + desc.length);
@@ -478,50 +482,64 @@ export class Connection {
   private async optStartTls(data: Buffer): Promise<void> {
     const t = this.hooks.tls;
     if (data.length !== 0) return this.optionReply(P.OPT_STARTTLS, P.REP_ERR_INVALID, 'STARTTLS takes no data');
-    if (t.mode === 'off' || !t.secureContext) {
+    if (t.mode === 'off' || !t.credentials) {
       return this.optionReply(P.OPT_STARTTLS, P.REP_ERR_POLICY, 'TLS is not enabled on this server');
     }
     if (this.info.tls) return this.optionReply(P.OPT_STARTTLS, P.REP_ERR_INVALID, 'TLS is already active');
+    if (!(this.sock instanceof net.Socket)) {
+      return this.optionReply(P.OPT_STARTTLS, P.REP_ERR_POLICY, 'TLS is not available on this transport');
+    }
+    // The client must wait for our ACK before its TLS ClientHello: bytes
+    // already here would be plaintext smuggled past the upgrade.
+    if (this.input.length > 0) throw new ProtocolViolation('data sent after STARTTLS before its reply');
     this.optionReply(P.OPT_STARTTLS, P.REP_ACK);
     // Upgrade in place. Any state negotiated before TLS is forgotten.
     const raw = this.sock;
     this.detach(raw);
-    const secure = new tls.TLSSocket(raw as import('node:net').Socket, {
-      isServer: true,
-      secureContext: t.secureContext,
-      requestCert: !!t.requestCert,
-      rejectUnauthorized: !!t.requestCert,
-    });
-    this.sock = secure;
+    raw.on('error', this.onError);
+    this.tlsUpgrading = raw;
     this.structured = false;
     this.metaExport = null;
     this.metaSelected = false;
-    await new Promise<void>((resolve, reject) => {
-      const fail = (err: Error) => {
-        secure.off('secure', ok);
-        reject(new ProtocolViolation(`TLS handshake failed: ${err.message}`));
-      };
-      const ok = () => {
-        secure.off('error', fail);
-        resolve();
-      };
-      secure.once('secure', ok);
-      secure.once('error', fail);
-      raw.once('close', () => fail(new Error('connection closed')));
-    });
-    this.attach(secure);
+    const left = this.hooks.limits.handshakeTimeoutMs - (Date.now() - this.startedAt);
+    let up;
+    try {
+      up = await upgradeToTls(raw, t, left);
+    } catch (err) {
+      throw new ProtocolViolation((err as Error).message);
+    } finally {
+      this.tlsUpgrading = null;
+    }
+    if (this.phase !== Phase.Options) {
+      up.socket.destroy();
+      return;
+    }
+    this.sock = up.socket;
+    this.attach(up.socket);
     this.info.tls = true;
-    this.info.transport = 'tls';
-    const peer = secure.getPeerCertificate();
-    if (peer && peer.subject) {
-      const s = peer.subject as unknown as Record<string, string>;
-      this.info.certSubject = Object.entries(s)
-        .map(([k, v]) => `${k}=${v}`)
-        .join(',');
+    if (up.cert) this.info.cert = up.cert;
+    if (up.certSubject !== undefined) this.info.certSubject = up.certSubject;
+    this.log('debug', { cert: up.certSubject }, 'TLS established');
+  }
+
+  /** The provider's access decision for `name`; a failing check denies. */
+  private async authorized(name: string): Promise<boolean> {
+    const p = this.hooks.provider;
+    if (!p.authorize) return true;
+    try {
+      return (await p.authorize(name, this.info)) === true;
+    } catch (e) {
+      this.log('warn', { err: (e as Error).message, name }, 'access check failed; denying');
+      return false;
     }
   }
 
-  private async openExport(name: string): Promise<OpenedExport | null> {
+  /** Opens `name` for this client: the export, null if there is none, or 'denied'. */
+  private async openExport(name: string): Promise<OpenedExport | null | 'denied'> {
+    if (!(await this.authorized(name))) {
+      this.log('info', { name, remote: this.info.remoteAddress, peer: this.info.peer, cert: this.info.certSubject }, 'access denied');
+      return 'denied';
+    }
     try {
       return await this.hooks.provider.open(name, this.info);
     } catch (e) {
@@ -550,6 +568,7 @@ export class Connection {
   private async optExportName(data: Buffer): Promise<void> {
     const name = data.toString('utf8');
     const opened = await this.openExport(name);
+    if (opened === 'denied') throw new ProtocolViolation(`EXPORT_NAME for export ${JSON.stringify(name)}: access denied`);
     if (!opened) throw new ProtocolViolation(`EXPORT_NAME for unknown export ${JSON.stringify(name)}`);
     if (this.phase !== Phase.Options) {
       await opened.export.close?.();
@@ -576,6 +595,7 @@ export class Connection {
     for (let i = 0; i < nreq; i++) requests.add(data.readUInt16BE(6 + nameLen + 2 * i));
 
     const opened = await this.openExport(name);
+    if (opened === 'denied') return this.optionReply(opt, P.REP_ERR_POLICY, `access to export ${JSON.stringify(name)} denied`);
     if (!opened) {
       return this.optionReply(opt, P.REP_ERR_UNKNOWN, `export ${JSON.stringify(name)} not found`);
     }
@@ -651,6 +671,7 @@ export class Connection {
     if (pos !== data.length) return this.optionReply(opt, P.REP_ERR_INVALID, 'trailing bytes after queries');
 
     const opened = await this.openExport(name);
+    if (opened === 'denied') return this.optionReply(opt, P.REP_ERR_POLICY, `access to export ${JSON.stringify(name)} denied`);
     if (!opened) return this.optionReply(opt, P.REP_ERR_UNKNOWN, `export ${JSON.stringify(name)} not found`);
     await opened.export.close?.();
 
@@ -878,6 +899,7 @@ export class Connection {
     if (outBacklog >= L.maxBufferedBytesPerConnection && !this.stallTimer) {
       this.stallTimer = setTimeout(() => {
         this.log('warn', { backlog: this.sock.writableLength }, 'client is not reading replies; disconnecting');
+        this.hooks.stats.stallDisconnects++;
         this.destroy();
       }, L.writeStallTimeoutMs);
       this.stallTimer.unref?.();

@@ -121,9 +121,30 @@ export interface NbdExport {
   close?(): Promise<void> | void;
 }
 
-/** Who is asking: used by providers for access control and logging. */
+/** Credentials of the process at the other end of a Unix socket (SO_PEERCRED). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** A client certificate that was verified against the server's CA. */
+export interface ClientCertificate {
+  /** Subject attributes, e.g. { CN: ["alice"], O: ["Acme"] }. */
+  subject: Record<string, string[]>;
+  /** Issuer attributes, same shape. */
+  issuer: Record<string, string[]>;
+  /** SHA-256 fingerprint, colon-separated upper-case hex (as Node prints it). */
+  fingerprint256: string;
+}
+
+/**
+ * Who is asking: the identity providers use for access control and logging.
+ * The server fills in what the transport tells it; it never decides access
+ * itself (see ExportProvider.authorize).
+ */
 export interface ClientInfo {
-  /** "tcp" | "unix" | "stdio" | "tls" */
+  /** "tcp" | "unix" | "stdio" | a caller's label for serveStream(). Stays the same after STARTTLS. */
   transport: string;
   remoteAddress?: string;
   remotePort?: number;
@@ -131,8 +152,12 @@ export interface ClientInfo {
   id: number;
   /** True once STARTTLS has completed. */
   tls: boolean;
-  /** Subject of a verified client certificate, if any. */
+  /** Subject of a verified client certificate as "CN=alice,O=Acme", if any. */
   certSubject?: string;
+  /** The verified client certificate, if the server asked for one and it verified. */
+  cert?: ClientCertificate;
+  /** Unix socket (and stdio over a socketpair): the peer process, when the server could learn it. */
+  peer?: PeerCredentials;
 }
 
 export interface ExportListing {
@@ -154,6 +179,15 @@ export interface ExportProvider {
    * does not exist or this client may not see it.
    */
   open(name: string, client: ClientInfo): Promise<OpenedExport | null>;
+  /**
+   * Optional access control: may this client see and open export `name`
+   * (as the client spelled it; "" is the default export)? The server asks
+   * before NBD_OPT_INFO, NBD_OPT_GO, NBD_OPT_EXPORT_NAME and meta-context
+   * options (a denied export gets NBD_REP_ERR_POLICY, or the connection is
+   * closed for EXPORT_NAME) and filters NBD_OPT_LIST with it. Absent: every
+   * export is open to every client.
+   */
+  authorize?(name: string, client: ClientInfo): boolean | Promise<boolean>;
 }
 
 export interface OpenedExport {

@@ -7,3 +7,4 @@ export * from './export';
 export * as protocol from './protocol';
 export { NbdServer } from './server';
 export type { NbdServerOptions, ServerLimits, NbdLogger } from './server';
+export { upgradeToTls, checkTlsSettings, formatSubject, TLS_MODES, type TlsMode, type TlsSettings } from './tls';

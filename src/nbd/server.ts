@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { ClientInfo, ExportProvider } from './export';
+import type { ClientInfo, ExportProvider, PeerCredentials } from './export';
 import {
   Connection,
   DEFAULT_LIMITS,
@@ -16,6 +16,7 @@ import {
   type ServerLimits,
   type TlsSettings,
 } from './connection';
+import { checkTlsSettings } from './tls';
 
 export type { NbdLogger, ServerLimits, TlsSettings, TlsMode } from './connection';
 export { DEFAULT_LIMITS } from './connection';
@@ -25,6 +26,12 @@ export interface NbdServerOptions {
   logger?: NbdLogger;
   limits?: Partial<ServerLimits>;
   tls?: TlsSettings;
+  /**
+   * Learns the credentials of the peer of a Unix socket from its file
+   * descriptor (getsockopt SO_PEERCRED; Node has no API for it, so the
+   * caller supplies one). Absent, or returning null: ClientInfo.peer stays unset.
+   */
+  peerCredentials?: (fd: number) => PeerCredentials | null;
 }
 
 export interface ServerStats extends ConnectionStats {
@@ -38,12 +45,13 @@ export class NbdServer extends EventEmitter {
   private readonly provider: ExportProvider;
   private readonly logger: NbdLogger;
   private tlsSettings: TlsSettings;
+  private readonly peerCredentials: ((fd: number) => PeerCredentials | null) | undefined;
   private readonly sockets: net.Server[] = [];
   private readonly unixPaths: string[] = [];
   private readonly conns = new Set<Connection>();
   private nextId = 1;
   private closing = false;
-  private readonly counters: ConnectionStats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  private readonly counters: ConnectionStats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0, handshakeTimeouts: 0, stallDisconnects: 0 };
   private connectionsTotal = 0;
   private connectionsRefused = 0;
 
@@ -53,9 +61,12 @@ export class NbdServer extends EventEmitter {
     this.logger = opts.logger ?? silentLogger;
     this.limits = { ...DEFAULT_LIMITS, ...(opts.limits ?? {}) };
     this.tlsSettings = opts.tls ?? { mode: 'off' };
-    if (this.tlsSettings.mode !== 'off' && !this.tlsSettings.secureContext) {
-      throw new Error(`TLS mode ${this.tlsSettings.mode} needs certificates (secureContext)`);
-    }
+    checkTlsSettings(this.tlsSettings);
+    this.peerCredentials = opts.peerCredentials;
+  }
+
+  get tlsMode(): TlsSettings['mode'] {
+    return this.tlsSettings.mode;
   }
 
   async listenTcp(host: string, port: number): Promise<{ address: string; port: number }> {
@@ -91,8 +102,8 @@ export class NbdServer extends EventEmitter {
    * Serve one already-connected stream (stdio mode, socket activation,
    * tests). Resolves when the connection ends.
    */
-  serveStream(stream: Duplex, transport = 'stdio'): Promise<void> {
-    const c = this.accept(stream, { transport, id: this.nextId++, tls: false });
+  serveStream(stream: Duplex, transport = 'stdio', identity: Partial<Pick<ClientInfo, 'peer' | 'remoteAddress'>> = {}): Promise<void> {
+    const c = this.accept(stream, { transport, id: this.nextId++, tls: false, ...identity });
     return c ? c.closed() : Promise.resolve();
   }
 
@@ -146,7 +157,9 @@ export class NbdServer extends EventEmitter {
     };
   }
 
+  /** New TLS settings for connections accepted from now on. */
   setTls(settings: TlsSettings): void {
+    checkTlsSettings(settings);
     this.tlsSettings = settings;
   }
 
@@ -156,6 +169,16 @@ export class NbdServer extends EventEmitter {
       if (transport === 'tcp') {
         info.remoteAddress = raw.remoteAddress;
         info.remotePort = raw.remotePort;
+      } else if (this.peerCredentials) {
+        const fd = (raw as unknown as { _handle?: { fd?: number } })._handle?.fd;
+        if (typeof fd === 'number' && fd >= 0) {
+          try {
+            const peer = this.peerCredentials(fd);
+            if (peer) info.peer = peer;
+          } catch (err) {
+            this.logger.warn({ err: (err as Error).message }, 'cannot read Unix socket peer credentials');
+          }
+        }
       }
       if (this.tlsSettings.mode !== 'off') {
         // STARTTLS wraps the socket later; keep ordinary 'data' delivery.

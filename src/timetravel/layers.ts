@@ -69,6 +69,8 @@ export interface ViewRecord {
   surfaced?: string;
   /** For a diff export: the earlier point. */
   from?: ResolvedPoint;
+  /** Its own access list (allow entries); absent: the source volume's. */
+  allow?: string[];
 }
 
 type BlockKey = [number, number];

@@ -29,6 +29,7 @@ import { PointImage, STATUS_BLOCKS, type ImageSource } from './point-image';
 import { LayeredImage, ViewStore, WriteLayer, type LayerRecord, type ViewRecord } from './layers';
 import { ViewExport } from './view-export';
 import { isZero } from '../util/zero';
+import { AclError, parseAcl } from '../access/acl';
 import { changedRuns, DiffImage, runsToExtents, writeDiffFile, type Extent } from './diff';
 import { dueRules, parseDuration, parseRule, runHook, type HookResult, type MarkerKind, type MarkerRecord, type Schedule } from './markers';
 
@@ -77,6 +78,8 @@ export interface ViewInfo {
   /** Blocks written to the clone (its own layer). */
   writtenBlocks: number;
   steps: number;
+  /** Its own access list, if it has one (else the source volume's applies). */
+  allow: string[] | null;
 }
 
 export interface Progress {
@@ -259,6 +262,7 @@ export class TimeTravel {
       created: v.created,
       writtenBlocks: written,
       steps: v.steps,
+      allow: v.allow ?? null,
     };
   }
 
@@ -311,8 +315,9 @@ export class TimeTravel {
     return name;
   }
 
-  /** `rewind snapshot VOL --at POINT [--name N]`. */
-  snapshot(volume: string, at: unknown, name?: unknown): Promise<ViewInfo> {
+  /** `rewind snapshot VOL --at POINT [--name N] [--allow SPEC]...`. */
+  snapshot(volume: string, at: unknown, name?: unknown, opts: { allow?: unknown } = {}): Promise<ViewInfo> {
+    const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
       const { point, ctx } = await this.resolve(volume, at);
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(volume, 'snap', point.seq) : String(name);
@@ -330,6 +335,7 @@ export class TimeTravel {
         readOnly: true,
         created: new Date().toISOString(),
         steps: 0,
+        ...(allow ? { allow } : {}),
       };
       pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec] });
@@ -343,10 +349,11 @@ export class TimeTravel {
    * volume (then --at is required) or a clone (its current content; --at is
    * refused).
    */
-  clone(source: string, at: unknown, name?: unknown, opts: { readOnly?: boolean } = {}): Promise<ViewInfo> {
+  clone(source: string, at: unknown, name?: unknown, opts: { readOnly?: boolean; allow?: unknown } = {}): Promise<ViewInfo> {
+    const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
       const parent = this.store.view(source);
-      if (parent) return this.cloneOfView(parent, at, name, opts);
+      if (parent) return this.cloneOfView(parent, at, name, { ...opts, allow });
       if (at === undefined || at === null || at === '') throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
       const { point, ctx } = await this.resolve(source, at);
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
@@ -365,6 +372,7 @@ export class TimeTravel {
         readOnly: opts.readOnly === true,
         created: new Date().toISOString(),
         steps: 0,
+        ...(allow ? { allow } : {}),
       };
       pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec], layers: [layer] });
@@ -373,7 +381,7 @@ export class TimeTravel {
     });
   }
 
-  private async cloneOfView(parent: ViewRecord, at: unknown, name: unknown, opts: { readOnly?: boolean }): Promise<ViewInfo> {
+  private async cloneOfView(parent: ViewRecord, at: unknown, name: unknown, opts: { readOnly?: boolean; allow?: string[] | undefined }): Promise<ViewInfo> {
     if (at !== undefined && at !== null && at !== '') {
       throw new UserError('invalid', `"${parent.name}" is a ${parent.kind}: a clone of it takes its current content, so --at does not apply`);
     }
@@ -392,6 +400,10 @@ export class TimeTravel {
       created: now,
       steps: 0,
     };
+    // Its own list, else the parent clone's (which defaults to the volume's).
+    if (opts.allow) rec.allow = opts.allow;
+    else if (parent.allow) rec.allow = parent.allow;
+    else delete rec.allow;
     const layers: LayerRecord[] = [childTop];
     const views: ViewRecord[] = [rec];
     if (parent.kind === 'clone' && !parent.readOnly && parent.layers.length) {
@@ -990,6 +1002,15 @@ export class TimeTravel {
     }
     this.runtimes.clear();
     await this.store.close();
+  }
+}
+
+function viewAcl(raw: unknown): string[] | undefined {
+  try {
+    return parseAcl(raw);
+  } catch (err) {
+    if (err instanceof AclError) throw new UserError('invalid', err.message);
+    throw err;
   }
 }
 

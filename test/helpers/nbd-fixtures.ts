@@ -134,6 +134,27 @@ export class RawPeer {
     });
     return new RawPeer(s);
   }
+  /** Over a Unix socket. */
+  static async connectPath(socketPath: string): Promise<RawPeer> {
+    const s = net.connect({ path: socketPath });
+    await new Promise<void>((r, j) => {
+      s.once('connect', r);
+      s.once('error', j);
+    });
+    return new RawPeer(s);
+  }
+  /** Over an already connected socket (e.g. a TLS socket after STARTTLS). */
+  static over(sock: net.Socket): RawPeer {
+    return new RawPeer(sock);
+  }
+  /** Stop reading the socket (before handing it to tls.connect); returns bytes received but not consumed. */
+  release(): Buffer {
+    this.sock.removeAllListeners('data');
+    this.sock.removeAllListeners('close');
+    const rest = this.buf;
+    this.buf = Buffer.alloc(0);
+    return rest;
+  }
   private wake() {
     for (const w of this.waiters.splice(0)) w();
   }
