@@ -237,3 +237,31 @@ test('addon: SO_PEERCRED gives the peer process of a Unix socket; a non-socket f
   t.teardown(() => fs.closeSync(fd));
   t.throws(() => peerCredentials(fd), { code: 'ENOTSOCK' } as any);
 });
+
+test.serial('daemon: snapshots and clones answer to their source volume’s list unless given their own', async (t) => {
+  need('nbdinfo', 'qemu-io');
+  const d: TestDaemon = await startDaemon({ args: ['--no-default-volume'] });
+  t.teardown(() => d.cleanup());
+  const uid = process.getuid!();
+  // Only Unix-socket clients of this uid may use the volume.
+  await createVolume(d, 'src', '4M', '--protected', '--allow', `uid:${uid}`);
+  await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 64k', d.nbdUnixUri('src')]);
+  const cli = async (args: string[]) => {
+    const r = await d.cli(args);
+    if (r.code !== 0) throw new Error(`rewind ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  await cli(['snapshot', 'src', '--at', 'latest', '--name', 'inherit']);
+  await cli(['clone', 'src', '--at', 'latest', '--name', 'own', '--allow', 'addr:127.0.0.1']);
+  await cli(['clone', 'own', '--name', 'child']);
+  // Inherited: TCP clients are refused like on the source; the owner over the Unix socket reads it.
+  await fails('nbdinfo', [d.nbdUri('inherit')]);
+  await ok('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x42 0 64k', d.nbdUnixUri('inherit')]);
+  // Its own list: TCP from 127.0.0.1 allowed, the Unix socket (no address) refused; a clone of it inherits that.
+  await ok('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x42 0 64k', d.nbdUri('own')]);
+  await fails('nbdinfo', [d.nbdUnixUri('own')]);
+  await ok('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x42 0 64k', d.nbdUri('child')]);
+  t.deepEqual(await listNames(d.nbdUri('')), ['child', 'own']);
+  t.deepEqual((await d.api('GET', '/v1/views/own')).body.allow, ['addr:127.0.0.1']);
+  t.is((await d.api('GET', '/v1/views/inherit')).body.allow, null);
+});
