@@ -229,6 +229,21 @@ test.serial('bad points get clear errors naming the valid ones; restore with clo
   const img = await readExport(d, 'bp', 4 * MiB);
   t.true(img.subarray(0, 65536).equals(pattern(65536, 1)));
   t.true(img.subarray(131072, 262144).equals(Buffer.alloc(131072)), 'writes after @seq:2 are rolled back');
+  // A block-range restore touches only its ranges.
+  const c2 = await NbdClient.connect({ port: d.nbdPort, exportName: 'bp' });
+  await c2.write(0, pattern(65536, 9));
+  await c2.write(131072, pattern(65536, 10));
+  await c2.flush();
+  c2.destroy();
+  const rr = JSON.parse(await cli(d, ['restore', 'bp', '--to', '@seq:1', '--range', '0:16K', '--range', '128K:4K', '--force', '--no-progress', '--json']));
+  t.is(rr.bytesWritten, 16384 + 4096);
+  const part = await readExport(d, 'bp', 4 * MiB);
+  t.true(part.subarray(0, 16384).equals(pattern(65536, 1).subarray(0, 16384)), 'first range back at @seq:1');
+  t.true(part.subarray(16384, 65536).equals(pattern(65536, 9).subarray(16384)), 'outside the ranges: untouched');
+  t.true(part.subarray(131072, 135168).equals(Buffer.alloc(4096)), 'second range back at @seq:1 (zero then)');
+  t.true(part.subarray(135168, 196608).equals(pattern(65536, 10).subarray(4096)), 'the rest of that write stays');
+  const badRange = await d.cli(['restore', 'bp', '--to', '@seq:1', '--range', '4M:1M', '--force', '--no-progress']);
+  t.regex(badRange.stderr, /runs past the end of the volume/);
   // The clone kept its point.
   const cl = await readExport(d, 'bpc', 4 * MiB);
   t.true(cl.subarray(65536, 131072).equals(pattern(65536, 2)));
