@@ -2,7 +2,10 @@
  * VM test rig benchmark: the guest of vm-images/ on a Rewind volume
  * (unprotected and protected) against the same guest on nbdkit's file plugin.
  *
- *   node dist/tools/bench-vm.js [--size 512M] [--repeat 3] [--mb 128] [--only rewind,rewind-protected,nbdkit] [--json]
+ *   node dist/tools/bench-vm.js [--size 512M] [--repeat 3] [--mb 128] [--only rewind,rewind-protected,rewind-clone,nbdkit] [--json]
+ *
+ * rewind-clone: the tree is written to a protected volume, and the guest then
+ * boots (and dd's) on a writable clone of it at its latest write.
  *
  * Every guest reaches its disk over NBD TCP on 127.0.0.1. For each target: the guest formats ext4 and writes a file tree (write-tree),
  * then, --repeat times: a boot that only probes the disk (boot), a boot that
@@ -48,10 +51,13 @@ async function guest(image: GuestImage, disk: GuestDisk, scenario: string, args:
   return r;
 }
 
-async function measure(image: GuestImage, target: string, disk: GuestDisk, o: { repeat: number; mb: number }): Promise<Row> {
-  process.stderr.write(`${target}: write-tree\n`);
-  const w = await guest(image, disk, 'write-tree', { seed: 1, files: 128 });
-  const digest = w.results.manifest_sha256!;
+async function measure(image: GuestImage, target: string, disk: GuestDisk, o: { repeat: number; mb: number; digest?: string }): Promise<Row> {
+  let digest = o.digest;
+  if (!digest) {
+    process.stderr.write(`${target}: write-tree\n`);
+    const w = await guest(image, disk, 'write-tree', { seed: 1, files: 128 });
+    digest = w.results.manifest_sha256!;
+  }
   const boot: number[] = [];
   const bootGuest: number[] = [];
   const verify: number[] = [];
@@ -85,7 +91,7 @@ async function main(): Promise<void> {
     .option('--size <bytes>', 'disk size', '512M')
     .option('--repeat <n>', 'rounds per target (medians are reported)', '3')
     .option('--mb <MiB>', 'dd size', '128')
-    .option('--only <targets>', 'comma-separated: rewind,rewind-protected,nbdkit', 'rewind,rewind-protected,nbdkit')
+    .option('--only <targets>', 'comma-separated: rewind,rewind-protected,rewind-clone,nbdkit', 'rewind,rewind-protected,rewind-clone,nbdkit')
     .option('--dir <dir>', 'parent of the temporary directory', '/var/tmp')
     .option('--json', 'print JSON')
     .parse()
@@ -118,7 +124,16 @@ async function main(): Promise<void> {
     const mb = Number(o.mb);
     for (const target of targets) {
       let disk: GuestDisk;
-      if (target === 'rewind' || target === 'rewind-protected') {
+      let digest: string | undefined;
+      if (target === 'rewind-clone') {
+        const rw = (args: string[]) => runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args]);
+        await rw(['volume', 'create', 'clonesrc', '--size', String(size), '--protected']);
+        const w = await guest(image, { uri: `nbd://127.0.0.1:${servers[0]!.port}/clonesrc` }, 'write-tree', { seed: 1, files: 128 });
+        digest = w.results.manifest_sha256!;
+        const c = await rw(['clone', 'clonesrc', '--at', 'latest', '--name', 'vmclone']);
+        if (c.code !== 0) throw new Error(`rewind clone: ${c.stderr}`);
+        disk = { uri: `nbd://127.0.0.1:${servers[0]!.port}/vmclone` };
+      } else if (target === 'rewind' || target === 'rewind-protected') {
         const name = target === 'rewind' ? 'plain' : 'protected';
         await runCommand(process.execPath, [
           BIN, '--data-dir', dataDir, 'volume', 'create', name, '--size', String(size), ...(target === 'rewind' ? [] : ['--protected']),
@@ -138,7 +153,7 @@ async function main(): Promise<void> {
       } else {
         throw new Error(`unknown target ${target}`);
       }
-      rows.push(await measure(image, target, disk, { repeat, mb }));
+      rows.push(await measure(image, target, disk, digest ? { repeat, mb, digest } : { repeat, mb }));
     }
   } finally {
     for (const s of servers) await s.stop();

@@ -869,6 +869,7 @@ export class TimeTravel {
       throw new UserError('conflict', `volume "${volume}" has ${views.length} snapshot(s)/clone(s) attached (${views.map((v) => v.name).join(', ')}); delete them or pass --force (they keep their point in time)`);
     }
     const ranges = parseRanges(body.ranges, ctx.size);
+    if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
     this.restoring.add(volume);
     try {
       const { point } = await this.resolve(volume, body.to);
