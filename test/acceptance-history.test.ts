@@ -202,6 +202,12 @@ test.serial('schedules place markers on their own, survive a restart, and expire
   t.false(late.some((m) => m.name === auto.find((a: { retainUntil: number | null }) => a.retainUntil !== null)?.name), 'an expired marker was deleted');
   await cli(d, ['schedule', 'sc', '--clear']);
   t.regex(await cli(d, ['schedule', 'sc']), /no schedule/);
+  // Deleting the volume takes its markers and schedule along: a new volume of the same name starts clean.
+  await cli(d, ['checkpoint', 'sc', '--every', '3600']);
+  await cli(d, ['volume', 'rm', 'sc']);
+  await cli(d, ['volume', 'create', 'sc', '--size', '4M', '--protected']);
+  t.is((await api(d, 'GET', '/v1/markers/sc')).markers.length, 0);
+  t.regex(await cli(d, ['schedule', 'sc']), /no schedule/);
 });
 
 type Op = { offset: number; length: number; kind: 'write' | 'zero' | 'trim'; seed: number };

@@ -212,7 +212,12 @@ export class VolumeManager implements ExportProvider {
       await this.catalog.remove(name);
       const disconnected = opts.disconnect(name);
       await opts.drained(name);
-      if (record.protection) await this.protection?.detach(record);
+      if (record.protection) {
+        await this.protection?.detach(record);
+        // Its markers, schedule and any restore intent go with it (and the group's markers with the group).
+        const groupGone = !this.catalog.getGroup(record.protection.group);
+        await this.timeTravel?.volumeRemoved(name, record.protection.group, groupGone);
+      }
       let dataDeleted = false;
       if (!opts.keepData && !record.external) {
         const { dir, image } = managedImagePath(this.layout, name);

@@ -988,6 +988,15 @@ export class TimeTravel {
     }
   }
 
+  /** A protected volume was deleted: drop its schedule, restore intent and markers (all the group's if the group is gone). */
+  async volumeRemoved(volume: string, group: string, groupGone: boolean): Promise<void> {
+    await this.store.putSchedule(null, volume);
+    await this.store.putRestoreIntent(null, volume);
+    const gone = this.store.markers(group).filter((m) => groupGone || m.volume === volume);
+    if (gone.length) await this.store.removeMarkers(gone.map((m) => [m.group, m.name] as [string, string]));
+    if (groupGone) this.pinSourcesAdded.delete(group);
+  }
+
   restores(volume?: string): RestoreResult[] {
     return this.store.restoreLog<RestoreResult>().filter((r) => !volume || r.volume === volume);
   }
