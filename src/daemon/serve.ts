@@ -266,6 +266,7 @@ export class Daemon {
       }
     };
     await step('closing control API', () => this.control.close());
+    if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());

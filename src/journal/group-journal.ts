@@ -373,13 +373,10 @@ export class GroupJournal {
     const run = this.superRun;
     if (!run) return;
     if (run.lastContainer === null) {
-      const r = await this.seal('super-end');
+      await this.seal('super-end');
       await this.sealing;
       // Degraded again meanwhile: the run stays open, a later resync ends it.
-      if (this.degraded) return;
-      // If the active container was empty, the last container sealed before ends it.
-      run.lastContainer = r ? r.containerId : this.active.header.containerId - 1;
-      this.saveSuperState();
+      if (run.lastContainer === null) return;
       this.log.info({ group: this.groupId, super: run }, 'super transaction sealed');
     }
     const last = this.pending.get(run.lastContainer);
@@ -462,7 +459,9 @@ export class GroupJournal {
 
   private async doSeal(reason: string): Promise<{ containerId: number; committed: Promise<CommitInfo | null> } | null> {
     if (this.closed || (this.degraded && this.degraded.kind !== 'pool')) return null;
-    if (this.active.recordCount === 0) return null;
+    // The end of a super transaction is sealed even if empty: its container carries the "last" tag.
+    const superEnd = reason === 'super-end' && this.superRun !== null && this.superRun.lastContainer === null && !this.degraded;
+    if (this.active.recordCount === 0 && !superEnd) return null;
     // Seals requested by size while an earlier one was switching containers
     // find a fresh, small active container: leave it alone.
     if (reason === 'size' && this.active.size < this.sealBytes) return null;
@@ -479,6 +478,10 @@ export class GroupJournal {
     }
     // Switch: records from here on go to the new container.
     const old = this.active;
+    if (superEnd && this.superRun && this.superRun.lastContainer === null && !this.degraded) {
+      this.superRun.lastContainer = old.header.containerId;
+      this.saveSuperState();
+    }
     this.active = next;
     this.spare = this.createWriter(this.nextContainer++);
     this.spare.catch(() => undefined);

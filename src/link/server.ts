@@ -408,12 +408,17 @@ export class LinkServer {
     };
   }
 
-  async close(): Promise<void> {
+  /** Stop taking connections and containers (the first step of a shutdown). */
+  async stopLink(): Promise<void> {
     this.closed = true;
     const s = this.server;
     this.server = null;
-    if (s) await new Promise<void>((r) => s.close(() => r()));
     for (const c of [...this.conns]) c.destroy('manager shutting down');
+    if (s) await new Promise<void>((r) => s.close(() => r()));
+  }
+
+  async close(): Promise<void> {
+    await this.stopLink();
     for (const g of this.groups.values()) await g.manager.close().catch(() => undefined);
     this.groups.clear();
   }
