@@ -133,7 +133,7 @@ test.serial('link outage: pool fills, degraded mode (no host error or pause), li
   const model = Buffer.alloc(SIZE);
   const snapshots = new Map<number, string>(); // seq -> sha256 of the model after that write
   const c = await NbdClient.connect({ path: p.i.nbdSocket, exportName: 'pv' });
-  t.teardown(() => c.close());
+  t.teardown(() => c.disconnect().catch(() => undefined));
   let seq = 0;
   let maxLatency = 0;
   const write = async (off: number, len: number, tag: number) => {
@@ -310,5 +310,5 @@ test.serial('authentication and TLS: wrong secret, plaintext peer and wrong-cert
   void g;
   await waitFor('garbage refused', async () => (m.logs.match(/link peer refused/g) ?? []).length >= 4, 10_000);
   const h = await m.json<{ pid: number }>(['status']);
-  t.is(h.pid, m.pid);
+  t.is(h.pid, m.pid!);
 });

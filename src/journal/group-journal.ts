@@ -325,7 +325,16 @@ export class GroupJournal {
     for (const cb of this.stateListeners) cb('degraded');
   }
 
-  onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
+  get poolLimitBytes(): number {
+    return this.poolLimit;
+  }
+
+  /** Sealed containers not yet committed. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+    onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
     this.stateListeners.push(cb);
   }
 
@@ -386,6 +395,20 @@ export class GroupJournal {
       this.saveSuperState();
       for (const cb of this.stateListeners) cb('normal');
     }
+  }
+
+  /**
+   * The highest seq whose commit may clear state-map bits. Writes from the
+   * degraded stretch were never journaled but have lower seqs than the
+   * records journaled after it: until the super transaction's last container
+   * is committed, no region dirtied from its fromSeq on may be cleared.
+   */
+  private clearCap(): number {
+    let cap = Infinity;
+    if (this.degraded?.kind === 'pool' && this.degraded.fromSeq !== undefined) cap = this.degraded.fromSeq - 1;
+    const r = this.superRun;
+    if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer)) cap = Math.min(cap, r.fromSeq - 1);
+    return cap;
   }
 
   private tagFor(containerId: number): SealedContainerRef['superTransaction'] {
@@ -524,7 +547,7 @@ export class GroupJournal {
           this.committedSeq = Math.max(this.committedSeq, c.lastSeq);
           this.committedTime = Math.max(this.committedTime, c.lastTime);
         }
-        for (const m of this.stateMaps.values()) m.clearCommitted(this.committedSeq);
+        for (const m of this.stateMaps.values()) m.clearCommitted(Math.min(this.committedSeq, this.clearCap()));
         await fs.promises.rm(ref.path, { force: true });
         for (const cb of this.commitListeners) cb(c);
         if (this.drained) for (const cb of this.stateListeners) cb('drained');

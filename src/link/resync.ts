@@ -97,14 +97,18 @@ export class ResyncController {
     this.regionsLeft = regions;
     this.log.info({ group: this.journal.groupId, super: run, regions }, 'resync of dirty regions started (super transaction)');
     let bytes = 0;
+    const limit = this.journal.poolLimitBytes;
+    const step = limit > 0 ? Math.max(1 << 20, Math.min(STEP, Math.floor(limit / 4))) : STEP;
     for (const w of work) {
-      for (let off = w.offset; off < w.offset + w.length; off += STEP) {
+      for (let off = w.offset; off < w.offset + w.length; off += step) {
         if (this.closed) return;
         if (this.journal.isDegraded) {
           this.log.warn({ group: this.journal.groupId }, 'degraded again during the resync: it resumes once the pool drains');
           return;
         }
-        const len = Math.min(STEP, w.offset + w.length - off);
+        const len = Math.min(step, w.offset + w.length - off);
+        await this.roomFor(len);
+        if (this.journal.isDegraded || this.closed) continue;
         bytes += await w.pv.resyncRange(off, len);
         this.regionsLeft = Math.max(0, this.regionsLeft - Math.ceil(len / w.pv.stateMap.regionSize));
       }
@@ -114,6 +118,20 @@ export class ResyncController {
     this.regionsLeft = 0;
     this.lastDurationMs = Date.now() - t0;
     this.log.info({ group: this.journal.groupId, bytes, ms: this.lastDurationMs }, 'resync done: super transaction committed, back to normal');
+  }
+
+  /**
+   * The resync pushes back through the pool: it waits for the manager to
+   * commit (sealing what it has written) rather than filling the pool and
+   * degrading again. Only host writes can fill it.
+   */
+  private async roomFor(len: number): Promise<void> {
+    const limit = this.journal.poolLimitBytes;
+    if (!limit) return;
+    while (!this.closed && !this.journal.isDegraded && this.journal.poolUsage() + len + (1 << 20) > limit) {
+      if (this.journal.pendingCount === 0) await this.journal.seal('resync');
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
 
   status(): ResyncStatus {

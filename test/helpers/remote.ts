@@ -181,6 +181,11 @@ export class RoleDaemon {
 
   async cleanup(): Promise<void> {
     await this.kill('SIGKILL');
+    if (process.env.REWIND_TEST_KEEP) {
+      fs.writeFileSync(path.join(this.dataDir, 'test-daemon.log'), this.logs);
+      console.error(`kept ${this.dataDir}`);
+      return;
+    }
     fs.rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
