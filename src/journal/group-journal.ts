@@ -268,7 +268,12 @@ export class GroupJournal {
   }
 
   private write(rec: RecordInput, payload: Buffer | null): Promise<void> {
-    if (this.degraded || this.closed) return RESOLVED;
+    if (this.closed) return RESOLVED;
+    if (this.degraded) {
+      // Not journaled, but written: the lag (recovery point) counts from it.
+      if (this.degraded.kind === 'pool') this.lastAppendedTime = Date.now();
+      return RESOLVED;
+    }
     const w = this.active;
     if (this.poolLimit > 0 && this.poolUsage() + RECORD_HEADER_SIZE + (payload?.length ?? 0) > this.poolLimit) {
       this.enterPoolDegraded(rec.seq);

@@ -234,7 +234,7 @@ export class RemoteLink implements ManagerLink {
   private connect(): void {
     if (this.closed) return;
     const { host, port } = this.opts;
-    const session = ++this.session;
+    this.session++;
     let sock: net.Socket;
     if (this.opts.tls) {
       const t = this.opts.tls;
@@ -346,7 +346,6 @@ export class RemoteLink implements ManagerLink {
         }
       }
     });
-    void session;
   }
 
   private write(sock: net.Socket, b: Buffer): boolean {
@@ -486,13 +485,15 @@ export class RemoteLink implements ManagerLink {
     }
     try {
       const size = (await fh.stat()).size;
+      let onClose: () => void = () => undefined;
       const ready = new Promise<PutReadyMsg | null>((resolve) => {
         this.readyWaiters.set(ref.containerId, resolve);
-        const onClose = () => resolve(null);
+        onClose = () => resolve(null);
         sock.once('close', onClose);
       });
       this.write(sock, encodeJson(MsgType.PUT, { containerId: ref.containerId, size, footer: ref.footer, ...(ref.superTransaction ? { superTransaction: ref.superTransaction } : {}) }));
       const r = await ready;
+      sock.off('close', onClose);
       if (!r || sock.destroyed) return false;
       this.containersSent++;
       if (r.offset < 0) return true; // the manager has it (committed or spooled): the COMMIT follows
