@@ -31,6 +31,7 @@ import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemov
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
+import { addLinkServeOptions } from './link-options';
 
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -82,6 +83,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
 
   addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+  addLinkServeOptions(program.commands.find((c) => c.name() === 'serve')!);
 
   const volume = program.command('volume').description('manage volumes');
   volume

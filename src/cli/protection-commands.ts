@@ -21,6 +21,16 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
   print(`  sealed, queued  ${s.sealedPending.length ? s.sealedPending.map((n) => `#${n}`).join(' ') : 'none'}`);
   print(`  dirty regions   ${s.dirtyRegions} x ${formatSize(s.regionSize)}`);
   if (s.lastError) print(`  last error      ${s.lastError}`);
+  const x = s as VolumeProtectionStatus & { role?: string; link?: Record<string, unknown> & { state: string; bytesSent?: number; bytesReceived?: number; queued?: number; poolBytes?: number | null; poolLimit?: number | null }; resync?: { state?: string; regionsLeft?: number; superTransaction?: unknown } | null };
+  if (x.link) {
+    const l = x.link;
+    const bytes = l.bytesSent ?? l.bytesReceived ?? 0;
+    print(
+      `  link            ${l.state}${l.manager ? ` to ${l.manager}` : l.peer ? ` from ${l.peer}` : ''} since ${l.since}; ${formatSize(bytes)} ${l.bytesSent !== undefined ? 'sent' : 'received'}; ` +
+        `${l.queued ?? 0} containers queued` + (l.poolLimit ? `; pool ${formatSize(l.poolBytes ?? 0)} of ${formatSize(l.poolLimit)}` : ''),
+    );
+  }
+  if (x.resync) print(`  resync          ${JSON.stringify(x.resync)}`);
   if (s.io) {
     const e = s.io.errors;
     const total = e.read + e.write + e.trim + e.zero + e.flush;

@@ -10,8 +10,9 @@ import { ensureDataDir, runDaemon, type ServeConfig } from '../daemon/serve';
 import { AddressError, parseHostPort, type HostPort } from '../util/address';
 import { parseVolumeSize, SizeError } from '../util/size';
 import { CliError, EXIT, resolveDataDir, type GlobalOptions } from './common';
+import { applyLinkOptions, type LinkServeOptions } from './link-options';
 
-export interface ServeOptions extends GlobalOptions {
+export interface ServeOptions extends GlobalOptions, LinkServeOptions {
   listen: string;
   socket?: string;
   defaultSize: string;
@@ -99,6 +100,7 @@ export function buildServeConfig(o: ServeOptions): { config: ServeConfig; logLev
     defaultVolumeSize,
     nbd: buildNbdSettings(o, dataDir),
   };
+  applyLinkOptions(o, config, o.listen !== DEFAULT_LISTEN);
   return logFile === undefined ? { config, logLevel: o.logLevel } : { config, logLevel: o.logLevel, logFile };
 }
 

@@ -67,6 +67,8 @@ export interface ControlServerOptions {
   endpoints: NbdEndpoints;
   token: string;
   logger: Logger;
+  /** Routes tried before the ordinary volume routes (the manager role's replicated volumes). */
+  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL) => Promise<boolean>;
 }
 
 export class HttpError extends Error {
@@ -206,6 +208,7 @@ export class ControlServer {
       res.end(text);
       return;
     }
+    if (this.opts.extraRoutes && (await this.opts.extraRoutes(req, res, method, p, url))) return;
     if (p === `${API_PREFIX}/volumes`) {
       allow(method, ['GET', 'HEAD', 'POST']);
       if (method === 'POST') {

@@ -22,19 +22,38 @@ import { FileExport } from '../storage/file-export';
 import { UserError } from './errors';
 import { withFaults } from './fault-injection';
 import type { Logger } from './volumes';
+import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
+import { ResyncController, type ResyncStatus } from '../link/resync';
+import { hashReader, HASH_CHUNK } from '../link/server';
+import type { GroupMsg, InterceptStatusMsg } from '../link/protocol';
+
+/** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
+export interface RemoteManagerOptions {
+  host: string;
+  port: number;
+  secret: Buffer | null;
+  tls: LinkTlsClient | null;
+  /** Space limit of each group's local pool of LFCs (degraded mode beyond it). */
+  poolBytes: number;
+  window?: number;
+}
 
 interface GroupRuntime {
   record: GroupRecord;
-  manager: BackupManager;
+  /** The local backup manager; null in the intercept role (it is remote). */
+  manager: BackupManager | null;
   journal: GroupJournal;
   volumes: Map<string, ProtectedVolume>;
+  link?: RemoteLink;
+  resync?: ResyncController;
 }
 
 export interface VolumeProtectionStatus {
   volume: string;
   group: string;
   volumeId: number;
-  state: 'normal' | 'degraded';
+  /** "resync": a super transaction after degraded mode is running (intercept role). */
+  state: 'normal' | 'degraded' | 'resync';
   degraded: { since: string; reason: string } | null;
   appliedSeq: number;
   appliedContainer: number;
@@ -50,6 +69,9 @@ export interface VolumeProtectionStatus {
   pinnedFrom: number | null;
   /** Production I/O failures (counts, last error, whether it is failing now). */
   io: VolumeIoStatus;
+  /** Intercept role: the link to the remote manager, the local LFC pool, the resync. */
+  link?: RemoteLinkStatus & { poolBytes: number; poolLimit: number };
+  resync?: ResyncStatus & { superTransaction: { id: number; fromSeq: number; lastContainer: number | null } | null };
 }
 
 export interface VerifyReport {
@@ -72,6 +94,7 @@ export class Protection {
     private readonly dataDir: string,
     private readonly catalog: Catalog,
     private readonly logger: Logger,
+    private readonly remote: RemoteManagerOptions | null = null,
   ) {}
 
   /** Open every group in the catalog: manager recovery first, then the journal, then resync. */
@@ -94,6 +117,7 @@ export class Protection {
     const dir = this.groupDir(record.name);
     await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
     const log = this.logger;
+    if (this.remote) return this.openRemoteGroup(record, vols, dir);
     const manager = await BackupManager.open(path.join(dir, 'manager'), {
       groupId: record.groupId,
       blockSize: record.blockSize,
@@ -119,6 +143,88 @@ export class Protection {
     return rt;
   }
 
+  private groupMsg(record: GroupRecord, vols: Array<{ name: string; size: number; protection?: { volumeId: number } }>): GroupMsg {
+    return {
+      group: record.name,
+      groupId: record.groupId,
+      blockSize: record.blockSize,
+      regionSize: record.regionSize,
+      volumes: vols.map((v) => ({ volumeId: v.protection!.volumeId, name: v.name, size: v.size })),
+    };
+  }
+
+  /** Intercept role: the journal talks to a remote manager through a RemoteLink, with a bounded LFC pool. */
+  private async openRemoteGroup(record: GroupRecord, vols: VolumeRecord[], dir: string): Promise<GroupRuntime> {
+    const r = this.remote!;
+    const log = this.logger;
+    const link = new RemoteLink({
+      host: r.host,
+      port: r.port,
+      secret: r.secret,
+      tls: r.tls,
+      group: this.groupMsg(record, vols),
+      stateFile: path.join(dir, 'link-state.json'),
+      window: r.window ?? 4,
+      logger: log,
+    });
+    const st = link.committed;
+    const journal = await GroupJournal.open({
+      dir: path.join(dir, 'journal'),
+      groupId: record.groupId,
+      link,
+      sealBytes: record.sealBytes,
+      sealAgeMs: record.sealAgeMs,
+      blockSize: record.blockSize,
+      committedContainer: st.committedContainer,
+      committedSeq: st.committedSeq,
+      logger: log,
+      poolBytes: r.poolBytes,
+    });
+    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link };
+    this.groups.set(record.name, rt);
+    for (const v of vols) await this.openVolume(rt, v);
+    const resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
+    rt.resync = resync;
+    link.setHooks({
+      status: () => this.interceptStatus(rt),
+      catchUp: async () => {
+        await journal.catchUp();
+      },
+      verify: async (volumeId, ready) => {
+        const pv = [...rt.volumes.values()].find((x) => x.volumeId === volumeId);
+        if (!pv) throw new Error(`no volume ${volumeId} in group ${record.name}`);
+        if (journal.isDegraded || journal.superTransaction) throw new Error(`group ${record.name} is ${journal.isDegraded ? 'degraded' : 'resyncing'}: the replica cannot equal production yet`);
+        return pv.quiesced(async () => {
+          await pv.flush();
+          await journal.catchUp();
+          const appliedSeq = journal.status().committedSeq;
+          ready(appliedSeq);
+          const h = await hashReader(pv.size, (off, b) => pv.production.read(off, b.length));
+          return { sha256: h.sha, chunk: HASH_CHUNK, hashes: h.hashes, appliedSeq };
+        });
+      },
+    });
+    link.start();
+    resync.start();
+    return rt;
+  }
+
+  private interceptStatus(rt: GroupRuntime): Omit<InterceptStatusMsg, 'bytesSent' | 'queued'> {
+    const js = rt.journal.status();
+    const rs = rt.resync?.status();
+    return {
+      time: Date.now(),
+      state: rs?.state ?? (js.degraded ? 'degraded' : 'normal'),
+      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason } : null,
+      resync: js.superRun ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, regionsLeft: rs?.regionsLeft ?? 0 } : null,
+      lastAppendedSeq: js.lastAppendedSeq,
+      lastAppendedTime: js.lastAppendedTime,
+      poolBytes: js.poolBytes,
+      poolLimit: js.poolLimit,
+      volumes: [...rt.volumes.values()].map((pv) => ({ volumeId: pv.volumeId, name: pv.name, dirtyRegions: pv.stateMap.dirtyCount() })),
+    };
+  }
+
   private async openVolume(rt: GroupRuntime, v: VolumeRecord): Promise<ProtectedVolume> {
     const smPath = this.stateMapPath(v.name);
     await fs.promises.mkdir(path.dirname(smPath), { recursive: true, mode: 0o700 });
@@ -128,7 +234,8 @@ export class Protection {
     rt.journal.addStateMap(v.protection!.volumeId, stateMap);
     rt.volumes.set(v.name, pv);
     this.byVolume.set(v.name, rt);
-    if (stateMap.dirtyCount() > 0) {
+    // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
+    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
       const r = await pv.resyncDirtyRegions();
       this.logger.warn({ volume: v.name, bytes: r.bytes }, 'resynced regions left dirty by an unclean stop');
     }
@@ -145,8 +252,9 @@ export class Protection {
       return;
     }
     rt.record = group;
-    await rt.manager.addVolume({ volumeId: v.protection!.volumeId, name: v.name, size: v.size });
+    if (rt.manager) await rt.manager.addVolume({ volumeId: v.protection!.volumeId, name: v.name, size: v.size });
     await this.openVolume(rt, v);
+    if (rt.link) rt.link.setGroup(this.groupMsg(group, this.catalog.groupVolumes(group.name)));
   }
 
   /** A protected volume left the catalog and its clients are gone. */
@@ -161,8 +269,10 @@ export class Protection {
     await pv.production.close?.();
     if (rt.volumes.size === 0) {
       this.groups.delete(rt.record.name);
+      rt.resync?.close();
       await rt.journal.close();
-      await rt.manager.close();
+      await rt.manager?.close();
+      await rt.link?.close();
       await fs.promises.rm(this.groupDir(rt.record.name), { recursive: true, force: true });
       await this.catalog.removeGroup(rt.record.name);
     }
@@ -172,7 +282,7 @@ export class Protection {
   /** What time travel needs of a protected volume: its group's history and its intercept. */
   context(name: string): { manager: BackupManager; journal: GroupJournal; pv: ProtectedVolume; group: string; volumeId: number; size: number } {
     const { rt, pv } = this.runtime(name);
-    return { manager: rt.manager, journal: rt.journal, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+    return { manager: this.localManager(rt, 'time travel'), journal: rt.journal, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
   }
 
   /**
@@ -198,6 +308,15 @@ export class Protection {
     return this.byVolume.get(name)?.volumes.get(name);
   }
 
+  /** The group's local manager; in the intercept role, a clear error naming the manager that has the history. */
+  private localManager(rt: GroupRuntime, what: string): BackupManager {
+    if (rt.manager) return rt.manager;
+    throw new UserError(
+      'invalid',
+      `${what} is served by the backup manager (${this.remote!.host}:${this.remote!.port}) in the two-role mode: run the command against the manager's daemon`,
+    );
+  }
+
   private runtime(name: string): { rt: GroupRuntime; pv: ProtectedVolume } {
     const rt = this.byVolume.get(name);
     const pv = rt?.volumes.get(name);
@@ -208,6 +327,7 @@ export class Protection {
   status(name: string): VolumeProtectionStatus {
     const { rt, pv } = this.runtime(name);
     const js = rt.journal.status();
+    if (!rt.manager) return this.remoteStatus(name, rt, pv);
     const ms = rt.manager.status();
     const lagWrites = Math.max(0, js.lastAppendedSeq - ms.lastSeq);
     return {
@@ -237,6 +357,38 @@ export class Protection {
     };
   }
 
+  private remoteStatus(name: string, rt: GroupRuntime, pv: ProtectedVolume): VolumeProtectionStatus {
+    const js = rt.journal.status();
+    const c = rt.link!.committed;
+    const lagWrites = Math.max(0, js.lastAppendedSeq - c.committedSeq);
+    const rs = rt.resync!.status();
+    return {
+      volume: name,
+      group: rt.record.name,
+      volumeId: pv.volumeId,
+      state: rs.state,
+      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason } : null,
+      appliedSeq: c.committedSeq,
+      appliedContainer: c.committedContainer,
+      lastSeq: js.lastAppendedSeq,
+      active: js.active ? { containerId: js.active.containerId, bytes: js.active.bytes, records: js.active.records } : null,
+      sealedPending: js.sealedPending,
+      lag: {
+        writes: lagWrites,
+        bytes: lagWrites > 0 ? js.unappliedBytes : 0,
+        seconds: lagWrites > 0 ? Math.max(0, (js.lastAppendedTime - (c.committedTime || js.lastAppendedTime)) / 1000) : 0,
+      },
+      dirtyRegions: pv.stateMap.dirtyCount(),
+      regionSize: rt.record.regionSize,
+      transactions: c.committedContainer,
+      lastError: js.lastError,
+      pinnedFrom: null,
+      io: pv.ioStatus(),
+      link: { ...rt.link!.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit },
+      resync: { ...rs, superTransaction: js.superRun },
+    };
+  }
+
   async seal(name: string): Promise<{ containerId: number | null; commit: CommitInfo | null }> {
     const { rt } = this.runtime(name);
     const r = await rt.journal.seal('command');
@@ -246,7 +398,7 @@ export class Protection {
 
   log(name: string, opts: { limit?: number } = {}) {
     const { rt } = this.runtime(name);
-    const all = rt.manager.transactions({});
+    const all = this.localManager(rt, 'the transaction log').transactions({});
     return opts.limit ? all.slice(-opts.limit) : all;
   }
 
@@ -256,15 +408,16 @@ export class Protection {
    */
   async verify(name: string): Promise<VerifyReport> {
     const { rt, pv } = this.runtime(name);
-    const blocked = rt.manager.status().blocked;
+    const manager = this.localManager(rt, 'verify (it compares the replica with checksums of production it asks this intercept for)');
+    const blocked = manager.status().blocked;
     if (blocked) {
       throw new UserError('conflict', `the backup manager is blocked at container ${blocked.n}: ${blocked.error}`);
     }
     return pv.quiesced(async () => {
       await pv.flush();
       await rt.journal.catchUp();
-      const containers = await rt.manager.verifyHistory();
-      const replica = rt.manager.replicaPath(pv.volumeId);
+      const containers = await manager.verifyHistory();
+      const replica = manager.replicaPath(pv.volumeId);
       const cmp = await compareFiles(pv.production, replica, pv.size);
       const ok = cmp.equal && containers.every((c) => c.ok);
       return {
@@ -274,7 +427,7 @@ export class Protection {
         replicaSha256: cmp.b,
         firstDifference: cmp.firstDifference,
         bytesCompared: pv.size,
-        appliedSeq: rt.manager.status().lastSeq,
+        appliedSeq: manager.status().lastSeq,
         containers,
         ok,
       };
@@ -283,8 +436,10 @@ export class Protection {
 
   async close(): Promise<void> {
     for (const rt of this.groups.values()) {
+      rt.resync?.close();
       await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
-      await rt.manager.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
+      await rt.link?.close();
+      await rt.manager?.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {
         pv.dispose();
         await pv.stateMap.close().catch(() => undefined);

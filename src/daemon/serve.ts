@@ -36,6 +36,10 @@ import { VolumeManager, type ImageBackend } from './volumes';
 import { Protection } from './protection';
 import { TimeTravel } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from './fault-injection';
+import type { RemoteManagerOptions } from './protection';
+import type { TlsSettings } from '../nbd/tls';
+import { LinkServer } from '../link/server';
+import { managerRoutes, managerTimeTravelHost } from '../link/manager-role';
 
 export interface ServeConfig {
   dataDir: string;
@@ -51,6 +55,14 @@ export interface ServeConfig {
   defaultVolumeSize: number | null;
   /** TLS and limits of the NBD server (see nbd-settings.ts); defaults: no TLS, DEFAULT_LIMITS. */
   nbd?: NbdSettings;
+  /**
+   * Two-role mode (src/link/). "intercept": volumes are served and
+   * journaled here, the backup manager is remote (`remote`). "manager":
+   * no volumes of its own; receives containers on `managerLink.listen`.
+   */
+  role?: 'single' | 'intercept' | 'manager';
+  remote?: RemoteManagerOptions;
+  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -105,6 +117,7 @@ export class Daemon {
     private readonly timeTravel: TimeTravel,
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
+    private readonly linkServer: LinkServer | null = null,
   ) {}
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
@@ -134,31 +147,48 @@ export class Daemon {
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
       cleanups.push(() => catalog.close());
-      const protection = new Protection(layout.dataDir, catalog, logger.child({ component: 'protection' }));
+      const protection = new Protection(layout.dataDir, catalog, logger.child({ component: 'protection' }), config.role === 'intercept' ? config.remote ?? null : null);
       cleanups.push(() => protection.close());
       await protection.start();
+      let linkServer: LinkServer | null = null;
+      if (config.role === 'manager') {
+        const ml = config.managerLink!;
+        linkServer = new LinkServer({ dataDir: layout.dataDir, secret: ml.secret, tls: ml.tls, logger: logger.child({ component: 'link' }) });
+        const ls = linkServer;
+        cleanups.push(() => ls.close());
+        await ls.start();
+        await ls.listen(ml.listen.host, ml.listen.port);
+      }
       const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }), protection);
 
       let nbdRef: NbdServer | null = null;
-      const timeTravel = await TimeTravel.open(layout.dataDir, {
-        context: (v) => protection.context(v),
-        target: (n) => protection.target(n),
-        volumeName: (g, id) => protection.volumeName(g, id),
-        volumeExists: (n) => catalog.get(n) !== undefined,
-        disconnect: async (n) => {
+      const hostBase = {
+        volumeExists: (n: string) => catalog.get(n) !== undefined,
+        disconnect: async (n: string) => {
           if (!nbdRef) return 0;
           const count = nbdRef.disconnectExport(n);
           await nbdRef.drainExport(n);
           return count;
         },
-        setOffline: (v, reason) => volumes.setOffline(v, reason),
+        setOffline: (v: string, reason: string | null) => volumes.setOffline(v, reason),
         logger: logger.child({ component: 'timetravel' }),
-      });
+      };
+      const timeTravel = await TimeTravel.open(
+        layout.dataDir,
+        linkServer
+          ? managerTimeTravelHost(linkServer, hostBase)
+          : {
+              context: (v) => protection.context(v),
+              target: (n) => protection.target(n),
+              volumeName: (g, id) => protection.volumeName(g, id),
+              ...hostBase,
+            },
+      );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
       for (const v of timeTravel.pendingRestoreVolumes()) volumes.setOffline(v, 'an interrupted production restore is being finished');
 
-      if (config.defaultVolumeSize !== null) {
+      if (config.defaultVolumeSize !== null && config.role !== 'manager') {
         const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
         if (made) logger.info({ volume: made.name }, `created the default volume (${formatSize(made.size)})`);
       }
@@ -186,6 +216,7 @@ export class Daemon {
         endpoints,
         token,
         logger: logger.child({ component: 'control' }),
+        ...(linkServer ? { extraRoutes: managerRoutes(linkServer, timeTravel) } : {}),
       });
       cleanups.push(() => control.close());
       await control.listenUnix(config.controlSocket);
@@ -212,7 +243,7 @@ export class Daemon {
       );
       // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
       void timeTravel.resumeRestores();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control);
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, linkServer);
     } catch (err) {
       await cleanup();
       throw err;
@@ -235,9 +266,11 @@ export class Daemon {
       }
     };
     await step('closing control API', () => this.control.close());
+    if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
+    if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());
     await step('closing catalog', () => this.catalog.close());
     await step('releasing data directory', () => this.lock.release());
     this.logger.info('stopped');

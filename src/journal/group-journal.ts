@@ -16,7 +16,16 @@
  *   deleted (the manager keeps its own).
  * - If the journal itself fails (a full or failing journal disk), the group
  *   goes "degraded": production writes go on, the state maps go on
- *   tracking, nothing more is journaled. Resync is a later capability.
+ *   tracking, nothing more is journaled.
+ * - With a pool limit (poolBytes: a remote manager, see src/link/), sealed
+ *   containers not yet committed plus the active one may take at most that
+ *   much space. A record that would go over it puts the group in degraded
+ *   mode of kind "pool" (the active container is sealed, then only the state
+ *   maps track writes). Once the pool has drained, beginSuper() resumes
+ *   journaling: every container from there to endSuper() is tagged as part
+ *   of one super transaction (001 [1168]-[1169]) that also stands for the
+ *   writes never journaled (seqs from fromSeq on). Both states are kept in
+ *   <dir>/super.json so a restart resumes them.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -27,7 +36,7 @@ import {
   scanContainer,
   type RecordInput,
 } from './container';
-import { ContainerKind, RecordKind, containerFileName, type Footer } from './format';
+import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName, type Footer } from './format';
 import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
 import { fsyncDir } from '../util/fsync-dir';
@@ -54,7 +63,27 @@ export interface GroupJournalOptions {
   committedContainer: number;
   committedSeq: number;
   logger: JournalLogger;
+  /** Space limit of the local pool of LFCs (sealed, not yet committed, plus the active one); 0 or absent: none. */
+  poolBytes?: number;
 }
+
+/** A super transaction: the containers from `id` to `lastContainer` (null: still open). */
+export interface SuperRun {
+  id: number;
+  fromSeq: number;
+  lastContainer: number | null;
+}
+
+export interface JournalDegraded {
+  since: string;
+  reason: string;
+  /** "journal": the journal disk failed; "pool": the LFC pool is full (link down or slow). */
+  kind?: 'journal' | 'pool';
+  /** First seq not journaled (pool kind). */
+  fromSeq?: number;
+}
+
+const SUPER_FILE = 'super.json';
 
 interface Parked {
   rec: RecordInput;
@@ -77,8 +106,12 @@ export interface JournalStatus {
   committedContainer: number;
   committedSeq: number;
   committedTime: number;
-  degraded: { since: string; reason: string } | null;
+  degraded: JournalDegraded | null;
   lastError: string | null;
+  /** Bytes of the local pool in use (sealed uncommitted containers + the active one), and its limit (0: none). */
+  poolBytes: number;
+  poolLimit: number;
+  superRun: SuperRun | null;
 }
 
 export class GroupJournal {
@@ -105,7 +138,11 @@ export class GroupJournal {
   private committedContainer: number;
   private committedSeq: number;
   private committedTime = 0;
-  private degraded: { since: string; reason: string } | null = null;
+  private degraded: JournalDegraded | null = null;
+  private readonly poolLimit: number;
+  private readonly pendingFileBytes = new Map<number, number>();
+  private superRun: SuperRun | null = null;
+  private stateListeners: Array<(state: 'degraded' | 'drained' | 'normal') => void> = [];
   private lastError: string | null = null;
   private closed = false;
   private commitListeners: Array<(c: CommitInfo) => void> = [];
@@ -120,6 +157,7 @@ export class GroupJournal {
     this.log = opts.logger;
     this.committedContainer = opts.committedContainer;
     this.committedSeq = opts.committedSeq;
+    this.poolLimit = opts.poolBytes ?? 0;
   }
 
   /**
@@ -134,6 +172,7 @@ export class GroupJournal {
     let maxContainer = opts.committedContainer;
     let maxSeq = opts.committedSeq;
     const toSubmit: SealedContainerRef[] = [];
+    await j.loadSuperState();
     // Numbering resumes right after the highest container holding records:
     // the manager applies containers strictly in order, so ids must have no
     // gaps. Empty actives (the spare, or one that never got a record) and
@@ -229,9 +268,18 @@ export class GroupJournal {
   }
 
   private write(rec: RecordInput, payload: Buffer | null): Promise<void> {
-    if (this.degraded || this.closed) return RESOLVED;
-    rec.time = this.lastAppendedTime = Date.now();
+    if (this.closed) return RESOLVED;
+    if (this.degraded) {
+      // Not journaled, but written: the lag (recovery point) counts from it.
+      if (this.degraded.kind === 'pool') this.lastAppendedTime = Date.now();
+      return RESOLVED;
+    }
     const w = this.active;
+    if (this.poolLimit > 0 && this.poolUsage() + RECORD_HEADER_SIZE + (payload?.length ?? 0) > this.poolLimit) {
+      this.enterPoolDegraded(rec.seq);
+      return RESOLVED;
+    }
+    rec.time = this.lastAppendedTime = Date.now();
     const p = w.append(rec, payload).catch(this.onAppendError);
     if (w.recordCount === 1 && this.sealAgeMs > 0 && !this.ageTimer) {
       this.ageTimer = setTimeout(() => {
@@ -253,6 +301,166 @@ export class GroupJournal {
     if (!this.degraded) {
       this.degraded = { since: new Date().toISOString(), reason };
       this.log.error({ group: this.groupId, err: reason }, 'journal failed: volume group is degraded (state map only)');
+    }
+  }
+
+  /** Bytes of the local pool in use: sealed containers not yet committed, plus the active one. */
+  poolUsage(): number {
+    let n = this.active ? this.active.size : 0;
+    for (const b of this.pendingFileBytes.values()) n += b;
+    return n;
+  }
+
+  /**
+   * The pool is full: stop journaling (from seq `fromSeq` on) and keep only
+   * the state maps; the active container is sealed so the buffered pool is
+   * complete. Hosts see nothing.
+   */
+  private enterPoolDegraded(fromSeq: number): void {
+    if (this.degraded) return;
+    this.degraded = {
+      since: new Date().toISOString(),
+      reason: `the local pool of LFCs is full (${this.poolUsage()} of ${this.poolLimit} bytes): tracking writes in the state map only`,
+      kind: 'pool',
+      fromSeq,
+    };
+    this.log.warn({ group: this.groupId, fromSeq, poolBytes: this.poolUsage(), poolLimit: this.poolLimit }, 'LFC pool full: degraded mode (state map only)');
+    this.saveSuperState();
+    void this.seal('degraded');
+    for (const cb of this.stateListeners) cb('degraded');
+  }
+
+  get poolLimitBytes(): number {
+    return this.poolLimit;
+  }
+
+  /** Sealed containers not yet committed. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+    onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
+    this.stateListeners.push(cb);
+  }
+
+  /** Degraded because the pool filled, and everything buffered is committed: a super transaction can start. */
+  get drained(): boolean {
+    return this.degraded?.kind === 'pool' && this.pending.size === 0;
+  }
+
+  get superTransaction(): SuperRun | null {
+    return this.superRun;
+  }
+
+  /**
+   * Leave pool-degraded mode: journaling resumes, and every container from
+   * the active one on belongs to a super transaction standing for the
+   * writes from `fromSeq` on, until endSuper(). The caller then re-captures
+   * the dirty regions (ProtectedVolume.resyncRange).
+   */
+  async beginSuper(): Promise<SuperRun> {
+    const d = this.degraded;
+    if (this.superRun && this.superRun.lastContainer === null) {
+      // Degraded again while a super transaction was open: it goes on, from its first fromSeq.
+      if (d?.kind === 'pool') {
+        this.degraded = null;
+        this.saveSuperState();
+        this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: the open super transaction continues');
+      }
+      return this.superRun;
+    }
+    if (!d || d.kind !== 'pool') throw new Error('beginSuper: the journal is not in pool-degraded mode');
+    await this.seal('super-start');
+    await this.sealing;
+    this.superRun = { id: this.active.header.containerId, fromSeq: d.fromSeq ?? this.nextAppend, lastContainer: null };
+    this.degraded = null;
+    this.saveSuperState();
+    this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: super transaction started');
+    return this.superRun;
+  }
+
+  /**
+   * Close the super transaction after the resync: the active container is
+   * sealed as its last one. Resolves once that container is committed.
+   */
+  async endSuper(): Promise<void> {
+    const run = this.superRun;
+    if (!run) return;
+    if (run.lastContainer === null) {
+      await this.seal('super-end');
+      await this.sealing;
+      // Degraded again meanwhile: the run stays open, a later resync ends it.
+      if (run.lastContainer === null) return;
+      this.log.info({ group: this.groupId, super: run }, 'super transaction sealed');
+    }
+    const last = this.pending.get(run.lastContainer);
+    if (last) await last;
+    if (this.superRun === run && this.committedContainer >= run.lastContainer) {
+      this.superRun = null;
+      this.saveSuperState();
+      for (const cb of this.stateListeners) cb('normal');
+    }
+  }
+
+  /**
+   * The highest seq whose commit may clear state-map bits. Writes from the
+   * degraded stretch were never journaled but have lower seqs than the
+   * records journaled after it: until the super transaction's last container
+   * is committed, no region dirtied from its fromSeq on may be cleared.
+   */
+  private clearCap(): number {
+    let cap = Infinity;
+    if (this.degraded?.kind === 'pool' && this.degraded.fromSeq !== undefined) cap = this.degraded.fromSeq - 1;
+    const r = this.superRun;
+    if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer)) cap = Math.min(cap, r.fromSeq - 1);
+    return cap;
+  }
+
+  private tagFor(containerId: number): SealedContainerRef['superTransaction'] {
+    const r = this.superRun;
+    if (!r || containerId < r.id || (r.lastContainer !== null && containerId > r.lastContainer)) return undefined;
+    return { id: r.id, fromSeq: r.fromSeq, last: r.lastContainer === containerId };
+  }
+
+  private async loadSuperState(): Promise<void> {
+    let raw: string;
+    try {
+      raw = await fs.promises.readFile(path.join(this.dir, SUPER_FILE), 'utf8');
+    } catch {
+      return;
+    }
+    try {
+      const s = JSON.parse(raw) as { degraded?: JournalDegraded; run?: SuperRun };
+      if (s.degraded && s.degraded.kind === 'pool') {
+        this.degraded = s.degraded;
+        this.log.warn({ group: this.groupId, degraded: s.degraded }, 'still degraded (LFC pool was full at the last stop)');
+      }
+      if (s.run) this.superRun = s.run;
+    } catch (err) {
+      this.log.error({ group: this.groupId, err: (err as Error).message }, `unreadable ${SUPER_FILE}: ignored`);
+    }
+  }
+
+  /** Persist the pool-degraded state and the super run (tmp + fsync + rename). */
+  private saveSuperState(): void {
+    const file = path.join(this.dir, SUPER_FILE);
+    const d = this.degraded?.kind === 'pool' ? this.degraded : undefined;
+    try {
+      if (!d && !this.superRun) {
+        fs.rmSync(file, { force: true });
+        return;
+      }
+      const tmp = `${file}.tmp`;
+      const fd = fs.openSync(tmp, 'w', 0o600);
+      try {
+        fs.writeSync(fd, JSON.stringify({ degraded: d, run: this.superRun ?? undefined }));
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, file);
+    } catch (err) {
+      this.log.error({ group: this.groupId, err: (err as Error).message }, `cannot write ${SUPER_FILE}`);
     }
   }
 
@@ -278,8 +486,10 @@ export class GroupJournal {
   }
 
   private async doSeal(reason: string): Promise<{ containerId: number; committed: Promise<CommitInfo | null> } | null> {
-    if (this.closed || this.degraded) return null;
-    if (this.active.recordCount === 0) return null;
+    if (this.closed || (this.degraded && this.degraded.kind !== 'pool')) return null;
+    // The end of a super transaction is sealed even if empty: its container carries the "last" tag.
+    const superEnd = reason === 'super-end' && this.superRun !== null && this.superRun.lastContainer === null && !this.degraded;
+    if (this.active.recordCount === 0 && !superEnd) return null;
     // Seals requested by size while an earlier one was switching containers
     // find a fresh, small active container: leave it alone.
     if (reason === 'size' && this.active.size < this.sealBytes) return null;
@@ -296,6 +506,10 @@ export class GroupJournal {
     }
     // Switch: records from here on go to the new container.
     const old = this.active;
+    if (superEnd && this.superRun && this.superRun.lastContainer === null && !this.degraded) {
+      this.superRun.lastContainer = old.header.containerId;
+      this.saveSuperState();
+    }
     this.active = next;
     this.spare = this.createWriter(this.nextContainer++);
     this.spare.catch(() => undefined);
@@ -324,23 +538,29 @@ export class GroupJournal {
   }
 
   private submit(ref: SealedContainerRef): Promise<CommitInfo | null> {
+    const tag = this.tagFor(ref.containerId);
+    if (tag) ref.superTransaction = tag;
     this.pendingBytes.set(ref.containerId, ref.footer.payloadBytes);
+    this.pendingFileBytes.set(ref.containerId, FILE_HEADER_SIZE + ref.footer.recordCount * RECORD_HEADER_SIZE + ref.footer.payloadBytes + FOOTER_SIZE);
     const p = this.link.submit(ref).then(
       async (c) => {
         this.pending.delete(ref.containerId);
         this.pendingBytes.delete(ref.containerId);
+        this.pendingFileBytes.delete(ref.containerId);
         if (c.containerId > this.committedContainer) {
           this.committedContainer = c.containerId;
           this.committedSeq = Math.max(this.committedSeq, c.lastSeq);
           this.committedTime = Math.max(this.committedTime, c.lastTime);
         }
-        for (const m of this.stateMaps.values()) m.clearCommitted(this.committedSeq);
+        for (const m of this.stateMaps.values()) m.clearCommitted(Math.min(this.committedSeq, this.clearCap()));
         await fs.promises.rm(ref.path, { force: true });
         for (const cb of this.commitListeners) cb(c);
+        if (this.drained) for (const cb of this.stateListeners) cb('drained');
         return c;
       },
       (err) => {
         this.pending.delete(ref.containerId);
+        this.pendingFileBytes.delete(ref.containerId);
         this.lastError = `container ${ref.containerId}: ${(err as Error)?.message ?? err}`;
         this.log.error({ group: this.groupId, container: ref.containerId, err: this.lastError }, 'manager refused container');
         return null;
@@ -387,6 +607,9 @@ export class GroupJournal {
       committedTime: this.committedTime,
       degraded: this.degraded,
       lastError: this.lastError,
+      poolBytes: this.poolUsage(),
+      poolLimit: this.poolLimit,
+      superRun: this.superRun,
     };
   }
 
@@ -407,7 +630,7 @@ export class GroupJournal {
     for (const [seq, p] of this.parked) p.reject(new Error(`journal closed before seq ${seq} was appended`));
     this.parked.clear();
     const a = this.active;
-    if (a.recordCount > 0 && !this.degraded) await a.seal().catch((err) => this.fail(err));
+    if (a.recordCount > 0 && (!this.degraded || this.degraded.kind === 'pool')) await a.seal().catch((err) => this.fail(err));
     else {
       await a.close().catch(() => undefined);
       if (a.recordCount === 0) await fs.promises.rm(a.path, { force: true });

@@ -12,6 +12,12 @@ export interface SealedContainerRef {
   containerId: number;
   path: string;
   footer: Footer;
+  /**
+   * Set on the containers of a super transaction (the resync after degraded
+   * mode, 001 [1168]-[1169]): `id` is its first container, `fromSeq` the
+   * first seq it stands for, `last` marks its last container.
+   */
+  superTransaction?: { id: number; fromSeq: number; last: boolean };
 }
 
 /** What the manager answers when T_n is committed (also for a resend of a committed n). */

@@ -112,6 +112,30 @@ export class ProtectedVolume implements NbdExport {
     return { regions: this.stateMap.dirtyCount(), bytes };
   }
 
+  /**
+   * Online resync (a super transaction after degraded mode): journal the
+   * current production content of [offset, offset+length) as resync records
+   * while writes go on. The range lock orders it with overlapping writes, so
+   * a write journaled after it is also applied after it. Returns the bytes
+   * journaled (0 if production could not be read: the range stays dirty).
+   */
+  async resyncRange(offset: number, length: number): Promise<number> {
+    const len = Math.min(length, this.size - offset);
+    if (len <= 0) return 0;
+    if (this.gate) await this.gate;
+    this.writesInFlight++;
+    const lock = this.locks.acquire(offset, len);
+    try {
+      if (lock.wait) await lock.wait;
+      return (await this.recapture(offset, len)) ? len : 0;
+    } finally {
+      lock.release();
+      if (--this.writesInFlight === 0 && this.quiesceWaiters.length) {
+        for (const w of this.quiesceWaiters.splice(0)) w();
+      }
+    }
+  }
+
   read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     return this.production.read(offset, length, into).then(undefined, (err) => this.ioFailed('read', offset, length, err));
   }

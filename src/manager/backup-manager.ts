@@ -82,6 +82,12 @@ export interface BackupManagerOptions {
   batchBytes?: number;
   /** Take history copies by hard link when possible (default true); false always copies. */
   linkHistory?: boolean;
+  /**
+   * The super-transaction tag of AILFC_n when its ref carries none (crash
+   * recovery finishes T_n from history/ without the sender's ref): the
+   * remote link keeps the tags it received (src/link/server.ts).
+   */
+  superTagOf?: (n: number) => TransactionRecord['superTransaction'];
 }
 
 export interface ManagerStatus {
@@ -513,6 +519,8 @@ export class BackupManager {
       blockSize: this.blockSize,
       committedAt: Date.now(),
     };
+    const tag = ref.superTransaction ?? this.opts.superTagOf?.(n);
+    if (tag) rec.superTransaction = { ...tag };
     await this.catalog.commit(rec, prep.runs, this.blockSize);
     crashPoint('after-commit', n);
     this.catalog.resetReadTxn();

@@ -52,6 +52,14 @@ export interface TransactionRecord {
    * keeps the newest write per block, its BILFC the oldest before-image.
    */
   mergedFrom?: number;
+  /**
+   * Set when T_n belongs to a super transaction (a resync after degraded
+   * mode): its containers, from `id` on, hold the dirty regions re-read from
+   * production in no chronological order, and stand for every write from
+   * `fromSeq` on. Points from fromSeq up to (not including) the super
+   * transaction's last seq are not restorable; its ends are.
+   */
+  superTransaction?: { id: number; fromSeq: number; last: boolean };
 }
 
 /**

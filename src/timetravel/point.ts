@@ -170,6 +170,69 @@ export function historyBounds(h: PointHistory): { first: TransactionRecord; last
   return { first: all[0]!, last: all[all.length - 1]! };
 }
 
+/** A super transaction as its committed containers describe it (see TransactionRecord.superTransaction). */
+export interface SuperSpan {
+  id: number;
+  fromSeq: number;
+  first: number;
+  last: number;
+  /** Its last container is committed: its end (endSeq) is a valid point. */
+  complete: boolean;
+  endSeq: number;
+  endTime: number;
+  /** The last point before it (null: none retained). */
+  before: { seq: number; time: number } | null;
+}
+
+/** Every super transaction in committed history, ascending. */
+export function superSpans(h: PointHistory): SuperSpan[] {
+  const all = h.transactions();
+  const out: SuperSpan[] = [];
+  let cur: SuperSpan | null = null;
+  let prevPoint: { seq: number; time: number } | null = null;
+  for (const t of all) {
+    const tag = t.superTransaction;
+    if (tag) {
+      if (!cur || cur.id !== tag.id) {
+        if (cur) out.push(cur);
+        cur = { id: tag.id, fromSeq: tag.fromSeq, first: t.n, last: t.n, complete: false, endSeq: 0, endTime: 0, before: prevPoint };
+      }
+      cur.last = t.n;
+      if (t.records > 0) {
+        cur.endSeq = t.lastSeq;
+        cur.endTime = t.lastTime;
+      }
+      if (tag.last) cur.complete = true;
+    } else if (cur) {
+      // A later ordinary transaction: the super transaction before it is complete.
+      cur.complete = true;
+      out.push(cur);
+      cur = null;
+    }
+    if (t.records > 0) prevPoint = { seq: t.lastSeq, time: t.lastTime };
+  }
+  if (cur) out.push(cur);
+  return out.filter((s) => s.endSeq > 0 || !s.complete);
+}
+
+/** The super transaction a point lies inside (its end is not inside), if any. */
+export function superSpanAt(h: PointHistory, seq: number): SuperSpan | null {
+  for (const s of superSpans(h)) {
+    if (seq >= s.fromSeq && (!s.complete || seq < s.endSeq) && (s.endSeq === 0 || seq <= s.endSeq)) return s;
+  }
+  return null;
+}
+
+function superError(seq: number, s: SuperSpan): UserError {
+  const before = s.before ? pointText(s.before.seq, s.before.time) : 'none (no earlier point is retained)';
+  const after = s.complete ? pointText(s.endSeq, s.endTime) : 'none yet (the super transaction is still being applied)';
+  return new UserError(
+    'invalid',
+    `@seq:${seq} lies inside super transaction ${s.id} (the resync after degraded mode: transactions ${s.first}..${s.last}, standing for the writes from @seq:${s.fromSeq} on), ` +
+      `whose data has no chronological order, so no point inside it can be restored: the nearest valid points are ${before} and ${after}`,
+  );
+}
+
 function pointText(seq: number, time: number): string {
   return `@seq:${seq} (${new Date(time).toISOString()})`;
 }
@@ -220,6 +283,13 @@ export async function resolvePoint(
       for (const t of h.transactions()) {
         if (t.records > 0 && t.firstTime <= spec.ms) chosen = t;
       }
+      if (chosen.superTransaction) {
+        const sp = superSpans(h).find((x) => x.id === chosen.superTransaction!.id) ?? null;
+        if (sp && sp.complete && chosen.n === sp.last && spec.ms >= sp.endTime) seq = sp.endSeq;
+        else if (sp?.before) seq = sp.before.seq;
+        else throw sp ? superError(chosen.firstSeq, sp) : new UserError('invalid', `${new Date(spec.ms).toISOString()} is inside a super transaction; ${range}`);
+        break;
+      }
       if (chosen.mergedFrom !== undefined) {
         // Inside a merged transaction only its end is a point: the one before it otherwise.
         if (spec.ms >= chosen.lastTime) seq = chosen.lastSeq;
@@ -239,6 +309,8 @@ export async function resolvePoint(
   }
   if (seq < first.firstSeq) throw new UserError('invalid', `@seq:${seq} is before retained history: the earliest point is ${pointText(first.firstSeq, first.firstTime)}; ${range}`);
   if (seq > last.lastSeq) throw new UserError('invalid', `@seq:${seq} is after the last write: the latest point is ${pointText(last.lastSeq, last.lastTime)}; ${range}`);
+  const sp = superSpanAt(h, seq);
+  if (sp) throw superError(seq, sp);
   const n = h.transactionForSeq(seq);
   if (n === undefined) throw new UserError('invalid', `@seq:${seq} is not in any committed transaction; ${range}`);
   const txn = h.transaction(n)!;
@@ -317,6 +389,11 @@ export async function stepSeq(h: PointHistory, volumeId: number, from: number, d
     let recs = (await txnRecords(h, tx.n)).filter((r) => r.volumeId === volumeId && r.kind !== RecordKind.Error);
     // A transaction merged by retention is one step: only its end is a point.
     if (tx.mergedFrom !== undefined) recs = recs.length ? [{ ...recs[recs.length - 1]!, seq: tx.lastSeq }] : [];
+    // Inside a super transaction only its end is a point.
+    if (tx.superTransaction) {
+      const sp = superSpans(h).find((x) => x.id === tx.superTransaction!.id);
+      recs = sp && sp.complete && sp.last === tx.n && recs.length ? [{ ...recs[recs.length - 1]!, seq: tx.lastSeq }] : [];
+    }
     if (fwd) {
       for (const r of recs) {
         if (r.seq > cur) {

@@ -1,0 +1,179 @@
+/**
+ * `rewind serve --role manager`: what the daemon serves when it holds the
+ * replicated images and history of remote intercepts.
+ *
+ * - A TimeTravelHost over the LinkServer's groups, so snapshots, clones,
+ *   exports, diffs, markers and bisect candidates work on the manager as in
+ *   the single-process mode. "Catch up" asks the intercept to seal and waits
+ *   for the commits (CATCHUP_REQ); with the intercept unreachable, points
+ *   resolve against what is applied. Production restore is refused: it
+ *   writes through the intercept, which needs the single-process mode.
+ * - Control API routes for replicated volumes: status (link, lag,
+ *   degraded state reported by the intercept), log, verify (replica against
+ *   production checksums from the intercept), and the time-travel routes.
+ */
+import type * as http from 'node:http';
+import { UserError } from '../daemon/errors';
+import type { VolumeManager } from '../daemon/volumes';
+import type { GroupJournal } from '../journal/group-journal';
+import type { ProtectedVolume } from '../journal/protected-volume';
+import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/service';
+import { allow, HttpError, readJsonObject, sendJson } from '../control/server';
+import { routeTimeTravel } from '../control/timetravel-routes';
+import type { LinkServer } from './server';
+
+export const RESTORE_NEEDS_SINGLE =
+  'production restore is not available on the manager role: it rewrites production through the intercept; run it in the single-process mode (rewind serve without --role), or export the point (rewind export) and copy it back';
+
+export function managerTimeTravelHost(
+  srv: LinkServer,
+  base: Pick<TimeTravelHost, 'volumeExists' | 'disconnect' | 'setOffline' | 'logger'>,
+): TimeTravelHost {
+  const ctxOf = (name: string): VolumeContext => {
+    const { g, volumeId, size, volume } = srv.find(name);
+    if (volume !== name) throw new UserError('invalid', `"${name}" is a group; name one of its volumes`);
+    const journal = {
+      async catchUp() {
+        if (!g.conn) {
+          base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied');
+          return null;
+        }
+        await srv.catchUp(g);
+        return null;
+      },
+      status() {
+        return { lastAppendedSeq: Math.max(g.intercept?.lastAppendedSeq ?? 0, g.manager.status().lastSeq) };
+      },
+      get isDegraded() {
+        return false;
+      },
+      async seal() {
+        throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
+      },
+    } as unknown as GroupJournal;
+    const refuse = () => {
+      throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
+    };
+    const pv = { flush: refuse, restoreWrite: refuse, restoreZero: refuse, production: { read: refuse } } as unknown as ProtectedVolume;
+    return { manager: g.manager, journal, pv, group: g.name, volumeId, size };
+  };
+  return {
+    context: ctxOf,
+    target: (name) => {
+      const f = srv.find(name);
+      if (f.volume === name) return { group: f.g.name, volume: name, ctx: ctxOf(name) };
+      return { group: f.g.name, volume: null, ctx: ctxOf(f.volume) };
+    },
+    volumeName: (group, id) => {
+      for (const v of srv.volumes()) if (v.group === group && v.volumeId === id) return v.name;
+      return `volume ${id}`;
+    },
+    volumeExists: (n) => base.volumeExists(n) || srv.volumes().some((v) => v.name === n),
+    disconnect: base.disconnect,
+    setOffline: base.setOffline,
+    logger: base.logger,
+  };
+}
+
+/** Volume-status of a replicated volume, in the shape `rewind status VOLUME` prints (plus the link). */
+export function managerVolumeStatus(srv: LinkServer, name: string): Record<string, unknown> {
+  const { g, volumeId, volume } = srv.find(name);
+  const st = srv.groupStatus(g);
+  const ic = st.intercept;
+  const iv = ic?.volumes.find((v) => v.volumeId === volumeId);
+  return {
+    volume,
+    group: g.name,
+    volumeId,
+    role: 'manager',
+    state: ic ? ic.state : 'unknown',
+    degraded: ic?.degraded ?? null,
+    appliedSeq: st.appliedSeq,
+    appliedContainer: st.appliedContainer,
+    lastSeq: ic?.lastAppendedSeq ?? st.appliedSeq,
+    active: null,
+    sealedPending: [],
+    lag: { writes: st.lagWrites, bytes: 0, seconds: st.lagSeconds },
+    dirtyRegions: iv?.dirtyRegions ?? 0,
+    regionSize: g.meta.regionSize,
+    transactions: st.transactions,
+    lastError: st.link.lastError ?? st.blocked?.error ?? null,
+    pinnedFrom: g.manager.pinnedFrom(),
+    link: { ...st.link, queued: st.queued, interceptBytesSent: ic?.bytesSent ?? null, interceptQueued: ic?.queued ?? null, poolBytes: ic?.poolBytes ?? null, poolLimit: ic?.poolLimit ?? null },
+    resync: ic?.resync ?? null,
+  };
+}
+
+/**
+ * Control routes of the manager role, tried before the ordinary ones.
+ * Returns true when the request was handled.
+ */
+export function managerRoutes(srv: LinkServer, tt: TimeTravel) {
+  const volumesView = {
+    get: (n: string) => (srv.volumes().some((v) => v.name === n) ? ({ name: n } as unknown) : undefined),
+  } as unknown as VolumeManager;
+  return async (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL): Promise<boolean> => {
+    if (p === '/v1/link') {
+      allow(method, ['GET', 'HEAD']);
+      sendJson(res, 200, { role: 'manager', ...srv.status() });
+      return true;
+    }
+    if (p === '/v1/volumes') {
+      if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, 'the manager role replicates volumes; create them on the intercept');
+      sendJson(res, 200, {
+        volumes: srv.volumes().map((v) => ({
+          name: v.name,
+          size: v.size,
+          allocatedBytes: null,
+          readOnly: true,
+          kind: 'replica',
+          path: v.replica,
+          external: false,
+          created: '',
+          connections: 0,
+          isDefaultExport: false,
+          uris: { tcp: null, unix: null },
+          protection: { group: v.group, volumeId: v.volumeId },
+        })),
+      });
+      return true;
+    }
+    const m = /^\/v1\/volumes\/([^/]+)\/(status|log|verify|seal)$/.exec(p);
+    if (m) {
+      let name: string;
+      try {
+        name = decodeURIComponent(m[1]!);
+      } catch {
+        throw new HttpError(400, 'malformed volume name in URL');
+      }
+      if (!srv.volumes().some((v) => v.name === name)) return false;
+      switch (m[2]) {
+        case 'status':
+          allow(method, ['GET', 'HEAD']);
+          sendJson(res, 200, managerVolumeStatus(srv, name));
+          return true;
+        case 'log': {
+          allow(method, ['GET', 'HEAD']);
+          const limit = Number(url.searchParams.get('limit') ?? 0);
+          const all = srv.find(name).g.manager.transactions({});
+          sendJson(res, 200, { transactions: limit > 0 ? all.slice(-limit) : all });
+          return true;
+        }
+        case 'verify':
+          allow(method, ['POST']);
+          sendJson(res, 200, await srv.verify(name));
+          return true;
+        case 'seal': {
+          allow(method, ['POST']);
+          await readJsonObject(req).catch(() => ({}));
+          const { g } = srv.find(name);
+          await srv.catchUp(g);
+          const st = g.manager.status();
+          sendJson(res, 200, { containerId: st.lastContainer, commit: { lastSeq: st.lastSeq, blocks: 0 } });
+          return true;
+        }
+      }
+    }
+    return routeTimeTravel(tt, volumesView, req, res, method, p, url);
+  };
+}
