@@ -57,6 +57,7 @@ import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, VerifyOk, VerifyT
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
 import { blockLength, unpackBeforeBlocks } from './plan';
+import { Fader, type FadeOptions, type FadeReport } from './retention';
 import {
   CorruptContainerError,
   NULL_LOGGER,
@@ -123,7 +124,8 @@ interface InFlight {
   bilfcPath: string;
 }
 
-const HISTORY_RE = /^(ailfc|bilfc)-(\d{16})\.lfc$/;
+/** history/ailfc-N.lfc, or ailfc-N.mA.lfc when retention merged T_A..T_N into T_N. */
+const HISTORY_RE = /^(ailfc|bilfc)-(\d{16})(?:\.m\d{16})?\.lfc$/;
 
 export class BackupManager {
   private readonly events = new EventEmitter();
@@ -197,6 +199,7 @@ export class BackupManager {
       for (const v of catalog.volumes()) m.volumes.set(v.volumeId, v);
       for (const v of opts.volumes) await m.addVolume(v);
       await m.recover();
+      await m.retention.recover();
       return m;
     } catch (err) {
       if (pool) await pool.destroy();
@@ -275,6 +278,8 @@ export class BackupManager {
     if (!Number.isSafeInteger(n) || n < 1) return Promise.reject(new RangeError(`bad container id ${n}`));
     const next = this.catalog.nextContainer();
     if (n < next) {
+      const faded = this.retention.fadedCommit(n);
+      if (faded) return Promise.resolve(faded);
       const rec = this.catalog.transaction(n);
       if (!rec) return Promise.reject(new Error(`AILFC_${n} precedes this group's first container ${this.catalog.config()!.firstContainer}`));
       if (rec.ailfc.bodyCrc !== ref.footer.bodyCrc || rec.ailfc.recordCount !== ref.footer.recordCount) {
@@ -921,6 +926,7 @@ export class BackupManager {
    * it is an overlay point. pinnedFrom() is the oldest pinned k.
    */
   pin(holder: string, k: number, overlay = false): void {
+    this.retention.checkPin(k, overlay);
     this.pins.set(holder, k);
     if (overlay) this.overlayPins.set(holder, k);
     else this.overlayPins.delete(holder);
@@ -943,6 +949,32 @@ export class BackupManager {
     return min;
   }
 
+
+  // --- retention (src/manager/retention.ts) -----------------------------------------
+
+  private fader: Fader | null = null;
+
+  /** The group's retention policy and fade-out. */
+  get retention(): Fader {
+    return (this.fader ??= new Fader({
+      groupId: this.groupId,
+      blockSize: this.blockSize,
+      historyDir: this.historyDir,
+      catalog: this.catalog,
+      log: this.log,
+      fds: this.fds,
+      volumes: () => [...this.volumes.values()].map((v) => ({ volumeId: v.volumeId, size: v.size })),
+      applying: () => this.applyingN,
+      pinnedPoints: () => this.pinnedPoints(),
+      historyFile: (kind, n) => this.historyFile(kind, n),
+      forgetFileNames: () => this.forgetFileNames(),
+    }));
+  }
+
+  /** Fades history out by the stored policy (see Fader.fade). */
+  fade(opts?: FadeOptions): Promise<FadeReport> {
+    return this.retention.fade(opts);
+  }
 
   // --- verification --------------------------------------------------------------
 
@@ -990,6 +1022,7 @@ export class BackupManager {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.fader?.close();
     if (this.running) await this.running.catch(() => undefined);
     await Promise.allSettled([...this.prefetched.values()].map((p) => p.result));
     this.prefetched.clear();
