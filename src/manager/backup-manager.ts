@@ -371,13 +371,14 @@ export class BackupManager {
    * the default name. Call forgetFileNames() after changing records.
    */
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string {
-    let names = this.fileNames.get(n);
+    let names = this.fadeCommitting ? undefined : this.fileNames.get(n);
     if (!names) {
       const rec = this.catalog.transaction(n);
       if (!rec) return this.historyPath(kind, n);
       names = { ailfc: rec.ailfc.file, bilfc: rec.bilfc.file };
       if (this.fileNames.size > 100_000) this.fileNames.clear();
-      this.fileNames.set(n, names);
+      // While retention commits a merge, a name must come from the same index snapshot as its position.
+      if (!this.fadeCommitting) this.fileNames.set(n, names);
     }
     return path.join(this.historyDir, names[kind]);
   }
@@ -385,6 +386,9 @@ export class BackupManager {
   forgetFileNames(): void {
     this.fileNames.clear();
   }
+
+  /** Set by retention around a merge's commit: historyFile() does not cache meanwhile. */
+  private fadeCommitting = false;
 
   /** The default path of AILFC_n / BILFC_n (where the apply writes them). */
   historyPath(kind: 'ailfc' | 'bilfc', n: number): string {
@@ -968,6 +972,10 @@ export class BackupManager {
       pinnedPoints: () => this.pinnedPoints(),
       historyFile: (kind, n) => this.historyFile(kind, n),
       forgetFileNames: () => this.forgetFileNames(),
+      committing: (on) => {
+        this.fadeCommitting = on;
+        this.fileNames.clear();
+      },
     }));
   }
 

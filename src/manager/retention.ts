@@ -125,6 +125,8 @@ export interface FaderHost {
   pinnedPoints(): Array<{ holder: string; k: number; overlay: boolean }>;
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string;
   forgetFileNames(): void;
+  /** Around a merge's commit: the manager must not cache file names (see historyFile). */
+  committing(on: boolean): void;
 }
 
 const NAME_RE = /^(ailfc|bilfc)-(\d{16})(?:\.m(\d{16}))?\.lfc$/;
@@ -470,6 +472,7 @@ export class Fader {
     let committed = false;
     let why = 'the transactions changed while they were merged';
     this.committing = { first: firstN, to, drop };
+    this.host.committing(true);
     try {
       committed = await c.replaceTransactions(recs, rec, res.runs, this.host.blockSize, drop ? to + 1 : null, () => {
         const p = this.pinConflict(firstN, to, drop);
@@ -477,10 +480,8 @@ export class Fader {
         return p === null;
       });
     } finally {
-      if (committed) {
-        c.resetReadTxn();
-        this.host.forgetFileNames();
-      }
+      if (committed) c.resetReadTxn();
+      this.host.committing(false);
       this.committing = null;
       if (!committed) for (const f of newFiles) await fs.promises.rm(f, { force: true });
     }
