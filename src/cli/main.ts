@@ -24,6 +24,7 @@ import { status, volumeCreate, volumeList, volumeRemove } from './commands';
 import { log, seal, verify, volumeStatus } from './protection-commands';
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
+import { registerRetention } from './retention-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 
 function collect(value: string, previous: string[] | undefined): string[] {
@@ -242,6 +243,8 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await exportImage(v, cmd.optsWithGlobals());
     });
+
+  registerRetention(program);
 
   return program;
 }

@@ -32,6 +32,7 @@ import { ensureControlToken } from './token';
 import { VolumeManager, type ImageBackend } from './volumes';
 import { Protection } from './protection';
 import { TimeTravel } from '../timetravel/service';
+import { RetentionService } from './retention';
 
 export interface ServeConfig {
   dataDir: string;
@@ -84,6 +85,7 @@ export class Daemon {
     private readonly timeTravel: TimeTravel,
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
+    private readonly retention: RetentionService,
   ) {}
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
@@ -132,6 +134,9 @@ export class Daemon {
       });
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      // Retention starts after time travel has re-pinned its views (fading respects pins).
+      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
+      cleanups.push(() => retention.stop());
       for (const v of timeTravel.pendingRestoreVolumes()) volumes.setOffline(v, 'an interrupted production restore is being finished');
 
       if (config.defaultVolumeSize !== null) {
@@ -158,6 +163,7 @@ export class Daemon {
         volumes,
         protection,
         timeTravel,
+        retention,
         nbd,
         endpoints,
         token,
@@ -186,7 +192,8 @@ export class Daemon {
       );
       // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
       void timeTravel.resumeRestores();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control);
+      retention.start();
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention);
     } catch (err) {
       await cleanup();
       throw err;
@@ -210,6 +217,7 @@ export class Daemon {
     };
     await step('closing control API', () => this.control.close());
     await step('closing NBD server', () => this.nbd.close());
+    await step('stopping retention', () => this.retention.stop());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     await step('closing catalog', () => this.catalog.close());
