@@ -1,4 +1,5 @@
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BackupManager } from '../src/manager/backup-manager';
@@ -273,5 +274,59 @@ test('fading runs while the manager applies new transactions; readers of a merge
     }
   } finally {
     rmrf(dir);
+  }
+});
+
+const CHILD = path.join(__dirname, 'helpers', 'retention-crash-child.js');
+
+function runChild(spec: string, env: Record<string, string>): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CHILD, spec], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, out }));
+  });
+}
+
+test('kill -9 during fading, at every step: reopened, every retained point reads exact and no orphan files remain', async (t) => {
+  t.timeout(300_000);
+  const base = tmpDir('ret-crash');
+  try {
+    const now = Date.UTC(2026, 2, 10, 9, 30);
+    const tl = await buildTimeline(path.join(base, 'journal'), timelineAges(), now, 31);
+    const template = path.join(base, 'template');
+    const m0 = await BackupManager.open(template, { groupId: RGROUP, volumes: RVOLS });
+    for (const ref of tl.refs) await m0.submit(ref);
+    await m0.retention.setPolicy(POLICY);
+    await m0.close();
+    for (const step of ['merge-mid', 'merged', 'committed', 'freed-mid']) {
+      const dir = path.join(base, step);
+      fs.cpSync(template, dir, { recursive: true });
+      const spec = path.join(base, `${step}.json`);
+      fs.writeFileSync(spec, JSON.stringify({ dir, groupId: RGROUP, volumes: RVOLS, now }));
+      const r = await runChild(spec, { REWIND_FADE_CRASH_AT: step });
+      t.is(r.signal, 'SIGKILL', `${step}: ${r.out}`);
+      const leftovers = fs.readdirSync(path.join(dir, 'history')).length;
+      const m = await BackupManager.open(dir, { groupId: RGROUP, volumes: RVOLS });
+      try {
+        t.deepEqual(orphans(m), [], step);
+        t.true(fs.readdirSync(m.historyDir).every((f) => !f.endsWith('.tmp')), step);
+        t.true(fs.readdirSync(m.historyDir).length <= leftovers, step);
+        t.true((await m.verifyHistory()).every((h) => h.ok), step);
+        t.is(await checkRetained(m, tl, diffImages), null, `${step}: after the crash`);
+        // Fading again finishes the job.
+        await m.fade({ now });
+        t.is(m.retention.plan(parseRetention(POLICY), now).steps.length, 0, step);
+        t.is(await checkRetained(m, tl, diffImages), null, `${step}: after fading again`);
+        t.deepEqual(orphans(m), [], step);
+      } finally {
+        await m.close();
+      }
+      rmrf(dir);
+    }
+  } finally {
+    rmrf(base);
   }
 });
