@@ -7,13 +7,14 @@ import type { Command } from 'commander';
 import type { RetentionInfo } from '../daemon/retention';
 import type { FadeReport } from '../manager/retention';
 import { formatSize } from '../util/size';
-import { CliError, EXIT, makeClient, table, type GlobalOptions } from './common';
+import { ControlClient } from '../control/client';
+import { CliError, EXIT, makeClient, resolveEndpoint, resolveToken, table, type GlobalOptions } from './common';
 
 function print(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n');
 }
 
-type Opts = GlobalOptions & { policy?: string; clear?: boolean; dryRun?: boolean; run?: boolean; json?: boolean };
+type Opts = GlobalOptions & { policy?: string; clear?: boolean; dryRun?: boolean; run?: boolean; rate?: string; json?: boolean };
 
 function infoText(i: RetentionInfo): string {
   const lines = [
@@ -63,7 +64,17 @@ export async function retention(volume: string, o: Opts): Promise<void> {
   let info: RetentionInfo | null = null;
   if (o.policy || o.clear) info = await c.request<RetentionInfo>('PUT', base, { policy: o.clear ? null : o.policy });
   if (o.run) {
-    const r = await c.request<FadeReport>('POST', `${base}/fade`, {});
+    // A fade may take long (it runs at low priority): no 30 s answer timeout.
+    const endpoint = resolveEndpoint(o);
+    const token = endpoint.kind === 'tcp' ? resolveToken(o) : undefined;
+    const slow = new ControlClient(endpoint, token === undefined ? { timeoutMs: 24 * 3_600_000 } : { token, timeoutMs: 24 * 3_600_000 });
+    const body: Record<string, unknown> = {};
+    if (o.rate !== undefined) {
+      const mbps = Number(o.rate);
+      if (!(mbps >= 0)) throw new CliError(`--rate ${o.rate}: a number of MB/s (0 = unthrottled)`, EXIT.USAGE);
+      body.bytesPerSecond = Math.round(mbps * 1e6);
+    }
+    const r = await slow.request<FadeReport>('POST', `${base}/fade`, body);
     return print(o.json ? JSON.stringify(r, null, 2) : reportText(r));
   }
   info ??= await c.request<RetentionInfo>('GET', base);
@@ -79,6 +90,7 @@ export function registerRetention(program: Command): void {
     .option('--clear', 'remove the policy: keep every write')
     .option('--dry-run', 'show which points would go and the space freed (with --policy: for that policy, without setting it)')
     .option('--run', 'fade now')
+    .option('--rate <MB/s>', 'with --run: I/O rate of the merge worker (read + written; 0 = unthrottled; default the daemon\'s, 64 MiB/s)')
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await retention(v, cmd.optsWithGlobals());

@@ -3,7 +3,7 @@
  *
  *   GET  /v1/volumes/NAME/retention                  -> RetentionInfo
  *   PUT  /v1/volumes/NAME/retention   {policy}       -> RetentionInfo (policy null: keep everything)
- *   POST /v1/volumes/NAME/retention/fade {dryRun?, policy?} -> FadeReport
+ *   POST /v1/volumes/NAME/retention/fade {dryRun?, policy?, bytesPerSecond?} -> FadeReport
  */
 import type * as http from 'node:http';
 import type { RetentionService } from '../daemon/retention';
@@ -21,9 +21,10 @@ export async function routeRetention(svc: RetentionService, req: http.IncomingMe
   if (m[2]) {
     allow(method, ['POST']);
     const body = await readJsonObject(req);
-    for (const k of Object.keys(body)) if (k !== 'dryRun' && k !== 'policy') throw new HttpError(400, `unknown field "${k}" (expected dryRun, policy)`);
+    for (const k of Object.keys(body)) if (k !== 'dryRun' && k !== 'policy' && k !== 'bytesPerSecond') throw new HttpError(400, `unknown field "${k}" (expected dryRun, policy, bytesPerSecond)`);
+    if (body.bytesPerSecond !== undefined && !(typeof body.bytesPerSecond === 'number' && body.bytesPerSecond >= 0)) throw new HttpError(400, 'bytesPerSecond must be a number >= 0');
     if (body.policy !== undefined && typeof body.policy !== 'string') throw new HttpError(400, 'policy must be a string');
-    sendJson(res, 200, await svc.fade(name, { dryRun: body.dryRun === true, policy: body.policy as string | undefined }));
+    sendJson(res, 200, await svc.fade(name, { dryRun: body.dryRun === true, policy: body.policy as string | undefined, bytesPerSecond: body.bytesPerSecond as number | undefined }));
     return true;
   }
   allow(method, ['GET', 'HEAD', 'PUT']);

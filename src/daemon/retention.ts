@@ -4,7 +4,8 @@
  * that fades every group that has a policy.
  *
  *   REWIND_RETENTION_INTERVAL_MS   how often the timer fades (default 60000; 0 = never)
- *   REWIND_RETENTION_BYTES_PER_SEC throttle of the merge worker (default 0: none; it runs at nice 15)
+ *   REWIND_RETENTION_BYTES_PER_SEC throttle of the merge worker, bytes read + written per second
+ *                                  (default 64 MiB/s; 0 = none; it runs at nice 15 in any case)
  *   REWIND_TEST_CLOCK_OFFSET_MS    tests only: added to the wall clock that policy ages are measured from
  */
 import type { Catalog } from '../catalog/catalog';
@@ -43,7 +44,7 @@ export class RetentionService {
   ) {
     this.intervalMs = Number(env.REWIND_RETENTION_INTERVAL_MS ?? 60_000) || 0;
     this.clockOffsetMs = Number(env.REWIND_TEST_CLOCK_OFFSET_MS ?? 0) || 0;
-    this.bytesPerSecond = Number(env.REWIND_RETENTION_BYTES_PER_SEC ?? 0) || 0;
+    this.bytesPerSecond = Number(env.REWIND_RETENTION_BYTES_PER_SEC ?? 64 << 20) || 0;
   }
 
   now(): number {
@@ -92,13 +93,13 @@ export class RetentionService {
   }
 
   /** Fades the volume's group now (or with dryRun shows what would go); `policy` previews another policy. */
-  async fade(volume: string, opts: { dryRun?: boolean; policy?: string }): Promise<FadeReport & { volume: string }> {
+  async fade(volume: string, opts: { dryRun?: boolean; policy?: string; bytesPerSecond?: number }): Promise<FadeReport & { volume: string }> {
     const { manager } = this.manager(volume);
     if (opts.policy === undefined && !manager.retention.stored()) {
       throw new UserError('conflict', `the group of "${volume}" has no retention policy; set one with --policy (history is kept forever until then)`);
     }
     try {
-      const r = await manager.fade({ now: this.now(), dryRun: opts.dryRun === true, policy: opts.policy, bytesPerSecond: this.bytesPerSecond });
+      const r = await manager.fade({ now: this.now(), dryRun: opts.dryRun === true, policy: opts.policy, bytesPerSecond: opts.bytesPerSecond ?? this.bytesPerSecond });
       return { volume, ...r };
     } catch (err) {
       if (err instanceof RetentionPolicyError) throw new UserError('invalid', err.message);

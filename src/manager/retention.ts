@@ -59,7 +59,7 @@ export interface FadeOptions {
   dryRun?: boolean;
   /** Use this policy instead of the stored one (e.g. to preview one). */
   policy?: string;
-  /** Most history bytes one merge reads (a larger run is merged in pieces); default 256 MiB. */
+  /** Most history bytes one merge reads (a larger run is merged in pieces, merged again in the next round); default 2 GiB. */
   maxBytesPerMerge?: number;
   /** Throttle for the worker: bytes read + written per second (0 = none). */
   bytesPerSecond?: number;
@@ -98,6 +98,7 @@ export interface FadeReport {
   transactionsAfter: number;
   historyBytesBefore: number;
   historyBytesAfter: number;
+  /** By the merges (history may grow meanwhile: new transactions are not counted). */
   bytesFreed: number;
   /** History bytes read by the merges (fading throughput = this / durationMs). */
   bytesMerged: number;
@@ -302,7 +303,7 @@ export class Fader {
       retainedFrom: null,
     };
     if (policy) {
-      const maxBytes = opts.maxBytesPerMerge ?? 256 << 20;
+      const maxBytes = opts.maxBytesPerMerge ?? 2 * 1024 ** 3;
       const rounds = dryRun ? 1 : (opts.maxRounds ?? 4);
       for (let round = 0; round < rounds && !this.closing; round++) {
         const plan = this.plan(policy, now);
@@ -337,7 +338,6 @@ export class Fader {
       const after = this.historyBytes();
       report.transactionsAfter = after.count;
       report.historyBytesAfter = after.bytes;
-      report.bytesFreed = before.bytes - after.bytes;
     } else {
       report.historyBytesAfter = before.bytes - report.bytesFreed;
       report.transactionsAfter = before.count - report.steps.reduce((a, s) => a + s.transactions - 1, 0);
