@@ -84,6 +84,12 @@ async function main(): Promise<void> {
     return JSON.parse(out.slice(out.indexOf('{'))).jobs[0].write.bw_bytes / 1e6;
   };
   const catchUp = async (): Promise<void> => {
+    // Let the manager catch up first (seal waits for its commit, within the CLI's 30 s).
+    for (;;) {
+      const s = JSON.parse((await rewind(['status', 'bench', '--json'])).stdout);
+      if (s.sealedPending.length === 0) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
     await rewind(['seal', 'bench']);
     for (;;) {
       const s = JSON.parse((await rewind(['status', 'bench', '--json'])).stdout);
