@@ -29,6 +29,7 @@ import { log, seal, verify, volumeStatus } from './protection-commands';
 import { applyDiff, bisect, checkpoint, diff, mark, markers, schedule, submerge, surface, unmark } from './history-commands';
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
+import { registerRetention } from './retention-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
 import { addLinkServeOptions } from './link-options';
@@ -360,6 +361,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await bisect(v, cmd.optsWithGlobals());
     });
+  registerRetention(program);
 
   return program;
 }

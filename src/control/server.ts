@@ -26,6 +26,8 @@ import type { VolumeRecord } from '../catalog/catalog';
 import type { Protection } from '../daemon/protection';
 import type { TimeTravel } from '../timetravel/service';
 import { routeTimeTravel } from './timetravel-routes';
+import type { RetentionService } from '../daemon/retention';
+import { routeRetention } from './retention-routes';
 import {
   API_PREFIX,
   MAX_BODY_BYTES,
@@ -63,6 +65,7 @@ export interface ControlServerOptions {
   volumes: VolumeManager;
   protection: Protection;
   timeTravel?: TimeTravel;
+  retention?: RetentionService;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
@@ -220,6 +223,7 @@ export class ControlServer {
       const views = await Promise.all(this.opts.volumes.listRecords().map((r) => this.view(r)));
       return sendJson(res, 200, { volumes: views });
     }
+    if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
     if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url))) return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
     if (action) {

@@ -40,6 +40,7 @@ import type { RemoteManagerOptions } from './protection';
 import type { TlsSettings } from '../nbd/tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from '../link/manager-role';
+import { RetentionService } from './retention';
 
 export interface ServeConfig {
   dataDir: string;
@@ -117,6 +118,7 @@ export class Daemon {
     private readonly timeTravel: TimeTravel,
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
+    private readonly retention: RetentionService,
     private readonly linkServer: LinkServer | null = null,
   ) {}
 
@@ -186,6 +188,9 @@ export class Daemon {
       );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      // Retention starts after time travel has re-pinned its views (fading respects pins).
+      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
+      cleanups.push(() => retention.stop());
       for (const v of timeTravel.pendingRestoreVolumes()) volumes.setOffline(v, 'an interrupted production restore is being finished');
 
       if (config.defaultVolumeSize !== null && config.role !== 'manager') {
@@ -212,6 +217,7 @@ export class Daemon {
         volumes,
         protection,
         timeTravel,
+        retention,
         nbd,
         endpoints,
         token,
@@ -243,7 +249,8 @@ export class Daemon {
       );
       // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
       void timeTravel.resumeRestores();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, linkServer);
+      retention.start();
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer);
     } catch (err) {
       await cleanup();
       throw err;
@@ -268,6 +275,7 @@ export class Daemon {
     await step('closing control API', () => this.control.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
+    await step('stopping retention', () => this.retention.stop());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());

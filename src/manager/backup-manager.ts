@@ -57,6 +57,7 @@ import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, VerifyOk, VerifyT
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
 import { blockLength, unpackBeforeBlocks } from './plan';
+import { Fader, type FadeOptions, type FadeReport } from './retention';
 import {
   CorruptContainerError,
   NULL_LOGGER,
@@ -129,7 +130,8 @@ interface InFlight {
   bilfcPath: string;
 }
 
-const HISTORY_RE = /^(ailfc|bilfc)-(\d{16})\.lfc$/;
+/** history/ailfc-N.lfc, or ailfc-N.mA.lfc when retention merged T_A..T_N into T_N. */
+const HISTORY_RE = /^(ailfc|bilfc)-(\d{16})(?:\.m\d{16})?\.lfc$/;
 
 export class BackupManager {
   private readonly events = new EventEmitter();
@@ -214,6 +216,7 @@ export class BackupManager {
       m.buildLastTouch();
       for (const v of opts.volumes) await m.addVolume(v);
       await m.recover();
+      await m.retention.recover();
       return m;
     } catch (err) {
       if (pool) await pool.destroy();
@@ -292,6 +295,8 @@ export class BackupManager {
     if (!Number.isSafeInteger(n) || n < 1) return Promise.reject(new RangeError(`bad container id ${n}`));
     const next = this.catalog.nextContainer();
     if (n < next) {
+      const faded = this.retention.fadedCommit(n);
+      if (faded) return Promise.resolve(faded);
       const rec = this.catalog.transaction(n);
       if (!rec) return Promise.reject(new Error(`AILFC_${n} precedes this group's first container ${this.catalog.config()!.firstContainer}`));
       if (rec.ailfc.bodyCrc !== ref.footer.bodyCrc || rec.ailfc.recordCount !== ref.footer.recordCount) {
@@ -383,13 +388,14 @@ export class BackupManager {
    * the default name. Call forgetFileNames() after changing records.
    */
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string {
-    let names = this.fileNames.get(n);
+    let names = this.fadeCommitting ? undefined : this.fileNames.get(n);
     if (!names) {
       const rec = this.catalog.transaction(n);
       if (!rec) return this.historyPath(kind, n);
       names = { ailfc: rec.ailfc.file, bilfc: rec.bilfc.file };
       if (this.fileNames.size > 100_000) this.fileNames.clear();
-      this.fileNames.set(n, names);
+      // While retention commits a merge, a name must come from the same index snapshot as its position.
+      if (!this.fadeCommitting) this.fileNames.set(n, names);
     }
     return path.join(this.historyDir, names[kind]);
   }
@@ -397,6 +403,9 @@ export class BackupManager {
   forgetFileNames(): void {
     this.fileNames.clear();
   }
+
+  /** Set by retention around a merge's commit: historyFile() does not cache meanwhile. */
+  private fadeCommitting = false;
 
   /** The default path of AILFC_n / BILFC_n (where the apply writes them). */
   historyPath(kind: 'ailfc' | 'bilfc', n: number): string {
@@ -979,6 +988,7 @@ export class BackupManager {
    * it is an overlay point. pinnedFrom() is the oldest pinned k.
    */
   pin(holder: string, k: number, overlay = false): void {
+    this.retention.checkPin(k, overlay);
     this.pins.set(holder, k);
     if (overlay) this.overlayPins.set(holder, k);
     else this.overlayPins.delete(holder);
@@ -1016,6 +1026,36 @@ export class BackupManager {
     return min;
   }
 
+
+  // --- retention (src/manager/retention.ts) -----------------------------------------
+
+  private fader: Fader | null = null;
+
+  /** The group's retention policy and fade-out. */
+  get retention(): Fader {
+    return (this.fader ??= new Fader({
+      groupId: this.groupId,
+      blockSize: this.blockSize,
+      historyDir: this.historyDir,
+      catalog: this.catalog,
+      log: this.log,
+      fds: this.fds,
+      volumes: () => [...this.volumes.values()].map((v) => ({ volumeId: v.volumeId, size: v.size })),
+      applying: () => this.applyingN,
+      pinnedPoints: () => this.pinnedPoints(),
+      historyFile: (kind, n) => this.historyFile(kind, n),
+      forgetFileNames: () => this.forgetFileNames(),
+      committing: (on) => {
+        this.fadeCommitting = on;
+        this.fileNames.clear();
+      },
+    }));
+  }
+
+  /** Fades history out by the stored policy (see Fader.fade). */
+  fade(opts?: FadeOptions): Promise<FadeReport> {
+    return this.retention.fade(opts);
+  }
 
   // --- verification --------------------------------------------------------------
 
@@ -1063,6 +1103,7 @@ export class BackupManager {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.fader?.close();
     if (this.running) await this.running.catch(() => undefined);
     await Promise.allSettled([...this.prefetched.values()].map((p) => p.result));
     this.prefetched.clear();

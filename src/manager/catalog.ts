@@ -211,6 +211,69 @@ export class ManagerCatalog {
     return b ? unpackRuns(b) : [];
   }
 
+  // --- retention (see retention.ts) ---------------------------------------------
+
+  /** A meta value other than config/applied (e.g. 'retention'). */
+  metaValue<T>(key: string): T | undefined {
+    return this.meta.get(key) as T | undefined;
+  }
+
+  async putMetaValue(key: string, value: unknown): Promise<void> {
+    if (key === 'config' || key === 'applied') throw new Error(`meta "${key}" is not set this way`);
+    if (value === undefined) await this.meta.remove(key);
+    else await this.meta.put(key, value);
+    await this.root.flushed;
+  }
+
+  /**
+   * Fade-out, in ONE LMDB transaction: the committed transactions `remove`
+   * (their records, seq entries, block index entries and runs) are replaced
+   * by `rec` (whose n is the last of them) with its block runs; with
+   * `firstContainer`, history before it stops being readable. `check` runs
+   * inside the write transaction: false (or records that changed since they
+   * were read) aborts and nothing is written. Resolves true if committed.
+   */
+  async replaceTransactions(remove: TransactionRecord[], rec: TransactionRecord, runs: BlockRun[], blockSize: number, firstContainer: number | null, check: () => boolean): Promise<boolean> {
+    const stride = 48 + blockSize;
+    const ok = await this.root.transaction(() => {
+      if (!check()) return false;
+      for (const r of remove) {
+        const cur = this.txns.get(r.n);
+        if (!cur || cur.ailfc.file !== r.ailfc.file || cur.bilfc.file !== r.bilfc.file) return false;
+      }
+      if (rec.n > this.applied().lastContainer) return false;
+      for (const r of remove) {
+        const old = this.txnRuns.get(r.n);
+        for (const run of old ? unpackRuns(old) : []) {
+          for (let i = 0; i < run.count; i++) void this.blocks.remove([run.volumeId, run.start + i, r.n]);
+        }
+        void this.txnRuns.remove(r.n);
+        if (r.records > 0 && this.seqs.get(r.lastSeq) === r.n) void this.seqs.remove(r.lastSeq);
+        void this.txns.remove(r.n);
+      }
+      void this.txns.put(rec.n, rec);
+      if (rec.records > 0) void this.seqs.put(rec.lastSeq, rec.n);
+      for (const r of runs) {
+        for (let i = 0; i < r.count; i++) void this.blocks.put([r.volumeId, r.start + i, rec.n], r.position + i * stride);
+      }
+      void this.txnRuns.put(rec.n, packRuns(runs));
+      if (firstContainer !== null) {
+        const c = this.meta.get('config') as ManagerConfig;
+        void this.meta.put('config', { ...c, firstContainer: Math.max(c.firstContainer, firstContainer) });
+      }
+      return true;
+    });
+    this.configCache = undefined;
+    await this.root.flushed;
+    return ok === true;
+  }
+
+  /** The first committed transaction with n >= k, if any. */
+  transactionAtOrAfter(k: number): TransactionRecord | undefined {
+    for (const { value } of this.txns.getRange({ start: k, limit: 1 })) return value;
+    return undefined;
+  }
+
   resetReadTxn(): void {
     this.root.resetReadTxn();
   }
