@@ -136,3 +136,45 @@ test.serial('the daemon fades in the background on its timer; the test clock off
   await api(d, 'POST', '/v1/volumes/b/snapshots', { at: 'latest', name: 'blatest' });
   t.true((await readExport(d, 'blatest')).equals(last.image));
 });
+
+test.serial('markers pin their points: fading keeps a marked boundary (and a marked write inside a transaction) readable, unmarked ones go', async (t) => {
+  const d = await startDaemon({ env: { REWIND_RETENTION_INTERVAL_MS: '0' } });
+  t.teardown(() => d.cleanup());
+  await cli(d, ['volume', 'create', 'm', '--size', '1M', '--protected']);
+  const c = await NbdClient.connect({ port: d.nbdPort, exportName: 'm' });
+  const img = Buffer.alloc(SIZE);
+  const saved = new Map<string, Buffer>();
+  const ends: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    for (let i = 0; i < 4; i++) {
+      const off = ((r * 4 + i) % 64) * 16384;
+      const data = pattern(8192, 500 + r * 10 + i);
+      await c.write(off, data);
+      data.copy(img, off);
+      if (r === 2 && i === 1) {
+        // Inside a transaction: the overlay point must stay whole.
+        await cli(d, ['mark', 'm', 'mid-2']);
+        saved.set('mid-2', Buffer.from(img));
+      }
+    }
+    await c.flush();
+    await cli(d, ['seal', 'm']);
+    ends.push((await api(d, 'POST', '/v1/volumes/m/resolve', { at: 'latest' })).seq);
+    if (r === 1) {
+      await cli(d, ['mark', 'm', 'end-1']);
+      saved.set('end-1', Buffer.from(img));
+    }
+  }
+  c.destroy();
+  await sleep(1200);
+  await cli(d, ['retention', 'm', '--policy', 'all:1s, every:1h:1d']);
+  const ran = JSON.parse(await cli(d, ['retention', 'm', '--run', '--json']));
+  t.true(ran.pointsRemoved > 0, JSON.stringify(ran));
+  for (const [name, want] of saved) {
+    await cli(d, ['snapshot', 'm', '--at', name, '--name', `s-${name}`]);
+    t.true((await readExport(d, `s-${name}`)).equals(want), `${name} still reads exactly`);
+  }
+  // An unmarked boundary between them went: round 0's end is no point any more.
+  const gone = await d.api('POST', '/v1/volumes/m/resolve', { at: `@seq:${ends[0]! - 1}` });
+  t.is(gone.status, 400);
+});
