@@ -219,6 +219,53 @@ test.serial('link outage: pool fills, degraded mode (no host error or pause), li
   t.is(sha(fs.readFileSync(path.join(exportDir, 'latest.raw'))), final);
 });
 
+test.serial('an intercept killed mid-resync restarts the resync from its persistent state map; the replica converges', async (t) => {
+  const p = await startPair(t, 'r', { i: ['--link-pool', '8M'] });
+  const SIZE = 192 * 1024 * 1024;
+  await p.i.cliOk(['volume', 'create', 'rv', '--size', '192M', '--protected']);
+  const model = Buffer.alloc(SIZE);
+  let c = await NbdClient.connect({ path: p.i.nbdSocket, exportName: 'rv' });
+  const write = async (off: number, len: number, tag: number) => {
+    const data = Buffer.alloc(len, tag & 0xff);
+    data.writeUInt32LE(tag, 0);
+    await c.write(off, data);
+    data.copy(model, off);
+  };
+  await write(0, 65536, 1);
+  await c.flush();
+  await caughtUp(p, 'rv');
+  // Link down; 160 MiB of writes: the 8 MiB pool fills and the rest lives only in the state map.
+  await p.net.linkDown();
+  await waitFor('the intercept to see the link down', async () => (await p.i.json<VolStatus>(['status', 'rv'])).link.state !== 'up', 30_000);
+  for (let k = 0; k < 160; k++) await write(k * 1024 * 1024 + 65536, 1024 * 1024, 100 + k);
+  await c.flush();
+  t.is((await p.i.json<VolStatus>(['status', 'rv'])).state, 'degraded');
+  await c.disconnect();
+  // Link up; kill -9 the intercept while the super transaction is being read and sent.
+  await p.net.linkUp();
+  const mid = await waitFor(
+    'the resync to be under way',
+    async () => {
+      const s = await p.i.json<VolStatus & { resync: { running?: boolean; regionsLeft?: number } | null }>(['status', 'rv']);
+      return s.state === 'resync' && s.resync?.running && (s.resync.regionsLeft ?? 0) > 0 ? s : null;
+    },
+    120_000,
+    50,
+  );
+  t.true(mid.dirtyRegions > 0, 'killed with regions still dirty');
+  await p.i.kill('SIGKILL');
+  await p.i.restart();
+  // The restarted intercept picks the resync up again from the state map and finishes it.
+  await caughtUp(p, 'rv', 240_000);
+  c = await NbdClient.connect({ path: p.i.nbdSocket, exportName: 'rv' });
+  t.teardown(() => c.disconnect().catch(() => undefined));
+  const back = Buffer.alloc(SIZE);
+  for (let off = 0; off < SIZE; off += 4 * 1024 * 1024) (await c.read(off, 4 * 1024 * 1024)).copy(back, off);
+  t.is(sha(back), sha(model), 'production holds every acknowledged write');
+  const v = await p.m.json<{ ok: boolean; equal: boolean }>(['verify', 'rv']);
+  t.true(v.ok && v.equal, 'the replica converged on production');
+});
+
 test.serial('crash campaign: kill -9 the manager 10 times and the intercept 10 times under load; no flushed write lost; the replica converges', async (t) => {
   await requireLedgerTools();
   const p = await startPair(t, 'c', { i: ['--link-pool', '64M'] });
