@@ -154,7 +154,8 @@ export class BackupManager {
   private readonly prefetched = new Map<number, { ref: SealedContainerRef; result: Promise<VerifyOk | Failure> }>();
   private closed = false;
   /** Descriptors of history files and replicas for time-travel reads. */
-  private readonly fds = new FdCache(256);
+  /** Shared with time-travel overlays, so retention can close a file's descriptor before deleting it. */
+  readonly fds = new FdCache(256);
   /** Live pins: holder -> the first transaction it reads (T_k onward must stay). */
   private readonly pins = new Map<string, number>();
   private readonly overlayPins = new Map<string, number>();

@@ -19,6 +19,8 @@ import { txnRecords, type PointHistory, type ResolvedPoint, type TxnRecord } fro
 /** What a PointImage reads from: the group's backup manager. */
 export interface ImageHistory extends PointHistory {
   readonly blockSize: number;
+  /** The manager's descriptor cache (retention closes files in it before deleting them). */
+  readonly fds?: FdCache;
   readBefore(volumeId: number, offset: number, length: number, k: number, into?: Buffer): Promise<Buffer>;
   zeroMapBefore(volumeId: number, first: number, count: number, k: number): Promise<Uint8Array>;
 }
@@ -32,7 +34,8 @@ export interface ImageSource {
   zeroMap(first: number, count: number): Promise<Uint8Array>;
 }
 
-const fds = new FdCache(64);
+/** For histories without a descriptor cache of their own (tests). */
+const localFds = new FdCache(64);
 
 /** Overlay chunk size for finding the records that touch a range. */
 const CHUNK = 1 << 20;
@@ -43,6 +46,7 @@ export class TxnOverlay {
   private constructor(
     readonly file: string,
     private readonly recs: TxnRecord[],
+    private readonly fds: FdCache,
   ) {
     recs.forEach((r, i) => {
       const a = Math.floor(r.offset / CHUNK);
@@ -65,7 +69,7 @@ export class TxnOverlay {
         r.length > 0 &&
         (r.kind === RecordKind.Write || r.kind === RecordKind.Resync || r.kind === RecordKind.Trim || r.kind === RecordKind.Zero),
     );
-    return new TxnOverlay(h.historyFile('ailfc', n), recs);
+    return new TxnOverlay(h.historyFile('ailfc', n), recs, (h as ImageHistory).fds ?? localFds);
   }
 
   get records(): number {
@@ -90,7 +94,7 @@ export class TxnOverlay {
   async apply(offset: number, length: number, buf: Buffer): Promise<void> {
     const hits = this.touching(offset, length);
     if (!hits.length) return;
-    const fd = fds.acquire(this.file);
+    const fd = this.fds.acquire(this.file);
     try {
       for (const i of hits) {
         const r = this.recs[i]!;
@@ -103,7 +107,7 @@ export class TxnOverlay {
         }
       }
     } finally {
-      fds.release(this.file, fd);
+      this.fds.release(this.file, fd);
     }
   }
 
