@@ -327,17 +327,22 @@ export class Protection {
   status(name: string): VolumeProtectionStatus {
     const { rt, pv } = this.runtime(name);
     const js = rt.journal.status();
-    if (!rt.manager) return this.remoteStatus(name, rt, pv);
-    const ms = rt.manager.status();
-    const lagWrites = Math.max(0, js.lastAppendedSeq - ms.lastSeq);
-    return {
+    // What the manager has applied: asked locally, or as the link last heard it (intercept role).
+    const ms = rt.manager?.status();
+    const c = rt.manager ? null : rt.link!.committed;
+    const applied = ms
+      ? { seq: ms.lastSeq, container: ms.lastContainer, time: ms.lastTime, transactions: ms.transactions }
+      : { seq: c!.committedSeq, container: c!.committedContainer, time: c!.committedTime, transactions: c!.committedContainer };
+    const rs = rt.manager ? null : rt.resync!.status();
+    const lagWrites = Math.max(0, js.lastAppendedSeq - applied.seq);
+    const out: VolumeProtectionStatus = {
       volume: name,
       group: rt.record.name,
       volumeId: pv.volumeId,
-      state: js.degraded ? 'degraded' : 'normal',
-      degraded: js.degraded,
-      appliedSeq: ms.lastSeq,
-      appliedContainer: ms.lastContainer,
+      state: rs ? rs.state : js.degraded ? 'degraded' : 'normal',
+      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason } : null,
+      appliedSeq: applied.seq,
+      appliedContainer: applied.container,
       lastSeq: js.lastAppendedSeq,
       active: js.active ? { containerId: js.active.containerId, bytes: js.active.bytes, records: js.active.records } : null,
       sealedPending: js.sealedPending,
@@ -346,47 +351,20 @@ export class Protection {
         bytes: lagWrites > 0 ? js.unappliedBytes : 0,
         // Age of the oldest write not yet applied, approximated by the time
         // between the last applied write and the last journaled one.
-        seconds: lagWrites > 0 ? Math.max(0, (js.lastAppendedTime - (ms.lastTime || js.lastAppendedTime)) / 1000) : 0,
+        seconds: lagWrites > 0 ? Math.max(0, (js.lastAppendedTime - (applied.time || js.lastAppendedTime)) / 1000) : 0,
       },
       dirtyRegions: pv.stateMap.dirtyCount(),
       regionSize: rt.record.regionSize,
-      transactions: ms.transactions,
+      transactions: applied.transactions,
       lastError: js.lastError,
-      pinnedFrom: rt.manager.pinnedFrom(),
+      pinnedFrom: rt.manager ? rt.manager.pinnedFrom() : null,
       io: pv.ioStatus(),
     };
-  }
-
-  private remoteStatus(name: string, rt: GroupRuntime, pv: ProtectedVolume): VolumeProtectionStatus {
-    const js = rt.journal.status();
-    const c = rt.link!.committed;
-    const lagWrites = Math.max(0, js.lastAppendedSeq - c.committedSeq);
-    const rs = rt.resync!.status();
-    return {
-      volume: name,
-      group: rt.record.name,
-      volumeId: pv.volumeId,
-      state: rs.state,
-      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason } : null,
-      appliedSeq: c.committedSeq,
-      appliedContainer: c.committedContainer,
-      lastSeq: js.lastAppendedSeq,
-      active: js.active ? { containerId: js.active.containerId, bytes: js.active.bytes, records: js.active.records } : null,
-      sealedPending: js.sealedPending,
-      lag: {
-        writes: lagWrites,
-        bytes: lagWrites > 0 ? js.unappliedBytes : 0,
-        seconds: lagWrites > 0 ? Math.max(0, (js.lastAppendedTime - (c.committedTime || js.lastAppendedTime)) / 1000) : 0,
-      },
-      dirtyRegions: pv.stateMap.dirtyCount(),
-      regionSize: rt.record.regionSize,
-      transactions: c.committedContainer,
-      lastError: js.lastError,
-      pinnedFrom: null,
-      io: pv.ioStatus(),
-      link: { ...rt.link!.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit },
-      resync: { ...rs, superTransaction: js.superRun },
-    };
+    if (rs) {
+      out.link = { ...rt.link!.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit };
+      out.resync = { ...rs, superTransaction: js.superRun };
+    }
+    return out;
   }
 
   async seal(name: string): Promise<{ containerId: number | null; commit: CommitInfo | null }> {
