@@ -8,25 +8,13 @@ import test from 'ava';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import { NbdClient } from '../src/nbd/client';
 import { STATE_ZERO } from '../src/nbd/export';
-import { run, startDaemon, sleep, tempDir, haveCommand, type TestDaemon } from './helpers/daemon';
+import { run, startDaemon, sleep, tempDir, haveCommand } from './helpers/daemon';
 import { pattern } from './helpers/nbd-fixtures';
+import { apiOk as api, cliOk as cli, fuseExport, readExport, sha } from './helpers/live';
 
 const MiB = 1024 * 1024;
-
-async function cli(d: TestDaemon, args: string[], timeoutMs = 120_000): Promise<string> {
-  const r = await d.cli(args, { timeoutMs });
-  if (r.code !== 0) throw new Error(`rewind ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
-async function api<T = any>(d: TestDaemon, method: string, p: string, body?: unknown): Promise<T> {
-  const r = await d.api(method, p, body);
-  if (r.status >= 300) throw new Error(`${method} ${p}: ${r.status} ${JSON.stringify(r.body)}`);
-  return r.body as T;
-}
 
 function du(p: string): number {
   const st = fs.statSync(p);
@@ -34,21 +22,6 @@ function du(p: string): number {
   let total = 0;
   for (const n of fs.readdirSync(p)) total += du(path.join(p, n));
   return total;
-}
-
-async function readExport(d: TestDaemon, name: string, size: number): Promise<Buffer> {
-  const c = await NbdClient.connect({ port: d.nbdPort, exportName: name });
-  try {
-    const out = Buffer.alloc(size);
-    for (let off = 0; off < size; off += 4 * MiB) (await c.read(off, Math.min(4 * MiB, size - off))).copy(out, off);
-    return out;
-  } finally {
-    c.destroy();
-  }
-}
-
-function sha(b: Buffer): string {
-  return crypto.createHash('sha256').update(b).digest('hex');
 }
 
 test.serial('markers copy nothing: 10,000 markers grow the data directory by less than 10 MiB, and each resolves to its seq', async (t) => {
@@ -103,18 +76,10 @@ test.serial('quiesce hooks: a pre-hook that syncs a file makes an application-co
   await cli(d, ['volume', 'create', 'hk', '--size', '64M', '--protected']);
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const fuseDir = path.join(dir, 'fuse');
   const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(fuseDir);
   fs.mkdirSync(mnt);
-  const fuse = spawn('nbdfuse', [fuseDir, d.nbdUri('hk')], { stdio: 'ignore' });
-  t.teardown(async () => {
-    await run('umount', [mnt]);
-    await run('fusermount3', ['-u', fuseDir]);
-    fuse.kill('SIGKILL');
-  });
-  const dev = path.join(fuseDir, 'nbd');
-  for (let i = 0; i < 100 && !fs.existsSync(dev); i++) await sleep(100);
+  const { dev } = await fuseExport(t, d.nbdUri('hk'), path.join(dir, 'fuse'));
+  t.teardown(() => run('umount', [mnt]));
   t.is((await run('mkfs.ext4', ['-q', '-F', dev])).code, 0);
   t.is((await run('mount', ['-o', 'loop', dev, mnt])).code, 0);
   // The pre-hook writes a file through the mounted file system and syncs it.
@@ -145,18 +110,11 @@ test.serial('quiesce hooks: a pre-hook that syncs a file makes an application-co
   // The clone at the application-consistent marker has the file.
   await run('umount', [mnt]);
   await cli(d, ['clone', 'hk', '--at', 'app1', '--name', 'hk-app1']);
-  const cfuse = path.join(dir, 'cfuse');
   const cmnt = path.join(dir, 'cmnt');
-  fs.mkdirSync(cfuse);
   fs.mkdirSync(cmnt);
-  const f2 = spawn('nbdfuse', [cfuse, d.nbdUri('hk-app1')], { stdio: 'ignore' });
-  t.teardown(async () => {
-    await run('umount', [cmnt]);
-    await run('fusermount3', ['-u', cfuse]);
-    f2.kill('SIGKILL');
-  });
-  for (let i = 0; i < 100 && !fs.existsSync(path.join(cfuse, 'nbd')); i++) await sleep(100);
-  const mr = await run('mount', ['-o', 'loop', path.join(cfuse, 'nbd'), cmnt]);
+  const cl = await fuseExport(t, d.nbdUri('hk-app1'), path.join(dir, 'cfuse'));
+  t.teardown(() => run('umount', [cmnt]));
+  const mr = await run('mount', ['-o', 'loop', cl.dev, cmnt]);
   t.is(mr.code, 0, mr.stderr);
   t.is(fs.readFileSync(path.join(cmnt, 'app-state.txt'), 'utf8'), 'consistent\n');
   // Surface the marker as its own read-only export, then submerge it.
@@ -326,18 +284,10 @@ test.serial('bisect finds the write that corrupted a file on ext4, in about log2
   await cli(d, ['volume', 'create', 'bs', '--size', '64M', '--protected']);
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const fuseDir = path.join(dir, 'fuse');
   const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(fuseDir);
   fs.mkdirSync(mnt);
-  const fuse = spawn('nbdfuse', [fuseDir, d.nbdUri('bs')], { stdio: 'ignore' });
-  t.teardown(async () => {
-    await run('umount', [mnt]);
-    await run('fusermount3', ['-u', fuseDir]);
-    fuse.kill('SIGKILL');
-  });
-  const dev = path.join(fuseDir, 'nbd');
-  for (let i = 0; i < 100 && !fs.existsSync(dev); i++) await sleep(100);
+  const { dev } = await fuseExport(t, d.nbdUri('bs'), path.join(dir, 'fuse'));
+  t.teardown(() => run('umount', [mnt]));
   t.is((await run('mkfs.ext4', ['-q', '-F', dev])).code, 0);
   const sums: string[] = [];
   const writeFiles = async (from: number, to: number) => {

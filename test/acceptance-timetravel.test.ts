@@ -8,44 +8,15 @@ import test from 'ava';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fc from 'fast-check';
 import { NbdClient } from '../src/nbd/client';
 import { STATE_HOLE } from '../src/nbd/export';
-import { run, startDaemon, sleep, tempDir, haveCommand, type TestDaemon } from './helpers/daemon';
+import { run, startDaemon, sleep, tempDir, haveCommand } from './helpers/daemon';
 import { pattern } from './helpers/nbd-fixtures';
+import { apiOk as api, cliOk as cli, fuseExport, readExport, readWhole, sha } from './helpers/live';
 
 const MiB = 1024 * 1024;
-
-async function cli(d: TestDaemon, args: string[], timeoutMs = 120_000): Promise<string> {
-  const r = await d.cli(args, { timeoutMs });
-  if (r.code !== 0) throw new Error(`rewind ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
-async function api<T = any>(d: TestDaemon, method: string, p: string, body?: unknown): Promise<T> {
-  const r = await d.api(method, p, body);
-  if (r.status >= 300) throw new Error(`${method} ${p}: ${r.status} ${JSON.stringify(r.body)}`);
-  return r.body as T;
-}
-
-async function readWhole(c: NbdClient, size: number): Promise<Buffer> {
-  const out = Buffer.alloc(size);
-  for (let off = 0; off < size; off += 4 * MiB) {
-    const n = Math.min(4 * MiB, size - off);
-    (await c.read(off, n)).copy(out, off);
-  }
-  return out;
-}
-
-async function readExport(d: TestDaemon, name: string, size: number): Promise<Buffer> {
-  const c = await NbdClient.connect({ port: d.nbdPort, exportName: name });
-  try {
-    return await readWhole(c, size);
-  } finally {
-    c.destroy();
-  }
-}
 
 type Op = { kind: 'write' | 'trim' | 'zero'; offset: number; length: number; seed: number };
 
@@ -62,10 +33,6 @@ function modelAt(size: number, ops: Op[], count: number): Buffer {
   const img = Buffer.alloc(size);
   for (let i = 0; i < count; i++) applyOp(img, ops[i]!);
   return img;
-}
-
-function sha(b: Buffer): string {
-  return crypto.createHash('sha256').update(b).digest('hex');
 }
 
 test.serial('model check: snapshots, clones and single-write steps at random points match the model', async (t) => {
@@ -253,20 +220,6 @@ test.serial('bad points get clear errors naming the valid ones; restore with clo
   await cli(d, ['clone', 'rm', 'bpc']);
   t.is((await api(d, 'GET', '/v1/volumes/bp/status')).pinnedFrom, null);
 });
-
-/** Starts nbdfuse on an export and returns the file that presents it. */
-async function fuseExport(t: any, uri: string, dir: string): Promise<{ dev: string; proc: ChildProcess }> {
-  fs.mkdirSync(dir, { recursive: true });
-  const proc = spawn('nbdfuse', [dir, uri], { stdio: 'ignore' });
-  t.teardown(async () => {
-    await run('fusermount3', ['-u', dir]);
-    proc.kill('SIGKILL');
-  });
-  const dev = path.join(dir, 'nbd');
-  for (let i = 0; i < 100 && !fs.existsSync(dev); i++) await sleep(100);
-  if (!fs.existsSync(dev)) throw new Error(`nbdfuse did not present ${uri}`);
-  return { dev, proc };
-}
 
 async function must(cmd: string, args: string[]): Promise<string> {
   const r = await run(cmd, args, { timeoutMs: 180_000 });
