@@ -16,10 +16,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ControlClient } from '../src/control/client';
-import { runCommand, startServer, requireExecutables } from './lib';
+import { runCommand, requireExecutables, startRewind } from './lib';
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(REPO_ROOT, 'bin', 'rewind');
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -43,15 +41,7 @@ async function main(): Promise<void> {
   requireExecutables(['fio']);
   const tmp = fs.mkdtempSync(path.join(o.dir, 'rewind-bench-history-'));
   const dataDir = path.join(tmp, 'data');
-  const server = await startServer({
-    name: 'rewind',
-    command: process.execPath,
-    args: (port) => [BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', 'none', '--no-default-volume', '--log-level', 'warn'],
-    host: '127.0.0.1',
-    cwd: REPO_ROOT,
-    readyTimeoutMs: 60_000,
-    stopTimeoutMs: 60_000,
-  });
+  const server = await startRewind(dataDir)
   const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'bench' }, { timeoutMs: 600_000 });
   const uri = (n: string) => `nbd://127.0.0.1:${server.port}/${n}`;
   try {

@@ -16,10 +16,8 @@ import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { runCommand, startServer, requireExecutables } from './lib';
+import { runCommand, requireExecutables, startRewind, REWIND_BIN as BIN } from './lib';
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(REPO_ROOT, 'bin', 'rewind');
 
 interface Sample {
   t: number;
@@ -60,15 +58,7 @@ async function main(): Promise<void> {
   const dataDir = path.join(tmp, 'data');
   const rewind = (args: string[]) =>
     runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 600_000 });
-  const server = await startServer({
-    name: 'rewind',
-    command: process.execPath,
-    args: (port) => [BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', 'none', '--no-default-volume', '--log-level', 'warn'],
-    host: '127.0.0.1',
-    cwd: REPO_ROOT,
-    readyTimeoutMs: 60_000,
-    stopTimeoutMs: 60_000,
-  });
+  const server = await startRewind(dataDir)
   try {
     await rewind(['volume', 'create', 'bench', '--size', o.size, '--protected']);
     const status = async (): Promise<Sample> => {

@@ -20,10 +20,8 @@ import { Command } from 'commander';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireExecutables, runCommand, startServer } from './lib';
+import { requireExecutables, runCommand, startRewind, REWIND_BIN as BIN } from './lib';
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(REPO_ROOT, 'bin', 'rewind');
 const fmt = (n: number, d = 1) => n.toFixed(d);
 
 interface FadeReport {
@@ -53,16 +51,7 @@ async function main(): Promise<void> {
   const dataDir = path.join(tmp, 'data');
   const env = { ...process.env, REWIND_TEST_CLOCK_OFFSET_MS: String(2 * 86_400_000), REWIND_RETENTION_INTERVAL_MS: '0' };
   const rewind = (args: string[]) => runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 1_800_000, env });
-  const server = await startServer({
-    name: 'rewind',
-    command: process.execPath,
-    args: (port) => [BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', 'none', '--no-default-volume', '--log-level', 'warn'],
-    host: '127.0.0.1',
-    cwd: REPO_ROOT,
-    env,
-    readyTimeoutMs: 60_000,
-    stopTimeoutMs: 60_000,
-  });
+  const server = await startRewind(dataDir, { env })
   const fio = async (): Promise<number> => {
     const args = [
       '--name=ingest',

@@ -19,12 +19,10 @@ import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { runCommand, startServer, requireExecutables, type ServerHandle } from './lib';
+import { runCommand, requireExecutables, type ServerHandle, startRewind, REWIND_BIN as BIN } from './lib';
 import { ControlClient } from '../src/control/client';
 import { NbdClient } from '../src/nbd/client';
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(REPO_ROOT, 'bin', 'rewind');
 const GiB = 1024 ** 3;
 
 function pct(xs: number[], p: number): number {
@@ -42,15 +40,7 @@ interface Ctx {
 async function withDaemon<T>(dir: string, fn: (c: Ctx) => Promise<T>): Promise<T> {
   const tmp = fs.mkdtempSync(path.join(dir, 'rewind-bench-tt-'));
   const dataDir = path.join(tmp, 'data');
-  const server = await startServer({
-    name: 'rewind',
-    command: process.execPath,
-    args: (port) => [BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', 'none', '--no-default-volume', '--log-level', 'warn'],
-    host: '127.0.0.1',
-    cwd: REPO_ROOT,
-    readyTimeoutMs: 60_000,
-    stopTimeoutMs: 60_000,
-  });
+  const server = await startRewind(dataDir)
   const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'bench' }, { timeoutMs: 600_000 });
   const rewind = async (args: string[]): Promise<string> => {
     const r = await runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 1_800_000 });

@@ -3,3 +3,4 @@ export * from './cleanup';
 export * from './net';
 export * from './process';
 export * from './server';
+export * from './rewind';
