@@ -92,9 +92,7 @@ export class VolumeManager implements ExportProvider {
 
   list(_client: ClientInfo): ExportListing[] {
     const out = this.catalog.list().map((v) => ({ name: v.name, description: describe(v) }));
-    for (const v of this.timeTravel?.list() ?? []) {
-      out.push({ name: v.name, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${v.point.time})` });
-    }
+    for (const v of this.timeTravel?.exportEntries() ?? []) out.push({ name: v.name, description: v.description });
     return out;
   }
 
@@ -103,28 +101,21 @@ export class VolumeManager implements ExportProvider {
     const n = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(n);
     if (record) return aclAllows(record.allow, client);
-    // A snapshot, clone or surfaced marker answers to its source volume's list.
-    const tt = this.timeTravel;
-    if (tt?.has(n)) {
-      const v = tt.get(n);
-      return aclAllows(effectiveAcl(v.allow ?? undefined, this.catalog.get(v.volume)?.allow), client);
-    }
-    return true;
+    // A snapshot, clone or surfaced marker answers to its own list, else its source volume's.
+    const v = this.timeTravel?.exportEntry(n);
+    return v ? aclAllows(effectiveAcl(v.allow, this.catalog.get(v.volume)?.allow), client) : true;
   }
 
   async open(name: string, client: ClientInfo): Promise<OpenedExport | null> {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
     if (!record) {
-      const tt = this.timeTravel;
-      if (!tt || !tt.has(volumeName)) return null;
-      const v = tt.get(volumeName);
-      // Snapshots and clones answer to their source volume's access list.
-      if (!aclAllows(effectiveAcl(v.allow ?? undefined, this.catalog.get(v.volume)?.allow), client)) return null;
-      const exp = await tt.openExport(volumeName);
+      const v = this.timeTravel?.exportEntry(volumeName);
+      if (!v || !this.authorize(volumeName, client)) return null;
+      const exp = await this.timeTravel!.openExport(volumeName);
       if (!exp) return null;
       this.logger.debug({ view: volumeName, conn: client.id }, 'view opened');
-      return { name: volumeName, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${v.point.time})`, export: exp };
+      return { name: volumeName, description: v.description, export: exp };
     }
     if (!aclAllows(record.allow, client)) return null;
     if (this.offline.has(volumeName)) {
@@ -205,7 +196,7 @@ export class VolumeManager implements ExportProvider {
       if (nameError) throw new UserError('invalid', nameError);
       const record = this.catalog.get(name);
       if (!record) throw new UserError('not-found', `no volume named "${name}"`);
-      const views = this.timeTravel?.list(name).filter((v) => v.volume === name) ?? [];
+      const views = this.timeTravel?.exportEntries().filter((v) => v.volume === name) ?? [];
       if (views.length) {
         throw new UserError('conflict', `volume "${name}" has snapshots or clones (${views.map((v) => v.name).join(', ')}); delete them first`);
       }

@@ -231,6 +231,19 @@ export class TimeTravel {
     return this.store.view(name) !== undefined;
   }
 
+  /**
+   * What the NBD provider needs of a view, read from its record alone (no
+   * block counting): its source volume, own access list and description.
+   */
+  exportEntry(name: string): { name: string; volume: string; allow: string[] | undefined; description: string } | undefined {
+    const v = this.store.view(name);
+    return v && { name: v.name, volume: v.volume, allow: v.allow, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${new Date(v.point.time).toISOString()})` };
+  }
+
+  exportEntries(): Array<NonNullable<ReturnType<TimeTravel['exportEntry']>>> {
+    return this.store.views().map((v) => this.exportEntry(v.name)!);
+  }
+
   list(volume?: string): ViewInfo[] {
     return this.store
       .views()
@@ -322,21 +335,7 @@ export class TimeTravel {
       const { point, ctx } = await this.resolve(volume, at);
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(volume, 'snap', point.seq) : String(name);
       this.checkNewName(viewName);
-      const rec: ViewRecord = {
-        name: viewName,
-        kind: 'snapshot',
-        volume,
-        group: ctx.group,
-        volumeId: ctx.volumeId,
-        size: ctx.size,
-        point,
-        parent: null,
-        layers: [],
-        readOnly: true,
-        created: new Date().toISOString(),
-        steps: 0,
-        ...(allow ? { allow } : {}),
-      };
+      const rec = newRecord('snapshot', viewName, volume, ctx, point, { readOnly: true, ...(allow ? { allow } : {}) });
       pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec] });
       this.host.logger.info({ view: viewName, volume, seq: point.seq }, 'snapshot created');
@@ -359,21 +358,7 @@ export class TimeTravel {
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
       this.checkNewName(viewName);
       const layer = await this.store.newLayer(ctx.size, ctx.manager.blockSize);
-      const rec: ViewRecord = {
-        name: viewName,
-        kind: 'clone',
-        volume: source,
-        group: ctx.group,
-        volumeId: ctx.volumeId,
-        size: ctx.size,
-        point,
-        parent: null,
-        layers: [layer.id],
-        readOnly: opts.readOnly === true,
-        created: new Date().toISOString(),
-        steps: 0,
-        ...(allow ? { allow } : {}),
-      };
+      const rec = newRecord('clone', viewName, source, ctx, point, { layers: [layer.id], readOnly: opts.readOnly === true, ...(allow ? { allow } : {}) });
       pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec], layers: [layer] });
       this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
@@ -404,6 +389,9 @@ export class TimeTravel {
     if (opts.allow) rec.allow = opts.allow;
     else if (parent.allow) rec.allow = parent.allow;
     else delete rec.allow;
+    // A clone of a diff export or a surfaced marker is a plain clone of that image.
+    delete rec.from;
+    delete rec.surfaced;
     const layers: LayerRecord[] = [childTop];
     const views: ViewRecord[] = [rec];
     if (parent.kind === 'clone' && !parent.readOnly && parent.layers.length) {
@@ -723,21 +711,7 @@ export class TimeTravel {
         exportName = await this.serialised(async () => {
           const n = String(body.name);
           this.checkNewName(n);
-          const rec: ViewRecord = {
-            name: n,
-            kind: 'diff',
-            volume,
-            group: ctx.group,
-            volumeId: ctx.volumeId,
-            size: ctx.size,
-            point: b,
-            from: a,
-            parent: null,
-            layers: [],
-            readOnly: true,
-            created: new Date().toISOString(),
-            steps: 0,
-          };
+          const rec = newRecord('diff', n, volume, ctx, b, { from: a, readOnly: true });
           pinPoint(ctx.manager, `view:${n}`, a);
           pinPoint(ctx.manager, `view:${n}:to`, b);
           await this.store.put({ views: [rec] });
@@ -1013,6 +987,25 @@ export class TimeTravel {
     this.runtimes.clear();
     await this.store.close();
   }
+}
+
+/** A new view record of `volume` at `point` (no layers, not read-only, unless `extra` says so). */
+function newRecord(kind: ViewRecord['kind'], name: string, volume: string, ctx: VolumeContext, point: ResolvedPoint, extra: Partial<ViewRecord>): ViewRecord {
+  return {
+    name,
+    kind,
+    volume,
+    group: ctx.group,
+    volumeId: ctx.volumeId,
+    size: ctx.size,
+    point,
+    parent: null,
+    layers: [],
+    readOnly: false,
+    created: new Date().toISOString(),
+    steps: 0,
+    ...extra,
+  };
 }
 
 function viewAcl(raw: unknown): string[] | undefined {
