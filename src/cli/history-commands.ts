@@ -11,6 +11,7 @@ import type { PointInfo, ViewInfo } from '../timetravel/service';
 import { readDiffFile } from '../timetravel/diff';
 import { formatSize } from '../util/size';
 import { CliError, EXIT, makeClient, table, type GlobalOptions } from './common';
+import { exportUris } from './timetravel-commands';
 
 function print(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n');
@@ -67,10 +68,8 @@ export async function unmark(target: string, name: string, o: GlobalOptions & Js
 export async function surface(volume: string, marker: string, o: GlobalOptions & Json): Promise<void> {
   const v = await makeClient(o).request<ViewInfo>('POST', `/v1/volumes/${enc(volume)}/surface`, { marker });
   if (o.json) return print(JSON.stringify(v, null, 2));
-  const h = await makeClient(o).health();
   print(`surfaced ${marker} of ${volume} (seq ${v.point.seq}) as a read-only export`);
-  if (h.nbd.tcp) print(`  nbd://${h.nbd.tcp}/${enc(v.name)}`);
-  if (h.nbd.unix) print(`  nbd+unix:///${enc(v.name)}?socket=${h.nbd.unix}`);
+  for (const u of await exportUris(o, v.name)) print(`  ${u}`);
 }
 
 export async function submerge(name: string, o: GlobalOptions & Json): Promise<void> {
@@ -209,7 +208,6 @@ export async function bisect(volume: string, o: GlobalOptions & Json & { good?: 
     else if (verdict === 'bad') hi = pick;
     else skipped.add(pick);
   }
-  const exact = hi - lo === 1 || [...Array(hi - lo - 1).keys()].every((i) => skipped.has(lo + 1 + i));
   const first = await c.request<PointInfo>('POST', `/v1/volumes/${enc(volume)}/resolve`, { at: `@seq:${cand[hi]!}` });
   const result = {
     firstBad: first,
@@ -222,5 +220,5 @@ export async function bisect(volume: string, o: GlobalOptions & Json & { good?: 
   if (o.json) return print(JSON.stringify(result, null, 2));
   if (hi - lo === 1) print(`first bad ${plan.granularity === 'write' ? 'write' : 'transaction end'}: ${pointLine(first)}`);
   else print(`could not narrow it down (skipped checks): the first bad write is one of seq ${result.candidatesLeft.join(', ')}`);
-  print(`${steps.length} check(s), ${skipped.size} skipped${exact ? '' : ''}`);
+  print(`${steps.length} check(s), ${skipped.size} skipped`);
 }

@@ -21,7 +21,8 @@ function pointLine(p: PointInfo): string {
   return `seq ${p.seq}, ${p.time}, transaction ${p.txn}: ${p.write.kind}${p.write.restore ? ' (restore)' : ''} of ${p.write.length} bytes at offset ${p.write.offset} on ${p.write.volume}`;
 }
 
-async function uris(o: GlobalOptions, name: string): Promise<string[]> {
+/** The export's NBD URIs, as the daemon serves them. */
+export async function exportUris(o: GlobalOptions, name: string): Promise<string[]> {
   const h = await makeClient(o).health();
   const out: string[] = [];
   if (h.nbd.tcp) out.push(`nbd://${h.nbd.tcp}/${encodeURIComponent(name)}`);
@@ -32,7 +33,7 @@ async function uris(o: GlobalOptions, name: string): Promise<string[]> {
 async function printView(v: ViewInfo, o: GlobalOptions, verb: string): Promise<void> {
   print(`${verb} ${v.kind} ${v.name} of ${v.volume}${v.parent ? ` (from ${v.parent})` : ''}${v.readOnly ? ', read-only' : ''}`);
   print(`  at ${pointLine(v.point)}`);
-  for (const u of await uris(o, v.name)) print(`  ${u}`);
+  for (const u of await exportUris(o, v.name)) print(`  ${u}`);
 }
 
 export async function point(volume: string, at: string, o: GlobalOptions & Json): Promise<void> {
@@ -145,20 +146,24 @@ function progressBar(label: string): { update(p: { phase: string; done: number; 
   };
 }
 
-export async function restore(volume: string, o: GlobalOptions & Json & { to: string; range?: string[]; force?: boolean; progress?: boolean }): Promise<void> {
-  const body: Record<string, unknown> = { to: o.to };
-  if (o.range?.length) body.ranges = o.range.map(parseRange);
-  if (o.force) body.force = true;
-  const bar = o.progress === false || o.json ? null : progressBar('restore');
-  let r: RestoreResult;
+/** POSTs a long operation, showing its NDJSON progress as a bar (unless --no-progress or --json). */
+async function withProgress<T>(o: GlobalOptions & Json & { progress?: boolean }, label: string, url: string, body: unknown): Promise<T> {
+  const bar = o.progress === false || o.json ? null : progressBar(label);
   try {
-    r = await makeClient(o).streamJson<RestoreResult>('POST', vol(volume, 'restore'), body, (line) => {
+    return await makeClient(o).streamJson<T>('POST', url, body, (line) => {
       const p = line.progress as { phase: string; done: number; total: number } | undefined;
       if (p && bar) bar.update(p);
     });
   } finally {
     bar?.stop();
   }
+}
+
+export async function restore(volume: string, o: GlobalOptions & Json & { to: string; range?: string[]; force?: boolean; progress?: boolean }): Promise<void> {
+  const body: Record<string, unknown> = { to: o.to };
+  if (o.range?.length) body.ranges = o.range.map(parseRange);
+  if (o.force) body.force = true;
+  const r = await withProgress<RestoreResult>(o, 'restore', vol(volume, 'restore'), body);
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`restored ${volume} to ${pointLine(r.point)}`);
   print(`  ${r.blocksChanged} blocks changed since then; rewrote ${formatSize(r.bytesWritten)} in ${(r.durationMs / 1000).toFixed(1)} s`);
@@ -167,16 +172,7 @@ export async function restore(volume: string, o: GlobalOptions & Json & { to: st
 
 export async function exportImage(volume: string, o: GlobalOptions & Json & { at: string; out: string; progress?: boolean }): Promise<void> {
   const out = path.resolve(o.out);
-  const bar = o.progress === false || o.json ? null : progressBar('export');
-  let r: { file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number };
-  try {
-    r = await makeClient(o).streamJson('POST', vol(volume, 'export'), { at: o.at, out }, (line) => {
-      const p = line.progress as { phase: string; done: number; total: number } | undefined;
-      if (p && bar) bar.update(p);
-    });
-  } finally {
-    bar?.stop();
-  }
+  const r = await withProgress<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }>(o, 'export', vol(volume, 'export'), { at: o.at, out });
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`wrote ${r.file}: ${formatSize(r.size)} raw image (${formatSize(r.dataBytes)} of data) of ${volume} at ${pointLine(r.point)}`);
 }
