@@ -708,52 +708,18 @@ export class BackupManager {
    * an apply waits for the ones that started before it, so a read never
    * sees a half-applied block.
    */
-  async readBlockBefore(volumeId: number, blockIndex: number, k: number): Promise<Buffer> {
+  readBlockBefore(volumeId: number, blockIndex: number, k: number): Promise<Buffer> {
     const v = this.volumes.get(volumeId);
-    if (!v) throw new RangeError(`unknown volume ${volumeId}`);
+    if (!v) return Promise.reject(new RangeError(`unknown volume ${volumeId}`));
     const nblocks = Math.ceil(v.size / this.blockSize);
-    if (!Number.isInteger(blockIndex) || blockIndex < 0 || blockIndex >= nblocks) throw new RangeError(`block ${blockIndex} is outside volume ${volumeId}`);
-    const first = this.catalog.config()!.firstContainer;
-    const next = this.catalog.nextContainer();
-    if (!Number.isInteger(k) || k < first || k > next) throw new RangeError(`T_${k - 1} is not available (transactions ${first}..${next - 1} are committed)`);
-    const len = blockLength(blockIndex, this.blockSize, v.size);
-    const src = this.catalog.beforeBlockSource(volumeId, blockIndex, k);
-    if (src) return this.readBeforeBlock(this.historyFile('bilfc', src.n), src.position, volumeId, blockIndex, v.size);
-    const inf = this.inflight;
-    if (inf && inf.n >= k) {
-      const pos = runPosition(inf.runs, volumeId, blockIndex, this.blockSize);
-      if (pos !== undefined) return this.readBeforeBlock(inf.bilfcPath, pos, volumeId, blockIndex, v.size);
+    if (!Number.isInteger(blockIndex) || blockIndex < 0 || blockIndex >= nblocks) {
+      return Promise.reject(new RangeError(`block ${blockIndex} is outside volume ${volumeId}`));
     }
-    const read = (async () => {
-      const fh = await fs.promises.open(this.replicaPath(volumeId), 'r');
-      try {
-        const buf = Buffer.alloc(len);
-        await fh.read(buf, 0, len, blockIndex * this.blockSize);
-        return buf;
-      } finally {
-        await fh.close();
-      }
-    })();
-    this.replicaReads.add(read);
     try {
-      return await read;
-    } finally {
-      this.replicaReads.delete(read);
+      return this.readBefore(volumeId, blockIndex * this.blockSize, blockLength(blockIndex, this.blockSize, v.size), k);
+    } catch (err) {
+      return Promise.reject(err);
     }
-  }
-
-  private async readBeforeBlock(file: string, position: number, volumeId: number, blockIndex: number, size: number): Promise<Buffer> {
-    const len = blockLength(blockIndex, this.blockSize, size);
-    const raw = Buffer.alloc(RECORD_HEADER_SIZE + len);
-    const fh = await fs.promises.open(file, 'r');
-    try {
-      await fh.read(raw, 0, raw.length, position);
-    } finally {
-      await fh.close();
-    }
-    const out = Buffer.allocUnsafe(len);
-    unpackBeforeBlocks(raw, position, volumeId, blockIndex, 1, this.blockSize, size, out, 0);
-    return out;
   }
 
   private touchArray(volumeId: number): Uint32Array | undefined {
