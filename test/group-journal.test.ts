@@ -78,3 +78,55 @@ test('an empty spare left by a crash does not leave a gap in container numbers',
   const left = (await listContainers(dir)).map((c) => `${c.kind}-${c.n}`);
   t.deepEqual(left.sort(), ['ailfc-3', 'ailfc-4']);
 });
+
+test('catchUp waits for the containers sealed before it, not for ones sealed while writes go on', async (t) => {
+  const dir = tmp();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A manager that commits a container only when the test says so.
+  const release = new Map<number, () => void>();
+  const link: ManagerLink = {
+    submit: (ref) =>
+      new Promise<CommitInfo>((resolve) => {
+        release.set(ref.containerId, () =>
+          resolve({
+            groupId: 1,
+            containerId: ref.containerId,
+            firstSeq: ref.footer.firstSeq,
+            lastSeq: ref.footer.lastSeq,
+            firstTime: ref.footer.firstTime,
+            lastTime: ref.footer.lastTime,
+            blocks: ref.footer.recordCount,
+            bytesApplied: ref.footer.payloadBytes,
+          }),
+        );
+      }),
+  };
+  const j = await GroupJournal.open({ dir, groupId: 1, link, committedContainer: 0, committedSeq: 0, logger: silent, sealAgeMs: 0 });
+  t.teardown(() => j.close());
+  const write = async (): Promise<void> => {
+    const seq = j.reserve();
+    await j.append(seq, RecordKind.Write, 1, 0, 512, Buffer.alloc(512, seq));
+  };
+  await write();
+  await j.seal('command'); // container 1
+  await write();
+  let caughtUp = false;
+  const c = j.catchUp().then((r) => {
+    caughtUp = true;
+    return r;
+  }); // seals container 2
+  await new Promise((r) => setTimeout(r, 20));
+  // Writes go on and more containers are sealed while catchUp waits.
+  await write();
+  await j.seal('age'); // container 3
+  t.deepEqual([...release.keys()].sort(), [1, 2, 3]);
+  release.get(1)!();
+  await new Promise((r) => setTimeout(r, 20));
+  t.false(caughtUp, 'container 2 is not committed yet');
+  release.get(2)!();
+  const last = await Promise.race([c, new Promise<null>((r) => setTimeout(() => r(null), 2000))]);
+  t.true(caughtUp, 'catchUp returned although container 3 is still pending');
+  t.is(last?.containerId, 2);
+  t.deepEqual(j.status().sealedPending, [3]);
+  release.get(3)!();
+});
