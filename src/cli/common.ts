@@ -60,7 +60,14 @@ export function resolveToken(g: GlobalOptions): string | undefined {
   }
 }
 
-export function makeClient(g: GlobalOptions): ControlClient {
+/**
+ * Requests that may wait for the backup manager to catch up (seal, verify,
+ * points at "latest" or a recent time, markers, restores) get this long
+ * before the client gives up; others get the client's default (30 s).
+ */
+export const MANAGER_WAIT_MS = 3_600_000;
+
+export function makeClient(g: GlobalOptions, opts: { waitsForManager?: boolean } = {}): ControlClient {
   const endpoint = resolveEndpoint(g);
   let token: string | undefined;
   if (endpoint.kind === 'tcp') {
@@ -74,7 +81,8 @@ export function makeClient(g: GlobalOptions): ControlClient {
       );
     }
   }
-  return new ControlClient(endpoint, token === undefined ? {} : { token });
+  const timeout = opts.waitsForManager ? { timeoutMs: MANAGER_WAIT_MS } : {};
+  return new ControlClient(endpoint, token === undefined ? timeout : { token, ...timeout });
 }
 
 /** Left-aligned text table. */

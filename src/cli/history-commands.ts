@@ -30,7 +30,7 @@ export async function mark(target: string, name: string, o: GlobalOptions & Json
   if (o.quiescePost) body.post = o.quiescePost;
   if (o.timeout) body.timeout = /^\d+(\.\d+)?$/.test(o.timeout) ? Number(o.timeout) : o.timeout;
   if (o.keep) body.keep = o.keep;
-  const m = await makeClient(o).request<MarkerRecord>('POST', `/v1/markers/${enc(target)}`, body);
+  const m = await makeClient(o, { waitsForManager: true }).request<MarkerRecord>('POST', `/v1/markers/${enc(target)}`, body);
   if (o.json) return print(JSON.stringify(m, null, 2));
   print(`marked ${m.name} on ${m.volume ?? `group ${m.group}`} at seq ${m.seq} (${new Date(m.time).toISOString()}): ${m.kind}`);
   if (m.reason) print(`  ${m.reason}`);
@@ -115,7 +115,7 @@ export async function diff(volume: string, o: GlobalOptions & Json & { from?: st
   const body: Record<string, unknown> = { from: o.from, to: o.to };
   if (o.export) body.name = o.export;
   if (o.out) body.out = path.resolve(o.out);
-  const r = await makeClient(o).streamJson<DiffResult>('POST', `/v1/volumes/${enc(volume)}/diff`, body, () => undefined);
+  const r = await makeClient(o, { waitsForManager: true }).streamJson<DiffResult>('POST', `/v1/volumes/${enc(volume)}/diff`, body, () => undefined);
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`from ${pointLine(r.from)}`);
   print(`to   ${pointLine(r.to)}`);
@@ -160,7 +160,7 @@ function runCheck(cmd: string, env: Record<string, string>): Promise<{ code: num
 
 export async function bisect(volume: string, o: GlobalOptions & Json & { good?: string; bad?: string; check?: string; granularity?: string }): Promise<void> {
   if (!o.good || !o.bad || !o.check) throw new CliError('--good POINT, --bad POINT and --check CMD are required', EXIT.USAGE);
-  const c = makeClient(o);
+  const c = makeClient(o, { waitsForManager: true });
   const plan = await c.request<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }>(
     'POST',
     `/v1/volumes/${enc(volume)}/bisect-candidates`,

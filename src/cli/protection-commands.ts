@@ -46,7 +46,7 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
 }
 
 export async function seal(name: string, o: GlobalOptions & { json?: boolean }): Promise<void> {
-  const r = await makeClient(o).request<{ containerId: number | null; commit: { lastSeq: number; blocks: number } | null }>(
+  const r = await makeClient(o, { waitsForManager: true }).request<{ containerId: number | null; commit: { lastSeq: number; blocks: number } | null }>(
     'POST',
     at(name, 'seal'),
   );
@@ -87,7 +87,7 @@ export async function log(name: string, o: GlobalOptions & { json?: boolean; lim
 }
 
 export async function verify(name: string, o: GlobalOptions & { json?: boolean }): Promise<void> {
-  const r = await makeClient(o).request<VerifyReport>('POST', at(name, 'verify'));
+  const r = await makeClient(o, { waitsForManager: true }).request<VerifyReport>('POST', at(name, 'verify'));
   if (o.json) print(JSON.stringify(r, null, 2));
   else {
     print(`production ${r.productionSha256}`);

@@ -37,7 +37,7 @@ async function printView(v: ViewInfo, o: GlobalOptions, verb: string): Promise<v
 }
 
 export async function point(volume: string, at: string, o: GlobalOptions & Json): Promise<void> {
-  const p = await makeClient(o).request<PointInfo>('POST', vol(volume, 'resolve'), { at });
+  const p = await makeClient(o, { waitsForManager: true }).request<PointInfo>('POST', vol(volume, 'resolve'), { at });
   if (o.json) return print(JSON.stringify(p, null, 2));
   print(`${at} is ${pointLine(p)}`);
 }
@@ -47,7 +47,7 @@ export async function snapshot(volume: string, o: GlobalOptions & Json & { at?: 
   const body: Record<string, unknown> = { at: o.at };
   if (o.name) body.name = o.name;
   if (o.allow?.length) body.allow = o.allow;
-  const v = await makeClient(o).request<ViewInfo>('POST', vol(volume, 'snapshots'), body);
+  const v = await makeClient(o, { waitsForManager: true }).request<ViewInfo>('POST', vol(volume, 'snapshots'), body);
   if (o.json) return print(JSON.stringify(v, null, 2));
   await printView(v, o, 'created');
 }
@@ -58,7 +58,7 @@ export async function clone(source: string, o: GlobalOptions & Json & { at?: str
   if (o.at) body.at = o.at;
   if (o.name) body.name = o.name;
   if (o.readOnly) body.readOnly = true;
-  const v = await makeClient(o).request<ViewInfo>('POST', vol(source, 'clones'), body);
+  const v = await makeClient(o, { waitsForManager: true }).request<ViewInfo>('POST', vol(source, 'clones'), body);
   if (o.json) return print(JSON.stringify(v, null, 2));
   await printView(v, o, 'created');
 }
@@ -95,7 +95,7 @@ export async function step(name: string, o: GlobalOptions & Json & { forward?: s
     }
   }
   if (o.to !== undefined) body.to = o.to;
-  const r = await makeClient(o).request<ViewInfo & { from: PointInfo }>('POST', `${view(name)}/step`, body);
+  const r = await makeClient(o, { waitsForManager: true }).request<ViewInfo & { from: PointInfo }>('POST', `${view(name)}/step`, body);
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`${name} moved from seq ${r.from.seq} to ${pointLine(r.point)}`);
   print('  clients reconnect to see the new point');
@@ -150,7 +150,7 @@ function progressBar(label: string): { update(p: { phase: string; done: number; 
 async function withProgress<T>(o: GlobalOptions & Json & { progress?: boolean }, label: string, url: string, body: unknown): Promise<T> {
   const bar = o.progress === false || o.json ? null : progressBar(label);
   try {
-    return await makeClient(o).streamJson<T>('POST', url, body, (line) => {
+    return await makeClient(o, { waitsForManager: true }).streamJson<T>('POST', url, body, (line) => {
       const p = line.progress as { phase: string; done: number; total: number } | undefined;
       if (p && bar) bar.update(p);
     });
