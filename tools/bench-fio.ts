@@ -11,7 +11,11 @@
  * next repetition, so slow drift of the host (page cache, thermal) hits all
  * servers alike. Each cell reports the median of its repetitions. Before the
  * first read profile every server's file is written once end to end (untimed),
- * so reads return data rather than holes.
+ * so reads return data rather than holes. After every write run on a
+ * protected volume the tool waits (rewind seal) until the backup manager has
+ * applied the run's backlog, and prints how long that took: ingest is
+ * measured with the manager working behind it, but the next run does not
+ * inherit the previous run's backlog.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as fs from 'node:fs';
@@ -70,6 +74,12 @@ interface RunningServer {
   uri: string;
   handle: ServerHandle;
   stop(): Promise<void>;
+  /**
+   * Protected volumes: wait until the backup manager has applied every
+   * write so far (rewind seal), so the next run does not share the CPU with
+   * the previous run's backlog. Returns the seconds it took.
+   */
+  settle?(): Promise<number>;
 }
 
 interface ServerDescriptor {
@@ -171,7 +181,15 @@ function rewindServer(o: RewindOptions): ServerDescriptor {
           { timeoutMs: 60_000 },
         );
       }
-      return running(handle, o.volume);
+      const r = running(handle, o.volume);
+      if (o.createArgs?.includes('--protected')) {
+        r.settle = async () => {
+          const t0 = Date.now();
+          await runCommand(process.execPath, [o.bin, '--data-dir', dataDir, 'seal', o.volume], { timeoutMs: 60 * 60_000 });
+          return (Date.now() - t0) / 1000;
+        };
+      }
+      return r;
     },
   };
 }
@@ -539,6 +557,8 @@ interface Cell {
   server: string;
   runs: Metrics[];
   median?: Metrics;
+  /** Protected volumes: seconds the manager needed after each write run to apply its backlog. */
+  settleSeconds?: number[];
 }
 
 let interrupted = false;
@@ -631,6 +651,7 @@ async function main(): Promise<number> {
         const m = parseFioJson(await runFio(args, outFile, 60 * 60_000, srv, `fill on ${s.name}`), 'write', `fill on ${s.name}`);
         if (m.ioBytes < opts.size) throw new Error(`fill on ${s.name} wrote ${m.ioBytes} of ${opts.size} bytes`);
         log(`  done in ${((Date.now() - t0) / 1000).toFixed(1)} s (${fmtNum(m.mbps)} MB/s)`);
+        if (srv.settle) log(`  ${s.name}: the backup manager caught up ${(await srv.settle()).toFixed(1)} s later`);
         filled.add(s.name);
       }
     }
@@ -655,6 +676,11 @@ async function main(): Promise<number> {
         const m = parseFioJson(await runFio(args, outFile, timedMs, srv, what), profile.rw, what);
         row.get(s.name)!.runs.push(m);
         log(`${fmtNum(m.mbps)} MB/s, ${fmtNum(m.iops)} IOPS`);
+        if (srv.settle && !isRead(profile)) {
+          const secs = await srv.settle();
+          row.get(s.name)!.settleSeconds = [...(row.get(s.name)!.settleSeconds ?? []), secs];
+          log(`  ${s.name}: the backup manager caught up ${secs.toFixed(1)} s after the run`);
+        }
       }
     }
     for (const c of row.values()) c.median = medianMetrics(c.runs);
@@ -689,6 +715,11 @@ async function main(): Promise<number> {
     });
   }
   console.log(table(rows, new Set([2, 3, 4, 5])));
+  for (const c of cells) {
+    if (c.settleSeconds?.length) {
+      console.log(`${c.server} ${c.profile}: the backup manager applied the run's backlog ${fmtNum(median(c.settleSeconds))} s after fio stopped (median)`);
+    }
+  }
 
   if (opts.json) {
     const doc = {
