@@ -676,7 +676,8 @@ test('a record claiming a 4 GiB payload is rejected by bounds checks, not alloca
 const CHILD = `
 const { ContainerWriter } = require(process.argv[1]);
 (async () => {
-  const w = await ContainerWriter.create(process.argv[2], 1, { groupId: 1, containerId: 1, blockSize: 4096, inlineWriteMax: Number(process.argv[3]) });
+  const w = await ContainerWriter.create(process.argv[2], 1, { groupId: 1, containerId: 1, blockSize: 4096, inlineWriteMax: Number(process.argv[3]), direct: process.argv[4] === 'direct' });
+  if (process.argv[4] === 'direct' && !w.isDirect) throw new Error('no O_DIRECT in ' + process.argv[2]);
   let seq = 1;
   const payload = Buffer.alloc(4096);
   process.stdout.write('ready\\n');
@@ -697,11 +698,13 @@ const { ContainerWriter } = require(process.argv[1]);
 
 test('SIGKILL during appends: repair keeps every record whose append had resolved', async (t) => {
   const modPath = path.resolve(__dirname, '../src/journal/container.js');
-  for (let round = 0; round < 3; round++) {
+  for (let round = 0; round < 5; round++) {
     const dir = tempDir(t);
-    // Round 0 writes on the threadpool, the others inline.
-    const inline = round === 0 ? '0' : '262144';
-    const child = spawn(process.execPath, ['-e', CHILD, modPath, dir, inline], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // Round 0 writes on the threadpool, rounds 1-2 inline; rounds 3-4 in
+    // direct mode (3: every batch with O_DIRECT, 4: small batches inline).
+    const inline = round === 0 || round === 3 ? '0' : '262144';
+    const mode = round >= 3 ? 'direct' : 'buffered';
+    const child = spawn(process.execPath, ['-e', CHILD, modPath, dir, inline, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (d: string) => (out += d));
@@ -715,7 +718,7 @@ test('SIGKILL during appends: repair keeps every record whose append had resolve
       .filter((l) => /^\d+$/.test(l))
       .map(Number);
     t.true(printed.length > 0, 'the child acknowledged some records');
-    t.log(`round ${round}: ${printed.length} records acknowledged before SIGKILL`);
+    t.log(`round ${round} (${mode}): ${printed.length} records acknowledged before SIGKILL`);
     const file = path.join(dir, containerFileName('active', 1));
     const res = await repairActive(file);
     const got = await collect(file);
@@ -729,4 +732,67 @@ test('SIGKILL during appends: repair keeps every record whose append had resolve
       if (r.payload && r.payload.readUInt32LE(0) !== r.seq) t.fail(`payload of ${r.seq} is wrong`);
     }
   }
+});
+
+test('direct mode: mixed O_DIRECT and inline batches at unaligned offsets keep every byte; padding is cut at close and seal', async (t) => {
+  const dir = tempDir(t);
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 1e9 }),
+      fc.array(fc.record({ bytes: fc.oneof(fc.integer({ min: 0, max: 9000 }), fc.integer({ min: 200_000, max: 1_200_000 })), wait: fc.boolean() }), { minLength: 1, maxLength: 24 }),
+      fc.integer({ min: 0, max: 2 }),
+      async (seed, plan, ending) => {
+        const n = seed;
+        const w = await ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 7, containerId: n, blockSize: 4096, direct: true, inlineWriteMax: 65536 });
+        t.true(w.isDirect, 'O_DIRECT is available in the test directory');
+        const recs: Rec[] = [];
+        const ps: Promise<void>[] = [];
+        let seq = 1;
+        for (const [i, step] of plan.entries()) {
+          const payload = step.bytes ? pattern(step.bytes, seed + i) : null;
+          const rec: Rec = { input: { kind: payload ? RecordKind.Write : RecordKind.Trim, volumeId: 1, seq: seq++, time: 1.7e12 + i, offset: i * 512, length: step.bytes || 512 }, payload };
+          recs.push(rec);
+          ps.push(w.append(rec.input, rec.payload));
+          if (step.wait) await Promise.all(ps);
+        }
+        await Promise.all(ps);
+        const end = FILE_HEADER_SIZE + recs.reduce((a, r) => a + recordSize(r), 0);
+        t.is(w.size, end);
+        t.true(fs.statSync(w.path).size >= end, 'the file holds at least every record');
+        // Padding past the records reads as a torn tail.
+        const scan = await scanContainer(w.path);
+        t.is(scan.validEnd, end);
+        t.is(scan.recordCount, recs.length);
+        let file: string;
+        if (ending === 0) {
+          file = (await w.seal()).path;
+          t.true((await verifyContainer(file)).ok);
+        } else {
+          await w.close();
+          file = w.path;
+          if (ending === 2) {
+            // Reopen after close: appends continue at the end and the container seals.
+            const res = await repairActive(file);
+            t.is(res.truncatedBytes, 0);
+            const w2 = await ContainerWriter.reopen(file, res.validEnd, res, { direct: true, inlineWriteMax: 0 });
+            const extra: Rec = { input: { kind: RecordKind.Write, volumeId: 1, seq: seq++, time: 1.8e12, offset: 0, length: 5000 }, payload: pattern(5000, seed) };
+            recs.push(extra);
+            await w2.append(extra.input, extra.payload);
+            file = (await w2.seal()).path;
+            t.true((await verifyContainer(file)).ok);
+          }
+        }
+        const got = await collect(file);
+        t.is(got.length, recs.length);
+        let pos = FILE_HEADER_SIZE;
+        for (let i = 0; i < recs.length; i++) {
+          checkRecord(t, got[i]!, recs[i]!, pos);
+          pos += recordSize(recs[i]!);
+        }
+        t.is(fs.statSync(file).size, pos + (ending === 1 ? 0 : FOOTER_SIZE), 'no padding is left in the file');
+        fs.rmSync(file);
+      },
+    ),
+    { numRuns: 25 },
+  );
 });

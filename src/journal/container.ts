@@ -18,6 +18,16 @@
  * - The body CRC of the footer (a CRC over every record byte) is kept up to
  *   date without reading payloads twice: the payload's own CRC is combined
  *   into it (crc32_combine, GF(2) arithmetic, see crc32Combine below).
+ * - Direct mode (option `direct`, used for AILFCs and BILFCs): batches
+ *   larger than the inline limit are copied into an aligned staging buffer
+ *   and written with O_DIRECT in whole 4 KiB blocks, on the threadpool
+ *   (small batches still go inline through the page cache). The journal is write-once data: going
+ *   around the page cache spares the kernel allocating (and later
+ *   evicting) a fresh page for every byte journaled. The last partial
+ *   block is kept in memory and rewritten, with the next records, by the
+ *   next batch; the zero padding past the last record is cut off at seal
+ *   and close (after a crash it reads as a torn tail, which recovery cuts).
+ *   Where O_DIRECT is refused (tmpfs), the writer stays buffered.
  * - sync() waits until everything appended so far is written, then
  *   fdatasyncs; callers that arrive while an fdatasync is in flight share
  *   the next one.
@@ -34,7 +44,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fsyncDir } from '../util/fsync-dir';
-import * as zlib from 'node:zlib';
+import { alignedBuffer } from '../native';
+import { crc32 } from '../util/crc32';
 import {
   ContainerKind,
   FILE_HEADER_SIZE,
@@ -78,6 +89,12 @@ export interface WriterOptions {
    * threadpool. Default INLINE_WRITE_MAX.
    */
   inlineWriteMax?: number;
+  /**
+   * Write records with O_DIRECT through an aligned staging buffer (see the
+   * module comment). Falls back to buffered writes where the filesystem
+   * refuses O_DIRECT. Default false.
+   */
+  direct?: boolean;
 }
 
 export interface ScanResult extends ContainerStats {
@@ -117,6 +134,10 @@ export const INLINE_WRITE_MAX = 256 * 1024;
 const BATCH_MAX_BYTES = 16 * 1024 * 1024;
 /** ...or at this many iovecs (Linux IOV_MAX is 1024). */
 const BATCH_MAX_IOV = 1024;
+/** Direct mode: the unit of alignment of offsets, lengths and memory. */
+const DIRECT_BLOCK = 4096;
+/** Direct mode: staging buffer size (a multiple of DIRECT_BLOCK). */
+const DIRECT_STAGING = 8 * 1024 * 1024;
 /** Read granularity of scanners. */
 const CHUNK = 1024 * 1024;
 const HEADER_ARENA = 64 * 1024;
@@ -200,7 +221,7 @@ for (let n = 0; n < 256; n++) {
   CRC_TABLE[n] = c;
 }
 
-/** zlib.crc32(b.subarray(start, end), crc) for short ranges. */
+/** crc32(b.subarray(start, end), crc) for short ranges. */
 function crcSmall(b: Buffer, start: number, end: number, crc: number): number {
   let c = ~crc;
   for (let i = start; i < end; i++) c = CRC_TABLE[(c ^ b[i]) & 0xff] ^ (c >>> 8);
@@ -246,7 +267,7 @@ export function encodeFileHeader(h: FileHeader): Buffer {
   putU64(b, 16, h.containerId);
   b.writeDoubleLE(h.created, 24);
   putU32(b, 32, h.blockSize >>> 0);
-  putU32(b, 60, zlib.crc32(b.subarray(0, 60)));
+  putU32(b, 60, crc32(b.subarray(0, 60)));
   return b;
 }
 
@@ -254,7 +275,7 @@ export function encodeFileHeader(h: FileHeader): Buffer {
 export function decodeFileHeader(b: Buffer): FileHeader | string {
   if (b.length < FILE_HEADER_SIZE) return 'file too short for a container header';
   if (!b.subarray(0, 8).equals(LFC_MAGIC)) return 'bad container magic';
-  if (getU32(b, 60) !== zlib.crc32(b.subarray(0, 60))) return 'container header CRC mismatch';
+  if (getU32(b, 60) !== crc32(b.subarray(0, 60))) return 'container header CRC mismatch';
   const kind = b[8];
   if (kind !== ContainerKind.AILFC && kind !== ContainerKind.BILFC) return `unknown container kind ${kind}`;
   if (b[9] !== LFC_VERSION) return `unsupported container format version ${b[9]}`;
@@ -279,14 +300,14 @@ export function encodeFooter(f: Footer): Buffer {
   b.writeDoubleLE(f.lastTime, 40);
   putU64(b, 48, f.payloadBytes);
   putU32(b, 56, f.bodyCrc >>> 0);
-  putU32(b, 60, zlib.crc32(b.subarray(0, 60)));
+  putU32(b, 60, crc32(b.subarray(0, 60)));
   return b;
 }
 
 /** Decode a footer (b at least 64 bytes); a problem string if invalid. */
 function decodeFooter(b: Buffer, o: number): Footer | string {
   if (getU32(b, o) !== FOOTER_MAGIC) return 'bad footer magic';
-  if (getU32(b, o + 60) !== zlib.crc32(b.subarray(o, o + 60))) return 'footer CRC mismatch';
+  if (getU32(b, o + 60) !== crc32(b.subarray(o, o + 60))) return 'footer CRC mismatch';
   const recordCount = getU64(b, o + 8);
   const firstSeq = getU64(b, o + 16);
   const lastSeq = getU64(b, o + 24);
@@ -309,7 +330,7 @@ function decodeFooter(b: Buffer, o: number): Footer | string {
  */
 function decodeRecordHeader(b: Buffer, o: number): RecordHeader | string {
   if (getU32(b, o) !== RECORD_MAGIC) return 'bad record magic';
-  if (getU32(b, o + 44) !== zlib.crc32(b.subarray(o, o + 44))) return 'record header CRC mismatch';
+  if (getU32(b, o + 44) !== crc32(b.subarray(o, o + 44))) return 'record header CRC mismatch';
   const kind = b[o + 4];
   if (!KIND_OK[kind]) return `unknown record kind ${kind}`;
   const seq = getU64(b, o + 8);
@@ -416,6 +437,17 @@ class Batch {
   }
 }
 
+/** Direct-mode state of a writer. */
+interface DirectIo {
+  /** A second descriptor of the file, opened O_WRONLY | O_DIRECT. */
+  fd: number;
+  /** Aligned staging buffer, allocated on the first write. */
+  staging: Buffer | null;
+  /** File bytes [writtenEnd - tailLen, writtenEnd): the last partial block. */
+  tail: Buffer;
+  tailLen: number;
+}
+
 interface SyncWaiter {
   target: number;
   resolve: Resolve;
@@ -427,6 +459,7 @@ export class ContainerWriter {
   readonly header: FileHeader;
   private fd: number;
   private readonly inlineMax: number;
+  private dio: DirectIo | null = null;
 
   /** End of everything appended (queued or written). */
   private end: number;
@@ -536,7 +569,9 @@ export class ContainerWriter {
       }
       await fs.promises.unlink(tmp);
       await fsyncDir(dir);
-      return new ContainerWriter(final, fd, header, FILE_HEADER_SIZE, FILE_HEADER_SIZE, emptyStats(), opts);
+      const w = new ContainerWriter(final, fd, header, FILE_HEADER_SIZE, FILE_HEADER_SIZE, emptyStats(), opts);
+      if (opts.direct) await w.openDirect(hbuf);
+      return w;
     }
 
     const sealedPath = path.join(dir, containerFileName('bilfc', n));
@@ -551,7 +586,9 @@ export class ContainerWriter {
       fs.closeSync(fd);
       throw err;
     }
-    return new ContainerWriter(tmpPath, fd, header, FILE_HEADER_SIZE, FILE_HEADER_SIZE, emptyStats(), opts);
+    const w = new ContainerWriter(tmpPath, fd, header, FILE_HEADER_SIZE, FILE_HEADER_SIZE, emptyStats(), opts);
+    if (opts.direct) await w.openDirect(hbuf);
+    return w;
   }
 
   /**
@@ -572,11 +609,46 @@ export class ContainerWriter {
         throw new RangeError(`${filePath}: validEnd ${validEnd} outside the file (size ${size})`);
       }
       if (size > validEnd) fs.ftruncateSync(fd, validEnd);
-      return new ContainerWriter(filePath, fd, header, validEnd, 0, pickStats(stats), opts);
+      const w = new ContainerWriter(filePath, fd, header, validEnd, 0, pickStats(stats), opts);
+      if (opts.direct) {
+        const from = validEnd - (validEnd % DIRECT_BLOCK);
+        const tail = Buffer.alloc(validEnd - from);
+        readAllSync(fd, tail, 0, tail.length, from);
+        await w.openDirect(tail);
+      }
+      return w;
     } catch (err) {
       fs.closeSync(fd);
       throw err;
     }
+  }
+
+  /**
+   * Direct mode: open the O_DIRECT descriptor. `lastBlock` holds the file's
+   * bytes from the last 4 KiB boundary up to its end. Stays buffered if the
+   * filesystem refuses O_DIRECT.
+   */
+  private async openDirect(lastBlock: Buffer): Promise<void> {
+    const O_DIRECT = fs.constants.O_DIRECT;
+    if (!O_DIRECT) return;
+    let dfd: number;
+    try {
+      dfd = await new Promise<number>((resolve, reject) =>
+        fs.open(this.path, fs.constants.O_WRONLY | O_DIRECT, (err, fd) => (err ? reject(err) : resolve(fd))),
+      );
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EINVAL') return; // no O_DIRECT here (tmpfs)
+      throw err;
+    }
+    const tail = Buffer.alloc(DIRECT_BLOCK);
+    const tailLen = lastBlock.length % DIRECT_BLOCK;
+    lastBlock.copy(tail, 0, lastBlock.length - tailLen);
+    this.dio = { fd: dfd, staging: null, tail, tailLen };
+  }
+
+  /** True when records are written with O_DIRECT. */
+  get isDirect(): boolean {
+    return this.dio !== null;
   }
 
   /** Bytes in the file once everything appended so far is written. */
@@ -663,7 +735,7 @@ export class ContainerWriter {
     putU64(a, o + 24, offset);
     putU32(a, o + 32, length);
     putU32(a, o + 36, plen);
-    const pcrc = plen > 0 ? zlib.crc32(payload!) : 0;
+    const pcrc = plen > 0 ? crc32(payload!) : 0;
     putU32(a, o + 40, pcrc);
     putU32(a, o + 44, crcSmall(a, o, o + 44, 0));
     const h = a.subarray(o, o + RECORD_HEADER_SIZE);
@@ -727,6 +799,7 @@ export class ContainerWriter {
     this.schedule();
     try {
       await b.promise;
+      await this.cutPadding();
       await this.syncInternal();
     } catch (err) {
       await this.closeFd().catch(() => undefined);
@@ -773,6 +846,7 @@ export class ContainerWriter {
     }
     // Wait for an in-flight fdatasync so the fd is not closed under it.
     while (this.syncing) await new Promise<void>((r) => setImmediate(r));
+    if (!this.failed) await this.cutPadding().catch(() => undefined);
     await this.closeFd();
   }
 
@@ -798,12 +872,26 @@ export class ContainerWriter {
     this.flush();
   };
 
+  /** Direct mode: cut the zero padding after the last record off the file. */
+  private async cutPadding(): Promise<void> {
+    if (!this.dio || this.fd < 0) return;
+    const fd = this.fd;
+    const end = this.writtenEnd;
+    await new Promise<void>((resolve, reject) => fs.ftruncate(fd, end, (err) => (err ? reject(err) : resolve())));
+  }
+
   /** Write queued batches: inline ones synchronously, a large one on the threadpool. */
   private flush(): void {
     while (!this.writing && !this.failed) {
       const b = this.head;
       if (b === null) return;
       if (b === this.tail) this.tailOpen = false;
+      // Direct: large batches, and the footer (which ends the file exactly).
+      if (this.dio && (b.bytes > this.inlineMax || this.closing)) {
+        this.writing = true;
+        void this.writeDirect(b);
+        return;
+      }
       if (b.bytes <= this.inlineMax) {
         this.counters.writeCalls++;
         try {
@@ -813,6 +901,7 @@ export class ContainerWriter {
           this.fail(err as Error);
           return;
         }
+        if (this.dio) this.keepTail(b);
         this.batchDone(b);
       } else {
         this.writing = true;
@@ -848,6 +937,92 @@ export class ContainerWriter {
       this.batchDone(b);
       this.flush();
     });
+  }
+
+  /**
+   * Direct mode: write batch b (which starts at writtenEnd) as whole blocks:
+   * the kept partial block, then the batch's bytes, through the staging
+   * buffer; the last block is padded with zeros and kept for the next batch.
+   */
+  private async writeDirect(b: Batch): Promise<void> {
+    const d = this.dio!;
+    const st = (d.staging ??= alignedBuffer(DIRECT_STAGING, DIRECT_BLOCK));
+    const cap = st.length;
+    let pos = b.start - d.tailLen;
+    let fill = d.tailLen;
+    d.tail.copy(st, 0, 0, fill);
+    try {
+      for (const buf of b.bufs) {
+        let off = 0;
+        while (off < buf.length) {
+          const n = Math.min(cap - fill, buf.length - off);
+          buf.copy(st, fill, off, off + n);
+          fill += n;
+          off += n;
+          if (fill === cap) {
+            await this.pwriteDirect(d.fd, st, cap, pos);
+            pos += cap;
+            fill = 0;
+          }
+        }
+      }
+      const keep = fill % DIRECT_BLOCK;
+      if (fill > 0) {
+        const padded = keep ? fill - keep + DIRECT_BLOCK : fill;
+        if (keep) st.fill(0, fill, padded);
+        await this.pwriteDirect(d.fd, st, padded, pos);
+      }
+      st.copy(d.tail, 0, fill - keep, fill);
+      d.tailLen = keep;
+    } catch (err) {
+      this.writing = false;
+      this.fail(err as Error);
+      return;
+    }
+    this.writing = false;
+    if (this.failed) return;
+    this.batchDone(b);
+    this.flush();
+  }
+
+  /**
+   * Direct mode, after a small batch went through the page cache: keep the
+   * file's last partial block up to date for the next direct write.
+   */
+  private keepTail(b: Batch): void {
+    const d = this.dio!;
+    const end = b.start + b.bytes;
+    const keep = end % DIRECT_BLOCK;
+    if (b.bytes < keep) {
+      // Still inside the same block: the batch extends the kept bytes.
+      let at = d.tailLen;
+      for (const buf of b.bufs) at += buf.copy(d.tail, at);
+    } else {
+      // The last `keep` bytes of the batch.
+      let need = keep;
+      for (let i = b.bufs.length - 1; i >= 0 && need > 0; i--) {
+        const buf = b.bufs[i]!;
+        const n = Math.min(need, buf.length);
+        buf.copy(d.tail, need - n, buf.length - n);
+        need -= n;
+      }
+    }
+    d.tailLen = keep;
+  }
+
+  /** pwrite all of st[0, len) at pos on the threadpool; short writes continue from a block boundary. */
+  private async pwriteDirect(fd: number, st: Buffer, len: number, pos: number): Promise<void> {
+    let done = 0;
+    while (done < len) {
+      this.counters.writeCalls++;
+      const n = await new Promise<number>((resolve, reject) =>
+        fs.write(fd, st, done, len - done, pos + done, (err, written) => (err ? reject(err) : resolve(written))),
+      );
+      if (n <= 0 || (done + n < len && n % DIRECT_BLOCK !== 0)) {
+        throw Object.assign(new Error(`direct write of ${len - done} bytes at ${pos + done} wrote ${n}`), { code: 'EIO' });
+      }
+      done += n;
+    }
   }
 
   private batchDone(b: Batch): void {
@@ -906,6 +1081,11 @@ export class ContainerWriter {
     this.closing = true;
     const fd = this.fd;
     this.fd = -1;
+    if (this.dio) {
+      const dfd = this.dio.fd;
+      this.dio.staging = null;
+      await new Promise<void>((resolve) => fs.close(dfd, () => resolve()));
+    }
     await new Promise<void>((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
   }
 }
@@ -1086,7 +1266,7 @@ class Walker {
     if (j < 0) return undefined;
     const hcrc = crcSmall(r.buf, i, i + RECORD_HEADER_SIZE, this.st.bodyCrc);
     const piece = r.buf.subarray(j, j + plen);
-    if (zlib.crc32(piece) !== rh.payloadCrc) return this.stop('payload CRC mismatch');
+    if (crc32(piece) !== rh.payloadCrc) return this.stop('payload CRC mismatch');
     return this.accept(rh, hcrc, this.payloads ? Buffer.from(piece) : null);
   }
 
@@ -1115,7 +1295,7 @@ class Walker {
         if (pi < 0) return this.stop('truncated payload');
         const n = Math.min(plen - done, r.availFrom(at));
         const piece = r.buf.subarray(pi, pi + n);
-        crc = zlib.crc32(piece, crc);
+        crc = crc32(piece, crc);
         if (payload) piece.copy(payload, done);
         done += n;
       }
@@ -1305,7 +1485,7 @@ export async function readRecordAt(fd: number, position: number): Promise<Stored
     payload = Buffer.allocUnsafe(plen);
     const n = await readFully(fd, payload, 0, plen, position + RECORD_HEADER_SIZE);
     if (n < plen) throw new LfcFormatError(where, position, 'truncated payload');
-    if (zlib.crc32(payload) !== rh.payloadCrc) throw new LfcFormatError(where, position, 'payload CRC mismatch');
+    if (crc32(payload) !== rh.payloadCrc) throw new LfcFormatError(where, position, 'payload CRC mismatch');
   }
   const rec = rh as StoredRecord;
   rec.position = position;

@@ -65,6 +65,11 @@ export interface GroupJournalOptions {
   logger: JournalLogger;
   /** Space limit of the local pool of LFCs (sealed, not yet committed, plus the active one); 0 or absent: none. */
   poolBytes?: number;
+  /**
+   * Append AILFC records with O_DIRECT (ContainerWriter's direct mode).
+   * Default: on, unless the environment sets REWIND_JOURNAL_IO=buffered.
+   */
+  directIo?: boolean;
 }
 
 /** A super transaction: the containers from `id` to `lastContainer` (null: still open). */
@@ -121,6 +126,7 @@ export class GroupJournal {
   private readonly sealBytes: number;
   private readonly sealAgeMs: number;
   private readonly blockSize: number;
+  private readonly directIo: boolean;
   private readonly log: JournalLogger;
 
   private active!: ContainerWriter;
@@ -154,6 +160,7 @@ export class GroupJournal {
     this.sealBytes = opts.sealBytes ?? 64 * 1024 * 1024;
     this.sealAgeMs = opts.sealAgeMs ?? 2000;
     this.blockSize = opts.blockSize ?? 4096;
+    this.directIo = opts.directIo ?? process.env.REWIND_JOURNAL_IO !== 'buffered';
     this.log = opts.logger;
     this.committedContainer = opts.committedContainer;
     this.committedSeq = opts.committedSeq;
@@ -561,6 +568,11 @@ export class GroupJournal {
       (err) => {
         this.pending.delete(ref.containerId);
         this.pendingFileBytes.delete(ref.containerId);
+        if (this.closed) {
+          // Shutting down: the sealed file stays and is handed over again at the next start.
+          this.log.info({ group: this.groupId, container: ref.containerId }, 'AILFC left for the manager to apply at the next start');
+          return null;
+        }
         this.lastError = `container ${ref.containerId}: ${(err as Error)?.message ?? err}`;
         this.log.error({ group: this.groupId, container: ref.containerId, err: this.lastError }, 'manager refused container');
         return null;
@@ -577,9 +589,11 @@ export class GroupJournal {
    * more, and waiting for "none pending" would never end.
    */
   async catchUp(): Promise<CommitInfo | null> {
+    // Every record appended before this call is in the active container or
+    // an earlier one.
+    const bound = this.active.header.containerId;
     await this.seal('catch-up');
-    await this.sealing;
-    const upTo = [...this.pending.entries()].sort((a, b) => a[0] - b[0]);
+    const upTo = [...this.pending.entries()].filter(([n]) => n <= bound).sort((a, b) => a[0] - b[0]);
     let last: CommitInfo | null = null;
     for (const [, p] of upTo) last = (await p) ?? last;
     return last;
@@ -590,6 +604,7 @@ export class GroupJournal {
       groupId: this.groupId,
       containerId: n,
       blockSize: this.blockSize,
+      direct: this.directIo,
     });
   }
 

@@ -31,7 +31,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as zlib from 'node:zlib';
+import { crc32 } from '../util/crc32';
 
 export const STATE_MAP_MAGIC = Buffer.from('RWSMAP\x00\x01', 'latin1');
 export const STATE_MAP_HEADER_SIZE = 64;
@@ -70,7 +70,7 @@ function encodeHeader(regionSize: number, volumeSize: number, regionCount: numbe
   b.writeUInt32LE(Math.floor(volumeSize / TWO32), 20);
   b.writeUInt32LE(regionCount >>> 0, 24);
   b.writeUInt32LE(Math.floor(regionCount / TWO32), 28);
-  b.writeUInt32LE(zlib.crc32(b.subarray(0, 60)), 60);
+  b.writeUInt32LE(crc32(b.subarray(0, 60)), 60);
   return b;
 }
 
@@ -166,7 +166,7 @@ export class StateMap {
       const got = readFull(fd, hb, 0);
       if (got < STATE_MAP_HEADER_SIZE) throw new Error(`state map ${filePath}: file too short (${got} bytes)`);
       if (!hb.subarray(0, 8).equals(STATE_MAP_MAGIC)) throw new Error(`state map ${filePath}: bad magic`);
-      if (hb.readUInt32LE(60) !== zlib.crc32(hb.subarray(0, 60))) throw new Error(`state map ${filePath}: header CRC mismatch`);
+      if (hb.readUInt32LE(60) !== crc32(hb.subarray(0, 60))) throw new Error(`state map ${filePath}: header CRC mismatch`);
       const fRegion = hb.readUInt32LE(8);
       const fVolume = readU64(hb, 16);
       const fCount = readU64(hb, 24);

@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as zlib from 'node:zlib';
+import { crc32 } from '../util/crc32';
 import { ContainerWriter, verifyContainer } from '../journal/container';
 import {
   ContainerKind,
@@ -175,7 +175,7 @@ function checkFileHeader(file: string, kind: ContainerKind, groupId: number, n: 
     const h = Buffer.alloc(FILE_HEADER_SIZE);
     if (fs.readSync(fd, h, 0, FILE_HEADER_SIZE, 0) !== FILE_HEADER_SIZE) return 'truncated file header';
     if (!h.subarray(0, 8).equals(LFC_MAGIC)) return 'bad file magic';
-    if (zlib.crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) return 'file header checksum mismatch';
+    if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) return 'file header checksum mismatch';
     if (h[8] !== kind) return `container kind ${h[8]}, expected ${kind}`;
     if (h.readUInt32LE(12) !== groupId) return `group ${h.readUInt32LE(12)}, expected ${groupId}`;
     const id = Number(h.readBigUInt64LE(16));
@@ -272,7 +272,7 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
     };
   }
 
-  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize });
+  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize, direct: process.env.REWIND_JOURNAL_IO !== "buffered" });
   let sealed: { path: string; footer: Footer };
   const fds = new Map<number, number>();
   try {

@@ -10,7 +10,7 @@
  * volume is one run, not a set of blocks.
  */
 import * as fs from 'node:fs';
-import * as zlib from 'node:zlib';
+import { crc32 } from '../util/crc32';
 import {
   FILE_HEADER_SIZE,
   RECORD_HEADER_SIZE,
@@ -202,7 +202,7 @@ export function scanHeaders(fd: number, end: number, t: RecordTable, stats: Reco
     }
     const o = pos - winStart;
     if (win.readUInt32LE(o) !== RECORD_MAGIC) throw new PlanError(`record at ${pos}: bad record magic`, pos);
-    if (zlib.crc32(win.subarray(o, o + 44)) !== win.readUInt32LE(o + 44)) throw new PlanError(`record at ${pos}: record header checksum mismatch`, pos);
+    if (crc32(win.subarray(o, o + 44)) !== win.readUInt32LE(o + 44)) throw new PlanError(`record at ${pos}: record header checksum mismatch`, pos);
     const plen = win.readUInt32LE(o + 36);
     addRecord(
       t,
@@ -392,7 +392,7 @@ export function planBatches(
 export function parseRecordHeader(buf: Buffer, off: number): RecordHeader | string {
   if (buf.length - off < RECORD_HEADER_SIZE) return 'truncated record header';
   if (buf.readUInt32LE(off) !== RECORD_MAGIC) return 'bad record magic';
-  const crc = zlib.crc32(buf.subarray(off, off + 44));
+  const crc = crc32(buf.subarray(off, off + 44));
   if (crc !== buf.readUInt32LE(off + 44)) return 'record header checksum mismatch';
   return {
     kind: buf[off + 4]! as RecordKind,
@@ -433,7 +433,7 @@ export function unpackBeforeBlocks(
     const where = basePosition + off;
     if (buf.length - off < RECORD_HEADER_SIZE) throw new PlanError(`BILFC record at ${where}: truncated record header`, where);
     if (buf.readUInt32LE(off) !== RECORD_MAGIC) throw new PlanError(`BILFC record at ${where}: bad record magic`, where);
-    if (zlib.crc32(buf.subarray(off, off + 44)) !== buf.readUInt32LE(off + 44)) {
+    if (crc32(buf.subarray(off, off + 44)) !== buf.readUInt32LE(off + 44)) {
       throw new PlanError(`BILFC record at ${where}: record header checksum mismatch`, where);
     }
     const kind = buf[off + 4]!;
@@ -451,7 +451,7 @@ export function unpackBeforeBlocks(
     const p = off + RECORD_HEADER_SIZE;
     if (p + len > buf.length) throw new PlanError(`BILFC record at ${where}: truncated payload`, where);
     const payload = buf.subarray(p, p + len);
-    if (zlib.crc32(payload) !== payloadCrc) throw new PlanError(`BILFC record at ${where}: payload checksum mismatch`, where);
+    if (crc32(payload) !== payloadCrc) throw new PlanError(`BILFC record at ${where}: payload checksum mismatch`, where);
     payload.copy(dest, d);
     d += len;
     off = p + len;

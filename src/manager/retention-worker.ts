@@ -25,7 +25,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as zlib from 'node:zlib';
+import { crc32 } from '../util/crc32';
 import { encodeFileHeader, encodeFooter } from '../journal/container';
 import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, type Footer } from '../journal/format';
 import { RecordTable, emptyStats, isApplied, scanHeaders, unpackBeforeBlocks } from './plan';
@@ -222,7 +222,7 @@ class LfcOut {
 
   /** Appends whole records (headers and payloads) already in LFC format. */
   append(raw: Buffer, records: number, payloadBytes: number, seqs?: { first: number; firstTime: number; last: number; lastTime: number }): void {
-    this.crc = zlib.crc32(raw, this.crc);
+    this.crc = crc32(raw, this.crc);
     if (seqs) {
       if (this.count === 0) {
         this.firstSeq = seqs.first;
@@ -420,7 +420,7 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
           let payloadBytes = 0;
           for (let k = i, off = 0; k < j; k++) {
             const plen = raw.readUInt32LE(off + 36);
-            if (plen > 0 && zlib.crc32(raw.subarray(off + RECORD_HEADER_SIZE, off + RECORD_HEADER_SIZE + plen)) !== raw.readUInt32LE(off + 40)) {
+            if (plen > 0 && crc32(raw.subarray(off + RECORD_HEADER_SIZE, off + RECORD_HEADER_SIZE + plen)) !== raw.readUInt32LE(off + 40)) {
               throw new Error(`AILFC_${task.sources[si]!.n}: payload checksum mismatch in the record at ${start + off}`);
             }
             payloadBytes += plen;

@@ -56,6 +56,7 @@ interface RawAddon {
   fallocate(fd: number, mode: string, offset: number, length: number): Promise<void>;
   fallocateSync(fd: number, mode: string, offset: number, length: number): void;
   fdatasync(fd: number): Promise<void>;
+  alignedBuffer(size: number, alignment: number): Buffer;
   fdatasyncSync(fd: number): void;
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
@@ -148,6 +149,14 @@ export function fallocate(fd: number, mode: FallocateMode, offset: number, lengt
 /** fallocate(2) on the calling thread. */
 export function fallocateSync(fd: number, mode: FallocateMode, offset: number, length: number): void {
   loadNative().fallocateSync(fd, mode, offset, length);
+}
+
+/**
+ * A zero-filled Buffer of `size` bytes whose memory starts at a multiple of
+ * `alignment` (posix_memalign): the buffers O_DIRECT reads and writes need.
+ */
+export function alignedBuffer(size: number, alignment: number): Buffer {
+  return loadNative().alignedBuffer(size, alignment);
 }
 
 /** fdatasync(2) on the libuv threadpool. */

@@ -34,7 +34,7 @@
  * and that IMAGE has the volume's size.
  */
 import * as fs from 'node:fs';
-import * as zlib from 'node:zlib';
+import { crc32 } from '../util/crc32';
 import { RecordKind } from '../journal/format';
 import { txnRecords, type PointHistory, type ResolvedPoint } from './point';
 import type { ImageSource } from './point-image';
@@ -178,7 +178,7 @@ export async function writeDiffFile(
     h.writeBigUInt64LE(BigInt(meta.to.seq), 32);
     h.writeDoubleLE(meta.from.time, 40);
     h.writeDoubleLE(meta.to.time, 48);
-    h.writeUInt32LE(zlib.crc32(h.subarray(0, 60)), 60);
+    h.writeUInt32LE(crc32(h.subarray(0, 60)), 60);
     await fh.write(h, 0, HEADER, 0);
     let pos = HEADER;
     let crc = 0;
@@ -192,9 +192,9 @@ export async function writeDiffFile(
         const rh = Buffer.alloc(16);
         rh.writeBigUInt64LE(BigInt(off), 0);
         rh.writeUInt32LE(len, 8);
-        rh.writeUInt32LE(zlib.crc32(data), 12);
+        rh.writeUInt32LE(crc32(data), 12);
         await fh.writev([rh, data], pos);
-        crc = zlib.crc32(data, zlib.crc32(rh, crc));
+        crc = crc32(data, crc32(rh, crc));
         pos += 16 + len;
         dataBytes += len;
         progress(dataBytes, total);
@@ -207,7 +207,7 @@ export async function writeDiffFile(
     f.writeBigUInt64LE(BigInt(records), 8);
     f.writeBigUInt64LE(BigInt(dataBytes), 16);
     f.writeUInt32LE(crc, 24);
-    f.writeUInt32LE(zlib.crc32(f.subarray(0, 28)), 28);
+    f.writeUInt32LE(crc32(f.subarray(0, 28)), 28);
     await fh.write(f, 0, FOOTER, pos);
     await fh.sync();
     await fh.close();
@@ -250,11 +250,11 @@ export async function readDiffFile(
     const h = Buffer.alloc(HEADER);
     await fh.read(h, 0, HEADER, 0);
     if (!h.subarray(0, 8).equals(MAGIC)) throw new DiffFileError(file, 0, 'bad magic');
-    if (zlib.crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new DiffFileError(file, 0, 'header checksum mismatch');
+    if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new DiffFileError(file, 0, 'header checksum mismatch');
     if (h.readUInt32LE(8) !== 1) throw new DiffFileError(file, 8, `unknown version ${h.readUInt32LE(8)}`);
     const f = Buffer.alloc(FOOTER);
     await fh.read(f, 0, FOOTER, size - FOOTER);
-    if (!f.subarray(0, 8).equals(END) || zlib.crc32(f.subarray(0, 28)) !== f.readUInt32LE(28)) throw new DiffFileError(file, size - FOOTER, 'bad footer');
+    if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28)) throw new DiffFileError(file, size - FOOTER, 'bad footer');
     const info: DiffFileInfo = {
       blockSize: h.readUInt32LE(12),
       volumeSize: Number(h.readBigUInt64LE(16)),
@@ -279,8 +279,8 @@ export async function readDiffFile(
       if (off < prevEnd || off + len > info.volumeSize) throw new DiffFileError(file, pos, `record ${off}+${len} out of order or past the volume`);
       const data = Buffer.allocUnsafe(len);
       await fh.read(data, 0, len, pos + 16);
-      if (zlib.crc32(data) !== rh.readUInt32LE(12)) throw new DiffFileError(file, pos, 'data checksum mismatch');
-      crc = zlib.crc32(data, zlib.crc32(rh, crc));
+      if (crc32(data) !== rh.readUInt32LE(12)) throw new DiffFileError(file, pos, 'data checksum mismatch');
+      crc = crc32(data, crc32(rh, crc));
       if (onRecord) await onRecord(off, data);
       prevEnd = off + len;
       pos += 16 + len;
