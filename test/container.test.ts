@@ -137,7 +137,7 @@ function expectedStats(recs: Rec[]) {
   };
 }
 
-async function newWriter(t: T, dir: string, kind = ContainerKind.AILFC, n = 1, opts: { inlineWriteMax?: number } = {}): Promise<ContainerWriter> {
+async function newWriter(t: T, dir: string, kind = ContainerKind.AILFC, n = 1, opts: { inlineWriteMax?: number; direct?: boolean } = {}): Promise<ContainerWriter> {
   const w = await ContainerWriter.create(dir, kind, { groupId: 7, containerId: n, blockSize: 4096, created: 1.7e12, ...opts });
   t.teardown(() => w.close());
   return w;
@@ -795,4 +795,44 @@ test('direct mode: mixed O_DIRECT and inline batches at unaligned offsets keep e
     ),
     { numRuns: 25 },
   );
+});
+
+test.serial('direct mode: a filesystem refusing O_DIRECT writes (EINVAL) gets the batch again through the page cache; EIO fails the writer', async (t) => {
+  const dir = tempDir(t);
+  const real = rawFs.write;
+  const big = pattern(300_000, 5);
+  try {
+    // EINVAL on the first direct write: the writer goes buffered and loses nothing.
+    const w = await newWriter(t, dir, ContainerKind.AILFC, 1, { direct: true });
+    t.true(w.isDirect);
+    let refused = 0;
+    (rawFs as { write: unknown }).write = (...args: unknown[]) => {
+      const cb = args[args.length - 1] as (err: Error | null, n?: number) => void;
+      refused++;
+      (rawFs as { write: unknown }).write = real;
+      process.nextTick(() => cb(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL', errno: -22 })));
+    };
+    await w.append({ kind: RecordKind.Write, volumeId: 0, seq: 1, time: 1, offset: 0, length: big.length }, big);
+    await w.append({ kind: RecordKind.Write, volumeId: 0, seq: 2, time: 2, offset: 0, length: 100 }, big.subarray(0, 100));
+    t.is(refused, 1);
+    t.false(w.isDirect, 'the writer left direct mode');
+    const { path: sealed } = await w.seal();
+    t.true((await verifyContainer(sealed)).ok);
+    const got = await collect(sealed);
+    t.is(got.length, 2);
+    t.true(got[0]!.payload!.equals(big));
+
+    // EIO on a direct write fails the writer like any write error.
+    const w2 = await newWriter(t, dir, ContainerKind.AILFC, 2, { direct: true });
+    const eio = Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO', errno: -5 });
+    (rawFs as { write: unknown }).write = (...args: unknown[]) => {
+      const cb = args[args.length - 1] as (err: Error | null) => void;
+      process.nextTick(() => cb(eio));
+    };
+    await t.throwsAsync(w2.append({ kind: RecordKind.Write, volumeId: 0, seq: 1, time: 1, offset: 0, length: big.length }, big), { is: eio });
+    (rawFs as { write: unknown }).write = real;
+    await t.throwsAsync(w2.seal(), { is: eio });
+  } finally {
+    (rawFs as { write: unknown }).write = real;
+  }
 });

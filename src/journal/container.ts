@@ -460,6 +460,8 @@ export class ContainerWriter {
   private fd: number;
   private readonly inlineMax: number;
   private dio: DirectIo | null = null;
+  /** Direct writes may have left zero padding past writtenEnd. */
+  private padded = false;
 
   /** End of everything appended (queued or written). */
   private end: number;
@@ -874,7 +876,7 @@ export class ContainerWriter {
 
   /** Direct mode: cut the zero padding after the last record off the file. */
   private async cutPadding(): Promise<void> {
-    if (!this.dio || this.fd < 0) return;
+    if (!this.padded || this.fd < 0) return;
     const fd = this.fd;
     const end = this.writtenEnd;
     await new Promise<void>((resolve, reject) => fs.ftruncate(fd, end, (err) => (err ? reject(err) : resolve())));
@@ -960,6 +962,7 @@ export class ContainerWriter {
           fill += n;
           off += n;
           if (fill === cap) {
+            this.padded = true;
             await this.pwriteDirect(d.fd, st, cap, pos);
             pos += cap;
             fill = 0;
@@ -970,12 +973,21 @@ export class ContainerWriter {
       if (fill > 0) {
         const padded = keep ? fill - keep + DIRECT_BLOCK : fill;
         if (keep) st.fill(0, fill, padded);
+        this.padded = true;
         await this.pwriteDirect(d.fd, st, padded, pos);
       }
       st.copy(d.tail, 0, fill - keep, fill);
       d.tailLen = keep;
     } catch (err) {
       this.writing = false;
+      if ((err as NodeJS.ErrnoException).code === 'EINVAL' && !this.failed) {
+        // The filesystem took O_DIRECT at open but refuses the writes (its
+        // alignment rules differ): write buffered from here on. Batch b is
+        // still at the head and goes again, through the page cache.
+        this.dropDirect();
+        this.flush();
+        return;
+      }
       this.fail(err as Error);
       return;
     }
@@ -983,6 +995,15 @@ export class ContainerWriter {
     if (this.failed) return;
     this.batchDone(b);
     this.flush();
+  }
+
+  /** Leave direct mode for good (the padding, if any, is still cut at seal and close). */
+  private dropDirect(): void {
+    const d = this.dio;
+    if (!d) return;
+    this.dio = null;
+    d.staging = null;
+    fs.close(d.fd, () => undefined);
   }
 
   /**
