@@ -511,8 +511,13 @@ Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
   int rc = ::posix_memalign(&p, static_cast<size_t>(align), static_cast<size_t>(size));
   if (rc != 0) throw ErrnoError(env, rc, "posix_memalign", "posix_memalign");
   ::memset(p, 0, static_cast<size_t>(size));
+  // Tell V8 about the memory so that garbage collection weighs it.
+  Napi::MemoryManagement::AdjustExternalMemory(env, size);
   return Napi::Buffer<uint8_t>::New(env, static_cast<uint8_t*>(p), static_cast<size_t>(size),
-                                    [](Napi::Env, uint8_t* data) { ::free(data); });
+                                    [size](Napi::Env fenv, uint8_t* data) {
+                                      ::free(data);
+                                      Napi::MemoryManagement::AdjustExternalMemory(fenv, -size);
+                                    });
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

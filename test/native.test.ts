@@ -246,3 +246,25 @@ test('argument errors: async functions reject, sync ones throw TypeError/RangeEr
   t.throws(() => native.seekHole(undefined as unknown as number, 0), { instanceOf: TypeError });
   t.throws(() => native.fallocateSync(0, 'punch', 2 ** 60, 1), { instanceOf: RangeError });
 });
+
+test('alignedBuffer: zero-filled memory that O_DIRECT reads and writes accept; bad sizes are refused', (t) => {
+  const file = tempFile(t, 'direct.img');
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_DIRECT);
+  t.teardown(() => fs.closeSync(fd));
+  for (let i = 0; i < 8; i++) {
+    const b = native.alignedBuffer(64 * KiB, 4096);
+    t.is(b.length, 64 * KiB);
+    t.true(b.every((x) => x === 0), 'zero-filled');
+    b.fill(i + 1);
+    // Misaligned memory would make these fail with EINVAL.
+    t.is(fs.writeSync(fd, b, 0, b.length, i * 64 * KiB), b.length);
+    const r = native.alignedBuffer(64 * KiB, 4096);
+    t.is(fs.readSync(fd, r, 0, r.length, i * 64 * KiB), r.length);
+    t.true(r.equals(b));
+  }
+  // A plain Buffer is (almost always) not 4 KiB aligned: the kernel refuses it.
+  const plain = Buffer.alloc(64 * KiB + 1).subarray(1);
+  t.throws(() => fs.writeSync(fd, plain, 0, 64 * KiB, 0), { code: 'EINVAL' });
+  t.throws(() => native.alignedBuffer(0, 4096), { instanceOf: RangeError });
+  t.throws(() => native.alignedBuffer(4096, 3000), { instanceOf: RangeError });
+});

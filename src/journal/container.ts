@@ -20,14 +20,15 @@
  *   into it (crc32_combine, GF(2) arithmetic, see crc32Combine below).
  * - Direct mode (option `direct`, used for AILFCs and BILFCs): batches
  *   larger than the inline limit are copied into an aligned staging buffer
- *   and written with O_DIRECT in whole 4 KiB blocks, on the threadpool
- *   (small batches still go inline through the page cache). The journal is write-once data: going
- *   around the page cache spares the kernel allocating (and later
- *   evicting) a fresh page for every byte journaled. The last partial
- *   block is kept in memory and rewritten, with the next records, by the
- *   next batch; the zero padding past the last record is cut off at seal
- *   and close (after a crash it reads as a torn tail, which recovery cuts).
- *   Where O_DIRECT is refused (tmpfs), the writer stays buffered.
+ *   (borrowed from a small per-thread pool) and written with O_DIRECT in
+ *   whole 4 KiB blocks, on the threadpool; small batches still go inline
+ *   through the page cache. The journal is write-once data: going around
+ *   the page cache spares the kernel allocating (and later evicting) a
+ *   fresh page for every byte journaled. The last partial block is kept in
+ *   memory and rewritten, with the next records, by the next batch; the
+ *   zero padding past the last record is cut off at seal and close (after
+ *   a crash it reads as a torn tail, which recovery cuts). Where O_DIRECT
+ *   is refused (tmpfs, or EINVAL on a write), the writer goes buffered.
  * - sync() waits until everything appended so far is written, then
  *   fdatasyncs; callers that arrive while an fdatasync is in flight share
  *   the next one.
@@ -138,6 +139,9 @@ const BATCH_MAX_IOV = 1024;
 const DIRECT_BLOCK = 4096;
 /** Direct mode: staging buffer size (a multiple of DIRECT_BLOCK). */
 const DIRECT_STAGING = 8 * 1024 * 1024;
+/** Direct mode: staging buffers kept for reuse in this thread (one per writer writing at once). */
+const stagingPool: Buffer[] = [];
+const STAGING_POOL_MAX = 4;
 /** Read granularity of scanners. */
 const CHUNK = 1024 * 1024;
 const HEADER_ARENA = 64 * 1024;
@@ -441,8 +445,6 @@ class Batch {
 interface DirectIo {
   /** A second descriptor of the file, opened O_WRONLY | O_DIRECT. */
   fd: number;
-  /** Aligned staging buffer, allocated on the first write. */
-  staging: Buffer | null;
   /** File bytes [writtenEnd - tailLen, writtenEnd): the last partial block. */
   tail: Buffer;
   tailLen: number;
@@ -645,7 +647,7 @@ export class ContainerWriter {
     const tail = Buffer.alloc(DIRECT_BLOCK);
     const tailLen = lastBlock.length % DIRECT_BLOCK;
     lastBlock.copy(tail, 0, lastBlock.length - tailLen);
-    this.dio = { fd: dfd, staging: null, tail, tailLen };
+    this.dio = { fd: dfd, tail, tailLen };
   }
 
   /** True when records are written with O_DIRECT. */
@@ -948,7 +950,7 @@ export class ContainerWriter {
    */
   private async writeDirect(b: Batch): Promise<void> {
     const d = this.dio!;
-    const st = (d.staging ??= alignedBuffer(DIRECT_STAGING, DIRECT_BLOCK));
+    const st = stagingPool.pop() ?? alignedBuffer(DIRECT_STAGING, DIRECT_BLOCK);
     const cap = st.length;
     let pos = b.start - d.tailLen;
     let fill = d.tailLen;
@@ -979,6 +981,7 @@ export class ContainerWriter {
       st.copy(d.tail, 0, fill - keep, fill);
       d.tailLen = keep;
     } catch (err) {
+      if (stagingPool.length < STAGING_POOL_MAX) stagingPool.push(st);
       this.writing = false;
       if ((err as NodeJS.ErrnoException).code === 'EINVAL' && !this.failed) {
         // The filesystem took O_DIRECT at open but refuses the writes (its
@@ -991,6 +994,7 @@ export class ContainerWriter {
       this.fail(err as Error);
       return;
     }
+    if (stagingPool.length < STAGING_POOL_MAX) stagingPool.push(st);
     this.writing = false;
     if (this.failed) return;
     this.batchDone(b);
@@ -1002,7 +1006,6 @@ export class ContainerWriter {
     const d = this.dio;
     if (!d) return;
     this.dio = null;
-    d.staging = null;
     fs.close(d.fd, () => undefined);
   }
 
@@ -1104,7 +1107,6 @@ export class ContainerWriter {
     this.fd = -1;
     if (this.dio) {
       const dfd = this.dio.fd;
-      this.dio.staging = null;
       await new Promise<void>((resolve) => fs.close(dfd, () => resolve()));
     }
     await new Promise<void>((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
