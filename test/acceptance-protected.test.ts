@@ -301,10 +301,11 @@ test.serial('real filesystem: ext4 through nbdfuse on a protected volume; the re
   }
 });
 
-test.serial('kill -9 campaign: 30 kills under mixed load lose no flushed write, and the images agree after catch-up', async (t) => {
+test.serial('kill -9 campaign, journal written with O_DIRECT: 30 kills under mixed load lose no flushed write, and the images agree after catch-up', async (t) => {
   if (!haveCommand('fio')) throw new Error('fio missing (run tools/install-system-deps.sh)');
   await requireLedgerTools();
-  const d = await startDaemon();
+  // The other crash tests run the default (buffered) journal writes.
+  const d = await startDaemon({ env: { REWIND_JOURNAL_IO: 'direct' } });
   t.teardown(() => d.cleanup());
   await cli(d, ['volume', 'create', 'kc', '--size', '64M', '--protected']);
   const KILLS = Number(process.env.REWIND_KILLS ?? 30);
@@ -318,6 +319,7 @@ test.serial('kill -9 campaign: 30 kills under mixed load lose no flushed write, 
     const writer = startLedgerWriter(d.nbdUri('kc'), round, { blocks: 4096, flushEvery: 4 });
     // Kill at a random moment: sometimes before any flush, mostly in the middle.
     await sleep(150 + Math.floor(Math.random() * 1200));
+    if (round === 0) t.true(hasDirectJournalFd(d.pid!), 'the daemon holds its active AILFC open with O_DIRECT');
     const flushedAtKill = writer.lastFlushed;
     await d.kill('SIGKILL');
     load.kill('SIGKILL');
@@ -388,3 +390,21 @@ test.serial('verify reports a corrupt stored container with its number and offse
   t.false(entry.ok);
   t.true(typeof entry.offset === 'number' && entry.offset <= 5000);
 });
+
+/** True if process pid has an active AILFC open with O_DIRECT (from /proc/PID/fdinfo). */
+function hasDirectJournalFd(pid: number): boolean {
+  const O_DIRECT = fs.constants.O_DIRECT;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    let target = '';
+    try {
+      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (!/\/active-\d+\.lfc$/.test(target)) continue;
+    const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    const flags = parseInt(/^flags:\s*([0-7]+)/m.exec(info)?.[1] ?? '0', 8);
+    if (flags & O_DIRECT) return true;
+  }
+  return false;
+}

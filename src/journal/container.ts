@@ -18,9 +18,10 @@
  * - The body CRC of the footer (a CRC over every record byte) is kept up to
  *   date without reading payloads twice: the payload's own CRC is combined
  *   into it (crc32_combine, GF(2) arithmetic, see crc32Combine below).
- * - Direct mode (option `direct`, used for AILFCs and BILFCs): batches
- *   larger than the inline limit are copied into an aligned staging buffer
- *   (borrowed from a small per-thread pool) and written with O_DIRECT in
+ * - Direct mode (option `direct`; REWIND_JOURNAL_IO=direct turns it on for
+ *   AILFCs and BILFCs): batches larger than the inline limit are copied
+ *   into an aligned staging buffer (borrowed from a small per-thread pool)
+ *   and written with O_DIRECT in
  *   whole 4 KiB blocks, on the threadpool; small batches still go inline
  *   through the page cache. The journal is write-once data: going around
  *   the page cache spares the kernel allocating (and later evicting) a

@@ -272,7 +272,7 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
     };
   }
 
-  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize, direct: process.env.REWIND_JOURNAL_IO !== "buffered" });
+  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize, direct: process.env.REWIND_JOURNAL_IO === 'direct' });
   let sealed: { path: string; footer: Footer };
   const fds = new Map<number, number>();
   try {
