@@ -3,7 +3,7 @@
  * logs, the journal of writes) and BILFCs (before-image logs).
  *
  * Both kinds share one framing. All integers are little-endian. Checksums
- * are CRC-32 (zlib.crc32).
+ * are CRC-32 with the zlib polynomial (src/util/crc32.ts).
  *
  * File header (64 bytes, at offset 0):
  *   0  u8[8]  magic "RWLFC\x00\x00\x01"

@@ -14,7 +14,7 @@
  * changed blocks that became zero must be written too; a local file as the
  * destination would be zeroed first by nbdcopy); and a diff file:
  *
- * Diff file format (little-endian; CRC-32 as zlib.crc32):
+ * Diff file format (little-endian; CRC-32 with the zlib polynomial):
  *   header, 64 bytes:
  *     0  u8[8] magic "RWDIFF\0\1"
  *     8  u32   format version (1)
