@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
+import { crc32 } from '../src/util/crc32';
 import fc from 'fast-check';
 import rawFs = require('node:fs');
 import {
@@ -144,6 +145,16 @@ async function newWriter(t: T, dir: string, kind = ContainerKind.AILFC, n = 1, o
 }
 
 // ---------------------------------------------------------------------------
+
+test('crc32 (src/util/crc32.ts) gives zlib.crc32 values, seeded continuation included', (t) => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 70000 }), fc.uint8Array({ maxLength: 3000 }), (a, b) => {
+      t.is(crc32(a), zlib.crc32(a));
+      t.is(crc32(b, crc32(a)), zlib.crc32(Buffer.concat([a, b])));
+    }),
+    { numRuns: 200 },
+  );
+});
 
 test('crc32Combine equals the CRC of the concatenation', (t) => {
   fc.assert(
