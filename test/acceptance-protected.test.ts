@@ -312,7 +312,7 @@ test.serial('kill -9 campaign, journal written with O_DIRECT: 30 kills under mix
   for (let round = 0; round < KILLS; round++) {
     const load = spawn(
       'fio',
-      ['--name=load', '--ioengine=nbd', `--uri=${d.nbdUri('kc')}`, '--rw=randrw', '--bs=16k', '--iodepth=8',
+      ['--name=load', '--thread', '--ioengine=nbd', `--uri=${d.nbdUri('kc')}`, '--rw=randrw', '--bs=16k', '--iodepth=8',
        '--offset=32M', '--size=32M', '--time_based', '--runtime=30'],
       { stdio: 'ignore' },
     );

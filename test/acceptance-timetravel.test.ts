@@ -283,7 +283,7 @@ test.serial('real filesystem: a clone at a noted time shows tree A while the sou
   // Meanwhile fio writes the volume's tail, past the file system.
   const fio = spawn(
     'fio',
-    ['--name=tail', '--ioengine=nbd', `--uri=${d.nbdUri('fsv')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
+    ['--name=tail', '--thread', '--ioengine=nbd', `--uri=${d.nbdUri('fsv')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
      '--offset=96M', '--size=64M', '--time_based', '--runtime=600'],
     { stdio: 'ignore' },
   );
