@@ -126,21 +126,27 @@ export class Protection {
     });
     const st = manager.status();
     const link: ManagerLink = { submit: (ref) => manager.submit(ref) };
-    const journal = await GroupJournal.open({
+    const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
+    const rt: GroupRuntime = { record, manager, journal, volumes: new Map() };
+    this.groups.set(record.name, rt);
+    for (const v of vols) await this.openVolume(rt, v);
+    return rt;
+  }
+
+  /** The group's journal (DIR/journal), handing sealed containers to `link`. */
+  private openJournal(record: GroupRecord, dir: string, link: ManagerLink, committedContainer: number, committedSeq: number, poolBytes?: number): Promise<GroupJournal> {
+    return GroupJournal.open({
       dir: path.join(dir, 'journal'),
       groupId: record.groupId,
       link,
       sealBytes: record.sealBytes,
       sealAgeMs: record.sealAgeMs,
       blockSize: record.blockSize,
-      committedContainer: st.lastContainer,
-      committedSeq: st.lastSeq,
-      logger: log,
+      committedContainer,
+      committedSeq,
+      logger: this.logger,
+      poolBytes,
     });
-    const rt: GroupRuntime = { record, manager, journal, volumes: new Map() };
-    this.groups.set(record.name, rt);
-    for (const v of vols) await this.openVolume(rt, v);
-    return rt;
   }
 
   private groupMsg(record: GroupRecord, vols: Array<{ name: string; size: number; protection?: { volumeId: number } }>): GroupMsg {
@@ -168,18 +174,7 @@ export class Protection {
       logger: log,
     });
     const st = link.committed;
-    const journal = await GroupJournal.open({
-      dir: path.join(dir, 'journal'),
-      groupId: record.groupId,
-      link,
-      sealBytes: record.sealBytes,
-      sealAgeMs: record.sealAgeMs,
-      blockSize: record.blockSize,
-      committedContainer: st.committedContainer,
-      committedSeq: st.committedSeq,
-      logger: log,
-      poolBytes: r.poolBytes,
-    });
+    const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
     const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link };
     this.groups.set(record.name, rt);
     for (const v of vols) await this.openVolume(rt, v);

@@ -136,6 +136,14 @@ export const INLINE_WRITE_MAX = 256 * 1024;
 const BATCH_MAX_BYTES = 16 * 1024 * 1024;
 /** ...or at this many iovecs (Linux IOV_MAX is 1024). */
 const BATCH_MAX_IOV = 1024;
+/**
+ * Whether the daemon writes AILFCs and BILFCs in direct mode: only when the
+ * environment sets REWIND_JOURNAL_IO=direct (see GroupJournalOptions.directIo).
+ */
+export function journalDirectIo(): boolean {
+  return process.env.REWIND_JOURNAL_IO === 'direct';
+}
+
 /** Direct mode: the unit of alignment of offsets, lengths and memory. */
 const DIRECT_BLOCK = 4096;
 /** Direct mode: staging buffer size (a multiple of DIRECT_BLOCK). */

@@ -31,6 +31,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   ContainerWriter,
+  journalDirectIo,
   listContainers,
   repairActive,
   scanContainer,
@@ -164,7 +165,7 @@ export class GroupJournal {
     this.sealBytes = opts.sealBytes ?? 64 * 1024 * 1024;
     this.sealAgeMs = opts.sealAgeMs ?? 2000;
     this.blockSize = opts.blockSize ?? 4096;
-    this.directIo = opts.directIo ?? process.env.REWIND_JOURNAL_IO === 'direct';
+    this.directIo = opts.directIo ?? journalDirectIo();
     this.log = opts.logger;
     this.committedContainer = opts.committedContainer;
     this.committedSeq = opts.committedSeq;

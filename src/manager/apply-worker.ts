@@ -23,7 +23,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { crc32 } from '../util/crc32';
-import { ContainerWriter, verifyContainer } from '../journal/container';
+import { ContainerWriter, journalDirectIo, verifyContainer } from '../journal/container';
 import {
   ContainerKind,
   FILE_HEADER_SIZE,
@@ -272,7 +272,7 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
     };
   }
 
-  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize, direct: process.env.REWIND_JOURNAL_IO === 'direct' });
+  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize, direct: journalDirectIo() });
   let sealed: { path: string; footer: Footer };
   const fds = new Map<number, number>();
   try {
