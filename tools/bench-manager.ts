@@ -16,7 +16,7 @@ import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { runCommand, requireExecutables, startRewind, REWIND_BIN as BIN } from './lib';
+import { fioRandWriteArgs, runCommand, requireExecutables, startRewind, REWIND_BIN as BIN } from './lib';
 
 
 interface Sample {
@@ -72,18 +72,7 @@ async function main(): Promise<void> {
         transactions: s.transactions,
       };
     };
-    const fioArgs = [
-      '--name=ingest',
-      '--ioengine=nbd',
-      `--uri=nbd://127.0.0.1:${server.port}/bench`,
-      '--rw=randwrite',
-      `--bs=${o.bs}`,
-      `--iodepth=${o.iodepth}`,
-      `--size=${o.size}`,
-      '--time_based',
-      `--runtime=${runtime}`,
-      '--output-format=json',
-    ];
+    const fioArgs = fioRandWriteArgs(`nbd://127.0.0.1:${server.port}/bench`, { ...o, runtime });
     console.log(`bench-manager: fio ${fioArgs.slice(3, 7).join(' ')} for ${runtime} s on a protected ${o.size}-byte volume`);
     const t0 = Date.now();
     let fioOut = '';

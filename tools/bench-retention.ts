@@ -20,7 +20,7 @@ import { Command } from 'commander';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireExecutables, runCommand, startRewind, REWIND_BIN as BIN } from './lib';
+import { fioRandWriteArgs, requireExecutables, runCommand, startRewind, REWIND_BIN as BIN } from './lib';
 
 const fmt = (n: number, d = 1) => n.toFixed(d);
 
@@ -53,18 +53,7 @@ async function main(): Promise<void> {
   const rewind = (args: string[]) => runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 1_800_000, env });
   const server = await startRewind(dataDir, { env })
   const fio = async (): Promise<number> => {
-    const args = [
-      '--name=ingest',
-      '--ioengine=nbd',
-      `--uri=nbd://127.0.0.1:${server.port}/bench`,
-      '--rw=randwrite',
-      `--bs=${o.bs}`,
-      `--iodepth=${o.iodepth}`,
-      `--size=${o.size}`,
-      '--time_based',
-      `--runtime=${o.runtime}`,
-      '--output-format=json',
-    ];
+    const args = fioRandWriteArgs(`nbd://127.0.0.1:${server.port}/bench`, o);
     let out = '';
     const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'inherit'] });
     child.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
@@ -73,12 +62,7 @@ async function main(): Promise<void> {
     return JSON.parse(out.slice(out.indexOf('{'))).jobs[0].write.bw_bytes / 1e6;
   };
   const catchUp = async (): Promise<void> => {
-    // Let the manager catch up first (seal waits for its commit, within the CLI's 30 s).
-    for (;;) {
-      const s = JSON.parse((await rewind(['status', 'bench', '--json'])).stdout);
-      if (s.sealedPending.length === 0) break;
-      await new Promise((r) => setTimeout(r, 500));
-    }
+    // seal waits until the manager has committed everything written so far.
     await rewind(['seal', 'bench']);
     for (;;) {
       const s = JSON.parse((await rewind(['status', 'bench', '--json'])).stdout);

@@ -4,3 +4,4 @@ export * from './net';
 export * from './process';
 export * from './server';
 export * from './rewind';
+export * from './fio';
