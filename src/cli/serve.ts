@@ -12,25 +12,17 @@ import { parseVolumeSize, SizeError } from '../util/size';
 import { CliError, EXIT, resolveDataDir, type GlobalOptions } from './common';
 import { applyLinkOptions, type LinkServeOptions } from './link-options';
 
-export interface ServeOptions extends GlobalOptions, LinkServeOptions {
+/** TLS and limit flags: the NBD settings, as commander hands them over (strings). */
+type NbdSettingFlags = { [K in keyof NbdSettingsInput]: Extract<NbdSettingsInput[K], string | boolean | undefined> };
+
+export interface ServeOptions extends GlobalOptions, LinkServeOptions, NbdSettingFlags {
   listen: string;
   socket?: string;
   defaultSize: string;
   defaultVolume: boolean;
   logLevel: string;
   logFile?: string | boolean;
-  // TLS, limits, configuration file, stdio (serve-options.ts)
-  tls?: string;
-  tlsDir?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsCa?: string;
-  tlsVerifyClient?: boolean;
-  maxConnections?: string;
-  maxInflight?: string;
-  maxBuffer?: string;
-  handshakeTimeout?: string;
-  writeStallTimeout?: string;
+  // configuration file, stdio (serve-options.ts)
   config?: string;
   stdio?: string;
 }

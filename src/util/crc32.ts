@@ -16,7 +16,7 @@ function load(): Crc32 {
     const fast = (require('@node-rs/crc32') as { crc32(input: Uint8Array, initialState?: number | null): number }).crc32;
     const probe = Buffer.from('rewind');
     if (fast(probe) === zlib.crc32(probe) && fast(probe, 12345) === zlib.crc32(probe, 12345)) {
-      return (data, seed = 0) => fast(data, seed);
+      return fast;
     }
   } catch {
     // not available on this platform: zlib below
