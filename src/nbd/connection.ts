@@ -12,7 +12,7 @@
  */
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { InputQueue } from './inbuf';
+import { Receiver } from './receiver';
 import * as P from './protocol';
 import {
   NbdError,
@@ -43,6 +43,8 @@ export interface ServerLimits {
   writeStallTimeoutMs: number;
   /** Largest WRITE payload discarded (and refused) rather than ending the connection. */
   maxDiscardPayload: number;
+  /** Options one handshake may send; past it the connection is closed (a client must choose an export). */
+  maxOptions: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -52,7 +54,8 @@ export const DEFAULT_LIMITS: ServerLimits = {
   handshakeTimeoutMs: 10_000,
   maxOptionLength: 64 * 1024,
   writeStallTimeoutMs: 60_000,
-  maxDiscardPayload: 64 * 1024 * 1024,
+  maxDiscardPayload: 256 * 1024 * 1024,
+  maxOptions: 16384,
 };
 
 export interface NbdLogger {
@@ -102,10 +105,14 @@ const REQUEST_HEADER = 28;
 const SPARSE_READ_THRESHOLD = 64 * 1024;
 const MAX_EXTENTS = 1 << 16;
 const MAX_NAME = 4096;
-/** Size of the buffer plain-socket reads land in. */
-const STAGING_SIZE = 256 * 1024;
-/** WRITE payloads at least this large are read directly into place. */
+/** WRITE payloads at least this large are received straight into their own buffer. */
 const DIRECT_MIN_PAYLOAD = 32 * 1024;
+/**
+ * During the handshake, reading pauses while more than this is queued
+ * (options waiting behind a slow one) or while the client leaves more than
+ * this of our replies unread: an option flood costs bounded memory.
+ */
+const HANDSHAKE_BUFFER_MAX = 256 * 1024;
 /** Reads at least this large use recycled buffers (direct WRITE payloads always do). */
 const POOL_MIN = 64 * 1024;
 /** Bytes of idle read buffers a connection keeps. */
@@ -120,7 +127,7 @@ export class Connection {
 
   private sock: Duplex;
   private readonly hooks: Hooks;
-  private readonly input = new InputQueue();
+  private readonly rx = new Receiver({ input: () => this.pumpSafe() });
   private phase = Phase.ClientFlags;
   private noZeroes = false;
   private structured = false;
@@ -141,16 +148,10 @@ export class Connection {
   private inflight = 0;
   private inflightBytes = 0;
   private readPaused = false;
-  private discardRemaining = 0;
-  private pendingDiscardCookie: Buffer | null = null;
+  private optionCount = 0;
   private discMode = false;
   private corkScheduled = false;
   private inputEnded = false;
-  /** Direct-read mode (plain sockets): see readBuffer()/onRead(). */
-  private readonly directMode: boolean;
-  private staging: Buffer | null = null;
-  private lastGiven: Buffer | null = null;
-  private direct: { hdr: Buffer; payload: Buffer; filled: number } | null = null;
   /**
    * Buffers lent to the export, by length: read buffers (back once the
    * socket has sent them) and WRITE payloads received directly (back once
@@ -161,15 +162,14 @@ export class Connection {
   private closeWaiters: Array<() => void> = [];
 
   /**
-   * `directMode`: the caller created `sock` with Node's `onread` option
-   * wired to readBuffer()/onRead(), so large WRITE payloads are received
-   * straight into their own buffer. Otherwise data arrives as 'data' events.
+   * Data arrives as 'data' events, or, when the caller created `sock` with
+   * Node's `onread` option wired to readBuffer()/onRead(), in buffers the
+   * receiver chooses (large WRITE payloads straight into their own buffer).
    */
-  constructor(sock: Duplex, info: ClientInfo, hooks: Hooks, directMode = false) {
+  constructor(sock: Duplex, info: ClientInfo, hooks: Hooks) {
     this.sock = sock;
     this.info = info;
     this.hooks = hooks;
-    this.directMode = directMode;
     this.attach(sock);
     this.handshakeTimer = setTimeout(() => {
       this.log('warn', { timeoutMs: hooks.limits.handshakeTimeoutMs }, 'handshake timed out');
@@ -237,42 +237,15 @@ export class Connection {
     else if (this.phase !== Phase.Closed) this.destroy();
   };
 
-  /** Next buffer for the socket to read into (direct mode). */
+  /** Next buffer for the socket to read into (onread mode). */
   readBuffer(): Buffer {
-    if (this.direct) {
-      this.lastGiven = this.direct.payload.subarray(this.direct.filled);
-    } else {
-      this.lastGiven = this.staging ??= Buffer.allocUnsafe(STAGING_SIZE);
-    }
-    return this.lastGiven;
+    return this.rx.nextBuffer();
   }
 
-  /** Bytes arrived in the buffer last returned by readBuffer() (direct mode). */
+  /** `n` bytes arrived in `buf`, a buffer readBuffer() returned (onread mode). */
   onRead(n: number, buf: Buffer): boolean {
-    const d = this.direct;
-    if (d && buf === this.lastGiven && buf !== this.staging) {
-      d.filled += n;
-      if (d.filled === d.payload.length) {
-        this.direct = null;
-        if (this.phase !== Phase.Transmission) return true;
-        try {
-          this.dispatch(d.hdr, d.payload, true);
-          this.pump();
-        } catch (e) {
-          this.violation(e);
-        }
-      }
-      return true;
-    }
-    let chunk: Buffer;
-    if (n >= STAGING_SIZE / 2) {
-      // Hand the staging buffer over rather than copying a large read.
-      chunk = buf.subarray(0, n);
-      if (buf === this.staging) this.staging = null;
-    } else {
-      chunk = Buffer.from(buf.subarray(0, n));
-    }
-    this.onData(chunk);
+    if (this.phase === Phase.Closing || this.phase === Phase.Closed) return true;
+    this.rx.received(n, buf);
     return true;
   }
 
@@ -286,19 +259,18 @@ export class Connection {
 
   private readonly onData = (chunk: Buffer): void => {
     if (this.phase === Phase.Closing || this.phase === Phase.Closed) return;
-    if (this.discardRemaining > 0) {
-      const n = Math.min(this.discardRemaining, chunk.length);
-      this.discardRemaining -= n;
-      chunk = chunk.subarray(n);
-      if (this.discardRemaining === 0) this.finishDiscard();
-    }
-    this.input.push(chunk);
+    this.rx.push(chunk);
+  };
+
+  private pumpSafe(): void {
+    if (this.phase === Phase.Closing || this.phase === Phase.Closed) return;
     try {
       this.pump();
     } catch (e) {
       this.violation(e);
     }
-  };
+    this.updateFlow();
+  }
 
   private send(buf: Buffer): void {
     if (this.sock.destroyed) return;
@@ -327,11 +299,12 @@ export class Connection {
   }
 
   private pump(): void {
+    const input = this.rx.queue;
     while (true) {
       switch (this.phase) {
         case Phase.ClientFlags: {
-          if (this.input.length < 4) return;
-          const flags = this.input.take(4).readUInt32BE(0);
+          if (input.length < 4) return;
+          const flags = input.take(4).readUInt32BE(0);
           const known = P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES;
           if (flags & ~known) throw new ProtocolViolation(`unknown client flags 0x${flags.toString(16)}`);
           this.noZeroes = (flags & P.FLAG_C_NO_ZEROES) !== 0;
@@ -339,31 +312,29 @@ export class Connection {
           break;
         }
         case Phase.Options: {
-          if (this.optionBusy) return;
-          if (this.input.length < 16) return;
-          const hdr = this.input.peek(16);
+          // One option at a time; none while the client leaves our replies unread.
+          if (this.optionBusy || this.sock.writableLength > HANDSHAKE_BUFFER_MAX) return;
+          if (input.length < 16) return;
+          const hdr = input.peek(16);
           if (hdr.readBigUInt64BE(0) !== P.IHAVEOPT) throw new ProtocolViolation('bad option magic');
           const opt = hdr.readUInt32BE(8);
           const len = hdr.readUInt32BE(12);
           if (len > this.hooks.limits.maxOptionLength) {
-            this.input.take(16);
+            input.take(16);
             this.optionReply(opt, P.REP_ERR_TOO_BIG, `option length ${len} exceeds limit`);
             throw new ProtocolViolation(`option ${opt} length ${len} over limit`);
           }
-          if (this.input.length < 16 + len) return;
-          this.input.take(16);
-          const data = this.input.take(len);
+          if (input.length < 16 + len) return;
+          if (++this.optionCount > this.hooks.limits.maxOptions) {
+            throw new ProtocolViolation(`${this.hooks.limits.maxOptions} options without choosing an export`);
+          }
+          input.take(16);
+          const data = input.take(len);
           this.optionBusy = true;
           this.handleOption(opt, data).then(
             () => {
               this.optionBusy = false;
-              if (this.phase === Phase.Options || this.phase === Phase.Transmission) {
-                try {
-                  this.pump();
-                } catch (e) {
-                  this.violation(e);
-                }
-              }
+              if (this.phase === Phase.Options || this.phase === Phase.Transmission) this.pumpSafe();
             },
             (e) => {
               this.optionBusy = false;
@@ -373,10 +344,9 @@ export class Connection {
           return;
         }
         case Phase.Transmission: {
-          if (this.discMode || this.discardRemaining > 0 || this.direct) return;
-          if (this.readPaused) return;
-          if (this.input.length < REQUEST_HEADER) return;
-          const h = this.input.peek(REQUEST_HEADER);
+          if (this.discMode || this.rx.busy || this.readPaused) return;
+          if (input.length < REQUEST_HEADER) return;
+          const h = input.peek(REQUEST_HEADER);
           if (h.readUInt32BE(0) !== P.REQUEST_MAGIC) throw new ProtocolViolation('bad request magic');
           const type = h.readUInt16BE(6);
           const len = h.readUInt32BE(24);
@@ -385,32 +355,40 @@ export class Connection {
               if (len > this.hooks.limits.maxDiscardPayload) {
                 throw new ProtocolViolation(`write payload ${len} far over maximum ${this.maxPayload}`);
               }
-              const hdr = Buffer.from(this.input.take(REQUEST_HEADER));
-              this.beginDiscard(hdr, len);
+              const hdr = Buffer.from(input.take(REQUEST_HEADER));
+              this.rx.discard(len, () => this.finishDiscard(hdr));
               return;
             }
-            if (this.input.length < REQUEST_HEADER + len) {
-              if (this.directMode && len >= DIRECT_MIN_PAYLOAD) {
+            if (input.length < REQUEST_HEADER + len) {
+              if (len >= DIRECT_MIN_PAYLOAD) {
                 // Receive the rest of the payload straight into its buffer.
-                const hdr = Buffer.from(this.input.take(REQUEST_HEADER));
+                const hdr = Buffer.from(input.take(REQUEST_HEADER));
                 // From the pool: a fresh 1 MiB buffer makes the export's
                 // fs.write call itself ~30x dearer than a reused one.
                 const payload = this.borrow(len) ?? Buffer.allocUnsafe(len);
-                const have = this.input.length;
-                if (have > 0) this.input.take(have).copy(payload, 0);
-                this.direct = { hdr, payload, filled: have };
+                this.rx.receiveInto(payload, (p) => this.onPayload(hdr, p));
               }
               return;
             }
           }
-          const hdr = this.input.take(REQUEST_HEADER);
-          const payload = type === P.CMD_WRITE ? this.input.take(len) : null;
+          const hdr = input.take(REQUEST_HEADER);
+          const payload = type === P.CMD_WRITE ? input.take(len) : null;
           this.dispatch(hdr, payload);
           break;
         }
         default:
           return;
       }
+    }
+  }
+
+  /** A WRITE payload received with receiveInto() is complete. */
+  private onPayload(hdr: Buffer, payload: Buffer): void {
+    if (this.phase !== Phase.Transmission) return;
+    try {
+      this.dispatch(hdr, payload, true);
+    } catch (e) {
+      this.violation(e);
     }
   }
 
@@ -491,7 +469,7 @@ export class Connection {
     }
     // The client must wait for our ACK before its TLS ClientHello: bytes
     // already here would be plaintext smuggled past the upgrade.
-    if (this.input.length > 0) throw new ProtocolViolation('data sent after STARTTLS before its reply');
+    if (this.rx.queue.length > 0) throw new ProtocolViolation('data sent after STARTTLS before its reply');
     this.optionReply(P.OPT_STARTTLS, P.REP_ACK);
     // Upgrade in place. Any state negotiated before TLS is forgotten.
     const raw = this.sock;
@@ -716,26 +694,11 @@ export class Connection {
 
   // -------------------------------------------------------- transmission
 
-  private beginDiscard(hdr: Buffer, len: number): void {
-    this.pendingDiscardCookie = hdr;
-    const dropped = this.input.skip(len);
-    this.discardRemaining = len - dropped;
-    if (this.discardRemaining === 0) this.finishDiscard();
-  }
-
-  private finishDiscard(): void {
-    const hdr = this.pendingDiscardCookie!;
-    this.pendingDiscardCookie = null;
+  /** An oversized WRITE's payload has been skipped: refuse it. */
+  private finishDiscard(hdr: Buffer): void {
+    if (this.phase !== Phase.Transmission) return;
     this.hooks.stats.requests++;
     this.replyError(hdr, P.CMD_WRITE, P.EINVAL, `write payload ${hdr.readUInt32BE(24)} exceeds maximum ${this.maxPayload}`);
-    // Resume parsing what followed the payload.
-    queueMicrotask(() => {
-      try {
-        this.pump();
-      } catch (e) {
-        this.violation(e);
-      }
-    });
   }
 
   /**
@@ -757,7 +720,7 @@ export class Connection {
     if (type === P.CMD_DISC) {
       this.discMode = true;
       this.log('debug', {}, 'soft disconnect requested');
-      this.input.clear();
+      this.rx.clear();
       this.maybeEndAfterDisc();
       return;
     }
@@ -876,25 +839,21 @@ export class Connection {
 
   /** Pause or resume reading from the client according to the limits. */
   private updateFlow(): void {
-    if (this.phase !== Phase.Transmission) return;
     const L = this.hooks.limits;
     const outBacklog = this.sock.writableLength;
-    const over =
-      this.inflight >= L.maxInflightPerConnection ||
-      this.inflightBytes + outBacklog >= L.maxBufferedBytesPerConnection;
+    let over: boolean;
+    if (this.phase === Phase.Options) {
+      over = this.rx.queue.length > HANDSHAKE_BUFFER_MAX || outBacklog > HANDSHAKE_BUFFER_MAX;
+    } else if (this.phase === Phase.Transmission) {
+      over = this.inflight >= L.maxInflightPerConnection || this.inflightBytes + outBacklog >= L.maxBufferedBytesPerConnection;
+    } else return;
     if (over && !this.readPaused) {
       this.readPaused = true;
       this.sock.pause();
     } else if (!over && this.readPaused) {
       this.readPaused = false;
       this.sock.resume();
-      queueMicrotask(() => {
-        try {
-          this.pump();
-        } catch (e) {
-          this.violation(e);
-        }
-      });
+      queueMicrotask(() => this.pumpSafe());
     }
     if (outBacklog >= L.maxBufferedBytesPerConnection && !this.stallTimer) {
       this.stallTimer = setTimeout(() => {
@@ -1145,7 +1104,7 @@ export class Connection {
 
   private maybeEndAfterDisc(): void {
     if (this.inflight > 0 || this.phase !== Phase.Transmission) return;
-    if (!this.discMode && this.input.length >= REQUEST_HEADER) {
+    if (!this.discMode && (this.rx.queue.length >= REQUEST_HEADER || this.rx.busy)) {
       // Half-closed with requests still queued behind a pause: serve them first.
       try {
         this.pump();
@@ -1169,9 +1128,7 @@ export class Connection {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.handshakeTimer = this.stallTimer = null;
-    this.input.clear();
-    this.staging = null;
-    this.direct = null;
+    this.rx.release();
     this.bufferPool.clear();
     this.poolBytes = 0;
     const exp = this.exp;

@@ -202,7 +202,7 @@ export class NbdServer extends EventEmitter {
         },
       } as net.SocketConstructorOpts);
       if (transport === 'tcp') sock.setNoDelay(true);
-      conn = this.accept(sock, info, true);
+      conn = this.accept(sock, info);
       if (conn) sock.resume();
     });
     srv.on('error', (err) => this.logger.error({ err: err.message }, 'listener error'));
@@ -210,7 +210,7 @@ export class NbdServer extends EventEmitter {
     return srv;
   }
 
-  private accept(sock: Duplex, info: ClientInfo, directMode = false): Connection | null {
+  private accept(sock: Duplex, info: ClientInfo): Connection | null {
     if (this.closing || this.conns.size >= this.limits.maxConnections) {
       this.connectionsRefused++;
       this.logger.warn({ conn: info.id, remote: info.remoteAddress }, 'connection refused: limit or shutdown');
@@ -229,7 +229,7 @@ export class NbdServer extends EventEmitter {
         this.conns.delete(conn);
         this.emit('connection-closed', conn.info);
       },
-    }, directMode);
+    });
     this.conns.add(c);
     return c;
   }
