@@ -42,7 +42,7 @@ test('OPT_LIST, OPT_INFO and OPT_GO report exports, names, descriptions and bloc
   t.is(c.info.description, 'test export rw');
   t.is(c.info.minBlock, 1);
   t.is(c.info.prefBlock, 4096);
-  t.is(c.info.maxPayload, 32 * MiB);
+  t.is(c.info.maxPayload, 64 * MiB);
   t.truthy(c.info.flags & P.FLAG_SEND_FLUSH);
   t.truthy(c.info.flags & P.FLAG_CAN_MULTI_CONN);
   t.truthy(c.info.flags & P.FLAG_SEND_DF);
@@ -207,8 +207,8 @@ test('writes to a read-only export get EPERM; unknown commands and flags get EIN
 test('a payload over the maximum is refused and discarded; the connection goes on', async (t) => {
   const f = await startFixture(t, { size: 128 * MiB });
   const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
-  await expectNbdError(c.write(0, Buffer.alloc(32 * MiB + 4096, 1)), P.EINVAL);
-  await expectNbdError(c.read(0, 32 * MiB + 1), P.EINVAL);
+  await expectNbdError(c.write(0, Buffer.alloc(64 * MiB + 4096, 1)), P.EINVAL);
+  await expectNbdError(c.read(0, 64 * MiB + 1), P.EINVAL);
   await c.write(0, Buffer.from('after'));
   t.is((await c.read(0, 5)).toString(), 'after');
   t.true((await c.read(0, 32 * MiB)).subarray(5).every((x) => x === 0));

@@ -146,4 +146,4 @@ export function encodeRequest(type: number, flags: number, cookie: bigint, offse
 /** Default size constraints when an export states none. */
 export const DEFAULT_MIN_BLOCK = 1;
 export const DEFAULT_PREFERRED_BLOCK = 4096;
-export const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
+export const DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024;
