@@ -310,11 +310,17 @@ test('history copy by copying (other filesystem path), sender deletes its file a
   t.true((await m.verifyHistory()).every((h) => h.ok));
   const bilfc1 = path.join(m.historyDir, containerFileName('bilfc', 1));
   flipByte(bilfc1, 64 + 48 + 5);
-  const res = await m.verifyHistory();
+  t.true((await m.verifyHistory()).every((h) => h.ok), 'checked since it was written: not read again');
+  const res = await m.verifyHistory({ full: true });
   const bad = res.filter((h) => !h.ok);
   t.is(bad.length, 1);
   t.like(bad[0], { n: 1, kind: 'bilfc', ok: false });
   t.true(bad[0]!.offset! >= 64);
+  // A container written since the last verify is read by the next one.
+  await m.submit(await writeAilfc(src, GROUP, 3, Array.from({ length: 5 }, (_, i) => ({ kind: RecordKind.Write, volumeId: VOLS[0]!.volumeId, offset: i * 4096, length: 4096, data: Buffer.alloc(4096, 9) })), 31));
+  flipByte(path.join(m.historyDir, containerFileName('ailfc', 3)), 64 + 48 + 5);
+  const fresh = (await m.verifyHistory()).filter((h) => !h.ok);
+  t.true(fresh.some((h) => h.n === 3 && h.kind === 'ailfc'), JSON.stringify(fresh));
 });
 
 test('a 64 MiB-class container stays in bounded batches: whole-volume trim plus writes with a tiny batch size', async (t) => {

@@ -150,8 +150,9 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('verify')
-    .description('quiesce writes, let the manager catch up, compare production and replica, check every container')
+    .description('quiesce writes, let the manager catch up (seals the active container), compare production and replica, check containers not checked since they were written')
     .argument('<volume>', 'a protected volume')
+    .option('--full', 're-check every stored container, not only those written since the last verify')
     .option('--json', 'print JSON')
     .action(async (vol: string, _o: unknown, cmd: Command) => {
       await verify(vol, cmd.optsWithGlobals());

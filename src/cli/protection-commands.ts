@@ -86,8 +86,8 @@ export async function log(name: string, o: GlobalOptions & { json?: boolean; lim
   );
 }
 
-export async function verify(name: string, o: GlobalOptions & { json?: boolean }): Promise<void> {
-  const r = await makeClient(o, { waitsForManager: true }).request<VerifyReport>('POST', at(name, 'verify'));
+export async function verify(name: string, o: GlobalOptions & { json?: boolean; full?: boolean }): Promise<void> {
+  const r = await makeClient(o, { waitsForManager: true }).request<VerifyReport>('POST', at(name, 'verify') + (o.full ? '?full=1' : ''));
   if (o.json) print(JSON.stringify(r, null, 2));
   else {
     print(`production ${r.productionSha256}`);

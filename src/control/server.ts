@@ -251,7 +251,7 @@ export class ControlServer {
         }
         case 'verify':
           allow(method, ['POST']);
-          return sendJson(res, 200, await prot.verify(name));
+          return sendJson(res, 200, await prot.verify(name, { full: url.searchParams.get('full') === '1' }));
       }
     }
     if (p.startsWith(`${API_PREFIX}/volumes/`)) {

@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Catalog, GroupRecord, VolumeRecord } from '../catalog/catalog';
 import { GroupJournal, type CommitInfo, type ManagerLink } from '../journal/group-journal';
-import { ProtectedVolume, type VolumeIoStatus } from '../journal/protected-volume';
+import { ProtectedVolume, type ReplicaComparer, type VolumeIoStatus } from '../journal/protected-volume';
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
@@ -25,7 +25,7 @@ import type { Logger } from './volumes';
 import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../link/server';
-import type { GroupMsg, InterceptStatusMsg } from '../link/protocol';
+import { blockDigests, REPLICA_HASH_BYTES, REPLICA_HASH_MAX_RANGE, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {
@@ -46,7 +46,17 @@ interface GroupRuntime {
   volumes: Map<string, ProtectedVolume>;
   link?: RemoteLink;
   resync?: ResyncController;
+  /**
+   * Crash recovery: the manager has applied every container that survived
+   * (true), or could not be reached in time (false). Asked once per start.
+   */
+  caughtUp?: Promise<boolean>;
 }
+
+/** At start-up after a crash, how long the intercept role waits for its manager before re-capturing every dirty region. */
+const RECOVERY_LINK_WAIT_MS = 5000;
+/** ... and how long for the manager to apply what survived. */
+const RECOVERY_CATCHUP_MS = 120_000;
 
 export interface VolumeProtectionStatus {
   volume: string;
@@ -177,9 +187,6 @@ export class Protection {
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
     const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link };
     this.groups.set(record.name, rt);
-    for (const v of vols) await this.openVolume(rt, v);
-    const resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
-    rt.resync = resync;
     link.setHooks({
       status: () => this.interceptStatus(rt),
       catchUp: async () => {
@@ -199,7 +206,11 @@ export class Protection {
         });
       },
     });
+    // Up before the volumes open: crash recovery compares dirty regions with the replica.
     link.start();
+    for (const v of vols) await this.openVolume(rt, v);
+    const resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
+    rt.resync = resync;
     resync.start();
     return rt;
   }
@@ -231,10 +242,79 @@ export class Protection {
     this.byVolume.set(v.name, rt);
     // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
     if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
-      const r = await pv.resyncDirtyRegions();
-      this.logger.warn({ volume: v.name, bytes: r.bytes }, 'resynced regions left dirty by an unclean stop');
+      const replica = await this.recoveryComparer(rt, pv);
+      const r = await pv.resyncDirtyRegions(replica ?? undefined);
+      this.logger.warn(
+        { volume: v.name, dirtyBytes: r.dirtyBytes, comparedBytes: r.compared, journaledBytes: r.bytes, ms: r.ms, withReplica: !!replica },
+        'resynced regions left dirty by an unclean stop',
+      );
     }
     return pv;
+  }
+
+  /**
+   * After an unclean stop: once the manager has applied every surviving
+   * container, the replica says what a dirty region should hold, so only
+   * blocks that differ need journaling. Null when the manager cannot be
+   * reached in time (the intercept role): then every dirty region is
+   * journaled, as before.
+   */
+  private async recoveryComparer(rt: GroupRuntime, pv: ProtectedVolume): Promise<ReplicaComparer | null> {
+    const bs = rt.record.blockSize;
+    const manager = rt.manager;
+    if (manager) {
+      const ok = await (rt.caughtUp ??= rt.journal.catchUp().then(
+        () => true,
+        (err: Error) => {
+          this.logger.warn({ group: rt.record.name, err: err.message }, 'the manager could not catch up: every dirty region is journaled again');
+          return false;
+        },
+      ));
+      if (!ok) return null;
+      const file = manager.replicaPath(pv.volumeId);
+      return {
+        blockSize: bs,
+        // Not proven equal (the replica unreadable): journal it.
+        differing: (off, data) => differsFromFile(file, off, data, bs).catch(() => new Array<boolean>(Math.ceil(data.length / bs)).fill(true)),
+      };
+    }
+    const link = rt.link!;
+    rt.caughtUp ??= (async () => {
+      if (!(await link.waitUp(RECOVERY_LINK_WAIT_MS))) return false;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), RECOVERY_CATCHUP_MS)));
+      try {
+        return await Promise.race([rt.journal.catchUp().then(() => true), late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    })().catch(() => false);
+    if (!(await rt.caughtUp)) {
+      this.logger.warn({ group: rt.record.name }, 'the manager is not reachable: every dirty region is journaled again');
+      return null;
+    }
+    return {
+      blockSize: bs,
+      differing: async (off, data) => {
+        const out: boolean[] = new Array(Math.ceil(data.length / bs)).fill(true);
+        try {
+          for (let p = 0; p < data.length; p += REPLICA_HASH_MAX_RANGE) {
+            const piece = data.subarray(p, Math.min(p + REPLICA_HASH_MAX_RANGE, data.length));
+            const theirs = await link.replicaHashes(pv.volumeId, off + p, piece.length, bs);
+            const ours = blockDigests(piece, bs);
+            const first = p / bs;
+            for (let i = 0; i * REPLICA_HASH_BYTES < ours.length; i++) {
+              const a = i * REPLICA_HASH_BYTES;
+              out[first + i] = theirs.length < a + REPLICA_HASH_BYTES || ours.compare(theirs, a, a + REPLICA_HASH_BYTES, a, a + REPLICA_HASH_BYTES) !== 0;
+            }
+          }
+        } catch (err) {
+          // Not proven equal: journal it.
+          this.logger.warn({ volume: pv.name, err: (err as Error).message }, 'replica hashes unavailable; re-capturing the range');
+        }
+        return out;
+      },
+    };
   }
 
   /** A protected volume was just added to the catalog. */
@@ -379,7 +459,7 @@ export class Protection {
    * Quiesce writes to the volume, let the manager catch up, compare
    * production and replica by checksum, and check every stored container.
    */
-  async verify(name: string): Promise<VerifyReport> {
+  async verify(name: string, opts: { full?: boolean } = {}): Promise<VerifyReport> {
     const { rt, pv } = this.runtime(name);
     const manager = this.localManager(rt, 'verify (it compares the replica with checksums of production it asks this intercept for)');
     const blocked = manager.status().blocked;
@@ -389,7 +469,7 @@ export class Protection {
     return pv.quiesced(async () => {
       await pv.flush();
       await rt.journal.catchUp();
-      const containers = await manager.verifyHistory();
+      const containers = await manager.verifyHistory(opts);
       const replica = manager.replicaPath(pv.volumeId);
       const cmp = await compareFiles(pv.production, replica, pv.size);
       const ok = cmp.equal && containers.every((c) => c.ok);
@@ -458,4 +538,26 @@ async function compareFiles(
     await fd.close();
   }
   return { equal: first === null, a: ha.digest('hex'), b: hb.digest('hex'), firstDifference: first };
+}
+
+/** Per block of `data` (at `offset`): does the file hold something else there? Past its end it reads as zeroes. */
+async function differsFromFile(file: string, offset: number, data: Buffer, blockSize: number): Promise<boolean[]> {
+  const theirs = Buffer.alloc(data.length);
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesRead } = await fh.read(theirs, done, data.length - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  const out: boolean[] = [];
+  for (let p = 0; p < data.length; p += blockSize) {
+    const e = Math.min(p + blockSize, data.length);
+    out.push(data.compare(theirs, p, e, p, e) !== 0);
+  }
+  return out;
 }

@@ -31,6 +31,8 @@ import {
   LINK_VERSION,
   LinkProtocolError,
   MsgType,
+  type ReplicaHashesMsg,
+  type ReplicaHashesReq,
   PING_INTERVAL_MS,
   clientMac,
   encodeDataHeader,
@@ -148,6 +150,9 @@ export class RemoteLink implements ManagerLink {
   private upListeners: Array<() => void> = [];
   /** Sends the current connection is making (DATA streams one at a time). */
   private session = 0;
+  /** REPLICA_HASHES requests waiting for their answer, by id. */
+  private readonly hashWaiters = new Map<string, { resolve(b: Buffer): void; reject(e: Error): void }>();
+  private nextRequest = 1;
 
   constructor(private readonly opts: RemoteLinkOptions) {
     this.window = Math.max(1, opts.window ?? 4);
@@ -168,6 +173,48 @@ export class RemoteLink implements ManagerLink {
 
   get isUp(): boolean {
     return this.state === 'up';
+  }
+
+  /** Resolves true once the link is up, false if it is not within `ms`. */
+  waitUp(ms: number): Promise<boolean> {
+    if (this.isUp) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      timer.unref?.();
+      this.onUp(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
+  /**
+   * Digests of the manager's replica blocks in [offset, offset+length)
+   * (blockDigests of protocol.ts), for crash recovery. Rejects if the link
+   * goes down or the manager cannot answer.
+   */
+  replicaHashes(volumeId: number, offset: number, length: number, blockSize: number, timeoutMs = 120_000): Promise<Buffer> {
+    const sock = this.sock;
+    if (!sock || this.state !== 'up') return Promise.reject(new Error('the manager link is not up'));
+    const id = `h${this.nextRequest++}`;
+    return new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.hashWaiters.delete(id);
+        reject(new Error(`the manager did not answer a replica hash request within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      this.hashWaiters.set(id, {
+        resolve: (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      const req: ReplicaHashesReq = { id, volumeId, offset, length, blockSize };
+      this.write(sock, encodeJson(MsgType.REPLICA_HASHES_REQ, req));
+    });
   }
 
   /** The group changed (a volume added): reconnect to announce it. */
@@ -259,6 +306,8 @@ export class RemoteLink implements ManagerLink {
       if (this.sock === sock) this.sock = null;
       const wasUp = this.state === 'up';
       if (!this.closed) this.setState('down');
+      for (const w of this.hashWaiters.values()) w.reject(new Error(`manager link down: ${why}`));
+      this.hashWaiters.clear();
       this.lastError = why;
       for (const it of this.queue.values()) it.sent = false;
       this.sending = false;
@@ -414,6 +463,15 @@ export class RemoteLink implements ManagerLink {
           this.queue.delete(m.containerId);
           it.reject(new Error(m.message));
         }
+        return;
+      }
+      case MsgType.REPLICA_HASHES: {
+        const m = parseJson<ReplicaHashesMsg>(f);
+        const w = this.hashWaiters.get(String(m.id));
+        if (!w) return;
+        this.hashWaiters.delete(String(m.id));
+        if (typeof m.hashes === 'string') w.resolve(Buffer.from(m.hashes, 'base64'));
+        else w.reject(new Error(`manager: ${m.error ?? 'no hashes'}`));
         return;
       }
       case MsgType.VERIFY_REQ: {

@@ -161,7 +161,7 @@ export function managerRoutes(srv: LinkServer, tt: TimeTravel) {
         }
         case 'verify':
           allow(method, ['POST']);
-          sendJson(res, 200, await srv.verify(name));
+          sendJson(res, 200, await srv.verify(name, { full: url.searchParams.get('full') === '1' }));
           return true;
         case 'seal': {
           allow(method, ['POST']);

@@ -21,7 +21,7 @@
  * HANDSHAKE_TIMEOUT_MS. The secret never crosses the wire; both sides prove
  * they hold it, with fresh nonces, so a recorded session cannot be replayed.
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 
 export const LINK_MAGIC = 'rewind-link';
 export const LINK_VERSION = 1;
@@ -57,9 +57,11 @@ export const enum MsgType {
   VERIFY_RESULT = 18,
   CATCHUP_REQ = 19,
   CATCHUP_DONE = 20,
+  REPLICA_HASHES_REQ = 21,
+  REPLICA_HASHES = 22,
 }
 
-const TYPE_MAX = 20;
+const TYPE_MAX = 22;
 
 export class LinkProtocolError extends Error {
   constructor(message: string) {
@@ -240,4 +242,38 @@ export interface InterceptStatusMsg {
   poolLimit: number;
   bytesSent: number;
   volumes: Array<{ volumeId: number; name: string; dirtyRegions: number }>;
+}
+
+/** i→m: digests of the replica's blocks in [offset, offset+length) (crash recovery on the intercept). */
+export interface ReplicaHashesReq {
+  id: string;
+  volumeId: number;
+  offset: number;
+  length: number;
+  blockSize: number;
+}
+
+/** m→i: `hashes` = base64 of REPLICA_HASH_BYTES per block, or `error`. */
+export interface ReplicaHashesMsg {
+  id: string;
+  hashes?: string;
+  error?: string;
+}
+
+/** Largest range one REPLICA_HASHES_REQ may ask for (its answer stays far below the JSON frame limit). */
+export const REPLICA_HASH_MAX_RANGE = 64 * 1024 * 1024;
+/** Bytes of SHA-256 kept per block: 128 bits is ample to tell a changed block. */
+export const REPLICA_HASH_BYTES = 16;
+
+/** Digests per block of `data` (the last block may be short), as REPLICA_HASHES carries them. */
+export function blockDigests(data: Buffer, blockSize: number): Buffer {
+  const n = Math.ceil(data.length / blockSize);
+  const out = Buffer.allocUnsafe(n * REPLICA_HASH_BYTES);
+  for (let i = 0; i < n; i++) {
+    createHash('sha256')
+      .update(data.subarray(i * blockSize, Math.min((i + 1) * blockSize, data.length)))
+      .digest()
+      .copy(out, i * REPLICA_HASH_BYTES, 0, REPLICA_HASH_BYTES);
+  }
+  return out;
 }

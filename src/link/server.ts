@@ -31,12 +31,16 @@ import { fsyncDir } from '../util/fsync-dir';
 import { UserError } from '../daemon/errors';
 import {
   DEAD_AFTER_MS,
+  blockDigests,
   FrameReader,
   HANDSHAKE_TIMEOUT_MS,
   LINK_MAGIC,
   LINK_VERSION,
   LinkProtocolError,
   MsgType,
+  REPLICA_HASH_MAX_RANGE,
+  type ReplicaHashesMsg,
+  type ReplicaHashesReq,
   PING_INTERVAL_MS,
   clientMac,
   encodeJson,
@@ -368,7 +372,7 @@ export class LinkServer {
    * the volume, catches up, and sends SHA-256 checksums of production per
    * 1 MiB while it stays quiesced; the manager hashes its replica meanwhile.
    */
-  async verify(name: string): Promise<ManagerVerifyReport> {
+  async verify(name: string, opts: { full?: boolean } = {}): Promise<ManagerVerifyReport> {
     const { g, volumeId, size, volume } = this.find(name);
     const c = g.conn;
     if (!c) throw new UserError('conflict', `the intercept of group ${g.name} is not connected: verify needs production checksums from it`);
@@ -391,7 +395,7 @@ export class LinkServer {
         break;
       }
     }
-    const containers = await g.manager.verifyHistory();
+    const containers = await g.manager.verifyHistory(opts);
     const equal = first === null && result.sha256 === rep.sha;
     return {
       volume,
@@ -656,6 +660,11 @@ class Conn {
         void this.onEnd(m.containerId).catch((err) => this.destroy(`END failed: ${(err as Error).message}`));
         return;
       }
+      case MsgType.REPLICA_HASHES_REQ: {
+        const m = parseJson<ReplicaHashesReq>(f);
+        void this.onReplicaHashes(g, m);
+        return;
+      }
       case MsgType.VERIFY_READY:
       case MsgType.VERIFY_RESULT:
       case MsgType.CATCHUP_DONE: {
@@ -674,6 +683,34 @@ class Conn {
         return;
       default:
         throw new LinkProtocolError(`unexpected frame type ${f.type}`);
+    }
+  }
+
+  /** The intercept recovers from a crash: digests of the replica's blocks over a range it marks dirty. */
+  private async onReplicaHashes(g: GroupHost, m: ReplicaHashesReq): Promise<void> {
+    const answer = (body: ReplicaHashesMsg) => this.send(MsgType.REPLICA_HASHES, body);
+    const id = String(m.id);
+    const vol = g.meta.volumes.find((v) => v.volumeId === m.volumeId);
+    const ints = [m.offset, m.length, m.blockSize].every((x) => Number.isSafeInteger(x) && x >= 0);
+    if (!vol || !ints || m.blockSize < 512 || m.length > REPLICA_HASH_MAX_RANGE || m.offset + m.length > vol.size) {
+      return answer({ id, error: 'bad replica hash request' });
+    }
+    try {
+      const buf = Buffer.alloc(m.length);
+      const fh = await fs.promises.open(g.manager.replicaPath(m.volumeId), 'r');
+      try {
+        let done = 0;
+        while (done < m.length) {
+          const { bytesRead } = await fh.read(buf, done, m.length - done, m.offset + done);
+          if (bytesRead === 0) break; // past the end of a short replica: zeroes
+          done += bytesRead;
+        }
+      } finally {
+        await fh.close();
+      }
+      answer({ id, hashes: blockDigests(buf, m.blockSize).toString('base64') });
+    } catch (err) {
+      answer({ id, error: (err as Error).message });
     }
   }
 

@@ -106,6 +106,12 @@ export interface ManagerStatus {
   blocked: { n: number; error: string } | null;
 }
 
+/** A history file whose content verifyHistory() checked, as it was then. */
+interface VerifiedFile {
+  size: number;
+  bodyCrc: number;
+}
+
 export interface HistoryCheck {
   n: number;
   kind: 'ailfc' | 'bilfc';
@@ -1027,13 +1033,19 @@ export class BackupManager {
   // --- verification --------------------------------------------------------------
 
   /**
-   * Checks every stored container in history/ (checksums, framing) and, for
+   * Checks stored containers in history/ (checksums, framing) and, for
    * committed transactions, against the size and body CRC in the catalog;
    * a committed transaction whose file is missing is reported too.
+   *
+   * A container whose content was checked once since it was written is not
+   * read again (its size is still compared), so verify stays fast as
+   * history grows: `full` re-reads everything (what a scrub does). The
+   * record of checked files lives in the index meta ("verified").
    */
-  async verifyHistory(): Promise<HistoryCheck[]> {
+  async verifyHistory(opts: { full?: boolean } = {}): Promise<HistoryCheck[]> {
     const out: HistoryCheck[] = [];
     const seen = new Set<string>();
+    const verified = new Map(Object.entries(this.catalog.metaValue<Record<string, VerifiedFile>>('verified') ?? {}));
     const names = (await fs.promises.readdir(this.historyDir)).filter((f) => HISTORY_RE.test(f)).sort();
     for (const name of names) {
       const m = HISTORY_RE.exec(name)!;
@@ -1041,22 +1053,30 @@ export class BackupManager {
       const n = Number(m[2]);
       seen.add(name);
       const file = path.join(this.historyDir, name);
+      const size = (await fs.promises.stat(file)).size;
+      const rec = this.catalog.transaction(n);
+      const want = rec?.[kind];
+      const before = verified.get(name);
+      if (!opts.full && before && before.size === size && (!want || (want.file === name && want.size === size && want.bodyCrc === before.bodyCrc))) {
+        out.push({ n, kind, ok: true });
+        continue;
+      }
+      verified.delete(name);
       const v = await verifyContainer(file);
       if (!v.ok) {
         out.push({ n, kind, ok: false, offset: v.offset, problem: v.problem });
         continue;
       }
-      const rec = this.catalog.transaction(n);
-      if (rec) {
-        const want = rec[kind];
-        const size = (await fs.promises.stat(file)).size;
-        if (want.file !== name || want.size !== size || want.bodyCrc !== v.footer.bodyCrc) {
-          out.push({ n, kind, ok: false, offset: -1, problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}` });
-          continue;
-        }
+      if (want && (want.file !== name || want.size !== size || want.bodyCrc !== v.footer.bodyCrc)) {
+        out.push({ n, kind, ok: false, offset: -1, problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}` });
+        continue;
       }
+      // Only committed containers are remembered: an uncommitted one may still change.
+      if (want) verified.set(name, { size, bodyCrc: v.footer.bodyCrc });
       out.push({ n, kind, ok: true });
     }
+    for (const name of [...verified.keys()]) if (!seen.has(name)) verified.delete(name);
+    await this.catalog.putMetaValue('verified', Object.fromEntries(verified));
     for (const rec of this.catalog.transactions()) {
       for (const kind of ['ailfc', 'bilfc'] as const) {
         if (!seen.has(rec[kind].file)) out.push({ n: rec.n, kind, ok: false, problem: `${rec[kind].file} is missing` });

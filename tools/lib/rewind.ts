@@ -7,13 +7,14 @@ export const REWIND_BIN = path.join(REPO_ROOT, 'bin', 'rewind');
 
 /**
  * `rewind serve` on `dataDir`: NBD on a free 127.0.0.1 port, no Unix
- * socket, no default volume, warnings only.
+ * socket, no default volume, warnings only. `bin`: another checkout's
+ * bin/rewind (to compare versions in one run).
  */
-export function startRewind(dataDir: string, opts: { env?: NodeJS.ProcessEnv } = {}): Promise<ServerHandle> {
+export function startRewind(dataDir: string, opts: { env?: NodeJS.ProcessEnv; bin?: string } = {}): Promise<ServerHandle> {
   return startServer({
     name: 'rewind',
     command: process.execPath,
-    args: (port) => [REWIND_BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', 'none', '--no-default-volume', '--log-level', 'warn'],
+    args: (port) => [opts.bin ?? REWIND_BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', 'none', '--no-default-volume', '--log-level', 'warn'],
     host: '127.0.0.1',
     cwd: REPO_ROOT,
     ...(opts.env ? { env: opts.env } : {}),
