@@ -17,7 +17,6 @@ import rawFs = require('node:fs');
 import {
   ContainerWriter,
   LfcFormatError,
-  crc32Combine,
   encodeFileHeader,
   listContainers,
   readRecordAt,
@@ -27,7 +26,8 @@ import {
   verifyContainer,
   type RecordInput,
   type StoredRecord,
-} from '../src/journal/container';
+} from '../src/lfc';
+import { crc32Combine } from '../src/util/crc32';
 import {
   ContainerKind,
   FILE_HEADER_SIZE,
@@ -35,7 +35,7 @@ import {
   RECORD_HEADER_SIZE,
   RecordKind,
   containerFileName,
-} from '../src/journal/format';
+} from '../src/lfc';
 
 type T = ExecutionContext<unknown>;
 

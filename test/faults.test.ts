@@ -12,8 +12,8 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { listContainers, readRecords } from '../src/journal/container';
-import { RecordKind } from '../src/journal/format';
+import { listContainers, readRecords } from '../src/lfc';
+import { RecordKind } from '../src/lfc';
 import { run, startDaemon, tempDir, type TestDaemon } from './helpers/daemon';
 import { createVolume, MiB, need, ok, python } from './helpers/hardening';
 

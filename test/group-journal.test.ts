@@ -6,8 +6,8 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ContainerWriter, listContainers, verifyContainer } from '../src/journal/container';
-import { ContainerKind, RecordKind, containerFileName } from '../src/journal/format';
+import { ContainerWriter, listContainers, verifyContainer } from '../src/lfc';
+import { ContainerKind, RecordKind, containerFileName } from '../src/lfc';
 import { GroupJournal, type CommitInfo, type ManagerLink, type SealedContainerRef } from '../src/journal/group-journal';
 
 const silent = { info() {}, warn() {}, error() {}, debug() {} };

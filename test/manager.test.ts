@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RecordKind, containerFileName } from '../src/journal/format';
+import { RecordKind, containerFileName } from '../src/lfc';
 import { BackupManager } from '../src/manager/backup-manager';
 import { CorruptContainerError, type CommitInfo, type ManagedVolume, type SealedContainerRef } from '../src/manager/types';
 import {

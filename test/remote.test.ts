@@ -298,6 +298,13 @@ test.serial('crash campaign: kill -9 the manager 10 times and the intercept 10 t
   const v = await p.m.json<{ ok: boolean; equal: boolean; containers: Array<{ ok: boolean }> }>(['verify', 'pv']);
   t.true(v.equal, 'the replica converged on production');
   t.true(v.ok, 'every stored container checks out');
+  // Each intercept restart compared its dirty regions with the replica (REPLICA_HASHES) and journaled only what differed.
+  const recoveries = p.i.logs.split('\n').filter((l) => l.includes('resynced regions left dirty')).map((l) => JSON.parse(l.slice(l.indexOf('{'))));
+  t.true(recoveries.length > 0, 'the intercept recovered dirty regions');
+  for (const r of recoveries) {
+    t.true(r.withReplica, JSON.stringify(r));
+    t.true(r.journaledBytes <= 1024 * 1024, `journaled ${r.journaledBytes} of ${r.dirtyBytes} dirty bytes`);
+  }
   // No duplicate apply: transaction numbers are consecutive and seq ranges never overlap.
   const log = await p.m.json<Array<{ n: number; firstSeq: number; lastSeq: number; records: number }>>(['log', 'pv']);
   for (let k = 1; k < log.length; k++) {

@@ -36,8 +36,8 @@ import {
   repairActive,
   scanContainer,
   type RecordInput,
-} from './container';
-import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName, type Footer } from './format';
+} from '../lfc';
+import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName, type Footer } from '../lfc';
 import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
 import { fsyncDir } from '../util/fsync-dir';

@@ -4,7 +4,7 @@
  * answers with commits. Today the link is a local call
  * (src/daemon/protection.ts); a TCP transport carries the same messages.
  */
-import type { Footer } from './format';
+import type { Footer } from '../lfc';
 
 /** A sealed AILFC handed to the manager. */
 export interface SealedContainerRef {

@@ -34,7 +34,7 @@ import {
   type WriteFlags,
   type ZeroFlags,
 } from '../nbd/export';
-import { RecordKind, RECORD_FLAG_FUA, RECORD_FLAG_RESTORE } from './format';
+import { RecordKind, RECORD_FLAG_FUA, RECORD_FLAG_RESTORE } from '../lfc';
 import type { GroupJournal } from './group-journal';
 import { RangeLock } from './range-lock';
 import type { StateMap } from './state-map';

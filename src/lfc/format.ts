@@ -5,6 +5,11 @@
  * Both kinds share one framing. All integers are little-endian. Checksums
  * are CRC-32 with the zlib polynomial (src/util/crc32.ts).
  *
+ * This floor (src/lfc) is the container format's only home: codec.ts
+ * encodes and decodes the three structures below, writer.ts appends,
+ * reader.ts scans, reads, repairs and verifies. Nothing else decodes a
+ * record header by hand.
+ *
  * File header (64 bytes, at offset 0):
  *   0  u8[8]  magic "RWLFC\x00\x00\x01"
  *   8  u8     kind: 1 = AILFC, 2 = BILFC
@@ -129,4 +134,55 @@ export interface Footer {
 
 export function containerFileName(kind: 'active' | 'ailfc' | 'bilfc', n: number): string {
   return `${kind}-${String(n).padStart(16, '0')}.lfc`;
+}
+
+export interface RecordInput {
+  kind: RecordKind;
+  flags?: number;
+  volumeId: number;
+  seq: number;
+  time: number;
+  offset: number;
+  length: number;
+}
+
+export interface StoredRecord extends RecordHeader {
+  /** File offset of the record header. */
+  position: number;
+  /** The payload, or null when the record has none or payloads were not requested. */
+  payload: Buffer | null;
+}
+
+/** Running statistics of a container: exactly what its footer records at seal. */
+export type ContainerStats = Footer;
+
+export interface ScanResult extends ContainerStats {
+  header: FileHeader;
+  sealed: boolean;
+  footer?: Footer;
+  /** Offset just past the last valid record (or past the footer if sealed). */
+  validEnd: number;
+  /** Set when the file has bytes after validEnd that are not a valid record. */
+  tornAt?: number;
+  problem?: string;
+  /** File size when scanned. */
+  fileSize: number;
+}
+
+export interface RepairResult extends ScanResult {
+  /** Bytes cut off the end of the file (0 if nothing was torn). */
+  truncatedBytes: number;
+}
+
+/** Corrupt or torn content. `offset` is the file offset of the bad structure. */
+export class LfcFormatError extends Error {
+  readonly code = 'ERR_LFC_CORRUPT';
+  constructor(
+    readonly path: string,
+    readonly offset: number,
+    readonly problem: string,
+  ) {
+    super(`${path}: ${problem} at offset ${offset}`);
+    this.name = 'LfcFormatError';
+  }
 }

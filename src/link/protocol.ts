@@ -212,7 +212,7 @@ export interface SuperTag {
 export interface PutMsg {
   containerId: number;
   size: number;
-  footer: import('../journal/format').Footer;
+  footer: import('../lfc').Footer;
   superTransaction?: SuperTag;
 }
 

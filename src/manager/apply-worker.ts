@@ -22,19 +22,20 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { crc32 } from '../util/crc32';
-import { ContainerWriter, journalDirectIo, verifyContainer } from '../journal/container';
 import {
   ContainerKind,
+  ContainerWriter,
   FILE_HEADER_SIZE,
   FOOTER_SIZE,
-  LFC_MAGIC,
   RECORD_FLAG_ZERO,
   RECORD_HEADER_SIZE,
   RecordKind,
   containerFileName,
+  decodeFileHeader,
+  journalDirectIo,
+  verifyContainer,
   type Footer,
-} from '../journal/format';
+} from '../lfc';
 import { crashPoint } from './crash-hook';
 import { fallocateSync, isNotSupported, nativeAvailable } from '../native';
 import { isZero } from '../util/zero';
@@ -174,12 +175,11 @@ function checkFileHeader(file: string, kind: ContainerKind, groupId: number, n: 
   try {
     const h = Buffer.alloc(FILE_HEADER_SIZE);
     if (fs.readSync(fd, h, 0, FILE_HEADER_SIZE, 0) !== FILE_HEADER_SIZE) return 'truncated file header';
-    if (!h.subarray(0, 8).equals(LFC_MAGIC)) return 'bad file magic';
-    if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) return 'file header checksum mismatch';
-    if (h[8] !== kind) return `container kind ${h[8]}, expected ${kind}`;
-    if (h.readUInt32LE(12) !== groupId) return `group ${h.readUInt32LE(12)}, expected ${groupId}`;
-    const id = Number(h.readBigUInt64LE(16));
-    if (id !== n) return `container id ${id}, expected ${n}`;
+    const fh = decodeFileHeader(h);
+    if (typeof fh === 'string') return fh;
+    if (fh.kind !== kind) return `container kind ${fh.kind}, expected ${kind}`;
+    if (fh.groupId !== groupId) return `group ${fh.groupId}, expected ${groupId}`;
+    if (fh.containerId !== n) return `container id ${fh.containerId}, expected ${n}`;
     return null;
   } finally {
     fs.closeSync(fd);

@@ -51,8 +51,8 @@ import { fsyncDir } from '../util/fsync-dir';
 import { FdCache, preadFully } from '../util/fd-cache';
 import { mapExtentsRaw } from '../native';
 import Piscina from 'piscina';
-import { verifyContainer } from '../journal/container';
-import { RECORD_FLAG_ZERO, RECORD_HEADER_SIZE, containerFileName } from '../journal/format';
+import { verifyContainer } from '../lfc';
+import { RECORD_FLAG_ZERO, RECORD_HEADER_SIZE, containerFileName, decodeRecordHeader } from '../lfc';
 import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, VerifyOk, VerifyTask, WorkerVolume } from './apply-worker';
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
@@ -910,8 +910,11 @@ export class BackupManager {
         others.push(
           (async () => {
             for (let j = 0; j < seg.count; j++) {
-              await preadFully(fd, hdr, 0, RECORD_HEADER_SIZE, seg.position + j * stride);
-              map[seg.i + j] = hdr[5]! & RECORD_FLAG_ZERO ? 1 : 0;
+              const at = seg.position + j * stride;
+              await preadFully(fd, hdr, 0, RECORD_HEADER_SIZE, at);
+              const h = decodeRecordHeader(hdr, 0);
+              if (typeof h === 'string') throw Object.assign(new Error(`${file}: before-block at ${at}: ${h}`), { code: 'EIO' });
+              map[seg.i + j] = h.flags & RECORD_FLAG_ZERO ? 1 : 0;
             }
           })().finally(() => this.fds.release(file, fd)),
         );

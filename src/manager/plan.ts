@@ -11,13 +11,7 @@
  */
 import * as fs from 'node:fs';
 import { crc32 } from '../util/crc32';
-import {
-  FILE_HEADER_SIZE,
-  RECORD_HEADER_SIZE,
-  RECORD_MAGIC,
-  RecordKind,
-  type RecordHeader,
-} from '../journal/format';
+import { FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordKind, decodeRecordHeader } from '../lfc';
 import type { BlockRun } from './types';
 
 /** AILFC records in file (= seq) order, columnar. Error records are kept but flagged. */
@@ -200,30 +194,15 @@ export function scanHeaders(fd: number, end: number, t: RecordTable, stats: Reco
       winLen = fs.readSync(fd, win, 0, want, pos);
       if (winLen < RECORD_HEADER_SIZE) throw new PlanError(`record at ${pos}: short read`, pos);
     }
-    const o = pos - winStart;
-    if (win.readUInt32LE(o) !== RECORD_MAGIC) throw new PlanError(`record at ${pos}: bad record magic`, pos);
-    if (crc32(win.subarray(o, o + 44)) !== win.readUInt32LE(o + 44)) throw new PlanError(`record at ${pos}: record header checksum mismatch`, pos);
-    const plen = win.readUInt32LE(o + 36);
-    addRecord(
-      t,
-      stats,
-      win[o + 4]!,
-      win.readUInt16LE(o + 6),
-      win.readUInt32LE(o + 12) * TWO32 + win.readUInt32LE(o + 8),
-      win.readDoubleLE(o + 16),
-      win.readUInt32LE(o + 28) * TWO32 + win.readUInt32LE(o + 24),
-      win.readUInt32LE(o + 32),
-      plen,
-      pos,
-      sizes,
-    );
+    const h = decodeRecordHeader(win, pos - winStart);
+    if (typeof h === 'string') throw new PlanError(`record at ${pos}: ${h}`, pos);
+    const plen = h.payloadLength;
+    addRecord(t, stats, h.kind, h.volumeId, h.seq, h.time, h.offset, h.length, plen, pos, sizes);
     lastPayload = plen;
     pos += RECORD_HEADER_SIZE + plen;
   }
   if (pos !== end) throw new PlanError(`records end at ${pos}, the footer is at ${end}`, end);
 }
-
-const TWO32 = 4294967296;
 
 export function emptyStats(): RecordStats {
   return { records: 0, errors: 0, firstSeq: 0, lastSeq: 0, firstTime: 0, lastTime: 0 };
@@ -386,27 +365,6 @@ export function planBatches(
   return batches;
 }
 
-// --- record parsing (the format of src/journal/format.ts) --------------------
-
-/** Parses and checks a record header at buf[off..off+48). Returns a problem string on failure. */
-export function parseRecordHeader(buf: Buffer, off: number): RecordHeader | string {
-  if (buf.length - off < RECORD_HEADER_SIZE) return 'truncated record header';
-  if (buf.readUInt32LE(off) !== RECORD_MAGIC) return 'bad record magic';
-  const crc = crc32(buf.subarray(off, off + 44));
-  if (crc !== buf.readUInt32LE(off + 44)) return 'record header checksum mismatch';
-  return {
-    kind: buf[off + 4]! as RecordKind,
-    flags: buf[off + 5]!,
-    volumeId: buf.readUInt16LE(off + 6),
-    seq: Number(buf.readBigUInt64LE(off + 8)),
-    time: buf.readDoubleLE(off + 16),
-    offset: Number(buf.readBigUInt64LE(off + 24)),
-    length: buf.readUInt32LE(off + 32),
-    payloadLength: buf.readUInt32LE(off + 36),
-    payloadCrc: buf.readUInt32LE(off + 40),
-  };
-}
-
 /**
  * Reads `count` BeforeBlock records laid back to back in `buf` (from offset
  * 0), checks each (magic, header CRC, payload CRC, kind, volume, offset,
@@ -432,22 +390,15 @@ export function unpackBeforeBlocks(
     const len = blockLength(b, blockSize, size);
     const where = basePosition + off;
     if (buf.length - off < RECORD_HEADER_SIZE) throw new PlanError(`BILFC record at ${where}: truncated record header`, where);
-    if (buf.readUInt32LE(off) !== RECORD_MAGIC) throw new PlanError(`BILFC record at ${where}: bad record magic`, where);
-    if (crc32(buf.subarray(off, off + 44)) !== buf.readUInt32LE(off + 44)) {
-      throw new PlanError(`BILFC record at ${where}: record header checksum mismatch`, where);
-    }
-    const kind = buf[off + 4]!;
-    const vol = buf.readUInt16LE(off + 6);
-    const offset = buf.readUInt32LE(off + 28) * TWO32 + buf.readUInt32LE(off + 24);
-    const length = buf.readUInt32LE(off + 32);
-    const plen = buf.readUInt32LE(off + 36);
+    const h = decodeRecordHeader(buf, off);
+    if (typeof h === 'string') throw new PlanError(`BILFC record at ${where}: ${h}`, where);
+    const { kind, volumeId: vol, offset, length, payloadLength: plen, payloadCrc } = h;
     if (kind !== RecordKind.BeforeBlock || vol !== volumeId || offset !== b * blockSize || length !== len || plen !== len) {
       throw new PlanError(
         `BILFC record at ${where} is (kind ${kind}, volume ${vol}, offset ${offset}, length ${length}), expected the before-block of volume ${volumeId} block ${b}`,
         where,
       );
     }
-    const payloadCrc = buf.readUInt32LE(off + 40);
     const p = off + RECORD_HEADER_SIZE;
     if (p + len > buf.length) throw new PlanError(`BILFC record at ${where}: truncated payload`, where);
     const payload = buf.subarray(p, p + len);

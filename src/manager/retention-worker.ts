@@ -25,9 +25,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { crc32 } from '../util/crc32';
-import { encodeFileHeader, encodeFooter } from '../journal/container';
-import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, type Footer } from '../journal/format';
+import { ContainerKind, ContainerWriter, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, checkRecords, decodeFileHeader, type Footer } from '../lfc';
 import { RecordTable, emptyStats, isApplied, scanHeaders, unpackBeforeBlocks } from './plan';
 import type { BlockRun, ContainerFileInfo } from './types';
 
@@ -93,7 +91,7 @@ export default async function run(task: MergeTask): Promise<MergeOk | MergeFailu
   try {
     return await merge(task, out);
   } catch (err) {
-    out.abort();
+    await out.abort();
     return { ok: false, problem: (err as Error).message };
   }
 }
@@ -101,8 +99,25 @@ export default async function run(task: MergeTask): Promise<MergeOk | MergeFailu
 /** Both output files, so a failure removes whatever was written. */
 class Outputs {
   files: string[] = [];
+  private readonly writers: ContainerWriter[] = [];
   constructor(readonly task: MergeTask) {}
-  abort(): void {
+
+  /** A merged container, sealed under `final` (written as final.tmp until then). */
+  async create(final: string, kind: ContainerKind, groupId: number, containerId: number, blockSize: number): Promise<ContainerWriter> {
+    this.files.push(`${final}.tmp`);
+    const w = await ContainerWriter.createAt(final, kind, { groupId, containerId, blockSize });
+    this.writers.push(w);
+    return w;
+  }
+
+  async seal(w: ContainerWriter): Promise<Footer> {
+    const { path: final, footer } = await w.seal();
+    this.files.push(final);
+    return footer;
+  }
+
+  async abort(): Promise<void> {
+    for (const w of this.writers) await w.close().catch(() => undefined);
     for (const f of this.files) fs.rmSync(f, { force: true });
   }
 }
@@ -188,99 +203,6 @@ export function sweep(iv: Interval[]): Array<{ lo: number; hi: number; id: numbe
 
 // --- output -------------------------------------------------------------------
 
-class LfcOut {
-  private fd: number;
-  private buf = Buffer.allocUnsafe(IO_CHUNK);
-  private used = 0;
-  size = FILE_HEADER_SIZE;
-  crc = 0;
-  count = 0;
-  payloadBytes = 0;
-  firstSeq = 0;
-  lastSeq = 0;
-  firstTime = 0;
-  lastTime = 0;
-  written = 0;
-  readonly tmp: string;
-
-  constructor(
-    readonly final: string,
-    kind: ContainerKind,
-    groupId: number,
-    containerId: number,
-    blockSize: number,
-    out: Outputs,
-  ) {
-    this.tmp = `${final}.tmp`;
-    fs.rmSync(this.tmp, { force: true });
-    out.files.push(this.tmp);
-    this.fd = fs.openSync(this.tmp, 'wx');
-    const h = encodeFileHeader({ kind, groupId, containerId, created: Date.now(), blockSize });
-    h.copy(this.buf, 0);
-    this.used = FILE_HEADER_SIZE;
-  }
-
-  /** Appends whole records (headers and payloads) already in LFC format. */
-  append(raw: Buffer, records: number, payloadBytes: number, seqs?: { first: number; firstTime: number; last: number; lastTime: number }): void {
-    this.crc = crc32(raw, this.crc);
-    if (seqs) {
-      if (this.count === 0) {
-        this.firstSeq = seqs.first;
-        this.firstTime = seqs.firstTime;
-      }
-      this.lastSeq = seqs.last;
-      this.lastTime = seqs.lastTime;
-    }
-    this.count += records;
-    this.payloadBytes += payloadBytes;
-    this.size += raw.length;
-    let off = 0;
-    while (off < raw.length) {
-      if (this.used === this.buf.length) this.flush();
-      const n = Math.min(raw.length - off, this.buf.length - this.used);
-      raw.copy(this.buf, this.used, off, off + n);
-      this.used += n;
-      off += n;
-    }
-  }
-
-  private flush(): void {
-    let off = 0;
-    while (off < this.used) off += fs.writeSync(this.fd, this.buf, off, this.used - off);
-    this.written += this.used;
-    this.used = 0;
-  }
-
-  syncNow(): void {
-    this.flush();
-    fs.fdatasyncSync(this.fd);
-  }
-
-  /** Footer, fdatasync, rename, dir fsync. */
-  seal(out: Outputs): Footer {
-    const footer: Footer = {
-      recordCount: this.count,
-      firstSeq: this.firstSeq,
-      lastSeq: this.lastSeq,
-      firstTime: this.firstTime,
-      lastTime: this.lastTime,
-      bodyCrc: this.crc >>> 0,
-      payloadBytes: this.payloadBytes,
-    };
-    const fb = encodeFooter(footer);
-    if (this.used + FOOTER_SIZE > this.buf.length) this.flush();
-    fb.copy(this.buf, this.used);
-    this.used += FOOTER_SIZE;
-    this.size += FOOTER_SIZE;
-    this.flush();
-    fs.fdatasyncSync(this.fd);
-    fs.closeSync(this.fd);
-    fs.renameSync(this.tmp, this.final);
-    out.files.push(this.final);
-    return footer;
-  }
-}
-
 function readFully(fd: number, buf: Buffer, off: number, len: number, position: number): void {
   while (len > 0) {
     const got = fs.readSync(fd, buf, off, len, position);
@@ -336,7 +258,9 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
       srcs.push({ table: new RecordTable(), fd, footerAt: st.size - FOOTER_SIZE });
       const hdr = Buffer.allocUnsafe(FILE_HEADER_SIZE);
       readFully(fd, hdr, 0, FILE_HEADER_SIZE, 0);
-      if (s === task.sources[0]) aBlockSize = hdr.readUInt32LE(32);
+      const fh = decodeFileHeader(hdr);
+      if (typeof fh === 'string') throw new Error(`AILFC_${s.n}: ${fh}`);
+      if (s === task.sources[0]) aBlockSize = fh.blockSize;
       const stats = emptyStats();
       scanHeaders(fd, st.size - FOOTER_SIZE, srcs[srcs.length - 1]!.table, stats, sizes);
     }
@@ -389,9 +313,9 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
     });
     const aPath = path.join(task.historyDir, task.names.ailfc);
     const bPath = path.join(task.historyDir, task.names.bilfc);
-    let aOut: LfcOut | null = null;
+    let aOut: ContainerWriter | null = null;
     let ailfcFooter: Footer = { recordCount: 0, firstSeq: 0, lastSeq: 0, firstTime: 0, lastTime: 0, bodyCrc: 0, payloadBytes: 0 };
-    if (!task.dryRun) aOut = new LfcOut(aPath, ContainerKind.AILFC, task.groupId, task.to, aBlockSize, out);
+    if (!task.dryRun) aOut = await out.create(aPath, ContainerKind.AILFC, task.groupId, task.to, aBlockSize);
     for (let si = 0; si < srcs.length; si++) {
       const s = srcs[si]!;
       const { table: tb, fd } = s;
@@ -416,24 +340,18 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
           const raw = Buffer.allocUnsafe(len);
           readFully(fd, raw, 0, len, start);
           bytesRead += len;
-          // Check every payload before it replaces the original.
-          let payloadBytes = 0;
-          for (let k = i, off = 0; k < j; k++) {
-            const plen = raw.readUInt32LE(off + 36);
-            if (plen > 0 && crc32(raw.subarray(off + RECORD_HEADER_SIZE, off + RECORD_HEADER_SIZE + plen)) !== raw.readUInt32LE(off + 40)) {
-              throw new Error(`AILFC_${task.sources[si]!.n}: payload checksum mismatch in the record at ${start + off}`);
-            }
-            payloadBytes += plen;
-            off += RECORD_HEADER_SIZE + plen;
-          }
-          aOut.append(raw, j - i, payloadBytes, { first: tb.seq[i]!, firstTime: raw.readDoubleLE(16), last: tb.seq[j - 1]!, lastTime: lastTimeOf(raw) });
+          // Check every record before it replaces the original.
+          const c = checkRecords(raw);
+          if (typeof c === 'string') throw new Error(`AILFC_${task.sources[si]!.n}: ${c} (run at ${start})`);
+          if (c.records !== j - i) throw new Error(`AILFC_${task.sources[si]!.n}: ${c.records} records at ${start}, expected ${j - i}`);
+          await aOut.appendEncoded(raw, c.records, c.payloadBytes, { first: c.first!.seq, firstTime: c.first!.time, last: c.last!.seq, lastTime: c.last!.time });
           await throttle.add(len * 2);
         }
         ailfcSize += len;
         i = j;
       }
     }
-    if (aOut) ailfcFooter = aOut.seal(out);
+    if (aOut) ailfcFooter = await out.seal(aOut);
     t = lap('ailfc', t);
 
     // 3. The merged BILFC: per block, the before-image of the first source that touched it.
@@ -450,8 +368,8 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
         }
       });
     }
-    let bOut: LfcOut | null = null;
-    if (!task.dryRun) bOut = new LfcOut(bPath, ContainerKind.BILFC, task.groupId, task.to, bs, out);
+    let bOut: ContainerWriter | null = null;
+    if (!task.dryRun) bOut = await out.create(bPath, ContainerKind.BILFC, task.groupId, task.to, bs);
     let pos = FILE_HEADER_SIZE;
     let blocks = 0;
     const bfds = new Map<number, number>();
@@ -487,13 +405,13 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
               const dataLen = len - c * RECORD_HEADER_SIZE;
               if (scratch.length < dataLen) scratch = Buffer.allocUnsafe(Math.max(dataLen, IO_CHUNK));
               unpackBeforeBlocks(raw, srcPos, vol, b, c, bs, size, scratch, 0);
-              bOut.append(raw, c, dataLen);
+              await bOut.appendEncoded(raw, c, dataLen);
               await throttle.add(len * 2);
               b += c;
             }
             if (task.crashMid && !crashed) {
               crashed = true;
-              bOut.syncNow();
+              await bOut.sync();
               process.kill(process.pid, 'SIGKILL');
             }
           }
@@ -506,8 +424,8 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
     const bilfcSize = pos + FOOTER_SIZE;
     let bilfcFooter: Footer = { recordCount: blocks, firstSeq: 0, lastSeq: 0, firstTime: 0, lastTime: 0, bodyCrc: 0, payloadBytes: 0 };
     if (bOut) {
-      bilfcFooter = bOut.seal(out);
-      if (bOut.size !== bilfcSize) throw new Error(`merged BILFC is ${bOut.size} bytes, expected ${bilfcSize}`);
+      if (bOut.size + FOOTER_SIZE !== bilfcSize) throw new Error(`merged BILFC is ${bOut.size + FOOTER_SIZE} bytes, expected ${bilfcSize}`);
+      bilfcFooter = await out.seal(bOut);
     }
     if (!task.dryRun) {
       const dfd = fs.openSync(task.historyDir, 'r');
@@ -535,15 +453,4 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
   } finally {
     for (const s of srcs) fs.closeSync(s.fd);
   }
-}
-
-/** Time of the last record in a buffer of whole records. */
-function lastTimeOf(raw: Buffer): number {
-  let off = 0;
-  let time = 0;
-  while (off < raw.length) {
-    time = raw.readDoubleLE(off + 16);
-    off += RECORD_HEADER_SIZE + raw.readUInt32LE(off + 36);
-  }
-  return time;
 }

@@ -35,7 +35,7 @@
  */
 import * as fs from 'node:fs';
 import { crc32 } from '../util/crc32';
-import { RecordKind } from '../journal/format';
+import { RecordKind } from '../lfc';
 import { txnRecords, type PointHistory, type ResolvedPoint } from './point';
 import type { ImageSource } from './point-image';
 

@@ -11,7 +11,7 @@
  * Both parts are immutable once T_k is committed, so a PointImage stays the
  * same while the volume takes writes and the manager applies transactions.
  */
-import { RecordKind, RECORD_HEADER_SIZE } from '../journal/format';
+import { RecordKind, RECORD_HEADER_SIZE } from '../lfc';
 import { FdCache, preadFully } from '../util/fd-cache';
 import { STATE_HOLE, STATE_ZERO, type Extent } from '../nbd/export';
 import { txnRecords, type PointHistory, type ResolvedPoint, type TxnRecord } from './point';

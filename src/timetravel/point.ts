@@ -15,8 +15,8 @@
  *   image(point) = image before T_k  +  AILFC_k's records with seq <= point.seq
  * (overlay = k when the point lies inside T_k, null at a boundary).
  */
-import { readRecords } from '../journal/container';
-import { RecordKind } from '../journal/format';
+import { readRecords } from '../lfc';
+import { RecordKind } from '../lfc';
 import type { TransactionRecord } from '../manager/types';
 import { UserError } from '../daemon/errors';
 

@@ -24,7 +24,7 @@ import type { ProtectedVolume } from '../journal/protected-volume';
 import { UserError } from '../daemon/errors';
 import { validateVolumeName } from '../catalog/catalog';
 import { describeWrite, parsePoint, resolvePoint, stepSeq, txnRecords, type PointSpec, type ResolvedPoint } from './point';
-import { RecordKind } from '../journal/format';
+import { RecordKind } from '../lfc';
 import { PointImage, STATUS_BLOCKS, type ImageSource } from './point-image';
 import { LayeredImage, ViewStore, WriteLayer, type LayerRecord, type ViewRecord } from './layers';
 import { ViewExport } from './view-export';

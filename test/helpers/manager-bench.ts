@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RecordKind } from '../../src/journal/format';
+import { RecordKind } from '../../src/lfc';
 import { BackupManager } from '../../src/manager/backup-manager';
 import { Rng, tmpDir, writeAilfc, type Op } from './manager-fixtures';
 

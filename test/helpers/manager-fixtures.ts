@@ -6,8 +6,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ContainerWriter, readRecords } from '../../src/journal/container';
-import { ContainerKind, RecordKind } from '../../src/journal/format';
+import { ContainerWriter, readRecords } from '../../src/lfc';
+import { ContainerKind, RecordKind } from '../../src/lfc';
 import type { ManagedVolume, SealedContainerRef } from '../../src/manager/types';
 
 export interface Op {

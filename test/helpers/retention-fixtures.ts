@@ -6,8 +6,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ContainerWriter } from '../../src/journal/container';
-import { ContainerKind, RecordKind } from '../../src/journal/format';
+import { ContainerWriter } from '../../src/lfc';
+import { ContainerKind, RecordKind } from '../../src/lfc';
 import type { BackupManager } from '../../src/manager/backup-manager';
 import type { ManagedVolume, SealedContainerRef } from '../../src/manager/types';
 import { resolvePoint } from '../../src/timetravel/point';

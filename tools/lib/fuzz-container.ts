@@ -27,8 +27,8 @@ import {
   verifyContainer,
   type RecordInput,
   type StoredRecord,
-} from '../../src/journal/container';
-import { ContainerKind, FILE_HEADER_SIZE, RecordKind } from '../../src/journal/format';
+} from '../../src/lfc';
+import { ContainerKind, FILE_HEADER_SIZE, RecordKind } from '../../src/lfc';
 
 export interface Seed {
   name: string;
