@@ -2,11 +2,11 @@
 import * as path from 'node:path';
 import { imageBackend } from '../daemon/backend';
 import { NBD_SETTINGS_KEYS, readConfigFile, resolveNbdSettings, SettingsError, type NbdSettings, type NbdSettingsInput } from '../daemon/nbd-settings';
-import { runStdio } from '../daemon/stdio';
+import { runStdio } from '../app/stdio';
 import { DataDirInUseError } from '../daemon/lock';
 import { createLogger, isLogLevel, LOG_LEVELS, type LogLevel } from '../daemon/logger';
 import { dataDirLayout } from '../daemon/paths';
-import { ensureDataDir, runDaemon, type ServeConfig } from '../daemon/serve';
+import { ensureDataDir, runDaemon, type ServeConfig } from '../app/serve';
 import { AddressError, parseHostPort, type HostPort } from '../util/address';
 import { parseVolumeSize, SizeError } from '../util/size';
 import { CliError, EXIT, resolveDataDir, type GlobalOptions } from './common';

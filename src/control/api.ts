@@ -12,8 +12,7 @@
  */
 export const API_PREFIX = '/v1';
 
-/** Largest request body accepted, in bytes. */
-export const MAX_BODY_BYTES = 64 * 1024;
+export { MAX_BODY_BYTES } from '../util/http';
 
 export interface Health {
   ok: true;

@@ -7,7 +7,7 @@
  */
 import type * as http from 'node:http';
 import type { RetentionService } from '../daemon/retention';
-import { HttpError, allow, readJsonObject, sendJson } from './server';
+import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
 
 export async function routeRetention(svc: RetentionService, req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string): Promise<boolean> {
   const m = /^\/v1\/volumes\/([^/]+)\/retention(\/fade)?$/.exec(p);

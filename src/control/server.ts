@@ -19,9 +19,11 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as client from 'prom-client';
-import { httpStatusOf, UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
+import { HttpError, allow, httpStatusOf, readJsonObject, sendJson } from '../util/http';
 import { tokenMatches } from '../daemon/token';
-import { DEFAULT_VOLUME, type Logger, type VolumeManager } from '../daemon/volumes';
+import { DEFAULT_VOLUME, type VolumeManager } from '../daemon/volumes';
+
 import type { VolumeRecord } from '../catalog/catalog';
 import type { Protection } from '../daemon/protection';
 import type { TimeTravel } from '../timetravel/service';
@@ -30,12 +32,12 @@ import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
 import {
   API_PREFIX,
-  MAX_BODY_BYTES,
   type CreateVolumeBody,
   type DeleteResult,
   type Health,
   type VolumeView,
 } from './api';
+import { type Logger } from '../util/logger';
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
@@ -72,15 +74,6 @@ export interface ControlServerOptions {
   logger: Logger;
   /** Routes tried before the ordinary volume routes (the manager role's replicated volumes). */
   extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL) => Promise<boolean>;
-}
-
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
 }
 
 const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group', 'allow']);
@@ -425,76 +418,12 @@ export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | 
   return { tcp, unix };
 }
 
-export function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) {
-    throw new HttpError(405, `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
-  }
-}
-
 function flag(value: string | null, name: string): boolean {
   if (value === null) return false;
   const v = value.toLowerCase();
   if (v === '' || v === '1' || v === 'true' || v === 'yes') return true;
   if (v === '0' || v === 'false' || v === 'no') return false;
   throw new HttpError(400, `${name} must be 1 or 0 (or true/false)`);
-}
-
-export function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body) + '\n';
-  res.writeHead(status, {
-    'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': Buffer.byteLength(text),
-    'Cache-Control': 'no-store',
-  });
-  res.end(res.req?.method === 'HEAD' ? undefined : text);
-}
-
-export async function readJsonObject(req: http.IncomingMessage): Promise<Record<string, unknown>> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > MAX_BODY_BYTES) {
-    throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes)`);
-  }
-  // Collected by hand rather than with for-await: leaving a for-await early
-  // destroys the socket, and the client would get no 413 response.
-  const raw = await new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    let failed = false;
-    const fail = (err: HttpError) => {
-      if (failed) return;
-      failed = true;
-      chunks.length = 0;
-      reject(err);
-    };
-    req.on('data', (chunk: Buffer) => {
-      if (failed) return; // discard the rest; the connection is closed after the reply
-      total += chunk.length;
-      if (total > MAX_BODY_BYTES) {
-        fail(new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes)`));
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => {
-      if (!failed) resolve(Buffer.concat(chunks));
-    });
-    req.on('error', (err) => fail(new HttpError(400, `reading request body: ${err.message}`)));
-    req.on('close', () => {
-      if (!req.complete) fail(new HttpError(400, 'request body incomplete'));
-    });
-  });
-  const text = raw.toString('utf8');
-  if (text.trim() === '') throw new HttpError(400, 'request body is empty: expected a JSON object');
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new HttpError(400, `request body is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new HttpError(400, 'request body must be a JSON object');
-  }
-  return value as Record<string, unknown>;
 }
 
 function listen(server: http.Server, where: { path: string } | { host: string; port: number }): Promise<void> {

@@ -24,10 +24,11 @@
  *   POST   /v1/volumes/NAME/bisect-candidates {good, bad, granularity?}
  */
 import type * as http from 'node:http';
-import { UserError, httpStatusOf } from '../daemon/errors';
+import { UserError } from '../util/errors';
+import { httpStatusOf } from '../util/http';
 import type { VolumeManager } from '../daemon/volumes';
 import type { Progress, TimeTravel } from '../timetravel/service';
-import { HttpError, allow, readJsonObject, sendJson } from './server';
+import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
 
 function decode(s: string): string {
   try {

@@ -1,7 +1,7 @@
 /** The daemon's image backend: raw files and block devices via FileExport. */
 import { FileExport } from '../storage/file-export';
 import { faultInjectingBackend } from './fault-injection';
-import type { ImageBackend } from './volumes';
+import type { ImageBackend } from '../storage/image';
 
 export const fileBackend: ImageBackend = {
   create: (path, size) => FileExport.create(path, size),

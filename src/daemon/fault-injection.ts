@@ -23,7 +23,7 @@
  */
 import * as fs from 'node:fs';
 import type { ExportCapabilities, Extent, ReadChunk, WriteFlags, ZeroFlags } from '../nbd/export';
-import type { ImageBackend, ImageExport } from './volumes';
+import type { ImageBackend, ImageExport } from '../storage/image';
 
 export const FAULTS_ENV = 'REWIND_TEST_FAULTS';
 

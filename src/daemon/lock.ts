@@ -24,6 +24,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import type { DataDirLayout } from './paths';
+import { writeFileAtomicSync } from '../util/atomic-file';
 
 export class DataDirInUseError extends Error {
   constructor(
@@ -200,8 +201,7 @@ function takeLockFile(layout: DataDirLayout, haveMutex: boolean): void {
   throw new DataDirInUseError(layout.dataDir, lockHolderPid(layout));
 }
 
-export function writeFileAtomic(file: string, content: string, mode: number): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, content, { mode });
-  fs.renameSync(tmp, file);
+/** The pid and lock files: atomic and durable (util/atomic-file), with a tmp name of this process's own. */
+function writeFileAtomic(file: string, content: string, mode: number): void {
+  writeFileAtomicSync(file, content, { mode, tmp: `${file}.${process.pid}.tmp` });
 }

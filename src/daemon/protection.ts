@@ -19,13 +19,13 @@ import { ProtectedVolume, type ReplicaComparer, type VolumeIoStatus } from '../j
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
-import { UserError } from './errors';
+import { UserError } from '../util/errors';
 import { withFaults } from './fault-injection';
-import type { Logger } from './volumes';
 import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
-import { hashReader, HASH_CHUNK } from '../link/server';
+import { hashReader, HASH_CHUNK } from '../util/hash';
 import { blockDigests, REPLICA_HASH_BYTES, REPLICA_HASH_MAX_RANGE, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { type Logger } from '../util/logger';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {

@@ -12,9 +12,9 @@ import type { Catalog } from '../catalog/catalog';
 import type { BackupManager } from '../manager/backup-manager';
 import type { FadeReport } from '../manager/retention';
 import { RetentionPolicyError } from '../manager/retention-policy';
-import { UserError } from './errors';
+import { UserError } from '../util/errors';
 import type { Protection } from './protection';
-import type { Logger } from './volumes';
+import { type Logger } from '../util/logger';
 
 export interface RetentionInfo {
   volume: string;

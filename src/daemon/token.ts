@@ -11,6 +11,7 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import { writeFileAtomicSync } from '../util/atomic-file';
 
 export function ensureControlToken(file: string): string {
   try {
@@ -25,9 +26,8 @@ export function ensureControlToken(file: string): string {
   }
   const token = crypto.randomBytes(32).toString('hex');
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, token + '\n', { mode: 0o600 });
-  fs.chmodSync(tmp, 0o600); // in case the umask made it stricter or a stale tmp existed
-  fs.renameSync(tmp, file);
+  fs.rmSync(tmp, { force: true }); // a stale tmp would keep its old mode
+  writeFileAtomicSync(file, token + '\n', { mode: 0o600, tmp });
   return token;
 }
 

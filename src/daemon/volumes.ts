@@ -14,7 +14,6 @@ import type {
   ClientInfo,
   ExportListing,
   ExportProvider,
-  NbdExport,
   OpenedExport,
 } from '../nbd/export';
 import {
@@ -29,26 +28,10 @@ import type { Protection } from './protection';
 import type { TimeTravel } from '../timetravel/service';
 import { AclError, aclAllows, effectiveAcl, parseAcl } from '../access/acl';
 import { checkVolumeSize, parseVolumeSize, SizeError } from '../util/size';
-import { UserError } from './errors';
+import { UserError } from '../util/errors';
 import { managedImagePath, type DataDirLayout } from './paths';
-
-/** An opened image: what FileExport provides. */
-export interface ImageExport extends NbdExport {
-  close(): Promise<void> | void;
-}
-
-/** How images are created and opened (FileExport in the daemon). */
-export interface ImageBackend {
-  create(path: string, size: number): Promise<void>;
-  open(path: string, opts: { readOnly: boolean }): Promise<ImageExport>;
-}
-
-export interface Logger {
-  debug(o: object | string, msg?: string): void;
-  info(o: object | string, msg?: string): void;
-  warn(o: object | string, msg?: string): void;
-  error(o: object | string, msg?: string): void;
-}
+import type { Logger } from '../util/logger';
+import type { ImageBackend } from '../storage/image';
 
 /** Volume name served as the default export "". */
 export const DEFAULT_VOLUME = 'default';

@@ -41,15 +41,11 @@ import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, Recor
 import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
 import { fsyncDir } from '../util/fsync-dir';
+import { type Logger } from '../util/logger';
+import { writeFileAtomicSync } from '../util/atomic-file';
 
 export type { SealedContainerRef, CommitInfo, ManagerLink } from './link';
 
-export interface JournalLogger {
-  info(o: object, msg?: string): void;
-  warn(o: object, msg?: string): void;
-  error(o: object, msg?: string): void;
-  debug(o: object, msg?: string): void;
-}
 
 export interface GroupJournalOptions {
   dir: string;
@@ -63,7 +59,7 @@ export interface GroupJournalOptions {
   /** The manager's committed position, so numbering continues after it. */
   committedContainer: number;
   committedSeq: number;
-  logger: JournalLogger;
+  logger: Logger;
   /** Space limit of the local pool of LFCs (sealed, not yet committed, plus the active one); 0 or absent: none. */
   poolBytes?: number;
   /**
@@ -132,7 +128,7 @@ export class GroupJournal {
   private readonly sealAgeMs: number;
   private readonly blockSize: number;
   private readonly directIo: boolean;
-  private readonly log: JournalLogger;
+  private readonly log: Logger;
 
   private active!: ContainerWriter;
   private spare: Promise<ContainerWriter> | null = null;
@@ -462,15 +458,7 @@ export class GroupJournal {
         fs.rmSync(file, { force: true });
         return;
       }
-      const tmp = `${file}.tmp`;
-      const fd = fs.openSync(tmp, 'w', 0o600);
-      try {
-        fs.writeSync(fd, JSON.stringify({ degraded: d, run: this.superRun ?? undefined }));
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-      fs.renameSync(tmp, file);
+      writeFileAtomicSync(file, JSON.stringify({ degraded: d, run: this.superRun ?? undefined }));
     } catch (err) {
       this.log.error({ group: this.groupId, err: (err as Error).message }, `cannot write ${SUPER_FILE}`);
     }

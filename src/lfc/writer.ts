@@ -29,6 +29,10 @@
  *
  * The position of a record in its file is `writer.size` read just before
  * the append() that queued it.
+ *
+ * One class of about 650 lines, on purpose: batching, the direct-mode
+ * hand-off, sealing and the sync waiters are one state machine (end,
+ * writtenEnd, syncedEnd) that must be read together.
  */
 import * as fs from 'node:fs';
 import { crc32, crc32Combine, crc32Small } from '../util/crc32';

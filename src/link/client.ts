@@ -50,7 +50,8 @@ import {
   type NackMsg,
   type PutReadyMsg,
 } from './protocol';
-import type { LinkLogger } from './server';
+import { type Logger } from '../util/logger';
+import { writeFileAtomicSync } from '../util/atomic-file';
 
 export interface LinkTlsClient {
   ca: Buffer;
@@ -70,7 +71,7 @@ export interface RemoteLinkOptions {
   stateFile: string;
   /** Containers sent and not yet committed (default 4). */
   window?: number;
-  logger: LinkLogger;
+  logger: Logger;
 }
 
 export interface LinkState {
@@ -117,16 +118,9 @@ export function readLinkState(file: string): LinkState | null {
   return null;
 }
 
+/** Durable before the journal deletes its copy of a committed container (file and directory fsynced). */
 function writeLinkState(file: string, s: LinkState): void {
-  const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o600);
-  try {
-    fs.writeSync(fd, JSON.stringify(s));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
+  writeFileAtomicSync(file, JSON.stringify(s));
 }
 
 export class RemoteLink implements ManagerLink {

@@ -17,7 +17,7 @@
  */
 import type { GroupJournal } from '../journal/group-journal';
 import type { ProtectedVolume } from '../journal/protected-volume';
-import type { LinkLogger } from './server';
+import { type Logger } from '../util/logger';
 
 const STEP = 8 * 1024 * 1024;
 
@@ -42,7 +42,7 @@ export class ResyncController {
   constructor(
     private readonly journal: GroupJournal,
     private readonly volumes: () => ProtectedVolume[],
-    private readonly log: LinkLogger,
+    private readonly log: Logger,
   ) {}
 
   start(): void {

@@ -21,14 +21,13 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { createHash } from 'node:crypto';
 import { verifyContainer } from '../lfc';
 import { containerFileName, type Footer } from '../lfc';
 import { BackupManager } from '../manager/backup-manager';
 import { CorruptContainerError, type CommitInfo, type TransactionRecord } from '../manager/types';
 import { upgradeToTls, type TlsSettings } from '../nbd/tls';
 import { fsyncDir } from '../util/fsync-dir';
-import { UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
 import {
   DEAD_AFTER_MS,
   blockDigests,
@@ -57,20 +56,17 @@ import {
   type PutMsg,
   type SuperTag,
 } from './protocol';
+import { type Logger } from '../util/logger';
+import { writeFileAtomic } from '../util/atomic-file';
+import { hashFile, HASH_CHUNK } from '../util/hash';
 
-export interface LinkLogger {
-  info(o: object, msg?: string): void;
-  warn(o: object, msg?: string): void;
-  error(o: object, msg?: string): void;
-  debug(o: object, msg?: string): void;
-}
 
 export interface LinkServerOptions {
   dataDir: string;
   /** Shared secret; null when only TLS client certificates authenticate. */
   secret: Buffer | null;
   tls: TlsSettings;
-  logger: LinkLogger;
+  logger: Logger;
 }
 
 export interface ManagerGroupStatus {
@@ -135,7 +131,7 @@ export class LinkServer {
     }
   }
 
-  get log(): LinkLogger {
+  get log(): Logger {
     return this.opts.logger;
   }
 
@@ -237,7 +233,7 @@ export class LinkServer {
       for (const v of meta.volumes) await existing.manager.addVolume(v);
       if (JSON.stringify(existing.meta) !== JSON.stringify(meta)) {
         existing.meta = meta;
-        await writeJsonAtomic(path.join(existing.dir, 'link-group.json'), meta);
+        await writeFileAtomic(path.join(existing.dir, 'link-group.json'), JSON.stringify(meta));
       }
       return existing;
     }
@@ -253,7 +249,7 @@ export class LinkServer {
     const dir = path.join(this.opts.dataDir, 'groups', meta.group);
     const spool = path.join(dir, 'spool');
     await fs.promises.mkdir(spool, { recursive: true, mode: 0o700 });
-    await writeJsonAtomic(path.join(dir, 'link-group.json'), meta);
+    await writeFileAtomic(path.join(dir, 'link-group.json'), JSON.stringify(meta));
     const tags = new Map<number, SuperTag>();
     try {
       const raw = JSON.parse(await fs.promises.readFile(path.join(spool, 'tags.json'), 'utf8')) as Record<string, SuperTag>;
@@ -298,7 +294,7 @@ export class LinkServer {
     // Tags of committed transactions live in their records: keep only the rest.
     const applied = g.manager.status().lastContainer;
     for (const k of g.tags.keys()) if (k <= applied && k !== n) g.tags.delete(k);
-    await writeJsonAtomic(path.join(g.spool, 'tags.json'), Object.fromEntries(g.tags));
+    await writeFileAtomic(path.join(g.spool, 'tags.json'), JSON.stringify(Object.fromEntries(g.tags)));
   }
 
   // --- queries for the control API --------------------------------------------
@@ -444,54 +440,6 @@ export interface ManagerVerifyReport {
   containers: Array<{ n: number; kind: string; ok: boolean; offset?: number; problem?: string }>;
   ok: boolean;
   method: string;
-}
-
-export const HASH_CHUNK = 1024 * 1024;
-
-/** SHA-256 of the first `size` bytes of a file (zero-extended), and of each 1 MiB of it. */
-export async function hashFile(file: string, size: number): Promise<{ sha: string; hashes: Buffer }> {
-  return hashReader(size, async (off, buf) => {
-    const fh = await fs.promises.open(file, 'r');
-    try {
-      buf.fill(0);
-      let done = 0;
-      while (done < buf.length) {
-        const { bytesRead } = await fh.read(buf, done, buf.length - done, off + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-    } finally {
-      await fh.close();
-    }
-  });
-}
-
-export async function hashReader(size: number, read: (off: number, into: Buffer) => Promise<void | Buffer>): Promise<{ sha: string; hashes: Buffer }> {
-  const all = createHash('sha256');
-  const hashes = Buffer.alloc(Math.ceil(size / HASH_CHUNK) * 32);
-  const buf = Buffer.alloc(HASH_CHUNK);
-  for (let off = 0, i = 0; off < size; off += HASH_CHUNK, i++) {
-    const n = Math.min(HASH_CHUNK, size - off);
-    const b = buf.subarray(0, n);
-    const got = await read(off, b);
-    const data = got && got !== b ? got : b;
-    all.update(data);
-    createHash('sha256').update(data).digest().copy(hashes, i * 32);
-  }
-  return { sha: all.digest('hex'), hashes };
-}
-
-async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.tmp`;
-  const fh = await fs.promises.open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(JSON.stringify(value));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fs.promises.rename(tmp, file);
-  await fsyncDir(path.dirname(file));
 }
 
 /** One intercept connection. */
@@ -790,7 +738,7 @@ class Conn {
     } catch {
       offset = 0;
     }
-    if (offset === 0) await writeJsonAtomic(metaFile, { size: m.size, bodyCrc: m.footer.bodyCrc });
+    if (offset === 0) await writeFileAtomic(metaFile, JSON.stringify({ size: m.size, bodyCrc: m.footer.bodyCrc }));
     const fh = await fs.promises.open(part, offset === 0 ? 'w' : 'r+', 0o600);
     if (offset === 0) await fh.truncate(0);
     if (this.state === 'closed') {

@@ -58,16 +58,9 @@ import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
 import { blockLength, unpackBeforeBlocks } from './plan';
 import { Fader, type FadeOptions, type FadeReport } from './retention';
-import {
-  CorruptContainerError,
-  NULL_LOGGER,
-  type BlockRun,
-  type CommitInfo,
-  type ManagedVolume,
-  type ManagerLogger,
-  type SealedContainerRef,
-  type TransactionRecord,
-} from './types';
+import {CorruptContainerError, type BlockRun, type CommitInfo, type ManagedVolume, type SealedContainerRef, type TransactionRecord} from './types';
+import { SILENT_LOGGER, type Logger } from '../util/logger';
+
 
 export interface BackupManagerOptions {
   groupId: number;
@@ -76,7 +69,7 @@ export interface BackupManagerOptions {
   blockSize?: number;
   /** piscina maxThreads (default 2). */
   workers?: number;
-  logger?: ManagerLogger;
+  logger?: Logger;
   /** The first containerId of the group (default 1). Fixed at creation. */
   firstContainer?: number;
   /** Bytes of final blocks a worker holds at once while applying (default 16 MiB). */
@@ -175,7 +168,7 @@ export class BackupManager {
     readonly dir: string,
     private readonly catalog: ManagerCatalog,
     private readonly pool: Piscina,
-    private readonly log: ManagerLogger,
+    private readonly log: Logger,
     private readonly opts: BackupManagerOptions,
     blockSize: number,
   ) {
@@ -190,7 +183,7 @@ export class BackupManager {
    * Runs crash recovery before resolving.
    */
   static async open(dir: string, opts: BackupManagerOptions): Promise<BackupManager> {
-    const log = opts.logger ?? NULL_LOGGER;
+    const log = opts.logger ?? SILENT_LOGGER;
     await fs.promises.mkdir(path.join(dir, 'replica'), { recursive: true });
     await fs.promises.mkdir(path.join(dir, 'history'), { recursive: true });
     const catalog = ManagerCatalog.open(dir);

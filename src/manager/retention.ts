@@ -37,14 +37,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Piscina from 'piscina';
-import { UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
 import { forgetTxnRecords } from '../timetravel/point';
 import { fsyncDir } from '../util/fsync-dir';
 import type { FdCache } from '../util/fd-cache';
 import type { ManagerCatalog } from './catalog';
 import { parseRetention, planFade, splitRun, type MergeStep, type PlanTxn, type RetentionPolicy } from './retention-policy';
 import type { MergeFailure, MergeOk, MergeTask } from './retention-worker';
-import type { CommitInfo, ManagerLogger, TransactionRecord } from './types';
+import type { CommitInfo, TransactionRecord } from './types';
+import { type Logger } from '../util/logger';
+
 
 export const FADE_CRASH_ENV = 'REWIND_FADE_CRASH_AT';
 
@@ -118,7 +120,7 @@ export interface FaderHost {
   readonly blockSize: number;
   readonly historyDir: string;
   readonly catalog: ManagerCatalog;
-  readonly log: ManagerLogger;
+  readonly log: Logger;
   readonly fds: FdCache;
   volumes(): Array<{ volumeId: number; size: number }>;
   /** The transaction being applied, if any. */

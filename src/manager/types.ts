@@ -76,19 +76,7 @@ export interface BlockRun {
   position: number;
 }
 
-export interface ManagerLogger {
-  info(o: object, msg?: string): void;
-  warn(o: object, msg?: string): void;
-  error(o: object, msg?: string): void;
-  debug(o: object, msg?: string): void;
-}
 
-export const NULL_LOGGER: ManagerLogger = {
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-  debug: () => undefined,
-};
 
 /** A container that failed its checksums (or framing): it is never applied. */
 export class CorruptContainerError extends Error {

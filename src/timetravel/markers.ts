@@ -14,7 +14,7 @@
  * due at once one marker is placed, kept as long as the longest of them.
  */
 import { spawn } from 'node:child_process';
-import { UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
 
 export type MarkerKind = 'crash-consistent' | 'application-consistent';
 

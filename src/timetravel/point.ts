@@ -18,7 +18,7 @@
 import { readRecords } from '../lfc';
 import { RecordKind } from '../lfc';
 import type { TransactionRecord } from '../manager/types';
-import { UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
 
 export type PointSpec =
   | { kind: 'seq'; seq: number; text: string }

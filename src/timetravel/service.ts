@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import type { BackupManager } from '../manager/backup-manager';
 import type { GroupJournal } from '../journal/group-journal';
 import type { ProtectedVolume } from '../journal/protected-volume';
-import { UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
 import { validateVolumeName } from '../catalog/catalog';
 import { describeWrite, parsePoint, resolvePoint, stepSeq, txnRecords, type PointSpec, type ResolvedPoint } from './point';
 import { RecordKind } from '../lfc';

@@ -25,11 +25,12 @@ import type { Logger } from 'pino';
 import { Catalog } from '../catalog/catalog';
 import type { ClientInfo, ExportListing, ExportProvider, OpenedExport } from '../nbd/export';
 import { NbdServer } from '../nbd/server';
-import { DataDirLock } from './lock';
-import { dataDirLayout } from './paths';
-import { Protection } from './protection';
+import { DataDirLock } from '../daemon/lock';
+import { dataDirLayout } from '../daemon/paths';
+import { Protection } from '../daemon/protection';
 import { ensureDataDir, nbdServerOptions, unixPeerCredentials, type ServeConfig } from './serve';
-import { DEFAULT_VOLUME, VolumeManager, type ImageBackend } from './volumes';
+import { DEFAULT_VOLUME, VolumeManager } from '../daemon/volumes';
+import type { ImageBackend } from '../storage/image';
 
 /** An ExportProvider that shows only `name` of `inner` (the default export "" is that one too). */
 export function singleExportProvider(inner: ExportProvider, name: string): ExportProvider {

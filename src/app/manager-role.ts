@@ -13,14 +13,14 @@
  *   production checksums from the intercept), and the time-travel routes.
  */
 import type * as http from 'node:http';
-import { UserError } from '../daemon/errors';
+import { UserError } from '../util/errors';
 import type { VolumeManager } from '../daemon/volumes';
 import type { GroupJournal } from '../journal/group-journal';
 import type { ProtectedVolume } from '../journal/protected-volume';
 import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/service';
-import { allow, HttpError, readJsonObject, sendJson } from '../control/server';
+import { allow, HttpError, readJsonObject, sendJson } from '../util/http';
 import { routeTimeTravel } from '../control/timetravel-routes';
-import type { LinkServer } from './server';
+import type { LinkServer } from '../link/server';
 
 export const RESTORE_NEEDS_SINGLE =
   'production restore is not available on the manager role: it rewrites production through the intercept; run it in the single-process mode (rewind serve without --role), or export the point (rewind export) and copy it back';
