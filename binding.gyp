@@ -1,10 +1,14 @@
 {
+  "variables": {
+    "rewind_have_zstd%": "<!(node -p \"require('fs').existsSync('/usr/include/zstd.h') ? 1 : 0\")"
+  },
   "targets": [
     {
       "target_name": "rewind_native",
       "sources": [
         "addon/errors.cc",
-        "addon/rewind_native.cc"
+        "addon/rewind_native.cc",
+        "addon/zstd.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"
@@ -19,6 +23,10 @@
       "cflags_cc!": [ "-fno-exceptions", "-std=gnu++17", "-std=gnu++20" ],
       "cflags_cc": [ "-std=gnu++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter" ],
       "conditions": [
+        [ "rewind_have_zstd==1", {
+          "defines": [ "REWIND_HAVE_ZSTD" ],
+          "libraries": [ "-lzstd" ]
+        } ],
         [ "OS=='mac'", {
           "xcode_settings": {
             "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
