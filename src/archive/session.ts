@@ -1,0 +1,118 @@
+/**
+ * One writer's chunk output: global dedup through the index, then zstd
+ * (on the threadpool), encryption and appending to the session's open
+ * data and tree packs; full packs are sealed and published while the
+ * archive goes on. A chunk is "pending" from the moment it is queued until
+ * its pack is indexed, so a session never stores the same chunk twice.
+ *
+ * The session's stamp (its epoch) marks every chunk it stores or finds by
+ * global dedup, which is what keeps gc's hands off them until the point
+ * commits (gc.ts). abort() drops the open packs; packs already published
+ * stay as unreferenced chunks for the next gc.
+ */
+import { encodeChunk } from './codec';
+import { crashPoint } from './crash-hook';
+import type { ChunkStore } from './chunk-store';
+import { writeFailure } from './errors';
+import { handleHex, type Handle } from './handle';
+import { KIND_DATA, KIND_TREE, TYPE_LEAF, type ChunkType, type PackKind } from './pack-format';
+import { PackWriter } from './pack-writer';
+
+export type PutResult = 'stored' | 'dedup' | 'pending';
+
+export interface SessionCounters {
+  chunksStored: number;
+  bytesStored: number;
+  packsPublished: number;
+}
+
+export class WriteSession {
+  readonly counters: SessionCounters = { chunksStored: 0, bytesStored: 0, packsPublished: 0 };
+  private readonly pending = new Set<string>();
+  private readonly open = new Map<PackKind, Promise<PackWriter>>();
+  private readonly publishing = new Set<Promise<void>>();
+  private failure: unknown = null;
+
+  constructor(
+    private readonly store: ChunkStore,
+    readonly stamp: number,
+    private readonly stagingDir: string,
+    private readonly poolId: string,
+    private readonly packTarget: number,
+  ) {}
+
+  /** Makes sure the pool has chunk `h` (plaintext `plain`). */
+  async put(h: Handle, type: ChunkType, plain: Buffer): Promise<PutResult> {
+    if (this.failure) throw this.failure;
+    const hex = handleHex(h);
+    if (this.pending.has(hex)) return 'pending';
+    const loc = this.store.lookup(h);
+    if (loc) {
+      if (loc.stamp < this.stamp) this.store.touch(h, this.stamp);
+      return 'dedup';
+    }
+    this.pending.add(hex);
+    try {
+      const enc = await encodeChunk(this.store.codec, h, type, plain);
+      const kind = type === TYPE_LEAF ? KIND_DATA : KIND_TREE;
+      const w = await this.writer(kind);
+      const e = await w.append(h, type, enc.codec, plain.length, enc.stored, enc.crc);
+      this.counters.chunksStored++;
+      this.counters.bytesStored += e.storedLength;
+      if (w.size >= this.packTarget && this.open.get(kind) !== undefined) {
+        const current = await this.open.get(kind);
+        if (current === w) {
+          this.open.delete(kind);
+          this.track(this.publishWriter(w));
+        }
+      }
+      return 'stored';
+    } catch (err) {
+      this.failure ??= writeFailure(err, 'archive pack write');
+      throw this.failure;
+    }
+  }
+
+  private writer(kind: PackKind): Promise<PackWriter> {
+    let w = this.open.get(kind);
+    if (!w) {
+      w = PackWriter.create(this.stagingDir, kind, this.poolId, this.store.codec.key !== null);
+      this.open.set(kind, w);
+    }
+    return w;
+  }
+
+  private track(p: Promise<void>): void {
+    const q = p.catch((err: unknown) => {
+      this.failure ??= writeFailure(err, 'archive pack publish');
+    });
+    this.publishing.add(q);
+    void q.finally(() => this.publishing.delete(q));
+  }
+
+  private async publishWriter(w: PackWriter): Promise<void> {
+    const sealed = await w.seal(this.store.codec.key);
+    crashPoint('pack-sealed');
+    await this.store.publish(sealed, this.stamp);
+    this.counters.packsPublished++;
+    for (const e of sealed.entries) this.pending.delete(handleHex(e.handle));
+  }
+
+  /** Seals and publishes every open pack; after this all the session's chunks are indexed. */
+  async flush(): Promise<void> {
+    const open = [...this.open.values()];
+    this.open.clear();
+    for (const p of open) this.track(p.then((w) => this.publishWriter(w)));
+    while (this.publishing.size > 0) await Promise.all([...this.publishing]);
+    if (this.failure) throw this.failure;
+    await this.store.settle();
+  }
+
+  /** Drops unpublished packs (the archive failed). */
+  async abort(): Promise<void> {
+    const open = [...this.open.values()];
+    this.open.clear();
+    for (const p of open) await p.then((w) => w.abort()).catch(() => undefined);
+    while (this.publishing.size > 0) await Promise.all([...this.publishing]);
+  }
+}
