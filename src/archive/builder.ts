@@ -113,7 +113,7 @@ class Builder {
     if (!base || level > base.shape.height) return null;
     const [lo, hi] = leafRange(this.shape, level, index);
     const [blo, bhi] = leafRange(base.shape, level, index);
-    if (lo !== blo || hi !== bhi || lo >= hi) return null;
+    if (lo !== blo || hi !== bhi || lo >= hi || leafLength(this.shape, hi - 1) !== leafLength(base.shape, hi - 1)) return null;
     return this.baseDescend(level, index);
   }
 
