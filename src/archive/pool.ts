@@ -18,7 +18,7 @@ import { CONFIG_KEY, keysFor, newConfig, readConfig, type CreateOptions, type Po
 import { pointVolume, treeOf, type PoolCore, type WriterEntry } from './core';
 import type { PoolKeys } from './crypto';
 import { diffTrees } from './diff';
-import { ArchiveError, errnoOf } from './errors';
+import { ArchiveError, ArchiveFormatError, errnoOf } from './errors';
 import { makeHasher } from './handle';
 import { IndexDb } from './index-db';
 import { LocalBackend } from './local-backend';
@@ -120,7 +120,7 @@ export class ArchivePool {
         },
       };
       const recovery = await recover(core);
-      await loadManifests(core);
+      await loadManifests(core, recovery);
       return new ArchivePool(core, lock, recovery);
     } catch (err) {
       await index?.close().catch(() => undefined);
@@ -260,7 +260,8 @@ export class ArchivePool {
   }
 }
 
-async function loadManifests(core: PoolCore): Promise<void> {
+/** Loads every manifest; one that cannot be read is reported and left out, not fatal. */
+async function loadManifests(core: PoolCore, r: RecoveryReport): Promise<void> {
   for (const obj of await core.backend.list('points/')) {
     const name = nameOfManifestKey(obj.key);
     if (!name) continue;
@@ -268,7 +269,8 @@ async function loadManifests(core: PoolCore): Promise<void> {
       core.manifests.set(name, decodeManifest(await core.backend.get(obj.key), core.config.poolId, core.keys?.enc ?? null));
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') continue;
-      throw err;
+      if (!(err instanceof ArchiveFormatError)) throw err;
+      r.damagedManifests.push({ manifest: obj.key, reason: err.message });
     }
   }
 }

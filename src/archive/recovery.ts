@@ -25,10 +25,12 @@ export interface RecoveryReport {
   indexedPacks: number;
   /** Backend packs that could not be indexed at all, with why. */
   damagedPacks: Array<{ pack: string; reason: string }>;
+  /** Manifests that could not be read (their points are left out), with why. */
+  damagedManifests: Array<{ manifest: string; reason: string }>;
 }
 
 export async function recover(core: PoolCore): Promise<RecoveryReport> {
-  const r: RecoveryReport = { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [] };
+  const r: RecoveryReport = { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [], damagedManifests: [] };
   const stamp = core.index.nextEpoch();
   for (const name of fs.readdirSync(core.stagingDir)) {
     const file = path.join(core.stagingDir, name);
@@ -77,7 +79,7 @@ async function indexUnknownPacks(core: PoolCore, stamp: number, r: RecoveryRepor
 export async function rebuildIndex(core: PoolCore): Promise<RecoveryReport> {
   await core.index.clearAll();
   core.store.quarantinedHex.clear();
-  const r: RecoveryReport = { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [] };
+  const r: RecoveryReport = { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [], damagedManifests: [] };
   await indexUnknownPacks(core, core.index.nextEpoch(), r);
   await core.refreshBloom();
   return r;
