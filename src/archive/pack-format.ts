@@ -257,5 +257,5 @@ export function scanRecords(b: Buffer, limit = b.length): { entries: PackEntry[]
     entries.push(e);
     at = payloadEnd;
   }
-  return { entries, end: at };
+  return { entries, end: Math.min(at, limit) };
 }

@@ -40,9 +40,15 @@ export async function recover(core: PoolCore): Promise<RecoveryReport> {
     }
     const sealed = await salvageStaging(file, core.config.poolId, core.store.codec.key);
     if (!sealed) continue;
-    await core.store.publish(sealed, stamp);
-    r.salvagedPacks++;
-    r.salvagedChunks += sealed.entries.length;
+    try {
+      await core.store.publish(sealed, stamp);
+      r.salvagedPacks++;
+      r.salvagedChunks += sealed.entries.length;
+    } catch (err) {
+      // Staging packs hold only chunks of archives that never committed: losing them costs nothing but a re-read.
+      fs.rmSync(file, { force: true });
+      r.damagedPacks.push({ pack: `staging/${name}`, reason: `dropped, could not be published: ${(err as Error).message}` });
+    }
   }
   for (const p of core.index.packs()) {
     if (p.state !== 'deleting') continue;

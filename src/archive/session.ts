@@ -10,10 +10,10 @@
  * commits (gc.ts). abort() drops the open packs; packs already published
  * stay as unreferenced chunks for the next gc.
  */
+import * as fs from 'node:fs';
 import { encodeChunk } from './codec';
 import { crashPoint } from './crash-hook';
 import type { ChunkStore } from './chunk-store';
-import { writeFailure } from './errors';
 import { handleHex, type Handle } from './handle';
 import { KIND_DATA, KIND_TREE, TYPE_LEAF, type ChunkType, type PackKind } from './pack-format';
 import { PackWriter } from './pack-writer';
@@ -68,7 +68,7 @@ export class WriteSession {
       }
       return 'stored';
     } catch (err) {
-      this.failure ??= writeFailure(err, 'archive pack write');
+      this.failure ??= err;
       throw this.failure;
     }
   }
@@ -84,16 +84,22 @@ export class WriteSession {
 
   private track(p: Promise<void>): void {
     const q = p.catch((err: unknown) => {
-      this.failure ??= writeFailure(err, 'archive pack publish');
+      this.failure ??= err;
     });
     this.publishing.add(q);
     void q.finally(() => this.publishing.delete(q));
   }
 
   private async publishWriter(w: PackWriter): Promise<void> {
-    const sealed = await w.seal(this.store.codec.key);
-    crashPoint('pack-sealed');
-    await this.store.publish(sealed, this.stamp);
+    let sealed;
+    try {
+      sealed = await w.seal(this.store.codec.key);
+      crashPoint('pack-sealed');
+      await this.store.publish(sealed, this.stamp);
+    } catch (err) {
+      await fs.promises.rm(w.file, { force: true }); // its chunks are referenced by nothing committed
+      throw err;
+    }
     this.counters.packsPublished++;
     for (const e of sealed.entries) this.pending.delete(handleHex(e.handle));
   }
