@@ -6,7 +6,7 @@
 import test from 'ava';
 import { ArchivePool } from '../src/archive';
 import { bufferSource, makeImage, MiB, KiB, openPool, readAll, sameBytes, scribble, tempDir } from './helpers/archive-fixtures';
-import { rng } from './helpers/random';
+import { pattern, rng } from './helpers/random';
 
 test('full archive, incremental archive, read back, diff, reopen', async (t) => {
   const dir = tempDir(t);
@@ -45,4 +45,20 @@ test('full archive, incremental archive, read back, diff, reopen', async (t) => 
   const v = await again.verify();
   t.deepEqual(v.bad, []);
   await again.close();
+});
+
+test('many concurrent chunks across pack rotations: each lands in exactly one sealed pack', async (t) => {
+  const dir = tempDir(t);
+  const pool = await ArchivePool.open(dir, { create: { leafSize: 16 * KiB, fanout: 16, packTarget: 64 * KiB, level: 1 } });
+  const img = Buffer.concat(Array.from({ length: 512 }, (_, i) => pattern(16 * KiB, i + 1)));
+  const p = await pool.archive({ name: 'many', volumes: [bufferSource('v', img)] });
+  const s = pool.stats();
+  t.is(p.volumes[0]!.stats.leavesStored, 512);
+  t.is(s.chunks, 512 + p.volumes[0]!.stats.nodesStored);
+  t.true(s.packs > 100);
+  sameBytes(t, await readAll(pool, 'many'), img);
+  const v = await pool.verify();
+  t.is(v.chunksChecked, s.chunks);
+  t.deepEqual(v.bad, []);
+  await pool.close();
 });

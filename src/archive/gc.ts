@@ -246,7 +246,8 @@ async function copyLive(
       writers.set(rec.kind, cur);
     }
     for (const r of records) {
-      const entry = await cur.w.append(r.h, r.loc.type, r.loc.codec, r.loc.rawLength, r.payload, r.loc.crc);
+      const entry = cur.w.append(r.h, r.loc.type, r.loc.codec, r.loc.rawLength, r.payload, r.loc.crc);
+      await cur.w.backpressure();
       cur.moves.push({ from: no, fromOffset: r.loc.offset, entry });
       report.bytesRepacked += recordSize(r.loc);
     }

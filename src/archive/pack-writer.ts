@@ -44,9 +44,21 @@ export interface SealedPack {
   entries: PackEntry[];
 }
 
+/** Records are written in batches of about this many bytes (fewer, larger writes). */
+const BATCH = 1024 * 1024;
+/** Appends wait while more than this is queued for writing. */
+const MAX_QUEUED = 8 * 1024 * 1024;
+
 export class PackWriter {
   readonly entries: PackEntry[] = [];
+  /** Set (synchronously) by the owner when it stops appending and will seal. */
+  closing = false;
+  private sealed = false;
   private pos = PACK_HEADER_SIZE;
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private batchAt = PACK_HEADER_SIZE;
+  private queued = 0;
   private chain: Promise<void> = Promise.resolve();
   private failed: unknown = null;
 
@@ -61,7 +73,7 @@ export class PackWriter {
     const file = path.join(stagingDir, `${header.packId}.pack`);
     const fh = await fs.promises.open(file, 'wx', 0o600);
     const w = new PackWriter(header, file, fh);
-    w.enqueue(() => fh.write(encodePackHeader(header), 0, PACK_HEADER_SIZE, 0).then(() => undefined));
+    w.write([encodePackHeader(header)], 0, PACK_HEADER_SIZE);
     return w;
   }
 
@@ -70,43 +82,72 @@ export class PackWriter {
     return this.pos;
   }
 
-  private enqueue(fn: () => Promise<void>): Promise<void> {
-    const p = this.chain.then(() => {
-      if (this.failed) throw this.failed;
-      return fn();
+  private write(bufs: Buffer[], at: number, n: number): void {
+    this.queued += n;
+    this.chain = this.chain.then(async () => {
+      try {
+        if (!this.failed) await this.fh.writev(bufs, at);
+      } catch (err) {
+        this.failed ??= err;
+      } finally {
+        this.queued -= n;
+      }
     });
-    this.chain = p.catch((err: unknown) => {
-      this.failed ??= err;
-    });
-    return p;
   }
 
-  /** Appends a record; resolves with its entry once it is written (not yet synced). */
-  append(handle: Handle, type: ChunkType, codec: number, rawLength: number, stored: Buffer, crc = crc32(stored)): Promise<PackEntry> {
+  private flushBatch(): void {
+    if (this.batchBytes === 0) return;
+    this.write(this.batch, this.batchAt, this.batchBytes);
+    this.batch = [];
+    this.batchAt = this.pos;
+    this.batchBytes = 0;
+  }
+
+  /**
+   * Adds a record (written soon, in a batch; not synced until seal) and
+   * returns its entry. Throws if an earlier write failed (ENOSPC...).
+   */
+  append(handle: Handle, type: ChunkType, codec: number, rawLength: number, stored: Buffer, crc = crc32(stored)): PackEntry {
+    if (this.failed) throw this.failed;
+    if (this.sealed) throw new Error(`pack ${this.header.packId}: append after seal`);
     const e: PackEntry = { handle, type, codec, offset: this.pos, rawLength, storedLength: stored.length, crc };
     this.pos += recordSize(e);
     this.entries.push(e);
-    const head = encodeRecordHeader(e);
-    return this.enqueue(async () => {
-      await this.fh.writev([head, stored], e.offset);
-    }).then(() => e);
+    this.batch.push(encodeRecordHeader(e), stored);
+    this.batchBytes += recordSize(e);
+    if (this.batchBytes >= BATCH) this.flushBatch();
+    return e;
+  }
+
+  /** Waits while too much is queued for writing; rejects if a write failed. */
+  async backpressure(): Promise<void> {
+    while (this.queued > MAX_QUEUED) await this.chain;
+    if (this.failed) throw this.failed;
   }
 
   /** Writes index and footer, fsyncs and closes. The file is then ready for the backend. */
   async seal(key: Buffer | null): Promise<SealedPack> {
+    if (this.sealed) throw new Error(`pack ${this.header.packId}: sealed twice`);
+    this.sealed = true;
+    this.closing = true;
+    this.flushBatch();
     const blob = packIndexBlob(this.entries, this.header.packId, key);
     const indexOffset = this.pos;
     const footer = encodeFooter({ indexOffset, indexLength: blob.length, entries: this.entries.length, indexCrc: crc32(blob) });
-    await this.enqueue(async () => {
-      await this.fh.writev([blob, footer], indexOffset);
-      await this.fh.sync();
-    });
+    this.write([blob, footer], indexOffset, blob.length + footer.length);
+    await this.chain;
+    if (this.failed) {
+      await this.fh.close().catch(() => undefined);
+      throw this.failed;
+    }
+    await this.fh.sync();
     await this.fh.close();
     return { header: this.header, file: this.file, size: indexOffset + blob.length + FOOTER_SIZE, entries: this.entries };
   }
 
   /** Drops the staging file (an archive that failed). */
   async abort(): Promise<void> {
+    this.failed ??= new Error('aborted');
     await this.chain;
     await this.fh.close().catch(() => undefined);
     await fs.promises.rm(this.file, { force: true });

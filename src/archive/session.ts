@@ -55,17 +55,20 @@ export class WriteSession {
     try {
       const enc = await encodeChunk(this.store.codec, h, type, plain);
       const kind = type === TYPE_LEAF ? KIND_DATA : KIND_TREE;
-      const w = await this.writer(kind);
-      const e = await w.append(h, type, enc.codec, plain.length, enc.stored, enc.crc);
+      // Checked after the last await before appending: a writer being sealed gets no more records.
+      let p: Promise<PackWriter>;
+      let w: PackWriter;
+      do ({ p, w } = await this.writer(kind));
+      while (w.closing);
+      const e = w.append(h, type, enc.codec, plain.length, enc.stored, enc.crc);
       this.counters.chunksStored++;
       this.counters.bytesStored += e.storedLength;
-      if (w.size >= this.packTarget && this.open.get(kind) !== undefined) {
-        const current = await this.open.get(kind);
-        if (current === w) {
-          this.open.delete(kind);
-          this.track(this.publishWriter(w));
-        }
+      if (w.size >= this.packTarget) {
+        w.closing = true;
+        if (this.open.get(kind) === p) this.open.delete(kind);
+        this.track(this.publishWriter(w));
       }
+      await w.backpressure();
       return 'stored';
     } catch (err) {
       this.failure ??= err;
@@ -73,13 +76,18 @@ export class WriteSession {
     }
   }
 
-  private writer(kind: PackKind): Promise<PackWriter> {
-    let w = this.open.get(kind);
-    if (!w) {
-      w = PackWriter.create(this.stagingDir, kind, this.poolId, this.store.codec.key !== null);
-      this.open.set(kind, w);
+  /** The open writer of a kind (created on first use); it may be closing by the time the caller resumes. */
+  private async writer(kind: PackKind): Promise<{ p: Promise<PackWriter>; w: PackWriter }> {
+    for (;;) {
+      let p = this.open.get(kind);
+      if (!p) {
+        p = PackWriter.create(this.stagingDir, kind, this.poolId, this.store.codec.key !== null);
+        this.open.set(kind, p);
+      }
+      const w = await p;
+      if (!w.closing) return { p, w };
+      if (this.open.get(kind) === p) this.open.delete(kind);
     }
-    return w;
   }
 
   private track(p: Promise<void>): void {
@@ -108,7 +116,15 @@ export class WriteSession {
   async flush(): Promise<void> {
     const open = [...this.open.values()];
     this.open.clear();
-    for (const p of open) this.track(p.then((w) => this.publishWriter(w)));
+    for (const p of open) {
+      this.track(
+        p.then((w) => {
+          if (w.closing) return;
+          w.closing = true;
+          return this.publishWriter(w);
+        }),
+      );
+    }
     while (this.publishing.size > 0) await Promise.all([...this.publishing]);
     if (this.failure) throw this.failure;
     await this.store.settle();
