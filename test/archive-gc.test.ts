@@ -119,6 +119,19 @@ test('random interleavings of archives, forgets and gcs keep every committed poi
   await pool.close();
 });
 
+test('an open view keeps its chunks through a forget and a gc until it is closed', async (t) => {
+  const pool = await openPool(tempDir(t));
+  const img = makeImage(512 * KiB, 12, 0);
+  await pool.archive({ name: 'x', volumes: [bufferSource('v', img)] });
+  const view = pool.openVolume('x');
+  await pool.forget(['x']);
+  t.is((await pool.gc()).chunksSwept, 0);
+  sameBytes(t, await view.read(0, view.size), img);
+  view.close();
+  t.true((await pool.gc()).chunksSwept > 0);
+  await pool.close();
+});
+
 test('forget policies: tiers by age, newest of each bucket, newest of each series always kept', (t) => {
   const day = 86_400_000;
   const now = Date.UTC(2025, 5, 30, 12);

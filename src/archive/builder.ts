@@ -190,37 +190,34 @@ class Builder {
       if (this.ctx.signal?.aborted) throw new ArchiveError('EINVAL', 'archive aborted', { cause: this.ctx.signal.reason });
       const buf = await this.src.read(off, len);
       if (buf.length !== len) throw new ArchiveError('EIO', `volume ${this.src.volume}: source returned ${buf.length} bytes for ${len} at ${off}`);
-      const puts: Array<Promise<void>> = [];
+      const st = this.stats;
+      const put: Array<{ h: Handle; plain: Buffer }> = [];
       for (let i = a; i < z; i++) {
         const s = (i - a) * this.shape.leafSize;
         const data = buf.subarray(s, s + leafLength(this.shape, i));
-        puts.push(this.leaf(i, data, baseLeaf(i)).then((h) => void (out[i - first] = h)));
+        st.leavesRead++;
+        st.bytesRead += data.length;
+        if (isZero(data)) {
+          st.leavesZero++;
+          out[i - first] = ZERO_HANDLE;
+          continue;
+        }
+        const h = this.ctx.hasher.hash(data);
+        st.bytesHashed += data.length;
+        out[i - first] = h;
+        const baseH = baseLeaf(i);
+        if (baseH && h.equals(baseH)) st.leavesSameAsBase++; // temporal dedup: nothing to look up or store
+        else put.push({ h, plain: data });
       }
-      await Promise.all(puts);
+      const res = await this.ctx.session.putMany(put.map((p) => ({ h: p.h, type: TYPE_LEAF, plain: p.plain })));
+      for (const r of res) {
+        if (r === 'stored') st.leavesStored++;
+        else st.leavesDedup++;
+      }
       this.ctx.onLeaves?.(z - a, len);
     } finally {
       release();
     }
-  }
-
-  private async leaf(i: number, data: Buffer, baseH: Handle | null): Promise<Handle> {
-    const st = this.stats;
-    st.leavesRead++;
-    st.bytesRead += data.length;
-    if (isZero(data)) {
-      st.leavesZero++;
-      return ZERO_HANDLE;
-    }
-    const h = this.ctx.hasher.hash(data);
-    st.bytesHashed += data.length;
-    if (baseH && h.equals(baseH)) {
-      st.leavesSameAsBase++;
-      return h;
-    }
-    const r = await this.ctx.session.put(h, TYPE_LEAF, data);
-    if (r === 'stored') st.leavesStored++;
-    else st.leavesDedup++;
-    return h;
   }
 }
 

@@ -5,7 +5,7 @@
  * it does not bind the pack, so repacking copies records verbatim.
  */
 import { crc32 } from '../util/crc32';
-import { zstdCompress, zstdDecompress } from '../native';
+import { zstdCompressBatch, zstdDecompress, zstdDecompressSync } from '../native';
 import { seal, unseal } from './crypto';
 import { HANDLE_SIZE, type Handle } from './handle';
 import { CODEC_SEALED, CODEC_ZSTD, type ChunkType } from './pack-format';
@@ -30,23 +30,41 @@ function aad(handle: Handle, type: ChunkType): Buffer {
   return b;
 }
 
-export async function encodeChunk(opts: CodecOptions, handle: Handle, type: ChunkType, plain: Buffer): Promise<EncodedChunk> {
-  let codec = 0;
-  let body = plain;
-  if (opts.level > 0 && plain.length >= 128) {
-    const z = await zstdCompress(plain, opts.level);
-    // Keep zstd only if it saves at least 1/64: decompressing costs too.
-    if (z.length < plain.length - (plain.length >> 6)) {
-      body = z;
-      codec |= CODEC_ZSTD;
-    }
-  }
-  if (opts.key) {
-    body = seal(opts.key, body, aad(handle, type));
-    codec |= CODEC_SEALED;
-  }
-  return { codec, stored: body, crc: crc32(body) };
+export interface PlainChunk {
+  handle: Handle;
+  type: ChunkType;
+  plain: Buffer;
 }
+
+/**
+ * Encodes chunks, compressing them all in one threadpool job. The result
+ * never shares memory with `plain` (a caller may reuse its buffers once
+ * this resolves).
+ */
+export async function encodeChunks(opts: CodecOptions, chunks: PlainChunk[]): Promise<EncodedChunk[]> {
+  const want = opts.level > 0 ? chunks.filter((c) => c.plain.length >= 128) : [];
+  const zs = want.length > 0 ? await zstdCompressBatch(want.map((c) => c.plain), opts.level) : [];
+  const z = new Map<PlainChunk, Buffer>(want.map((c, i) => [c, zs[i]!]));
+  return chunks.map((c) => {
+    let codec = 0;
+    let body = z.get(c);
+    // Keep zstd only if it saves at least 1/64: decompressing costs too.
+    if (body && body.length < c.plain.length - (c.plain.length >> 6)) codec |= CODEC_ZSTD;
+    else body = opts.key ? c.plain : Buffer.from(c.plain);
+    if (opts.key) {
+      body = seal(opts.key, body, aad(c.handle, c.type));
+      codec |= CODEC_SEALED;
+    }
+    return { codec, stored: body, crc: crc32(body) };
+  });
+}
+
+export async function encodeChunk(opts: CodecOptions, handle: Handle, type: ChunkType, plain: Buffer): Promise<EncodedChunk> {
+  return (await encodeChunks(opts, [{ handle, type, plain }]))[0]!;
+}
+
+/** Below this a chunk is decompressed on the calling thread (cheaper than a threadpool round trip). */
+const SYNC_BELOW = 256 * 1024;
 
 /** Why a stored chunk could not be decoded (the caller names the chunk). */
 export class ChunkDecodeError extends Error {}
@@ -64,7 +82,7 @@ export async function decodeChunk(opts: CodecOptions, handle: Handle, type: Chun
   }
   if (codec & CODEC_ZSTD) {
     try {
-      return await zstdDecompress(body, rawLength);
+      return rawLength < SYNC_BELOW ? zstdDecompressSync(body, rawLength) : await zstdDecompress(body, rawLength);
     } catch (err) {
       throw new ChunkDecodeError(`decompression failed: ${(err as Error).message}`);
     }

@@ -37,6 +37,8 @@ export interface PoolCore {
   /** Every committed point by name (the backend's manifests, loaded at open). */
   readonly manifests: Map<string, PointManifest>;
   readonly writers: Map<number, WriterEntry>;
+  /** Trees of open ArchivedVolumes: gc keeps them even if their point is forgotten meanwhile. */
+  readonly readers: Map<number, TreeRoot>;
   /** Rebuilds the bloom filter from the index (after gc or a rebuild) and saves it. */
   refreshBloom(): Promise<void>;
 }

@@ -31,7 +31,7 @@ import { handleHex } from './handle';
 import type { ChunkLocation } from './index-db';
 import { markTree, MarkSet } from './mark';
 import { RECORD_HEADER_SIZE, recordSize, type PackEntry } from './pack-format';
-import { checkRecord } from './pack-reader';
+import { checkRecord, recordWindows } from './pack-reader';
 import { PackWriter, packKey } from './pack-writer';
 
 export interface GcOptions {
@@ -87,8 +87,8 @@ export async function collectGarbage(core: PoolCore, opts: GcOptions = {}): Prom
     ms: { mark: 0, sweep: 0, repack: 0 },
   };
 
-  // 1. Mark: committed points, then predecessors pinned by running writers,
-  // again until no writer has pinned a tree not yet marked.
+  // 1. Mark: committed points, then predecessors pinned by running writers
+  // and trees of open readers, again until nothing new is pinned.
   const marks = new MarkSet();
   const roots: TreeRoot[] = [];
   for (const p of core.manifests.values()) for (const v of p.volumes) roots.push(treeOf(p, v));
@@ -102,7 +102,8 @@ export async function collectGarbage(core: PoolCore, opts: GcOptions = {}): Prom
   await markAll(roots);
   const pinned = new Set<string>();
   for (;;) {
-    const fresh = [...core.writers.values()].flatMap((w) => w.pins).filter((r) => !pinned.has(handleHex(r.root)));
+    const pins = [...[...core.writers.values()].flatMap((w) => w.pins), ...core.readers.values()];
+    const fresh = pins.filter((r) => !pinned.has(handleHex(r.root)));
     if (fresh.length === 0) break;
     for (const r of fresh) pinned.add(handleHex(r.root));
     await markAll(fresh);
@@ -231,13 +232,18 @@ async function copyLive(
     const rec = index.pack(no);
     const entries = (byPack.get(no) ?? []).sort((a, b) => a[1].offset - b[1].offset);
     if (!rec || entries.length === 0) continue;
-    let buf: Buffer;
-    let records: Array<{ h: Buffer; loc: ChunkLocation; payload: Buffer }>;
+    let records: Array<{ h: Buffer; loc: ChunkLocation; payload: Buffer }> = [];
     try {
-      buf = await core.backend.get(rec.key);
-      records = entries.map(([h, loc]) => ({ h, loc, payload: checkRecord(buf.subarray(loc.offset, loc.offset + RECORD_HEADER_SIZE + loc.storedLength), loc.offset, { handle: h, ...loc }) }));
+      for (const w of recordWindows(entries, ([, loc]) => loc)) {
+        const buf = await core.backend.get(rec.key, { offset: w.offset, length: w.length });
+        for (const [h, loc] of w.items) {
+          const at = loc.offset - w.offset;
+          records.push({ h, loc, payload: checkRecord(buf.subarray(at, at + RECORD_HEADER_SIZE + loc.storedLength), loc.offset, { handle: h, ...loc }) });
+        }
+      }
     } catch (err) {
       report.skipped.push({ pack: rec.key, reason: (err as Error).message });
+      records = [];
       continue;
     }
     let cur = writers.get(rec.kind);

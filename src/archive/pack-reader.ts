@@ -101,3 +101,33 @@ export function checkRecord(rec: Buffer, offset: number, want: ExpectedRecord): 
   if (crc32(payload) !== e.crc || e.crc !== want.crc) throw new ArchiveFormatError(`record at ${offset}: payload CRC mismatch`);
   return payload;
 }
+
+/** Reads of packs go in windows of whole records of at most this size: buffers this small are reused by malloc, 32 MiB ones are fresh pages every time. */
+export const READ_WINDOW = 4 * 1024 * 1024;
+
+export interface RecordWindow<T> {
+  offset: number;
+  length: number;
+  items: T[];
+}
+
+/**
+ * Groups records (sorted by offset) into windows of at most READ_WINDOW
+ * bytes (a bigger record alone), reading through gaps of up to 256 KiB.
+ */
+export function recordWindows<T>(items: T[], at: (item: T) => { offset: number; storedLength: number }): Array<RecordWindow<T>> {
+  const out: Array<RecordWindow<T>> = [];
+  let cur: RecordWindow<T> | null = null;
+  for (const it of items) {
+    const { offset, storedLength } = at(it);
+    const end = offset + RECORD_HEADER_SIZE + storedLength;
+    if (cur && end - cur.offset <= READ_WINDOW && offset - (cur.offset + cur.length) <= 256 * 1024 && offset >= cur.offset + cur.length) {
+      cur.length = end - cur.offset;
+      cur.items.push(it);
+    } else {
+      cur = { offset, length: end - offset, items: [it] };
+      out.push(cur);
+    }
+  }
+  return out;
+}

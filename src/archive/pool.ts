@@ -63,6 +63,7 @@ export interface PoolStats {
 export class ArchivePool {
   private readonly reserved = new Set<string>();
   private maintenance: string | null = null;
+  private nextReader = 1;
   private closed = false;
 
   private constructor(
@@ -114,6 +115,7 @@ export class ArchivePool {
         store,
         manifests: new Map(),
         writers: new Map<number, WriterEntry>(),
+        readers: new Map(),
         refreshBloom: async () => {
           store.bloom = bloomFromIndex(index!);
           saveBloom(stateDir, store.bloom, index!.generation());
@@ -155,12 +157,17 @@ export class ArchivePool {
     return p;
   }
 
-  /** A readable view of one volume of a point (the volume may be omitted if there is one). */
+  /**
+   * A readable view of one volume of a point (the volume may be omitted if
+   * there is one). Its chunks outlive a forget of the point until close().
+   */
   openVolume(point: string, volume?: string): ArchivedVolume {
     this.live();
     const { p, v } = pointVolume(this.core, point, volume);
     const t = treeOf(p, v);
-    return new ArchivedVolume(this.core.store, p.name, v.volume, t.shape, t.root);
+    const id = this.nextReader++;
+    this.core.readers.set(id, t);
+    return new ArchivedVolume(this.core.store, p.name, v.volume, t.shape, t.root, () => this.core.readers.delete(id));
   }
 
   /** Extents where two archived volumes may differ (pruned walk of both trees). */

@@ -28,9 +28,16 @@ export class ArchivedVolume {
     readonly volume: string,
     readonly shape: TreeShape,
     readonly root: Handle,
+    private readonly onClose: () => void = () => undefined,
     leafCacheBytes = 16 * 1024 * 1024,
   ) {
     this.leaves = new LruCache<Buffer>(leafCacheBytes, (b) => b.length);
+  }
+
+  /** Releases the view: until then gc keeps its chunks even if the point is forgotten. */
+  close(): void {
+    this.leaves.clear();
+    this.onClose();
   }
 
   get size(): number {

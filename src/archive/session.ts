@@ -11,7 +11,7 @@
  * stay as unreferenced chunks for the next gc.
  */
 import * as fs from 'node:fs';
-import { encodeChunk } from './codec';
+import { encodeChunks } from './codec';
 import { crashPoint } from './crash-hook';
 import type { ChunkStore } from './chunk-store';
 import { handleHex, type Handle } from './handle';
@@ -19,6 +19,12 @@ import { KIND_DATA, KIND_TREE, TYPE_LEAF, type ChunkType, type PackKind } from '
 import { PackWriter } from './pack-writer';
 
 export type PutResult = 'stored' | 'dedup' | 'pending';
+
+export interface PutItem {
+  h: Handle;
+  type: ChunkType;
+  plain: Buffer;
+}
 
 export interface SessionCounters {
   chunksStored: number;
@@ -43,33 +49,55 @@ export class WriteSession {
 
   /** Makes sure the pool has chunk `h` (plaintext `plain`). */
   async put(h: Handle, type: ChunkType, plain: Buffer): Promise<PutResult> {
+    return (await this.putMany([{ h, type, plain }]))[0]!;
+  }
+
+  /**
+   * Makes sure the pool has each chunk: dedup first (the session's pending
+   * set, then the index), then the new ones compressed in one threadpool
+   * job and appended. `plain` buffers are not retained once this resolves.
+   */
+  async putMany(items: PutItem[]): Promise<PutResult[]> {
     if (this.failure) throw this.failure;
-    const hex = handleHex(h);
-    if (this.pending.has(hex)) return 'pending';
-    const loc = this.store.lookup(h);
-    if (loc) {
-      if (loc.stamp < this.stamp) this.store.touch(h, this.stamp);
-      return 'dedup';
-    }
-    this.pending.add(hex);
-    try {
-      const enc = await encodeChunk(this.store.codec, h, type, plain);
-      const kind = type === TYPE_LEAF ? KIND_DATA : KIND_TREE;
-      // Checked after the last await before appending: a writer being sealed gets no more records.
-      let p: Promise<PackWriter>;
-      let w: PackWriter;
-      do ({ p, w } = await this.writer(kind));
-      while (w.closing);
-      const e = w.append(h, type, enc.codec, plain.length, enc.stored, enc.crc);
-      this.counters.chunksStored++;
-      this.counters.bytesStored += e.storedLength;
-      if (w.size >= this.packTarget) {
-        w.closing = true;
-        if (this.open.get(kind) === p) this.open.delete(kind);
-        this.track(this.publishWriter(w));
+    const results: PutResult[] = new Array<PutResult>(items.length);
+    const fresh: PutItem[] = [];
+    items.forEach((it, i) => {
+      const hex = handleHex(it.h);
+      if (this.pending.has(hex)) results[i] = 'pending';
+      else {
+        const loc = this.store.lookup(it.h);
+        if (loc) {
+          if (loc.stamp < this.stamp) this.store.touch(it.h, this.stamp);
+          results[i] = 'dedup';
+        } else {
+          this.pending.add(hex);
+          fresh.push(it);
+          results[i] = 'stored';
+        }
       }
-      await w.backpressure();
-      return 'stored';
+    });
+    if (fresh.length === 0) return results;
+    try {
+      const enc = await encodeChunks(this.store.codec, fresh.map((it) => ({ handle: it.h, type: it.type, plain: it.plain })));
+      for (let k = 0; k < fresh.length; k++) {
+        const it = fresh[k]!;
+        const kind = it.type === TYPE_LEAF ? KIND_DATA : KIND_TREE;
+        // Checked after the last await before appending: a writer being sealed gets no more records.
+        let p: Promise<PackWriter>;
+        let w: PackWriter;
+        do ({ p, w } = await this.writer(kind));
+        while (w.closing);
+        const e = w.append(it.h, it.type, enc[k]!.codec, it.plain.length, enc[k]!.stored, enc[k]!.crc);
+        this.counters.chunksStored++;
+        this.counters.bytesStored += e.storedLength;
+        if (w.size >= this.packTarget) {
+          w.closing = true;
+          if (this.open.get(kind) === p) this.open.delete(kind);
+          this.track(this.publishWriter(w));
+        }
+        await w.backpressure();
+      }
+      return results;
     } catch (err) {
       this.failure ??= err;
       throw this.failure;

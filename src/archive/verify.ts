@@ -14,7 +14,7 @@ import { handleHex, isZeroHandle, type Handle } from './handle';
 import type { ChunkLocation } from './index-db';
 import { markTree, MarkSet } from './mark';
 import { recordSize } from './pack-format';
-import { checkRecord } from './pack-reader';
+import { checkRecord, recordWindows } from './pack-reader';
 import { child, childCount, type TreeShape } from './tree';
 
 export interface VerifyOptions {
@@ -50,6 +50,13 @@ export interface VerifyReport {
 
 const PARALLEL = 8;
 
+interface Window {
+  key: string;
+  offset: number;
+  length: number;
+  entries: Array<[Buffer, ChunkLocation]>;
+}
+
 export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Promise<VerifyReport> {
   const t0 = Date.now();
   const { index, store } = core;
@@ -57,6 +64,7 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
   for (const n of names) if (!core.manifests.has(n)) throw new ArchiveError('ENOENT', `no archived point "${n}"`);
   const report: VerifyReport = { points: names, chunksChecked: 0, bytesChecked: 0, bytesRead: 0, packsRead: 0, bad: [], missingPacks: [], truncatedPacks: [], released: 0, ms: 0 };
   const bad = new Map<string, Omit<BadChunk, 'points'>>();
+  const ok = new Set<string>();
 
   // 1. What is reachable; nodes that cannot be read and leaves with no index entry are bad already.
   const marks = new MarkSet();
@@ -88,32 +96,49 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
   const fail = (h: Buffer, key: string | null, loc: ChunkLocation | null, reason: string): void => {
     bad.set(handleHex(h), { chunk: handleHex(h), pack: key, offset: loc?.offset ?? null, reason });
   };
-  const readPack = async (no: number): Promise<{ key: string | null; buf: Buffer | null; size: number | null }> => {
+  // Windows of whole records, in pack and offset order.
+  const windows: Window[] = [];
+  for (const no of packNos) {
+    const entries = byPack.get(no)!.sort((x, y) => x[1].offset - y[1].offset);
     const rec = index.pack(no);
-    if (!rec) return { key: null, buf: null, size: null };
-    const size = await core.backend.size(rec.key);
-    if (size === null) return { key: rec.key, buf: null, size };
-    return { key: rec.key, buf: await core.backend.get(rec.key), size };
-  };
-  let next = packNos.length > 0 ? readPack(packNos[0]!) : null;
-  for (let i = 0; i < packNos.length; i++) {
-    const { key, buf, size } = await next!;
-    next = i + 1 < packNos.length ? readPack(packNos[i + 1]!) : null; // read ahead while checking
-    const entries = byPack.get(packNos[i]!)!.sort((a, b) => a[1].offset - b[1].offset);
-    if (!key || !buf) {
-      if (key) report.missingPacks.push(key);
-      for (const [h, loc] of entries) fail(h, key, loc, key ? 'its pack is missing' : 'its pack is not in the index');
+    const size = rec ? await core.backend.size(rec.key) : null;
+    if (!rec || size === null) {
+      if (rec) report.missingPacks.push(rec.key);
+      for (const [h, loc] of entries) fail(h, rec?.key ?? null, loc, rec ? 'its pack is missing' : 'its pack is not in the index');
       continue;
     }
     report.packsRead++;
-    report.bytesRead += buf.length;
-    if (size !== null && entries.some(([, loc]) => loc.offset + recordSize(loc) > buf.length)) report.truncatedPacks.push(key);
-    for (let k = 0; k < entries.length; k += PARALLEL) {
-      await Promise.all(entries.slice(k, k + PARALLEL).map(([h, loc]) => checkOne(core, h, loc, key, buf, report, fail)));
-    }
-    opts.onProgress?.({ phase: 'check', done: i + 1, total: packNos.length });
+    if (entries.some(([, loc]) => loc.offset + recordSize(loc) > size)) report.truncatedPacks.push(rec.key);
+    const whole = entries.filter(([h, loc]) => {
+      if (loc.offset + recordSize(loc) <= size) return true;
+      fail(h, rec.key, loc, `pack truncated at ${size} bytes`);
+      return false;
+    });
+    for (const w of recordWindows(whole, ([, loc]) => loc)) windows.push({ key: rec.key, offset: w.offset, length: w.length, entries: w.items });
   }
-  for (const [hex, err] of unreadable) if (!bad.has(hex)) bad.set(hex, { chunk: hex, pack: null, offset: null, reason: err.message });
+  const read = (w: Window): Promise<Buffer | Error> => core.backend.get(w.key, { offset: w.offset, length: w.length }).catch((err: Error) => err);
+  let next = windows.length > 0 ? read(windows[0]!) : null;
+  for (let i = 0; i < windows.length; i++) {
+    const w = windows[i]!;
+    const buf = await next!;
+    next = i + 1 < windows.length ? read(windows[i + 1]!) : null; // read ahead while checking
+    if (buf instanceof Error) {
+      for (const [h, loc] of w.entries) fail(h, w.key, loc, `its pack could not be read: ${buf.message}`);
+      continue;
+    }
+    report.bytesRead += buf.length;
+    for (let k = 0; k < w.entries.length; k += PARALLEL) {
+      await Promise.all(
+        w.entries.slice(k, k + PARALLEL).map(async ([h, loc]) => {
+          const rec = buf.subarray(loc.offset - w.offset, loc.offset - w.offset + recordSize(loc));
+          if (await checkOne(core, h, loc, w.key, rec, report, fail)) ok.add(handleHex(h));
+        }),
+      );
+    }
+    opts.onProgress?.({ phase: 'check', done: i + 1, total: windows.length });
+  }
+  // A node that could not be read while marking (quarantined earlier, say) but checked out now is fine.
+  for (const [hex, err] of unreadable) if (!bad.has(hex) && !ok.has(hex)) bad.set(hex, { chunk: hex, pack: null, offset: null, reason: err.message });
 
   // 3. Quarantine what is bad, release what checked out, and name the points affected.
   for (const b of bad.values()) {
@@ -133,16 +158,25 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
   return report;
 }
 
-async function checkOne(core: PoolCore, h: Buffer, loc: ChunkLocation, key: string, buf: Buffer, report: VerifyReport, fail: (h: Buffer, key: string, loc: ChunkLocation, reason: string) => void): Promise<void> {
-  if (loc.offset + recordSize(loc) > buf.length) return fail(h, key, loc, `pack truncated at ${buf.length} bytes`);
+/** Checks one record (its bytes as read); true if it is good. */
+async function checkOne(core: PoolCore, h: Buffer, loc: ChunkLocation, key: string, rec: Buffer, report: VerifyReport, fail: (h: Buffer, key: string, loc: ChunkLocation, reason: string) => void): Promise<boolean> {
+  if (rec.length < recordSize(loc)) {
+    fail(h, key, loc, `pack truncated (record at ${loc.offset} cut short)`);
+    return false;
+  }
   try {
-    const payload = checkRecord(buf.subarray(loc.offset, loc.offset + recordSize(loc)), loc.offset, { handle: h, ...loc });
+    const payload = checkRecord(rec, loc.offset, { handle: h, ...loc });
     const plain = await decodeChunk(core.store.codec, h, loc.type, loc.codec, loc.rawLength, payload);
-    if (!core.store.hasher.hash(plain).equals(h)) return fail(h, key, loc, 'content does not match its handle');
+    if (!core.store.hasher.hash(plain).equals(h)) {
+      fail(h, key, loc, 'content does not match its handle');
+      return false;
+    }
     report.chunksChecked++;
     report.bytesChecked += plain.length;
+    return true;
   } catch (err) {
     fail(h, key, loc, (err as Error).message);
+    return false;
   }
 }
 

@@ -71,6 +71,7 @@ interface RawAddon {
   zstdDecompressSync(src: Buffer, size: number): Buffer;
   zstdCompress(src: Buffer, level: number): Promise<Buffer>;
   zstdDecompress(src: Buffer, size: number): Promise<Buffer>;
+  zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]>;
   zstdVersion: string;
   linux: boolean;
 }
@@ -283,6 +284,14 @@ export function zstdCompress(src: Buffer, level: number): Promise<Buffer> {
 
 export function zstdDecompress(src: Buffer, size: number): Promise<Buffer> {
   return rejectWith(() => loadNative().zstdDecompress(src, size));
+}
+
+/**
+ * zstdCompressSync of each buffer, in ONE threadpool job: a round trip to
+ * the threadpool can cost as much as compressing a 64 KiB chunk.
+ */
+export function zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]> {
+  return rejectWith(() => loadNative().zstdCompressBatch(srcs, level));
 }
 
 /** The linked libzstd's version, or '' when the addon has no zstd. */

@@ -75,7 +75,11 @@ export function scribble(image: Buffer, r: () => number, count: number, maxLen =
 /** Reads a whole archived volume. */
 export async function readAll(pool: ArchivePool, point: string, volume?: string): Promise<Buffer> {
   const v = pool.openVolume(point, volume);
-  return v.read(0, v.size);
+  try {
+    return await v.read(0, v.size);
+  } finally {
+    v.close();
+  }
 }
 
 /** Compares two buffers cheaply (ava's deepEqual is slow on MiBs); names the first difference. */
