@@ -184,12 +184,14 @@ async function main(): Promise<void> {
     .option('--gens <n>', 'generations after the first', '10')
     .option('--leaves <list>', 'leaf sizes', '16k,32k,64k,128k,256k,512k,1m,2m,4m')
     .option('--level <n>', 'zstd level of the pools', '3')
+    .option('--compare-level <n>', 'also archive with this zstd level at --compare-leaf', '1')
+    .option('--compare-leaf <size>', 'leaf size of the --compare-level pool', '64k')
     .option('--dir <dir>', 'parent of the work directory', '/var/tmp')
     .option('--no-peers', 'skip borg and restic')
     .option('--keep', 'keep the work directory')
     .option('--json', 'print the rows as JSON too')
     .parse()
-    .opts<{ size: string; gens: string; leaves: string; level: string; dir: string; peers: boolean; keep?: boolean; json?: boolean }>();
+    .opts<{ size: string; gens: string; leaves: string; level: string; compareLevel: string; compareLeaf: string; dir: string; peers: boolean; keep?: boolean; json?: boolean }>();
   const size = parseSize(o.size);
   const gens = Number(o.gens);
   const work = fs.mkdtempSync(path.join(o.dir, 'rewind-bench-archive-'));
@@ -219,9 +221,10 @@ async function main(): Promise<void> {
     const mut = new Mutator(image, work, chosen, all.slice(k), r);
 
     // 2-3. Generations into every tool.
-    const leaves = o.leaves.split(',').map((s) => parseSize(s));
-    const pools = await Promise.all(leaves.map((l) => ArchivePool.open(path.join(work, `pool-${l}`), { create: { leafSize: l, level: Number(o.level) } })));
-    const rows: Row[] = leaves.map((l) => ({ tool: `rewind leaf ${l / 1024} KiB`, fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: 0 }));
+    const configs = o.leaves.split(',').map((s) => ({ leafSize: parseSize(s), level: Number(o.level) }));
+    if (o.compareLevel !== o.level) configs.push({ leafSize: parseSize(o.compareLeaf), level: Number(o.compareLevel) });
+    const pools = await Promise.all(configs.map((c) => ArchivePool.open(path.join(work, `pool-${c.leafSize}-${c.level}`), { create: c })));
+    const rows: Row[] = configs.map((c) => ({ tool: `rewind leaf ${c.leafSize / 1024} KiB zstd-${c.level}`, fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: 0 }));
     const borg: Row | null = o.peers && findExecutable('borg') ? { tool: 'borg fixed 4 MiB', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size } : null;
     const restic: Row | null = o.peers && findExecutable('restic') ? { tool: 'restic', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size } : null;
     const borgRepo = path.join(work, 'borg');
@@ -262,42 +265,49 @@ async function main(): Promise<void> {
       console.log(`generation ${g} archived${changed ? ` (${changed.length} changed extents, ${(changed.reduce((a, e) => a + e.length, 0) / MiB).toFixed(1)} MiB)` : ''}`);
     }
 
-    // 4. Stored bytes, gc after forgetting the first half, verify.
+    // 4. Stored bytes, gc after forgetting the first half, then verify: every
+    // tool twice, in opposite orders, the faster run counts (the machine's
+    // load varies).
     const half = Array.from({ length: Math.ceil((gens + 1) / 2) }, (_, g) => `g${g}`);
     for (let i = 0; i < pools.length; i++) {
       rows[i]!.stored = pools[i]!.stats().packBytes;
       await pools[i]!.forget(half);
-      let t0 = now();
+      const t0 = now();
       await pools[i]!.gc();
       rows[i]!.gcS = now() - t0;
-      t0 = now();
-      const v = await pools[i]!.verify();
-      rows[i]!.verifyS = now() - t0;
-      rows[i]!.verifyBytes = v.bytesRead;
-      if (v.bad.length) throw new Error(`verify found ${v.bad.length} bad chunks`);
-      await pools[i]!.close();
     }
     if (borg) {
       borg.stored = du(borgRepo);
-      let t0 = now();
+      const t0 = now();
       for (const n of half) await run('borg', ['delete', `${borgRepo}::${n}`]);
       await run('borg', ['compact', borgRepo]);
       borg.gcS = now() - t0;
-      t0 = now();
-      await run('borg', ['check', '--verify-data', borgRepo]);
-      borg.verifyS = now() - t0;
-      borg.verifyBytes = du(borgRepo);
     }
     if (restic) {
-      restic.stored = du(env.RESTIC_REPOSITORY);
-      let t0 = now();
+      restic.stored = du(env.RESTIC_REPOSITORY!);
+      const t0 = now();
       await run('restic', ['forget', '--prune', ...resticIds.slice(0, half.length)]);
       restic.gcS = now() - t0;
-      t0 = now();
-      await run('restic', ['check', '--read-data']);
-      restic.verifyS = now() - t0;
-      restic.verifyBytes = du(env.RESTIC_REPOSITORY);
     }
+    const verifiers: Array<[Row, () => Promise<number>]> = pools.map((p, i) => [
+      rows[i]!,
+      async () => {
+        const v = await p.verify();
+        if (v.bad.length) throw new Error(`verify found ${v.bad.length} bad chunks`);
+        return v.bytesRead;
+      },
+    ]);
+    if (borg) verifiers.push([borg, async () => (await run('borg', ['check', '--verify-data', borgRepo]), du(borgRepo))]);
+    if (restic) verifiers.push([restic, async () => (await run('restic', ['check', '--read-data']), du(env.RESTIC_REPOSITORY!))]);
+    for (const order of [verifiers, [...verifiers].reverse()]) {
+      for (const [row, fn] of order) {
+        const t0 = now();
+        row.verifyBytes = await fn();
+        const s = now() - t0;
+        row.verifyS = row.verifyS === 0 ? s : Math.min(row.verifyS, s);
+      }
+    }
+    for (const p of pools) await p.close();
     report([...rows, ...(borg ? [borg] : []), ...(restic ? [restic] : [])], size, changedTotal / gens, borg, restic);
     if (o.json) console.log(JSON.stringify({ size, gens, changedPerGen: changedTotal / gens, rows }, null, 1));
   } finally {
