@@ -4,6 +4,8 @@
  * changed, the difference engine, forget + gc, reopen.
  */
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { ArchivePool } from '../src/archive';
 import { bufferSource, makeImage, MiB, KiB, openPool, readAll, sameBytes, scribble, tempDir } from './helpers/archive-fixtures';
 import { pattern, rng } from './helpers/random';
@@ -61,4 +63,35 @@ test('many concurrent chunks across pack rotations: each lands in exactly one se
   t.is(v.chunksChecked, s.chunks);
   t.deepEqual(v.bad, []);
   await pool.close();
+});
+
+test('bloom filter: no false negatives, about 1% false positives at capacity, a stale file is rebuilt', async (t) => {
+  const { BloomFilter } = await import('../src/archive/bloom');
+  const { randomBytes } = await import('node:crypto');
+  const f = BloomFilter.forCapacity(20_000);
+  const keys = Array.from({ length: f.capacity }, () => Buffer.concat([Buffer.from([1]), randomBytes(32)]));
+  for (const k of keys) f.add(k);
+  t.true(keys.every((k) => f.mightContain(k)));
+  let fp = 0;
+  for (let i = 0; i < 50_000; i++) if (f.mightContain(Buffer.concat([Buffer.from([1]), randomBytes(32)]))) fp++;
+  t.log(`${f.capacity} entries in ${f.byteLength} bytes: ${(fp / 500).toFixed(2)}% false positives`);
+  t.true(fp < 1000, `${fp} false positives in 50000`);
+  const { filter, generation } = BloomFilter.deserialize(f.serialize(42));
+  t.is(generation, 42);
+  t.true(keys.every((k) => filter.mightContain(k)));
+
+  // A pool whose bloom file is stale (an older generation) rebuilds it at open.
+  const dir = tempDir(t);
+  const pool = await openPool(dir);
+  await pool.archive({ name: 'a', volumes: [bufferSource('v', makeImage(256 * KiB, 1, 0))] });
+  await pool.close();
+  const stale = fs.readFileSync(path.join(dir, 'bloom.bin'));
+  const again = await ArchivePool.open(dir);
+  await again.archive({ name: 'b', volumes: [bufferSource('v', makeImage(256 * KiB, 2, 0))] });
+  await again.close();
+  fs.writeFileSync(path.join(dir, 'bloom.bin'), stale); // as after a crash: the file predates b's chunks
+  const third = await ArchivePool.open(dir);
+  const p = await third.archive({ name: 'c', volumes: [bufferSource('v', makeImage(256 * KiB, 2, 0))] });
+  t.is(p.volumes[0]!.stats.leavesStored, 0, "b's chunks are found, not stored again");
+  await third.close();
 });

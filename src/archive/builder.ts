@@ -57,6 +57,7 @@ export interface BuildContext {
 }
 
 const MAX_RUN = 1024 * 1024;
+const CHILD_PARALLEL = 4;
 
 export function emptyStats(): VolumeStats {
   return { leavesRead: 0, bytesRead: 0, bytesHashed: 0, leavesZero: 0, leavesSameAsBase: 0, leavesDedup: 0, leavesStored: 0, bytesStored: 0, nodesStored: 0, subtreesReused: 0 };
@@ -142,7 +143,18 @@ class Builder {
     const n = childCount(this.shape, level, index);
     const children: Handle[] = new Array<Handle>(n);
     if (level === 1) await this.leaves(index, n, children);
-    else for (let c = 0; c < n; c++) children[c] = await this.node(level - 1, index * this.shape.fanout + c);
+    else {
+      // Children in parallel (bytes in flight are bounded by ctx.inFlight): with
+      // scattered changes each subtree waits mostly on read and compress round trips.
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < n) {
+          const c = next++;
+          children[c] = await this.node(level - 1, index * this.shape.fanout + c);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(CHILD_PARALLEL, n) }, worker));
+    }
     const enc = encodeNode(level, children);
     if (!enc) return ZERO_HANDLE;
     const h = this.ctx.hasher.hash(enc);

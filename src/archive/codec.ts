@@ -5,7 +5,7 @@
  * it does not bind the pack, so repacking copies records verbatim.
  */
 import { crc32 } from '../util/crc32';
-import { zstdCompressBatch, zstdDecompress, zstdDecompressSync } from '../native';
+import { zstdCompressBatch, zstdCompressSync, zstdDecompress, zstdDecompressSync } from '../native';
 import { seal, unseal } from './crypto';
 import { HANDLE_SIZE, type Handle } from './handle';
 import { CODEC_SEALED, CODEC_ZSTD, type ChunkType } from './pack-format';
@@ -30,6 +30,9 @@ function aad(handle: Handle, type: ChunkType): Buffer {
   return b;
 }
 
+/** Below this a chunk is decompressed on the calling thread (cheaper than a threadpool round trip). */
+const SYNC_BELOW = 256 * 1024;
+
 export interface PlainChunk {
   handle: Handle;
   type: ChunkType;
@@ -43,7 +46,9 @@ export interface PlainChunk {
  */
 export async function encodeChunks(opts: CodecOptions, chunks: PlainChunk[]): Promise<EncodedChunk[]> {
   const want = opts.level > 0 ? chunks.filter((c) => c.plain.length >= 128) : [];
-  const zs = want.length > 0 ? await zstdCompressBatch(want.map((c) => c.plain), opts.level) : [];
+  const total = want.reduce((a, c) => a + c.plain.length, 0);
+  // A little (a tree node, one small leaf) is cheaper to compress here than to send to the threadpool.
+  const zs = total === 0 ? [] : total < SYNC_BELOW / 4 ? want.map((c) => zstdCompressSync(c.plain, opts.level)) : await zstdCompressBatch(want.map((c) => c.plain), opts.level);
   const z = new Map<PlainChunk, Buffer>(want.map((c, i) => [c, zs[i]!]));
   return chunks.map((c) => {
     let codec = 0;
@@ -62,9 +67,6 @@ export async function encodeChunks(opts: CodecOptions, chunks: PlainChunk[]): Pr
 export async function encodeChunk(opts: CodecOptions, handle: Handle, type: ChunkType, plain: Buffer): Promise<EncodedChunk> {
   return (await encodeChunks(opts, [{ handle, type, plain }]))[0]!;
 }
-
-/** Below this a chunk is decompressed on the calling thread (cheaper than a threadpool round trip). */
-const SYNC_BELOW = 256 * 1024;
 
 /** Why a stored chunk could not be decoded (the caller names the chunk). */
 export class ChunkDecodeError extends Error {}
