@@ -188,10 +188,11 @@ async function main(): Promise<void> {
     .option('--compare-leaf <size>', 'leaf size of the --compare-level pool', '64k')
     .option('--dir <dir>', 'parent of the work directory', '/var/tmp')
     .option('--no-peers', 'skip borg and restic')
+    .option('--full-only <n>', 'only time first full archives: each tool n times, interleaved, best run counts', '0')
     .option('--keep', 'keep the work directory')
     .option('--json', 'print the rows as JSON too')
     .parse()
-    .opts<{ size: string; gens: string; leaves: string; level: string; compareLevel: string; compareLeaf: string; dir: string; peers: boolean; keep?: boolean; json?: boolean }>();
+    .opts<{ size: string; gens: string; leaves: string; level: string; compareLevel: string; compareLeaf: string; fullOnly: string; dir: string; peers: boolean; keep?: boolean; json?: boolean }>();
   const size = parseSize(o.size);
   const gens = Number(o.gens);
   const work = fs.mkdtempSync(path.join(o.dir, 'rewind-bench-archive-'));
@@ -218,6 +219,7 @@ async function main(): Promise<void> {
     await runCommand('mkfs.ext4', ['-q', '-F', '-b', '4096', '-d', tree, image]);
     fs.rmSync(tree, { recursive: true, force: true });
     console.log(`image: ${(size / MiB).toFixed(0)} MiB ext4, ${chosen.length} files, ${(bytes / MiB).toFixed(0)} MiB of /usr content`);
+    if (Number(o.fullOnly) > 0) return await fullOnly(work, image, size, Number(o.fullOnly), o);
     const mut = new Mutator(image, work, chosen, all.slice(k), r);
 
     // 2-3. Generations into every tool.
@@ -314,6 +316,52 @@ async function main(): Promise<void> {
     if (!o.keep) fs.rmSync(work, { recursive: true, force: true });
     else console.log(`kept ${work}`);
   }
+}
+
+/** Full archives only, each tool `n` times in turn with fresh repositories; the best time counts. */
+async function fullOnly(work: string, image: string, size: number, n: number, o: { leaves: string; level: string; compareLevel: string; peers: boolean }): Promise<void> {
+  const configs = o.leaves.split(',').flatMap((l) => [...new Set([Number(o.level), Number(o.compareLevel)])].map((level) => ({ leafSize: parseSize(l), level })));
+  const env = { ...process.env, BORG_PASSPHRASE: '', BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(work, 'borg-home'), RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(work, 'restic-cache') };
+  const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
+  const timed = async (fn: () => Promise<unknown>): Promise<number> => {
+    const t0 = now();
+    await fn();
+    return now() - t0;
+  };
+  // Each returns the seconds of the archive itself (repository set-up excluded).
+  const tools: Array<[string, (dir: string) => Promise<number>]> = configs.map((c) => [
+    `rewind leaf ${c.leafSize / 1024} KiB zstd-${c.level}`,
+    async (dir) => {
+      const pool = await ArchivePool.open(dir, { create: c });
+      const s = await timed(() => pool.archive({ name: 'g0', volumes: [fileSource(image, size)] }));
+      await pool.close();
+      return s;
+    },
+  ]);
+  if (o.peers && findExecutable('borg')) {
+    tools.push(['borg fixed 4 MiB', async (dir) => {
+      await run('borg', ['init', '-e', 'none', dir]);
+      return timed(() => run('borg', ['create', '--chunker-params', 'fixed,4194304', `${dir}::g0`, 'image.raw']));
+    }]);
+  }
+  if (o.peers && findExecutable('restic')) {
+    tools.push(['restic', async (dir) => {
+      await run('restic', ['-r', dir, 'init']);
+      return timed(() => run('restic', ['-r', dir, 'backup', 'image.raw']));
+    }]);
+  }
+  const best = new Map<string, number>();
+  for (let i = 0; i < n; i++) {
+    for (const [name, fn] of i % 2 ? [...tools].reverse() : tools) {
+      const dir = path.join(work, `full-${i}-${name.replace(/\W+/g, '_')}`);
+      const s = await fn(dir);
+      best.set(name, Math.min(best.get(name) ?? Infinity, s));
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  console.log('| tool | best full archive s | MB/s |');
+  console.log('|---|---|---|');
+  for (const [name, s] of best) console.log(`| ${name} | ${s.toFixed(2)} | ${mb(size, s).toFixed(0)} |`);
 }
 
 function report(rows: Row[], size: number, changedPerGen: number, borg: Row | null, restic: Row | null): void {

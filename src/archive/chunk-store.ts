@@ -69,7 +69,8 @@ export class ChunkStore {
     if ((this.touchOverlay.get(hex) ?? 0) >= stamp) return;
     this.touchOverlay.set(hex, stamp);
     this.touchBatch.push([h, stamp]);
-    this.touchFlush ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flushTouches());
+    // A failed LMDB update only loses the persistent stamp: the overlay entry stays and protects in-process.
+    this.touchFlush ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flushTouches()).catch(() => undefined);
   }
 
   private async flushTouches(): Promise<void> {
