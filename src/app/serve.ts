@@ -42,6 +42,7 @@ import type { TlsSettings } from '../nbd/tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
 import { RetentionService } from '../daemon/retention';
+import { Archiver } from '../timetravel/archiver';
 
 export interface ServeConfig {
   dataDir: string;
@@ -65,6 +66,8 @@ export interface ServeConfig {
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
   managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
+  /** The archive pool: state directory (default <data-dir>/archive), key file, leaf size of a new pool. */
+  archive?: { dir?: string; keyFile?: string; leafSize?: number };
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -120,6 +123,7 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
+    private readonly archiver: Archiver,
     private readonly linkServer: LinkServer | null = null,
   ) {}
 
@@ -189,6 +193,15 @@ export class Daemon {
       );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      const archiver = await Archiver.open(timeTravel, {
+        dir: config.archive?.dir ?? path.join(layout.dataDir, 'archive'),
+        ...(config.archive?.keyFile ? { keyFile: config.archive.keyFile } : {}),
+        ...(config.archive?.leafSize ? { leafSize: config.archive.leafSize } : {}),
+        host: linkServer ? managerTimeTravelHost(linkServer, hostBase) : { context: (v) => protection.context(v), target: (n) => protection.target(n), logger: hostBase.logger },
+        groupVolumes: (g) => protection.groupVolumes(g),
+      });
+      // Closed after time travel (registered first, so it runs last): views read the pool until then.
+      cleanups.splice(cleanups.length - 1, 0, () => archiver.close());
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
       cleanups.push(() => retention.stop());
@@ -219,6 +232,7 @@ export class Daemon {
         protection,
         timeTravel,
         retention,
+        archiver,
         nbd,
         endpoints,
         token,
@@ -251,7 +265,7 @@ export class Daemon {
       // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
       void timeTravel.resumeRestores();
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer);
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, archiver, linkServer);
     } catch (err) {
       await cleanup();
       throw err;
@@ -278,6 +292,7 @@ export class Daemon {
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
     await step('closing snapshots and clones', () => this.timeTravel.close());
+    await step('closing the archive pool', () => this.archiver.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());
     await step('closing catalog', () => this.catalog.close());

@@ -30,6 +30,9 @@ import type { TimeTravel } from '../timetravel/service';
 import { routeTimeTravel } from './timetravel-routes';
 import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
+import type { Archiver } from '../timetravel/archiver';
+import { routeArchives } from './archive-routes';
+import { registerArchiveMetrics } from './archive-metrics';
 import {
   API_PREFIX,
   type CreateVolumeBody,
@@ -68,6 +71,7 @@ export interface ControlServerOptions {
   protection: Protection;
   timeTravel?: TimeTravel;
   retention?: RetentionService;
+  archiver?: Archiver;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
@@ -217,6 +221,7 @@ export class ControlServer {
       return sendJson(res, 200, { volumes: views });
     }
     if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
+    if (this.opts.archiver && (await routeArchives(this.opts.archiver, req, res, method, p))) return;
     if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url))) return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
     if (action) {
@@ -387,6 +392,8 @@ export class ControlServer {
         for (const v of volumes.listRecords()) this.set({ volume: v.name }, v.size);
       },
     });
+    const archiver = this.opts.archiver;
+    if (archiver) registerArchiveMetrics(reg, () => archiver.stats());
     const start = Date.now();
     new client.Gauge({
       name: 'rewind_uptime_seconds',

@@ -45,7 +45,7 @@ function only(body: Record<string, unknown>, fields: string[]): void {
 }
 
 /** Runs a long operation, streaming progress as NDJSON if the client asked for it. */
-async function streamed<T>(req: http.IncomingMessage, res: http.ServerResponse, run: (progress: (p: Progress) => void) => Promise<T>): Promise<void> {
+export async function streamed<T>(req: http.IncomingMessage, res: http.ServerResponse, run: (progress: (p: Progress) => void) => Promise<T>): Promise<void> {
   const ndjson = /application\/x-ndjson/.test(req.headers.accept ?? '');
   let started = false;
   let last = 0;

@@ -71,6 +71,8 @@ export interface ViewRecord {
   from?: ResolvedPoint;
   /** Its own access list (allow entries); absent: the source volume's. */
   allow?: string[];
+  /** Set when its base is an archived point (archive:NAME), not the journal: the point's name. */
+  archive?: string;
 }
 
 type BlockKey = [number, number];
@@ -81,6 +83,7 @@ export interface RestoreIntentRecord {
   ranges: Array<{ offset: number; length: number }> | null;
   undoSeq: number | null;
   started: string;
+  archive?: string;
 }
 
 export class ViewStore {

@@ -32,6 +32,7 @@ import { isZero } from '../util/zero';
 import { AclError, parseAcl } from '../access/acl';
 import { changedRuns, DiffImage, runsToExtents, writeDiffFile, type Extent } from './diff';
 import { dueRules, parseDuration, parseRule, runHook, type HookResult, type MarkerKind, type MarkerRecord, type Schedule } from './markers';
+import { archivePointName, type ArchiveImage, type ArchiveImages, type ArchiveRef } from './archive-image';
 
 export interface VolumeContext {
   manager: BackupManager;
@@ -95,6 +96,8 @@ export interface RestoreIntent {
   /** The group's last applied seq before the first restore write: the point that undoes the restore. */
   undoSeq: number | null;
   started: string;
+  /** Restoring to an archived point (its name); seq is then the point's. */
+  archive?: string;
 }
 
 export interface RestoreResult {
@@ -121,6 +124,8 @@ interface ViewRuntime {
   layered: LayeredImage | null;
   layers: WriteLayer[];
   exp: ViewExport;
+  /** The archived point it reads, released with the view. */
+  archive: ArchiveImage | null;
 }
 
 const RESTORE_CHUNK = 1 << 20;
@@ -137,6 +142,10 @@ export class TimeTravel {
   now: () => number = () => Date.now() + Number(process.env.REWIND_TEST_CLOCK_OFFSET_MS ?? 0);
   /** Serialises view creation, deletion and stepping. */
   private mutex: Promise<unknown> = Promise.resolve();
+  /** Archived points as bases (archive:NAME), once the archiver is attached. */
+  private archives: ArchiveImages | null = null;
+  /** Called after a scheduled marker is placed by a rule with archive=yes. */
+  onScheduledArchive: ((volume: string, marker: MarkerRecord) => Promise<void>) | null = null;
 
   private constructor(
     private readonly store: ViewStore,
@@ -149,6 +158,7 @@ export class TimeTravel {
     tt.timer = setInterval(() => void tt.tick(), 1000);
     tt.timer.unref();
     for (const v of store.views()) {
+      if (v.archive) continue; // reads the archive pool, pins no history
       try {
         pinPoint(host.context(v.volume).manager, `view:${v.name}`, v.from ?? v.point);
         if (v.from) pinPoint(host.context(v.volume).manager, `view:${v.name}:to`, v.point);
@@ -157,6 +167,27 @@ export class TimeTravel {
       }
     }
     return tt;
+  }
+
+  attachArchives(a: ArchiveImages): void {
+    this.archives = a;
+  }
+
+  private archiveImages(): ArchiveImages {
+    if (!this.archives) throw new UserError('invalid', 'archived points are not available on this daemon');
+    return this.archives;
+  }
+
+  /** Archived points that views read (a forget of them is refused). */
+  archivesInUse(): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const v of this.store.views()) if (v.archive) out.set(v.archive, [...(out.get(v.archive) ?? []), v.name]);
+    return out;
+  }
+
+  /** A marker by name in a volume's group (null if none). */
+  marker(volume: string, name: string): MarkerRecord | null {
+    return this.store.marker(this.host.context(volume).group, name) ?? null;
   }
 
   /** Finish restores a crash interrupted (the volumes stay offline until then). */
@@ -237,7 +268,8 @@ export class TimeTravel {
    */
   exportEntry(name: string): { name: string; volume: string; allow: string[] | undefined; description: string } | undefined {
     const v = this.store.view(name);
-    return v && { name: v.name, volume: v.volume, allow: v.allow, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${new Date(v.point.time).toISOString()})` };
+    const at = v?.archive ? `archived point ${v.archive}` : `seq ${v?.point.seq}`;
+    return v && { name: v.name, volume: v.volume, allow: v.allow, description: `rewind ${v.kind} of ${v.volume} at ${at} (${new Date(v.point.time).toISOString()})` };
   }
 
   exportEntries(): Array<NonNullable<ReturnType<TimeTravel['exportEntry']>>> {
@@ -271,7 +303,7 @@ export class TimeTravel {
       size: v.size,
       readOnly: v.readOnly,
       parent: v.parent,
-      point: this.pointInfo(v.group, v.point),
+      point: v.archive ? archivePointInfo(v.archive, v.point, v.volume) : this.pointInfo(v.group, v.point),
       created: v.created,
       writtenBlocks: written,
       steps: v.steps,
@@ -297,14 +329,15 @@ export class TimeTravel {
 
   private async buildRuntime(record: ViewRecord): Promise<ViewRuntime> {
     const ctx = this.host.context(record.volume);
-    const base = await PointImage.open(ctx.manager, record.volumeId, record.size, record.point);
+    const archive = record.archive ? this.archiveImages().open(record.archive, record.volume, ctx.manager.blockSize) : null;
+    const base = archive ?? (await PointImage.open(ctx.manager, record.volumeId, record.size, record.point));
     if (record.kind === 'diff') {
       const runs = await changedRuns(ctx.manager, record.volumeId, record.from!, record.point);
       const img = new DiffImage(base, runs);
-      return { record, image: img, layered: null, layers: [], exp: new ViewExport(img, null) };
+      return { record, image: img, layered: null, layers: [], exp: new ViewExport(img, null), archive };
     }
     if (record.kind === 'snapshot') {
-      return { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null) };
+      return { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null), archive };
     }
     const layers = record.layers.map((id) => {
       const rec = this.store.layer(id);
@@ -312,7 +345,7 @@ export class TimeTravel {
       return WriteLayer.open(this.store, rec);
     });
     const layered = new LayeredImage(base, layers, record.readOnly);
-    return { record, image: layered, layered, layers, exp: new ViewExport(layered, layered) };
+    return { record, image: layered, layered, layers, exp: new ViewExport(layered, layered), archive };
   }
 
   private checkNewName(name: string): void {
@@ -332,6 +365,7 @@ export class TimeTravel {
   snapshot(volume: string, at: unknown, name?: unknown, opts: { allow?: unknown } = {}): Promise<ViewInfo> {
     const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
+      if (archivePointName(at) !== null) return this.archiveView('snapshot', volume, at, name, { readOnly: true, allow });
       const { point, ctx } = await this.resolve(volume, at);
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(volume, 'snap', point.seq) : String(name);
       this.checkNewName(viewName);
@@ -354,6 +388,7 @@ export class TimeTravel {
       const parent = this.store.view(source);
       if (parent) return this.cloneOfView(parent, at, name, { ...opts, allow });
       if (at === undefined || at === null || at === '') throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
+      if (archivePointName(at) !== null) return this.archiveView('clone', source, at, name, { readOnly: opts.readOnly === true, allow });
       const { point, ctx } = await this.resolve(source, at);
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
       this.checkNewName(viewName);
@@ -364,6 +399,26 @@ export class TimeTravel {
       this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
       return this.info(rec);
     });
+  }
+
+  /** A snapshot or clone whose base is an archived point: no history pinned, nothing copied. */
+  private async archiveView(kind: 'snapshot' | 'clone', volume: string, at: unknown, name: unknown, opts: { readOnly: boolean; allow: string[] | undefined }): Promise<ViewInfo> {
+    const ctx = this.host.context(volume);
+    const ref = this.archiveImages().ref(archivePointName(at)!, volume);
+    if (ref.size !== ctx.size) throw new UserError('conflict', `archived point ${ref.point} holds ${volume} at ${ref.size} bytes, but the volume now has ${ctx.size}`);
+    const stem = ref.point.replace(/[^A-Za-z0-9._-]/g, '_');
+    const viewName = name === undefined || name === null || name === '' ? this.defaultName(`${volume}.${stem}`, kind === 'clone' ? 'clone' : 'snap', ref.seq ?? 0) : String(name);
+    this.checkNewName(viewName);
+    const layer = kind === 'clone' ? await this.store.newLayer(ctx.size, ctx.manager.blockSize) : null;
+    const rec = newRecord(kind, viewName, volume, ctx, archiveResolved(ref, ctx.volumeId), {
+      archive: ref.point,
+      layers: layer ? [layer.id] : [],
+      readOnly: opts.readOnly,
+      ...(opts.allow ? { allow: opts.allow } : {}),
+    });
+    await this.store.put({ views: [rec], ...(layer ? { layers: [layer] } : {}) });
+    this.host.logger.info({ view: viewName, volume, archive: ref.point }, `${kind} of an archived point created`);
+    return this.info(rec);
   }
 
   private async cloneOfView(parent: ViewRecord, at: unknown, name: unknown, opts: { readOnly?: boolean; allow?: string[] | undefined }): Promise<ViewInfo> {
@@ -413,11 +468,11 @@ export class TimeTravel {
         rt.record = parentNext;
         rt.exp.swap(layered, layered);
       });
-      pinPoint(ctx.manager, `view:${viewName}`, rec.point);
+      if (!rec.archive) pinPoint(ctx.manager, `view:${viewName}`, rec.point);
       this.host.logger.info({ view: viewName, parent: parent.name }, 'clone of a clone created');
       return this.info(rec);
     }
-    pinPoint(ctx.manager, `view:${viewName}`, rec.point);
+    if (!rec.archive) pinPoint(ctx.manager, `view:${viewName}`, rec.point);
     await this.store.put({ views, layers });
     this.host.logger.info({ view: viewName, parent: parent.name }, 'clone created');
     return this.info(rec);
@@ -435,6 +490,7 @@ export class TimeTravel {
       if (rt) {
         const r = await rt.catch(() => null);
         for (const l of r?.layers ?? []) l.close();
+        r?.archive?.close();
       }
       // Layers no other view uses go.
       const used = new Set(this.store.views().flatMap((x) => x.layers));
@@ -462,6 +518,7 @@ export class TimeTravel {
     return this.serialised(async () => {
       const v = this.store.view(name);
       if (!v) throw new UserError('not-found', `no snapshot or clone named "${name}"`);
+      if (v.archive) throw new UserError('invalid', `"${name}" reads archived point ${v.archive}, which has no history to step through`);
       if (v.kind === 'clone') {
         const own = v.layers.length ? this.store.layerBlocks(v.layers[v.layers.length - 1]!).length : 0;
         const rt = this.runtimes.get(name) ? await this.runtime(name) : null;
@@ -648,7 +705,11 @@ export class TimeTravel {
         try {
           const { group } = this.host.target(s.volume);
           for (let i = 2; this.store.marker(group, name); i++) name = `auto-${stamp}-${i}`;
-          await this.mark(s.volume, name, { pre: hooked?.pre ?? undefined, post: hooked?.post ?? undefined, timeout: hooked?.timeout, keep }, true);
+          const m = await this.mark(s.volume, name, { pre: hooked?.pre ?? undefined, post: hooked?.post ?? undefined, timeout: hooked?.timeout, keep }, true);
+          // Archived in the background: a long archive must not hold up other schedules.
+          if (rules.some((r) => r.archive) && this.onScheduledArchive) {
+            this.onScheduledArchive(s.volume, m).catch((err: unknown) => this.host.logger.warn({ volume: s.volume, marker: name, err: (err as Error).message }, 'scheduled archive failed'));
+          }
         } catch (err) {
           this.host.logger.warn({ volume: s.volume, err: (err as Error).message }, 'scheduled marker failed');
         }
@@ -697,6 +758,7 @@ export class TimeTravel {
   ): Promise<{ from: PointInfo; to: PointInfo; blockSize: number; extents: Extent[]; changedBytes: number; export: string | null; file: string | null; fileBytes: number | null }> {
     if (body.out !== undefined && (typeof body.out !== 'string' || !path.isAbsolute(body.out))) throw new UserError('invalid', 'out must be an absolute file path');
     if (typeof body.out === 'string' && fs.existsSync(body.out)) throw new UserError('conflict', `${body.out} already exists; choose a new file name`);
+    if (archivePointName(body.from) !== null || archivePointName(body.to) !== null) return this.archiveDiff(volume, body, progress);
     const { a, b, ctx } = await this.twoPoints(volume, body.from, body.to, ['--from', '--to']);
     const holder = `diff:${process.hrtime.bigint()}`;
     pinPoint(ctx.manager, holder, a);
@@ -734,6 +796,40 @@ export class TimeTravel {
   }
 
   /**
+   * A diff with an archived point at either end. Two archived points: a
+   * pruned walk of both trees (equal subtrees are skipped; extents are
+   * leaf-aligned). An archived point and a journal point: both images are
+   * compared block by block (holes on both sides are skipped unread),
+   * since the journal need not reach back to the archived point.
+   */
+  private async archiveDiff(
+    volume: string,
+    body: { from?: unknown; to?: unknown; name?: unknown; out?: unknown },
+    progress: (p: Progress) => void,
+  ): Promise<{ from: PointInfo; to: PointInfo; blockSize: number; extents: Extent[]; changedBytes: number; export: null; file: null; fileBytes: null }> {
+    if ((body.name !== undefined && body.name !== null && body.name !== '') || body.out !== undefined) {
+      throw new UserError('invalid', 'a diff with an archived point lists extents only (--export and --out need two journal points)');
+    }
+    if (body.from === undefined || body.from === null || body.from === '') throw new UserError('invalid', '--from POINT is required');
+    if (body.to === undefined || body.to === null || body.to === '') throw new UserError('invalid', '--to POINT is required');
+    const a = await this.openPoint(volume, body.from, 'diff');
+    try {
+      const b = await this.openPoint(volume, body.to, 'diff');
+      try {
+        const an = archivePointName(body.from);
+        const bn = archivePointName(body.to);
+        const extents = an !== null && bn !== null ? await this.archiveImages().diff(an, bn, volume) : await compareImages(a.img, b.img, (done, total) => progress({ phase: 'compare', done, total }));
+        const changedBytes = extents.reduce((x, e) => x + e.length, 0);
+        return { from: a.info, to: b.info, blockSize: a.ctx.manager.blockSize, extents, changedBytes, export: null, file: null, fileBytes: null };
+      } finally {
+        b.release();
+      }
+    } finally {
+      a.release();
+    }
+  }
+
+  /**
    * The points a bisect searches between good and bad: every write of the
    * volume (granularity write) or every transaction end (transaction) in
    * (good, bad], ending with bad itself.
@@ -766,12 +862,9 @@ export class TimeTravel {
     if (typeof out !== 'string' || !path.isAbsolute(out)) throw new UserError('invalid', 'out must be an absolute file path');
     if (fs.existsSync(out)) throw new UserError('conflict', `${out} already exists; choose a new file name`);
     if (!fs.existsSync(path.dirname(out))) throw new UserError('invalid', `directory ${path.dirname(out)} does not exist`);
-    const { point, info, ctx } = await this.resolve(volume, at);
-    const holder = `export:${process.hrtime.bigint()}`;
-    pinPoint(ctx.manager, holder, point);
+    const { img, info, ctx, release } = await this.openPoint(volume, at, 'export');
     const tmp = `${out}.partial`;
     try {
-      const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
       const fh = await fs.promises.open(tmp, 'w', 0o600);
       let dataBytes = 0;
       try {
@@ -807,7 +900,29 @@ export class TimeTravel {
       await fs.promises.rm(tmp, { force: true });
       throw err;
     } finally {
+      release();
+    }
+  }
+
+  /** The image of a volume at a point of its history or at an archived point (archive:NAME), held until release(). */
+  private async openPoint(volume: string, at: unknown, what: string): Promise<{ img: ImageSource; info: PointInfo; ctx: VolumeContext; release: () => void }> {
+    const archive = archivePointName(at);
+    if (archive !== null) {
+      const ctx = this.host.context(volume);
+      const ref = this.archiveImages().ref(archive, volume);
+      if (ref.size !== ctx.size) throw new UserError('conflict', `archived point ${archive} holds ${volume} at ${ref.size} bytes, but the volume now has ${ctx.size}`);
+      const img = this.archiveImages().open(archive, volume, ctx.manager.blockSize);
+      return { img, info: archivePointInfo(archive, archiveResolved(ref, ctx.volumeId), volume), ctx, release: () => img.close() };
+    }
+    const { point, info, ctx } = await this.resolve(volume, at);
+    const holder = `${what}:${process.hrtime.bigint()}`;
+    pinPoint(ctx.manager, holder, point);
+    try {
+      const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
+      return { img, info, ctx, release: () => ctx.manager.unpin(holder) };
+    } catch (err) {
       ctx.manager.unpin(holder);
+      throw err;
     }
   }
 
@@ -846,8 +961,14 @@ export class TimeTravel {
     if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
     this.restoring.add(volume);
     try {
-      const { point } = await this.resolve(volume, body.to);
-      const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
+      const archive = archivePointName(body.to);
+      let seq: number;
+      if (archive !== null) {
+        const ref = this.archiveImages().ref(archive, volume);
+        if (ref.size !== ctx.size) throw new UserError('conflict', `archived point ${archive} holds ${volume} at ${ref.size} bytes, but the volume now has ${ctx.size}`);
+        seq = ref.seq ?? 0;
+      } else seq = (await this.resolve(volume, body.to)).point.seq;
+      const intent: RestoreIntent = { volume, seq, ranges, undoSeq: null, started: new Date().toISOString(), ...(archive !== null ? { archive } : {}) };
       await this.store.putRestoreIntent(intent);
       return await this.runRestore(intent, progress, false);
     } finally {
@@ -863,6 +984,7 @@ export class TimeTravel {
     const disconnected = await this.host.disconnect(volume);
     if (disconnected) this.host.logger.info({ volume, disconnected }, 'restore: clients disconnected');
     const holder = `restore:${volume}`;
+    let archiveImg: ArchiveImage | null = null;
     try {
       progress({ phase: 'catch-up', done: 0, total: 1 });
       if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
@@ -870,16 +992,27 @@ export class TimeTravel {
       await ctx.journal.catchUp();
       const before = ctx.manager.status().lastContainer;
       const tCaughtUp = Date.now();
-      const point = await resolvePoint(ctx.manager, { kind: 'seq', seq: intent.seq, text: `@seq:${intent.seq}` });
-      pinPoint(ctx.manager, holder, point);
+      let point: ResolvedPoint;
+      let img: ImageSource;
+      let changed: Array<{ start: number; count: number }>;
+      const bs = ctx.manager.blockSize;
+      if (intent.archive) {
+        // The journal may not reach back to an archived point: every block is compared.
+        point = archiveResolved(this.archiveImages().ref(intent.archive, volume), ctx.volumeId);
+        archiveImg = this.archiveImages().open(intent.archive, volume, bs);
+        img = archiveImg;
+        changed = [{ start: 0, count: Math.ceil(ctx.size / bs) }];
+      } else {
+        point = await resolvePoint(ctx.manager, { kind: 'seq', seq: intent.seq, text: `@seq:${intent.seq}` });
+        pinPoint(ctx.manager, holder, point);
+        img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
+        // Byte ranges to rewrite: blocks changed since the point, within the requested ranges.
+        changed = ctx.manager.changedSince(ctx.volumeId, point.overlay ?? point.k);
+      }
       if (intent.undoSeq === null) {
         intent.undoSeq = ctx.manager.status().lastSeq;
         await this.store.putRestoreIntent(intent);
       }
-      const img = await PointImage.open(ctx.manager, ctx.volumeId, ctx.size, point);
-      const bs = ctx.manager.blockSize;
-      // Byte ranges to rewrite: blocks changed since the point, within the requested ranges.
-      const changed = ctx.manager.changedSince(ctx.volumeId, point.overlay ?? point.k);
       let pieces: Array<{ offset: number; length: number }> = changed.map((r) => ({
         offset: r.start * bs,
         length: Math.min(ctx.size, (r.start + r.count) * bs) - r.start * bs,
@@ -940,7 +1073,7 @@ export class TimeTravel {
       const wrote = bytesWritten > 0;
       const result: RestoreResult = {
         volume,
-        point: this.pointInfo(ctx.group, point),
+        point: intent.archive ? archivePointInfo(intent.archive, point, volume) : this.pointInfo(ctx.group, point),
         blocksChanged,
         blocksWritten,
         bytesWritten,
@@ -958,6 +1091,7 @@ export class TimeTravel {
       return result;
     } finally {
       ctx.manager.unpin(holder);
+      archiveImg?.close();
       if (!this.store.restoreIntents().some((i) => i.volume === volume)) this.host.setOffline(volume, null);
     }
   }
@@ -983,6 +1117,7 @@ export class TimeTravel {
       if (!rt) continue;
       await rt.layered?.flush().catch(() => undefined);
       for (const l of rt.layers) l.close();
+      rt.archive?.close();
     }
     this.runtimes.clear();
     await this.store.close();
@@ -1076,4 +1211,51 @@ function intersect(pieces: Array<{ offset: number; length: number }>, ranges: Ar
     else merged.push({ ...p });
   }
   return merged;
+}
+
+/** A view's point when its base is an archived point (no transaction: k 0 is never pinned). */
+function archiveResolved(ref: ArchiveRef, volumeId: number): ResolvedPoint {
+  const seq = ref.seq ?? 0;
+  const time = ref.time ?? 0;
+  return { seq, time, txn: 0, k: 0, overlay: null, write: { seq, time, volumeId, kind: 'write', offset: 0, length: 0, restore: false } };
+}
+
+function archivePointInfo(name: string, p: ResolvedPoint, volume: string): PointInfo {
+  return {
+    seq: p.seq,
+    time: new Date(p.time).toISOString(),
+    txn: 0,
+    write: { ...p.write, volume },
+    description: `archived point ${name} (taken at seq ${p.seq}, ${new Date(p.time).toISOString()})`,
+  };
+}
+
+const COMPARE_WINDOW = 1 << 20;
+
+/** Block extents where two images of one size differ (merged); holes on both sides are not read. */
+async function compareImages(a: ImageSource, b: ImageSource, progress: (done: number, total: number) => void): Promise<Extent[]> {
+  const bs = a.blockSize;
+  const out: Extent[] = [];
+  const add = (offset: number, length: number): void => {
+    const last = out[out.length - 1];
+    if (last && last.offset + last.length === offset) last.length += length;
+    else out.push({ offset, length });
+  };
+  const perWindow = COMPARE_WINDOW / bs;
+  const nblocks = Math.ceil(a.size / bs);
+  for (let first = 0; first < nblocks; first += perWindow) {
+    const count = Math.min(perWindow, nblocks - first);
+    const [za, zb] = await Promise.all([a.zeroMap(first, count), b.zeroMap(first, count)]);
+    if (za.every((x, i) => x === 1 && zb[i] === 1)) continue;
+    const off = first * bs;
+    const len = Math.min(a.size, (first + count) * bs) - off;
+    const [da, db] = await Promise.all([a.read(off, len), b.read(off, len)]);
+    for (let i = 0; i < count; i++) {
+      const x = i * bs;
+      const y = Math.min(len, x + bs);
+      if (!da.subarray(x, y).equals(db.subarray(x, y))) add(off + x, y - x);
+    }
+    progress(off + len, a.size);
+  }
+  return out;
 }
