@@ -27,6 +27,19 @@ async function cliJson<T = any>(d: TestDaemon, args: string[]): Promise<T> {
   return JSON.parse(await cli(d, [...args, '--json'])) as T;
 }
 
+/** The control API (what the CLI calls); most steps use it, since each CLI run costs a node start. */
+async function api<T = any>(d: TestDaemon, method: string, p: string, body?: unknown): Promise<T> {
+  const r = await d.api(method, p, body);
+  if (r.status >= 300) throw new Error(`${method} ${p}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body as T;
+}
+
+async function apiFails(d: TestDaemon, method: string, p: string, body?: unknown): Promise<string> {
+  const r = await d.api(method, p, body);
+  if (r.status < 400) throw new Error(`${method} ${p} succeeded`);
+  return String(r.body?.error);
+}
+
 async function readExport(d: TestDaemon, name: string, size: number): Promise<Buffer> {
   const c = await NbdClient.connect({ port: d.nbdPort, exportName: name });
   try {
@@ -49,13 +62,14 @@ async function writeAt(d: TestDaemon, vol: string, writes: Array<[number, Buffer
 }
 
 async function lastSeq(d: TestDaemon, vol: string): Promise<number> {
-  await cli(d, ['seal', vol]);
-  return (await cliJson(d, ['point', vol, 'latest'])).seq as number;
+  await api(d, 'POST', `/v1/volumes/${vol}/seal`);
+  return (await api(d, 'POST', `/v1/volumes/${vol}/resolve`, { at: 'latest' })).seq as number;
 }
 
-async function exportFile(d: TestDaemon, vol: string, at: string, name: string): Promise<Buffer> {
+async function exportFile(d: TestDaemon, vol: string, at: string, name: string, viaCli = false): Promise<Buffer> {
   const out = path.join(d.dataDir, `${name}.raw`);
-  await cli(d, ['export', vol, '--at', at, '--out', out, '--no-progress']);
+  if (viaCli) await cli(d, ['export', vol, '--at', at, '--out', out, '--no-progress']);
+  else await api(d, 'POST', `/v1/volumes/${vol}/export`, { at, out });
   const b = fs.readFileSync(out);
   fs.rmSync(out);
   return b;
@@ -65,7 +79,7 @@ test.serial('archived points equal exports taken before, after retention fades t
   const d = await startDaemon({ env: { REWIND_RETENTION_INTERVAL_MS: '0' } });
   t.teardown(() => d.cleanup());
   const SIZE = 4 * MiB;
-  await cli(d, ['volume', 'create', 'a', '--size', '4M', '--protected']);
+  await api(d, 'POST', '/v1/volumes', { name: 'a', size: SIZE, protected: true });
 
   // Generation 0: the whole volume.
   const img = Buffer.alloc(SIZE);
@@ -98,7 +112,7 @@ test.serial('archived points equal exports taken before, after retention fades t
     seqs.push(await lastSeq(d, 'a'));
     images.push(Buffer.from(img));
     exports.push(await exportFile(d, 'a', `@seq:${seqs[g]}`, `e${g}`));
-    const r = await cliJson(d, ['archive', 'a', '--at', `@seq:${seqs[g]}`, '--name', `g${g}`]);
+    const r = await api(d, 'POST', '/v1/archives', { target: 'a', at: `@seq:${seqs[g]}`, name: `g${g}` });
     t.is(r.predecessor, `g${g - 1}`);
     const st = r.point.volumes[0].stats;
     // Incremental cost, as the archiver counted it: reads and hashes within 1.1x the changed bytes rounded to leaves.
@@ -110,26 +124,25 @@ test.serial('archived points equal exports taken before, after retention fades t
   for (let g = 0; g < exports.length; g++) t.true(exports[g]!.equals(images[g]!), `export ${g}`);
 
   // An archive by marker records the marker and its quiesce result.
-  await cli(d, ['mark', 'a', 'm-last', '--quiesce-pre', 'true']);
-  const am = await cliJson(d, ['archive', 'a', '--at', 'm-last', '--name', 'by-marker']);
+  await api(d, 'POST', '/v1/markers/a', { name: 'm-last', pre: 'true' });
+  const am = await api(d, 'POST', '/v1/archives', { target: 'a', at: 'm-last', name: 'by-marker' });
   t.is(am.point.marker, 'm-last');
   t.deepEqual(am.point.quiesce, { kind: 'application', ok: true });
   t.is(am.point.volumes[0].stats.bytesRead, 0, 'nothing changed since g3');
-  await cli(d, ['unmark', 'a', 'm-last']);
+  await api(d, 'DELETE', '/v1/markers/a/m-last');
 
   // Retention fades the journal: the points inside merged history are gone from the journal.
   await sleep(1200);
-  await cli(d, ['retention', 'a', '--policy', 'all:1s, every:1h:1d']);
-  await cli(d, ['retention', 'a', '--run']);
-  const gone = await d.cli(['export', 'a', '--at', `@seq:${seqs[1]}`, '--out', path.join(d.dataDir, 'x.raw'), '--no-progress']);
-  t.not(gone.code, 0, 'the journal no longer holds generation 1');
+  await api(d, 'PUT', '/v1/volumes/a/retention', { policy: 'all:1s, every:1h:1d' });
+  await api(d, 'POST', '/v1/volumes/a/retention/fade', {});
+  t.regex(await apiFails(d, 'POST', '/v1/volumes/a/export', { at: `@seq:${seqs[1]}`, out: path.join(d.dataDir, 'x.raw') }), /merged|retained|history/, 'the journal no longer holds generation 1');
 
   // Every archived point still reads as the export taken before.
   for (let g = 0; g < exports.length; g++) {
-    t.true((await exportFile(d, 'a', `archive:g${g}`, `ae${g}`)).equals(exports[g]!), `archive:g${g} export`);
+    t.true((await exportFile(d, 'a', `archive:g${g}`, `ae${g}`, g === 0)).equals(exports[g]!), `archive:g${g} export`);
   }
   // As a read-only NBD export (a snapshot) and as a writable clone.
-  const snap = await cliJson(d, ['snapshot', 'a', '--at', 'archive:g1', '--name', 'g1-snap']);
+  const snap = await api(d, 'POST', '/v1/volumes/a/snapshots', { at: 'archive:g1', name: 'g1-snap' });
   t.regex(snap.point.description, /archived point g1/);
   t.true((await readExport(d, 'g1-snap', SIZE)).equals(exports[1]!));
   await cli(d, ['clone', 'a', '--at', 'archive:g2', '--name', 'g2-clone']);
@@ -138,9 +151,7 @@ test.serial('archived points equal exports taken before, after retention fades t
   t.true(cl.subarray(4096).equals(exports[2]!.subarray(4096)));
   t.true(cl.subarray(0, 4096).equals(Buffer.alloc(4096, 0xab)));
   // Stepping an archived point has no history to step through.
-  const step = await d.cli(['clone', 'step', 'g1-snap', '--forward', '1']);
-  t.not(step.code, 0);
-  t.regex(step.stderr, /archived point g1/);
+  t.regex(await apiFails(d, 'POST', '/v1/views/g1-snap/step', { forward: 1 }), /archived point g1/);
 
   // Diff: two archived points (pruned tree walk), and an archived point against the journal.
   const dd = await cliJson(d, ['diff', 'a', '--from', 'archive:g0', '--to', 'archive:g3']);
@@ -149,25 +160,26 @@ test.serial('archived points equal exports taken before, after retention fades t
     if (!exports[0]!.subarray(o, o + 4096).equals(exports[3]!.subarray(o, o + 4096))) t.true(covered(o), `changed block at ${o} reported`);
   }
   t.true(dd.changedBytes <= 30 * LEAF);
-  const dj = await cliJson(d, ['diff', 'a', '--from', 'archive:g3', '--to', 'latest']);
+  const dj = await api(d, 'POST', '/v1/volumes/a/diff', { from: 'archive:g3', to: 'latest' });
   t.is(dj.changedBytes, 0);
 
   // Forget refuses a point a view reads; list and show say who uses it.
   const busy = await d.cli(['archive', 'forget', 'g1']);
   t.not(busy.code, 0);
   t.regex(busy.stderr, /g1-snap/);
-  const shown = await cliJson(d, ['archive', 'show', 'g1']);
+  const shown = await api(d, 'GET', '/v1/archives/g1');
+  t.regex(await cli(d, ['archive', 'show', 'g1']), /used by g1-snap/);
   t.deepEqual(shown.usedBy, ['g1-snap']);
   t.is(shown.volumes[0].volume, 'a');
   t.is(shown.group, 'a');
 
   // Restore production to an archived point; the restore is journaled and undoable.
-  await cli(d, ['snapshot', 'rm', 'g1-snap']);
-  await cli(d, ['clone', 'rm', 'g2-clone']);
+  await api(d, 'DELETE', '/v1/views/g1-snap');
+  await api(d, 'DELETE', '/v1/views/g2-clone');
   const rr = await cliJson(d, ['restore', 'a', '--to', 'archive:g1', '--no-progress']);
   t.truthy(rr.undo);
   t.true((await readExport(d, 'a', SIZE)).equals(exports[1]!));
-  await cli(d, ['restore', 'a', '--to', rr.undo, '--no-progress']);
+  await api(d, 'POST', '/v1/volumes/a/restore', { to: rr.undo });
   t.true((await readExport(d, 'a', SIZE)).equals(images[3]!));
 
   // Verify, forget by policy (dry run, then for real), gc; the survivors still read.
@@ -176,10 +188,11 @@ test.serial('archived points equal exports taken before, after retention fades t
   t.true(v.chunksChecked > 0);
   const plan = await cliJson(d, ['archive', 'forget', '--policy', 'last:2', '--dry-run']);
   t.true(plan.dryRun);
-  await cli(d, ['archive', 'forget', 'g0', 'g1']);
+  await api(d, 'POST', '/v1/archives/forget', { names: ['g0', 'g1'] });
   const gc = await cliJson(d, ['archive', 'gc', '--no-progress']);
   t.true(gc.chunksSwept > 0);
-  const list = await cliJson(d, ['archive', 'list']);
+  t.regex(await cli(d, ['archive', 'list']), /by-marker[\s\S]*dedup ratio/);
+  const list = await api(d, 'GET', '/v1/archives');
   t.deepEqual(
     list.points.map((p: { name: string }) => p.name),
     ['g2', 'g3', 'by-marker'],
@@ -191,19 +204,17 @@ test.serial('archived points equal exports taken before, after retention fades t
   t.regex(metrics, /rewind_archive_logical_bytes \d/);
 
   // The pool comes back after a restart, with archived views.
-  await cli(d, ['clone', 'a', '--at', 'archive:g3', '--name', 'g3-clone', '--read-only']);
+  await api(d, 'POST', '/v1/volumes/a/clones', { at: 'archive:g3', name: 'g3-clone', readOnly: true });
   await d.restart();
   t.true((await readExport(d, 'g3-clone', SIZE)).equals(exports[3]!));
-  const bad = await d.cli(['clone', 'a', '--at', 'archive:nope']);
-  t.not(bad.code, 0);
-  t.regex(bad.stderr, /no archived point "nope"/);
+  t.regex(await apiFails(d, 'POST', '/v1/volumes/a/clones', { at: 'archive:nope' }), /no archived point "nope"/);
 });
 
 test.serial('a consistency group is archived at one seq; five clones of one base archive to about one base plus deltas', async (t) => {
   const d = await startDaemon();
   t.teardown(() => d.cleanup());
-  await cli(d, ['volume', 'create', 'x', '--size', '2M', '--group', 'g']);
-  await cli(d, ['volume', 'create', 'y', '--size', '2M', '--group', 'g']);
+  await api(d, 'POST', '/v1/volumes', { name: 'x', size: 2 * MiB, group: 'g' });
+  await api(d, 'POST', '/v1/volumes', { name: 'y', size: 2 * MiB, group: 'g' });
   // Interleaved writes; the group point at a seq between them holds x's and y's writes up to it.
   const cx = await NbdClient.connect({ port: d.nbdPort, exportName: 'x' });
   const cy = await NbdClient.connect({ port: d.nbdPort, exportName: 'y' });
@@ -231,16 +242,16 @@ test.serial('a consistency group is archived at one seq; five clones of one base
   // Five volumes cloned from one base image, each with its own small delta.
   const BASE = 2 * MiB;
   const base = pattern(BASE, 42);
-  const before = (await cliJson(d, ['archive', 'list'])).stats.packBytes as number;
+  const before = (await api(d, 'GET', '/v1/archives')).stats.packBytes as number;
   for (let i = 0; i < 5; i++) {
-    await cli(d, ['volume', 'create', `c${i}`, '--size', '2M', '--protected']);
+    await api(d, 'POST', '/v1/volumes', { name: `c${i}`, size: BASE, protected: true });
     const w: Array<[number, Buffer]> = [];
     for (let o = 0; o < BASE; o += 256 * 1024) w.push([o, base.subarray(o, o + 256 * 1024)]);
     w.push([i * 3 * LEAF, pattern(LEAF, 500 + i)]);
     await writeAt(d, `c${i}`, w);
-    await cli(d, ['archive', `c${i}`, '--at', 'latest', '--name', `c${i}-base`]);
+    await api(d, 'POST', '/v1/archives', { target: `c${i}`, at: 'latest', name: `c${i}-base` });
   }
-  const stats = (await cliJson(d, ['archive', 'list'])).stats;
+  const stats = (await api(d, 'GET', '/v1/archives')).stats;
   const added = stats.packBytes - before;
   // One base plus five leaves of delta, plus tree nodes and pack overheads: well under two bases.
   t.true(added < BASE + 5 * LEAF + 256 * 1024, `five clones added ${added} bytes for a ${BASE}-byte base`);
