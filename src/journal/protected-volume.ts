@@ -35,9 +35,7 @@ import {
   type ZeroFlags,
 } from '../nbd/export';
 import { RecordKind, RECORD_FLAG_FUA, RECORD_FLAG_RESTORE } from '../lfc';
-import type { GroupJournal } from './group-journal';
 import { RangeLock } from './range-lock';
-import type { StateMap } from './state-map';
 
 /** Resync reads production in pieces of this size. */
 const RESYNC_CHUNK = 1024 * 1024;
@@ -56,6 +54,30 @@ export interface VolumeIoStatus {
   lastError: { time: string; op: IoOp; offset: number; length: number; code: string; message: string } | null;
   /** Ranges a failed write left unknown that could not be re-read yet. */
   recapturePending: number;
+}
+
+/**
+ * What the intercept needs of the group's journal (GroupJournal): the next
+ * seq, an append in seq order, and durability. A port, so the ordering
+ * contract can be tested with a recording fake.
+ */
+export interface InterceptJournal {
+  reserve(): number;
+  append(seq: number, kind: RecordKind, volumeId: number, offset: number, length: number, payload: Buffer | null, flags?: number): Promise<void>;
+  sync(): Promise<void>;
+}
+
+/** What the intercept (and the daemon that owns it) needs of the volume's persistent state map (StateMap). */
+export interface DirtyMap {
+  readonly regionSize: number;  markDirty(offset: number, length: number, seq: number): void;
+  pin(offset: number, length: number): void;
+  unpin(offset: number, length: number): void;
+  sync(): Promise<void>;
+  dirtyRanges(): Array<{ offset: number; length: number }>;
+  dirtyCount(): number;
+  adoptLoaded(seq: number): void;
+  clearLoaded(): number;
+  close(): Promise<void>;
 }
 
 /** What the replica holds, for crash recovery (the manager is caught up). */
@@ -98,8 +120,8 @@ export class ProtectedVolume implements NbdExport {
     readonly name: string,
     readonly volumeId: number,
     readonly production: NbdExport,
-    readonly journal: GroupJournal,
-    readonly stateMap: StateMap,
+    readonly journal: InterceptJournal,
+    readonly stateMap: DirtyMap,
   ) {
     this.size = production.size;
     this.blockSize = production.blockSize;
