@@ -306,7 +306,12 @@ test('model check: random marks, commits, reopens', async (t) => {
           } else if (o.t === 'commit') {
             const c = seq - o.back;
             let n = 0;
-            for (const [r, s] of model) if (s <= c) (model.delete(r), n++);
+            for (const [r, s] of model) {
+              if (s <= c) {
+                model.delete(r);
+                n++;
+              }
+            }
             if (m.clearCommitted(c) !== n) return false;
           } else if (o.t === 'reopen') {
             await m.close();

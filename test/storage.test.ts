@@ -439,6 +439,7 @@ function attachLoop(t: T, backing: string): string {
   } catch (err) {
     throw new Error(
       `losetup -f --show failed: cannot test the block-device path (needs root and loop devices): ${(err as Error).message}`,
+      { cause: err },
     );
   }
   const detach = () => {

@@ -303,7 +303,7 @@ function parseFioJson(text: string, rw: Profile['rw'], what: string): Metrics {
   try {
     doc = JSON.parse(text.slice(start));
   } catch (e) {
-    throw new Error(`cannot parse fio JSON for ${what}: ${(e as Error).message}`);
+    throw new Error(`cannot parse fio JSON for ${what}: ${(e as Error).message}`, { cause: e });
   }
   const jobs = doc.jobs ?? [];
   if (jobs.length === 0) throw new Error(`fio JSON for ${what} has no jobs`);
@@ -338,6 +338,7 @@ async function runFio(args: string[], outFile: string, timeoutMs: number, server
     throw new Error(
       `fio failed for ${what}: ${(e as Error).message.trimEnd()}\n  server ${srv.name} is ${state}` +
         (out ? `; its recent output:\n${out.replace(/^/gm, '    ')}` : ''),
+      { cause: e },
     );
   }
   return fs.readFileSync(outFile, 'utf8');

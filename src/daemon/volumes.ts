@@ -290,7 +290,7 @@ export class VolumeManager implements ExportProvider {
         await this.backend.create(image, size);
       } catch (err) {
         await fs.promises.rm(dir, { recursive: true, force: true });
-        throw new Error(`cannot create image ${image}: ${(err as Error).message}`);
+        throw new Error(`cannot create image ${image}: ${(err as Error).message}`, { cause: err });
       }
       record = {
         name,
@@ -323,7 +323,7 @@ export class VolumeManager implements ExportProvider {
       } catch (err) {
         await this.catalog.remove(name);
         if (createdImage) await fs.promises.rm(createdImage.dir, { recursive: true, force: true });
-        throw new Error(`cannot start protection for "${name}": ${(err as Error).message}`);
+        throw new Error(`cannot start protection for "${name}": ${(err as Error).message}`, { cause: err });
       }
     }
     this.logger.info({ volume: name, size: record.size, path: record.path, kind: record.kind, readOnly }, 'volume created');

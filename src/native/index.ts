@@ -108,7 +108,6 @@ export function loadNative(): RawAddon {
     throw loadError;
   }
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     addon = require(found) as RawAddon;
   } catch (err) {
     loadError = Object.assign(
