@@ -15,7 +15,9 @@
 import type * as http from 'node:http';
 import { UserError } from '../daemon/errors';
 import type { VolumeManager } from '../daemon/volumes';
-import type { GroupJournal } from '../journal/group-journal';
+import type { GroupJournal, JournalPosition } from '../journal/group-journal';
+import type { JournalTail } from '../timetravel/resolver';
+import type { InterceptStatusMsg } from './protocol';
 import type { ProtectedVolume } from '../journal/protected-volume';
 import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/service';
 import { allow, HttpError, readJsonObject, sendJson } from '../control/server';
@@ -41,9 +43,6 @@ export function managerTimeTravelHost(
         await srv.catchUp(g);
         return null;
       },
-      status() {
-        return { lastAppendedSeq: Math.max(g.intercept?.lastAppendedSeq ?? 0, g.manager.status().lastSeq) };
-      },
       get isDegraded() {
         return false;
       },
@@ -51,11 +50,20 @@ export function managerTimeTravelHost(
         throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
       },
     } as unknown as GroupJournal;
+    const tail: JournalTail = {
+      catchUp: () => journal.catchUp(),
+      async locate(find, opts) {
+        if (g.conn || opts?.fresh) return srv.position(g, find);
+        // Not connected: its last status report stands in (a degraded stretch it reported stays refused).
+        base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied and its last status');
+        return { position: staleInterceptPosition(g.intercept, g.manager.status()), found: null };
+      },
+    };
     const refuse = () => {
       throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
     };
     const pv = { flush: refuse, restoreWrite: refuse, restoreZero: refuse, production: { read: refuse } } as unknown as ProtectedVolume;
-    return { manager: g.manager, journal, pv, group: g.name, volumeId, size };
+    return { manager: g.manager, journal, tail, pv, group: g.name, volumeId, size };
   };
   return {
     context: ctxOf,
@@ -73,6 +81,14 @@ export function managerTimeTravelHost(
     setOffline: base.setOffline,
     logger: base.logger,
   };
+}
+
+/** The intercept's position as its last status report (at most a second old) gave it. */
+function staleInterceptPosition(ic: InterceptStatusMsg | null, applied: { lastSeq: number; lastTime: number }): JournalPosition {
+  let open: JournalPosition['open'] = null;
+  if (ic?.degraded?.fromSeq !== undefined) open = { fromSeq: ic.degraded.fromSeq, fromTime: ic.degraded.fromTime ?? Date.parse(ic.degraded.since), state: 'degraded' };
+  else if (ic?.resync) open = { fromSeq: ic.resync.fromSeq, fromTime: ic.resync.fromTime ?? 0, state: 'resync' };
+  return { seq: Math.max(ic?.lastAppendedSeq ?? 0, applied.lastSeq), time: Math.max(ic?.lastAppendedTime ?? 0, applied.lastTime), committedSeq: applied.lastSeq, open };
 }
 
 /** Volume-status of a replicated volume, in the shape `rewind status VOLUME` prints (plus the link). */

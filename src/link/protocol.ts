@@ -57,9 +57,13 @@ export const enum MsgType {
   VERIFY_RESULT = 18,
   CATCHUP_REQ = 19,
   CATCHUP_DONE = 20,
+  /** m->i: where does the journal stand now (and, optionally, which uncommitted write a seq or time names)? */
+  POSITION_REQ = 23,
+  /** i->m: the answer, as of when the request arrived. */
+  POSITION = 24,
 }
 
-const TYPE_MAX = 20;
+const TYPE_MAX = 24;
 
 export class LinkProtocolError extends Error {
   constructor(message: string) {
@@ -203,6 +207,8 @@ export interface SuperTag {
   id: number;
   /** First seq whose write the super transaction stands for (the first one not journaled while degraded). */
   fromSeq: number;
+  /** When that write came (ms, intercept clock): where the degraded stretch begins in time. */
+  fromTime?: number;
   /** This container ends the super transaction. */
   last: boolean;
 }
@@ -231,8 +237,9 @@ export interface NackMsg {
 export interface InterceptStatusMsg {
   time: number;
   state: 'normal' | 'degraded' | 'resync';
-  degraded: { since: string; reason: string } | null;
-  resync: { id: number; fromSeq: number; regionsLeft: number } | null;
+  /** fromSeq/fromTime: the first write not journaled (the degraded stretch's start). */
+  degraded: { since: string; reason: string; fromSeq?: number; fromTime?: number } | null;
+  resync: { id: number; fromSeq: number; fromTime?: number; regionsLeft: number } | null;
   lastAppendedSeq: number;
   lastAppendedTime: number;
   queued: number;
@@ -240,4 +247,18 @@ export interface InterceptStatusMsg {
   poolLimit: number;
   bytesSent: number;
   volumes: Array<{ volumeId: number; name: string; dirtyRegions: number }>;
+}
+
+/** POSITION_REQ body: `find` asks which uncommitted write a seq or time names (see GroupJournal.findPending). */
+export interface PositionReqMsg {
+  id: string;
+  find?: { seq: number } | { ms: number };
+}
+
+/** POSITION body. */
+export interface PositionMsg {
+  id: string;
+  position?: import('../journal/group-journal').JournalPosition;
+  found?: import('../journal/group-journal').JournalRecordInfo | null;
+  error?: string;
 }
