@@ -123,8 +123,12 @@ export interface JournalPosition {
   seq: number;
   time: number;
   committedSeq: number;
-  /** A degraded stretch (or its resync) whose super transaction is not committed yet. */
-  open: { fromSeq: number; fromTime: number; state: 'degraded' | 'resync' } | null;
+  /**
+   * A degraded stretch (or its resync) whose super transaction is not
+   * committed yet. ("unreachable": set by a remote manager that cannot ask
+   * the intercept: what came after its last report is unknown.)
+   */
+  open: { fromSeq: number; fromTime: number; state: 'degraded' | 'resync' | 'unreachable' } | null;
 }
 
 /** What to look up among journaled writes the manager has not committed yet. */

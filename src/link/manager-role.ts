@@ -83,12 +83,18 @@ export function managerTimeTravelHost(
   };
 }
 
-/** The intercept's position as its last status report (at most a second old) gave it. */
+/**
+ * The intercept's position while it is not connected, from its last status
+ * report: a degraded stretch it reported stays open, and anything after
+ * what is known (its last report, the last write applied) is unknown.
+ */
 function staleInterceptPosition(ic: InterceptStatusMsg | null, applied: { lastSeq: number; lastTime: number }): JournalPosition {
-  let open: JournalPosition['open'] = null;
+  const seq = Math.max(ic?.lastAppendedSeq ?? 0, applied.lastSeq);
+  const time = Math.max(ic?.time ?? 0, ic?.lastAppendedTime ?? 0, applied.lastTime);
+  let open: JournalPosition['open'] = { fromSeq: seq + 1, fromTime: time + 1, state: 'unreachable' };
   if (ic?.degraded?.fromSeq !== undefined) open = { fromSeq: ic.degraded.fromSeq, fromTime: ic.degraded.fromTime ?? Date.parse(ic.degraded.since), state: 'degraded' };
   else if (ic?.resync) open = { fromSeq: ic.resync.fromSeq, fromTime: ic.resync.fromTime ?? 0, state: 'resync' };
-  return { seq: Math.max(ic?.lastAppendedSeq ?? 0, applied.lastSeq), time: Math.max(ic?.lastAppendedTime ?? 0, applied.lastTime), committedSeq: applied.lastSeq, open };
+  return { seq, time, committedSeq: applied.lastSeq, open };
 }
 
 /** Volume-status of a replicated volume, in the shape `rewind status VOLUME` prints (plus the link). */

@@ -156,10 +156,20 @@ export function superGap(asked: string, s: SuperSpan): PointGapError {
 export interface OpenStretch {
   fromSeq: number;
   fromTime: number;
-  state: 'degraded' | 'resync';
+  /** unreachable: a remote manager cannot ask its intercept; nothing after its last report is known. */
+  state: 'degraded' | 'resync' | 'unreachable';
 }
 
 export function openGap(asked: string, o: OpenStretch, before: Neighbour | null): PointGapError {
+  if (o.state === 'unreachable') {
+    return new PointGapError(
+      asked,
+      `lies after the intercept's last report (${timeText(o.fromTime)}, @seq:${o.fromSeq - 1}): it is not connected, so which writes came since is unknown`,
+      before,
+      null,
+      'none known (the intercept is not connected)',
+    );
+  }
   return new PointGapError(
     asked,
     `lies inside the ${o.state === 'degraded' ? 'degraded stretch' : 'resync'} that began at ${timeText(o.fromTime)} (@seq:${o.fromSeq} on): ` +
