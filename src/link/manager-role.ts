@@ -77,6 +77,7 @@ export function managerTimeTravelHost(
       return `volume ${id}`;
     },
     volumeExists: (n) => base.volumeExists(n) || srv.volumes().some((v) => v.name === n),
+    restoreRefusal: RESTORE_NEEDS_SINGLE,
     disconnect: base.disconnect,
     setOffline: base.setOffline,
     logger: base.logger,
@@ -97,12 +98,23 @@ function staleInterceptPosition(ic: InterceptStatusMsg | null, applied: { lastSe
   return { seq, time, committedSeq: applied.lastSeq, open };
 }
 
-/** Volume-status of a replicated volume, in the shape `rewind status VOLUME` prints (plus the link). */
-export function managerVolumeStatus(srv: LinkServer, name: string): Record<string, unknown> {
+/**
+ * Volume-status of a replicated volume, in the shape `rewind status VOLUME`
+ * prints (plus the link). The last write and the lag are asked of the
+ * intercept now when it is connected (its status report may be a second
+ * old); `positionFrom` says which.
+ */
+export async function managerVolumeStatus(srv: LinkServer, name: string): Promise<Record<string, unknown>> {
   const { g, volumeId, volume } = srv.find(name);
   const st = srv.groupStatus(g);
   const ic = st.intercept;
   const iv = ic?.volumes.find((v) => v.volumeId === volumeId);
+  const now = g.conn ? await srv.position(g).catch(() => null) : null;
+  if (now) {
+    const ms = g.manager.status();
+    st.lagWrites = Math.max(0, now.position.seq - ms.lastSeq);
+    st.lagSeconds = st.lagWrites > 0 ? Math.max(0, (now.position.time - (ms.lastTime || now.position.time)) / 1000) : 0;
+  }
   return {
     volume,
     group: g.name,
@@ -112,7 +124,8 @@ export function managerVolumeStatus(srv: LinkServer, name: string): Record<strin
     degraded: ic?.degraded ?? null,
     appliedSeq: st.appliedSeq,
     appliedContainer: st.appliedContainer,
-    lastSeq: ic?.lastAppendedSeq ?? st.appliedSeq,
+    lastSeq: now?.position.seq ?? ic?.lastAppendedSeq ?? st.appliedSeq,
+    positionFrom: now ? 'intercept' : ic ? 'last report' : 'none',
     active: null,
     sealedPending: [],
     lag: { writes: st.lagWrites, bytes: 0, seconds: st.lagSeconds },
@@ -172,7 +185,7 @@ export function managerRoutes(srv: LinkServer, tt: TimeTravel) {
       switch (m[2]) {
         case 'status':
           allow(method, ['GET', 'HEAD']);
-          sendJson(res, 200, managerVolumeStatus(srv, name));
+          sendJson(res, 200, await managerVolumeStatus(srv, name));
           return true;
         case 'log': {
           allow(method, ['GET', 'HEAD']);

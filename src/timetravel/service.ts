@@ -59,6 +59,8 @@ export interface TimeTravelHost {
   disconnect(name: string): Promise<number>;
   /** Take a volume's export offline (no new clients) or back online. */
   setOffline(volume: string, reason: string | null): void;
+  /** Why production restore cannot run here (the manager role), if it cannot. */
+  restoreRefusal?: string;
   logger: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
 }
 
@@ -922,6 +924,8 @@ export class TimeTravel {
     try {
       // Never a silent substitute: a point with no image is refused, unless --nearest asked for one (and the result says so).
       const { point, info } = await this.resolve(volume, body.to, { nearest: body.nearest });
+      // Refused before an intent is stored: a stored one would keep the volume offline.
+      if (this.host.restoreRefusal) throw new UserError('invalid', this.host.restoreRefusal);
       const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
       await this.store.putRestoreIntent(intent);
       const r = await this.runRestore(intent, progress, false);
