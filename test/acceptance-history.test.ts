@@ -276,6 +276,39 @@ test.serial('diff: the changed extents match the model; the dirty bitmap of the 
     else fromQemu.push({ offset: e.start, length: e.length });
   }
   t.deepEqual(fromQemu, listed.extents, 'qemu-img map with x-dirty-bitmap shows the changed extents');
+  // Any two points: a snapshot at B answers qemu:dirty-bitmap:POINT for any earlier point; a clone's own writes count as changed.
+  const dirtyOf = async (exportName: string, ctxName: string): Promise<Array<{ offset: number; length: number }>> => {
+    const c2 = await NbdClient.connect({ port: d.nbdPort, exportName, metaContexts: [ctxName] });
+    try {
+      t.deepEqual([...c2.contextIds.keys()], [ctxName]);
+      const out: Array<{ offset: number; length: number }> = [];
+      for (let at = 0; at < SIZE; ) {
+        for (const e of await c2.blockStatus(at, SIZE - at)) {
+          const len = Math.min(e.length, SIZE - at);
+          const last = out[out.length - 1];
+          if (e.flags & STATE_DIRTY) {
+            if (last && last.offset + last.length === at) last.length += len;
+            else out.push({ offset: at, length: len });
+          }
+          at += len;
+        }
+      }
+      return out;
+    } finally {
+      c2.destroy();
+    }
+  };
+  t.deepEqual(await dirtyOf('df-b', `qemu:dirty-bitmap:@seq:${A}`), listed.extents, 'snapshot at B: changes since @seq:A');
+  const mid = await api(d, 'POST', '/v1/volumes/df/diff', { from: `@seq:${A + 30}`, to: `@seq:${B}` });
+  t.deepEqual(await dirtyOf('df-b', `qemu:dirty-bitmap:@seq:${A + 30}`), mid.extents, 'and since any other point');
+  await cli(d, ['clone', 'df', '--at', `@seq:${B}`, '--name', 'df-bc']);
+  const cw = await NbdClient.connect({ port: d.nbdPort, exportName: 'df-bc' });
+  await cw.write(SIZE - 4096, Buffer.alloc(4096, 0x77));
+  await cw.flush();
+  cw.destroy();
+  const withOwn = await dirtyOf('df-bc', `qemu:dirty-bitmap:@seq:${A}`);
+  const lastBlockDirty = withOwn.some((e) => e.offset <= SIZE - 4096 && e.offset + e.length >= SIZE);
+  t.true(lastBlockDirty, "the clone's own write is dirty");
   const viaApply = path.join(dir, 'via-apply.raw');
   fs.copyFileSync(imgA, viaApply);
   const ap = await cli(d, ['apply-diff', path.join(dir, 'ab.rwdiff'), viaApply]);
