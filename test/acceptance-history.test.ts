@@ -9,8 +9,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NbdClient } from '../src/nbd/client';
-import { STATE_ZERO } from '../src/nbd/export';
-import { run, startDaemon, sleep, tempDir, haveCommand } from './helpers/daemon';
+import { STATE_DIRTY } from '../src/nbd/export';
+import { REPO_ROOT, run, startDaemon, sleep, tempDir, haveCommand } from './helpers/daemon';
 import { pattern } from './helpers/nbd-fixtures';
 import { apiOk as api, cliOk as cli, fuseExport, readExport, sha } from './helpers/live';
 
@@ -192,8 +192,9 @@ function rng(seed: number): () => number {
   };
 }
 
-test.serial('diff: the changed extents match the model; nbdcopy from the diff export and apply-diff turn an image at A into B', async (t) => {
-  for (const c of ['nbdcopy', 'qemu-img']) if (!haveCommand(c)) throw new Error(`${c} missing`);
+test.serial('diff: the changed extents match the model; the dirty bitmap of the diff export (libnbd) and apply-diff turn an image at A into B', async (t) => {
+  if (!haveCommand('qemu-img')) throw new Error('qemu-img missing');
+  if ((await run('/usr/bin/python3', ['-c', 'import nbd'])).code !== 0) throw new Error('python3-libnbd missing (run tools/install-system-deps.sh)');
   const d = await startDaemon();
   t.teardown(() => d.cleanup());
   const dir = tempDir();
@@ -229,7 +230,7 @@ test.serial('diff: the changed extents match the model; nbdcopy from the diff ex
     }
     t.deepEqual([...got].sort((x, y) => x - y), [...want].sort((x, y) => x - y), `changed blocks of (@seq:${fromSeq}, @seq:${b}]`);
   }
-  // nbdcopy from the diff export onto a copy of A yields B.
+  // The image at A and at B; the diff export between them.
   const A = 20;
   const B = 110;
   const imgA = path.join(dir, 'a.raw');
@@ -240,20 +241,74 @@ test.serial('diff: the changed extents match the model; nbdcopy from the diff ex
   })();
   const out = await cli(d, ['diff', 'df', '--from', `@seq:${A}`, '--to', `@seq:${B}`, '--export', 'df-ab', '--out', path.join(dir, 'ab.rwdiff')]);
   t.regex(out, /changed extent\(s\)/);
-  // The diff export's block status: unchanged extents read as zero.
-  const dc = await NbdClient.connect({ port: d.nbdPort, exportName: 'df-ab' });
-  const ext = await dc.blockStatus(0, SIZE);
+  // The diff export's base:allocation is B's own (never zeroes over data); the changes are its dirty bitmap.
+  const dc = await NbdClient.connect({ port: d.nbdPort, exportName: 'df-ab', metaContexts: ['base:allocation', 'qemu:dirty-bitmap:df-ab'] });
+  const sc = await NbdClient.connect({ port: d.nbdPort, exportName: 'df-b' });
+  const both = await dc.blockStatusAll(0, SIZE);
+  t.deepEqual(both.get(dc.contextIds.get('base:allocation')!), await sc.blockStatus(0, SIZE), 'base:allocation of the diff export = of B');
+  let pos = 0;
+  const dirty: Array<{ offset: number; length: number }> = [];
+  for (const e of both.get(dc.contextIds.get('qemu:dirty-bitmap:df-ab')!)!) {
+    if (e.flags & STATE_DIRTY) dirty.push({ offset: pos, length: e.length });
+    pos += e.length;
+  }
   dc.destroy();
-  t.true(ext.some((e) => e.flags & STATE_ZERO), 'unchanged extents are reported as zero');
+  sc.destroy();
+  const listed = await api(d, 'POST', '/v1/volumes/df/diff', { from: `@seq:${A}`, to: `@seq:${B}` });
+  t.deepEqual(dirty, listed.extents, 'the dirty bitmap marks exactly the changed extents');
   t.true((await readExport(d, 'df-ab', SIZE)).equals(wantB), 'the diff export reads as B');
-  // The copy of A is served over NBD (nbdcopy zeroes a local destination
-  // file before a --destination-is-zero copy), here as a plain volume.
-  const viaNbdcopy = path.join(dir, 'via-nbdcopy.raw');
-  fs.copyFileSync(imgA, viaNbdcopy);
-  await cli(d, ['volume', 'create', 'copy-of-a', '--path', viaNbdcopy]);
-  const cp = await run('nbdcopy', ['--destination-is-zero', '--sparse=0', d.nbdUri('df-ab'), d.nbdUri('copy-of-a')], { timeoutMs: 60_000 });
+  // libnbd copies only the dirty extents onto a copy of A (served over NBD here): the result is B.
+  const viaBitmap = path.join(dir, 'via-bitmap.raw');
+  fs.copyFileSync(imgA, viaBitmap);
+  await cli(d, ['volume', 'create', 'copy-of-a', '--path', viaBitmap]);
+  const cp = await run('/usr/bin/python3', [path.join(REPO_ROOT, 'tools', 'copy-dirty.py'), d.nbdUri('df-ab'), 'qemu:dirty-bitmap:df-ab', d.nbdUri('copy-of-a'), '--json'], { timeoutMs: 60_000 });
   t.is(cp.code, 0, cp.stderr);
-  t.is(sha(fs.readFileSync(viaNbdcopy)), sha(wantB), 'nbdcopy of the changes onto A gives B');
+  t.deepEqual(JSON.parse(cp.stdout), listed.extents, 'it copied the changed extents, nothing else');
+  t.is(sha(fs.readFileSync(viaBitmap)), sha(wantB), 'changes copied onto A give B');
+  // qemu reads the same context in place of base:allocation (x-dirty-bitmap): changed extents map as "data": false.
+  const map = await run('qemu-img', ['map', '--output=json', '--image-opts', `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${d.nbdPort},export=df-ab,x-dirty-bitmap=qemu:dirty-bitmap:df-ab`]);
+  t.is(map.code, 0, map.stderr);
+  const fromQemu: Array<{ offset: number; length: number }> = [];
+  for (const e of JSON.parse(map.stdout) as Array<{ start: number; length: number; data: boolean }>) {
+    if (e.data) continue;
+    const last = fromQemu[fromQemu.length - 1];
+    if (last && last.offset + last.length === e.start) last.length += e.length;
+    else fromQemu.push({ offset: e.start, length: e.length });
+  }
+  t.deepEqual(fromQemu, listed.extents, 'qemu-img map with x-dirty-bitmap shows the changed extents');
+  // Any two points: a snapshot at B answers qemu:dirty-bitmap:POINT for any earlier point; a clone's own writes count as changed.
+  const dirtyOf = async (exportName: string, ctxName: string): Promise<Array<{ offset: number; length: number }>> => {
+    const c2 = await NbdClient.connect({ port: d.nbdPort, exportName, metaContexts: [ctxName] });
+    try {
+      t.deepEqual([...c2.contextIds.keys()], [ctxName]);
+      const out: Array<{ offset: number; length: number }> = [];
+      for (let at = 0; at < SIZE; ) {
+        for (const e of await c2.blockStatus(at, SIZE - at)) {
+          const len = Math.min(e.length, SIZE - at);
+          const last = out[out.length - 1];
+          if (e.flags & STATE_DIRTY) {
+            if (last && last.offset + last.length === at) last.length += len;
+            else out.push({ offset: at, length: len });
+          }
+          at += len;
+        }
+      }
+      return out;
+    } finally {
+      c2.destroy();
+    }
+  };
+  t.deepEqual(await dirtyOf('df-b', `qemu:dirty-bitmap:@seq:${A}`), listed.extents, 'snapshot at B: changes since @seq:A');
+  const mid = await api(d, 'POST', '/v1/volumes/df/diff', { from: `@seq:${A + 30}`, to: `@seq:${B}` });
+  t.deepEqual(await dirtyOf('df-b', `qemu:dirty-bitmap:@seq:${A + 30}`), mid.extents, 'and since any other point');
+  await cli(d, ['clone', 'df', '--at', `@seq:${B}`, '--name', 'df-bc']);
+  const cw = await NbdClient.connect({ port: d.nbdPort, exportName: 'df-bc' });
+  await cw.write(SIZE - 4096, Buffer.alloc(4096, 0x77));
+  await cw.flush();
+  cw.destroy();
+  const withOwn = await dirtyOf('df-bc', `qemu:dirty-bitmap:@seq:${A}`);
+  const lastBlockDirty = withOwn.some((e) => e.offset <= SIZE - 4096 && e.offset + e.length >= SIZE);
+  t.true(lastBlockDirty, "the clone's own write is dirty");
   const viaApply = path.join(dir, 'via-apply.raw');
   fs.copyFileSync(imgA, viaApply);
   const ap = await cli(d, ['apply-diff', path.join(dir, 'ab.rwdiff'), viaApply]);

@@ -1,5 +1,5 @@
 /**
- * Log file containers (src/journal/container.ts) against real files:
+ * Log file containers (src/lfc) against real files:
  * round trips of both kinds, corruption detection, torn-tail repair at
  * every cut, ordering under concurrency, group commit, sealing, fuzzed
  * input, and a SIGKILL'd writer.
@@ -708,7 +708,7 @@ const { ContainerWriter } = require(process.argv[1]);
 `;
 
 test('SIGKILL during appends: repair keeps every record whose append had resolved', async (t) => {
-  const modPath = path.resolve(__dirname, '../src/journal/container.js');
+  const modPath = path.resolve(__dirname, '../src/lfc/index.js');
   for (let round = 0; round < 5; round++) {
     const dir = tempDir(t);
     // Round 0 writes on the threadpool, rounds 1-2 inline; rounds 3-4 in

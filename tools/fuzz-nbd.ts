@@ -55,7 +55,7 @@ async function main(): Promise<number> {
     });
     console.log(JSON.stringify({ ...stats, seconds: Math.round((Date.now() - t0) / 1000) }, null, 2));
     if (cov) {
-      for (const f of await cov.take(['/src/nbd/connection.js', '/src/nbd/server.js', '/src/nbd/tls.js', '/src/nbd/inbuf.js'])) {
+      for (const f of await cov.take(['/src/nbd/connection.js', '/src/nbd/server.js', '/src/nbd/tls.js', '/src/nbd/inbuf.js', '/src/nbd/receiver.js'])) {
         console.log(`coverage ${path.relative(process.cwd(), f.file)}: ${f.covered}/${f.lines} lines (${f.percent.toFixed(1)}%)`);
       }
     }

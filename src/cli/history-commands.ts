@@ -11,7 +11,7 @@ import type { PointInfo, ViewInfo } from '../timetravel/service';
 import { readDiffFile } from '../timetravel/diff';
 import { formatSize } from '../util/size';
 import { CliError, EXIT, makeClient, table, type GlobalOptions } from './common';
-import { exportUris } from './timetravel-commands';
+import { exportUris, nearestBody, substitutionNote } from './timetravel-commands';
 
 function print(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n');
@@ -110,19 +110,23 @@ interface DiffResult {
   fileBytes: number | null;
 }
 
-export async function diff(volume: string, o: GlobalOptions & Json & { from?: string; to?: string; export?: string; out?: string }): Promise<void> {
+export async function diff(volume: string, o: GlobalOptions & Json & { from?: string; to?: string; export?: string; out?: string; nearest?: string }): Promise<void> {
   if (!o.from || !o.to) throw new CliError('--from POINT and --to POINT are required', EXIT.USAGE);
-  const body: Record<string, unknown> = { from: o.from, to: o.to };
+  const body: Record<string, unknown> = { from: o.from, to: o.to, ...nearestBody(o) };
   if (o.export) body.name = o.export;
   if (o.out) body.out = path.resolve(o.out);
   const r = await makeClient(o, { waitsForManager: true }).streamJson<DiffResult>('POST', `/v1/volumes/${enc(volume)}/diff`, body, () => undefined);
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`from ${pointLine(r.from)}`);
+  for (const note of [substitutionNote(r.from), substitutionNote(r.to)]) if (note) print(note);
   print(`to   ${pointLine(r.to)}`);
   print(`${r.extents.length} changed extent(s), ${formatSize(r.changedBytes)} (${formatSize(r.blockSize)} blocks)`);
   for (const e of r.extents.slice(0, 20)) print(`  ${e.offset}+${e.length}`);
   if (r.extents.length > 20) print(`  ... ${r.extents.length - 20} more (--json lists them all)`);
-  if (r.export) print(`export ${r.export}: the image at --to, with only the changed extents as data`);
+  if (r.export) {
+    print(`export ${r.export}: the image at --to; meta context qemu:dirty-bitmap:${r.export} marks the changed extents`);
+    print(`  e.g. qemu-img map --output=json --image-opts driver=nbd,export=${r.export},server.type=...,x-dirty-bitmap=qemu:dirty-bitmap:${r.export}  ("data": false = changed)`);
+  }
   if (r.file) print(`wrote ${r.file} (${formatSize(r.fileBytes ?? 0)}); replay it with: rewind apply-diff ${r.file} IMAGE`);
 }
 
@@ -158,19 +162,20 @@ function runCheck(cmd: string, env: Record<string, string>): Promise<{ code: num
   });
 }
 
-export async function bisect(volume: string, o: GlobalOptions & Json & { good?: string; bad?: string; check?: string; granularity?: string }): Promise<void> {
+export async function bisect(volume: string, o: GlobalOptions & Json & { good?: string; bad?: string; check?: string; granularity?: string; nearest?: string }): Promise<void> {
   if (!o.good || !o.bad || !o.check) throw new CliError('--good POINT, --bad POINT and --check CMD are required', EXIT.USAGE);
   const c = makeClient(o, { waitsForManager: true });
   const plan = await c.request<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }>(
     'POST',
     `/v1/volumes/${enc(volume)}/bisect-candidates`,
-    { good: o.good, bad: o.bad, granularity: o.granularity ?? 'write' },
+    { good: o.good, bad: o.bad, granularity: o.granularity ?? 'write', ...nearestBody(o) },
   );
   const h = await c.health();
   const cand = plan.candidates;
   const say = (s: string): void => {
     if (!o.json) process.stderr.write(`bisect: ${s}\n`);
   };
+  for (const note of [substitutionNote(plan.good), substitutionNote(plan.bad)]) if (note) say(note.trim());
   say(`${cand.length} ${plan.granularity === 'write' ? 'writes' : 'transactions'} between good seq ${plan.good.seq} and bad seq ${plan.bad.seq}`);
   // Invariant: lo is good (-1 = the good point), hi is bad (the last candidate is the bad point).
   let lo = -1;

@@ -5,23 +5,26 @@
  * {"progress":{phase,done,total}} ... then {"result":...} or {"error":"..."}.
  * Errors found before any progress are ordinary HTTP errors.
  *
- *   POST   /v1/volumes/NAME/resolve     {at}                -> point
- *   POST   /v1/volumes/NAME/snapshots   {at, name?}         -> view
- *   POST   /v1/volumes/NAME/clones      {at?, name?, readOnly?}  (NAME: volume or clone)
+ *   POST   /v1/volumes/NAME/resolve     {at, nearest?}      -> point (never seals; see resolver.ts)
+ *   POST   /v1/volumes/NAME/snapshots   {at, name?, nearest?} -> view
+ *   POST   /v1/volumes/NAME/clones      {at?, name?, readOnly?, nearest?}  (NAME: volume or clone)
  *   GET    /v1/views[?volume=NAME]                          -> {views}
  *   GET    /v1/views/NAME                                   -> view
  *   DELETE /v1/views/NAME
- *   POST   /v1/views/NAME/step          {forward|back|to}
- *   POST   /v1/volumes/NAME/restore     {to, ranges?, force?}
+ *   POST   /v1/views/NAME/step          {forward|back|to, nearest?}
+ *   POST   /v1/volumes/NAME/restore     {to, ranges?, force?, nearest?}
  *   GET    /v1/volumes/NAME/restores
- *   POST   /v1/volumes/NAME/export      {at, out}
+ *   POST   /v1/volumes/NAME/export      {at, out, nearest?}
  *   GET    /v1/markers/TARGET[?name=GLOB&kind=K&since=T&until=T]   (TARGET: volume or group)
  *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?}
  *   DELETE /v1/markers/TARGET/NAME
  *   POST   /v1/volumes/NAME/surface     {marker}      POST /v1/submerge {name}
  *   GET    /v1/volumes/NAME/schedule    POST {add?: rule | rules, clear?}
- *   POST   /v1/volumes/NAME/diff        {from, to, name?, out?}
- *   POST   /v1/volumes/NAME/bisect-candidates {good, bad, granularity?}
+ *   POST   /v1/volumes/NAME/diff        {from, to, name?, out?, nearest?}
+ *   POST   /v1/volumes/NAME/bisect-candidates {good, bad, granularity?, nearest?}
+ * nearest ("before" | "after"): where a point has no image (merged by
+ * retention, inside a super transaction), use the nearest valid point on
+ * that side instead of refusing; the answer says which point it used.
  */
 import type * as http from 'node:http';
 import { UserError } from '../util/errors';
@@ -132,7 +135,7 @@ export async function routeTimeTravel(
     if (m[2]) {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['forward', 'back', 'to']);
+      only(body, ['forward', 'back', 'to', 'nearest']);
       sendJson(res, 200, await tt.step(name, body));
       return true;
     }
@@ -150,24 +153,23 @@ export async function routeTimeTravel(
     case 'resolve': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at']);
-      const r = await tt.resolve(name, body.at);
-      sendJson(res, 200, r.info);
+      only(body, ['at', 'nearest']);
+      sendJson(res, 200, await tt.resolveInfo(name, body.at, { nearest: body.nearest }));
       return true;
     }
     case 'snapshots': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'name', 'allow']);
-      sendJson(res, 201, await tt.snapshot(name, body.at, body.name, { allow: body.allow }));
+      only(body, ['at', 'name', 'allow', 'nearest']);
+      sendJson(res, 201, await tt.snapshot(name, body.at, body.name, { allow: body.allow, nearest: body.nearest }));
       return true;
     }
     case 'clones': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'name', 'readOnly', 'allow']);
+      only(body, ['at', 'name', 'readOnly', 'allow', 'nearest']);
       if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw new UserError('invalid', 'readOnly must be true or false');
-      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow }));
+      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow, nearest: body.nearest }));
       return true;
     }
     case 'restores':
@@ -177,7 +179,7 @@ export async function routeTimeTravel(
     case 'restore': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['to', 'ranges', 'force']);
+      only(body, ['to', 'ranges', 'force', 'nearest']);
       if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
       await streamed(req, res, (progress) => tt.restore(name, body, progress));
       return true;
@@ -201,22 +203,22 @@ export async function routeTimeTravel(
     case 'diff': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['from', 'to', 'name', 'out']);
+      only(body, ['from', 'to', 'name', 'out', 'nearest']);
       await streamed(req, res, (progress) => tt.diff(name, body, progress));
       return true;
     }
     case 'bisect-candidates': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['good', 'bad', 'granularity']);
+      only(body, ['good', 'bad', 'granularity', 'nearest']);
       sendJson(res, 200, await tt.bisectCandidates(name, body));
       return true;
     }
     case 'export': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'out']);
-      await streamed(req, res, (progress) => tt.exportImage(name, body.at, body.out, progress));
+      only(body, ['at', 'out', 'nearest']);
+      await streamed(req, res, (progress) => tt.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }));
       return true;
     }
   }

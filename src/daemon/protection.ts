@@ -26,6 +26,7 @@ import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
 import { blockDigests, REPLICA_HASH_BYTES, REPLICA_HASH_MAX_RANGE, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { type Logger } from '../util/logger';
+import type { JournalTail } from '../timetravel/resolver';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {
@@ -150,7 +151,8 @@ export class Protection {
       groupId: record.groupId,
       link,
       sealBytes: record.sealBytes,
-      sealAgeMs: record.sealAgeMs,
+      // Tests only: REWIND_TEST_SEAL_AGE_MS stretches the age seal, so a test can count the transactions a command adds.
+      sealAgeMs: Number(process.env.REWIND_TEST_SEAL_AGE_MS) || record.sealAgeMs,
       blockSize: record.blockSize,
       committedContainer,
       committedSeq,
@@ -192,6 +194,7 @@ export class Protection {
       catchUp: async () => {
         await journal.catchUp();
       },
+      position: async (find) => ({ position: journal.position(), found: find ? await journal.findPending(find) : null }),
       verify: async (volumeId, ready) => {
         const pv = [...rt.volumes.values()].find((x) => x.volumeId === volumeId);
         if (!pv) throw new Error(`no volume ${volumeId} in group ${record.name}`);
@@ -221,8 +224,8 @@ export class Protection {
     return {
       time: Date.now(),
       state: rs?.state ?? (js.degraded ? 'degraded' : 'normal'),
-      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason } : null,
-      resync: js.superRun ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, regionsLeft: rs?.regionsLeft ?? 0 } : null,
+      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason, fromSeq: js.degraded.fromSeq, fromTime: js.degraded.fromTime } : null,
+      resync: js.superRun ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, fromTime: js.superRun.fromTime, regionsLeft: rs?.regionsLeft ?? 0 } : null,
       lastAppendedSeq: js.lastAppendedSeq,
       lastAppendedTime: js.lastAppendedTime,
       poolBytes: js.poolBytes,
@@ -355,9 +358,14 @@ export class Protection {
   }
 
   /** What time travel needs of a protected volume: its group's history and its intercept. */
-  context(name: string): { manager: BackupManager; journal: GroupJournal; pv: ProtectedVolume; group: string; volumeId: number; size: number } {
+  context(name: string): { manager: BackupManager; journal: GroupJournal; tail: JournalTail; pv: ProtectedVolume; group: string; volumeId: number; size: number } {
     const { rt, pv } = this.runtime(name);
-    return { manager: this.localManager(rt, 'time travel'), journal: rt.journal, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+    const journal = rt.journal;
+    const tail: JournalTail = {
+      locate: async (find) => ({ position: journal.position(), found: find ? await journal.findPending(find) : null }),
+      catchUp: () => journal.catchUp(),
+    };
+    return { manager: this.localManager(rt, 'time travel'), journal, tail, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
   }
 
   /**

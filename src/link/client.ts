@@ -48,10 +48,12 @@ import {
   type HelloMsg,
   type InterceptStatusMsg,
   type NackMsg,
+  type PositionReqMsg,
   type PutReadyMsg,
 } from './protocol';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
+import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
 
 export interface LinkTlsClient {
   ca: Buffer;
@@ -106,6 +108,7 @@ export interface LinkHooks {
   status?: () => Omit<InterceptStatusMsg, 'bytesSent' | 'queued'>;
   verify?: (volumeId: number, ready: (appliedSeq: number) => void) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
   catchUp?: () => Promise<void>;
+  position?: (find?: PositionReqMsg['find']) => Promise<{ position: JournalPosition; found: JournalRecordInfo | null }>;
 }
 
 export function readLinkState(file: string): LinkState | null {
@@ -479,6 +482,17 @@ export class RemoteLink implements ManagerLink {
         run.then(
           () => this.write(sock, encodeJson(MsgType.CATCHUP_DONE, { id: m.id })),
           (err: Error) => this.write(sock, encodeJson(MsgType.CATCHUP_DONE, { id: m.id, error: err.message })),
+        );
+        return;
+      }
+      case MsgType.POSITION_REQ: {
+        // Answered from the journal as it stands when the request arrives: every write
+        // acknowledged before the manager asked has a seq at or below the answer.
+        const m = parseJson<PositionReqMsg>(f);
+        const run = this.hooks.position ? this.hooks.position(m.find) : Promise.reject(new Error('position is not available'));
+        run.then(
+          (r) => this.write(sock, encodeJson(MsgType.POSITION, { id: m.id, position: r.position, found: r.found })),
+          (err: Error) => this.write(sock, encodeJson(MsgType.POSITION, { id: m.id, error: err.message })),
         );
         return;
       }

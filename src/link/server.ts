@@ -28,6 +28,7 @@ import { CorruptContainerError, type CommitInfo, type TransactionRecord } from '
 import { upgradeToTls, type TlsSettings } from '../nbd/tls';
 import { fsyncDir } from '../util/fsync-dir';
 import { UserError } from '../util/errors';
+import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
 import {
   DEAD_AFTER_MS,
   blockDigests,
@@ -53,6 +54,8 @@ import {
   type GroupMsg,
   type InterceptStatusMsg,
   type NackMsg,
+  type PositionMsg,
+  type PositionReqMsg,
   type PutMsg,
   type SuperTag,
 } from './protocol';
@@ -289,7 +292,7 @@ export class LinkServer {
 
   async saveTag(g: GroupHost, n: number, tag: SuperTag): Promise<void> {
     const cur = g.tags.get(n);
-    if (cur && cur.id === tag.id && cur.last === tag.last && cur.fromSeq === tag.fromSeq) return;
+    if (cur && cur.id === tag.id && cur.last === tag.last && cur.fromSeq === tag.fromSeq && cur.fromTime === tag.fromTime) return;
     g.tags.set(n, tag);
     // Tags of committed transactions live in their records: keep only the rest.
     const applied = g.manager.status().lastContainer;
@@ -361,6 +364,19 @@ export class LinkServer {
     const c = g.conn;
     if (!c) throw new UserError('conflict', `the intercept of group ${g.name} is not connected: cannot catch up (points already applied still work)`);
     await c.request(g, MsgType.CATCHUP_REQ, {}, MsgType.CATCHUP_DONE, timeoutMs);
+  }
+
+  /**
+   * The intercept's journal position as of now (a round trip: it answers
+   * after every frame sent before, with the writes it has acknowledged), and
+   * with `find` the uncommitted write a seq or time names.
+   */
+  async position(g: GroupHost, find?: PositionReqMsg['find'], timeoutMs = 10_000): Promise<{ position: JournalPosition; found: JournalRecordInfo | null }> {
+    const c = g.conn;
+    if (!c) throw new UserError('conflict', `the intercept of group ${g.name} is not connected: cannot ask it for its current write`);
+    const r = (await c.request(g, MsgType.POSITION_REQ, find ? { find } : {}, MsgType.POSITION, timeoutMs)) as PositionMsg;
+    if (r.error || !r.position) throw new UserError('conflict', `the intercept of group ${g.name} could not say where its journal stands: ${r.error ?? 'no answer'}`);
+    return { position: r.position, found: r.found ?? null };
   }
 
   /**
@@ -615,7 +631,8 @@ class Conn {
       }
       case MsgType.VERIFY_READY:
       case MsgType.VERIFY_RESULT:
-      case MsgType.CATCHUP_DONE: {
+      case MsgType.CATCHUP_DONE:
+      case MsgType.POSITION: {
         const m = parseJson<{ id?: string }>(f);
         const w = g.waiters.get(String(m.id));
         if (!w) return;
@@ -702,8 +719,10 @@ class Conn {
     }
     if (m.superTransaction) {
       const t = m.superTransaction;
-      if (!Number.isSafeInteger(t.id) || !Number.isSafeInteger(t.fromSeq) || typeof t.last !== 'boolean') throw new LinkProtocolError('malformed super-transaction tag');
-      await this.srv.saveTag(g, id, { id: t.id, fromSeq: t.fromSeq, last: t.last });
+      if (!Number.isSafeInteger(t.id) || !Number.isSafeInteger(t.fromSeq) || typeof t.last !== 'boolean' || (t.fromTime !== undefined && !Number.isFinite(t.fromTime))) {
+        throw new LinkProtocolError('malformed super-transaction tag');
+      }
+      await this.srv.saveTag(g, id, { id: t.id, fromSeq: t.fromSeq, ...(t.fromTime !== undefined ? { fromTime: t.fromTime } : {}), last: t.last });
     }
     const old = this.transfers.get(id);
     if (old) {

@@ -59,7 +59,7 @@ export interface TransactionRecord {
    * `fromSeq` on. Points from fromSeq up to (not including) the super
    * transaction's last seq are not restorable; its ends are.
    */
-  superTransaction?: { id: number; fromSeq: number; last: boolean };
+  superTransaction?: { id: number; fromSeq: number; last: boolean; fromTime?: number };
 }
 
 /**

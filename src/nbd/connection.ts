@@ -20,6 +20,7 @@ import {
   STATE_ZERO,
   type ClientInfo,
   type Extent,
+  type MetaContext,
   type NbdExport,
   type OpenedExport,
   type ExportProvider,
@@ -100,7 +101,10 @@ const enum Phase {
   Closed,
 }
 
+/** Context id of base:allocation; extra contexts get 2, 3, ... in the order selected. */
 const META_CONTEXT_ID = 1;
+/** Most contexts one SET_META_CONTEXT may select (NBD_REP_ERR_TOO_BIG beyond). */
+const MAX_META_CONTEXTS = 64;
 const REQUEST_HEADER = 28;
 const SPARSE_READ_THRESHOLD = 64 * 1024;
 const MAX_EXTENTS = 1 << 16;
@@ -133,6 +137,8 @@ export class Connection {
   private structured = false;
   private metaExport: string | null = null;
   private metaSelected = false;
+  /** Contexts the last SET selected; an extra context's handle is opened on the export in transmission at first use. */
+  private metaChosen: Array<{ id: number; name: string; ctx?: Promise<MetaContext | null> }> = [];
   private exp: NbdExport | null = null;
   private size = 0;
   private minBlock = 1;
@@ -623,6 +629,7 @@ export class Connection {
       // SET replaces the selection even when it fails.
       this.metaExport = null;
       this.metaSelected = false;
+      this.metaChosen = [];
       if (!this.structured) {
         return this.optionReply(opt, P.REP_ERR_INVALID, 'negotiate STRUCTURED_REPLY first');
       }
@@ -651,26 +658,68 @@ export class Connection {
     const opened = await this.openExport(name);
     if (opened === 'denied') return this.optionReply(opt, P.REP_ERR_POLICY, `access to export ${JSON.stringify(name)} denied`);
     if (!opened) return this.optionReply(opt, P.REP_ERR_UNKNOWN, `export ${JSON.stringify(name)} not found`);
-    await opened.export.close?.();
-
-    let match = false;
-    if (queries.length === 0) match = !set;
-    for (const q of queries) {
-      if (q === P.BASE_ALLOCATION) match = true;
-      else if (!set && q === 'base:') match = true;
+    let names: string[];
+    try {
+      names = await this.matchMetaContexts(opened.export, queries, set);
+    } catch (err) {
+      this.log('warn', { err: (err as Error)?.message }, 'meta context lookup failed');
+      return this.optionReply(opt, P.REP_ERR_INVALID, (err as Error)?.message ?? 'meta context lookup failed');
+    } finally {
+      await opened.export.close?.();
     }
-    if (match) {
-      const n = Buffer.from(P.BASE_ALLOCATION, 'utf8');
+    if (set && names.length > MAX_META_CONTEXTS) return this.optionReply(opt, P.REP_ERR_TOO_BIG, `at most ${MAX_META_CONTEXTS} contexts`);
+    // base:allocation keeps id 1; the others are numbered in order.
+    let nextId = META_CONTEXT_ID + 1;
+    const chosen = names.map((n) => ({ id: n === P.BASE_ALLOCATION ? META_CONTEXT_ID : nextId++, name: n }));
+    for (const c of chosen) {
+      const n = Buffer.from(c.name, 'utf8');
       const b = Buffer.allocUnsafe(4 + n.length);
-      b.writeUInt32BE(set ? META_CONTEXT_ID : 0, 0);
+      b.writeUInt32BE(set ? c.id : 0, 0);
       n.copy(b, 4);
       this.optionReply(opt, P.REP_META_CONTEXT, b);
     }
     if (set) {
       this.metaExport = name;
-      this.metaSelected = match;
+      this.metaSelected = chosen.length > 0;
+      this.metaChosen = chosen;
     }
     this.optionReply(opt, P.REP_ACK);
+  }
+
+  /**
+   * The context names a LIST (or SET) query set picks on an export, without
+   * duplicates. LIST: no query lists everything; "ns:" (a leaf left empty) is
+   * a prefix wildcard. SET: exact names only; "base:" and other wildcards
+   * select nothing, unknown names are ignored (as the spec requires).
+   */
+  private async matchMetaContexts(e: NbdExport, queries: string[], set: boolean): Promise<string[]> {
+    const extra = e.metaContexts;
+    const out: string[] = [];
+    const add = (n: string): void => {
+      if (!out.includes(n)) out.push(n);
+    };
+    let listed: string[] | null = null;
+    const listable = async (): Promise<string[]> => (listed ??= extra ? [...(await extra.list())] : []);
+    if (queries.length === 0) {
+      if (set) return out;
+      add(P.BASE_ALLOCATION);
+      for (const n of await listable()) add(n);
+      return out;
+    }
+    for (const q of queries) {
+      if (q === P.BASE_ALLOCATION) {
+        add(q);
+        continue;
+      }
+      if (q.endsWith(':')) {
+        if (set) continue;
+        if (P.BASE_ALLOCATION.startsWith(q)) add(P.BASE_ALLOCATION);
+        for (const n of await listable()) if (n.startsWith(q)) add(n);
+        continue;
+      }
+      if (extra && !q.startsWith('base:') && (await extra.open(q))) add(q);
+    }
+    return out;
   }
 
   private enterTransmission(opened: OpenedExport, flags: number): void {
@@ -683,7 +732,9 @@ export class Connection {
     // Block status needs a context selected for this very export.
     if (this.metaExport !== null && this.metaExport !== opened.name && this.metaExport !== '') {
       this.metaSelected = false;
+      this.metaChosen = [];
     }
+    for (const c of this.metaChosen) delete c.ctx;
     this.phase = Phase.Transmission;
     if (this.handshakeTimer) {
       clearTimeout(this.handshakeTimer);
@@ -1048,21 +1099,55 @@ export class Connection {
 
   private async doBlockStatus(cookie: Buffer, offset: number, length: number, reqOne: boolean): Promise<void> {
     const e = this.exp!;
-    let extents: Extent[];
+    const chosen = this.metaChosen.length ? this.metaChosen : [{ id: META_CONTEXT_ID, name: P.BASE_ALLOCATION }];
+    let all: Extent[][];
     try {
-      if (e.capabilities.blockStatus) {
-        extents = await e.blockStatus(offset, length);
-      } else {
-        extents = [{ length: Math.min(length, this.size - offset), flags: 0 }];
-      }
-      if (extents.length === 0) throw new Error('export returned no extents');
+      // Every context first: an error then is one error reply, never half a set of chunks.
+      all = await Promise.all(
+        chosen.map(async (c) => {
+          let extents: Extent[];
+          if (c.name === P.BASE_ALLOCATION) {
+            extents = e.capabilities.blockStatus ? await e.blockStatus(offset, length) : [{ length: Math.min(length, this.size - offset), flags: 0 }];
+          } else {
+            const src = e.metaContexts;
+            const h = c as { ctx?: Promise<MetaContext | null> };
+            h.ctx ??= Promise.resolve(src ? src.open(c.name) : null);
+            const ctx = await h.ctx;
+            if (!ctx) throw Object.assign(new Error(`meta context ${c.name} is not available on this export`), { code: 'EINVAL' });
+            extents = await ctx.blockStatus(offset, length);
+          }
+          if (extents.length === 0) throw new Error(`export returned no extents for ${c.name}`);
+          return extents;
+        }),
+      );
     } catch (err) {
       this.log('warn', { err: (err as Error)?.message }, 'block status failed');
       return this.replyErrorCookie(cookie, P.CMD_BLOCK_STATUS, this.errnoOf(err), (err as Error)?.message ?? 'error');
     }
     if (this.sock.destroyed) return;
-    // Clamp: extents within the export, each <= 4 GiB - 1, at most MAX_EXTENTS,
-    // exactly one (no longer than the request) with REQ_ONE; merge equal neighbours.
+    // One chunk per selected context; the last one carries the DONE flag.
+    this.cork();
+    chosen.forEach((c, i) => {
+      const mask = c.name === P.BASE_ALLOCATION ? STATE_HOLE | STATE_ZERO : 0xffffffff;
+      const out = this.clampExtents(all[i]!, offset, length, reqOne, mask);
+      const b = Buffer.allocUnsafe(20 + 4 + 8 * out.length);
+      this.structuredHeader(cookie, i === chosen.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, 4 + 8 * out.length).copy(b, 0);
+      b.writeUInt32BE(c.id, 20);
+      let p = 24;
+      for (const [len, flags] of out) {
+        b.writeUInt32BE(len, p);
+        b.writeUInt32BE(flags >>> 0, p + 4);
+        p += 8;
+      }
+      this.send(b);
+    });
+  }
+
+  /**
+   * Extents within the export, each <= 4 GiB - 1, at most MAX_EXTENTS,
+   * exactly one (no longer than the request) with REQ_ONE; equal neighbours merged.
+   */
+  private clampExtents(extents: Extent[], offset: number, length: number, reqOne: boolean, mask: number): Array<[number, number]> {
     const out: Array<[number, number]> = [];
     let pos = offset;
     const limitEnd = reqOne ? offset + length : this.size;
@@ -1070,7 +1155,7 @@ export class Connection {
       if (pos >= limitEnd || out.length >= MAX_EXTENTS) break;
       let len = Math.min(x.length, limitEnd - pos);
       if (len <= 0) break;
-      const flags = x.flags & (STATE_HOLE | STATE_ZERO);
+      const flags = (x.flags & mask) >>> 0;
       while (len > 0 && out.length < MAX_EXTENTS) {
         const last = out[out.length - 1];
         const room = 0xfffff000 - (last && last[1] === flags ? last[0] : 0);
@@ -1089,17 +1174,7 @@ export class Connection {
       if (reqOne) break;
     }
     if (reqOne && out.length > 1) out.length = 1;
-    const b = Buffer.allocUnsafe(20 + 4 + 8 * out.length);
-    this.structuredHeader(cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_BLOCK_STATUS, 4 + 8 * out.length).copy(b, 0);
-    b.writeUInt32BE(META_CONTEXT_ID, 20);
-    let p = 24;
-    for (const [len, flags] of out) {
-      b.writeUInt32BE(len, p);
-      b.writeUInt32BE(flags, p + 4);
-      p += 8;
-    }
-    this.cork();
-    this.send(b);
+    return out;
   }
 
   private maybeEndAfterDisc(): void {

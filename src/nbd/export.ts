@@ -22,6 +22,8 @@
 /** Extent flags of the `base:allocation` metadata context. */
 export const STATE_HOLE = 1;
 export const STATE_ZERO = 2;
+/** Extent flag of qemu's `qemu:dirty-bitmap:NAME` contexts: the extent is dirty (changed). */
+export const STATE_DIRTY = 1;
 
 export interface Extent {
   /** Length in bytes, > 0. */
@@ -117,8 +119,37 @@ export interface NbdExport {
    * `offset + length` and the last may run past it.
    */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Optional metadata contexts besides `base:allocation` (which the server
+   * always offers, from blockStatus()). See MetaContextSource.
+   */
+  readonly metaContexts?: MetaContextSource;
   /** Called once when the connection that opened this export ends. */
   close?(): Promise<void> | void;
+}
+
+/**
+ * Extra metadata contexts of an export (NBD "Metadata querying"), e.g.
+ * qemu's `qemu:dirty-bitmap:NAME`. Names are full context names,
+ * "namespace:leaf". The server owns the protocol: for NBD_OPT_LIST_META_CONTEXT
+ * a query ending in ':' ("qemu:", "qemu:dirty-bitmap:") is a prefix
+ * wildcard over list(), any other query is looked up with open(); for
+ * NBD_OPT_SET_META_CONTEXT only exact names select (open() non-null).
+ */
+export interface MetaContextSource {
+  /** Names worth listing (a context may be selectable without being listed). */
+  list(): string[] | Promise<string[]>;
+  /** The context of that exact name, or null if the export has none. */
+  open(name: string): MetaContext | null | Promise<MetaContext | null>;
+}
+
+export interface MetaContext {
+  readonly name: string;
+  /**
+   * Extents of this context starting exactly at `offset`, with flags as the
+   * context defines them; same rules as NbdExport.blockStatus().
+   */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
 }
 
 /** Credentials of the process at the other end of a Unix socket (SO_PEERCRED). */

@@ -7,12 +7,11 @@
  * block runs of each transaction wholly inside (A, B], and the record
  * headers of the AILFCs of the (at most two) transactions that hold A and B.
  *
- * Three forms: a JSON list of extents; a read-only export of B (DiffImage)
- * whose block status reports only the changed extents as data and
- * everything else as zero (reads return B everywhere), so `nbdcopy --destination-is-zero --sparse=0`
- * onto a copy of A served over NBD copies just the changes (--sparse=0:
- * changed blocks that became zero must be written too; a local file as the
- * destination would be zeroed first by nbdcopy); and a diff file:
+ * Three forms: a JSON list of extents; a read-only export of B whose
+ * block status is B's own (base:allocation never claims zeroes over data)
+ * and which publishes the changed extents as the meta context
+ * `qemu:dirty-bitmap:NAME` (dirty-bitmap.ts), so qemu or a libnbd client
+ * copies just those onto a copy of A; and a diff file:
  *
  * Diff file format (little-endian; CRC-32 with the zlib polynomial):
  *   header, 64 bytes:
@@ -100,57 +99,6 @@ export async function changedRuns(h: DiffHistory, volumeId: number, a: ResolvedP
 
 export function runsToExtents(runs: BlockRunLite[], bs: number, size: number): Extent[] {
   return runs.map((r) => ({ offset: r.start * bs, length: Math.min(size, (r.start + r.count) * bs) - r.start * bs }));
-}
-
-/**
- * The image of B whose block status reports only the changed blocks as
- * data and everything else as zero. Reads return B everywhere, so a copy
- * tool that reads a whole request around a changed extent writes B's (that
- * is, A's) bytes back over unchanged ones.
- */
-export class DiffImage implements ImageSource {
-  readonly size: number;
-  readonly blockSize: number;
-
-  constructor(
-    private readonly b: ImageSource,
-    private readonly runs: BlockRunLite[],
-  ) {
-    this.size = b.size;
-    this.blockSize = b.blockSize;
-  }
-
-  /** Index of the first run ending after block `blk`. */
-  private firstRun(blk: number): number {
-    let lo = 0;
-    let hi = this.runs.length;
-    while (lo < hi) {
-      const m = (lo + hi) >> 1;
-      if (this.runs[m]!.start + this.runs[m]!.count <= blk) lo = m + 1;
-      else hi = m;
-    }
-    return lo;
-  }
-
-  /** Reads are B's, everywhere: only block status is restricted to the changes. */
-  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.b.read(offset, length, into);
-  }
-
-  async zeroMap(first: number, count: number): Promise<Uint8Array> {
-    // Changed blocks are data (even where B reads as zero: the copy must
-    // write those zeroes over A); everything else is zero.
-    const map = new Uint8Array(count).fill(1);
-    for (let i = this.firstRun(first); i < this.runs.length; i++) {
-      const r = this.runs[i]!;
-      const a = Math.max(first, r.start);
-      const z = Math.min(first + count, r.start + r.count);
-      if (a >= first + count) break;
-      if (a < z) map.fill(0, a - first, z - first);
-    }
-    return map;
-  }
-
 }
 
 const HEADER = 64;

@@ -24,18 +24,23 @@ import type { ProtectedVolume } from '../journal/protected-volume';
 import { UserError } from '../util/errors';
 import { validateVolumeName } from '../catalog/catalog';
 import { describeWrite, parsePoint, resolvePoint, stepSeq, txnRecords, type PointSpec, type ResolvedPoint } from './point';
+import { parseNearest, pointText } from './point-gaps';
+import { resolveForImage, resolveForQuery, type JournalTail, type PendingPoint } from './resolver';
 import { RecordKind } from '../lfc';
 import { PointImage, STATUS_BLOCKS, type ImageSource } from './point-image';
 import { LayeredImage, ViewStore, WriteLayer, type LayerRecord, type ViewRecord } from './layers';
 import { ViewExport } from './view-export';
 import { isZero } from '../util/zero';
 import { AclError, parseAcl } from '../access/acl';
-import { changedRuns, DiffImage, runsToExtents, writeDiffFile, type Extent } from './diff';
+import { changedRuns, runsToExtents, writeDiffFile, type BlockRunLite, type Extent } from './diff';
+import { ViewBitmaps, type ViewBitmapsOptions } from './dirty-bitmap';
 import { dueRules, parseDuration, parseRule, runHook, type HookResult, type MarkerKind, type MarkerRecord, type Schedule } from './markers';
 
 export interface VolumeContext {
   manager: BackupManager;
   journal: GroupJournal;
+  /** The journal's position and uncommitted writes (across the link on a remote manager). */
+  tail: JournalTail;
   pv: ProtectedVolume;
   group: string;
   volumeId: number;
@@ -54,6 +59,8 @@ export interface TimeTravelHost {
   disconnect(name: string): Promise<number>;
   /** Take a volume's export offline (no new clients) or back online. */
   setOffline(volume: string, reason: string | null): void;
+  /** Why production restore cannot run here (the manager role), if it cannot. */
+  restoreRefusal?: string;
   logger: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
 }
 
@@ -63,6 +70,10 @@ export interface PointInfo {
   txn: number;
   write: ResolvedPoint['write'] & { volume: string };
   description: string;
+  /** Journaled but not yet committed by the manager (`rewind point` only; txn is the container it will become). */
+  pending?: boolean;
+  /** The asked point was no point; the nearest valid one on this side was used (--nearest). */
+  substituted?: { asked: string; reason: string; nearest: 'before' | 'after'; note: string };
 }
 
 export interface ViewInfo {
@@ -197,32 +208,59 @@ export class TimeTravel {
     };
   }
 
+  private specOf(ctx: VolumeContext, at: unknown): PointSpec {
+    const spec = parsePoint(at);
+    if (spec.kind !== 'marker') return spec;
+    const m = this.store.marker(ctx.group, spec.name);
+    return m ? { kind: 'seq', seq: m.seq, text: spec.text } : spec;
+  }
+
   /**
-   * Resolves a point of a volume. A point past what the manager has applied
-   * (the newest writes, "latest", a recent time) first seals and waits for
-   * the manager to catch up.
+   * Resolves a point of a volume for a command that reads the image there.
+   * A point past what the manager has applied (the newest writes, "latest",
+   * a recent time) first seals and waits for the manager to catch up. A
+   * point where history has none is refused naming the nearest valid
+   * points, unless `nearest` asks for one of them (the info says so).
    */
-  async resolve(volume: string, at: unknown): Promise<{ point: ResolvedPoint; info: PointInfo; ctx: VolumeContext }> {
+  async resolve(volume: string, at: unknown, opts: { nearest?: unknown } = {}): Promise<{ point: ResolvedPoint; info: PointInfo; ctx: VolumeContext }> {
+    const nearest = parseNearest(opts.nearest);
     const ctx = this.host.context(volume);
-    let spec = parsePoint(at);
-    if (spec.kind === 'marker') {
-      const m = this.store.marker(ctx.group, spec.name);
-      if (m) spec = { kind: 'seq', seq: m.seq, text: spec.text };
-    }
-    if (needsCatchUp(spec, ctx)) await ctx.journal.catchUp();
-    const point = await resolvePoint(ctx.manager, spec, this.markerLookup(volume));
+    const point = await resolveForImage(ctx, this.specOf(ctx, at), this.markerLookup(volume), nearest);
     return { point, info: this.pointInfo(ctx.group, point), ctx };
   }
 
-  private pointInfo(group: string, p: ResolvedPoint): PointInfo {
+  /** `rewind point`: which write a point names. Never seals: writes not committed yet are read from the journal. */
+  async resolveInfo(volume: string, at: unknown, opts: { nearest?: unknown } = {}): Promise<PointInfo> {
+    const nearest = parseNearest(opts.nearest);
+    const ctx = this.host.context(volume);
+    return this.pointInfo(ctx.group, await resolveForQuery(ctx, this.specOf(ctx, at), this.markerLookup(volume), nearest));
+  }
+
+  /** A view's info as made at a point the user asked for by --nearest: it says so. */
+  private withSubstitute<T extends { point: PointInfo; group: string }>(v: T, p: ResolvedPoint): T {
+    return p.substitute ? { ...v, point: this.pointInfo(v.group, p) } : v;
+  }
+
+  private pointInfo(group: string, p: ResolvedPoint | PendingPoint): PointInfo {
     const name = (id: number): string => this.host.volumeName(group, id);
-    return {
+    const out: PointInfo = {
       seq: p.seq,
       time: new Date(p.time).toISOString(),
       txn: p.txn,
       write: { ...p.write, volume: name(p.write.volumeId) },
       description: describeWrite(p.write, name),
     };
+    if ('pending' in p) out.pending = true;
+    if (p.substitute) {
+      const s = p.substitute;
+      out.substituted = {
+        asked: s.asked,
+        reason: s.why,
+        nearest: s.nearest,
+        note: `${s.asked} ${s.why}; using the nearest valid point ${s.nearest} it, ${pointText(p.seq, p.time)}`,
+      };
+    }
+    return out;
   }
 
   // ---- views -------------------------------------------------------------
@@ -298,21 +336,56 @@ export class TimeTravel {
   private async buildRuntime(record: ViewRecord): Promise<ViewRuntime> {
     const ctx = this.host.context(record.volume);
     const base = await PointImage.open(ctx.manager, record.volumeId, record.size, record.point);
-    if (record.kind === 'diff') {
-      const runs = await changedRuns(ctx.manager, record.volumeId, record.from!, record.point);
-      const img = new DiffImage(base, runs);
-      return { record, image: img, layered: null, layers: [], exp: new ViewExport(img, null) };
+    const holder: { rt?: ViewRuntime } = {};
+    const bitmaps = this.viewBitmaps(record, ctx, holder);
+    let rt: ViewRuntime;
+    if (record.kind === 'diff' || record.kind === 'snapshot') {
+      rt = { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null, bitmaps) };
+    } else {
+      const layers = record.layers.map((id) => {
+        const rec = this.store.layer(id);
+        if (!rec) throw new Error(`clone ${record.name}: layer ${id} is missing`);
+        return WriteLayer.open(this.store, rec);
+      });
+      const layered = new LayeredImage(base, layers, record.readOnly);
+      rt = { record, image: layered, layered, layers, exp: new ViewExport(layered, layered, bitmaps) };
     }
-    if (record.kind === 'snapshot') {
-      return { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null) };
+    holder.rt = rt;
+    return rt;
+  }
+
+  /**
+   * The qemu:dirty-bitmap contexts of a view at point B: a diff export's own
+   * (its name, and @seq:A), and "changed since POINT" for any point up to B;
+   * a clone's own blocks are always dirty. See dirty-bitmap.ts.
+   */
+  private viewBitmaps(record: ViewRecord, ctx: VolumeContext, holder: { rt?: ViewRuntime }): ViewBitmaps {
+    const b = record.point;
+    const from = record.from;
+    const own: ViewBitmapsOptions['own'] = [];
+    if (record.kind === 'diff' && from) {
+      let runs: Promise<BlockRunLite[]> | null = null;
+      const get = (): Promise<BlockRunLite[]> => (runs ??= changedRuns(ctx.manager, record.volumeId, from, b));
+      own.push({ leaf: record.name, runs: get }, { leaf: `@seq:${from.seq}`, runs: get });
     }
-    const layers = record.layers.map((id) => {
-      const rec = this.store.layer(id);
-      if (!rec) throw new Error(`clone ${record.name}: layer ${id} is missing`);
-      return WriteLayer.open(this.store, rec);
+    return new ViewBitmaps({
+      own,
+      blockSize: ctx.manager.blockSize,
+      size: record.size,
+      since: async (leaf) => {
+        const a = await resolvePoint(ctx.manager, this.specOf(ctx, leaf), this.markerLookup(record.volume));
+        if (a.seq > b.seq) return null;
+        return a.seq === b.seq ? [] : changedRuns(ctx.manager, record.volumeId, a, b);
+      },
+      listed: () =>
+        this.store
+          .markers(record.group)
+          .filter((m) => m.seq <= b.seq)
+          .sort((x, y) => y.seq - x.seq)
+          .slice(0, 64)
+          .map((m) => m.name),
+      ...(record.kind === 'clone' ? { alsoDirty: (blk: number) => (holder.rt?.layers ?? []).some((l) => l.has(blk)) } : {}),
     });
-    const layered = new LayeredImage(base, layers, record.readOnly);
-    return { record, image: layered, layered, layers, exp: new ViewExport(layered, layered) };
   }
 
   private checkNewName(name: string): void {
@@ -329,17 +402,17 @@ export class TimeTravel {
   }
 
   /** `rewind snapshot VOL --at POINT [--name N] [--allow SPEC]...`. */
-  snapshot(volume: string, at: unknown, name?: unknown, opts: { allow?: unknown } = {}): Promise<ViewInfo> {
+  snapshot(volume: string, at: unknown, name?: unknown, opts: { allow?: unknown; nearest?: unknown } = {}): Promise<ViewInfo> {
     const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
-      const { point, ctx } = await this.resolve(volume, at);
+      const { point, ctx } = await this.resolve(volume, at, { nearest: opts.nearest });
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(volume, 'snap', point.seq) : String(name);
       this.checkNewName(viewName);
       const rec = newRecord('snapshot', viewName, volume, ctx, point, { readOnly: true, ...(allow ? { allow } : {}) });
       pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec] });
       this.host.logger.info({ view: viewName, volume, seq: point.seq }, 'snapshot created');
-      return this.info(rec);
+      return this.withSubstitute(this.info(rec), point);
     });
   }
 
@@ -348,13 +421,13 @@ export class TimeTravel {
    * volume (then --at is required) or a clone (its current content; --at is
    * refused).
    */
-  clone(source: string, at: unknown, name?: unknown, opts: { readOnly?: boolean; allow?: unknown } = {}): Promise<ViewInfo> {
+  clone(source: string, at: unknown, name?: unknown, opts: { readOnly?: boolean; allow?: unknown; nearest?: unknown } = {}): Promise<ViewInfo> {
     const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
       const parent = this.store.view(source);
       if (parent) return this.cloneOfView(parent, at, name, { ...opts, allow });
       if (at === undefined || at === null || at === '') throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
-      const { point, ctx } = await this.resolve(source, at);
+      const { point, ctx } = await this.resolve(source, at, { nearest: opts.nearest });
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
       this.checkNewName(viewName);
       const layer = await this.store.newLayer(ctx.size, ctx.manager.blockSize);
@@ -362,7 +435,7 @@ export class TimeTravel {
       pinPoint(ctx.manager, `view:${viewName}`, point);
       await this.store.put({ views: [rec], layers: [layer] });
       this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
-      return this.info(rec);
+      return this.withSubstitute(this.info(rec), point);
     });
   }
 
@@ -458,7 +531,7 @@ export class TimeTravel {
    * by single writes, or to a point. Its clients are disconnected; they
    * reconnect to see the new point.
    */
-  step(name: string, how: { forward?: unknown; back?: unknown; to?: unknown }): Promise<ViewInfo & { from: PointInfo }> {
+  step(name: string, how: { forward?: unknown; back?: unknown; to?: unknown; nearest?: unknown }): Promise<ViewInfo & { from: PointInfo }> {
     return this.serialised(async () => {
       const v = this.store.view(name);
       if (!v) throw new UserError('not-found', `no snapshot or clone named "${name}"`);
@@ -473,19 +546,19 @@ export class TimeTravel {
       const given = ['forward', 'back', 'to'].filter((k) => how[k as keyof typeof how] !== undefined && how[k as keyof typeof how] !== null);
       if (given.length !== 1) throw new UserError('invalid', 'give exactly one of forward, back or to');
       const ctx = this.host.context(v.volume);
+      const nearest = parseNearest(how.nearest);
       let spec: PointSpec;
-      if (how.to !== undefined && how.to !== null) spec = parsePoint(how.to);
+      if (how.to !== undefined && how.to !== null) spec = this.specOf(ctx, how.to);
       else {
         const raw = how.forward ?? how.back;
         const k = typeof raw === 'number' ? raw : Number(raw);
         if (!Number.isSafeInteger(k) || k < 1) throw new UserError('invalid', `step count must be a positive integer, not ${JSON.stringify(raw)}`);
-        if (how.forward !== undefined) await ctx.journal.catchUp();
+        if (how.forward !== undefined) await ctx.tail.catchUp();
         const seq = await stepSeq(ctx.manager, v.volumeId, v.point.seq, how.forward !== undefined ? k : -k);
         spec = { kind: 'seq', seq, text: `@seq:${seq}` };
       }
-      if (needsCatchUp(spec, ctx)) await ctx.journal.catchUp();
-      const point = await resolvePoint(ctx.manager, spec, this.markerLookup(v.volume));
-      const next: ViewRecord = { ...v, point, steps: v.steps + 1 };
+      const point = await resolveForImage(ctx, spec, this.markerLookup(v.volume), nearest);
+      const next: ViewRecord = { ...v, point: bare(point), steps: v.steps + 1 };
       pinPoint(ctx.manager, `view:${name}:next`, point); // both points pinned while switching
       await this.store.put({ views: [next] });
       const old = this.runtimes.get(name);
@@ -495,7 +568,7 @@ export class TimeTravel {
       pinPoint(ctx.manager, `view:${name}`, point);
       ctx.manager.unpin(`view:${name}:next`);
       this.host.logger.info({ view: name, from: v.point.seq, to: point.seq }, 'view stepped');
-      return { ...this.info(next), from: this.pointInfo(v.group, v.point) };
+      return { ...this.withSubstitute(this.info(next), point), from: this.pointInfo(v.group, v.point) };
     });
   }
 
@@ -556,7 +629,10 @@ export class TimeTravel {
       else if (pre.exitCode !== 0) reason = `pre-hook failed (${pre.signal ? `signal ${pre.signal}` : `exit ${pre.exitCode}`})${pre.output ? `: ${pre.output.split('\n').pop()}` : ''}`;
       else kind = 'application-consistent';
     }
-    const seq = ctx.journal.status().lastAppendedSeq;
+    // The intercept's current write as of now (after the pre-hook): asked of
+    // the journal itself, across the link on a remote manager, never a
+    // status report that may be a second old.
+    const seq = (await ctx.tail.locate(undefined, { fresh: true })).position.seq;
     const time = this.now();
     let post: HookResult | null = null;
     if (typeof opts.post === 'string') post = await runHook(opts.post, timeoutS * 1000, env);
@@ -673,11 +749,11 @@ export class TimeTravel {
 
   // ---- diffs and bisect --------------------------------------------------------
 
-  private async twoPoints(volume: string, from: unknown, to: unknown, what: [string, string]): Promise<{ a: ResolvedPoint; b: ResolvedPoint; ctx: VolumeContext }> {
+  private async twoPoints(volume: string, from: unknown, to: unknown, what: [string, string], nearest?: unknown): Promise<{ a: ResolvedPoint; b: ResolvedPoint; ctx: VolumeContext }> {
     if (from === undefined || from === null || from === '') throw new UserError('invalid', `${what[0]} POINT is required`);
     if (to === undefined || to === null || to === '') throw new UserError('invalid', `${what[1]} POINT is required`);
-    const { point: a, ctx } = await this.resolve(volume, from);
-    const { point: b } = await this.resolve(volume, to);
+    const { point: a, ctx } = await this.resolve(volume, from, { nearest });
+    const { point: b } = await this.resolve(volume, to, { nearest });
     if (a.seq >= b.seq) {
       throw new UserError('invalid', `${what[0]} (@seq:${a.seq}, ${new Date(a.time).toISOString()}) must come before ${what[1]} (@seq:${b.seq}, ${new Date(b.time).toISOString()})`);
     }
@@ -692,12 +768,12 @@ export class TimeTravel {
    */
   async diff(
     volume: string,
-    body: { from?: unknown; to?: unknown; name?: unknown; out?: unknown },
+    body: { from?: unknown; to?: unknown; name?: unknown; out?: unknown; nearest?: unknown },
     progress: (p: Progress) => void = () => undefined,
   ): Promise<{ from: PointInfo; to: PointInfo; blockSize: number; extents: Extent[]; changedBytes: number; export: string | null; file: string | null; fileBytes: number | null }> {
     if (body.out !== undefined && (typeof body.out !== 'string' || !path.isAbsolute(body.out))) throw new UserError('invalid', 'out must be an absolute file path');
     if (typeof body.out === 'string' && fs.existsSync(body.out)) throw new UserError('conflict', `${body.out} already exists; choose a new file name`);
-    const { a, b, ctx } = await this.twoPoints(volume, body.from, body.to, ['--from', '--to']);
+    const { a, b, ctx } = await this.twoPoints(volume, body.from, body.to, ['--from', '--to'], body.nearest);
     const holder = `diff:${process.hrtime.bigint()}`;
     pinPoint(ctx.manager, holder, a);
     pinPoint(ctx.manager, `${holder}:to`, b);
@@ -738,10 +814,10 @@ export class TimeTravel {
    * volume (granularity write) or every transaction end (transaction) in
    * (good, bad], ending with bad itself.
    */
-  async bisectCandidates(volume: string, body: { good?: unknown; bad?: unknown; granularity?: unknown }): Promise<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }> {
+  async bisectCandidates(volume: string, body: { good?: unknown; bad?: unknown; granularity?: unknown; nearest?: unknown }): Promise<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }> {
     const g = body.granularity ?? 'write';
     if (g !== 'write' && g !== 'transaction') throw new UserError('invalid', `granularity must be write or transaction, not ${JSON.stringify(g)}`);
-    const { a, b, ctx } = await this.twoPoints(volume, body.good, body.bad, ['the good point', 'the bad point']);
+    const { a, b, ctx } = await this.twoPoints(volume, body.good, body.bad, ['the good point', 'the bad point'], body.nearest);
     const out: number[] = [];
     for (let n = a.overlay ?? a.k; n <= b.txn; n++) {
       const t = ctx.manager.transaction(n);
@@ -761,12 +837,12 @@ export class TimeTravel {
   // ---- virtual full export -------------------------------------------------
 
   /** Writes a sparse raw image of the volume at a point to `out` (a new file). */
-  async exportImage(volume: string, at: unknown, out: unknown, progress: (p: Progress) => void = () => undefined): Promise<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }> {
+  async exportImage(volume: string, at: unknown, out: unknown, progress: (p: Progress) => void = () => undefined, opts: { nearest?: unknown } = {}): Promise<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }> {
     const t0 = Date.now();
     if (typeof out !== 'string' || !path.isAbsolute(out)) throw new UserError('invalid', 'out must be an absolute file path');
     if (fs.existsSync(out)) throw new UserError('conflict', `${out} already exists; choose a new file name`);
     if (!fs.existsSync(path.dirname(out))) throw new UserError('invalid', `directory ${path.dirname(out)} does not exist`);
-    const { point, info, ctx } = await this.resolve(volume, at);
+    const { point, info, ctx } = await this.resolve(volume, at, opts);
     const holder = `export:${process.hrtime.bigint()}`;
     pinPoint(ctx.manager, holder, point);
     const tmp = `${out}.partial`;
@@ -833,7 +909,7 @@ export class TimeTravel {
    */
   async restore(
     volume: string,
-    body: { to?: unknown; ranges?: unknown; force?: unknown },
+    body: { to?: unknown; ranges?: unknown; force?: unknown; nearest?: unknown },
     progress: (p: Progress) => void = () => undefined,
   ): Promise<RestoreResult> {
     const ctx = this.host.context(volume);
@@ -846,10 +922,14 @@ export class TimeTravel {
     if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
     this.restoring.add(volume);
     try {
-      const { point } = await this.resolve(volume, body.to);
+      // Never a silent substitute: a point with no image is refused, unless --nearest asked for one (and the result says so).
+      const { point, info } = await this.resolve(volume, body.to, { nearest: body.nearest });
+      // Refused before an intent is stored: a stored one would keep the volume offline.
+      if (this.host.restoreRefusal) throw new UserError('invalid', this.host.restoreRefusal);
       const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
       await this.store.putRestoreIntent(intent);
-      return await this.runRestore(intent, progress, false);
+      const r = await this.runRestore(intent, progress, false);
+      return info.substituted ? { ...r, point: { ...r.point, substituted: info.substituted } } : r;
     } finally {
       this.restoring.delete(volume);
     }
@@ -989,8 +1069,16 @@ export class TimeTravel {
   }
 }
 
+/** The point without how it was chosen: that is told once, when a view is made; records keep the point. */
+function bare(p: ResolvedPoint): ResolvedPoint {
+  const { substitute: _s, ...rest } = p;
+  return rest;
+}
+
 /** A new view record of `volume` at `point` (no layers, not read-only, unless `extra` says so). */
-function newRecord(kind: ViewRecord['kind'], name: string, volume: string, ctx: VolumeContext, point: ResolvedPoint, extra: Partial<ViewRecord>): ViewRecord {
+function newRecord(kind: ViewRecord['kind'], name: string, volume: string, ctx: VolumeContext, p: ResolvedPoint, extra: Partial<ViewRecord>): ViewRecord {
+  const point = bare(p);
+  if (extra.from) extra = { ...extra, from: bare(extra.from) };
   return {
     name,
     kind,
@@ -1025,20 +1113,6 @@ function pinFrom(p: ResolvedPoint): number {
 /** Pins a point in its manager (see BackupManager.pin). */
 function pinPoint(m: BackupManager, holder: string, p: ResolvedPoint): void {
   m.pin(holder, pinFrom(p), p.overlay !== null);
-}
-
-function needsCatchUp(spec: PointSpec, ctx: VolumeContext): boolean {
-  const st = ctx.manager.status();
-  switch (spec.kind) {
-    case 'latest':
-      return true;
-    case 'seq':
-      return spec.seq > st.lastSeq;
-    case 'time':
-      return spec.ms >= st.lastTime;
-    default:
-      return false;
-  }
 }
 
 /** Validates OFFSET:LEN ranges (numbers or size strings) against the volume. */
