@@ -78,7 +78,7 @@ async function imageAtSeq(m: BackupManager, k: number, ops: Op[], firstSeq: numb
   const out: Images = new Map();
   for (const v of VOLS) {
     const img = Buffer.alloc(v.size);
-    for (let b = 0; b * 4096 < v.size; b++) (await m.readBlockBefore(v.volumeId, b, k)).copy(img, b * 4096);
+    for (let b = 0; b * 4096 < v.size; b++) (await m.history.readBlockBefore(v.volumeId, b, k)).copy(img, b * 4096);
     out.set(v.volumeId, img);
   }
   ops.forEach((op, i) => {
@@ -524,7 +524,7 @@ test('readBlockBefore stays exact while transactions are being applied (reads ra
       const b = rng.int(0, Math.ceil(v.size / 4096) - 1);
       const next = m.status().lastContainer + 1;
       const k = rng.int(1, next);
-      const got = await m.readBlockBefore(v.volumeId, b, k);
+      const got = await m.history.readBlockBefore(v.volumeId, b, k);
       const want = states[k - 1]!.get(v.volumeId)!.subarray(b * 4096, Math.min(v.size, (b + 1) * 4096));
       if (!got.equals(want)) {
         done = true; // stop the other readers too

@@ -122,10 +122,10 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     const before = historyBytes(m);
     // Pins: a snapshot on the boundary before T_6 (weekly tier, not the last of its week)
     // and a clone inside T_17 (daily tier, not the last of its day).
-    m.pin('view:snap', 6, false);
+    m.history.pins.pin('view:snap', 6, false);
     const inside = tl.txns[16]!;
     const pinSeq = inside.length > 1 ? inside[0]!.seq : inside[0]!.seq;
-    m.pin('view:clone', 17, true);
+    m.history.pins.pin('view:clone', 17, true);
     await m.retention.setPolicy(POLICY);
 
     const dry = await m.fade({ now: tl.now, dryRun: true });
@@ -174,7 +174,7 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     const stub = recs[0]!;
     t.is(stub.blocks, 0);
     t.true(now - stub.lastTime > 120 * DAY || stub.n >= 5);
-    t.throws(() => m.readBefore(0, 0, 4096, stub.n), { instanceOf: RangeError });
+    t.throws(() => m.history.readBefore(0, 0, 4096, stub.n), { instanceOf: RangeError });
 
     // Every surviving point reads exact; the pinned ones too.
     t.is(await checkRetained(m, tl, diffImages), null);
@@ -186,23 +186,23 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     const merged = recs.find((r) => r.mergedFrom !== undefined && r.n !== stub.n && r.mergedFrom < r.n)!;
     t.truthy(merged);
     const interior = tl.txns[merged.mergedFrom! - 1]![0]!.seq;
-    const err = await t.throwsAsync(resolvePoint(m, { kind: 'seq', seq: interior, text: `@seq:${interior}` }));
+    const err = await t.throwsAsync(resolvePoint(m.history, { kind: 'seq', seq: interior, text: `@seq:${interior}` }));
     t.regex(err!.message, /nearest valid points are @seq:\d+ .* and @seq:\d+/);
     t.true(err!.message.includes(`@seq:${merged.lastSeq}`));
     // Before the stub: refused as before retained history.
     const gone = tl.txns[0]![0]!.seq;
-    await t.throwsAsync(resolvePoint(m, { kind: 'seq', seq: gone, text: '@seq:1' }), { message: /before retained history/ });
+    await t.throwsAsync(resolvePoint(m.history, { kind: 'seq', seq: gone, text: '@seq:1' }), { message: /before retained history/ });
     // A new pin inside merged history is refused; one on a surviving boundary is fine.
-    t.throws(() => m.pin('late', merged.n, false), { message: /retention merged/ });
-    t.throws(() => m.pin('late', stub.n, false), { message: /no longer retained/ });
-    m.pin('ok', merged.n + 1, false);
-    m.unpin('ok');
+    t.throws(() => m.history.pins.pin('late', merged.n, false), { message: /retention merged/ });
+    t.throws(() => m.history.pins.pin('late', stub.n, false), { message: /no longer retained/ });
+    m.history.pins.pin('ok', merged.n + 1, false);
+    m.history.pins.unpin('ok');
 
     // Fading again with the same clock changes nothing; unpinned, the pinned stretches fade too.
     const again = await m.fade({ now: tl.now });
     t.is(again.steps.filter((s) => s.done).length, 0);
-    m.unpin('view:snap');
-    m.unpin('view:clone');
+    m.history.pins.unpin('view:snap');
+    m.history.pins.unpin('view:clone');
     const third = await m.fade({ now: tl.now });
     t.true(third.steps.every((s) => s.done), JSON.stringify(third.steps));
     t.is(m.retention.plan(parseRetention(POLICY), tl.now).steps.length, 0);

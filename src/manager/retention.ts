@@ -38,9 +38,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Piscina from 'piscina';
 import { UserError } from '../util/errors';
-import { forgetTxnRecords } from '../timetravel/point';
 import { fsyncDir } from '../util/fsync-dir';
-import type { FdCache } from '../util/fd-cache';
 import type { ManagerCatalog } from './catalog';
 import { parseRetention, planFade, splitRun, type MergeStep, type PlanTxn, type RetentionPolicy } from './retention-policy';
 import type { MergeFailure, MergeOk, MergeTask } from './retention-worker';
@@ -121,13 +119,14 @@ export interface FaderHost {
   readonly historyDir: string;
   readonly catalog: ManagerCatalog;
   readonly log: Logger;
-  readonly fds: FdCache;
   volumes(): Array<{ volumeId: number; size: number }>;
   /** The transaction being applied, if any. */
   applying(): number | null;
   pinnedPoints(): Array<{ holder: string; k: number; overlay: boolean }>;
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string;
   forgetFileNames(): void;
+  /** A history file is about to be deleted: close its cached descriptor, drop cached records. */
+  forgetFile(file: string): void;
   /** Around a merge's commit: the manager must not cache file names (see historyFile). */
   committing(on: boolean): void;
 }
@@ -494,8 +493,7 @@ export class Fader {
     for (const r of recs) {
       for (const kind of ['ailfc', 'bilfc'] as const) {
         const f = path.join(this.host.historyDir, r[kind].file);
-        forgetTxnRecords(f);
-        this.host.fds.forget(f);
+        this.host.forgetFile(f);
         await fs.promises.rm(f, { force: true });
         if (++i === recs.length) fadeCrash('freed-mid');
       }

@@ -92,3 +92,16 @@ export class CorruptContainerError extends Error {
     this.name = 'CorruptContainerError';
   }
 }
+
+/** A record header of a stored AILFC, as time travel overlays need it (HistoryReader.records). */
+export interface TxnRecord {
+  seq: number;
+  time: number;
+  kind: number;
+  flags: number;
+  volumeId: number;
+  offset: number;
+  length: number;
+  /** File offset of the record header. */
+  position: number;
+}
