@@ -18,6 +18,7 @@
  *   requests in flight is the client's business (NBD semantics), but an
  *   export that needs more (a journal does) serialises internally.
  */
+import type { ClientCertificate } from '../tls';
 
 /** Extent flags of the `base:allocation` metadata context. */
 export const STATE_HOLE = 1;
@@ -159,15 +160,8 @@ export interface PeerCredentials {
   gid: number;
 }
 
-/** A client certificate that was verified against the server's CA. */
-export interface ClientCertificate {
-  /** Subject attributes, e.g. { CN: ["alice"], O: ["Acme"] }. */
-  subject: Record<string, string[]>;
-  /** Issuer attributes, same shape. */
-  issuer: Record<string, string[]>;
-  /** SHA-256 fingerprint, colon-separated upper-case hex (as Node prints it). */
-  fingerprint256: string;
-}
+/** A client certificate that was verified against the server's CA (defined by the TLS library). */
+export type { ClientCertificate } from '../tls';
 
 /**
  * Who is asking: the identity providers use for access control and logging.

@@ -16,7 +16,7 @@ import {
   type ServerLimits,
   type TlsSettings,
 } from './connection';
-import { checkTlsSettings } from './tls';
+import { checkTlsSettings } from '../tls';
 
 export type { NbdLogger, ServerLimits, TlsSettings, TlsMode } from './connection';
 export { DEFAULT_LIMITS } from './connection';

@@ -1,6 +1,8 @@
 /**
- * TLS for NBD (NBD_OPT_STARTTLS): settings and the in-place upgrade of an
- * accepted socket to a TLS server socket.
+ * The server side of TLS on an accepted socket, upgraded in place: used by
+ * the NBD library (NBD_OPT_STARTTLS) and by the link between the intercept
+ * and the manager. A library of its own, so neither imports the other; it
+ * imports nothing from the project.
  *
  * Modes (nbd-protocol.md, "TLS support"):
  * - off:     NOTLS. STARTTLS gets NBD_REP_ERR_POLICY.
@@ -14,7 +16,6 @@
  */
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import type { ClientCertificate } from './export';
 
 export type TlsMode = 'off' | 'on' | 'require';
 
@@ -45,7 +46,14 @@ export function checkTlsSettings(s: TlsSettings): void {
   tls.createSecureContext(c);
 }
 
-export interface UpgradedSocket {
+/** A verified client certificate: subject and issuer attributes, SHA-256 fingerprint. */
+export interface ClientCertificate {
+  subject: Record<string, string[]>;
+  issuer: Record<string, string[]>;
+  fingerprint256: string;
+}
+
+export interface TlsUpgrade {
   socket: tls.TLSSocket;
   /** The verified client certificate, when verifyClient asked for one. */
   cert?: ClientCertificate;
@@ -58,7 +66,7 @@ export interface UpgradedSocket {
  * handshake (and client-certificate verification) succeeded; rejects, with
  * the sockets destroyed, if it fails, times out or the peer goes away.
  */
-export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: number): Promise<UpgradedSocket> {
+export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: number): Promise<TlsUpgrade> {
   const verify = !!settings.verifyClient;
   const server = tls.createServer({
     ...settings.credentials,
@@ -66,7 +74,7 @@ export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: 
     rejectUnauthorized: verify,
     handshakeTimeout: Math.max(1, timeoutMs),
   });
-  return new Promise<UpgradedSocket>((resolve, reject) => {
+  return new Promise<TlsUpgrade>((resolve, reject) => {
     let settled = false;
     const timer = setTimeout(() => fail(new Error('TLS handshake timed out')), Math.max(1, timeoutMs));
     timer.unref?.();
@@ -90,7 +98,7 @@ export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: 
         return;
       }
       finish();
-      const out: UpgradedSocket = { socket: s };
+      const out: TlsUpgrade = { socket: s };
       if (verify && s.authorized) {
         const peer = s.getPeerCertificate();
         if (peer && peer.subject) {

@@ -27,7 +27,7 @@ import { NbdClient } from '../../src/nbd/client';
 import type { ExportProvider, NbdExport, OpenedExport } from '../../src/nbd/export';
 import * as P from '../../src/nbd/protocol';
 import { NbdServer } from '../../src/nbd/server';
-import type { TlsSettings } from '../../src/nbd/tls';
+import type { TlsSettings } from '../../src/tls';
 import { MemoryExport } from '../../src/storage/memory-export';
 
 const MiB = 1024 * 1024;
