@@ -15,10 +15,9 @@
 import type * as http from 'node:http';
 import { UserError } from '../util/errors';
 import type { VolumeManager } from '../daemon/volumes';
-import type { GroupJournal, JournalPosition } from '../journal/group-journal';
-import type { JournalTail } from '../timetravel/resolver';
+import type { JournalPosition } from '../journal/group-journal';
+import type { JournalPort } from '../timetravel/ports';
 import type { InterceptStatusMsg } from '../link/protocol';
-import type { ProtectedVolume } from '../journal/protected-volume';
 import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/service';
 import { allow, HttpError, readJsonObject, sendJson } from '../util/http';
 import { routeTimeTravel } from '../control/timetravel-routes';
@@ -34,14 +33,22 @@ export function managerTimeTravelHost(
   const ctxOf = (name: string): VolumeContext => {
     const { g, volumeId, size, volume } = srv.find(name);
     if (volume !== name) throw new UserError('invalid', `"${name}" is a group; name one of its volumes`);
-    const journal = {
-      async catchUp() {
-        if (!g.conn) {
-          base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied');
-          return null;
-        }
-        await srv.catchUp(g);
+    const catchUp = async () => {
+      if (!g.conn) {
+        base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied');
         return null;
+      }
+      await srv.catchUp(g);
+      return null;
+    };
+    // The intercept's journal across the link. Production is not here: no restore target.
+    const journal: JournalPort = {
+      catchUp,
+      async locate(find, opts) {
+        if (g.conn || opts?.fresh) return srv.position(g, find);
+        // Not connected: its last status report stands in (a degraded stretch it reported stays refused).
+        base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied and its last status');
+        return { position: staleInterceptPosition(g.intercept, g.manager.status()), found: null };
       },
       get isDegraded() {
         return false;
@@ -49,21 +56,9 @@ export function managerTimeTravelHost(
       async seal() {
         throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
       },
-    } as unknown as GroupJournal;
-    const tail: JournalTail = {
-      catchUp: () => journal.catchUp(),
-      async locate(find, opts) {
-        if (g.conn || opts?.fresh) return srv.position(g, find);
-        // Not connected: its last status report stands in (a degraded stretch it reported stays refused).
-        base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied and its last status');
-        return { position: staleInterceptPosition(g.intercept, g.manager.status()), found: null };
-      },
+      lastAppendedSeq: () => Math.max(g.intercept?.lastAppendedSeq ?? 0, g.manager.status().lastSeq),
     };
-    const refuse = () => {
-      throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
-    };
-    const pv = { flush: refuse, restoreWrite: refuse, restoreZero: refuse, production: { read: refuse } } as unknown as ProtectedVolume;
-    return { manager: g.manager, journal, tail, pv, group: g.name, volumeId, size };
+    return { history: g.manager.history, journal, restore: null, group: g.name, volumeId, size };
   };
   return {
     context: ctxOf,
@@ -133,7 +128,7 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
     regionSize: g.meta.regionSize,
     transactions: st.transactions,
     lastError: st.link.lastError ?? st.blocked?.error ?? null,
-    pinnedFrom: g.manager.pinnedFrom(),
+    pinnedFrom: g.manager.history.pins.from(),
     link: { ...st.link, queued: st.queued, interceptBytesSent: ic?.bytesSent ?? null, interceptQueued: ic?.queued ?? null, poolBytes: ic?.poolBytes ?? null, poolLimit: ic?.poolLimit ?? null },
     resync: ic?.resync ?? null,
   };

@@ -86,7 +86,7 @@ export async function routeTimeTravel(
 ): Promise<boolean> {
   if (p === '/v1/views') {
     allow(method, ['GET', 'HEAD']);
-    sendJson(res, 200, { views: tt.list(url.searchParams.get('volume') ?? undefined) });
+    sendJson(res, 200, { views: tt.views.list(url.searchParams.get('volume') ?? undefined) });
     return true;
   }
   const mk = /^\/v1\/markers\/([^/]+)(?:\/([^/]+))?$/.exec(p);
@@ -94,14 +94,14 @@ export async function routeTimeTravel(
     const target = decode(mk[1]!);
     if (mk[2]) {
       allow(method, ['DELETE']);
-      sendJson(res, 200, await tt.unmark(target, decode(mk[2])));
+      sendJson(res, 200, await tt.markers.unmark(target, decode(mk[2])));
       return true;
     }
     allow(method, ['GET', 'HEAD', 'POST']);
     if (method === 'POST') {
       const body = await readJsonObject(req);
       only(body, ['name', 'pre', 'post', 'timeout', 'keep']);
-      sendJson(res, 201, await tt.mark(target, body.name, body));
+      sendJson(res, 201, await tt.markers.mark(target, body.name, body));
       return true;
     }
     const q = url.searchParams;
@@ -119,14 +119,14 @@ export async function routeTimeTravel(
     const until = time('until');
     if (since !== undefined) f.since = since;
     if (until !== undefined) f.until = until;
-    sendJson(res, 200, { markers: tt.markers(target, f) });
+    sendJson(res, 200, { markers: tt.markers.markers(target, f) });
     return true;
   }
   if (p === '/v1/submerge') {
     allow(method, ['POST']);
     const body = await readJsonObject(req);
     only(body, ['name']);
-    sendJson(res, 200, await tt.submerge(String(body.name ?? '')));
+    sendJson(res, 200, await tt.markers.submerge(String(body.name ?? '')));
     return true;
   }
   let m = /^\/v1\/views\/([^/]+)(\/step)?$/.exec(p);
@@ -136,32 +136,32 @@ export async function routeTimeTravel(
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['forward', 'back', 'to', 'nearest']);
-      sendJson(res, 200, await tt.step(name, body));
+      sendJson(res, 200, await tt.views.step(name, body));
       return true;
     }
     allow(method, ['GET', 'HEAD', 'DELETE']);
-    if (method === 'DELETE') sendJson(res, 200, await tt.remove(name));
-    else sendJson(res, 200, tt.get(name));
+    if (method === 'DELETE') sendJson(res, 200, await tt.views.remove(name));
+    else sendJson(res, 200, tt.views.get(name));
     return true;
   }
   m = /^\/v1\/volumes\/([^/]+)\/(resolve|snapshots|clones|restore|restores|export|surface|schedule|diff|bisect-candidates)$/.exec(p);
   if (!m) return false;
   const name = decode(m[1]!);
   const action = m[2]!;
-  if (!volumes.get(name) && !(action === 'clones' && tt.has(name))) throw new HttpError(404, `no volume named "${name}"`);
+  if (!volumes.get(name) && !(action === 'clones' && tt.views.has(name))) throw new HttpError(404, `no volume named "${name}"`);
   switch (action) {
     case 'resolve': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['at', 'nearest']);
-      sendJson(res, 200, await tt.resolveInfo(name, body.at, { nearest: body.nearest }));
+      sendJson(res, 200, await tt.points.resolveInfo(name, body.at, { nearest: body.nearest }));
       return true;
     }
     case 'snapshots': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['at', 'name', 'allow', 'nearest']);
-      sendJson(res, 201, await tt.snapshot(name, body.at, body.name, { allow: body.allow, nearest: body.nearest }));
+      sendJson(res, 201, await tt.views.snapshot(name, body.at, body.name, { allow: body.allow, nearest: body.nearest }));
       return true;
     }
     case 'clones': {
@@ -169,26 +169,26 @@ export async function routeTimeTravel(
       const body = await readJsonObject(req);
       only(body, ['at', 'name', 'readOnly', 'allow', 'nearest']);
       if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw new UserError('invalid', 'readOnly must be true or false');
-      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow, nearest: body.nearest }));
+      sendJson(res, 201, await tt.views.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow, nearest: body.nearest }));
       return true;
     }
     case 'restores':
       allow(method, ['GET', 'HEAD']);
-      sendJson(res, 200, { restores: tt.restores(name) });
+      sendJson(res, 200, { restores: tt.restores.restores(name) });
       return true;
     case 'restore': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['to', 'ranges', 'force', 'nearest']);
       if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
-      await streamed(req, res, (progress) => tt.restore(name, body, progress));
+      await streamed(req, res, (progress) => tt.restores.restore(name, body, progress));
       return true;
     }
     case 'surface': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['marker']);
-      sendJson(res, 201, await tt.surface(name, String(body.marker ?? '')));
+      sendJson(res, 201, await tt.markers.surface(name, String(body.marker ?? '')));
       return true;
     }
     case 'schedule': {
@@ -196,29 +196,29 @@ export async function routeTimeTravel(
       if (method === 'POST') {
         const body = await readJsonObject(req);
         only(body, ['add', 'clear']);
-        sendJson(res, 200, await tt.setSchedule(name, body));
-      } else sendJson(res, 200, tt.schedule(name));
+        sendJson(res, 200, await tt.markers.setSchedule(name, body));
+      } else sendJson(res, 200, tt.markers.schedule(name));
       return true;
     }
     case 'diff': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['from', 'to', 'name', 'out', 'nearest']);
-      await streamed(req, res, (progress) => tt.diff(name, body, progress));
+      await streamed(req, res, (progress) => tt.queries.diff(name, body, progress));
       return true;
     }
     case 'bisect-candidates': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['good', 'bad', 'granularity', 'nearest']);
-      sendJson(res, 200, await tt.bisectCandidates(name, body));
+      sendJson(res, 200, await tt.queries.bisectCandidates(name, body));
       return true;
     }
     case 'export': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['at', 'out', 'nearest']);
-      await streamed(req, res, (progress) => tt.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }));
+      await streamed(req, res, (progress) => tt.queries.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }));
       return true;
     }
   }

@@ -55,8 +55,7 @@ export class RetentionService {
     const rec = this.catalog.get(volume);
     if (!rec) throw new UserError('not-found', `no volume named "${volume}"`);
     if (!rec.protection) throw new UserError('conflict', `volume "${volume}" is not protected: it has no history to retain`);
-    const ctx = this.protection.context(volume);
-    return { manager: ctx.manager, group: ctx.group };
+    return this.protection.managerOf(volume);
   }
 
   info(volume: string): RetentionInfo {

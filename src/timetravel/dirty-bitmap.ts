@@ -18,7 +18,7 @@
  *     before B are listed; other points are selectable without being listed.
  * base:allocation stays the image's own, truthful allocation.
  */
-import { STATE_DIRTY, type Extent, type MetaContext, type MetaContextSource } from '../nbd/export';
+import { STATE_DIRTY, type Extent, type MetaContext, type MetaContextSource } from '../nbd';
 import type { BlockRunLite } from './diff';
 
 export const BITMAP_PREFIX = 'qemu:dirty-bitmap:';

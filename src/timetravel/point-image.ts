@@ -13,7 +13,7 @@
  */
 import { RecordKind, RECORD_HEADER_SIZE } from '../lfc';
 import { FdCache, preadFully } from '../util/fd-cache';
-import { STATE_HOLE, STATE_ZERO, type Extent } from '../nbd/export';
+import { STATE_HOLE, STATE_ZERO, type Extent } from '../nbd';
 import { txnRecords, type PointHistory, type ResolvedPoint, type TxnRecord } from './point';
 
 /** What a PointImage reads from: the group's backup manager. */

@@ -15,9 +15,8 @@
  *   image(point) = image before T_k  +  AILFC_k's records with seq <= point.seq
  * (overlay = k when the point lies inside T_k, null at a boundary).
  */
-import { readRecords } from '../lfc';
 import { RecordKind } from '../lfc';
-import type { TransactionRecord } from '../manager/types';
+import type { TransactionRecord, TxnRecord } from '../manager/types';
 import { UserError } from '../util/errors';
 import { PointGapError, mergedGap, openGap, pointText, superGap, superSpanAtSeq, superSpanAtTime, superSpans, timeText, type Nearest, type Neighbour, type OpenStretch } from './point-gaps';
 
@@ -61,6 +60,8 @@ export interface PointHistory {
   transactionForSeq(seq: number): number | undefined;
   /** Path of T_n's stored container (its name may change when retention merges it). */
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string;
+  /** Record headers of AILFC_n (cached). */
+  records(n: number): Promise<TxnRecord[]>;
 }
 
 const UNITS: Record<string, number> = {
@@ -104,46 +105,11 @@ function safeInt(s: string, t: string): number {
   return n;
 }
 
-/** Record headers of AILFC_n, cached (sealed containers never change). */
-export interface TxnRecord {
-  seq: number;
-  time: number;
-  kind: number;
-  flags: number;
-  volumeId: number;
-  offset: number;
-  length: number;
-  /** File offset of the record header. */
-  position: number;
-}
+export type { TxnRecord } from '../manager/types';
 
-const recordCache = new Map<string, Promise<TxnRecord[]>>();
-const CACHE_MAX = 16;
-
+/** Record headers of AILFC_n (the history caches them: sealed containers never change). */
 export function txnRecords(h: PointHistory, n: number): Promise<TxnRecord[]> {
-  const file = h.historyFile('ailfc', n);
-  let p = recordCache.get(file);
-  if (p) {
-    recordCache.delete(file);
-    recordCache.set(file, p);
-    return p;
-  }
-  p = (async () => {
-    const out: TxnRecord[] = [];
-    for await (const r of readRecords(file, { payloads: false })) {
-      out.push({ seq: r.seq, time: r.time, kind: r.kind, flags: r.flags, volumeId: r.volumeId, offset: r.offset, length: r.length, position: r.position });
-    }
-    return out;
-  })();
-  p.catch(() => recordCache.delete(file));
-  recordCache.set(file, p);
-  while (recordCache.size > CACHE_MAX) recordCache.delete(recordCache.keys().next().value!);
-  return p;
-}
-
-/** Forget cached records of a file (it was removed or replaced). */
-export function forgetTxnRecords(file: string): void {
-  recordCache.delete(file);
+  return h.records(n);
 }
 
 export function kindName(kind: number): WriteInfo['kind'] {

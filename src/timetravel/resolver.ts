@@ -14,9 +14,8 @@
  *   degraded stretch whose super transaction is not committed yet: points
  *   from its start on are refused like points inside a super transaction.
  */
-import type { BackupManager } from '../manager/backup-manager';
 import type { JournalPosition, JournalRecordInfo, PendingQuery } from '../journal/group-journal';
-import { kindName, resolvePoint, type PointSpec, type ResolvedPoint, type WriteInfo } from './point';
+import { kindName, resolvePoint, type PointHistory, type PointSpec, type ResolvedPoint, type WriteInfo } from './point';
 import { PointGapError, timeText, type Nearest, type OpenStretch } from './point-gaps';
 
 /** The intercept's journal as time travel sees it: local, or across the link. */
@@ -33,8 +32,8 @@ export interface JournalTail {
 }
 
 export interface ResolveContext {
-  manager: BackupManager;
-  tail: JournalTail;
+  history: PointHistory & { status(): { lastSeq: number; lastTime: number } };
+  journal: JournalTail;
 }
 
 type Markers = (name: string) => { seq: number } | null;
@@ -51,7 +50,7 @@ export interface PendingPoint {
 }
 
 /** Could the point lie past what the manager has applied? */
-export function beyondApplied(spec: PointSpec, m: BackupManager): boolean {
+export function beyondApplied(spec: PointSpec, m: { status(): { lastSeq: number; lastTime: number } }): boolean {
   const st = m.status();
   switch (spec.kind) {
     case 'latest':
@@ -76,19 +75,19 @@ function insideOpen(spec: PointSpec, o: OpenStretch | null): boolean {
 /** Resolves for a command that reads the image at the point: catches the manager up when needed. */
 export async function resolveForImage(ctx: ResolveContext, spec: PointSpec, markers: Markers, nearest?: Nearest): Promise<ResolvedPoint> {
   let open: OpenStretch | null = null;
-  if (beyondApplied(spec, ctx.manager)) {
-    await ctx.tail.catchUp();
-    open = (await ctx.tail.locate()).position.open;
+  if (beyondApplied(spec, ctx.history)) {
+    await ctx.journal.catchUp();
+    open = (await ctx.journal.locate()).position.open;
   }
-  return resolvePoint(ctx.manager, spec, markers, { nearest, open });
+  return resolvePoint(ctx.history, spec, markers, { nearest, open });
 }
 
 /** Resolves for `rewind point`: never seals; a write not committed yet is read from the journal. */
 export async function resolveForQuery(ctx: ResolveContext, spec: PointSpec, markers: Markers, nearest?: Nearest): Promise<ResolvedPoint | PendingPoint> {
   let open: OpenStretch | null = null;
-  if (beyondApplied(spec, ctx.manager)) {
+  if (beyondApplied(spec, ctx.history)) {
     const find: PendingQuery = spec.kind === 'time' ? { ms: spec.ms } : { seq: spec.kind === 'seq' ? spec.seq : Number.MAX_SAFE_INTEGER };
-    const { position, found } = await ctx.tail.locate(find);
+    const { position, found } = await ctx.journal.locate(find);
     open = position.open;
     if (!insideOpen(spec, open) && found) {
       if (spec.kind === 'seq' && spec.seq > position.seq) {
@@ -99,7 +98,7 @@ export async function resolveForQuery(ctx: ResolveContext, spec: PointSpec, mark
       return pending(found);
     }
   }
-  return resolvePoint(ctx.manager, spec, markers, { nearest, open });
+  return resolvePoint(ctx.history, spec, markers, { nearest, open });
 }
 
 function pending(r: JournalRecordInfo, substitute?: ResolvedPoint['substitute']): PendingPoint {

@@ -5,7 +5,7 @@
  * holds. Its base:allocation is the image's own; what changed since an
  * earlier point is the qemu:dirty-bitmap meta contexts' business.
  */
-import type { ExportCapabilities, Extent, MetaContextSource, NbdExport, WriteFlags, ZeroFlags } from '../nbd/export';
+import type { ExportCapabilities, Extent, MetaContextSource, NbdExport, WriteFlags, ZeroFlags } from '../nbd';
 import { imageExtents, type ImageSource } from './point-image';
 import type { LayeredImage } from './layers';
 
