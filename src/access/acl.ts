@@ -24,7 +24,7 @@
  * to their source's list.
  */
 import * as net from 'node:net';
-import type { ClientInfo } from '../nbd/export';
+import type { ClientInfo } from '../nbd';
 
 export type AclEntry =
   | { kind: 'any' }

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Option, type Command } from 'commander';
 import type { ServeConfig } from '../app/serve';
-import { checkTlsSettings, type TlsSettings } from '../nbd/tls';
+import { checkTlsSettings, type TlsSettings } from '../tls';
 import { parseHostPort } from '../util/address';
 import { parseSize } from '../util/size';
 import { DEFAULT_LINK_PORT } from '../link/protocol';

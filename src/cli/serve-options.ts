@@ -3,7 +3,7 @@
  * file. Added to the serve command by buildProgram (main.ts).
  */
 import { Option, type Command } from 'commander';
-import { DEFAULT_LIMITS } from '../nbd/connection';
+import { DEFAULT_LIMITS } from '../nbd';
 
 export function addHardeningServeOptions(serve: Command): Command {
   const mib = (n: number) => `${Math.round(n / (1024 * 1024))}M`;

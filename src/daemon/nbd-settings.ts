@@ -14,8 +14,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_LIMITS, type ServerLimits } from '../nbd/connection';
-import { checkTlsSettings, TLS_MODES, type TlsMode, type TlsSettings } from '../nbd/tls';
+import { DEFAULT_LIMITS, type ServerLimits } from '../nbd';
+import { checkTlsSettings, TLS_MODES, type TlsMode, type TlsSettings } from '../tls';
 import { parseSize } from '../util/size';
 
 /** What a user may set, by flag or in the "nbd" object of the configuration file. */

@@ -33,7 +33,7 @@ import {
   type ReadChunk,
   type WriteFlags,
   type ZeroFlags,
-} from '../nbd/export';
+} from '../nbd';
 import { RecordKind, RECORD_FLAG_FUA, RECORD_FLAG_RESTORE } from '../lfc';
 import { RangeLock } from './range-lock';
 

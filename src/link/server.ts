@@ -25,7 +25,7 @@ import { verifyContainer } from '../lfc';
 import { containerFileName, type Footer } from '../lfc';
 import { BackupManager } from '../manager/backup-manager';
 import { CorruptContainerError, type CommitInfo, type TransactionRecord } from '../manager/types';
-import { upgradeToTls, type TlsSettings } from '../nbd/tls';
+import { upgradeToTls, type TlsSettings } from '../tls';
 import { fsyncDir } from '../util/fsync-dir';
 import { UserError } from '../util/errors';
 import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';

@@ -26,7 +26,7 @@ import {
   type ReadChunk,
   type WriteFlags,
   type ZeroFlags,
-} from '../nbd/export';
+} from '../nbd';
 
 /** Most extents returned by one blockStatus call. */
 export const MAX_BLOCK_STATUS_EXTENTS = 1024;

@@ -22,7 +22,7 @@ import {
   type ReadChunk,
   type WriteFlags,
   type ZeroFlags,
-} from '../nbd/export';
+} from '../nbd';
 
 export type MemoryOp = 'read' | 'write' | 'flush' | 'trim' | 'zero' | 'cache' | 'blockStatus';
 
