@@ -18,8 +18,9 @@ import { checkLedger, requireLedgerTools, startLedgerWriter } from './helpers/le
 
 const MiB = 1024 * 1024;
 
-async function cli(d: TestDaemon, args: string[]): Promise<string> {
-  const r = await d.cli(args);
+/** `rewind ARGS`; commands that wait for the manager get minutes, as the CLI itself gives them an hour. */
+async function cli(d: TestDaemon, args: string[], timeoutMs = 600_000): Promise<string> {
+  const r = await d.cli(args, { timeoutMs });
   if (r.code !== 0) throw new Error(`rewind ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
   return r.stdout;
 }
@@ -356,7 +357,12 @@ test.serial('kill -9 under random writes: start-up journals only blocks that dif
     await d.kill('SIGKILL');
     load.kill('SIGKILL');
     await d.restart();
-    const line = d.logs.split('\n').find((l) => l.includes('resynced regions left dirty'));
+    // Recovery runs in the background after start-up, the volume offline meanwhile.
+    let line: string | undefined;
+    for (let i = 0; i < 600 && !line; i++) {
+      line = d.logs.split('\n').find((l) => l.includes('resynced regions left dirty'));
+      if (!line) await sleep(100);
+    }
     t.truthy(line, `round ${round}: the restart resynced dirty regions`);
     const rec = JSON.parse(line!.slice(line!.indexOf('{')));
     t.log(`round ${round}: dirty ${rec.dirtyBytes} B, compared ${rec.comparedBytes} B, journaled ${rec.journaledBytes} B in ${rec.ms} ms`);

@@ -395,11 +395,13 @@ test.serial('kill -9 during a production restore: after restart the volume is ex
   c.destroy();
   for (const delay of [0, 500]) {
     const restore = d.cli(['restore', 'kr', '--to', `@seq:${point}`, '--no-progress'], { timeoutMs: 120_000 });
-    // Kill once the restore has begun (the volume went offline), at some moment into it.
-    for (let i = 0; i < 200 && !(await api(d, 'GET', '/v1/volumes/kr')).offline; i++) await sleep(20);
+    // Kill once the restore has begun (the volume went offline: after it caught the manager up), at some moment into it.
+    let wentOffline = false;
+    for (let i = 0; i < 3000 && !(wentOffline = !!(await api(d, 'GET', '/v1/volumes/kr')).offline); i++) await sleep(20);
     await sleep(delay);
     await d.kill('SIGKILL');
-    await restore.catch(() => undefined);
+    const r = await restore.catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+    if (!wentOffline) t.log(`round ${delay}: the volume never went offline; restore exited ${r.code}: ${r.stdout}${r.stderr}\n${d.logs.slice(-3000)}`);
     await d.restart();
     // The volume stays offline until the interrupted restore is finished.
     let img: Buffer | null = null;

@@ -20,8 +20,8 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { Catalog } from '../catalog/catalog';
 import { ControlServer, hostPort, type NbdEndpoints } from '../control/server';
-import { NbdServer, type NbdServerOptions } from '../nbd/server';
-import type { PeerCredentials } from '../nbd/export';
+import { NbdServer, type NbdServerOptions } from '../nbd';
+import type { PeerCredentials } from '../nbd';
 import { nativeAvailable, peerCredentials } from '../native';
 import type { NbdSettings } from '../daemon/nbd-settings';
 import type { HostPort } from '../util/address';
@@ -38,7 +38,7 @@ import { Protection } from '../daemon/protection';
 import { TimeTravel } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
-import type { TlsSettings } from '../nbd/tls';
+import type { TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
 import { RetentionService } from '../daemon/retention';
@@ -192,7 +192,10 @@ export class Daemon {
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
       cleanups.push(() => retention.stop());
-      for (const v of timeTravel.pendingRestoreVolumes()) volumes.setOffline(v, 'an interrupted production restore is being finished');
+      const RESTORING = 'an interrupted production restore is being finished';
+      const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
+      for (const v of protection.recoveringVolumes()) volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', { recovering: true });
+      for (const v of restoring) volumes.setOffline(v, RESTORING);
 
       if (config.defaultVolumeSize !== null && config.role !== 'manager') {
         const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
@@ -248,8 +251,14 @@ export class Daemon {
         },
         'rewind daemon ready',
       );
-      // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
-      void timeTravel.resumeRestores();
+      // Crash recovery, then restores a crash interrupted, in the background; their volumes stay offline until then.
+      void (async () => {
+        await protection.recover((v, ok) => {
+          if (!ok) volumes.setOffline(v, 'crash recovery failed (see the log); restart the daemon to retry');
+          else if (!restoring.has(v)) volumes.setOffline(v, null);
+        });
+        await timeTravel.restores.resumeRestores();
+      })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
       return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer);
     } catch (err) {

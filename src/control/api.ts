@@ -23,6 +23,8 @@ export interface Health {
   nbd: { tcp: string | null; unix: string | null };
   volumes: number;
   connections: number;
+  /** Volumes still in crash recovery after an unclean stop (offline until done). */
+  recovering: string[];
 }
 
 export interface VolumeView {

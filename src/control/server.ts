@@ -288,6 +288,7 @@ export class ControlServer {
       nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
       volumes: this.opts.volumes.listRecords().length,
       connections: this.opts.nbd.connectionCount(),
+      recovering: this.opts.volumes.recoveringVolumes(),
     };
   }
 

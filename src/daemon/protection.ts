@@ -26,7 +26,7 @@ import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
 import { blockDigests, REPLICA_HASH_BYTES, REPLICA_HASH_MAX_RANGE, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { type Logger } from '../util/logger';
-import type { JournalTail } from '../timetravel/resolver';
+import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {
@@ -52,6 +52,9 @@ interface GroupRuntime {
    * (true), or could not be reached in time (false). Asked once per start.
    */
   caughtUp?: Promise<boolean>;
+  /** Volumes an unclean stop left with dirty regions: recover() re-captures what differs. */
+  pendingRecovery: ProtectedVolume[];
+  resyncStarted?: boolean;
 }
 
 /** At start-up after a crash, how long the intercept role waits for its manager before re-capturing every dirty region. */
@@ -138,7 +141,7 @@ export class Protection {
     const st = manager.status();
     const link: ManagerLink = { submit: (ref) => manager.submit(ref) };
     const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
-    const rt: GroupRuntime = { record, manager, journal, volumes: new Map() };
+    const rt: GroupRuntime = { record, manager, journal, volumes: new Map(), pendingRecovery: [] };
     this.groups.set(record.name, rt);
     for (const v of vols) await this.openVolume(rt, v);
     return rt;
@@ -187,7 +190,7 @@ export class Protection {
     });
     const st = link.committed;
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
-    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link };
+    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link, pendingRecovery: [] };
     this.groups.set(record.name, rt);
     link.setHooks({
       status: () => this.interceptStatus(rt),
@@ -212,9 +215,8 @@ export class Protection {
     // Up before the volumes open: crash recovery compares dirty regions with the replica.
     link.start();
     for (const v of vols) await this.openVolume(rt, v);
-    const resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
-    rt.resync = resync;
-    resync.start();
+    // Started by recover(): a resync restarted mid-run must see the start-up re-capture first.
+    rt.resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
     return rt;
   }
 
@@ -244,15 +246,47 @@ export class Protection {
     rt.volumes.set(v.name, pv);
     this.byVolume.set(v.name, rt);
     // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
-    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
-      const replica = await this.recoveryComparer(rt, pv);
-      const r = await pv.resyncDirtyRegions(replica ?? undefined);
-      this.logger.warn(
-        { volume: v.name, dirtyBytes: r.dirtyBytes, comparedBytes: r.compared, journaledBytes: r.bytes, ms: r.ms, withReplica: !!replica },
-        'resynced regions left dirty by an unclean stop',
-      );
-    }
+    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) rt.pendingRecovery.push(pv);
     return pv;
+  }
+
+  /** Volumes waiting for recover(): the daemon keeps them offline until then. */
+  recoveringVolumes(): string[] {
+    return [...this.groups.values()].flatMap((rt) => rt.pendingRecovery.map((pv) => pv.name));
+  }
+
+  /**
+   * Crash recovery of the volumes an unclean stop left dirty (after start(),
+   * in the background, while they are offline): the manager catches up on
+   * what survived, then only blocks that differ from the replica are
+   * journaled again. `done(volume)` is called as each is ready; then each
+   * group's resync controller (two-role mode) starts.
+   */
+  async recover(done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
+    await Promise.all([...this.groups.values()].map((rt) => this.recoverGroup(rt, done)));
+  }
+
+  private async recoverGroup(rt: GroupRuntime, done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
+    for (const pv of rt.pendingRecovery.splice(0)) {
+      let ok = true;
+      try {
+        const replica = await this.recoveryComparer(rt, pv);
+        const r = await pv.resyncDirtyRegions(replica ?? undefined);
+        this.logger.warn(
+          { volume: pv.name, dirtyBytes: r.dirtyBytes, comparedBytes: r.compared, journaledBytes: r.bytes, ms: r.ms, withReplica: !!replica },
+          'resynced regions left dirty by an unclean stop',
+        );
+      } catch (err) {
+        // The regions stay dirty; served, the volume could leave the replica behind production.
+        ok = false;
+        this.logger.error({ volume: pv.name, err: (err as Error).message }, 'crash recovery of the volume failed: it stays offline until the next start');
+      }
+      done(pv.name, ok);
+    }
+    if (rt.resync && !rt.resyncStarted) {
+      rt.resyncStarted = true;
+      rt.resync.start();
+    }
   }
 
   /**
@@ -326,12 +360,14 @@ export class Protection {
     const rt = this.groups.get(groupName);
     const group = this.catalog.getGroup(groupName)!;
     if (!rt) {
-      await this.openGroup(group, [v]);
+      // A new volume has nothing to recover; this starts the group's resync controller (two-role mode).
+      await this.recoverGroup(await this.openGroup(group, [v]));
       return;
     }
     rt.record = group;
     if (rt.manager) await rt.manager.addVolume({ volumeId: v.protection!.volumeId, name: v.name, size: v.size });
     await this.openVolume(rt, v);
+    if (rt.pendingRecovery.length) await this.recoverGroup(rt);
     if (rt.link) rt.link.setGroup(this.groupMsg(group, this.catalog.groupVolumes(group.name)));
   }
 
@@ -357,15 +393,32 @@ export class Protection {
     await fs.promises.rm(this.stateMapPath(v.name), { force: true });
   }
 
-  /** What time travel needs of a protected volume: its group's history and its intercept. */
-  context(name: string): { manager: BackupManager; journal: GroupJournal; tail: JournalTail; pv: ProtectedVolume; group: string; volumeId: number; size: number } {
+  /** What time travel needs of a protected volume: its group's history, its journal, its intercept (timetravel/ports.ts). */
+  context(name: string): VolumeContext {
     const { rt, pv } = this.runtime(name);
-    const journal = rt.journal;
-    const tail: JournalTail = {
-      locate: async (find) => ({ position: journal.position(), found: find ? await journal.findPending(find) : null }),
-      catchUp: () => journal.catchUp(),
+    const j = rt.journal;
+    const journal: JournalPort = {
+      locate: async (find) => ({ position: j.position(), found: find ? await j.findPending(find) : null }),
+      catchUp: () => j.catchUp(),
+      get isDegraded() {
+        return j.isDegraded;
+      },
+      seal: (reason) => j.seal(reason),
+      lastAppendedSeq: () => j.status().lastAppendedSeq,
     };
-    return { manager: this.localManager(rt, 'time travel'), journal, tail, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+    const restore: RestoreTarget = {
+      flush: () => pv.flush(),
+      readProduction: (offset, length) => pv.production.read(offset, length),
+      restoreWrite: (offset, data) => pv.restoreWrite(offset, data),
+      restoreZero: (offset, length) => pv.restoreZero(offset, length),
+    };
+    return { history: this.localManager(rt, 'time travel').history, journal, restore, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+  }
+
+  /** The backup manager of a protected volume's group (single-process mode): retention, the log. */
+  managerOf(name: string): { manager: BackupManager; group: string } {
+    const { rt } = this.runtime(name);
+    return { manager: this.localManager(rt, 'retention'), group: rt.record.name };
   }
 
   /**
@@ -440,7 +493,7 @@ export class Protection {
       regionSize: rt.record.regionSize,
       transactions: applied.transactions,
       lastError: js.lastError,
-      pinnedFrom: rt.manager ? rt.manager.pinnedFrom() : null,
+      pinnedFrom: rt.manager ? rt.manager.history.pins.from() : null,
       io: pv.ioStatus(),
     };
     if (rs) {

@@ -139,13 +139,13 @@ export class RoleDaemon {
       running.delete(child);
       resolve();
     }));
-    const deadline = Date.now() + 30_000;
+    const deadline = Date.now() + 120_000;
     const client = new ControlClient({ kind: 'unix', path: this.controlSocket, display: this.controlSocket } as never, { timeoutMs: 2000 });
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`rewind serve exited at start:\n${this.logs}`);
       try {
-        const h = await client.request<{ pid: number }>('GET', '/v1/health');
-        if (h.pid === child.pid) return;
+        const h = await client.request<{ pid: number; recovering?: string[] }>('GET', '/v1/health');
+        if (h.pid === child.pid && (h.recovering?.length ?? 0) === 0) return;
       } catch {
         /* not yet */
       }
