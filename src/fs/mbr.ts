@@ -114,7 +114,7 @@ async function readLogicals(
     }
     if (!isExtended(link.type) || link.sectors === 0) return next;
     const nextEbr = extStart + link.rel;
-    if (link.rel === 0 || nextEbr >= extStart + extSectors) {
+    if (nextEbr >= extStart + extSectors) {
       warnings.push(`EBR at sector ${ebr} links to sector ${nextEbr}, outside its extended partition; chain stopped`);
       return next;
     }

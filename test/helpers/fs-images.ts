@@ -50,6 +50,8 @@ export interface TreeOptions {
   islands?: number;
   /** Devices, sockets, owners (root only). */
   special?: boolean;
+  /** A 3 MiB /big.bin (double indirect on 1 KiB blocks); default true. */
+  big?: boolean;
 }
 
 /** A source tree with every kind of file the reader has to handle. Returns its directory. */
@@ -68,7 +70,7 @@ export function buildTree(root: string, o: TreeOptions): string {
     const size = i % 7 === 0 ? 0 : Math.floor(r() * (i % 3 === 0 ? 300_000 : 9_000));
     w(`blobs/f${i}`, pattern(size, o.seed * 1000 + i));
   }
-  w('big.bin', pattern(3 * 1024 * 1024 + 123, o.seed + 1)); // double indirect on 1 KiB blocks
+  if (o.big !== false) w('big.bin', pattern(3 * 1024 * 1024 + 123, o.seed + 1)); // double indirect on 1 KiB blocks
   // Holes: leading, middle and trailing.
   const sp = fs.openSync(path.join(root, 'sparse.bin'), 'w');
   fs.writeSync(sp, pattern(5000, o.seed + 2), 0, 5000, 300_000);
@@ -112,7 +114,7 @@ export function buildTree(root: string, o: TreeOptions): string {
   // Distinct times, all after 1970 and before 2038 (sleuthkit prints them as unsigned 32-bit).
   for (const [rel, t] of [
     ['small.txt', 1_000_000_000],
-    ['big.bin', 1_500_000_000],
+    ...(o.big !== false ? ([['big.bin', 1_500_000_000]] as const) : []),
     ['blobs', 1_234_567_890],
   ] as const) {
     fs.utimesSync(path.join(root, rel), t - 1000, t);
@@ -151,14 +153,37 @@ export function debugfs(file: string, requests: string[], write = true): string 
   return run('debugfs', [...(write ? ['-w'] : []), '-f', '-', file], { input: requests.join('\n') + '\n' }).toString();
 }
 
-/** A disk of `sizeMiB` with a table made by sfdisk from `script`; returns the partitions' byte offsets and sizes. */
-export function makeDisk(file: string, sizeMiB: number, script: string): { offset: number; size: number }[] {
+export interface SfdiskPartition {
+  /** Linux partition number (from the device node's name). */
+  index: number;
+  offset: number;
+  size: number;
+  /** "83", "5"; or a GPT type GUID. */
+  type: string;
+  uuid?: string;
+  name?: string;
+}
+
+/** A disk of `sizeMiB` with a table made by sfdisk from `script`; its partitions as sfdisk reads them back. */
+export function makeDisk(file: string, sizeMiB: number, script: string): { id: string; partitions: SfdiskPartition[] } {
   fs.rmSync(file, { force: true });
   fs.closeSync(fs.openSync(file, 'w'));
   fs.truncateSync(file, sizeMiB * 1024 * 1024);
   run('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', file], { input: script });
-  const dump = JSON.parse(run('sfdisk', ['--json', file]).toString()) as { partitiontable: { partitions: { start: number; size: number; type: string }[] } };
-  return dump.partitiontable.partitions.map((p) => ({ offset: p.start * 512, size: p.size * 512 }));
+  const dump = JSON.parse(run('sfdisk', ['--json', file]).toString()) as {
+    partitiontable: { id: string; partitions: { node: string; start: number; size: number; type: string; uuid?: string; name?: string }[] };
+  };
+  return {
+    id: dump.partitiontable.id,
+    partitions: dump.partitiontable.partitions.map((p) => ({
+      index: Number(/(\d+)$/.exec(p.node)![1]),
+      offset: p.start * 512,
+      size: p.size * 512,
+      type: p.type,
+      ...(p.uuid !== undefined ? { uuid: p.uuid } : {}),
+      ...(p.name !== undefined ? { name: p.name } : {}),
+    })),
+  };
 }
 
 /** Copy a filesystem image into the disk at `offset` (as dd conv=notrunc would). */
@@ -267,4 +292,30 @@ export function istatTimes(image: string, ino: number, offset = 0): Record<strin
 /** How sleuthkit prints a name: control bytes become "^". */
 export function flsName(bytes: Buffer): Buffer {
   return Buffer.from(bytes.map((b) => (b < 0x20 ? 0x5e : b)));
+}
+
+/** A file's block map as debugfs `stat` prints it: data blocks by logical block, and tree/indirect blocks. */
+export function debugfsBlocks(image: string, file: string): { data: Map<number, number>; meta: number[] } {
+  const text = debugfs(image, [`stat "${file}"`], false);
+  const list = /\n(?:EXTENTS|BLOCKS):\n([\s\S]*?)(?:\nTOTAL|\n*$)/.exec(text)?.[1] ?? '';
+  const data = new Map<number, number>();
+  const meta: number[] = [];
+  for (const m of list.matchAll(/\(([^)]+)\):(\d+)(?:-(\d+))?/g)) {
+    const [, label, first, last] = m as unknown as [string, string, string, string | undefined];
+    const lr = /^(\d+)(?:-(\d+))?$/.exec(label);
+    if (!lr) {
+      meta.push(Number(first)); // ETBn, IND, DIND, TIND
+      continue;
+    }
+    const l0 = Number(lr[1]);
+    const n = Number(last ?? first) - Number(first) + 1;
+    for (let k = 0; k < n; k++) data.set(l0 + k, Number(first) + k);
+  }
+  return { data, meta };
+}
+
+/** Where debugfs `imap` says an inode is: [block, byte offset]. */
+export function debugfsImap(image: string, ino: number): [number, number] {
+  const m = /located at block (\d+), offset 0x([0-9a-f]+)/.exec(debugfs(image, [`imap <${ino}>`], false))!;
+  return [Number(m[1]), parseInt(m[2]!, 16)];
 }

@@ -59,7 +59,12 @@ export async function* mapInode(ctx: MapContext, inode: Inode, from = 0): AsyncG
   if (flags & FLAG.INLINE_DATA) return;
   const co = new Coalescer();
   const source = flags & FLAG.EXTENTS ? extentRuns(ctx, inode, from) : indirectRuns(ctx, inode, from);
+  // Runs may not overlap logically, but a hostile map can point many runs at the same blocks:
+  // no file maps more blocks than the filesystem has, so reading one never costs more than that.
+  let mapped = 0;
   for await (const r of source) {
+    mapped += r.length;
+    if (mapped > ctx.sb.blocksCount) throw corrupt(`inode ${ctx.ino} block map`, `maps more blocks than the filesystem's ${ctx.sb.blocksCount}`);
     const out = co.push(r);
     if (out) yield out;
   }

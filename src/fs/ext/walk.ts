@@ -98,9 +98,10 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
   while (rootPath.length > 0 && rootPath[rootPath.length - 1] === 0x2f) rootPath = rootPath.subarray(0, rootPath.length - 1);
   if (rootPath.length > 0 && rootPath[0] !== 0x2f) rootPath = Buffer.concat([SLASH, rootPath]);
 
+  let fatal: FsError | null = null; // the walk's own budget: ends the walk even when errors are reported
   const report = async (err: unknown, path: Buffer, ino: number): Promise<void> => {
     const e = asFsError(err, fs.where);
-    if (!visitor.error || e.code === 'LIMIT') throw e;
+    if (!visitor.error || fatal) throw fatal ?? e;
     summary.errors++;
     await visitor.error(e, { path, ino });
   };
@@ -112,9 +113,11 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
     f.batches = fs.dirBatches(ino, inode, (run) => {
       f.runs.push(run);
       summary.directoryBytes += run.length * fs.blockSize;
-      if (summary.directoryBytes > budget) throw limit('walk', `directories hold more than the filesystem's ${budget} bytes`);
+      if (summary.directoryBytes > budget) {
+        fatal = limit('walk', `directories hold more than the filesystem's ${budget} bytes`).within(fs.where);
+        throw fatal;
+      }
     });
-    // The map's tree blocks come from a separate pass only if someone wants them.
     stack.push(f);
     summary.directories++;
   };
