@@ -6,9 +6,11 @@
  * each directory, and the classification of changed blocks.
  */
 import test from 'ava';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CountingImage, openFilesystem, openImageFile, type ExtFilesystem, type FsImage, type WalkDirectory } from '../src/fs';
-import { buildTree, debugfsBlocks, debugfsImap, hasTools, makeFs, tempDir, type MkfsOptions } from './helpers/fs-images';
+import { CountingImage, listPartitions, openFilesystem, openImageFile, type ExtFilesystem, type FsImage, type WalkDirectory } from '../src/fs';
+import { MemoryExport } from '../src/storage';
+import { buildTree, debugfsBlocks, debugfsImap, hasTools, makeDisk, makeFs, tempDir, writeInto, type MkfsOptions } from './helpers/fs-images';
 import { sha256Of } from './helpers/fs-oracle';
 
 const tools = hasTools('mkfs.ext4', 'debugfs', 'e2fsck');
@@ -127,4 +129,28 @@ for (const [name, o] of IMAGES) {
     t.is(holes, st.size - 4096);
     t.true(img.bytes <= 4096 + 4096, `${img.bytes}`);
   });
+});
+
+(tools ? test : test.skip)('any NbdExport is an image: a MemoryExport holding an MBR disk; changed ranges map to blocks', async (t) => {
+  const tmp = tempDir();
+  t.teardown(tmp.cleanup);
+  const disk = path.join(tmp.dir, 'disk.img');
+  const table = makeDisk(disk, 24, 'label: dos\nstart=4096, size=32768, type=83\n');
+  const src = buildTree(path.join(tmp.dir, 'src'), { seed: 33, blobs: 4, big: false, special: false });
+  makeFs(path.join(tmp.dir, 'p.img'), src, { kind: 'ext4', blockSize: 4096, sizeMiB: 16 });
+  writeInto(disk, table.partitions[0]!.offset, path.join(tmp.dir, 'p.img'));
+  const exp = new MemoryExport(24 << 20);
+  await exp.write(0, fs.readFileSync(disk), { fua: false });
+  const image: FsImage = exp; // the structural subset: no adapter
+  const part = (await listPartitions(image)).partitions[0]!;
+  const efs = await openFilesystem(image, part);
+  t.is((await efs.readdir('/links')).length, 5);
+  const ino = (await efs.stat('/small.txt')).ino;
+  const loc = efs.inodeLocation(ino);
+  t.is(loc.imageOffset, part.offset + loc.block * 4096 + loc.offset);
+  t.deepEqual(efs.blocksOfImageRange(loc.imageOffset, 1), { first: loc.block, count: 1 });
+  t.deepEqual(efs.blocksOfImageRange(part.offset - 4096, 8192), { first: 0, count: 1 });
+  t.deepEqual(efs.blocksOfImageRange(part.offset + 4095, 2), { first: 0, count: 2 });
+  t.is(efs.blocksOfImageRange(0, part.offset), null);
+  t.is(efs.blocksOfImageRange(part.offset + part.size, 4096), null);
 });

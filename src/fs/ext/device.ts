@@ -12,11 +12,18 @@ class Lru<V extends { length: number }> {
   private bytes = 0;
   constructor(private readonly capacity: number) {}
 
+  private lastKey = -1;
+  private lastValue: V | undefined;
+
   get(key: number): V | undefined {
+    // Consecutive lookups mostly hit the same entry (inodes of one directory share a chunk): skip the reordering.
+    if (key === this.lastKey && this.lastValue !== undefined) return this.lastValue;
     const v = this.map.get(key);
     if (v !== undefined) {
       this.map.delete(key);
       this.map.set(key, v);
+      this.lastKey = key;
+      this.lastValue = v;
     }
     return v;
   }
@@ -29,6 +36,7 @@ class Lru<V extends { length: number }> {
       if (this.bytes <= this.capacity) break;
       this.map.delete(k);
       this.bytes -= old.length;
+      if (k === this.lastKey) this.lastValue = undefined;
     }
   }
 }

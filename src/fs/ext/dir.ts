@@ -36,10 +36,11 @@ function recLen(raw: number, blockSize: number): number {
  */
 export function parseDirEntries(buf: Buffer, start: number, end: number, fmt: DirFormat, where: string, out: DirEntry[]): void {
   let off = start;
+  // Byte arithmetic rather than readUInt*: this loop runs once per entry of every directory walked.
   while (off + 8 <= end) {
-    const ino = buf.readUInt32LE(off);
-    const rec = recLen(buf.readUInt16LE(off + 4), fmt.blockSize);
-    const nameLen = fmt.filetype ? buf[off + 6]! : buf.readUInt16LE(off + 6);
+    const ino = (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
+    const rec = recLen(buf[off + 4]! | (buf[off + 5]! << 8), fmt.blockSize);
+    const nameLen = fmt.filetype ? buf[off + 6]! : buf[off + 6]! | (buf[off + 7]! << 8);
     const at = `${where} offset ${off - start}`;
     if (rec < 12 || rec % 4 !== 0) throw corrupt(at, `record length ${rec}`);
     if (off + rec > end) throw corrupt(at, `record length ${rec} runs past the block`);
@@ -50,7 +51,7 @@ export function parseDirEntries(buf: Buffer, start: number, end: number, fmt: Di
       const name = buf.subarray(off + 8, off + 8 + nameLen);
       const dot = (nameLen === 1 && name[0] === 0x2e) || (nameLen === 2 && name[0] === 0x2e && name[1] === 0x2e);
       if (!dot) {
-        if (name.includes(0x2f) || name.includes(0)) throw corrupt(at, 'name contains "/" or NUL');
+        for (let i = off + 8; i < off + 8 + nameLen; i++) if (buf[i] === 0x2f || buf[i] === 0) throw corrupt(at, 'name contains "/" or NUL');
         const t = fmt.filetype ? buf[off + 7]! : 0;
         out.push({ name: Buffer.from(name), ino, dtype: DTYPES[t] ?? 'unknown' });
       }

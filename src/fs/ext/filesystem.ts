@@ -76,6 +76,19 @@ export class ExtFilesystem {
     return this.partition.offset + block * this.blockSize;
   }
 
+  /**
+   * The filesystem blocks overlapping bytes [offset, offset+length) of the
+   * image (a changed range from the block history), or null if the range
+   * misses this filesystem.
+   */
+  blocksOfImageRange(offset: number, length: number): { first: number; count: number } | null {
+    const start = Math.max(offset, this.partition.offset);
+    const end = Math.min(offset + length, this.imageOffset(this.superblock.blocksCount));
+    if (end <= start) return null;
+    const first = Math.floor((start - this.partition.offset) / this.blockSize);
+    return { first, count: Math.ceil((end - this.partition.offset) / this.blockSize) - first };
+  }
+
   /** Where an inode is stored: its block, byte offset in it, and the image offset. */
   inodeLocation(ino: number): { group: number; block: number; offset: number; imageOffset: number } {
     const sb = this.superblock;

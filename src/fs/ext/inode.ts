@@ -51,12 +51,12 @@ export interface Stat {
   mtime: Timespec;
   ctime: Timespec;
   /** Creation time: only in inodes with room for it (256-byte inodes). */
-  crtime?: Timespec;
+  crtime: Timespec | undefined;
   dtime: number;
   flags: number;
   generation: number;
   /** chr/blk only. */
-  rdev?: { major: number; minor: number };
+  rdev: { major: number; minor: number } | undefined;
   /** Filesystem block that holds this inode, for incremental catalogs. */
   inodeBlock: number;
 }
@@ -75,27 +75,32 @@ export interface Inode {
 export const I_BLOCK = 40;
 export const I_BLOCK_LEN = 60;
 
+// Byte arithmetic rather than Buffer.readUInt*: a walk parses one inode per entry, and these are measurably faster.
+const u16 = (b: Buffer, o: number): number => b[o]! | (b[o + 1]! << 8);
+const i32 = (b: Buffer, o: number): number => b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24);
+const u32 = (b: Buffer, o: number): number => i32(b, o) >>> 0;
+
 function time(raw: Buffer, off: number, extraOff: number, coreEnd: number): Timespec {
-  const sec = raw.readInt32LE(off);
+  const sec = i32(raw, off);
   if (extraOff + 4 > coreEnd) return { sec, nsec: 0 };
-  const extra = raw.readUInt32LE(extraOff);
+  const extra = u32(raw, extraOff);
   // Low two bits extend the seconds past 2038; the rest are nanoseconds.
   return { sec: sec + (extra & 3) * 2 ** 32, nsec: Math.min(extra >>> 2, 999_999_999) };
 }
 
 export function parseInode(sb: Superblock, ino: number, raw: Buffer, inodeBlock: number): Inode {
-  const mode = raw.readUInt16LE(0);
+  const mode = u16(raw, 0);
   let coreEnd = 128;
   if (sb.inodeSize > 128) {
-    const extra = raw.readUInt16LE(128);
+    const extra = u16(raw, 128);
     if (extra > sb.inodeSize - 128 || extra % 4 !== 0) {
       throw corrupt(`inode ${ino}`, `extra size ${extra} does not fit a ${sb.inodeSize}-byte inode`);
     }
     coreEnd = 128 + extra;
   }
-  const flags = raw.readUInt32LE(32);
-  const blocksLo = raw.readUInt32LE(28);
-  const blocksHi = raw.readUInt16LE(116);
+  const flags = u32(raw, 32);
+  const blocksLo = u32(raw, 28);
+  const blocksHi = u16(raw, 116);
   const blocks = blocksLo + blocksHi * 2 ** 32;
   const huge = (sb.roCompat & RO_COMPAT.HUGE_FILE) !== 0;
   const allocated = huge && flags & FLAG.HUGE_FILE ? blocks * sb.blockSize : blocks * 512;
@@ -104,29 +109,29 @@ export function parseInode(sb: Superblock, ino: number, raw: Buffer, inodeBlock:
     ino,
     type,
     mode,
-    uid: raw.readUInt16LE(2) | (raw.readUInt16LE(120) << 16),
-    gid: raw.readUInt16LE(24) | (raw.readUInt16LE(122) << 16),
-    size: raw.readUInt32LE(4) + raw.readUInt32LE(108) * 2 ** 32,
-    nlink: raw.readUInt16LE(26),
+    uid: (u16(raw, 2) | (u16(raw, 120) << 16)) >>> 0,
+    gid: (u16(raw, 24) | (u16(raw, 122) << 16)) >>> 0,
+    size: u32(raw, 4) + u32(raw, 108) * 2 ** 32,
+    nlink: u16(raw, 26),
     allocated,
     atime: time(raw, 8, 140, coreEnd),
     mtime: time(raw, 16, 136, coreEnd),
     ctime: time(raw, 12, 132, coreEnd),
-    dtime: raw.readUInt32LE(20),
+    // Every property present from the start: one object shape for all inodes keeps the walk's code monomorphic.
+    crtime: coreEnd >= 152 ? time(raw, 144, 148, coreEnd) : undefined,
+    dtime: u32(raw, 20),
     flags,
-    generation: raw.readUInt32LE(100),
+    generation: u32(raw, 100),
+    rdev: undefined,
     inodeBlock,
   };
-  stat.uid >>>= 0;
-  stat.gid >>>= 0;
-  if (coreEnd >= 152) stat.crtime = time(raw, 144, 148, coreEnd);
   if (type === 'chr' || type === 'blk') {
-    const old = raw.readUInt32LE(I_BLOCK);
+    const old = u32(raw, I_BLOCK);
     if (old !== 0) stat.rdev = { major: (old >>> 8) & 0xff, minor: old & 0xff };
     else {
-      const dev = raw.readUInt32LE(I_BLOCK + 4);
+      const dev = u32(raw, I_BLOCK + 4);
       stat.rdev = { major: (dev >>> 8) & 0xfff, minor: (dev & 0xff) | ((dev >>> 12) & 0xfff00) };
     }
   }
-  return { stat, raw, fileAcl: raw.readUInt32LE(104) + raw.readUInt16LE(118) * 2 ** 32, coreEnd };
+  return { stat, raw, fileAcl: u32(raw, 104) + u16(raw, 118) * 2 ** 32, coreEnd };
 }
