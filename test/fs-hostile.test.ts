@@ -159,6 +159,8 @@ async function failure(t: { throwsAsync: (p: Promise<unknown>, e: object) => Pro
   t.is((await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(0x10000000, 4))))).message,
     'whole disk (ext4): superblock: 268435456 blocks of 4096 bytes exceed the partition (8388608 bytes)');
   t.regex((await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(0xffffffff, 0))))).message, /^whole disk \(ext4\): superblock: 4294967295 inodes exceed/);
+  const recovering = await openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(sb.readUInt32LE(96) | 0x4, 96)));
+  t.deepEqual(recovering.warnings, ['the journal needs recovery: read without replaying it (as mount -o noload)']);
   const badCsum = Buffer.from(image);
   badCsum[1024 + 300]! ^= 1;
   t.regex((await failure(t, openFilesystem(memoryImage(badCsum)))).message, /^whole disk \(ext4\): superblock: checksum mismatch/);

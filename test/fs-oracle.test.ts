@@ -96,6 +96,9 @@ for (const c of CASES) {
       t.is(fmt(s.atime), ist['Accessed']);
       t.is(s.crtime?.sec, 1600000000);
       t.is(fmt(s.crtime!), ist['File Created']);
+      t.is(s.nlink, 2, 'small.txt and links/hard');
+      t.is((await efs.stat('/deep')).nlink, 3);
+      t.deepEqual(efs.warnings, []);
       const big = await efs.stat('/big.bin');
       t.is(big.mtime.sec, 1_500_000_000 + 2 ** 32, 'low extra bits extend the seconds');
       t.is(big.mtime.nsec, 0);

@@ -154,3 +154,35 @@ for (const [name, o] of IMAGES) {
   t.is(efs.blocksOfImageRange(0, part.offset), null);
   t.is(efs.blocksOfImageRange(part.offset + part.size, 4096), null);
 });
+
+for (const o of [
+  { kind: 'ext4', blockSize: 4096, sizeMiB: 32 },
+  { kind: 'ext2', blockSize: 4096, sizeMiB: 32 }, // 5 GiB needs the triple indirect block with 4 KiB blocks
+] as MkfsOptions[]) {
+  (tools ? test : test.skip)(`${o.kind}, ${o.blockSize} bytes: a file past 4 GiB`, async (t) => {
+    const tmp = tempDir();
+    t.teardown(tmp.cleanup);
+    const far = 5 * 2 ** 30;
+    const src = buildTree(path.join(tmp.dir, 'src'), { seed: 34, blobs: 2, big: false, special: false, farOffset: far });
+    const file = path.join(tmp.dir, 'fs.img');
+    makeFs(file, src, o);
+    const raw = await openImageFile(file);
+    t.teardown(() => raw.close());
+    const img = new CountingImage(raw);
+    const efs = await openFilesystem(img);
+    const st = await efs.stat('/sparse-far.bin');
+    t.is(st.size, far + 4096);
+    const ext = await efs.fileExtents(st.ino);
+    t.deepEqual(ext.runs.map((r) => [r.logical, r.length]), [[far / 4096, 1]]);
+    t.deepEqual([...debugfsBlocks(file, '/sparse-far.bin').data], [[far / 4096, ext.runs[0]!.physical]]);
+    img.reset();
+    const parts: Buffer[] = [];
+    for await (const c of efs.readFile(st.ino, { offset: far - 100, length: 5000 })) parts.push(c);
+    const want = Buffer.alloc(4196);
+    const fd = fs.openSync(path.join(src, 'sparse-far.bin'), 'r');
+    fs.readSync(fd, want, 0, 4196, far - 100);
+    fs.closeSync(fd);
+    t.deepEqual(Buffer.concat(parts), want);
+    t.true(img.bytes <= 4096 + ext.metaBlocks.length * 4096, `${img.bytes} bytes read`);
+  });
+}

@@ -1,16 +1,21 @@
 /**
  * src/fs: a read-only filesystem reader over any image (a snapshot, clone,
- * archived point or live volume), with no mount and no root.
+ * archived point or live volume), with no mount, no root, no journal replay.
  *
- *   const table = await listPartitions(image);          // MBR, GPT or whole disk, probed
+ *   const table = await listPartitions(image);        // GPT, MBR (+ logical) or whole disk, probed
  *   const fs = await openFilesystem(image, table.partitions[0]);
- *   await fs.walk({ entry: (e) => { ... } });           // every path, with stat
- *   for await (const buf of fs.readFile('/etc/fstab')) ...
- *   const ext = await fs.fileExtents(ino);               // physical runs, for digests
+ *   await fs.walk({ entry(e) {}, directory(d) {} });  // every path with its stat; each directory's blocks
+ *   await fs.stat('/etc/fstab'); await fs.readdir(ino); await fs.readlink(ino);
+ *   for await (const buf of fs.readFile(ino)) ...     // or readChunks: holes without data
+ *   const ext = await fs.fileExtents(ino);             // physical runs + map blocks, for digests
+ *   fs.blocksOfImageRange(off, len); fs.classifyBlock(b); fs.inodeLocation(ino)  // incremental catalogs
  *
- * Only ext2/3/4 are read; other signatures are named and refused with
- * code UNSUPPORTED. Errors are FsError: code, where ("partition 2 (ext4)"),
- * structure ("inode 12 extent tree") and detail.
+ * The image is anything with `size` and `read(offset, length)`: every
+ * NbdExport qualifies. Paths are UTF-8 strings or Buffers (names are bytes;
+ * escapeName gives a printable, reversible form). Only ext2/3/4 are read;
+ * other signatures are named and refused with code UNSUPPORTED. Errors are
+ * FsError: code, where ("partition 2 (ext4)"), structure ("inode 12
+ * extent tree") and detail.
  */
 import { detectFilesystem } from './detect';
 import { FsError, asFsError } from './errors';

@@ -61,18 +61,13 @@ export class BlockDevice {
     readonly base: number,
     readonly blockSize: number,
     /** Blocks in the filesystem: nothing at or past it is read. */
-    private blocksCount: number,
+    private readonly blocksCount: number,
     opts: DeviceOptions = {},
   ) {
     const cache = opts.cacheBytes ?? 8 * 1024 * 1024;
     this.meta = new Lru(cache);
     this.chunks = new Lru(cache);
     this.chunkBlocks = Math.max(1, Math.floor((opts.inodeReadahead ?? 32 * 1024) / blockSize));
-  }
-
-  /** Once the superblock is known: the real bound (the partition size bounds reads before). */
-  setBlocksCount(n: number): void {
-    this.blocksCount = n;
   }
 
   check(block: number, count: number, what: string): void {

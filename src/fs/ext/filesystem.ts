@@ -11,6 +11,7 @@
 import { asFsError, corrupt, FsError, limit } from '../errors';
 import type { FsImage } from '../image';
 import { LIMITS } from '../limits';
+import { escapeName } from '../names';
 import type { Partition } from '../partitions';
 import { mapInode, type Run } from './blockmap';
 import { BlockDevice, type DeviceOptions } from './device';
@@ -35,6 +36,12 @@ export class ExtFilesystem {
   /** "partition 2 (ext4)": how errors name this filesystem. */
   readonly where: string;
   readonly blockSize: number;
+  /**
+   * What a reader of this point should know: the journal holds transactions
+   * not replayed here (the point was taken while mounted, as after a crash),
+   * or unlinked inodes wait on the orphan list.
+   */
+  readonly warnings: string[] = [];
   /** @internal */ readonly dev: BlockDevice;
   /** @internal */ readonly dirFormat: DirFormat;
   private readonly itableBlocks: number;
@@ -51,6 +58,8 @@ export class ExtFilesystem {
     this.dev = dev;
     this.blockSize = superblock.blockSize;
     this.itableBlocks = Math.ceil((superblock.inodesPerGroup * superblock.inodeSize) / superblock.blockSize);
+    if (superblock.needsRecovery) this.warnings.push('the journal needs recovery: read without replaying it (as mount -o noload)');
+    if (superblock.lastOrphan !== 0) this.warnings.push(`orphan inodes pending (first: inode ${superblock.lastOrphan})`);
     this.dirFormat = { filetype: (superblock.incompat & INCOMPAT.FILETYPE) !== 0, blockSize: superblock.blockSize, inodesCount: superblock.inodesCount };
   }
 
@@ -224,7 +233,7 @@ export class ExtFilesystem {
   }
 
   /** @internal A directory's entries, one batch per block (or inline region). */
-  async *dirBatches(ino: number, inode: Inode, onBlocks?: (run: Run) => void): AsyncGenerator<DirEntry[]> {
+  async *dirBatches(ino: number, inode: Inode, onBlocks?: (run: Run) => void, onMeta?: (block: number) => void): AsyncGenerator<DirEntry[]> {
     if (inode.stat.type !== 'dir') throw new FsError('NOT_DIR', this.where, `inode ${ino}`, 'not a directory');
     const where = `directory inode ${ino}`;
     if (inode.stat.flags & FLAG.INLINE_DATA) {
@@ -240,7 +249,7 @@ export class ExtFilesystem {
     if (size > LIMITS.maxDirectoryBytes) throw limit(where, `size ${size} exceeds ${LIMITS.maxDirectoryBytes} bytes`);
     const nblocks = Math.ceil(size / this.blockSize);
     const readahead = Math.max(1, Math.floor(65536 / this.blockSize));
-    for await (const run of this.runs(inode)) {
+    for await (const run of this.runs(inode, 0, onMeta)) {
       if (run.logical >= nblocks) break;
       const length = Math.min(run.length, nblocks - run.logical);
       onBlocks?.({ ...run, length });
@@ -299,17 +308,17 @@ export class ExtFilesystem {
       }
       const dir = stack[stack.length - 1]!;
       const child = await this.findEntry(dir, name);
-      if (child === null) throw new FsError('NOT_FOUND', this.where, `path ${bytes.toString('utf8')}`, `no entry "${name.toString('utf8')}"`);
+      if (child === null) throw new FsError('NOT_FOUND', this.where, `path ${escapeName(bytes)}`, `no entry "${escapeName(name)}"`);
       const inode = await this.inode(child);
       if (inode.stat.type === 'symlink' && (pending.length > 0 || opts.follow)) {
-        if (++hops > LIMITS.maxSymlinkHops) throw limit(`path ${bytes.toString('utf8')}`, 'too many levels of symbolic links');
+        if (++hops > LIMITS.maxSymlinkHops) throw limit(`path ${escapeName(bytes)}`, 'too many levels of symbolic links');
         const dest = await this.linkTarget(inode);
         if (dest[0] === SLASH) stack.length = 1;
         pending = [...splitPath(dest), ...pending];
         continue;
       }
       if (pending.length > 0 && inode.stat.type !== 'dir') {
-        throw new FsError('NOT_DIR', this.where, `path ${bytes.toString('utf8')}`, `"${name.toString('utf8')}" is not a directory`);
+        throw new FsError('NOT_DIR', this.where, `path ${escapeName(bytes)}`, `"${escapeName(name)}" is not a directory`);
       }
       stack.push(child);
     }

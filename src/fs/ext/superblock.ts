@@ -86,6 +86,8 @@ export interface Superblock {
   mkfsTime: number;
   /** The journal needs recovery: what is read is the state before its replay (noload). */
   needsRecovery: boolean;
+  /** Head of the orphan inode list (0 if empty). */
+  lastOrphan: number;
 }
 
 const str = (b: Buffer): string => {
@@ -165,6 +167,7 @@ export function parseSuperblock(sb: Buffer, partitionBytes: number): Superblock 
     wtime: sb.readUInt32LE(48),
     mkfsTime: sb.readUInt32LE(264),
     needsRecovery: (incompat & INCOMPAT.RECOVER) !== 0,
+    lastOrphan: sb.readUInt32LE(232),
   };
 }
 

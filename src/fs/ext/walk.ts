@@ -8,6 +8,7 @@
  */
 import { asFsError, FsError, limit } from '../errors';
 import { LIMITS } from '../limits';
+import { escapeName } from '../names';
 import type { Run } from './blockmap';
 import type { DirEntry } from './dir';
 import type { ExtFilesystem, Target } from './filesystem';
@@ -110,14 +111,15 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
   const stack: Frame[] = [];
   const enter = (ino: number, inode: Inode, path: Buffer, depth: number): void => {
     const f: Frame = { ino, path, depth, pending: [], next: 0, runs: [], meta: [], batches: undefined as unknown as AsyncGenerator<DirEntry[]> };
-    f.batches = fs.dirBatches(ino, inode, (run) => {
+    const onBlocks = (run: Run): void => {
       f.runs.push(run);
       summary.directoryBytes += run.length * fs.blockSize;
       if (summary.directoryBytes > budget) {
         fatal = limit('walk', `directories hold more than the filesystem's ${budget} bytes`).within(fs.where);
         throw fatal;
       }
-    });
+    };
+    f.batches = fs.dirBatches(ino, inode, onBlocks, (b) => f.meta.push(b));
     stack.push(f);
     summary.directories++;
   };
@@ -136,7 +138,7 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
       }
       if (r.done) {
         stack.pop();
-        if (visitor.directory) await visitor.directory({ ino: f.ino, path: f.path, runs: f.runs, metaBlocks: await metaBlocksOf(fs, f.ino) });
+        if (visitor.directory) await visitor.directory({ ino: f.ino, path: f.path, runs: f.runs, metaBlocks: f.meta });
         continue;
       }
       f.pending = r.value;
@@ -169,7 +171,7 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
     if (res instanceof Promise) res = await res;
     if (type !== 'dir' || res === false || !inode) continue;
     if (visited.has(e.ino)) {
-      await report(new FsError('CORRUPT', fs.where, `directory inode ${e.ino}`, `reached again at ${path.toString('utf8')} (directory loop or hard link)`), path, e.ino);
+      await report(new FsError('CORRUPT', fs.where, `directory inode ${e.ino}`, `reached again at ${escapeName(path)} (directory loop or hard link)`), path, e.ino);
       continue;
     }
     if (f.depth + 1 >= maxDepth) {
@@ -180,11 +182,4 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
     enter(e.ino, inode, path, f.depth + 1);
   }
   return summary;
-}
-
-/** Tree or indirect blocks of a directory (cached blocks: the walk just read them). */
-async function metaBlocksOf(fs: ExtFilesystem, ino: number): Promise<number[]> {
-  const meta: number[] = [];
-  for await (const _ of fs.runs(await fs.inode(ino), 0, (b) => meta.push(b))) void _;
-  return meta;
 }
