@@ -175,7 +175,7 @@ async function walkTs(img: FsImage): Promise<number> {
 async function readTs(img: FsImage, file: string): Promise<number> {
   const efs = await openFilesystem(img);
   let n = 0;
-  for await (const c of efs.readFile(file)) n += c.length;
+  for await (const c of efs.readFile(file, { reuseBuffers: true })) n += c.length; // as a restore streams it out
   return n;
 }
 

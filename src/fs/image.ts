@@ -8,8 +8,14 @@ import * as fsp from 'node:fs/promises';
 export interface FsImage {
   /** Size in bytes. */
   readonly size: number;
-  /** Exactly `length` bytes at `offset`; callers keep 0 <= offset, offset + length <= size, length > 0. */
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Exactly `length` bytes at `offset`; callers keep 0 <= offset,
+   * offset + length <= size, length > 0. When `into` (exactly `length`
+   * bytes) is given, the image may fill and return it instead of a new
+   * buffer, as NbdExport.read does: streaming reads reuse a few buffers
+   * rather than touching fresh memory for every chunk.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
 }
 
 /** Counts bytes and calls through an image. */
@@ -22,10 +28,10 @@ export class CountingImage implements FsImage {
     return this.inner.size;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     this.calls++;
     this.bytes += length;
-    return this.inner.read(offset, length);
+    return this.inner.read(offset, length, into);
   }
 
   reset(): void {
@@ -40,8 +46,8 @@ export async function openImageFile(file: string): Promise<FsImage & { close(): 
   const { size } = await fh.stat();
   return {
     size,
-    async read(offset: number, length: number): Promise<Buffer> {
-      const buf = Buffer.allocUnsafe(length);
+    async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+      const buf = into ?? Buffer.allocUnsafe(length);
       let done = 0;
       while (done < length) {
         const { bytesRead } = await fh.read(buf, done, length - done, offset + done);

@@ -14,7 +14,7 @@ const META_LETTER: Record<string, string> = { file: 'r', dir: 'd', symlink: 'l',
 
 export async function sha256Of(fs: ExtFilesystem, target: number | string): Promise<string> {
   const h = crypto.createHash('sha256');
-  for await (const c of fs.readFile(target)) h.update(c);
+  for await (const c of fs.readFile(target, { reuseBuffers: true })) h.update(c);
   return h.digest('hex');
 }
 

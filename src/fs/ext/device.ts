@@ -10,7 +10,10 @@ import type { FsImage } from '../image';
 class Lru<V extends { length: number }> {
   private readonly map = new Map<number, V>();
   private bytes = 0;
-  constructor(private readonly capacity: number) {}
+  constructor(
+    private readonly capacity: number,
+    private readonly onEvict?: (v: V) => void,
+  ) {}
 
   private lastKey = -1;
   private lastValue: V | undefined;
@@ -37,6 +40,7 @@ class Lru<V extends { length: number }> {
       this.map.delete(k);
       this.bytes -= old.length;
       if (k === this.lastKey) this.lastValue = undefined;
+      this.onEvict?.(old);
     }
   }
 }
@@ -53,6 +57,7 @@ export class BlockDevice {
   private readonly chunks: Lru<Buffer>;
   private readonly inflight = new Map<number, Promise<Buffer>>();
   private readonly inflightChunks = new Map<number, Promise<Buffer>>();
+  private readonly spare: Buffer[] = [];
   readonly chunkBlocks: number;
 
   constructor(
@@ -66,7 +71,11 @@ export class BlockDevice {
   ) {
     const cache = opts.cacheBytes ?? 8 * 1024 * 1024;
     this.meta = new Lru(cache);
-    this.chunks = new Lru(cache);
+    // Evicted inode-table chunks are read into again: fresh memory costs more than the copy (page faults).
+    // Safe because nothing keeps a view of a chunk across an await (ExtFilesystem copies what it keeps).
+    this.chunks = new Lru(cache, (buf) => {
+      if (this.spare.length < 16) this.spare.push(buf);
+    });
     this.chunkBlocks = Math.max(1, Math.floor((opts.inodeReadahead ?? 32 * 1024) / blockSize));
   }
 
@@ -81,16 +90,16 @@ export class BlockDevice {
     return this.image.read(this.base + offset, length);
   }
 
-  /** `count` blocks from `block`, uncached (file and directory data). */
-  readBlocks(block: number, count: number, what: string): Promise<Buffer> {
+  /** `count` blocks from `block`, uncached (file and directory data), into `into` if the image takes it. */
+  readBlocks(block: number, count: number, what: string, into?: Buffer): Promise<Buffer> {
     this.check(block, count, what);
-    return this.image.read(this.base + block * this.blockSize, count * this.blockSize);
+    return this.image.read(this.base + block * this.blockSize, count * this.blockSize, into);
   }
 
   /** Bytes [offset, offset+length) of the data starting at `block`: file reads end mid-block. */
-  readSpan(block: number, offset: number, length: number, what: string): Promise<Buffer> {
+  readSpan(block: number, offset: number, length: number, what: string, into?: Buffer): Promise<Buffer> {
     this.check(block, Math.ceil((offset + length) / this.blockSize), what);
-    return this.image.read(this.base + block * this.blockSize + offset, length);
+    return this.image.read(this.base + block * this.blockSize + offset, length, into);
   }
 
   /** One metadata block, cached. */
@@ -119,7 +128,10 @@ export class BlockDevice {
     if (hit) return hit;
     let p = this.inflightChunks.get(key);
     if (!p) {
-      p = this.readBlocks(block, count, what).finally(() => this.inflightChunks.delete(key));
+      const len = count * this.blockSize;
+      const i = this.spare.findIndex((b) => b.length === len);
+      const into = i >= 0 ? this.spare.splice(i, 1)[0] : undefined;
+      p = this.readBlocks(block, count, what, into).finally(() => this.inflightChunks.delete(key));
       this.inflightChunks.set(key, p);
     }
     const buf = await p;

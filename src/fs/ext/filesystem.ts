@@ -131,21 +131,34 @@ export class ExtFilesystem {
     };
   }
 
-  /** @internal The inode if its table chunk is cached (no I/O), else undefined. */
-  peekInode(ino: number): Inode | undefined {
+  /**
+   * The inode's bytes if its table chunk is cached (no I/O), else undefined:
+   * a view into the cache, valid only until the next await (chunk buffers
+   * are recycled), so callers parse it at once or copy it.
+   */
+  private rawView(ino: number, c = this.chunkOf(ino)): Buffer | undefined {
+    if (this.groups.inodeUninit[c.group]) return Buffer.alloc(this.superblock.inodeSize);
+    return this.dev.peekChunk(c.key)?.subarray(c.offset, c.offset + this.superblock.inodeSize);
+  }
+
+  /** @internal An inode's stat if its table chunk is cached (the walk's synchronous path), else undefined. */
+  peekStat(ino: number): Stat | undefined {
     const c = this.chunkOf(ino);
-    if (this.groups.inodeUninit[c.group]) return this.parse(ino, Buffer.alloc(this.superblock.inodeSize), c);
-    const chunk = this.dev.peekChunk(c.key);
-    return chunk ? this.parse(ino, chunk.subarray(c.offset, c.offset + this.superblock.inodeSize), c) : undefined;
+    const raw = this.rawView(ino, c);
+    return raw && this.parse(ino, raw, c).stat;
+  }
+
+  /** @internal An inode, with its own copy of the raw bytes (it outlives the cache entry). */
+  async inode(ino: number): Promise<Inode> {
+    const c = this.chunkOf(ino);
+    let raw = this.rawView(ino, c);
+    if (!raw) raw = (await this.dev.loadChunk(c.key, c.block, c.count, `inode ${ino} table`)).subarray(c.offset, c.offset + this.superblock.inodeSize);
+    return this.parse(ino, Buffer.from(raw), c);
   }
 
   /** @internal */
-  async inode(ino: number): Promise<Inode> {
-    const hit = this.peekInode(ino);
-    if (hit) return hit;
-    const c = this.chunkOf(ino);
-    await this.dev.loadChunk(c.key, c.block, c.count, `inode ${ino} table`);
-    return this.peekInode(ino)!;
+  async statOf(ino: number): Promise<Stat> {
+    return this.peekStat(ino) ?? (await this.inode(ino)).stat;
   }
 
   /** @internal Read the inode-table chunks of these inodes, a few at a time. */
@@ -202,9 +215,14 @@ export class ExtFilesystem {
     });
   }
 
-  /** A file's contents as chunks; holes are zero-filled. See ReadOptions. */
+  /** A file's contents as chunks; holes are zero-filled. See ReadOptions (reuseBuffers for streaming). */
   async *readFile(target: Target, opts: ReadOptions = {}): AsyncGenerator<Buffer> {
-    for await (const c of this.readChunks(target, opts)) yield c.data ?? Buffer.alloc(c.length);
+    let zeroes: Buffer | undefined;
+    for await (const c of this.readChunks(target, opts)) {
+      if (c.data) yield c.data;
+      else if (opts.reuseBuffers) yield (zeroes ??= Buffer.alloc(opts.chunkSize ?? LIMITS.readChunk)).subarray(0, c.length);
+      else yield Buffer.alloc(c.length);
+    }
   }
 
   /** A file's contents as chunks in order; holes and unwritten extents come without data. */
@@ -249,6 +267,7 @@ export class ExtFilesystem {
     if (size > LIMITS.maxDirectoryBytes) throw limit(where, `size ${size} exceeds ${LIMITS.maxDirectoryBytes} bytes`);
     const nblocks = Math.ceil(size / this.blockSize);
     const readahead = Math.max(1, Math.floor(65536 / this.blockSize));
+    const scratch = Buffer.allocUnsafe(readahead * this.blockSize); // entries copy their names out of it
     for await (const run of this.runs(inode, 0, onMeta)) {
       if (run.logical >= nblocks) break;
       const length = Math.min(run.length, nblocks - run.logical);
@@ -256,7 +275,7 @@ export class ExtFilesystem {
       if (run.unwritten) continue;
       for (let i = 0; i < length; i += readahead) {
         const n = Math.min(readahead, length - i);
-        const buf = await this.dev.readBlocks(run.physical + i, n, where);
+        const buf = await this.dev.readBlocks(run.physical + i, n, where, scratch.subarray(0, n * this.blockSize));
         for (let k = 0; k < n; k++) {
           const out: DirEntry[] = [];
           const lblk = run.logical + i + k;

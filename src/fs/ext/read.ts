@@ -18,6 +18,13 @@ export interface ReadOptions {
   length?: number;
   /** Largest chunk, in bytes (default 1 MiB). */
   chunkSize?: number;
+  /**
+   * Read into a ring of three chunk buffers instead of a new buffer per
+   * chunk: a chunk's data is then valid only until the next chunk is
+   * requested (write it out or hash it first). In a fresh process this is
+   * the difference between touching 3 MiB of memory and the file's size.
+   */
+  reuseBuffers?: boolean;
 }
 
 export interface FileChunk {
@@ -80,11 +87,16 @@ export async function* readFileChunks(fs: ExtFilesystem, inode: Inode, opts: Rea
     return;
   }
   // Reads are started one piece ahead of the consumer, so I/O overlaps its work.
+  // With reuse: chunk k is read into ring[k % 3]; that buffer is reused by chunk k + 3, whose read
+  // starts only when the consumer asks for chunk k + 2.
+  const ring = opts.reuseBuffers ? [0, 1, 2].map(() => Buffer.allocUnsafe(Math.min(chunk, end - start))) : null;
+  let k = 0;
   let ahead: { c: FileChunk; p?: Promise<Buffer> } | null = null;
   for await (const piece of pieces(fs, inode, start, end, chunk)) {
     const started: { c: FileChunk; p?: Promise<Buffer> } = { c: piece.c };
     if (piece.block !== undefined) {
-      started.p = fs.dev.readSpan(piece.block, piece.skip, piece.c.length, `${what} data`);
+      const into = ring?.[k++ % 3]!.subarray(0, piece.c.length);
+      started.p = fs.dev.readSpan(piece.block, piece.skip, piece.c.length, `${what} data`, into);
       started.p.catch(() => undefined); // if the consumer stops early, a failed read-ahead is not unhandled
     }
     if (ahead) yield await settle(ahead);

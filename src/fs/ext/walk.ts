@@ -154,22 +154,22 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
     }
     const e = f.pending[f.next++]!;
     const path = childPath(f.path, e.name);
-    let inode: Inode | undefined;
+    let stat: Stat | undefined;
     if (wantStat || e.dtype === 'unknown' || e.dtype === 'dir') {
       try {
-        inode = fs.peekInode(e.ino) ?? (await fs.inode(e.ino));
+        stat = fs.peekStat(e.ino) ?? (await fs.statOf(e.ino));
       } catch (err) {
         await report(err, path, e.ino);
         continue;
       }
     }
-    const type = inode ? inode.stat.type : e.dtype;
+    const type = stat ? stat.type : e.dtype;
     const entry: WalkEntry = { path, name: e.name, ino: e.ino, parent: f.ino, depth: f.depth + 1, type };
-    if (wantStat && inode) entry.stat = inode.stat;
+    if (wantStat && stat) entry.stat = stat;
     summary.entries++;
     let res = visitor.entry(entry);
     if (res instanceof Promise) res = await res;
-    if (type !== 'dir' || res === false || !inode) continue;
+    if (type !== 'dir' || res === false || !stat) continue;
     if (visited.has(e.ino)) {
       await report(new FsError('CORRUPT', fs.where, `directory inode ${e.ino}`, `reached again at ${escapeName(path)} (directory loop or hard link)`), path, e.ino);
       continue;
@@ -179,6 +179,13 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
       continue;
     }
     visited.add(e.ino);
+    let inode: Inode;
+    try {
+      inode = await fs.inode(e.ino); // the directory's own copy: its map is read while other chunks come and go
+    } catch (err) {
+      await report(err, path, e.ino);
+      continue;
+    }
     enter(e.ino, inode, path, f.depth + 1);
   }
   return summary;
