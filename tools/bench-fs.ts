@@ -5,7 +5,8 @@
  *
  * On one ext4 image made by mkfs.ext4 -d (--files small files in
  * directories of 100, plus one --big-mib file), with the image in the page
- * cache, the median (and best) of --reps interleaved rounds of:
+ * cache, the median (and best) elapsed and CPU time of --reps interleaved
+ * rounds of:
  *
  *   walk   every path with its inode's metadata, one mactime-style line per
  *          entry formatted and dropped: `fls -r -m /` and `fls -r -p -m /`
@@ -93,30 +94,46 @@ function median(xs: number[]): number {
 interface Contender {
   group: 'walk' | 'read';
   name: string;
-  fn: () => Promise<unknown> | unknown;
+  /** Returns the CPU milliseconds of a child process it ran (else this process's CPU time is measured). */
+  fn: () => Promise<number | unknown> | number | unknown;
   ms: number[];
+  cpu: number[];
 }
 
 /**
  * Runs every contender once per round, --reps rounds after a warm-up round
  * (page cache, JIT): interleaved, so a busy neighbour on a shared machine
- * slows all of them alike rather than whichever ran at the time.
+ * slows all of them alike rather than whichever ran at the time. CPU time
+ * (user + system) is recorded too: on a loaded machine it is the steadier
+ * measure.
  */
 async function rounds(contenders: Contender[], reps: number): Promise<void> {
   for (let r = 0; r <= reps; r++) {
     for (const c of contenders) {
       const t0 = performance.now();
-      await c.fn();
-      if (r > 0) c.ms.push(performance.now() - t0);
+      const u0 = process.cpuUsage();
+      const child = await c.fn();
+      const u = process.cpuUsage(u0);
+      if (r === 0) continue;
+      c.ms.push(performance.now() - t0);
+      c.cpu.push(typeof child === 'number' ? child : (u.user + u.system) / 1000);
     }
   }
 }
 
-function toNull(cmd: string, args: string[]): void {
+const GNU_TIME = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
+
+/** Run a command with stdout to /dev/null; its CPU milliseconds (NaN without GNU time). */
+function toNull(cmd: string, args: string[]): number {
   const out = fs.openSync('/dev/null', 'w');
+  const stats = path.join(os.tmpdir(), `bench-fs-time-${process.pid}`);
   try {
-    const r = spawnSync(cmd, args, { stdio: ['ignore', out, 'inherit'], env: { ...process.env, PATH } });
+    const [c, a] = GNU_TIME ? [GNU_TIME, ['-f', '%U %S', '-o', stats, cmd, ...args]] : [cmd, args];
+    const r = spawnSync(c, a, { stdio: ['ignore', out, 'inherit'], env: { ...process.env, PATH } });
     if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: exit ${r.status}`);
+    if (!GNU_TIME) return NaN;
+    const [user, sys] = fs.readFileSync(stats, 'utf8').trim().split(/\s+/).map(Number) as [number, number];
+    return (user + sys) * 1000;
   } finally {
     fs.closeSync(out);
   }
@@ -228,7 +245,7 @@ async function workerRoundTrips(exp: FsImage, count: number): Promise<number> {
 async function child(what: string, image: string): Promise<void> {
   const exp = await FileExport.open(image, { readOnly: true });
   if (what === 'walk') await walkTs(exp);
-  else await readTs(exp, '/big.bin');
+  else if (what === 'read') await readTs(exp, '/big.bin');
   await exp.close();
 }
 
@@ -261,34 +278,39 @@ async function main(): Promise<void> {
 
   const me = process.argv[1]!;
   const contenders: Contender[] = [];
-  const add = (group: Contender['group'], name: string, fn: Contender['fn']): void => void contenders.push({ group, name, fn, ms: [] });
+  const add = (group: Contender['group'], name: string, fn: Contender['fn']): void => void contenders.push({ group, name, fn, ms: [], cpu: [] });
   add('walk', 'fls -r -m / > /dev/null', () => toNull('fls', ['-r', '-m', '/', image]));
   add('walk', 'fls -r -p -m / > /dev/null', () => toNull('fls', ['-r', '-p', '-m', '/', image]));
-  add('walk', 'src/fs, warm process, FileHandle', () => walkTs(fd));
-  add('walk', 'src/fs, warm process, FileExport', () => walkTs(exp));
+  add('walk', 'src/fs, warm process, FileHandle', async () => void (await walkTs(fd)));
+  add('walk', 'src/fs, warm process, FileExport', async () => void (await walkTs(exp)));
   add('walk', 'src/fs, new node process, FileExport', () => toNull(process.execPath, [me, '--child', 'walk', image]));
+  add('walk', '  of which node starting, loading modules', () => toNull(process.execPath, [me, '--child', 'none', image]));
   let ext2reads = 0;
   if (ext2walk) {
     add('walk', 'libext2fs (C, unix_io_manager)', () => toNull(ext2walk, ['walk', image]));
     ext2reads = Number(execFileSync(ext2walk, ['walk', image]).toString().split(' ')[1]);
-    add('walk', `  + ${ext2reads} reads via a worker (io_manager)`, () => workerRoundTrips(exp, ext2reads));
+    add('walk', `  + ${ext2reads} reads via a worker (io_manager)`, async () => void (await workerRoundTrips(exp, ext2reads)));
   }
   add('read', 'icat > /dev/null', () => toNull('icat', [image, String(bigIno)]));
-  add('read', 'src/fs, warm process, FileHandle', () => readTs(fd, '/big.bin'));
-  add('read', 'src/fs, warm process, FileExport', () => readTs(exp, '/big.bin'));
+  add('read', 'src/fs, warm process, FileHandle', async () => void (await readTs(fd, '/big.bin')));
+  add('read', 'src/fs, warm process, FileExport', async () => void (await readTs(exp, '/big.bin')));
   add('read', 'src/fs, new node process, FileExport', () => toNull(process.execPath, [me, '--child', 'read', image]));
   if (ext2walk) add('read', 'libext2fs ext2fs_file_read (C)', () => toNull(ext2walk, ['read', image, String(bigIno)]));
   await rounds(contenders, reps);
 
-  const fls = median(contenders[0]!.ms);
-  const icat = median(contenders.find((c) => c.name.startsWith('icat'))!.ms);
+  const fls = contenders[0]!;
+  const icat = contenders.find((c) => c.name.startsWith('icat'))!;
   console.log(`\n${entries} entries (${lineBytes} bytes of lines formatted); one walk reads ${(walkBytes / 2 ** 20).toFixed(1)} MiB in ${walkCalls} calls`);
   if (ext2walk) console.log(`libext2fs's walk makes ${ext2reads} read calls; a libext2fs engine on the image interface would pay the walk plus those round trips`);
-  console.log(`median and best of ${reps} interleaved rounds:`);
+  console.log(`median (best) of ${reps} interleaved rounds, elapsed and CPU (user + system):`);
   for (const c of contenders) {
     const m = median(c.ms);
-    const ratio = c.group === 'walk' ? `${(m / fls).toFixed(2)}x fls time` : `${((bigMiB * 2 ** 20) / 1e6 / (m / 1000)).toFixed(0)} MB/s, ${(icat / m).toFixed(2)}x icat throughput`;
-    console.log(`${c.group} ${c.name.padEnd(40)} ${m.toFixed(0).padStart(6)} ms (best ${Math.min(...c.ms).toFixed(0).padStart(5)})  ${ratio}`);
+    const cpu = median(c.cpu);
+    const ratio =
+      c.group === 'walk'
+        ? `${(m / median(fls.ms)).toFixed(2)}x fls elapsed, ${(cpu / median(fls.cpu)).toFixed(2)}x fls CPU`
+        : `${((bigMiB * 2 ** 20) / 1e6 / (m / 1000)).toFixed(0)} MB/s, ${(median(icat.ms) / m).toFixed(2)}x icat throughput, ${(cpu / median(icat.cpu)).toFixed(2)}x icat CPU`;
+    console.log(`${c.group} ${c.name.padEnd(40)} ${m.toFixed(0).padStart(6)} ms (${Math.min(...c.ms).toFixed(0).padStart(5)})  cpu ${cpu.toFixed(0).padStart(5)} ms  ${ratio}`);
   }
   await fd.close();
   await exp.close();

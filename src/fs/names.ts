@@ -42,6 +42,16 @@ const hex = (byte: number): string => '\\x' + byte.toString(16).padStart(2, '0')
 
 /** Printable, reversible form of a name or path (see the module comment). */
 export function escapeName(name: Uint8Array): string {
+  // Most names are printable ASCII without a backslash: one decode, no per-character work.
+  let plain = true;
+  for (let i = 0; i < name.length; i++) {
+    const c = name[i]!;
+    if (c < 0x20 || c >= 0x7f || c === 0x5c) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return Buffer.from(name.buffer, name.byteOffset, name.length).toString('latin1');
   let out = '';
   let i = 0;
   while (i < name.length) {
