@@ -10,10 +10,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CountingImage, listPartitions, openFilesystem, openImageFile, type ExtFilesystem, type FsImage, type WalkDirectory } from '../src/fs';
 import { MemoryExport } from '../src/storage';
-import { buildTree, debugfsBlocks, debugfsImap, hasTools, makeDisk, makeFs, tempDir, writeInto, type MkfsOptions } from './helpers/fs-images';
+import { buildTree, debugfsBlocks, debugfsImap, requireTools, makeDisk, makeFs, tempDir, writeInto, type MkfsOptions } from './helpers/fs-images';
 import { sha256Of } from './helpers/fs-oracle';
 
-const tools = hasTools('mkfs.ext4', 'debugfs', 'e2fsck');
+const TOOLS = ['mkfs.ext4', 'debugfs', 'e2fsck'];
 const FILES = ['/big.bin', '/sparse.bin', '/fragmented.bin', '/small.txt', '/blobs/f3', '/sparse-far.bin'];
 
 const IMAGES: [string, MkfsOptions][] = [
@@ -37,7 +37,8 @@ async function withImage(t: { teardown(fn: () => void): void }, o: MkfsOptions, 
 }
 
 for (const [name, o] of IMAGES) {
-  (tools ? test : test.skip)(`${name}: a file read costs its blocks and its map, nothing more`, async (t) => {
+  test(`${name}: a file read costs its blocks and its map, nothing more`, async (t) => {
+  requireTools(...TOOLS);
     await withImage(t, o, async (file, raw) => {
       for (const f of FILES) {
         const img = new CountingImage(raw);
@@ -69,7 +70,8 @@ for (const [name, o] of IMAGES) {
     });
   });
 
-  (tools ? test : test.skip)(`${name}: block maps, inode locations and directory blocks match debugfs`, async (t) => {
+  test(`${name}: block maps, inode locations and directory blocks match debugfs`, async (t) => {
+  requireTools(...TOOLS);
     await withImage(t, o, async (file, img) => {
       const efs = await openFilesystem(img);
       for (const f of FILES) {
@@ -109,7 +111,8 @@ for (const [name, o] of IMAGES) {
   });
 }
 
-(tools ? test : test.skip)('chunks: holes come without data and cost no reads', async (t) => {
+test('chunks: holes come without data and cost no reads', async (t) => {
+  requireTools(...TOOLS);
   await withImage(t, IMAGES[0]![1], async (_file, raw) => {
     const img = new CountingImage(raw);
     const efs: ExtFilesystem = await openFilesystem(img);
@@ -131,7 +134,8 @@ for (const [name, o] of IMAGES) {
   });
 });
 
-(tools ? test : test.skip)('any NbdExport is an image: a MemoryExport holding an MBR disk; changed ranges map to blocks', async (t) => {
+test('any NbdExport is an image: a MemoryExport holding an MBR disk; changed ranges map to blocks', async (t) => {
+  requireTools(...TOOLS);
   const tmp = tempDir();
   t.teardown(tmp.cleanup);
   const disk = path.join(tmp.dir, 'disk.img');
@@ -159,7 +163,8 @@ for (const o of [
   { kind: 'ext4', blockSize: 4096, sizeMiB: 32 },
   { kind: 'ext2', blockSize: 4096, sizeMiB: 32 }, // 5 GiB needs the triple indirect block with 4 KiB blocks
 ] as MkfsOptions[]) {
-  (tools ? test : test.skip)(`${o.kind}, ${o.blockSize} bytes: a file past 4 GiB`, async (t) => {
+  test(`${o.kind}, ${o.blockSize} bytes: a file past 4 GiB`, async (t) => {
+  requireTools(...TOOLS);
     const tmp = tempDir();
     t.teardown(tmp.cleanup);
     const far = 5 * 2 ** 30;
@@ -187,7 +192,8 @@ for (const o of [
   });
 }
 
-(tools ? test : test.skip)('a tiny cache (chunks evicted and their buffers reused all the time) reads the same, under concurrent use', async (t) => {
+test('a tiny cache (chunks evicted and their buffers reused all the time) reads the same, under concurrent use', async (t) => {
+  requireTools(...TOOLS);
   await withImage(t, IMAGES[1]![1], async (_file, raw) => {
     const big = await openFilesystem(raw);
     const tiny = await openFilesystem(raw, undefined, { cacheBytes: 8192, inodeReadahead: 4096 });

@@ -150,19 +150,18 @@ export class VolumeManager implements ExportProvider {
 
   private onlineOrTimeout(name: string, ms: number): Promise<void> {
     return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        const i = this.onlineWaiters.indexOf(check);
+        if (i >= 0) this.onlineWaiters.splice(i, 1);
+        resolve();
+      };
+      const check = (): void => {
+        if (this.recovering.has(name)) this.onlineWaiters.push(check);
+        else done();
+      };
       const timer = setTimeout(done, ms);
       timer.unref?.();
-      const self = this;
-      function done(): void {
-        clearTimeout(timer);
-        const i = self.onlineWaiters.indexOf(check);
-        if (i >= 0) self.onlineWaiters.splice(i, 1);
-        resolve();
-      }
-      function check(): void {
-        if (self.recovering.has(name)) self.onlineWaiters.push(check);
-        else done();
-      }
       this.onlineWaiters.push(check);
     });
   }

@@ -17,8 +17,10 @@ export function tempDir(prefix = 'rewind-fs-'): { dir: string; cleanup(): void }
   return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
-export function hasTools(...names: string[]): boolean {
-  return names.every((n) => spawnSync('sh', ['-c', `command -v ${n} || test -x /usr/sbin/${n} || test -x /sbin/${n}`]).status === 0);
+/** Throws (never skips) when a tool is missing: tests that need it then fail loudly. */
+export function requireTools(...names: string[]): void {
+  const missing = names.filter((n) => spawnSync('sh', ['-c', `command -v ${n} || test -x /usr/sbin/${n} || test -x /sbin/${n}`]).status !== 0);
+  if (missing.length) throw new Error(`required tools missing: ${missing.join(', ')} (run tools/install-system-deps.sh)`);
 }
 
 function run(cmd: string, args: string[], opts: { input?: string } = {}): Buffer {
