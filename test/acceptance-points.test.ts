@@ -88,27 +88,43 @@ async function refused(args: string[]): Promise<string> {
 
 test.serial('history as the scenario says: T_2..T_3 merged into T_3; @seq:2 refused as before', async (t) => {
   const log = (await api(sc.d, 'GET', '/v1/volumes/r/log')).transactions as Array<{ n: number; mergedFrom?: number }>;
-  t.deepEqual(log.map((x) => [x.n, x.mergedFrom ?? null]), [[1, null], [3, 2], [4, null]]);
-  t.regex(await refused(['point', 'r', '@seq:2']), /@seq:2 lies inside T_3, which retention merged .*nearest valid points are @seq:1 \(.*\) and @seq:3 \(/);
+  t.deepEqual(
+    log.map((x) => [x.n, x.mergedFrom ?? null]),
+    [
+      [1, null],
+      [3, 2],
+      [4, null],
+    ],
+  );
+  t.regex(
+    await refused(['point', 'r', '@seq:2']),
+    /@seq:2 lies inside T_3, which retention merged .*nearest valid points are @seq:1 \(.*\) and @seq:3 \(/,
+  );
 });
 
-test.serial('point: a time in merged history is refused naming both neighbours; --nearest before/after picks one and says so', async (t) => {
-  t.regex(await refused(['point', 'r', sc.tb]), refusal());
-  const before = await cli(sc.d, ['point', 'r', sc.tb, '--nearest', 'before']);
-  t.regex(before, /is seq 1, /);
-  t.regex(before, /note: .*lies inside T_3, which retention merged.*using the nearest valid point before it, @seq:1/);
-  const after = JSON.parse(await cli(sc.d, ['point', 'r', sc.tb, '--nearest', 'after', '--json']));
-  t.is(after.seq, 3);
-  t.is(after.substituted.nearest, 'after');
-  t.regex(after.substituted.reason, /retention merged/);
-  // A time after T_3's last write is a point as ever (seq 3's image).
-  t.regex(await cli(sc.d, ['point', 'r', sc.times[2]!]), /is seq 3, /);
-  t.regex(await refused(['point', 'r', sc.tb, '--nearest', 'sideways']), /nearest must be "before" or "after"/);
-});
+test.serial(
+  'point: a time in merged history is refused naming both neighbours; --nearest before/after picks one and says so',
+  async (t) => {
+    t.regex(await refused(['point', 'r', sc.tb]), refusal());
+    const before = await cli(sc.d, ['point', 'r', sc.tb, '--nearest', 'before']);
+    t.regex(before, /is seq 1, /);
+    t.regex(before, /note: .*lies inside T_3, which retention merged.*using the nearest valid point before it, @seq:1/);
+    const after = JSON.parse(await cli(sc.d, ['point', 'r', sc.tb, '--nearest', 'after', '--json']));
+    t.is(after.seq, 3);
+    t.is(after.substituted.nearest, 'after');
+    t.regex(after.substituted.reason, /retention merged/);
+    // A time after T_3's last write is a point as ever (seq 3's image).
+    t.regex(await cli(sc.d, ['point', 'r', sc.times[2]!]), /is seq 3, /);
+    t.regex(await refused(['point', 'r', sc.tb, '--nearest', 'sideways']), /nearest must be "before" or "after"/);
+  },
+);
 
 test.serial('snapshot: refused; --nearest after serves seq 3 and says so', async (t) => {
   t.regex(await refused(['snapshot', 'r', '--at', sc.tb, '--name', 'snap-tb']), refusal());
-  t.false((await api(sc.d, 'GET', '/v1/views')).views.some((v: { name: string }) => v.name === 'snap-tb'), 'nothing was created');
+  t.false(
+    (await api(sc.d, 'GET', '/v1/views')).views.some((v: { name: string }) => v.name === 'snap-tb'),
+    'nothing was created',
+  );
   const out = await cli(sc.d, ['snapshot', 'r', '--at', sc.tb, '--nearest', 'after', '--name', 'snap-tb']);
   t.regex(out, /at seq 3, /);
   t.regex(out, /note: .*using the nearest valid point after it, @seq:3/);
@@ -152,7 +168,10 @@ test.serial('diff: refused; --nearest before diffs from seq 1 and says so', asyn
   t.regex(out, /from seq 1, /);
   t.regex(out, /note: .*before it, @seq:1/);
   const r = JSON.parse(await cli(sc.d, ['diff', 'r', '--from', sc.tb, '--to', 'latest', '--nearest', 'before', '--json']));
-  t.deepEqual(r.extents, [{ offset: 0, length: 65536 }, { offset: 4 * MiB, length: 65536 }]);
+  t.deepEqual(r.extents, [
+    { offset: 0, length: 65536 },
+    { offset: 4 * MiB, length: 65536 },
+  ]);
 });
 
 test.serial('restore: refused and nothing changes; --nearest before restores seq 1 and says so', async (t) => {

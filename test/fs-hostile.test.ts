@@ -37,7 +37,10 @@ async function bases(): Promise<Base[]> {
   try {
     const raw: [string, Buffer][] = [
       ['ext2, 1 KiB, indirect, hashed dirs', mkImage(tmp.dir, 'a', { kind: 'ext2', blockSize: 1024, sizeMiB: 8, htree: true })],
-      ['ext4, 1 KiB, no checksums, inline data, extent depth 2', mkImage(tmp.dir, 'b', { kind: 'ext4', blockSize: 1024, sizeMiB: 8, features: '^metadata_csum,inline_data', htree: true })],
+      [
+        'ext4, 1 KiB, no checksums, inline data, extent depth 2',
+        mkImage(tmp.dir, 'b', { kind: 'ext4', blockSize: 1024, sizeMiB: 8, features: '^metadata_csum,inline_data', htree: true }),
+      ],
       ['ext4, 4 KiB, defaults', mkImage(tmp.dir, 'c', { kind: 'ext4', blockSize: 4096, sizeMiB: 8 })],
     ];
     const disk = path.join(tmp.dir, 'gpt.img');
@@ -101,7 +104,11 @@ test('damaged metadata of real images: only FsErrors, located, in bounded time a
   const all = await bases();
   for (const base of all) {
     const clean = await exercise(memoryImage(base.image));
-    t.deepEqual(clean.errors.map((e) => e.message), [], `${base.name}: the undamaged image reads cleanly`);
+    t.deepEqual(
+      clean.errors.map((e) => e.message),
+      [],
+      `${base.name}: the undamaged image reads cleanly`,
+    );
     t.true(clean.entries > 300, `${base.name}: ${clean.entries} entries`);
   }
   let runs = 0;
@@ -128,7 +135,9 @@ test('damaged metadata of real images: only FsErrors, located, in bounded time a
       { numRuns: 80, seed: 15 + all.indexOf(base), endOnFailure: true },
     );
   }
-  t.log(`${runs} damaged images, ${withErrors} with errors, slowest pass ${Math.round(slowest)} ms, heap peak ${Math.round(heapPeak / 2 ** 20)} MiB`);
+  t.log(
+    `${runs} damaged images, ${withErrors} with errors, slowest pass ${Math.round(slowest)} ms, heap peak ${Math.round(heapPeak / 2 ** 20)} MiB`,
+  );
   t.log(`error kinds: ${[...seen].sort().join('; ')}`);
   t.true(withErrors > runs / 4, 'the damage is seen');
   t.true(heapPeak < 1024 * 2 ** 20);
@@ -154,13 +163,22 @@ test('hand-made damage gives the exact error', async (t) => {
   const image = mkImage(tmp.dir, 'x', { kind: 'ext4', blockSize: 4096, sizeMiB: 8 });
   const clean = await openFilesystem(memoryImage(image));
   // Superblock.
-  t.is((await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(sb.readUInt32LE(96) | 0x1000, 96))))).message,
-    'whole disk (ext4): superblock: incompatible features not understood: dirdata');
-  t.is((await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(sb.readUInt32LE(96) | 0x800000, 96))))).message,
-    'whole disk (ext4): superblock: incompatible features not understood: 0x800000');
-  t.is((await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(0x10000000, 4))))).message,
-    'whole disk (ext4): superblock: 268435456 blocks of 4096 bytes exceed the partition (8388608 bytes)');
-  t.regex((await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(0xffffffff, 0))))).message, /^whole disk \(ext4\): superblock: 4294967295 inodes exceed/);
+  t.is(
+    (await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(sb.readUInt32LE(96) | 0x1000, 96))))).message,
+    'whole disk (ext4): superblock: incompatible features not understood: dirdata',
+  );
+  t.is(
+    (await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(sb.readUInt32LE(96) | 0x800000, 96))))).message,
+    'whole disk (ext4): superblock: incompatible features not understood: 0x800000',
+  );
+  t.is(
+    (await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(0x10000000, 4))))).message,
+    'whole disk (ext4): superblock: 268435456 blocks of 4096 bytes exceed the partition (8388608 bytes)',
+  );
+  t.regex(
+    (await failure(t, openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(0xffffffff, 0))))).message,
+    /^whole disk \(ext4\): superblock: 4294967295 inodes exceed/,
+  );
   const recovering = await openFilesystem(withSuper(image, (sb) => sb.writeUInt32LE(sb.readUInt32LE(96) | 0x4, 96)));
   t.deepEqual(recovering.warnings, ['the journal needs recovery: read without replaying it (as mount -o noload)']);
   const badCsum = Buffer.from(image);
@@ -172,8 +190,15 @@ test('hand-made damage gives the exact error', async (t) => {
   const loc = clean.inodeLocation(big.ino);
   const deep = Buffer.from(image);
   deep.writeUInt16LE(9, loc.imageOffset + 40 + 6);
-  t.is((await failure(t, openFilesystem(memoryImage(deep)).then((f) => f.fileExtents(big.ino)))).message,
-    `whole disk (ext4): inode ${big.ino} extent tree: depth 9 exceeds 5`);
+  t.is(
+    (
+      await failure(
+        t,
+        openFilesystem(memoryImage(deep)).then((f) => f.fileExtents(big.ino)),
+      )
+    ).message,
+    `whole disk (ext4): inode ${big.ino} extent tree: depth 9 exceeds 5`,
+  );
   const frag = await clean.stat('/fragmented.bin');
   const fext = await clean.fileExtents(frag.ino);
   t.true(fext.metaBlocks.length >= 1, 'a tree with an index');
@@ -183,7 +208,12 @@ test('hand-made damage gives the exact error', async (t) => {
   looped.writeUInt32LE(fext.metaBlocks[0]!, node + 12 + 4); // ...and its first entry points at itself
   looped.writeUInt16LE(0, node + 12 + 8);
   const lf = await openFilesystem(memoryImage(looped));
-  t.regex((await failure(t, lf.fileExtents(frag.ino))).message, new RegExp(`^whole disk \\(ext4\\): inode ${frag.ino} extent tree: (index block ${fext.metaBlocks[0]}: depth 1 under a node of depth 1|index block ${fext.metaBlocks[0]} is reached twice)`));
+  t.regex(
+    (await failure(t, lf.fileExtents(frag.ino))).message,
+    new RegExp(
+      `^whole disk \\(ext4\\): inode ${frag.ino} extent tree: (index block ${fext.metaBlocks[0]}: depth 1 under a node of depth 1|index block ${fext.metaBlocks[0]} is reached twice)`,
+    ),
+  );
 
   // A directory loop: /deep/level0/level1 gets an entry pointing back at /deep.
   const file = path.join(tmp.dir, 'loop.img');
@@ -193,17 +223,35 @@ test('hand-made damage gives the exact error', async (t) => {
   const reported: string[] = [];
   const sum = await lfs.walk({ entry: () => undefined, error: (e) => void reported.push(e.message) });
   t.is(sum.errors, 1);
-  t.regex(reported[0]!, /^whole disk \(ext4\): directory inode \d+: reached again at \/deep\/level0\/level1\/back \(directory loop or hard link\)$/);
+  t.regex(
+    reported[0]!,
+    /^whole disk \(ext4\): directory inode \d+: reached again at \/deep\/level0\/level1\/back \(directory loop or hard link\)$/,
+  );
   await t.throwsAsync(lfs.walk({ entry: () => undefined }), { instanceOf: FsError, message: /directory loop/ });
 
   // Absurd sizes: a directory of 2^40 bytes, a symlink of 1 MiB.
   const root = clean.inodeLocation(2);
   const hugeDir = Buffer.from(image);
   hugeDir.writeUInt32LE(256, root.imageOffset + 108);
-  t.is((await failure(t, openFilesystem(memoryImage(hugeDir)).then((f) => f.readdir('/')))).message,
-    'whole disk (ext4): directory inode 2: size 1099511631872 exceeds 4294967296 bytes');
+  t.is(
+    (
+      await failure(
+        t,
+        openFilesystem(memoryImage(hugeDir)).then((f) => f.readdir('/')),
+      )
+    ).message,
+    'whole disk (ext4): directory inode 2: size 1099511631872 exceeds 4294967296 bytes',
+  );
   const slow = clean.inodeLocation((await clean.stat('/links/slow')).ino);
   const longLink = Buffer.from(image);
   longLink.writeUInt32LE(1 << 20, slow.imageOffset + 4);
-  t.regex((await failure(t, openFilesystem(memoryImage(longLink)).then((f) => f.readlink('/links/slow')))).message, /^whole disk \(ext4\): symlink inode \d+: target length 1048576$/);
+  t.regex(
+    (
+      await failure(
+        t,
+        openFilesystem(memoryImage(longLink)).then((f) => f.readlink('/links/slow')),
+      )
+    ).message,
+    /^whole disk \(ext4\): symlink inode \d+: target length 1048576$/,
+  );
 });

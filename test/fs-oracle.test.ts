@@ -23,17 +23,45 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { name: 'ext2, 1 KiB blocks, triple indirect', mkfs: { kind: 'ext2', blockSize: 1024, sizeMiB: 48 }, tree: { seed: 1, farOffset: 70 * MiB } },
-  { name: 'ext2, 4 KiB blocks, hashed dirs', mkfs: { kind: 'ext2', blockSize: 4096, sizeMiB: 48, htree: true }, tree: { seed: 2, many: 1500 } },
+  {
+    name: 'ext2, 1 KiB blocks, triple indirect',
+    mkfs: { kind: 'ext2', blockSize: 1024, sizeMiB: 48 },
+    tree: { seed: 1, farOffset: 70 * MiB },
+  },
+  {
+    name: 'ext2, 4 KiB blocks, hashed dirs',
+    mkfs: { kind: 'ext2', blockSize: 4096, sizeMiB: 48, htree: true },
+    tree: { seed: 2, many: 1500 },
+  },
   { name: 'ext3, 1 KiB blocks, 128-byte inodes', mkfs: { kind: 'ext3', blockSize: 1024, sizeMiB: 48, inodeSize: 128 }, tree: { seed: 3 } },
-  { name: 'ext3, 4 KiB blocks, hashed dirs', mkfs: { kind: 'ext3', blockSize: 4096, sizeMiB: 48, htree: true }, tree: { seed: 4, many: 2500 } },
-  { name: 'ext4 defaults (64bit, flex_bg, metadata_csum), hashed dirs, extent depth 1', mkfs: { kind: 'ext4', blockSize: 4096, sizeMiB: 64, htree: true }, tree: { seed: 5, many: 3000, islands: 300 } },
+  {
+    name: 'ext3, 4 KiB blocks, hashed dirs',
+    mkfs: { kind: 'ext3', blockSize: 4096, sizeMiB: 48, htree: true },
+    tree: { seed: 4, many: 2500 },
+  },
+  {
+    name: 'ext4 defaults (64bit, flex_bg, metadata_csum), hashed dirs, extent depth 1',
+    mkfs: { kind: 'ext4', blockSize: 4096, sizeMiB: 64, htree: true },
+    tree: { seed: 5, many: 3000, islands: 300 },
+  },
   { name: 'ext4, 1 KiB blocks, extent depth 2', mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 48 }, tree: { seed: 6, islands: 400 } },
   { name: 'ext4 without flex_bg', mkfs: { kind: 'ext4', blockSize: 4096, sizeMiB: 48, features: '^flex_bg' }, tree: { seed: 7 } },
-  { name: 'ext4 without 64bit (32-byte descriptors), 1 KiB', mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 48, features: '^64bit,^flex_bg' }, tree: { seed: 8 } },
-  { name: 'ext4 without extents (indirect blocks), 1 KiB', mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 48, features: '^extent,^64bit' }, tree: { seed: 9, farOffset: 70 * MiB } },
+  {
+    name: 'ext4 without 64bit (32-byte descriptors), 1 KiB',
+    mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 48, features: '^64bit,^flex_bg' },
+    tree: { seed: 8 },
+  },
+  {
+    name: 'ext4 without extents (indirect blocks), 1 KiB',
+    mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 48, features: '^extent,^64bit' },
+    tree: { seed: 9, farOffset: 70 * MiB },
+  },
   { name: 'ext4 with inline data', mkfs: { kind: 'ext4', blockSize: 4096, sizeMiB: 48, features: 'inline_data' }, tree: { seed: 10 } },
-  { name: 'ext4 with meta_bg', mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 64, features: 'meta_bg,^resize_inode' }, tree: { seed: 11 } },
+  {
+    name: 'ext4 with meta_bg',
+    mkfs: { kind: 'ext4', blockSize: 1024, sizeMiB: 64, features: 'meta_bg,^resize_inode' },
+    tree: { seed: 11 },
+  },
 ];
 
 async function withImage<T>(c: Case, fn: (image: string, fs: ExtFilesystem, src: string) => Promise<T>): Promise<T> {
@@ -55,7 +83,7 @@ async function withImage<T>(c: Case, fn: (image: string, fs: ExtFilesystem, src:
 
 for (const c of CASES) {
   test(`${c.name}: equals fls, istat and icat`, async (t) => {
-  requireTools(...TOOLS);
+    requireTools(...TOOLS);
     await withImage(c, async (image, efs, src) => {
       t.is(efs.type, c.mkfs.kind);
       t.is(efs.blockSize, c.mkfs.blockSize);
@@ -92,7 +120,12 @@ test('nanoseconds, creation time and the epoch bits past 2038', async (t) => {
       const s = await efs.stat('/small.txt');
       const ist = istatTimes(image, s.ino);
       const fmt = (ts: { sec: number; nsec: number }): string =>
-        new Date(ts.sec * 1000).toISOString().replace('T', ' ').replace(/\.\d+Z$/, '') + '.' + String(ts.nsec).padStart(9, '0');
+        new Date(ts.sec * 1000)
+          .toISOString()
+          .replace('T', ' ')
+          .replace(/\.\d+Z$/, '') +
+        '.' +
+        String(ts.nsec).padStart(9, '0');
       t.is(s.mtime.nsec, 0x12345678 >>> 2);
       t.is(fmt(s.mtime), ist['File Modified']);
       t.is(fmt(s.atime), ist['Accessed']);

@@ -64,7 +64,11 @@ test('MBR with primary, extended and logical partitions, as sfdisk made it', asy
   const tmp = tempDir();
   t.teardown(tmp.cleanup);
   const disk = path.join(tmp.dir, 'disk.img');
-  const table = makeDisk(disk, 128, 'label: dos\nstart=2048, size=40960, type=83\nsize=40960, type=83\ntype=5\nsize=30720, type=83\nsize=30720, type=82\n');
+  const table = makeDisk(
+    disk,
+    128,
+    'label: dos\nstart=2048, size=40960, type=83\nsize=40960, type=83\ntype=5\nsize=30720, type=83\nsize=30720, type=82\n',
+  );
   const src = buildTree(path.join(tmp.dir, 'src'), { seed: 21, blobs: 10 });
   const kinds = { 1: ['ext4', 4096], 2: ['ext2', 1024], 5: ['ext3', 1024] } as const;
   for (const [idx, [kind, blockSize]] of Object.entries(kinds)) {
@@ -110,7 +114,11 @@ test('GPT as sfdisk made it, and the backup GPT when the primary is damaged', as
   const tmp = tempDir();
   t.teardown(tmp.cleanup);
   const disk = path.join(tmp.dir, 'disk.img');
-  const table = makeDisk(disk, 96, 'label: gpt\nsize=24MiB, name="root"\nsize=16MiB, name="data"\nsize=8MiB, name="x"\nsize=8MiB, name="l"\nsize=8MiB, name="n"\n');
+  const table = makeDisk(
+    disk,
+    96,
+    'label: gpt\nsize=24MiB, name="root"\nsize=16MiB, name="data"\nsize=8MiB, name="x"\nsize=8MiB, name="l"\nsize=8MiB, name="n"\n',
+  );
   const src = buildTree(path.join(tmp.dir, 'src'), { seed: 22, blobs: 10, special: false });
   const p1 = table.partitions[0]!;
   const p2 = table.partitions[1]!;
@@ -119,7 +127,12 @@ test('GPT as sfdisk made it, and the backup GPT when the primary is damaged', as
   writeInto(disk, p1.offset, path.join(tmp.dir, 'p1.img'));
   writeInto(disk, p2.offset, path.join(tmp.dir, 'p2.img'));
   const fd = fs.openSync(disk, 'r+');
-  for (const [i, kind] of [[2, 'xfs'], [3, 'luks'], [4, 'ntfs']] as const) fs.writeSync(fd, signature(kind, 8192), 0, 8192, table.partitions[i]!.offset);
+  for (const [i, kind] of [
+    [2, 'xfs'],
+    [3, 'luks'],
+    [4, 'ntfs'],
+  ] as const)
+    fs.writeSync(fd, signature(kind, 8192), 0, 8192, table.partitions[i]!.offset);
   fs.closeSync(fd);
 
   const expectTable = async (img: FsImage): Promise<void> => {
@@ -128,21 +141,40 @@ test('GPT as sfdisk made it, and the backup GPT when the primary is damaged', as
     t.is(got.diskId, table.id.toLowerCase());
     t.deepEqual(
       got.partitions.map((p) => [p.index, p.offset, p.size, p.type, p.uuid, p.name, p.content?.type]),
-      table.partitions.map((p, i) => [p.index, p.offset, p.size, p.type.toLowerCase(), p.uuid!.toLowerCase(), p.name, ['ext4', 'ext4', 'xfs', 'luks', 'ntfs'][i]]),
+      table.partitions.map((p, i) => [
+        p.index,
+        p.offset,
+        p.size,
+        p.type.toLowerCase(),
+        p.uuid!.toLowerCase(),
+        p.name,
+        ['ext4', 'ext4', 'xfs', 'luks', 'ntfs'][i],
+      ]),
     );
   };
   const image = fs.readFileSync(disk);
   await expectTable(memoryImage(image));
   await withFile(disk, async (img) => {
     const parts = (await listPartitions(img)).partitions;
-    for (const p of parts.slice(0, 2)) await compareWithSleuthkit(t, await openFilesystem(img, p), disk, { offset: p.offset, src, icatSample: 4 });
-    for (const [p, kind] of [[parts[2]!, 'xfs'], [parts[3]!, 'luks'], [parts[4]!, 'ntfs']] as const) {
-      await t.throwsAsync(openFilesystem(img, p), { instanceOf: FsError, message: `partition ${p.index} (${kind}): filesystem: ${kind} is not supported yet` });
+    for (const p of parts.slice(0, 2))
+      await compareWithSleuthkit(t, await openFilesystem(img, p), disk, { offset: p.offset, src, icatSample: 4 });
+    for (const [p, kind] of [
+      [parts[2]!, 'xfs'],
+      [parts[3]!, 'luks'],
+      [parts[4]!, 'ntfs'],
+    ] as const) {
+      await t.throwsAsync(openFilesystem(img, p), {
+        instanceOf: FsError,
+        message: `partition ${p.index} (${kind}): filesystem: ${kind} is not supported yet`,
+      });
     }
   });
 
   // Damage the primary header, then its entry array: the backup at the disk's end takes over.
-  for (const [offset, what] of [[512 + 40, 'header CRC mismatch'], [1024 + 100, 'entry array CRC mismatch']] as const) {
+  for (const [offset, what] of [
+    [512 + 40, 'header CRC mismatch'],
+    [1024 + 100, 'entry array CRC mismatch'],
+  ] as const) {
     const bad = Buffer.from(image);
     bad[offset]! ^= 0xff;
     await expectTable(memoryImage(bad));
@@ -156,7 +188,10 @@ test('GPT as sfdisk made it, and the backup GPT when the primary is damaged', as
   both[both.length - 512 + 40]! ^= 0xff;
   const err = await t.throwsAsync(listPartitions(memoryImage(both)), { instanceOf: FsError });
   t.is(err!.code, 'CORRUPT');
-  t.regex(err!.message, /^GPT: primary and backup headers: GPT primary header: header CRC mismatch; GPT backup header: header CRC mismatch$/);
+  t.regex(
+    err!.message,
+    /^GPT: primary and backup headers: GPT primary header: header CRC mismatch; GPT backup header: header CRC mismatch$/,
+  );
 });
 
 test('a filesystem with no table is the whole disk; other signatures are named', async (t) => {
@@ -164,8 +199,14 @@ test('a filesystem with no table is the whole disk; other signatures are named',
     const img = memoryImage(signature(kind, 1 * MiB));
     const table = await listPartitions(img);
     t.is(table.scheme, 'none', kind);
-    t.deepEqual(table.partitions.map((p) => [p.index, p.offset, p.size, p.label, p.content?.type, p.content?.supported]), [[0, 0, MiB, 'whole disk', kind, false]]);
-    await t.throwsAsync(openFilesystem(img), { instanceOf: FsError, message: `whole disk (${kind}): filesystem: ${kind} is not supported yet` });
+    t.deepEqual(
+      table.partitions.map((p) => [p.index, p.offset, p.size, p.label, p.content?.type, p.content?.supported]),
+      [[0, 0, MiB, 'whole disk', kind, false]],
+    );
+    await t.throwsAsync(openFilesystem(img), {
+      instanceOf: FsError,
+      message: `whole disk (${kind}): filesystem: ${kind} is not supported yet`,
+    });
   }
   const zeros = memoryImage(Buffer.alloc(MiB));
   t.is((await listPartitions(zeros)).partitions[0]!.content?.type, 'unknown');
@@ -185,7 +226,7 @@ test('a whole-disk ext4 image opens without a table', async (t) => {
     t.is(table.partitions[0]!.content?.type, 'ext4');
     const efs = await openFilesystem(img, table.partitions[0]);
     t.is(efs.where, 'whole disk (ext4)');
-    t.is(table.partitions[0]!.content?.uuid ?? "", efs.superblock.uuid);
+    t.is(table.partitions[0]!.content?.uuid ?? '', efs.superblock.uuid);
   });
 });
 
@@ -214,10 +255,13 @@ test('hostile MBRs: a looping EBR chain, partitions past the disk, logicals outs
   entry(ebr2, 0, 0x83, 64, 100_000); // outside the extended partition
   entry(ebr2, 1, 0x05, 0, 1024); // links back to the first EBR: a loop
   const table = await listPartitions(memoryImage(disk), { probe: false });
-  t.deepEqual(table.partitions.map((p) => [p.index, p.offset / 512, p.size / 512]), [
-    [1, 2048, 2048],
-    [5, 4096 + 64, 512],
-  ]);
+  t.deepEqual(
+    table.partitions.map((p) => [p.index, p.offset / 512, p.size / 512]),
+    [
+      [1, 2048, 2048],
+      [5, 4096 + 64, 512],
+    ],
+  );
   t.is(table.warnings.length, 3, table.warnings.join('\n'));
   t.regex(table.warnings.join('\n'), /MBR partition 2: sectors 6000\.\.105999 run past the disk/);
   t.regex(table.warnings.join('\n'), /outside its extended partition; skipped/);

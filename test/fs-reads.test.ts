@@ -8,9 +8,27 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CountingImage, listPartitions, openFilesystem, openImageFile, type ExtFilesystem, type FsImage, type WalkDirectory } from '../src/fs';
+import {
+  CountingImage,
+  listPartitions,
+  openFilesystem,
+  openImageFile,
+  type ExtFilesystem,
+  type FsImage,
+  type WalkDirectory,
+} from '../src/fs';
 import { MemoryExport } from '../src/storage';
-import { buildTree, debugfsBlocks, debugfsImap, requireTools, makeDisk, makeFs, tempDir, writeInto, type MkfsOptions } from './helpers/fs-images';
+import {
+  buildTree,
+  debugfsBlocks,
+  debugfsImap,
+  requireTools,
+  makeDisk,
+  makeFs,
+  tempDir,
+  writeInto,
+  type MkfsOptions,
+} from './helpers/fs-images';
 import { sha256Of } from './helpers/fs-oracle';
 
 const TOOLS = ['mkfs.ext4', 'debugfs', 'e2fsck'];
@@ -22,7 +40,11 @@ const IMAGES: [string, MkfsOptions][] = [
   ['ext3, 1 KiB, indirect blocks', { kind: 'ext3', blockSize: 1024, sizeMiB: 48, htree: true }],
 ];
 
-async function withImage(t: { teardown(fn: () => void): void }, o: MkfsOptions, fn: (file: string, img: FsImage) => Promise<void>): Promise<void> {
+async function withImage(
+  t: { teardown(fn: () => void): void },
+  o: MkfsOptions,
+  fn: (file: string, img: FsImage) => Promise<void>,
+): Promise<void> {
   const tmp = tempDir();
   t.teardown(tmp.cleanup);
   const src = buildTree(path.join(tmp.dir, 'src'), { seed: 31, blobs: 8, islands: 400, farOffset: 70 << 20, many: 800, special: false });
@@ -38,7 +60,7 @@ async function withImage(t: { teardown(fn: () => void): void }, o: MkfsOptions, 
 
 for (const [name, o] of IMAGES) {
   test(`${name}: a file read costs its blocks and its map, nothing more`, async (t) => {
-  requireTools(...TOOLS);
+    requireTools(...TOOLS);
     await withImage(t, o, async (file, raw) => {
       for (const f of FILES) {
         const img = new CountingImage(raw);
@@ -55,7 +77,10 @@ for (const [name, o] of IMAGES) {
         const bs = efs.blockSize;
         const dataBlocks = ext.runs.reduce((n, r) => n + Math.max(0, Math.min(r.length, Math.ceil(st.size / bs) - r.logical)), 0);
         const bound = dataBlocks * bs + ext.metaBlocks.length * bs;
-        t.true(counted.bytes <= bound, `${f}: read ${counted.bytes} bytes, bound ${bound} (${dataBlocks} data + ${ext.metaBlocks.length} map blocks)`);
+        t.true(
+          counted.bytes <= bound,
+          `${f}: read ${counted.bytes} bytes, bound ${bound} (${dataBlocks} data + ${ext.metaBlocks.length} map blocks)`,
+        );
         t.true(counted.bytes >= Math.min(st.size, dataBlocks * bs) - bs, `${f}: the data was read (${counted.bytes})`);
         t.is(h, await sha256Of(efs, f));
         // A range costs only its blocks.
@@ -71,7 +96,7 @@ for (const [name, o] of IMAGES) {
   });
 
   test(`${name}: block maps, inode locations and directory blocks match debugfs`, async (t) => {
-  requireTools(...TOOLS);
+    requireTools(...TOOLS);
     await withImage(t, o, async (file, img) => {
       const efs = await openFilesystem(img);
       for (const f of FILES) {
@@ -81,7 +106,11 @@ for (const [name, o] of IMAGES) {
         const got = new Map<number, number>();
         for (const r of ext.runs) for (let k = 0; k < r.length; k++) got.set(r.logical + k, r.physical + k);
         t.deepEqual([...got], [...want.data], `${f}: data blocks`);
-        t.deepEqual([...ext.metaBlocks].sort((a, b) => a - b), [...want.meta].sort((a, b) => a - b), `${f}: map blocks`);
+        t.deepEqual(
+          [...ext.metaBlocks].sort((a, b) => a - b),
+          [...want.meta].sort((a, b) => a - b),
+          `${f}: map blocks`,
+        );
         for (const r of ext.runs) t.is(r.imageOffset, r.physical * efs.blockSize);
         const [block, offset] = debugfsImap(file, st.ino);
         const loc = efs.inodeLocation(st.ino);
@@ -164,7 +193,7 @@ for (const o of [
   { kind: 'ext2', blockSize: 4096, sizeMiB: 32 }, // 5 GiB needs the triple indirect block with 4 KiB blocks
 ] as MkfsOptions[]) {
   test(`${o.kind}, ${o.blockSize} bytes: a file past 4 GiB`, async (t) => {
-  requireTools(...TOOLS);
+    requireTools(...TOOLS);
     const tmp = tempDir();
     t.teardown(tmp.cleanup);
     const far = 5 * 2 ** 30;
@@ -178,7 +207,10 @@ for (const o of [
     const st = await efs.stat('/sparse-far.bin');
     t.is(st.size, far + 4096);
     const ext = await efs.fileExtents(st.ino);
-    t.deepEqual(ext.runs.map((r) => [r.logical, r.length]), [[far / 4096, 1]]);
+    t.deepEqual(
+      ext.runs.map((r) => [r.logical, r.length]),
+      [[far / 4096, 1]],
+    );
     t.deepEqual([...debugfsBlocks(file, '/sparse-far.bin').data], [[far / 4096, ext.runs[0]!.physical]]);
     img.reset();
     const parts: Buffer[] = [];

@@ -66,14 +66,20 @@ test('an empty spare left by a crash does not leave a gap in container numbers',
   await spare.close();
   const { link, submitted } = recordingLink();
   const j = await GroupJournal.open({ dir, groupId: 1, link, committedContainer: 2, committedSeq: 9, logger: silent, sealAgeMs: 0 });
-  t.deepEqual(submitted.map((s) => s.containerId), [3]);
+  t.deepEqual(
+    submitted.map((s) => s.containerId),
+    [3],
+  );
   t.is(j.status().active!.containerId, 4, 'the next container takes the id right after the last one with records');
   const seq = j.reserve();
   t.is(seq, 14);
   await j.append(seq, RecordKind.Write, 1, 0, 512, Buffer.alloc(512, 9));
   const r = await j.seal('command');
   t.is(r!.containerId, 4);
-  t.deepEqual(submitted.map((s) => s.containerId), [3, 4]);
+  t.deepEqual(
+    submitted.map((s) => s.containerId),
+    [3, 4],
+  );
   await j.close();
   const left = (await listContainers(dir)).map((c) => `${c.kind}-${c.n}`);
   t.deepEqual(left.sort(), ['ailfc-3', 'ailfc-4']);
@@ -143,7 +149,18 @@ function heldLink(): { link: ManagerLink; submitted: SealedContainerRef[]; commi
         submitted.push(ref);
         const f = ref.footer;
         return new Promise((resolve) =>
-          waiting.push(() => resolve({ groupId: 1, containerId: ref.containerId, firstSeq: f.firstSeq, lastSeq: f.lastSeq, firstTime: f.firstTime, lastTime: f.lastTime, blocks: 0, bytesApplied: 0 })),
+          waiting.push(() =>
+            resolve({
+              groupId: 1,
+              containerId: ref.containerId,
+              firstSeq: f.firstSeq,
+              lastSeq: f.lastSeq,
+              firstTime: f.firstTime,
+              lastTime: f.lastTime,
+              blocks: 0,
+              bytesApplied: 0,
+            }),
+          ),
         );
       },
     },
@@ -162,44 +179,65 @@ async function appendWrites(j: GroupJournal, n: number, size: number): Promise<v
   }
 }
 
-test.serial('link pool: containers seal at the pool size and wait for room; only a full active container with no room degrades', async (t) => {
-  const dir = tmp();
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const { link, submitted, commitNext } = heldLink();
-  const POOL = 1024 * 1024;
-  const j = await GroupJournal.open({ dir, groupId: 1, link, committedContainer: 0, committedSeq: 0, logger: silent, sealAgeMs: 0, poolBytes: POOL });
-  t.teardown(() => j.close());
-  const REC = 64 * 1024;
-  // 1.5 MiB with nothing committed: the first container seals at the pool size
-  // (the 16th record would not fit; it still goes in while the seal switches containers)...
-  await appendWrites(j, 16, REC);
-  await until('the first seal', () => submitted.length === 1);
-  t.is(submitted[0]!.footer.recordCount, 16);
-  // ... and the second holds the rest.
-  await appendWrites(j, 8, REC);
-  await new Promise((r) => setTimeout(r, 50));
-  t.is(submitted.length, 1, 'one container sealed');
-  t.is(j.status().degraded, null, 'a burst under twice the pool does not degrade');
-  // A command seal is not held back; an age seal would be (no room: 1 MiB pending).
-  // Filling the active container too, with the first still pending: now it degrades.
-  await appendWrites(j, 10, REC);
-  await new Promise((r) => setTimeout(r, 50));
-  const deg = j.status().degraded;
-  t.truthy(deg, 'the active container is full and the pool has no room');
-  t.is(deg!.kind, 'pool');
-  t.true(typeof deg!.fromTime === 'number');
-  const pos = j.position();
-  t.deepEqual(pos.open && { fromSeq: pos.open.fromSeq, state: pos.open.state }, { fromSeq: deg!.fromSeq, state: 'degraded' });
-  commitNext();
-  commitNext();
-});
+test.serial(
+  'link pool: containers seal at the pool size and wait for room; only a full active container with no room degrades',
+  async (t) => {
+    const dir = tmp();
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const { link, submitted, commitNext } = heldLink();
+    const POOL = 1024 * 1024;
+    const j = await GroupJournal.open({
+      dir,
+      groupId: 1,
+      link,
+      committedContainer: 0,
+      committedSeq: 0,
+      logger: silent,
+      sealAgeMs: 0,
+      poolBytes: POOL,
+    });
+    t.teardown(() => j.close());
+    const REC = 64 * 1024;
+    // 1.5 MiB with nothing committed: the first container seals at the pool size
+    // (the 16th record would not fit; it still goes in while the seal switches containers)...
+    await appendWrites(j, 16, REC);
+    await until('the first seal', () => submitted.length === 1);
+    t.is(submitted[0]!.footer.recordCount, 16);
+    // ... and the second holds the rest.
+    await appendWrites(j, 8, REC);
+    await new Promise((r) => setTimeout(r, 50));
+    t.is(submitted.length, 1, 'one container sealed');
+    t.is(j.status().degraded, null, 'a burst under twice the pool does not degrade');
+    // A command seal is not held back; an age seal would be (no room: 1 MiB pending).
+    // Filling the active container too, with the first still pending: now it degrades.
+    await appendWrites(j, 10, REC);
+    await new Promise((r) => setTimeout(r, 50));
+    const deg = j.status().degraded;
+    t.truthy(deg, 'the active container is full and the pool has no room');
+    t.is(deg!.kind, 'pool');
+    t.true(typeof deg!.fromTime === 'number');
+    const pos = j.position();
+    t.deepEqual(pos.open && { fromSeq: pos.open.fromSeq, state: pos.open.state }, { fromSeq: deg!.fromSeq, state: 'degraded' });
+    commitNext();
+    commitNext();
+  },
+);
 
 test.serial('link pool: an age seal waits while the pool is full and happens on the commit that makes room', async (t) => {
   const dir = tmp();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const { link, submitted, commitNext } = heldLink();
   const POOL = 1024 * 1024;
-  const j = await GroupJournal.open({ dir, groupId: 1, link, committedContainer: 0, committedSeq: 0, logger: silent, sealAgeMs: 100, poolBytes: POOL });
+  const j = await GroupJournal.open({
+    dir,
+    groupId: 1,
+    link,
+    committedContainer: 0,
+    committedSeq: 0,
+    logger: silent,
+    sealAgeMs: 100,
+    poolBytes: POOL,
+  });
   t.teardown(() => j.close());
   await appendWrites(j, 16, 64 * 1024); // one full container (sealed) ...
   await until('the first seal', () => submitted.length === 1);

@@ -27,7 +27,16 @@ class Recorder {
 
 class FakeImage implements NbdExport {
   readonly readOnly = false;
-  readonly capabilities = { flush: true, fua: true, trim: true, zero: true, fastZero: false, cache: false, blockStatus: true, multiConn: true };
+  readonly capabilities = {
+    flush: true,
+    fua: true,
+    trim: true,
+    zero: true,
+    fastZero: false,
+    cache: false,
+    blockStatus: true,
+    multiConn: true,
+  };
   readonly blockSize = undefined;
   readonly data: Buffer;
   /** Writes wait on these gates, in call order, when set. */
@@ -91,7 +100,15 @@ class FakeJournal implements InterceptJournal {
     this.rec.note(`reserve ${s}`);
     return s;
   }
-  async append(seq: number, kind: RecordKind, _v: number, offset: number, length: number, payload: Buffer | null, flags = 0): Promise<void> {
+  async append(
+    seq: number,
+    kind: RecordKind,
+    _v: number,
+    offset: number,
+    length: number,
+    payload: Buffer | null,
+    flags = 0,
+  ): Promise<void> {
     this.rec.note(`append ${seq} kind ${kind}`);
     this.records.push({ seq, kind, offset, length, payload: payload ? Buffer.from(payload) : null, flags });
   }
@@ -148,12 +165,25 @@ test('a write: seq, dirty mark, production write, journal append, in that order;
   rec.calls.length = 0;
   await pv.write(0, Buffer.alloc(512, 1), { fua: true });
   t.deepEqual(rec.calls.slice(0, 5), ['reserve 2', 'mark 0+512 seq 2', 'image.write 0+512', 'image.done 0+512', 'append 2 kind 1']);
-  t.deepEqual(new Set(rec.calls.slice(5)), new Set(['image.flush', 'journal.sync', 'map.sync']), 'FUA: everything durable before the reply');
+  t.deepEqual(
+    new Set(rec.calls.slice(5)),
+    new Set(['image.flush', 'journal.sync', 'map.sync']),
+    'FUA: everything durable before the reply',
+  );
   t.is(journal.records[1]!.flags & 1, 1, 'the record carries the FUA flag');
   rec.calls.length = 0;
   await pv.trim(0, 8192, { fua: false });
   await pv.zero(8192, 8192, { fua: false, noHole: false, fastZero: false });
-  t.deepEqual(rec.calls, ['reserve 3', 'mark 0+8192 seq 3', 'image.trim 0+8192', 'append 3 kind 2', 'reserve 4', 'mark 8192+8192 seq 4', 'image.zero 8192+8192', 'append 4 kind 3']);
+  t.deepEqual(rec.calls, [
+    'reserve 3',
+    'mark 0+8192 seq 3',
+    'image.trim 0+8192',
+    'append 3 kind 2',
+    'reserve 4',
+    'mark 8192+8192 seq 4',
+    'image.zero 8192+8192',
+    'append 4 kind 3',
+  ]);
 });
 
 test('overlapping writes in flight reach the image in seq order; a disjoint one does not wait', async (t) => {
@@ -173,7 +203,14 @@ test('overlapping writes in flight reach the image in seq order; a disjoint one 
   t.deepEqual(image.data.subarray(4096, 12288), Buffer.alloc(8192, 2), 'the later seq wins on the image');
   // Seqs are taken after the lock: the disjoint write got seq 2, the waiting one seq 3.
   const pair = journal.records.filter((r) => r.offset < 65536);
-  t.deepEqual(pair.map((r) => [r.offset, r.seq]), [[0, 1], [4096, 3]], 'journal order of the overlapping pair = seq order = image order');
+  t.deepEqual(
+    pair.map((r) => [r.offset, r.seq]),
+    [
+      [0, 1],
+      [4096, 3],
+    ],
+    'journal order of the overlapping pair = seq order = image order',
+  );
 });
 
 test('a failed production write: the client gets the error, an error record is journaled, then the range is re-captured as resync records', async (t) => {
@@ -181,7 +218,10 @@ test('a failed production write: the client gets the error, an error record is j
   image.failNext = 'EIO';
   const err = await t.throwsAsync(pv.write(0, Buffer.alloc(4096, 9), { fua: false }));
   t.is((err as NodeJS.ErrnoException).code, 'EIO');
-  t.deepEqual(journal.records.map((r) => r.kind), [RecordKind.Error, RecordKind.Resync]);
+  t.deepEqual(
+    journal.records.map((r) => r.kind),
+    [RecordKind.Error, RecordKind.Resync],
+  );
   const resync = journal.records[1]!;
   t.true(resync.seq > journal.records[0]!.seq);
   t.deepEqual(resync.payload, image.data.subarray(0, 4096), 'the resync record holds what production really holds');
@@ -199,7 +239,13 @@ test('crash recovery with a replica: only blocks that differ are journaled, in r
   };
   const r = await pv.resyncDirtyRegions(replica);
   t.is(r.bytes, 3 * 4096);
-  t.deepEqual(journal.records.map((x) => [x.kind, x.offset, x.length]), [[RecordKind.Resync, 3 * 4096, 8192], [RecordKind.Resync, 20 * 4096, 4096]]);
+  t.deepEqual(
+    journal.records.map((x) => [x.kind, x.offset, x.length]),
+    [
+      [RecordKind.Resync, 3 * 4096, 8192],
+      [RecordKind.Resync, 20 * 4096, 4096],
+    ],
+  );
   t.deepEqual(journal.records[0]!.payload, image.data.subarray(3 * 4096, 5 * 4096));
   t.is(map.adopted, journal.records[1]!.seq, 'the dirty bits clear when the resync commits');
   // Nothing differs: nothing journaled, the loaded bits clear at once.
@@ -217,29 +263,32 @@ test('crash recovery with a replica: only blocks that differ are journaled, in r
 
 test('range lock: a request waits exactly for the earlier overlapping ones, in arrival order', async (t) => {
   await fc.assert(
-    fc.asyncProperty(fc.array(fc.tuple(fc.integer({ min: 0, max: 60 }), fc.integer({ min: 1, max: 20 })), { minLength: 1, maxLength: 25 }), async (reqs) => {
-      const lock = new RangeLock();
-      const order: number[] = [];
-      const tokens = reqs.map(([o, l]) => lock.acquire(o, l));
-      const runs = tokens.map(async (tok, i) => {
-        if (tok.wait) await tok.wait;
-        order.push(i);
-        await tick();
-        tok.release();
-      });
-      await Promise.all(runs);
-      // For every overlapping pair, the earlier one ran first.
-      for (let i = 0; i < reqs.length; i++) {
-        for (let j = i + 1; j < reqs.length; j++) {
-          const [a, al] = reqs[i]!;
-          const [b, bl] = reqs[j]!;
-          if (a < b + bl && b < a + al && order.indexOf(i) > order.indexOf(j)) return false;
+    fc.asyncProperty(
+      fc.array(fc.tuple(fc.integer({ min: 0, max: 60 }), fc.integer({ min: 1, max: 20 })), { minLength: 1, maxLength: 25 }),
+      async (reqs) => {
+        const lock = new RangeLock();
+        const order: number[] = [];
+        const tokens = reqs.map(([o, l]) => lock.acquire(o, l));
+        const runs = tokens.map(async (tok, i) => {
+          if (tok.wait) await tok.wait;
+          order.push(i);
+          await tick();
+          tok.release();
+        });
+        await Promise.all(runs);
+        // For every overlapping pair, the earlier one ran first.
+        for (let i = 0; i < reqs.length; i++) {
+          for (let j = i + 1; j < reqs.length; j++) {
+            const [a, al] = reqs[i]!;
+            const [b, bl] = reqs[j]!;
+            if (a < b + bl && b < a + al && order.indexOf(i) > order.indexOf(j)) return false;
+          }
         }
-      }
-      // Requests with nothing earlier overlapping get no promise at all.
-      const none = reqs.map((_, i) => !reqs.slice(0, i).some(([a, al]) => a < reqs[i]![0] + reqs[i]![1] && reqs[i]![0] < a + al));
-      return none.every((n, i) => n === (tokens[i]!.wait === null)) && lock.size === 0;
-    }),
+        // Requests with nothing earlier overlapping get no promise at all.
+        const none = reqs.map((_, i) => !reqs.slice(0, i).some(([a, al]) => a < reqs[i]![0] + reqs[i]![1] && reqs[i]![0] < a + al));
+        return none.every((n, i) => n === (tokens[i]!.wait === null)) && lock.size === 0;
+      },
+    ),
     { numRuns: 200 },
   );
   t.pass();

@@ -110,68 +110,73 @@ test.serial('connections over --max-connections are refused at accept; freed slo
   for (const c of held) await c.disconnect();
 });
 
-test.serial('a client that floods requests and never reads replies is held to --max-buffer, then disconnected; memory stays bounded, others are served', async (t) => {
-  need('nbdinfo');
-  const d = await startDaemon({ args: ['--max-buffer', '2M', '--max-inflight', '16', '--write-stall-timeout', '2'] });
-  t.teardown(() => d.cleanup());
-  const baseline = rssOf(d.pid!);
+test.serial(
+  'a client that floods requests and never reads replies is held to --max-buffer, then disconnected; memory stays bounded, others are served',
+  async (t) => {
+    need('nbdinfo');
+    const d = await startDaemon({ args: ['--max-buffer', '2M', '--max-inflight', '16', '--write-stall-timeout', '2'] });
+    t.teardown(() => d.cleanup());
+    const baseline = rssOf(d.pid!);
 
-  const flood = await RawPeer.connect(d.nbdPort);
-  await flood.handshake();
-  await flood.go('default');
-  flood.sock.pause(); // never read a reply
-  let floodClosed = false;
-  flood.sock.on('close', () => (floodClosed = true));
+    const flood = await RawPeer.connect(d.nbdPort);
+    await flood.handshake();
+    await flood.go('default');
+    flood.sock.pause(); // never read a reply
+    let floodClosed = false;
+    flood.sock.on('close', () => (floodClosed = true));
 
-  // A well-behaved client writes and checks its data throughout.
-  const good = await NbdClient.connect({ port: d.nbdPort, exportName: 'default' });
-  const goodRun = (async () => {
-    let n = 0;
-    while (!floodClosed && n < 2000) {
-      const off = (1000 + (n % 200)) * 64 * 1024;
-      const data = pattern(64 * 1024, n + 1);
-      await good.write(off, data);
-      if (!(await good.read(off, data.length)).equals(data)) throw new Error(`good client read back wrong data at ${off}`);
-      n++;
+    // A well-behaved client writes and checks its data throughout.
+    const good = await NbdClient.connect({ port: d.nbdPort, exportName: 'default' });
+    const goodRun = (async () => {
+      let n = 0;
+      while (!floodClosed && n < 2000) {
+        const off = (1000 + (n % 200)) * 64 * 1024;
+        const data = pattern(64 * 1024, n + 1);
+        await good.write(off, data);
+        if (!(await good.read(off, data.length)).equals(data)) throw new Error(`good client read back wrong data at ${off}`);
+        n++;
+      }
+      return n;
+    })();
+
+    // Writes of 4 KiB and reads of 1 MiB, as fast as the socket takes them.
+    const payload = Buffer.alloc(4096, 0xee);
+    let sent = 0;
+    let blockedMs = 0;
+    let peakRss = baseline;
+    const t0 = Date.now();
+    while (!floodClosed && Date.now() - t0 < 30_000) {
+      const off = (sent % 256) * 4096;
+      const req =
+        sent % 8 === 7
+          ? P.encodeRequest(P.CMD_READ, 0, BigInt(sent), 0, MiB)
+          : Buffer.concat([P.encodeRequest(P.CMD_WRITE, 0, BigInt(sent), off, payload.length), payload]);
+      sent++;
+      if (!flood.sock.write(req)) {
+        const w0 = Date.now();
+        await drainOr(flood.sock, 200);
+        blockedMs += Date.now() - w0;
+        peakRss = Math.max(peakRss, rssOf(d.pid!));
+      } else if (sent % 256 === 0) {
+        await new Promise((r) => setImmediate(r));
+      }
     }
-    return n;
-  })();
+    const floodMs = Date.now() - t0;
+    t.true(floodClosed, `flood client disconnected (after ${floodMs} ms, ${sent} requests sent)`);
+    t.true(blockedMs > 500, `the flood client met backpressure (${blockedMs} ms blocked)`);
+    t.true((await metric(d, 'rewind_nbd_stall_disconnects_total')) >= 1);
+    const growth = peakRss - baseline;
+    t.log(
+      `flood: ${sent} requests in ${floodMs} ms, daemon RSS ${Math.round(baseline / MiB)} MiB -> peak ${Math.round(peakRss / MiB)} MiB`,
+    );
+    t.true(growth < 160 * MiB, `daemon RSS grew by ${Math.round(growth / MiB)} MiB`);
 
-  // Writes of 4 KiB and reads of 1 MiB, as fast as the socket takes them.
-  const payload = Buffer.alloc(4096, 0xee);
-  let sent = 0;
-  let blockedMs = 0;
-  let peakRss = baseline;
-  const t0 = Date.now();
-  while (!floodClosed && Date.now() - t0 < 30_000) {
-    const off = (sent % 256) * 4096;
-    const req =
-      sent % 8 === 7
-        ? P.encodeRequest(P.CMD_READ, 0, BigInt(sent), 0, MiB)
-        : Buffer.concat([P.encodeRequest(P.CMD_WRITE, 0, BigInt(sent), off, payload.length), payload]);
-    sent++;
-    if (!flood.sock.write(req)) {
-      const w0 = Date.now();
-      await drainOr(flood.sock, 200);
-      blockedMs += Date.now() - w0;
-      peakRss = Math.max(peakRss, rssOf(d.pid!));
-    } else if (sent % 256 === 0) {
-      await new Promise((r) => setImmediate(r));
-    }
-  }
-  const floodMs = Date.now() - t0;
-  t.true(floodClosed, `flood client disconnected (after ${floodMs} ms, ${sent} requests sent)`);
-  t.true(blockedMs > 500, `the flood client met backpressure (${blockedMs} ms blocked)`);
-  t.true((await metric(d, 'rewind_nbd_stall_disconnects_total')) >= 1);
-  const growth = peakRss - baseline;
-  t.log(`flood: ${sent} requests in ${floodMs} ms, daemon RSS ${Math.round(baseline / MiB)} MiB -> peak ${Math.round(peakRss / MiB)} MiB`);
-  t.true(growth < 160 * MiB, `daemon RSS grew by ${Math.round(growth / MiB)} MiB`);
-
-  const n = await goodRun;
-  t.true(n > 0, 'the good client made progress during the flood');
-  await good.disconnect();
-  await ok('nbdinfo', [d.nbdUri('default')]);
-});
+    const n = await goodRun;
+    t.true(n > 0, 'the good client made progress during the flood');
+    await good.disconnect();
+    await ok('nbdinfo', [d.nbdUri('default')]);
+  },
+);
 
 test.serial('a client that only writes and never reads the (small) write replies is held and disconnected too', async (t) => {
   const d = await startDaemon({ args: ['--max-buffer', '1M', '--write-stall-timeout', '2'] });

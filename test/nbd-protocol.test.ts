@@ -136,7 +136,11 @@ async function startBitmapServer(t: { teardown(fn: () => void): void }): Promise
   const bitmap = (name: string, dirtyEnd: number): MetaContext => ({
     name,
     async blockStatus(offset: number, length: number): Promise<Extent[]> {
-      if (offset < dirtyEnd) return [{ length: Math.min(dirtyEnd - offset, length), flags: STATE_DIRTY }, { length: 1 * MiB, flags: 0 }];
+      if (offset < dirtyEnd)
+        return [
+          { length: Math.min(dirtyEnd - offset, length), flags: STATE_DIRTY },
+          { length: 1 * MiB, flags: 0 },
+        ];
       return [{ length, flags: 0 }];
     },
   });
@@ -189,7 +193,11 @@ test('meta contexts besides base:allocation: LIST wildcards, SET ids, one block-
   t.deepEqual(await list(['qemu:dirty-bitmap:hidden', 'base:']), ['base:allocation', 'qemu:dirty-bitmap:hidden']);
   t.deepEqual(await list(['x-unknown:thing', 'qemu:dirty-bitmap:none']), []);
   // SET: exact names select (each its own id), wildcards and unknown names are ignored.
-  const set = await metaReplies(peer, P.OPT_SET_META_CONTEXT, metaQuery('bm', ['base:allocation', 'qemu:dirty-bitmap:hidden', 'qemu:', 'qemu:dirty-bitmap:nope']));
+  const set = await metaReplies(
+    peer,
+    P.OPT_SET_META_CONTEXT,
+    metaQuery('bm', ['base:allocation', 'qemu:dirty-bitmap:hidden', 'qemu:', 'qemu:dirty-bitmap:nope']),
+  );
   t.is(set.final, P.REP_ACK);
   t.deepEqual([...set.names.keys()].sort(), ['base:allocation', 'qemu:dirty-bitmap:hidden']);
   const idBase = set.names.get('base:allocation')!;
@@ -213,7 +221,11 @@ test('meta contexts besides base:allocation: LIST wildcards, SET ids, one block-
   };
   const r = await chunks(7n, 0, 0, 4 * MiB);
   t.is(r.length, 2, 'one chunk per selected context');
-  t.deepEqual(r.map((c) => c.flags & P.REPLY_FLAG_DONE), [0, P.REPLY_FLAG_DONE], 'only the last chunk is DONE');
+  t.deepEqual(
+    r.map((c) => c.flags & P.REPLY_FLAG_DONE),
+    [0, P.REPLY_FLAG_DONE],
+    'only the last chunk is DONE',
+  );
   t.deepEqual(r.map((c) => c.id).sort(), [idBase, idBm].sort());
   const bm = r.find((c) => c.id === idBm)!;
   t.deepEqual(bm.extents[0], [2 * MiB, STATE_DIRTY]);
@@ -228,7 +240,10 @@ test('the in-tree client selects several contexts; a SET with none leaves block 
   const port = await startBitmapServer(t);
   const c = await NbdClient.connect({ port, exportName: 'bm', metaContexts: ['qemu:dirty-bitmap:listed'] });
   t.deepEqual([...c.contextIds.keys()], ['qemu:dirty-bitmap:listed']);
-  t.deepEqual(await c.blockStatus(0, 8 * MiB), [{ length: 1 * MiB, flags: STATE_DIRTY }, { length: 1 * MiB, flags: 0 }]);
+  t.deepEqual(await c.blockStatus(0, 8 * MiB), [
+    { length: 1 * MiB, flags: STATE_DIRTY },
+    { length: 1 * MiB, flags: 0 },
+  ]);
   await c.disconnect();
   const none = await NbdClient.connect({ port, exportName: 'bm', metaContexts: ['qemu:dirty-bitmap:absent'] });
   t.is(none.contextIds.size, 0);
@@ -448,7 +463,10 @@ test('a client that vanishes mid-request leaves the server serving and releases 
   t.is(f.server.connectionCount(), 0);
   t.is(rw.closed, 22); // 20 raw peers, plus the meta-context probe and the GO of `q`
   const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
-  t.true((await c.read(0, 4096)).every((x) => x === 0), 'partial write never applied');
+  t.true(
+    (await c.read(0, 4096)).every((x) => x === 0),
+    'partial write never applied',
+  );
   await c.disconnect();
 });
 

@@ -163,7 +163,10 @@ function makeImage(work: string, files: number, bigMiB: number): string {
   const sizeMiB = Math.ceil((files * 8 * 1024) / 2 ** 20 + bigMiB * 1.2 + 256);
   fs.writeFileSync(`${image}.tmp`, '');
   fs.truncateSync(`${image}.tmp`, sizeMiB * 2 ** 20);
-  execFileSync('mkfs.ext4', ['-q', '-F', '-N', String(files + 20000), '-d', src, `${image}.tmp`], { env: { ...process.env, PATH }, stdio: 'inherit' });
+  execFileSync('mkfs.ext4', ['-q', '-F', '-N', String(files + 20000), '-d', src, `${image}.tmp`], {
+    env: { ...process.env, PATH },
+    stdio: 'inherit',
+  });
   fs.renameSync(`${image}.tmp`, image);
   fs.rmSync(src, { recursive: true, force: true });
   return image;
@@ -278,7 +281,8 @@ async function main(): Promise<void> {
 
   const me = process.argv[1]!;
   const contenders: Contender[] = [];
-  const add = (group: Contender['group'], name: string, fn: Contender['fn']): void => void contenders.push({ group, name, fn, ms: [], cpu: [] });
+  const add = (group: Contender['group'], name: string, fn: Contender['fn']): void =>
+    void contenders.push({ group, name, fn, ms: [], cpu: [] });
   add('walk', 'fls -r -m / > /dev/null', () => toNull('fls', ['-r', '-m', '/', image]));
   add('walk', 'fls -r -p -m / > /dev/null', () => toNull('fls', ['-r', '-p', '-m', '/', image]));
   add('walk', 'src/fs, warm process, FileHandle', async () => void (await walkTs(fd)));
@@ -300,8 +304,13 @@ async function main(): Promise<void> {
 
   const fls = contenders[0]!;
   const icat = contenders.find((c) => c.name.startsWith('icat'))!;
-  console.log(`\n${entries} entries (${lineBytes} bytes of lines formatted); one walk reads ${(walkBytes / 2 ** 20).toFixed(1)} MiB in ${walkCalls} calls`);
-  if (ext2walk) console.log(`libext2fs's walk makes ${ext2reads} read calls; a libext2fs engine on the image interface would pay the walk plus those round trips`);
+  console.log(
+    `\n${entries} entries (${lineBytes} bytes of lines formatted); one walk reads ${(walkBytes / 2 ** 20).toFixed(1)} MiB in ${walkCalls} calls`,
+  );
+  if (ext2walk)
+    console.log(
+      `libext2fs's walk makes ${ext2reads} read calls; a libext2fs engine on the image interface would pay the walk plus those round trips`,
+    );
   console.log(`median (best) of ${reps} interleaved rounds, elapsed and CPU (user + system):`);
   for (const c of contenders) {
     const m = median(c.ms);
@@ -310,7 +319,11 @@ async function main(): Promise<void> {
       c.group === 'walk'
         ? `${(m / median(fls.ms)).toFixed(2)}x fls elapsed, ${(cpu / median(fls.cpu)).toFixed(2)}x fls CPU`
         : `${((bigMiB * 2 ** 20) / 1e6 / (m / 1000)).toFixed(0)} MB/s, ${(median(icat.ms) / m).toFixed(2)}x icat throughput, ${(cpu / median(icat.cpu)).toFixed(2)}x icat CPU`;
-    console.log(`${c.group} ${c.name.padEnd(40)} ${m.toFixed(0).padStart(6)} ms (${Math.min(...c.ms).toFixed(0).padStart(5)})  cpu ${cpu.toFixed(0).padStart(5)} ms  ${ratio}`);
+    console.log(
+      `${c.group} ${c.name.padEnd(40)} ${m.toFixed(0).padStart(6)} ms (${Math.min(...c.ms)
+        .toFixed(0)
+        .padStart(5)})  cpu ${cpu.toFixed(0).padStart(5)} ms  ${ratio}`,
+    );
   }
   await fd.close();
   await exp.close();

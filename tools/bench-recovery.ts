@@ -49,7 +49,11 @@ async function main(): Promise<void> {
     console.log(`bin ${o.bin}, volume ${o.size}, ${o.runtime} s of 4 KiB random writes (iodepth 32) per round`);
     console.log('round  recovery_s  dirty_MB  resync_MB  history_before_MB  history_after_MB');
     for (let round = 1; round <= Number(o.rounds); round++) {
-      const fio = spawn('fio', fioRandWriteArgs(`nbd://127.0.0.1:${srv.port}/rv`, { bs: '4k', iodepth: 32, size: o.size, runtime: Number(o.runtime) + 60 }), { stdio: 'ignore' });
+      const fio = spawn(
+        'fio',
+        fioRandWriteArgs(`nbd://127.0.0.1:${srv.port}/rv`, { bs: '4k', iodepth: 32, size: o.size, runtime: Number(o.runtime) + 60 }),
+        { stdio: 'ignore' },
+      );
       await new Promise((r) => setTimeout(r, Number(o.runtime) * 1000));
       const before = du(history);
       srv.child.kill('SIGKILL');
@@ -60,11 +64,16 @@ async function main(): Promise<void> {
       // Recovery may run after the port opens (the volume offline meanwhile): wait for its log line.
       let line: string | undefined;
       for (let i = 0; i < 36_000 && !line; i++) {
-        line = srv.output().split('\n').find((l) => l.includes('resynced regions left dirty'));
+        line = srv
+          .output()
+          .split('\n')
+          .find((l) => l.includes('resynced regions left dirty'));
         if (!line) await new Promise((r) => setTimeout(r, 50));
       }
       const recovery = (Date.now() - t0) / 1000;
-      const rec = line ? (JSON.parse(line.slice(line.indexOf('{'))) as { bytes?: number; journaledBytes?: number; dirtyBytes?: number }) : {};
+      const rec = line
+        ? (JSON.parse(line.slice(line.indexOf('{'))) as { bytes?: number; journaledBytes?: number; dirtyBytes?: number })
+        : {};
       const resync = rec.journaledBytes ?? rec.bytes ?? 0;
       const s = await cli(['seal', 'rv']);
       if (s.code !== 0) throw new Error(s.stderr);

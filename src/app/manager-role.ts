@@ -88,7 +88,8 @@ function staleInterceptPosition(ic: InterceptStatusMsg | null, applied: { lastSe
   const seq = Math.max(ic?.lastAppendedSeq ?? 0, applied.lastSeq);
   const time = Math.max(ic?.time ?? 0, ic?.lastAppendedTime ?? 0, applied.lastTime);
   let open: JournalPosition['open'] = { fromSeq: seq + 1, fromTime: time + 1, state: 'unreachable' };
-  if (ic?.degraded?.fromSeq !== undefined) open = { fromSeq: ic.degraded.fromSeq, fromTime: ic.degraded.fromTime ?? Date.parse(ic.degraded.since), state: 'degraded' };
+  if (ic?.degraded?.fromSeq !== undefined)
+    open = { fromSeq: ic.degraded.fromSeq, fromTime: ic.degraded.fromTime ?? Date.parse(ic.degraded.since), state: 'degraded' };
   else if (ic?.resync) open = { fromSeq: ic.resync.fromSeq, fromTime: ic.resync.fromTime ?? 0, state: 'resync' };
   return { seq, time, committedSeq: applied.lastSeq, open };
 }
@@ -129,7 +130,14 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
     transactions: st.transactions,
     lastError: st.link.lastError ?? st.blocked?.error ?? null,
     pinnedFrom: g.manager.history.pins.from(),
-    link: { ...st.link, queued: st.queued, interceptBytesSent: ic?.bytesSent ?? null, interceptQueued: ic?.queued ?? null, poolBytes: ic?.poolBytes ?? null, poolLimit: ic?.poolLimit ?? null },
+    link: {
+      ...st.link,
+      queued: st.queued,
+      interceptBytesSent: ic?.bytesSent ?? null,
+      interceptQueued: ic?.queued ?? null,
+      poolBytes: ic?.poolBytes ?? null,
+      poolLimit: ic?.poolLimit ?? null,
+    },
     resync: ic?.resync ?? null,
   };
 }
@@ -149,7 +157,8 @@ export function managerRoutes(srv: LinkServer, tt: TimeTravel) {
       return true;
     }
     if (p === '/v1/volumes') {
-      if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, 'the manager role replicates volumes; create them on the intercept');
+      if (method !== 'GET' && method !== 'HEAD')
+        throw new HttpError(405, 'the manager role replicates volumes; create them on the intercept');
       sendJson(res, 200, {
         volumes: srv.volumes().map((v) => ({
           name: v.name,

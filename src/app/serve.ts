@@ -150,13 +150,23 @@ export class Daemon {
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
       cleanups.push(() => catalog.close());
-      const protection = new Protection(layout.dataDir, catalog, logger.child({ component: 'protection' }), config.role === 'intercept' ? config.remote ?? null : null);
+      const protection = new Protection(
+        layout.dataDir,
+        catalog,
+        logger.child({ component: 'protection' }),
+        config.role === 'intercept' ? (config.remote ?? null) : null,
+      );
       cleanups.push(() => protection.close());
       await protection.start();
       let linkServer: LinkServer | null = null;
       if (config.role === 'manager') {
         const ml = config.managerLink!;
-        linkServer = new LinkServer({ dataDir: layout.dataDir, secret: ml.secret, tls: ml.tls, logger: logger.child({ component: 'link' }) });
+        linkServer = new LinkServer({
+          dataDir: layout.dataDir,
+          secret: ml.secret,
+          tls: ml.tls,
+          logger: logger.child({ component: 'link' }),
+        });
         const ls = linkServer;
         cleanups.push(() => ls.close());
         await ls.start();
@@ -194,7 +204,10 @@ export class Daemon {
       cleanups.push(() => retention.stop());
       const RESTORING = 'an interrupted production restore is being finished';
       const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
-      for (const v of protection.recoveringVolumes()) volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', { recovering: true });
+      for (const v of protection.recoveringVolumes())
+        volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', {
+          recovering: true,
+        });
       for (const v of restoring) volumes.setOffline(v, RESTORING);
 
       if (config.defaultVolumeSize !== null && config.role !== 'manager') {

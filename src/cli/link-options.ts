@@ -36,15 +36,35 @@ export interface LinkServeOptions {
 
 export function addLinkServeOptions(serve: Command): Command {
   return serve
-    .addOption(new Option('--role <role>', 'single (default: intercept and manager in one process), intercept, or manager').choices(['single', 'intercept', 'manager']))
+    .addOption(
+      new Option('--role <role>', 'single (default: intercept and manager in one process), intercept, or manager').choices([
+        'single',
+        'intercept',
+        'manager',
+      ]),
+    )
     .option('--manager <host:port>', `intercept role: the backup manager's link address (port default ${DEFAULT_LINK_PORT})`)
     .option('--nbd-listen <host:port>', 'manager role: NBD TCP address for snapshots and clones (default: none, Unix socket only)')
-    .option('--link-secret-file <file>', 'shared secret both roles authenticate each other with (default <data-dir>/link.secret if it exists)')
-    .addOption(new Option('--link-tls <mode>', 'link TLS: manager: off, on (TLS or plaintext), require; intercept: off, or on/require to connect with TLS').choices(['off', 'on', 'require']))
-    .option('--link-tls-dir <dir>', 'link certificates (manager: server-cert.pem, server-key.pem, ca-cert.pem; intercept: ca-cert.pem [, client-cert.pem, client-key.pem])')
+    .option(
+      '--link-secret-file <file>',
+      'shared secret both roles authenticate each other with (default <data-dir>/link.secret if it exists)',
+    )
+    .addOption(
+      new Option(
+        '--link-tls <mode>',
+        'link TLS: manager: off, on (TLS or plaintext), require; intercept: off, or on/require to connect with TLS',
+      ).choices(['off', 'on', 'require']),
+    )
+    .option(
+      '--link-tls-dir <dir>',
+      'link certificates (manager: server-cert.pem, server-key.pem, ca-cert.pem; intercept: ca-cert.pem [, client-cert.pem, client-key.pem])',
+    )
     .option('--link-tls-verify-client', 'manager role: require an intercept certificate signed by ca-cert.pem')
     .option('--link-tls-servername <name>', "intercept role: the name the manager's certificate must carry (default: the --manager host)")
-    .option('--link-pool <size>', 'intercept role: space for sealed containers waiting for the manager; beyond it, degraded mode (default 1G)')
+    .option(
+      '--link-pool <size>',
+      'intercept role: space for sealed containers waiting for the manager; beyond it, degraded mode (default 1G)',
+    )
     .option('--link-window <n>', 'intercept role: containers sent and not yet committed (default 4)');
 }
 
@@ -92,11 +112,17 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
       const cert = path.join(tlsDir, 'client-cert.pem');
       tls = {
         ca: readPem(path.join(tlsDir, 'ca-cert.pem'), 'link CA certificate'),
-        ...(fs.existsSync(cert) ? { cert: readPem(cert, 'link client certificate'), key: readPem(path.join(tlsDir, 'client-key.pem'), 'link client key') } : {}),
+        ...(fs.existsSync(cert)
+          ? { cert: readPem(cert, 'link client certificate'), key: readPem(path.join(tlsDir, 'client-key.pem'), 'link client key') }
+          : {}),
         ...(o.linkTlsServername ? { servername: o.linkTlsServername } : {}),
       };
     }
-    if (!secret && !tls?.cert) throw new CliError('--role intercept needs a shared secret (--link-secret-file) or a TLS client certificate (--link-tls on with client-cert.pem)', EXIT.USAGE);
+    if (!secret && !tls?.cert)
+      throw new CliError(
+        '--role intercept needs a shared secret (--link-secret-file) or a TLS client certificate (--link-tls on with client-cert.pem)',
+        EXIT.USAGE,
+      );
     let poolBytes = 1024 ** 3;
     if (o.linkPool) {
       try {
@@ -142,7 +168,10 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
     }
   }
   if (!secret && !(tlsMode === 'require' && tls.verifyClient)) {
-    throw new CliError('--role manager needs a shared secret (--link-secret-file) or --link-tls require --link-tls-verify-client', EXIT.USAGE);
+    throw new CliError(
+      '--role manager needs a shared secret (--link-secret-file) or --link-tls require --link-tls-verify-client',
+      EXIT.USAGE,
+    );
   }
   config.managerLink = { listen, secret, tls };
 }

@@ -113,7 +113,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
   volume
     .command('rm')
     .aliases(['remove', 'delete'])
-    .description("delete a volume (disconnects its clients; deletes its image unless --keep-data or it was given with --path)")
+    .description('delete a volume (disconnects its clients; deletes its image unless --keep-data or it was given with --path)')
     .argument('<name>', 'volume name')
     .option('--keep-data', 'keep the image file')
     .option('--json', 'print the result as JSON')
@@ -150,7 +150,9 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('verify')
-    .description('quiesce writes, let the manager catch up (seals the active container), compare production and replica, check containers not checked since they were written')
+    .description(
+      'quiesce writes, let the manager catch up (seals the active container), compare production and replica, check containers not checked since they were written',
+    )
     .argument('<volume>', 'a protected volume')
     .option('--full', 're-check every stored container, not only those written since the last verify')
     .option('--json', 'print JSON')
@@ -163,10 +165,13 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     'where the point has no image (history merged by retention, inside a super transaction, outside retained history), ' +
     'use the nearest valid point before or after it instead of refusing; the output says which point was used';
   // Commands that read the image at a point need the manager to hold it.
-  const catchUpNote = ' A point past what the backup manager has applied (latest, a recent seq or time) seals the active AILFC and waits for its commit first.';
+  const catchUpNote =
+    ' A point past what the backup manager has applied (latest, a recent seq or time) seals the active AILFC and waits for its commit first.';
   program
     .command('point')
-    .description('show which write a point names (seq, time, extent). Never seals: a write the manager has not applied yet is read from the journal')
+    .description(
+      'show which write a point names (seq, time, extent). Never seals: a write the manager has not applied yet is read from the journal',
+    )
     .argument('<volume>', 'a protected volume')
     .argument('<point>', pointHelp)
     .option('--nearest <side>', `before or after: ${nearestHelp}`)
@@ -218,7 +223,9 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await clone(src, cmd.optsWithGlobals());
     });
   cl.command('step')
-    .description('move a snapshot or an unwritten clone through history by single writes; clients reconnect to see it. --forward and a --to point past what the manager has applied seal the active AILFC and wait for its commit first')
+    .description(
+      'move a snapshot or an unwritten clone through history by single writes; clients reconnect to see it. --forward and a --to point past what the manager has applied seal the active AILFC and wait for its commit first',
+    )
     .argument('<name>')
     .option('--forward <k>', 'K writes later')
     .option('--back <k>', 'K writes earlier')
@@ -236,7 +243,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await viewList('clone', v, cmd.optsWithGlobals());
     });
   cl.command('rm')
-    .description("delete a clone and its writes (its clients are disconnected)")
+    .description('delete a clone and its writes (its clients are disconnected)')
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (n: string, _o: unknown, cmd: Command) => {
@@ -245,7 +252,9 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   program
     .command('restore')
-    .description('roll a protected volume back to a point (journaled: it can be undone); its clients are disconnected meanwhile. Seals and waits for the manager to apply every write first. A point with no image is refused, never replaced, unless --nearest says which side')
+    .description(
+      'roll a protected volume back to a point (journaled: it can be undone); its clients are disconnected meanwhile. Seals and waits for the manager to apply every write first. A point with no image is refused, never replaced, unless --nearest says which side',
+    )
     .argument('<volume>', 'a protected volume')
     .requiredOption('--to <point>', pointHelp)
     .option('--nearest <side>', `before or after: ${nearestHelp}`)
@@ -324,7 +333,11 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .command('schedule')
     .description('show or set the schedule of automatic markers (persisted)')
     .argument('<volume>')
-    .option('--add <rule>', "a rule: 'every=15m,hours=09:00-17:00,days=mon-fri,keep=7d[,pre=CMD,post=CMD,timeout=30s]' (repeatable)", collect)
+    .option(
+      '--add <rule>',
+      "a rule: 'every=15m,hours=09:00-17:00,days=mon-fri,keep=7d[,pre=CMD,post=CMD,timeout=30s]' (repeatable)",
+      collect,
+    )
     .option('--clear', 'remove every rule (with --add: replace them)')
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
@@ -347,7 +360,10 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .option('--from <point>', `required: ${pointHelp}`)
     .option('--to <point>', `required: ${pointHelp}`)
     .option('--nearest <side>', `before or after, for either point: ${nearestHelp}`)
-    .option('--export <name>', 'also serve the image at --to as export NAME whose meta context qemu:dirty-bitmap:NAME marks the changed extents (its base:allocation is the image\'s own)')
+    .option(
+      '--export <name>',
+      "also serve the image at --to as export NAME whose meta context qemu:dirty-bitmap:NAME marks the changed extents (its base:allocation is the image's own)",
+    )
     .option('--out <file>', 'also write a diff file that apply-diff replays onto an image at --from')
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
@@ -364,7 +380,9 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('bisect')
-    .description('find the first bad write between two points: CMD runs with REWIND_URI set to a read-only clone; exit 0 good, 125 skip, else bad')
+    .description(
+      'find the first bad write between two points: CMD runs with REWIND_URI set to a read-only clone; exit 0 good, 125 skip, else bad',
+    )
     .argument('<volume>')
     .option('--good <point>', 'a point known good')
     .option('--bad <point>', 'a later point known bad')

@@ -58,7 +58,10 @@ export async function point(volume: string, at: string, o: GlobalOptions & Json 
   if (note) print(note);
 }
 
-export async function snapshot(volume: string, o: GlobalOptions & Json & Near & { at?: string; name?: string; allow?: string[] }): Promise<void> {
+export async function snapshot(
+  volume: string,
+  o: GlobalOptions & Json & Near & { at?: string; name?: string; allow?: string[] },
+): Promise<void> {
   if (!o.at) throw new CliError("required option '--at <point>' not specified", EXIT.USAGE);
   const body: Record<string, unknown> = { at: o.at, ...nearestBody(o) };
   if (o.name) body.name = o.name;
@@ -68,7 +71,10 @@ export async function snapshot(volume: string, o: GlobalOptions & Json & Near & 
   await printView(v, o, 'created');
 }
 
-export async function clone(source: string, o: GlobalOptions & Json & Near & { at?: string; name?: string; readOnly?: boolean; allow?: string[] }): Promise<void> {
+export async function clone(
+  source: string,
+  o: GlobalOptions & Json & Near & { at?: string; name?: string; readOnly?: boolean; allow?: string[] },
+): Promise<void> {
   const body: Record<string, unknown> = { ...nearestBody(o) };
   if (o.allow?.length) body.allow = o.allow;
   if (o.at) body.at = o.at;
@@ -88,7 +94,15 @@ export async function viewList(kind: 'snapshot' | 'clone' | null, volume: string
   print(
     table(
       ['NAME', 'KIND', 'VOLUME', 'SEQ', 'TIME', 'MODE', 'WRITTEN'],
-      views.map((v) => [v.name, v.kind, v.volume, String(v.point.seq), v.point.time, v.readOnly ? 'ro' : 'rw', v.kind === 'clone' ? `${v.writtenBlocks} blocks` : '-']),
+      views.map((v) => [
+        v.name,
+        v.kind,
+        v.volume,
+        String(v.point.seq),
+        v.point.time,
+        v.readOnly ? 'ro' : 'rw',
+        v.kind === 'clone' ? `${v.writtenBlocks} blocks` : '-',
+      ]),
     ),
   );
 }
@@ -178,7 +192,10 @@ async function withProgress<T>(o: GlobalOptions & Json & { progress?: boolean },
   }
 }
 
-export async function restore(volume: string, o: GlobalOptions & Json & Near & { to: string; range?: string[]; force?: boolean; progress?: boolean }): Promise<void> {
+export async function restore(
+  volume: string,
+  o: GlobalOptions & Json & Near & { to: string; range?: string[]; force?: boolean; progress?: boolean },
+): Promise<void> {
   const body: Record<string, unknown> = { to: o.to, ...nearestBody(o) };
   if (o.range?.length) body.ranges = o.range.map(parseRange);
   if (o.force) body.force = true;
@@ -191,9 +208,17 @@ export async function restore(volume: string, o: GlobalOptions & Json & Near & {
   if (r.undo) print(`  the restore is journaled (seq ${r.firstSeq}-${r.lastSeq}); undo it with: rewind restore ${volume} --to ${r.undo}`);
 }
 
-export async function exportImage(volume: string, o: GlobalOptions & Json & Near & { at: string; out: string; progress?: boolean }): Promise<void> {
+export async function exportImage(
+  volume: string,
+  o: GlobalOptions & Json & Near & { at: string; out: string; progress?: boolean },
+): Promise<void> {
   const out = path.resolve(o.out);
-  const r = await withProgress<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }>(o, 'export', vol(volume, 'export'), { at: o.at, out, ...nearestBody(o) });
+  const r = await withProgress<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }>(
+    o,
+    'export',
+    vol(volume, 'export'),
+    { at: o.at, out, ...nearestBody(o) },
+  );
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`wrote ${r.file}: ${formatSize(r.size)} raw image (${formatSize(r.dataBytes)} of data) of ${volume} at ${pointLine(r.point)}`);
   const note = substitutionNote(r.point);

@@ -30,13 +30,7 @@ import type { TimeTravel } from '../timetravel/service';
 import { routeTimeTravel } from './timetravel-routes';
 import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
-import {
-  API_PREFIX,
-  type CreateVolumeBody,
-  type DeleteResult,
-  type Health,
-  type VolumeView,
-} from './api';
+import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
 
 /** What the control server needs from the NBD server. */
@@ -312,7 +306,6 @@ export class ControlServer {
     return this.view(record);
   }
 
-
   private async view(record: VolumeRecord): Promise<VolumeView> {
     const info = await this.opts.volumes.info(record);
     return {
@@ -413,9 +406,7 @@ function dialHost(host: string): string {
 
 export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | null; unix: string | null } {
   const tcp = endpoints.tcp ? `nbd://${hostPort(dialHost(endpoints.tcp.host), endpoints.tcp.port)}/${name}` : null;
-  const unix = endpoints.unix
-    ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}`
-    : null;
+  const unix = endpoints.unix ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}` : null;
   return { tcp, unix };
 }
 

@@ -48,7 +48,11 @@ function only(body: Record<string, unknown>, fields: string[]): void {
 }
 
 /** Runs a long operation, streaming progress as NDJSON if the client asked for it. */
-async function streamed<T>(req: http.IncomingMessage, res: http.ServerResponse, run: (progress: (p: Progress) => void) => Promise<T>): Promise<void> {
+async function streamed<T>(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  run: (progress: (p: Progress) => void) => Promise<T>,
+): Promise<void> {
   const ndjson = /application\/x-ndjson/.test(req.headers.accept ?? '');
   let started = false;
   let last = 0;
@@ -168,8 +172,13 @@ export async function routeTimeTravel(
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['at', 'name', 'readOnly', 'allow', 'nearest']);
-      if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw new UserError('invalid', 'readOnly must be true or false');
-      sendJson(res, 201, await tt.views.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow, nearest: body.nearest }));
+      if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean')
+        throw new UserError('invalid', 'readOnly must be true or false');
+      sendJson(
+        res,
+        201,
+        await tt.views.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow, nearest: body.nearest }),
+      );
       return true;
     }
     case 'restores':

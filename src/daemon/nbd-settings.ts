@@ -92,7 +92,8 @@ export function readConfigFile(file: string): NbdSettingsInput {
       if (typeof v !== 'boolean') throw new SettingsError(`configuration file ${file}: nbd.${k} must be true or false`);
       out.tlsVerifyClient = v;
     } else {
-      if (typeof v !== 'string' && typeof v !== 'number') throw new SettingsError(`configuration file ${file}: nbd.${k} must be a string or number`);
+      if (typeof v !== 'string' && typeof v !== 'number')
+        throw new SettingsError(`configuration file ${file}: nbd.${k} must be a string or number`);
       // Relative paths in the file are relative to the file.
       const value = typeof v === 'string' && k.startsWith('tls') && k !== 'tls' ? path.resolve(path.dirname(file), v) : v;
       (out as Record<string, unknown>)[k] = value;
@@ -103,13 +104,15 @@ export function readConfigFile(file: string): NbdSettingsInput {
 
 function positiveInt(name: string, v: string | number, max = Number.MAX_SAFE_INTEGER): number {
   const n = typeof v === 'number' ? v : /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
-  if (!Number.isInteger(n) || n < 1 || n > max) throw new SettingsError(`${name}: expected a whole number from 1 to ${max}, got ${JSON.stringify(v)}`);
+  if (!Number.isInteger(n) || n < 1 || n > max)
+    throw new SettingsError(`${name}: expected a whole number from 1 to ${max}, got ${JSON.stringify(v)}`);
   return n;
 }
 
 function seconds(name: string, v: string | number): number {
   const n = typeof v === 'number' ? v : Number(String(v).trim().replace(/s$/, ''));
-  if (!Number.isFinite(n) || n <= 0 || n > 86400) throw new SettingsError(`${name}: expected seconds (0 < s <= 86400), got ${JSON.stringify(v)}`);
+  if (!Number.isFinite(n) || n <= 0 || n > 86400)
+    throw new SettingsError(`${name}: expected seconds (0 < s <= 86400), got ${JSON.stringify(v)}`);
   return Math.round(n * 1000);
 }
 

@@ -148,7 +148,14 @@ export class Protection {
   }
 
   /** The group's journal (DIR/journal), handing sealed containers to `link`. */
-  private openJournal(record: GroupRecord, dir: string, link: ManagerLink, committedContainer: number, committedSeq: number, poolBytes?: number): Promise<GroupJournal> {
+  private openJournal(
+    record: GroupRecord,
+    dir: string,
+    link: ManagerLink,
+    committedContainer: number,
+    committedSeq: number,
+    poolBytes?: number,
+  ): Promise<GroupJournal> {
     return GroupJournal.open({
       dir: path.join(dir, 'journal'),
       groupId: record.groupId,
@@ -201,7 +208,10 @@ export class Protection {
       verify: async (volumeId, ready) => {
         const pv = [...rt.volumes.values()].find((x) => x.volumeId === volumeId);
         if (!pv) throw new Error(`no volume ${volumeId} in group ${record.name}`);
-        if (journal.isDegraded || journal.superTransaction) throw new Error(`group ${record.name} is ${journal.isDegraded ? 'degraded' : 'resyncing'}: the replica cannot equal production yet`);
+        if (journal.isDegraded || journal.superTransaction)
+          throw new Error(
+            `group ${record.name} is ${journal.isDegraded ? 'degraded' : 'resyncing'}: the replica cannot equal production yet`,
+          );
         return pv.quiesced(async () => {
           await pv.flush();
           await journal.catchUp();
@@ -226,8 +236,12 @@ export class Protection {
     return {
       time: Date.now(),
       state: rs?.state ?? (js.degraded ? 'degraded' : 'normal'),
-      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason, fromSeq: js.degraded.fromSeq, fromTime: js.degraded.fromTime } : null,
-      resync: js.superRun ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, fromTime: js.superRun.fromTime, regionsLeft: rs?.regionsLeft ?? 0 } : null,
+      degraded: js.degraded
+        ? { since: js.degraded.since, reason: js.degraded.reason, fromSeq: js.degraded.fromSeq, fromTime: js.degraded.fromTime }
+        : null,
+      resync: js.superRun
+        ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, fromTime: js.superRun.fromTime, regionsLeft: rs?.regionsLeft ?? 0 }
+        : null,
       lastAppendedSeq: js.lastAppendedSeq,
       lastAppendedTime: js.lastAppendedTime,
       poolBytes: js.poolBytes,
@@ -273,13 +287,23 @@ export class Protection {
         const replica = await this.recoveryComparer(rt, pv);
         const r = await pv.resyncDirtyRegions(replica ?? undefined);
         this.logger.warn(
-          { volume: pv.name, dirtyBytes: r.dirtyBytes, comparedBytes: r.compared, journaledBytes: r.bytes, ms: r.ms, withReplica: !!replica },
+          {
+            volume: pv.name,
+            dirtyBytes: r.dirtyBytes,
+            comparedBytes: r.compared,
+            journaledBytes: r.bytes,
+            ms: r.ms,
+            withReplica: !!replica,
+          },
           'resynced regions left dirty by an unclean stop',
         );
       } catch (err) {
         // The regions stay dirty; served, the volume could leave the replica behind production.
         ok = false;
-        this.logger.error({ volume: pv.name, err: (err as Error).message }, 'crash recovery of the volume failed: it stays offline until the next start');
+        this.logger.error(
+          { volume: pv.name, err: (err as Error).message },
+          'crash recovery of the volume failed: it stays offline until the next start',
+        );
       }
       done(pv.name, ok);
     }
@@ -303,7 +327,10 @@ export class Protection {
       const ok = await (rt.caughtUp ??= rt.journal.catchUp().then(
         () => true,
         (err: Error) => {
-          this.logger.warn({ group: rt.record.name, err: err.message }, 'the manager could not catch up: every dirty region is journaled again');
+          this.logger.warn(
+            { group: rt.record.name, err: err.message },
+            'the manager could not catch up: every dirty region is journaled again',
+          );
           return false;
         },
       ));
@@ -312,7 +339,8 @@ export class Protection {
       return {
         blockSize: bs,
         // Not proven equal (the replica unreadable): journal it.
-        differing: (off, data) => differsFromFile(file, off, data, bs).catch(() => new Array<boolean>(Math.ceil(data.length / bs)).fill(true)),
+        differing: (off, data) =>
+          differsFromFile(file, off, data, bs).catch(() => new Array<boolean>(Math.ceil(data.length / bs)).fill(true)),
       };
     }
     const link = rt.link!;
@@ -342,7 +370,8 @@ export class Protection {
             const first = p / bs;
             for (let i = 0; i * REPLICA_HASH_BYTES < ours.length; i++) {
               const a = i * REPLICA_HASH_BYTES;
-              out[first + i] = theirs.length < a + REPLICA_HASH_BYTES || ours.compare(theirs, a, a + REPLICA_HASH_BYTES, a, a + REPLICA_HASH_BYTES) !== 0;
+              out[first + i] =
+                theirs.length < a + REPLICA_HASH_BYTES || ours.compare(theirs, a, a + REPLICA_HASH_BYTES, a, a + REPLICA_HASH_BYTES) !== 0;
             }
           }
         } catch (err) {
@@ -412,7 +441,14 @@ export class Protection {
       restoreWrite: (offset, data) => pv.restoreWrite(offset, data),
       restoreZero: (offset, length) => pv.restoreZero(offset, length),
     };
-    return { history: this.localManager(rt, 'time travel').history, journal, restore, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+    return {
+      history: this.localManager(rt, 'time travel').history,
+      journal,
+      restore,
+      group: rt.record.name,
+      volumeId: pv.volumeId,
+      size: pv.size,
+    };
   }
 
   /** The backup manager of a protected volume's group (single-process mode): retention, the log. */

@@ -10,12 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type {
-  ClientInfo,
-  ExportListing,
-  ExportProvider,
-  OpenedExport,
-} from '../nbd';
+import type { ClientInfo, ExportListing, ExportProvider, OpenedExport } from '../nbd';
 import {
   Catalog,
   DEFAULT_GROUP_SETTINGS,
@@ -110,7 +105,10 @@ export class VolumeManager implements ExportProvider {
     // A short crash recovery is invisible to clients: their open waits for it (within the handshake).
     if (this.recovering.has(volumeName)) await this.onlineOrTimeout(volumeName, RECOVERY_OPEN_WAIT_MS);
     if (this.offline.has(volumeName)) {
-      this.logger.info({ volume: volumeName, conn: client.id, reason: this.offline.get(volumeName) }, 'refused a client: the volume is offline');
+      this.logger.info(
+        { volume: volumeName, conn: client.id, reason: this.offline.get(volumeName) },
+        'refused a client: the volume is offline',
+      );
       return null;
     }
     if (record.protection) {
@@ -215,7 +213,10 @@ export class VolumeManager implements ExportProvider {
       if (!record) throw new UserError('not-found', `no volume named "${name}"`);
       const views = this.timeTravel?.views.exportEntries().filter((v) => v.volume === name) ?? [];
       if (views.length) {
-        throw new UserError('conflict', `volume "${name}" has snapshots or clones (${views.map((v) => v.name).join(', ')}); delete them first`);
+        throw new UserError(
+          'conflict',
+          `volume "${name}" has snapshots or clones (${views.map((v) => v.name).join(', ')}); delete them first`,
+        );
       }
       await this.catalog.remove(name);
       const disconnected = opts.disconnect(name);

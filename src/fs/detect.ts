@@ -42,7 +42,10 @@ function uuidOf(b: Buffer): string | undefined {
 
 function cstr(b: Buffer): string | undefined {
   const end = b.indexOf(0);
-  const s = b.subarray(0, end < 0 ? b.length : end).toString('latin1').trim();
+  const s = b
+    .subarray(0, end < 0 ? b.length : end)
+    .toString('latin1')
+    .trim();
   return s === '' ? undefined : s;
 }
 
@@ -99,7 +102,10 @@ export async function detectFilesystem(image: FsImage, offset: number, length: n
   if (head.toString('latin1', 0, 4) === 'XFSB') return unsupported('xfs');
   if (head.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]))) return unsupported('luks');
   for (let s = 0; s < 4 && (s + 1) * 512 <= headLen; s++) {
-    if (head.toString('latin1', s * 512, s * 512 + 8) === 'LABELONE' && head.toString('latin1', s * 512 + 24, s * 512 + 32) === 'LVM2 001') {
+    if (
+      head.toString('latin1', s * 512, s * 512 + 8) === 'LABELONE' &&
+      head.toString('latin1', s * 512 + 24, s * 512 + 32) === 'LVM2 001'
+    ) {
       return unsupported('lvm2');
     }
   }

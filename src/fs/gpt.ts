@@ -27,7 +27,10 @@ export interface Gpt {
 }
 
 export function guidOf(b: Buffer): string {
-  const le = (s: number, n: number): string => Buffer.from(b.subarray(s, s + n)).reverse().toString('hex');
+  const le = (s: number, n: number): string =>
+    Buffer.from(b.subarray(s, s + n))
+      .reverse()
+      .toString('hex');
   const h = b.toString('hex');
   return `${le(0, 4)}-${le(4, 2)}-${le(6, 2)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
@@ -80,8 +83,10 @@ function parseHeader(s: Buffer, lba: number, sectors: number, which: string): He
     throw corrupt(what, `${h.count} entries of ${h.entrySize} bytes exceed ${LIMITS.maxGptEntryBytes} bytes`);
   }
   const entrySectors = Math.ceil((h.count * h.entrySize) / s.length);
-  if (h.entriesLba < 1 || h.entriesLba + entrySectors > sectors) throw corrupt(what, `entry array at LBA ${h.entriesLba} is outside the disk`);
-  if (h.firstUsable > h.lastUsable || h.lastUsable >= sectors) throw corrupt(what, `usable LBAs ${h.firstUsable}..${h.lastUsable} outside the disk`);
+  if (h.entriesLba < 1 || h.entriesLba + entrySectors > sectors)
+    throw corrupt(what, `entry array at LBA ${h.entriesLba} is outside the disk`);
+  if (h.firstUsable > h.lastUsable || h.lastUsable >= sectors)
+    throw corrupt(what, `usable LBAs ${h.firstUsable}..${h.lastUsable} outside the disk`);
   return h;
 }
 

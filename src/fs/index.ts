@@ -44,7 +44,11 @@ export type { Superblock } from './ext/superblock';
  * ("partition 1 (xfs): filesystem: xfs is not supported yet"), CORRUPT or
  * LIMIT for a damaged one.
  */
-export async function openFilesystem(image: FsImage, partition: Partition = wholeDisk(image), opts: OpenOptions = {}): Promise<ExtFilesystem> {
+export async function openFilesystem(
+  image: FsImage,
+  partition: Partition = wholeDisk(image),
+  opts: OpenOptions = {},
+): Promise<ExtFilesystem> {
   let content = partition.content;
   if (!content) {
     try {

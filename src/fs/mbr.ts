@@ -109,7 +109,14 @@ async function readLogicals(
       if (first < extStart || first + data.sectors > extStart + extSectors) {
         warnings.push(`logical partition at sector ${first} (${data.sectors} sectors) lies outside its extended partition; skipped`);
       } else {
-        out.push({ index: next++, kind: 'logical', type: data.type, bootable: data.status === 0x80, firstLba: first, sectors: data.sectors });
+        out.push({
+          index: next++,
+          kind: 'logical',
+          type: data.type,
+          bootable: data.status === 0x80,
+          firstLba: first,
+          sectors: data.sectors,
+        });
       }
     }
     if (!isExtended(link.type) || link.sectors === 0) return next;

@@ -35,15 +35,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  ContainerWriter,
-  journalDirectIo,
-  listContainers,
-  readRecords,
-  repairActive,
-  scanContainer,
-  type RecordInput,
-} from '../lfc';
+import { ContainerWriter, journalDirectIo, listContainers, readRecords, repairActive, scanContainer, type RecordInput } from '../lfc';
 import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName, type Footer } from '../lfc';
 import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
@@ -52,7 +44,6 @@ import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
 
 export type { SealedContainerRef, CommitInfo, ManagerLink } from './link';
-
 
 export interface GroupJournalOptions {
   dir: string;
@@ -302,7 +293,15 @@ export class GroupJournal {
    * (page cache). Records are written in seq order whatever the call order.
    * In degraded mode this resolves at once: nothing is journaled.
    */
-  append(seq: number, kind: RecordKind, volumeId: number, offset: number, length: number, payload: Buffer | null, flags = 0): Promise<void> {
+  append(
+    seq: number,
+    kind: RecordKind,
+    volumeId: number,
+    offset: number,
+    length: number,
+    payload: Buffer | null,
+    flags = 0,
+  ): Promise<void> {
     const rec: RecordInput = { kind, flags, volumeId, seq, time: 0, offset, length };
     if (seq !== this.nextAppend) {
       return new Promise<void>((resolve, reject) => this.parked.set(seq, { rec, payload, resolve, reject }));
@@ -341,7 +340,16 @@ export class GroupJournal {
       full = true;
     }
     rec.time = this.lastAppendedTime = Date.now();
-    this.lastRecord = { seq: rec.seq, time: rec.time, kind: rec.kind, flags: rec.flags ?? 0, volumeId: rec.volumeId, offset: rec.offset, length: rec.length, containerId: w.header.containerId };
+    this.lastRecord = {
+      seq: rec.seq,
+      time: rec.time,
+      kind: rec.kind,
+      flags: rec.flags ?? 0,
+      volumeId: rec.volumeId,
+      offset: rec.offset,
+      length: rec.length,
+      containerId: w.header.containerId,
+    };
     const p = w.append(rec, payload).catch(this.onAppendError);
     if (w.recordCount === 1 && this.sealAgeMs > 0 && !this.ageTimer) {
       this.ageTimer = setTimeout(() => {
@@ -402,7 +410,10 @@ export class GroupJournal {
     };
     // Not journaled, but written: the write's time is the stretch's start.
     this.lastAppendedTime = now;
-    this.log.warn({ group: this.groupId, fromSeq, poolBytes: this.poolUsage(), poolLimit: this.poolLimit }, 'LFC pool full: degraded mode (state map only)');
+    this.log.warn(
+      { group: this.groupId, fromSeq, poolBytes: this.poolUsage(), poolLimit: this.poolLimit },
+      'LFC pool full: degraded mode (state map only)',
+    );
     this.saveSuperState();
     void this.seal('degraded');
     for (const cb of this.stateListeners) cb('degraded');
@@ -417,7 +428,7 @@ export class GroupJournal {
     return this.pending.size;
   }
 
-    onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
+  onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
     this.stateListeners.push(cb);
   }
 
@@ -450,7 +461,12 @@ export class GroupJournal {
     if (!d || d.kind !== 'pool') throw new Error('beginSuper: the journal is not in pool-degraded mode');
     await this.seal('super-start');
     await this.sealing;
-    this.superRun = { id: this.active.header.containerId, fromSeq: d.fromSeq ?? this.nextAppend, fromTime: d.fromTime ?? Date.parse(d.since), lastContainer: null };
+    this.superRun = {
+      id: this.active.header.containerId,
+      fromSeq: d.fromSeq ?? this.nextAppend,
+      fromTime: d.fromTime ?? Date.parse(d.since),
+      lastContainer: null,
+    };
     this.degraded = null;
     this.saveSuperState();
     this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: super transaction started');
@@ -497,7 +513,12 @@ export class GroupJournal {
   private tagFor(containerId: number): SealedContainerRef['superTransaction'] {
     const r = this.superRun;
     if (!r || containerId < r.id || (r.lastContainer !== null && containerId > r.lastContainer)) return undefined;
-    return { id: r.id, fromSeq: r.fromSeq, ...(r.fromTime !== undefined ? { fromTime: r.fromTime } : {}), last: r.lastContainer === containerId };
+    return {
+      id: r.id,
+      fromSeq: r.fromSeq,
+      ...(r.fromTime !== undefined ? { fromTime: r.fromTime } : {}),
+      last: r.lastContainer === containerId,
+    };
   }
 
   private async loadSuperState(): Promise<void> {
@@ -625,7 +646,10 @@ export class GroupJournal {
     const tag = this.tagFor(ref.containerId);
     if (tag) ref.superTransaction = tag;
     this.pendingBytes.set(ref.containerId, ref.footer.payloadBytes);
-    this.pendingFileBytes.set(ref.containerId, FILE_HEADER_SIZE + ref.footer.recordCount * RECORD_HEADER_SIZE + ref.footer.payloadBytes + FOOTER_SIZE);
+    this.pendingFileBytes.set(
+      ref.containerId,
+      FILE_HEADER_SIZE + ref.footer.recordCount * RECORD_HEADER_SIZE + ref.footer.payloadBytes + FOOTER_SIZE,
+    );
     const p = this.link.submit(ref).then(
       async (c) => {
         this.pending.delete(ref.containerId);
@@ -714,8 +738,10 @@ export class GroupJournal {
     const d = this.degraded;
     const r = this.superRun;
     let open: JournalPosition['open'] = null;
-    if (d?.kind === 'pool' && d.fromSeq !== undefined) open = { fromSeq: d.fromSeq, fromTime: d.fromTime ?? Date.parse(d.since), state: 'degraded' };
-    else if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer)) open = { fromSeq: r.fromSeq, fromTime: r.fromTime ?? 0, state: 'resync' };
+    if (d?.kind === 'pool' && d.fromSeq !== undefined)
+      open = { fromSeq: d.fromSeq, fromTime: d.fromTime ?? Date.parse(d.since), state: 'degraded' };
+    else if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer))
+      open = { fromSeq: r.fromSeq, fromTime: r.fromTime ?? 0, state: 'resync' };
     return { seq: this.nextAppend - 1, time: this.lastAppendedTime, committedSeq: this.committedSeq, open };
   }
 
@@ -732,7 +758,11 @@ export class GroupJournal {
     const hit = (r: { seq: number; time: number }): boolean => ('seq' in q ? r.seq <= q.seq : r.time <= q.ms);
     if (last && hit(last) && last.seq === this.nextAppend - 1) return last.seq > this.committedSeq ? last : null;
     const files: Array<{ id: number; paths: string[] }> = [];
-    if (this.active) files.push({ id: this.active.header.containerId, paths: [this.active.path, path.join(this.dir, containerFileName('ailfc', this.active.header.containerId))] });
+    if (this.active)
+      files.push({
+        id: this.active.header.containerId,
+        paths: [this.active.path, path.join(this.dir, containerFileName('ailfc', this.active.header.containerId))],
+      });
     const sealedName = (id: number): string => path.join(this.dir, containerFileName('ailfc', id));
     const older = new Map<number, string[]>();
     for (const [id, p] of this.sealingPaths) older.set(id, [p, sealedName(id)]);
@@ -745,7 +775,17 @@ export class GroupJournal {
         try {
           for await (const r of readRecords(file, { payloads: false })) {
             if (r.seq <= this.committedSeq || !hit(r)) continue;
-            if (!best || r.seq > best.seq) best = { seq: r.seq, time: r.time, kind: r.kind, flags: r.flags, volumeId: r.volumeId, offset: r.offset, length: r.length, containerId: f.id };
+            if (!best || r.seq > best.seq)
+              best = {
+                seq: r.seq,
+                time: r.time,
+                kind: r.kind,
+                flags: r.flags,
+                volumeId: r.volumeId,
+                offset: r.offset,
+                length: r.length,
+                containerId: f.id,
+              };
           }
           read = true;
           break;

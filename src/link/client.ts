@@ -106,7 +106,10 @@ interface Item {
 
 export interface LinkHooks {
   status?: () => Omit<InterceptStatusMsg, 'bytesSent' | 'queued'>;
-  verify?: (volumeId: number, ready: (appliedSeq: number) => void) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
+  verify?: (
+    volumeId: number,
+    ready: (appliedSeq: number) => void,
+  ) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
   catchUp?: () => Promise<void>;
   position?: (find?: PositionReqMsg['find']) => Promise<{ position: JournalPosition; found: JournalRecordInfo | null }>;
 }
@@ -282,7 +285,16 @@ export class RemoteLink implements ManagerLink {
     let sock: net.Socket;
     if (this.opts.tls) {
       const t = this.opts.tls;
-      sock = tls.connect({ host, port, ca: t.ca, cert: t.cert, key: t.key, servername: t.servername ?? (net.isIP(host) ? undefined : host), rejectUnauthorized: true, checkServerIdentity: (h, cert) => tls.checkServerIdentity(t.servername ?? h, cert) });
+      sock = tls.connect({
+        host,
+        port,
+        ca: t.ca,
+        cert: t.cert,
+        key: t.key,
+        servername: t.servername ?? (net.isIP(host) ? undefined : host),
+        rejectUnauthorized: true,
+        checkServerIdentity: (h, cert) => tls.checkServerIdentity(t.servername ?? h, cert),
+      });
     } else {
       sock = net.connect({ host, port });
     }
@@ -308,7 +320,11 @@ export class RemoteLink implements ManagerLink {
       this.lastError = why;
       for (const it of this.queue.values()) it.sent = false;
       this.sending = false;
-      if (wasUp || this.reconnects % 20 === 0) this.opts.logger[level]({ group: this.opts.group.group, manager: `${host}:${port}`, reason: why }, wasUp ? 'manager link down' : 'cannot connect to the manager');
+      if (wasUp || this.reconnects % 20 === 0)
+        this.opts.logger[level](
+          { group: this.opts.group.group, manager: `${host}:${port}`, reason: why },
+          wasUp ? 'manager link down' : 'cannot connect to the manager',
+        );
       this.reconnects++;
       this.scheduleReconnect();
     };
@@ -345,10 +361,19 @@ export class RemoteLink implements ManagerLink {
             case 'hello': {
               if (f.type !== MsgType.HELLO) throw new LinkProtocolError(`expected HELLO, got ${f.type}`);
               const h = parseJson<HelloMsg>(f);
-              if (h.magic !== LINK_MAGIC || h.version !== LINK_VERSION || !isNonce(h.nonce)) throw new LinkProtocolError('not a rewind manager (bad HELLO)');
+              if (h.magic !== LINK_MAGIC || h.version !== LINK_VERSION || !isNonce(h.nonce))
+                throw new LinkProtocolError('not a rewind manager (bad HELLO)');
               serverNonce = h.nonce;
               const secret = this.opts.secret;
-              this.write(sock, encodeJson(MsgType.AUTH, { magic: LINK_MAGIC, version: LINK_VERSION, nonce: clientNonce, mac: secret ? clientMac(secret, serverNonce, clientNonce) : null }));
+              this.write(
+                sock,
+                encodeJson(MsgType.AUTH, {
+                  magic: LINK_MAGIC,
+                  version: LINK_VERSION,
+                  nonce: clientNonce,
+                  mac: secret ? clientMac(secret, serverNonce, clientNonce) : null,
+                }),
+              );
               phase = 'auth';
               break;
             }
@@ -356,7 +381,8 @@ export class RemoteLink implements ManagerLink {
               if (f.type !== MsgType.AUTH_OK) throw new LinkProtocolError(`expected AUTH_OK, got ${f.type}`);
               const m = parseJson<{ mac?: unknown }>(f);
               const secret = this.opts.secret;
-              if (secret && !macEquals(m.mac, serverMac(secret, clientNonce, serverNonce))) throw new LinkProtocolError('the manager does not hold the shared secret');
+              if (secret && !macEquals(m.mac, serverMac(secret, clientNonce, serverNonce)))
+                throw new LinkProtocolError('the manager does not hold the shared secret');
               this.write(sock, encodeJson(MsgType.GROUP, this.opts.group));
               phase = 'group';
               break;
@@ -377,7 +403,10 @@ export class RemoteLink implements ManagerLink {
               this.backoff = 200;
               this.setState('up');
               this.lastError = null;
-              this.opts.logger.info({ group: this.opts.group.group, manager: `${host}:${port}`, tls: !!this.opts.tls, queued: this.queue.size }, 'manager link up');
+              this.opts.logger.info(
+                { group: this.opts.group.group, manager: `${host}:${port}`, tls: !!this.opts.tls, queued: this.queue.size },
+                'manager link up',
+              );
               this.sendStatus(sock);
               for (const cb of this.upListeners) cb();
               void this.pump();
@@ -451,7 +480,10 @@ export class RemoteLink implements ManagerLink {
         const m = parseJson<NackMsg>(f);
         const it = this.queue.get(m.containerId);
         this.lastError = `container ${m.containerId}: ${m.message}`;
-        this.opts.logger.warn({ group: this.opts.group.group, container: m.containerId, err: m.message, resend: m.resend }, 'manager did not take a container');
+        this.opts.logger.warn(
+          { group: this.opts.group.group, container: m.containerId, err: m.message, resend: m.resend },
+          'manager did not take a container',
+        );
         if (!it) return;
         if (m.resend) {
           it.sent = false;
@@ -507,8 +539,19 @@ export class RemoteLink implements ManagerLink {
       return;
     }
     try {
-      const r = await this.hooks.verify(m.volumeId, (appliedSeq) => this.write(sock, encodeJson(MsgType.VERIFY_READY, { id: m.id, appliedSeq })));
-      this.write(sock, encodeJson(MsgType.VERIFY_RESULT, { id: m.id, sha256: r.sha256, chunk: r.chunk, hashes: r.hashes.toString('base64'), appliedSeq: r.appliedSeq }));
+      const r = await this.hooks.verify(m.volumeId, (appliedSeq) =>
+        this.write(sock, encodeJson(MsgType.VERIFY_READY, { id: m.id, appliedSeq })),
+      );
+      this.write(
+        sock,
+        encodeJson(MsgType.VERIFY_RESULT, {
+          id: m.id,
+          sha256: r.sha256,
+          chunk: r.chunk,
+          hashes: r.hashes.toString('base64'),
+          appliedSeq: r.appliedSeq,
+        }),
+      );
     } catch (err) {
       this.write(sock, encodeJson(MsgType.VERIFY_RESULT, { id: m.id, error: (err as Error).message }));
     }
@@ -557,7 +600,15 @@ export class RemoteLink implements ManagerLink {
         onClose = () => resolve(null);
         sock.once('close', onClose);
       });
-      this.write(sock, encodeJson(MsgType.PUT, { containerId: ref.containerId, size, footer: ref.footer, ...(ref.superTransaction ? { superTransaction: ref.superTransaction } : {}) }));
+      this.write(
+        sock,
+        encodeJson(MsgType.PUT, {
+          containerId: ref.containerId,
+          size,
+          footer: ref.footer,
+          ...(ref.superTransaction ? { superTransaction: ref.superTransaction } : {}),
+        }),
+      );
       const r = await ready;
       sock.off('close', onClose);
       if (!r || sock.destroyed) return false;

@@ -118,7 +118,8 @@ export class FrameReader {
       const type = head[4]!;
       if (len < 1 || len > MAX_FRAME) throw new LinkProtocolError(`bad frame length ${len}`);
       if (type < 1 || type > TYPE_MAX) throw new LinkProtocolError(`unknown frame type ${type}`);
-      if (type !== MsgType.DATA && type !== MsgType.VERIFY_RESULT && len > MAX_JSON_FRAME) throw new LinkProtocolError(`oversized frame (${len} bytes, type ${type})`);
+      if (type !== MsgType.DATA && type !== MsgType.VERIFY_RESULT && len > MAX_JSON_FRAME)
+        throw new LinkProtocolError(`oversized frame (${len} bytes, type ${type})`);
       if (this.have < 4 + len) break;
       const all = this.take(4 + len);
       out.push({ type: type as MsgType, body: all.subarray(5) });

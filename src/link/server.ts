@@ -63,7 +63,6 @@ import { type Logger } from '../util/logger';
 import { writeFileAtomic } from '../util/atomic-file';
 import { hashFile, HASH_CHUNK } from '../util/hash';
 
-
 export interface LinkServerOptions {
   dataDir: string;
   /** Shared secret; null when only TLS client certificates authenticate. */
@@ -75,7 +74,15 @@ export interface LinkServerOptions {
 export interface ManagerGroupStatus {
   group: string;
   groupId: number;
-  link: { state: 'up' | 'down'; peer: string | null; since: string; bytesReceived: number; containersReceived: number; refused: number; lastError: string | null };
+  link: {
+    state: 'up' | 'down';
+    peer: string | null;
+    since: string;
+    bytesReceived: number;
+    containersReceived: number;
+    refused: number;
+    lastError: string | null;
+  };
   appliedSeq: number;
   appliedContainer: number;
   transactions: number;
@@ -130,7 +137,9 @@ export class LinkServer {
 
   constructor(readonly opts: LinkServerOptions) {
     if (!opts.secret && !(opts.tls.mode === 'require' && opts.tls.verifyClient)) {
-      throw new Error('the manager link needs a shared secret (--link-secret-file) or required TLS with client certificates (--link-tls require --link-tls-verify-client)');
+      throw new Error(
+        'the manager link needs a shared secret (--link-secret-file) or required TLS with client certificates (--link-tls require --link-tls-verify-client)',
+      );
     }
   }
 
@@ -165,7 +174,10 @@ export class LinkServer {
       });
     });
     const a = server.address() as net.AddressInfo;
-    this.log.info({ host: a.address, port: a.port, tls: this.opts.tls.mode, auth: this.opts.secret ? 'secret' : 'certificate' }, 'manager link listening');
+    this.log.info(
+      { host: a.address, port: a.port, tls: this.opts.tls.mode, auth: this.opts.secret ? 'secret' : 'certificate' },
+      'manager link listening',
+    );
     return { host: a.address, port: a.port };
   }
 
@@ -232,7 +244,8 @@ export class LinkServer {
     if (!GROUP_NAME_RE.test(meta.group)) throw new LinkProtocolError(`bad group name ${JSON.stringify(meta.group)}`);
     const existing = this.groups.get(meta.group);
     if (existing) {
-      if (existing.groupId !== meta.groupId) throw new LinkProtocolError(`group ${meta.group} has id ${existing.groupId} here, not ${meta.groupId}`);
+      if (existing.groupId !== meta.groupId)
+        throw new LinkProtocolError(`group ${meta.group} has id ${existing.groupId} here, not ${meta.groupId}`);
       for (const v of meta.volumes) await existing.manager.addVolume(v);
       if (JSON.stringify(existing.meta) !== JSON.stringify(meta)) {
         existing.meta = meta;
@@ -286,7 +299,10 @@ export class LinkServer {
       waiters: new Map(),
     };
     this.groups.set(meta.group, g);
-    this.log.info({ group: meta.group, groupId: meta.groupId, volumes: meta.volumes.length, applied: manager.status().lastContainer }, 'group opened');
+    this.log.info(
+      { group: meta.group, groupId: meta.groupId, volumes: meta.volumes.length, applied: manager.status().lastContainer },
+      'group opened',
+    );
     return g;
   }
 
@@ -323,7 +339,8 @@ export class LinkServer {
   volumes(): Array<{ name: string; group: string; volumeId: number; size: number; replica: string }> {
     const out: Array<{ name: string; group: string; volumeId: number; size: number; replica: string }> = [];
     for (const g of this.groups.values()) {
-      for (const v of g.meta.volumes) out.push({ name: v.name, group: g.name, volumeId: v.volumeId, size: v.size, replica: g.manager.replicaPath(v.volumeId) });
+      for (const v of g.meta.volumes)
+        out.push({ name: v.name, group: g.name, volumeId: v.volumeId, size: v.size, replica: g.manager.replicaPath(v.volumeId) });
     }
     return out;
   }
@@ -362,7 +379,11 @@ export class LinkServer {
   /** Ask the intercept of g to seal and wait for its commits (time travel at "latest"). */
   async catchUp(g: GroupHost, timeoutMs = 60_000): Promise<void> {
     const c = g.conn;
-    if (!c) throw new UserError('conflict', `the intercept of group ${g.name} is not connected: cannot catch up (points already applied still work)`);
+    if (!c)
+      throw new UserError(
+        'conflict',
+        `the intercept of group ${g.name} is not connected: cannot catch up (points already applied still work)`,
+      );
     await c.request(g, MsgType.CATCHUP_REQ, {}, MsgType.CATCHUP_DONE, timeoutMs);
   }
 
@@ -371,11 +392,16 @@ export class LinkServer {
    * after every frame sent before, with the writes it has acknowledged), and
    * with `find` the uncommitted write a seq or time names.
    */
-  async position(g: GroupHost, find?: PositionReqMsg['find'], timeoutMs = 10_000): Promise<{ position: JournalPosition; found: JournalRecordInfo | null }> {
+  async position(
+    g: GroupHost,
+    find?: PositionReqMsg['find'],
+    timeoutMs = 10_000,
+  ): Promise<{ position: JournalPosition; found: JournalRecordInfo | null }> {
     const c = g.conn;
     if (!c) throw new UserError('conflict', `the intercept of group ${g.name} is not connected: cannot ask it for its current write`);
     const r = (await c.request(g, MsgType.POSITION_REQ, find ? { find } : {}, MsgType.POSITION, timeoutMs)) as PositionMsg;
-    if (r.error || !r.position) throw new UserError('conflict', `the intercept of group ${g.name} could not say where its journal stands: ${r.error ?? 'no answer'}`);
+    if (r.error || !r.position)
+      throw new UserError('conflict', `the intercept of group ${g.name} could not say where its journal stands: ${r.error ?? 'no answer'}`);
     return { position: r.position, found: r.found ?? null };
   }
 
@@ -390,12 +416,12 @@ export class LinkServer {
     if (!c) throw new UserError('conflict', `the intercept of group ${g.name} is not connected: verify needs production checksums from it`);
     const id = `verify-${Date.now()}-${Math.random().toString(36).slice(2)}`;
     let replicaDone: Promise<{ sha: string; hashes: Buffer }> | null = null;
-    const result = await c.request(g, MsgType.VERIFY_REQ, { id, volumeId }, MsgType.VERIFY_RESULT, 600_000, id, (f) => {
+    const result = (await c.request(g, MsgType.VERIFY_REQ, { id, volumeId }, MsgType.VERIFY_RESULT, 600_000, id, (f) => {
       if (f.type === MsgType.VERIFY_READY && !replicaDone) {
         replicaDone = hashFile(g.manager.replicaPath(volumeId), size);
         replicaDone.catch(() => undefined);
       }
-    }) as { id: string; sha256: string; chunk: number; hashes: string; appliedSeq: number; error?: string };
+    })) as { id: string; sha256: string; chunk: number; hashes: string; appliedSeq: number; error?: string };
     if (result.error) throw new UserError('conflict', `the intercept could not verify ${volume}: ${result.error}`);
     if (!replicaDone) replicaDone = hashFile(g.manager.replicaPath(volumeId), size);
     const rep = await (replicaDone as Promise<{ sha: string; hashes: Buffer }>);
@@ -556,11 +582,13 @@ class Conn {
       case 'hello': {
         if (f.type !== MsgType.AUTH) throw new LinkProtocolError(`expected AUTH, got frame type ${f.type}`);
         const m = parseJson<{ nonce?: unknown; mac?: unknown; magic?: unknown; version?: unknown }>(f);
-        if (m.magic !== LINK_MAGIC || m.version !== LINK_VERSION) throw new LinkProtocolError('not a rewind link peer (bad magic or version)');
+        if (m.magic !== LINK_MAGIC || m.version !== LINK_VERSION)
+          throw new LinkProtocolError('not a rewind link peer (bad magic or version)');
         if (!isNonce(m.nonce)) throw new LinkProtocolError('bad client nonce');
         const secret = this.srv.opts.secret;
         if (secret) {
-          if (!macEquals(m.mac, clientMac(secret, this.serverNonce, m.nonce))) throw new LinkProtocolError('authentication failed (wrong shared secret)');
+          if (!macEquals(m.mac, clientMac(secret, this.serverNonce, m.nonce)))
+            throw new LinkProtocolError('authentication failed (wrong shared secret)');
           this.send(MsgType.AUTH_OK, { mac: serverMac(secret, m.nonce, this.serverNonce) });
         } else {
           if (!this.tlsUp || !this.certSubject) throw new LinkProtocolError('authentication failed (no verified client certificate)');
@@ -576,7 +604,8 @@ class Conn {
           throw new LinkProtocolError('malformed GROUP');
         }
         for (const v of m.volumes) {
-          if (!v || !Number.isInteger(v.volumeId) || typeof v.name !== 'string' || !Number.isSafeInteger(v.size)) throw new LinkProtocolError('malformed volume in GROUP');
+          if (!v || !Number.isInteger(v.volumeId) || typeof v.name !== 'string' || !Number.isSafeInteger(v.size))
+            throw new LinkProtocolError('malformed volume in GROUP');
         }
         this.state = 'auth'; // waiting for the group to open
         this.srv.openGroup(m).then(
@@ -680,7 +709,15 @@ class Conn {
   }
 
   /** Sends `type` and waits for the answer frame carrying the same id. */
-  request(g: GroupHost, type: MsgType, body: Record<string, unknown>, _answer: MsgType, timeoutMs: number, id?: string, onFrame?: (f: Frame) => void): Promise<unknown> {
+  request(
+    g: GroupHost,
+    type: MsgType,
+    body: Record<string, unknown>,
+    _answer: MsgType,
+    timeoutMs: number,
+    id?: string,
+    onFrame?: (f: Frame) => void,
+  ): Promise<unknown> {
     const key = id ?? `req-${Date.now()}-${Math.random().toString(36).slice(2)}`;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -714,15 +751,32 @@ class Conn {
   private async onPut(m: PutMsg): Promise<void> {
     const g = this.group!;
     const id = m.containerId;
-    if (!Number.isSafeInteger(id) || id < 1 || !Number.isSafeInteger(m.size) || m.size < 128 || !m.footer || typeof m.footer.bodyCrc !== 'number') {
+    if (
+      !Number.isSafeInteger(id) ||
+      id < 1 ||
+      !Number.isSafeInteger(m.size) ||
+      m.size < 128 ||
+      !m.footer ||
+      typeof m.footer.bodyCrc !== 'number'
+    ) {
       throw new LinkProtocolError('malformed PUT');
     }
     if (m.superTransaction) {
       const t = m.superTransaction;
-      if (!Number.isSafeInteger(t.id) || !Number.isSafeInteger(t.fromSeq) || typeof t.last !== 'boolean' || (t.fromTime !== undefined && !Number.isFinite(t.fromTime))) {
+      if (
+        !Number.isSafeInteger(t.id) ||
+        !Number.isSafeInteger(t.fromSeq) ||
+        typeof t.last !== 'boolean' ||
+        (t.fromTime !== undefined && !Number.isFinite(t.fromTime))
+      ) {
         throw new LinkProtocolError('malformed super-transaction tag');
       }
-      await this.srv.saveTag(g, id, { id: t.id, fromSeq: t.fromSeq, ...(t.fromTime !== undefined ? { fromTime: t.fromTime } : {}), last: t.last });
+      await this.srv.saveTag(g, id, {
+        id: t.id,
+        fromSeq: t.fromSeq,
+        ...(t.fromTime !== undefined ? { fromTime: t.fromTime } : {}),
+        last: t.last,
+      });
     }
     const old = this.transfers.get(id);
     if (old) {
@@ -820,7 +874,9 @@ class Conn {
     const v = await verifyContainer(t.part);
     if (!v.ok || v.footer.bodyCrc !== t.msg.footer.bodyCrc || v.footer.recordCount !== t.msg.footer.recordCount) {
       await fs.promises.rm(t.part, { force: true });
-      const why = v.ok ? `footer mismatch (body CRC ${v.footer.bodyCrc}, announced ${t.msg.footer.bodyCrc})` : `checksum failure at offset ${v.offset}: ${v.problem}`;
+      const why = v.ok
+        ? `footer mismatch (body CRC ${v.footer.bodyCrc}, announced ${t.msg.footer.bodyCrc})`
+        : `checksum failure at offset ${v.offset}: ${v.problem}`;
       return this.nack(id, `transfer damaged, not applied: ${why}`, true);
     }
     const final = t.part.slice(0, -'.part'.length);

@@ -150,7 +150,9 @@ export class BackupManager {
     this.blockSize = blockSize;
     this.historyDir = path.join(dir, 'history');
     this.replicaDir = path.join(dir, 'replica');
-    this.history = new HistoryReader(catalog, blockSize, this.historyDir, this.replicaDir, this.volumes, (k, overlay) => this.retention.checkPin(k, overlay));
+    this.history = new HistoryReader(catalog, blockSize, this.historyDir, this.replicaDir, this.volumes, (k, overlay) =>
+      this.retention.checkPin(k, overlay),
+    );
   }
 
   /**
@@ -228,7 +230,8 @@ export class BackupManager {
     const fh = await fs.promises.open(file, 'a+');
     try {
       const st = await fh.stat();
-      if (st.size !== 0 && st.size !== v.size) throw new Error(`replicated image ${file} exists with ${st.size} bytes, volume ${v.volumeId} has ${v.size}`);
+      if (st.size !== 0 && st.size !== v.size)
+        throw new Error(`replicated image ${file} exists with ${st.size} bytes, volume ${v.volumeId} has ${v.size}`);
       await fh.truncate(v.size);
       await fh.sync();
     } finally {
@@ -264,7 +267,9 @@ export class BackupManager {
   submit(ref: SealedContainerRef): Promise<CommitInfo> {
     if (this.closed) return Promise.reject(new Error('backup manager is closed'));
     if (ref.groupId !== this.groupId) {
-      return Promise.reject(new Error(`AILFC_${ref.containerId} belongs to group ${ref.groupId}, this manager serves group ${this.groupId}`));
+      return Promise.reject(
+        new Error(`AILFC_${ref.containerId} belongs to group ${ref.groupId}, this manager serves group ${this.groupId}`),
+      );
     }
     const n = ref.containerId;
     if (!Number.isSafeInteger(n) || n < 1) return Promise.reject(new RangeError(`bad container id ${n}`));
@@ -273,10 +278,13 @@ export class BackupManager {
       const faded = this.retention.fadedCommit(n);
       if (faded) return Promise.resolve(faded);
       const rec = this.catalog.transaction(n);
-      if (!rec) return Promise.reject(new Error(`AILFC_${n} precedes this group's first container ${this.catalog.config()!.firstContainer}`));
+      if (!rec)
+        return Promise.reject(new Error(`AILFC_${n} precedes this group's first container ${this.catalog.config()!.firstContainer}`));
       if (rec.ailfc.bodyCrc !== ref.footer.bodyCrc || rec.ailfc.recordCount !== ref.footer.recordCount) {
         return Promise.reject(
-          new Error(`AILFC_${n} was committed with ${rec.ailfc.recordCount} records (body CRC ${rec.ailfc.bodyCrc}); the resent one has ${ref.footer.recordCount} (CRC ${ref.footer.bodyCrc})`),
+          new Error(
+            `AILFC_${n} was committed with ${rec.ailfc.recordCount} records (body CRC ${rec.ailfc.bodyCrc}); the resent one has ${ref.footer.recordCount} (CRC ${ref.footer.bodyCrc})`,
+          ),
         );
       }
       this.log.debug({ container: n }, 'resend of a committed container: nothing to apply');
@@ -356,7 +364,14 @@ export class BackupManager {
 
   /** Processes AILFC_n (n is the next container); resolves once T_n is committed. */
   private verifyTask(n: number): VerifyTask {
-    return { op: 'verify', n, groupId: this.groupId, blockSize: this.blockSize, ailfcPath: this.history.historyPath('ailfc', n), volumes: this.workerVolumes() };
+    return {
+      op: 'verify',
+      n,
+      groupId: this.groupId,
+      blockSize: this.blockSize,
+      ailfcPath: this.history.historyPath('ailfc', n),
+      volumes: this.workerVolumes(),
+    };
   }
 
   /**
@@ -585,7 +600,13 @@ export class BackupManager {
     this.log.info({ container: n, bilfcSealed: bilfc }, 'finishing a transaction interrupted by a crash');
     if (!footer.ok) {
       // Cannot finish without a good AILFC: move it aside and block until it is resent.
-      const err = await this.failure(n, { ok: false, reason: 'corrupt', container: 'ailfc', offset: footer.offset, problem: footer.problem }, ailfcPath, this.history.historyPath('bilfc', n), bilfc);
+      const err = await this.failure(
+        n,
+        { ok: false, reason: 'corrupt', container: 'ailfc', offset: footer.offset, problem: footer.problem },
+        ailfcPath,
+        this.history.historyPath('bilfc', n),
+        bilfc,
+      );
       this.blocked = { n, error: err, ref: null };
       return;
     }
@@ -680,7 +701,12 @@ export class BackupManager {
       const rec = this.catalog.transaction(n);
       const want = rec?.[kind];
       const before = verified.get(name);
-      if (!opts.full && before && before.size === size && (!want || (want.file === name && want.size === size && want.bodyCrc === before.bodyCrc))) {
+      if (
+        !opts.full &&
+        before &&
+        before.size === size &&
+        (!want || (want.file === name && want.size === size && want.bodyCrc === before.bodyCrc))
+      ) {
         out.push({ n, kind, ok: true });
         continue;
       }
@@ -691,7 +717,13 @@ export class BackupManager {
         continue;
       }
       if (want && (want.file !== name || want.size !== size || want.bodyCrc !== v.footer.bodyCrc)) {
-        out.push({ n, kind, ok: false, offset: -1, problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}` });
+        out.push({
+          n,
+          kind,
+          ok: false,
+          offset: -1,
+          problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}`,
+        });
         continue;
       }
       // Only committed containers are remembered: an uncommitted one may still change.
@@ -745,7 +777,6 @@ async function exists(p: string): Promise<boolean> {
     () => false,
   );
 }
-
 
 async function sameContent(a: string, b: string): Promise<boolean> {
   const [fa, fb] = await Promise.all([fs.promises.open(a, 'r'), fs.promises.open(b, 'r')]);

@@ -70,7 +70,12 @@ export class HistoryReader {
   /** The applied pointer: the last committed transaction, its last seq and time. */
   status(): { lastContainer: number; lastSeq: number; lastTime: number; firstContainer: number } {
     const a = this.catalog.applied();
-    return { lastContainer: a.lastContainer, lastSeq: a.lastSeq, lastTime: a.lastTime, firstContainer: this.catalog.config()!.firstContainer };
+    return {
+      lastContainer: a.lastContainer,
+      lastSeq: a.lastSeq,
+      lastTime: a.lastTime,
+      firstContainer: this.catalog.config()!.firstContainer,
+    };
   }
 
   transaction(n: number): TransactionRecord | undefined {
@@ -98,7 +103,16 @@ export class HistoryReader {
     p = (async () => {
       const out: TxnRecord[] = [];
       for await (const r of readRecords(file, { payloads: false })) {
-        out.push({ seq: r.seq, time: r.time, kind: r.kind, flags: r.flags, volumeId: r.volumeId, offset: r.offset, length: r.length, position: r.position });
+        out.push({
+          seq: r.seq,
+          time: r.time,
+          kind: r.kind,
+          flags: r.flags,
+          volumeId: r.volumeId,
+          offset: r.offset,
+          length: r.length,
+          position: r.position,
+        });
       }
       return out;
     })();
@@ -145,12 +159,10 @@ export class HistoryReader {
     this.fileNames.clear();
   }
 
-
   /** The default path of AILFC_n / BILFC_n (where the apply writes them). */
   historyPath(kind: 'ailfc' | 'bilfc', n: number): string {
     return path.join(this.historyDir, containerFileName(kind, n));
   }
-
 
   /**
    * The content of block `blockIndex` of volume `volumeId` at T_{k-1}, i.e.
@@ -249,12 +261,15 @@ export class HistoryReader {
     }
     const first = this.catalog.config()!.firstContainer;
     const next = this.catalog.nextContainer();
-    if (!Number.isInteger(k) || k < first || k > next) throw new RangeError(`T_${k - 1} is not available (transactions ${first}..${next - 1} are committed)`);
+    if (!Number.isInteger(k) || k < first || k > next)
+      throw new RangeError(`T_${k - 1} is not available (transactions ${first}..${next - 1} are committed)`);
     return v;
   }
 
   /** Groups consecutive blocks whose sources are adjacent in one file. */
-  private segments(srcs: Array<{ file: string | null; position: number }>): Array<{ i: number; count: number; file: string | null; position: number }> {
+  private segments(
+    srcs: Array<{ file: string | null; position: number }>,
+  ): Array<{ i: number; count: number; file: string | null; position: number }> {
     const segs: Array<{ i: number; count: number; file: string | null; position: number }> = [];
     const stride = RECORD_HEADER_SIZE + this.blockSize;
     for (let i = 0; i < srcs.length; i++) {
@@ -405,7 +420,10 @@ export class HistoryReader {
 
   /** Block runs T_n touched on one volume (index "runs"). */
   transactionRuns(n: number, volumeId: number): Array<{ start: number; count: number }> {
-    return this.catalog.runs(n).filter((r) => r.volumeId === volumeId).map((r) => ({ start: r.start, count: r.count }));
+    return this.catalog
+      .runs(n)
+      .filter((r) => r.volumeId === volumeId)
+      .map((r) => ({ start: r.start, count: r.count }));
   }
 
   // --- the applier's side ---------------------------------------------------------

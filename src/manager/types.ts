@@ -76,8 +76,6 @@ export interface BlockRun {
   position: number;
 }
 
-
-
 /** A container that failed its checksums (or framing): it is never applied. */
 export class CorruptContainerError extends Error {
   readonly code = 'ERR_REWIND_CORRUPT_CONTAINER';

@@ -180,7 +180,11 @@ export class Handshake {
   /** Opens `name` for this client: the export, null if there is none, or 'denied'. */
   private async openExport(name: string): Promise<OpenedExport | null | 'denied'> {
     if (!(await this.authorized(name))) {
-      this.wire.log('info', { name, remote: this.wire.info.remoteAddress, peer: this.wire.info.peer, cert: this.wire.info.certSubject }, 'access denied');
+      this.wire.log(
+        'info',
+        { name, remote: this.wire.info.remoteAddress, peer: this.wire.info.peer, cert: this.wire.info.certSubject },
+        'access denied',
+      );
       return 'denied';
     }
     try {
@@ -388,6 +392,12 @@ export class Handshake {
       this.metaChosen = [];
     }
     for (const c of this.metaChosen) delete c.ctx;
-    this.wire.enterTransmission({ opened, flags, structured: this.structured, metaSelected: this.metaSelected, metaChosen: this.metaChosen });
+    this.wire.enterTransmission({
+      opened,
+      flags,
+      structured: this.structured,
+      metaSelected: this.metaSelected,
+      metaChosen: this.metaChosen,
+    });
   }
 }

@@ -51,7 +51,14 @@ export class NbdServer extends EventEmitter {
   private readonly conns = new Set<Connection>();
   private nextId = 1;
   private closing = false;
-  private readonly counters: ConnectionStats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0, handshakeTimeouts: 0, stallDisconnects: 0 };
+  private readonly counters: ConnectionStats = {
+    requests: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    errors: 0,
+    handshakeTimeouts: 0,
+    stallDisconnects: 0,
+  };
   private connectionsTotal = 0;
   private connectionsRefused = 0;
 

@@ -170,12 +170,18 @@ export class Transmission {
       }
       case P.CMD_FLUSH:
         if (!(this.transmitFlags & P.FLAG_SEND_FLUSH)) return fail(P.EINVAL, 'flush not supported');
-        this.wire.track(0, this.runSimple(hdr, type, () => e.flush()));
+        this.wire.track(
+          0,
+          this.runSimple(hdr, type, () => e.flush()),
+        );
         return;
       case P.CMD_TRIM:
         if (!(this.transmitFlags & P.FLAG_SEND_TRIM)) return fail(P.EINVAL, 'trim not supported');
         if (length === 0) return this.replyOk(hdr);
-        this.wire.track(0, this.runSimple(hdr, type, () => e.trim(offset, length, { fua })));
+        this.wire.track(
+          0,
+          this.runSimple(hdr, type, () => e.trim(offset, length, { fua })),
+        );
         return;
       case P.CMD_WRITE_ZEROES: {
         if (length === 0) return this.replyOk(hdr);
@@ -183,15 +189,24 @@ export class Transmission {
         const fastZero = (flags & P.CMD_FLAG_FAST_ZERO) !== 0;
         if (!e.capabilities.zero) {
           if (fastZero) return fail(P.ENOTSUP, 'fast zero not possible');
-          this.wire.track(0, this.runSimple(hdr, type, () => this.emulateZero(offset, length, fua)));
+          this.wire.track(
+            0,
+            this.runSimple(hdr, type, () => this.emulateZero(offset, length, fua)),
+          );
           return;
         }
-        this.wire.track(0, this.runSimple(hdr, type, () => e.zero(offset, length, { fua, noHole, fastZero })));
+        this.wire.track(
+          0,
+          this.runSimple(hdr, type, () => e.zero(offset, length, { fua, noHole, fastZero })),
+        );
         return;
       }
       case P.CMD_CACHE:
         if (!e.capabilities.cache) return this.replyOk(hdr);
-        this.wire.track(0, this.runSimple(hdr, type, () => e.cache(offset, length)));
+        this.wire.track(
+          0,
+          this.runSimple(hdr, type, () => e.cache(offset, length)),
+        );
         return;
       case P.CMD_BLOCK_STATUS:
         if (!this.structured || !this.metaSelected) {
@@ -378,7 +393,9 @@ export class Transmission {
         chosen.map(async (c) => {
           let extents: Extent[];
           if (c.name === P.BASE_ALLOCATION) {
-            extents = e.capabilities.blockStatus ? await e.blockStatus(offset, length) : [{ length: Math.min(length, this.size - offset), flags: 0 }];
+            extents = e.capabilities.blockStatus
+              ? await e.blockStatus(offset, length)
+              : [{ length: Math.min(length, this.size - offset), flags: 0 }];
           } else {
             const src = e.metaContexts;
             const h = c as { ctx?: Promise<MetaContext | null> };
@@ -402,7 +419,10 @@ export class Transmission {
       const mask = c.name === P.BASE_ALLOCATION ? STATE_HOLE | STATE_ZERO : 0xffffffff;
       const out = this.clampExtents(all[i]!, offset, length, reqOne, mask);
       const b = Buffer.allocUnsafe(20 + 4 + 8 * out.length);
-      this.structuredHeader(cookie, i === chosen.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, 4 + 8 * out.length).copy(b, 0);
+      this.structuredHeader(cookie, i === chosen.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, 4 + 8 * out.length).copy(
+        b,
+        0,
+      );
       b.writeUInt32BE(c.id, 20);
       let p = 24;
       for (const [len, flags] of out) {

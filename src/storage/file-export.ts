@@ -336,9 +336,7 @@ const NOWAIT_MAX = 256 * 1024;
 function tryNoWait(img: SharedImage, write: boolean, pos: number, buf: Buffer): number {
   if (buf.length > NOWAIT_MAX || (write ? img.noWaitWrites : img.noWaitReads) === false) return 0;
   try {
-    const n = write
-      ? native.pwriteNoWait(img.fd, buf, 0, buf.length, pos)
-      : native.preadNoWait(img.fd, buf, 0, buf.length, pos);
+    const n = write ? native.pwriteNoWait(img.fd, buf, 0, buf.length, pos) : native.preadNoWait(img.fd, buf, 0, buf.length, pos);
     if (n === -2) {
       // Not supported here (ext4 refuses buffered RWF_NOWAIT writes): stop trying.
       if (write) img.noWaitWrites = false;
@@ -627,9 +625,7 @@ export class FileExport implements NbdExport {
     this.checkOpen();
     const img = this.img;
     if (img.isBlockDevice) return [{ length: Math.min(length, img.size - offset), flags: 0 }];
-    const raw = await this.tracked(() =>
-      native.mapExtentsRaw(img.fd, offset, length, img.size, MAX_BLOCK_STATUS_EXTENTS),
-    );
+    const raw = await this.tracked(() => native.mapExtentsRaw(img.fd, offset, length, img.size, MAX_BLOCK_STATUS_EXTENTS));
     const n = raw.length >>> 1;
     if (n === 0) return [{ length, flags: STATE_HOLE | STATE_ZERO }];
     const out: Extent[] = new Array(n);
@@ -739,7 +735,7 @@ export class FileExport implements NbdExport {
 
   private async writeZeroes(offset: number, length: number): Promise<void> {
     const end = offset + length;
-    for (let pos = offset; pos < end; ) {
+    for (let pos = offset; pos < end;) {
       const n = Math.min(ZERO_WRITE_CHUNK, end - pos);
       await startWrite(this.img, pos, n === ZERO_WRITE_CHUNK ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, n), false);
       pos += n;

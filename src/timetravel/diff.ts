@@ -187,10 +187,7 @@ export class DiffFileError extends Error {
 }
 
 /** Checks every CRC of a diff file; calls onRecord for each record when given (after the header is checked). */
-export async function readDiffFile(
-  file: string,
-  onRecord?: (offset: number, data: Buffer) => Promise<void>,
-): Promise<DiffFileInfo> {
+export async function readDiffFile(file: string, onRecord?: (offset: number, data: Buffer) => Promise<void>): Promise<DiffFileInfo> {
   const fh = await fs.promises.open(file, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -202,7 +199,8 @@ export async function readDiffFile(
     if (h.readUInt32LE(8) !== 1) throw new DiffFileError(file, 8, `unknown version ${h.readUInt32LE(8)}`);
     const f = Buffer.alloc(FOOTER);
     await fh.read(f, 0, FOOTER, size - FOOTER);
-    if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28)) throw new DiffFileError(file, size - FOOTER, 'bad footer');
+    if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28))
+      throw new DiffFileError(file, size - FOOTER, 'bad footer');
     const info: DiffFileInfo = {
       blockSize: h.readUInt32LE(12),
       volumeSize: Number(h.readBigUInt64LE(16)),
@@ -224,7 +222,8 @@ export async function readDiffFile(
       const off = Number(rh.readBigUInt64LE(0));
       const len = rh.readUInt32LE(8);
       if (len === 0 || len > 64 << 20 || pos + 16 + len > size - FOOTER) throw new DiffFileError(file, pos, `bad record length ${len}`);
-      if (off < prevEnd || off + len > info.volumeSize) throw new DiffFileError(file, pos, `record ${off}+${len} out of order or past the volume`);
+      if (off < prevEnd || off + len > info.volumeSize)
+        throw new DiffFileError(file, pos, `record ${off}+${len} out of order or past the volume`);
       const data = Buffer.allocUnsafe(len);
       await fh.read(data, 0, len, pos + 16);
       if (crc32(data) !== rh.readUInt32LE(12)) throw new DiffFileError(file, pos, 'data checksum mismatch');
@@ -234,7 +233,8 @@ export async function readDiffFile(
       pos += 16 + len;
       n++;
     }
-    if (n !== info.records || crc !== f.readUInt32LE(24)) throw new DiffFileError(file, size - FOOTER, 'record count or body checksum does not match the footer');
+    if (n !== info.records || crc !== f.readUInt32LE(24))
+      throw new DiffFileError(file, size - FOOTER, 'record count or body checksum does not match the footer');
     return info;
   } finally {
     await fh.close();

@@ -120,7 +120,10 @@ export class ViewBitmaps implements MetaContextSource {
     if (!p) {
       p = this.build(name);
       // A point that does not resolve (now) is not cached: it may later.
-      p.then((b) => b || this.cache.delete(name), () => this.cache.delete(name));
+      p.then(
+        (b) => b || this.cache.delete(name),
+        () => this.cache.delete(name),
+      );
       this.cache.set(name, p);
       while (this.cache.size > 32) this.cache.delete(this.cache.keys().next().value!);
     }

@@ -64,10 +64,13 @@ export class MarkerService {
     const err = validateVolumeName(name);
     if (err) throw new UserError('invalid', err.replace(/volume name/g, 'marker name'));
     const markerName = name as string;
-    if (/^(seq|txn|time):|^(latest|now)$/i.test(markerName)) throw new UserError('invalid', `"${markerName}" would read as a point, not a marker name`);
-    if (this.store.marker(group, markerName)) throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
+    if (/^(seq|txn|time):|^(latest|now)$/i.test(markerName))
+      throw new UserError('invalid', `"${markerName}" would read as a point, not a marker name`);
+    if (this.store.marker(group, markerName))
+      throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
     for (const [k, v] of Object.entries({ pre: opts.pre, post: opts.post })) {
-      if (v !== undefined && v !== null && (typeof v !== 'string' || !v.trim())) throw new UserError('invalid', `${k} must be a shell command`);
+      if (v !== undefined && v !== null && (typeof v !== 'string' || !v.trim()))
+        throw new UserError('invalid', `${k} must be a shell command`);
     }
     let timeoutS = 30;
     if (opts.timeout !== undefined && opts.timeout !== null) {
@@ -75,7 +78,8 @@ export class MarkerService {
       if (!(timeoutS > 0)) throw new UserError('invalid', 'timeout must be positive');
     }
     let keepS: number | null = null;
-    if (opts.keep !== undefined && opts.keep !== null) keepS = typeof opts.keep === 'number' ? opts.keep : parseDuration(String(opts.keep), 'keep');
+    if (opts.keep !== undefined && opts.keep !== null)
+      keepS = typeof opts.keep === 'number' ? opts.keep : parseDuration(String(opts.keep), 'keep');
     this.ensureMarkerPins(group, ctx);
     const env = { REWIND_MARKER: markerName, REWIND_GROUP: group, REWIND_VOLUME: volume ?? '' };
     let pre: HookResult | null = null;
@@ -84,7 +88,8 @@ export class MarkerService {
     if (typeof opts.pre === 'string') {
       pre = await runHook(opts.pre, timeoutS * 1000, env);
       if (pre.timedOut) reason = `pre-hook timed out after ${timeoutS}s and was killed`;
-      else if (pre.exitCode !== 0) reason = `pre-hook failed (${pre.signal ? `signal ${pre.signal}` : `exit ${pre.exitCode}`})${pre.output ? `: ${pre.output.split('\n').pop()}` : ''}`;
+      else if (pre.exitCode !== 0)
+        reason = `pre-hook failed (${pre.signal ? `signal ${pre.signal}` : `exit ${pre.exitCode}`})${pre.output ? `: ${pre.output.split('\n').pop()}` : ''}`;
       else kind = 'application-consistent';
     }
     // The intercept's current write as of now (after the pre-hook): asked of
@@ -106,7 +111,8 @@ export class MarkerService {
       auto,
       hooks: { pre, post },
     };
-    if (!(await this.store.addMarker(rec))) throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
+    if (!(await this.store.addMarker(rec)))
+      throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
     this.host.logger.info({ marker: markerName, group, seq, kind, reason }, 'marker placed');
     return rec;
   }
@@ -114,10 +120,23 @@ export class MarkerService {
   /** Markers of a volume's group (or a group), filtered by name glob, kind and time. */
   markers(target: string, f: { name?: string; kind?: string; since?: number; until?: number } = {}): MarkerRecord[] {
     const { group } = this.host.target(target);
-    const re = f.name ? new RegExp(`^${f.name.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`) : null;
+    const re = f.name
+      ? new RegExp(
+          `^${f.name
+            .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+            .replace(/\*/g, '.*')
+            .replace(/\?/g, '.')}$`,
+        )
+      : null;
     return this.store
       .markers(group)
-      .filter((m) => (!re || re.test(m.name)) && (!f.kind || m.kind === f.kind || m.kind.startsWith(f.kind)) && (f.since === undefined || m.time >= f.since) && (f.until === undefined || m.time <= f.until))
+      .filter(
+        (m) =>
+          (!re || re.test(m.name)) &&
+          (!f.kind || m.kind === f.kind || m.kind.startsWith(f.kind)) &&
+          (f.since === undefined || m.time >= f.since) &&
+          (f.until === undefined || m.time <= f.until),
+      )
       .sort((a, b) => a.seq - b.seq || a.time - b.time);
   }
 
@@ -155,7 +174,8 @@ export class MarkerService {
     const cur = change.clear === true ? { volume, rules: [], last: {} } : this.schedule(volume);
     const add = change.add === undefined ? [] : Array.isArray(change.add) ? change.add : [change.add];
     for (const r of add) {
-      if (typeof r !== 'string') throw new UserError('invalid', 'rules are strings such as "every=15m,hours=09:00-17:00,days=mon-fri,keep=7d"');
+      if (typeof r !== 'string')
+        throw new UserError('invalid', 'rules are strings such as "every=15m,hours=09:00-17:00,days=mon-fri,keep=7d"');
       cur.rules.push(parseRule(r));
     }
     await this.store.putSchedule(cur.rules.length ? cur : null, volume);
@@ -174,12 +194,20 @@ export class MarkerService {
         const rules = due.map((i) => s.rules[i]!);
         const keep = rules.some((r) => r.keep === null) ? null : Math.max(...rules.map((r) => r.keep!));
         const hooked = rules.find((r) => r.pre || r.post);
-        const stamp = new Date(now).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+        const stamp = new Date(now)
+          .toISOString()
+          .replace(/[-:]/g, '')
+          .replace(/\.\d+Z$/, 'Z');
         let name = `auto-${stamp}`;
         try {
           const { group } = this.host.target(s.volume);
           for (let i = 2; this.store.marker(group, name); i++) name = `auto-${stamp}-${i}`;
-          await this.mark(s.volume, name, { pre: hooked?.pre ?? undefined, post: hooked?.post ?? undefined, timeout: hooked?.timeout, keep }, true);
+          await this.mark(
+            s.volume,
+            name,
+            { pre: hooked?.pre ?? undefined, post: hooked?.post ?? undefined, timeout: hooked?.timeout, keep },
+            true,
+          );
         } catch (err) {
           this.host.logger.warn({ volume: s.volume, err: (err as Error).message }, 'scheduled marker failed');
         }

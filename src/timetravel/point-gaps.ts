@@ -55,15 +55,37 @@ export class PointGapError extends UserError {
     /** The message up to the --nearest hint, when the usual "nearest valid points are" does not fit. */
     text?: string,
   ) {
-    const hint = before || after ? `; to use one, ask for it with --nearest ${before ? 'before' : 'after'}${before && after ? ' or --nearest after' : ''}` : '';
-    super('invalid', (text ?? `${asked} ${why}: the nearest valid points are ${neighbourText(before, 'none before it')} and ${neighbourText(after, noneAfter)}`) + hint);
+    const hint =
+      before || after
+        ? `; to use one, ask for it with --nearest ${before ? 'before' : 'after'}${before && after ? ' or --nearest after' : ''}`
+        : '';
+    super(
+      'invalid',
+      (text ??
+        `${asked} ${why}: the nearest valid points are ${neighbourText(before, 'none before it')} and ${neighbourText(after, noneAfter)}`) +
+        hint,
+    );
   }
 
   /** Before retained history (the nearest point is the earliest) or after the last write (the latest). */
   static outside(asked: string, side: 'before' | 'after', nearest: Neighbour, range: string): PointGapError {
     return side === 'before'
-      ? new PointGapError(asked, 'is before retained history', null, nearest, 'none', `${asked} is before retained history: the earliest point is ${neighbourText(nearest, '')}; ${range}`)
-      : new PointGapError(asked, 'is after the last write', nearest, null, 'none', `${asked} is after the last write: the latest point is ${neighbourText(nearest, '')}; ${range}`);
+      ? new PointGapError(
+          asked,
+          'is before retained history',
+          null,
+          nearest,
+          'none',
+          `${asked} is before retained history: the earliest point is ${neighbourText(nearest, '')}; ${range}`,
+        )
+      : new PointGapError(
+          asked,
+          'is after the last write',
+          nearest,
+          null,
+          'none',
+          `${asked} is after the last write: the latest point is ${neighbourText(nearest, '')}; ${range}`,
+        );
   }
 }
 
@@ -98,7 +120,17 @@ export function superSpans(all: TransactionRecord[]): SuperSpan[] {
     if (tag) {
       if (!cur || cur.id !== tag.id) {
         if (cur) out.push(cur);
-        cur = { id: tag.id, fromSeq: tag.fromSeq, fromTime: tag.fromTime ?? null, first: t.n, last: t.n, complete: false, endSeq: 0, endTime: 0, before: prevPoint };
+        cur = {
+          id: tag.id,
+          fromSeq: tag.fromSeq,
+          fromTime: tag.fromTime ?? null,
+          first: t.n,
+          last: t.n,
+          complete: false,
+          endSeq: 0,
+          endTime: 0,
+          before: prevPoint,
+        };
       }
       cur.last = t.n;
       if (t.records > 0) {

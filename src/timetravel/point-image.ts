@@ -175,7 +175,7 @@ export async function imageExtents(src: ImageSource, offset: number, length: num
   const map = await src.zeroMap(first, count);
   const out: Extent[] = [];
   let pos = offset;
-  for (let i = 0; i < count; ) {
+  for (let i = 0; i < count;) {
     let j = i + 1;
     while (j < count && map[j] === map[i]) j++;
     const end = Math.min(src.size, (first + j) * bs);

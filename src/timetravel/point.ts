@@ -18,7 +18,20 @@
 import { RecordKind } from '../lfc';
 import type { TransactionRecord, TxnRecord } from '../manager/types';
 import { UserError } from '../util/errors';
-import { PointGapError, mergedGap, openGap, pointText, superGap, superSpanAtSeq, superSpanAtTime, superSpans, timeText, type Nearest, type Neighbour, type OpenStretch } from './point-gaps';
+import {
+  PointGapError,
+  mergedGap,
+  openGap,
+  pointText,
+  superGap,
+  superSpanAtSeq,
+  superSpanAtTime,
+  superSpans,
+  timeText,
+  type Nearest,
+  type Neighbour,
+  type OpenStretch,
+} from './point-gaps';
 
 export type PointSpec =
   | { kind: 'seq'; seq: number; text: string }
@@ -65,16 +78,33 @@ export interface PointHistory {
 }
 
 const UNITS: Record<string, number> = {
-  s: 1000, sec: 1000, secs: 1000, second: 1000, seconds: 1000,
-  m: 60_000, min: 60_000, mins: 60_000, minute: 60_000, minutes: 60_000,
-  h: 3_600_000, hr: 3_600_000, hrs: 3_600_000, hour: 3_600_000, hours: 3_600_000,
-  d: 86_400_000, day: 86_400_000, days: 86_400_000,
-  w: 604_800_000, week: 604_800_000, weeks: 604_800_000,
+  s: 1000,
+  sec: 1000,
+  secs: 1000,
+  second: 1000,
+  seconds: 1000,
+  m: 60_000,
+  min: 60_000,
+  mins: 60_000,
+  minute: 60_000,
+  minutes: 60_000,
+  h: 3_600_000,
+  hr: 3_600_000,
+  hrs: 3_600_000,
+  hour: 3_600_000,
+  hours: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+  days: 86_400_000,
+  w: 604_800_000,
+  week: 604_800_000,
+  weeks: 604_800_000,
 };
 
 /** Parses a point as typed by a user (see the file comment). Throws UserError('invalid'). */
 export function parsePoint(text: unknown, now = Date.now()): PointSpec {
-  if (typeof text !== 'string' || text.trim() === '') throw new UserError('invalid', 'a point is required (e.g. @seq:42, @txn:7, 2026-11-22T10:00:00Z, "10 minutes ago")');
+  if (typeof text !== 'string' || text.trim() === '')
+    throw new UserError('invalid', 'a point is required (e.g. @seq:42, @txn:7, 2026-11-22T10:00:00Z, "10 minutes ago")');
   const t = text.trim();
   let m = /^@?seq:(\d+)$/i.exec(t);
   if (m) return { kind: 'seq', seq: safeInt(m[1]!, t), text: t };
@@ -187,7 +217,12 @@ export async function resolvePoint(
   }
 }
 
-async function resolveExact(h: PointHistory, spec: PointSpec, markers: (name: string) => { seq: number } | null, open: OpenStretch | null): Promise<ResolvedPoint> {
+async function resolveExact(
+  h: PointHistory,
+  spec: PointSpec,
+  markers: (name: string) => { seq: number } | null,
+  open: OpenStretch | null,
+): Promise<ResolvedPoint> {
   const bounds = historyBounds(h);
   if (!bounds) throw new UserError('invalid', `no history yet: the volume has no journaled writes to go back to`);
   const { first, last } = bounds;
@@ -208,7 +243,10 @@ async function resolveExact(h: PointHistory, spec: PointSpec, markers: (name: st
     case 'txn': {
       const t = h.transaction(spec.n);
       if (!t) {
-        throw new UserError('invalid', `no committed transaction T_${spec.n}: transactions ${all[0]?.n ?? '-'}..${all[all.length - 1]?.n ?? '-'} exist; ${range}`);
+        throw new UserError(
+          'invalid',
+          `no committed transaction T_${spec.n}: transactions ${all[0]?.n ?? '-'}..${all[all.length - 1]?.n ?? '-'} exist; ${range}`,
+        );
       }
       if (t.records === 0) throw new UserError('invalid', `T_${spec.n} holds no writes; ${range}`);
       seq = t.lastSeq;
@@ -295,7 +333,10 @@ async function resolveExact(h: PointHistory, spec: PointSpec, markers: (name: st
 
 /** The last transaction with writes before a (merged) transaction's first original one. */
 function previousTxn(h: PointHistory, t: TransactionRecord): TransactionRecord | undefined {
-  return h.transactions({ to: (t.mergedFrom ?? t.n) - 1 }).filter((x) => x.records > 0).pop();
+  return h
+    .transactions({ to: (t.mergedFrom ?? t.n) - 1 })
+    .filter((x) => x.records > 0)
+    .pop();
 }
 
 /**

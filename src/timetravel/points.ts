@@ -43,7 +43,11 @@ export class PointService {
    * point where history has none is refused naming the nearest valid
    * points, unless `nearest` asks for one of them (the info says so).
    */
-  async resolve(volume: string, at: unknown, opts: { nearest?: unknown } = {}): Promise<{ point: ResolvedPoint; info: PointInfo; ctx: VolumeContext }> {
+  async resolve(
+    volume: string,
+    at: unknown,
+    opts: { nearest?: unknown } = {},
+  ): Promise<{ point: ResolvedPoint; info: PointInfo; ctx: VolumeContext }> {
     const nearest = parseNearest(opts.nearest);
     const ctx = this.host.context(volume);
     const point = await resolveForImage(ctx, this.specOf(ctx, at), this.markerLookup(volume), nearest);

@@ -25,13 +25,22 @@ export class HistoryQueries {
     private readonly views: ViewService,
   ) {}
 
-  private async twoPoints(volume: string, from: unknown, to: unknown, what: [string, string], nearest?: unknown): Promise<{ a: ResolvedPoint; b: ResolvedPoint; ctx: VolumeContext }> {
+  private async twoPoints(
+    volume: string,
+    from: unknown,
+    to: unknown,
+    what: [string, string],
+    nearest?: unknown,
+  ): Promise<{ a: ResolvedPoint; b: ResolvedPoint; ctx: VolumeContext }> {
     if (from === undefined || from === null || from === '') throw new UserError('invalid', `${what[0]} POINT is required`);
     if (to === undefined || to === null || to === '') throw new UserError('invalid', `${what[1]} POINT is required`);
     const { point: a, ctx } = await this.points.resolve(volume, from, { nearest });
     const { point: b } = await this.points.resolve(volume, to, { nearest });
     if (a.seq >= b.seq) {
-      throw new UserError('invalid', `${what[0]} (@seq:${a.seq}, ${new Date(a.time).toISOString()}) must come before ${what[1]} (@seq:${b.seq}, ${new Date(b.time).toISOString()})`);
+      throw new UserError(
+        'invalid',
+        `${what[0]} (@seq:${a.seq}, ${new Date(a.time).toISOString()}) must come before ${what[1]} (@seq:${b.seq}, ${new Date(b.time).toISOString()})`,
+      );
     }
     return { a, b, ctx };
   }
@@ -46,9 +55,20 @@ export class HistoryQueries {
     volume: string,
     body: { from?: unknown; to?: unknown; name?: unknown; out?: unknown; nearest?: unknown },
     progress: (p: Progress) => void = () => undefined,
-  ): Promise<{ from: PointInfo; to: PointInfo; blockSize: number; extents: Extent[]; changedBytes: number; export: string | null; file: string | null; fileBytes: number | null }> {
-    if (body.out !== undefined && (typeof body.out !== 'string' || !path.isAbsolute(body.out))) throw new UserError('invalid', 'out must be an absolute file path');
-    if (typeof body.out === 'string' && fs.existsSync(body.out)) throw new UserError('conflict', `${body.out} already exists; choose a new file name`);
+  ): Promise<{
+    from: PointInfo;
+    to: PointInfo;
+    blockSize: number;
+    extents: Extent[];
+    changedBytes: number;
+    export: string | null;
+    file: string | null;
+    fileBytes: number | null;
+  }> {
+    if (body.out !== undefined && (typeof body.out !== 'string' || !path.isAbsolute(body.out)))
+      throw new UserError('invalid', 'out must be an absolute file path');
+    if (typeof body.out === 'string' && fs.existsSync(body.out))
+      throw new UserError('conflict', `${body.out} already exists; choose a new file name`);
     const { a, b, ctx } = await this.twoPoints(volume, body.from, body.to, ['--from', '--to'], body.nearest);
     const holder = `diff:${process.hrtime.bigint()}`;
     pinPoint(ctx.history, holder, a);
@@ -66,11 +86,22 @@ export class HistoryQueries {
       let fileBytes: number | null = null;
       if (typeof body.out === 'string') {
         const img = await PointImage.open(ctx.history, ctx.volumeId, ctx.size, b);
-        const r = await writeDiffFile(body.out, img, extents, { from: a, to: b }, (done, total) => progress({ phase: 'diff file', done, total }));
+        const r = await writeDiffFile(body.out, img, extents, { from: a, to: b }, (done, total) =>
+          progress({ phase: 'diff file', done, total }),
+        );
         file = body.out;
         fileBytes = r.fileBytes;
       }
-      return { from: this.points.pointInfo(ctx.group, a), to: this.points.pointInfo(ctx.group, b), blockSize: bs, extents, changedBytes, export: exportName, file, fileBytes };
+      return {
+        from: this.points.pointInfo(ctx.group, a),
+        to: this.points.pointInfo(ctx.group, b),
+        blockSize: bs,
+        extents,
+        changedBytes,
+        export: exportName,
+        file,
+        fileBytes,
+      };
     } finally {
       ctx.history.pins.unpin(holder);
       ctx.history.pins.unpin(`${holder}:to`);
@@ -82,9 +113,13 @@ export class HistoryQueries {
    * volume (granularity write) or every transaction end (transaction) in
    * (good, bad], ending with bad itself.
    */
-  async bisectCandidates(volume: string, body: { good?: unknown; bad?: unknown; granularity?: unknown; nearest?: unknown }): Promise<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }> {
+  async bisectCandidates(
+    volume: string,
+    body: { good?: unknown; bad?: unknown; granularity?: unknown; nearest?: unknown },
+  ): Promise<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }> {
     const g = body.granularity ?? 'write';
-    if (g !== 'write' && g !== 'transaction') throw new UserError('invalid', `granularity must be write or transaction, not ${JSON.stringify(g)}`);
+    if (g !== 'write' && g !== 'transaction')
+      throw new UserError('invalid', `granularity must be write or transaction, not ${JSON.stringify(g)}`);
     const { a, b, ctx } = await this.twoPoints(volume, body.good, body.bad, ['the good point', 'the bad point'], body.nearest);
     const out: number[] = [];
     for (let n = a.overlay ?? a.k; n <= b.txn; n++) {
@@ -103,7 +138,13 @@ export class HistoryQueries {
   }
 
   /** Writes a sparse raw image of the volume at a point to `out` (a new file). */
-  async exportImage(volume: string, at: unknown, out: unknown, progress: (p: Progress) => void = () => undefined, opts: { nearest?: unknown } = {}): Promise<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }> {
+  async exportImage(
+    volume: string,
+    at: unknown,
+    out: unknown,
+    progress: (p: Progress) => void = () => undefined,
+    opts: { nearest?: unknown } = {},
+  ): Promise<{ file: string; point: PointInfo; size: number; dataBytes: number; durationMs: number }> {
     const t0 = Date.now();
     if (typeof out !== 'string' || !path.isAbsolute(out)) throw new UserError('invalid', 'out must be an absolute file path');
     if (fs.existsSync(out)) throw new UserError('conflict', `${out} already exists; choose a new file name`);
@@ -123,7 +164,7 @@ export class HistoryQueries {
         for (let b = 0; b < nblocks; b += STATUS_BLOCKS) {
           const count = Math.min(STATUS_BLOCKS, nblocks - b);
           const map = await img.zeroMap(b, count);
-          for (let i = 0; i < count; ) {
+          for (let i = 0; i < count;) {
             if (map[i]) {
               i++;
               continue;

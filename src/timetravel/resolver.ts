@@ -83,7 +83,12 @@ export async function resolveForImage(ctx: ResolveContext, spec: PointSpec, mark
 }
 
 /** Resolves for `rewind point`: never seals; a write not committed yet is read from the journal. */
-export async function resolveForQuery(ctx: ResolveContext, spec: PointSpec, markers: Markers, nearest?: Nearest): Promise<ResolvedPoint | PendingPoint> {
+export async function resolveForQuery(
+  ctx: ResolveContext,
+  spec: PointSpec,
+  markers: Markers,
+  nearest?: Nearest,
+): Promise<ResolvedPoint | PendingPoint> {
   let open: OpenStretch | null = null;
   if (beyondApplied(spec, ctx.history)) {
     const find: PendingQuery = spec.kind === 'time' ? { ms: spec.ms } : { seq: spec.kind === 'seq' ? spec.seq : Number.MAX_SAFE_INTEGER };
@@ -91,7 +96,12 @@ export async function resolveForQuery(ctx: ResolveContext, spec: PointSpec, mark
     open = position.open;
     if (!insideOpen(spec, open) && found) {
       if (spec.kind === 'seq' && spec.seq > position.seq) {
-        const err = PointGapError.outside(`@seq:${spec.seq}`, 'after', { seq: found.seq, time: found.time }, `the journal's last write is @seq:${position.seq} (${timeText(position.time)})`);
+        const err = PointGapError.outside(
+          `@seq:${spec.seq}`,
+          'after',
+          { seq: found.seq, time: found.time },
+          `the journal's last write is @seq:${position.seq} (${timeText(position.time)})`,
+        );
         if (nearest !== 'before') throw err;
         return pending(found, { asked: err.asked, why: err.why, nearest });
       }
@@ -106,7 +116,15 @@ function pending(r: JournalRecordInfo, substitute?: ResolvedPoint['substitute'])
     seq: r.seq,
     time: r.time,
     txn: r.containerId,
-    write: { seq: r.seq, time: r.time, volumeId: r.volumeId, kind: kindName(r.kind), offset: r.offset, length: r.length, restore: (r.flags & 4) !== 0 },
+    write: {
+      seq: r.seq,
+      time: r.time,
+      volumeId: r.volumeId,
+      kind: kindName(r.kind),
+      offset: r.offset,
+      length: r.length,
+      restore: (r.flags & 4) !== 0,
+    },
     pending: true,
     ...(substitute ? { substitute } : {}),
   };

@@ -36,7 +36,10 @@ export class RestoreService {
       try {
         await this.runRestore(intent, () => undefined, true);
       } catch (err) {
-        this.host.logger.error({ volume: intent.volume, err: (err as Error).message }, 'could not finish the interrupted restore; the volume stays offline');
+        this.host.logger.error(
+          { volume: intent.volume, err: (err as Error).message },
+          'could not finish the interrupted restore; the volume stays offline',
+        );
       }
     }
   }
@@ -73,10 +76,17 @@ export class RestoreService {
     if (this.restoring.has(volume)) throw new UserError('conflict', `a restore of "${volume}" is already running`);
     const views = this.views.viewsOf(volume);
     if (views.length && body.force !== true) {
-      throw new UserError('conflict', `volume "${volume}" has ${views.length} snapshot(s)/clone(s) attached (${views.map((v) => v.name).join(', ')}); delete them or pass --force (they keep their point in time)`);
+      throw new UserError(
+        'conflict',
+        `volume "${volume}" has ${views.length} snapshot(s)/clone(s) attached (${views.map((v) => v.name).join(', ')}); delete them or pass --force (they keep their point in time)`,
+      );
     }
     const ranges = parseRanges(body.ranges, ctx.size);
-    if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
+    if (ctx.journal.isDegraded)
+      throw new UserError(
+        'conflict',
+        `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`,
+      );
     this.restoring.add(volume);
     try {
       // Never a silent substitute: a point with no image is refused, unless --nearest asked for one (and the result says so).
@@ -104,7 +114,11 @@ export class RestoreService {
     const holder = `restore:${volume}`;
     try {
       progress({ phase: 'catch-up', done: 0, total: 1 });
-      if (ctx.journal.isDegraded) throw new UserError('conflict', `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`);
+      if (ctx.journal.isDegraded)
+        throw new UserError(
+          'conflict',
+          `volume "${volume}" is degraded (not journaling); a restore must be journaled, so it waits until journaling resumes`,
+        );
       await target.flush();
       await ctx.journal.catchUp();
       const before = ctx.history.status().lastContainer;
@@ -135,7 +149,8 @@ export class RestoreService {
       // Chunks of at most 1 MiB, RESTORE_PARALLEL at a time (they never overlap, and the volume is offline).
       const chunks: Array<{ off: number; len: number }> = [];
       for (const p of pieces) {
-        for (let off = p.offset; off < p.offset + p.length; off += RESTORE_CHUNK) chunks.push({ off, len: Math.min(RESTORE_CHUNK, p.offset + p.length - off) });
+        for (let off = p.offset; off < p.offset + p.length; off += RESTORE_CHUNK)
+          chunks.push({ off, len: Math.min(RESTORE_CHUNK, p.offset + p.length - off) });
       }
       let next = 0;
       const worker = async (): Promise<void> => {
@@ -144,7 +159,7 @@ export class RestoreService {
           const [want, have] = await Promise.all([img.read(off, len), target.readProduction(off, len)]);
           // Write only the runs of blocks that differ.
           const writes: Promise<void>[] = [];
-          for (let a = 0; a < len; ) {
+          for (let a = 0; a < len;) {
             const blockEnd = (x: number): number => Math.min(len, (Math.floor((off + x) / bs) + 1) * bs - off);
             let z = blockEnd(a);
             if (want.subarray(a, z).equals(have.subarray(a, z))) {
@@ -222,14 +237,18 @@ function parseRanges(raw: unknown, size: number): Array<{ offset: number; length
     if (!Number.isSafeInteger(o) || !Number.isSafeInteger(l) || (o as number) < 0 || (l as number) <= 0) {
       throw new UserError('invalid', `bad range ${JSON.stringify(r)}: offset >= 0 and length > 0 are required`);
     }
-    if ((o as number) + (l as number) > size) throw new UserError('invalid', `range ${o}:${l} runs past the end of the volume (${size} bytes)`);
+    if ((o as number) + (l as number) > size)
+      throw new UserError('invalid', `range ${o}:${l} runs past the end of the volume (${size} bytes)`);
     out.push({ offset: o as number, length: l as number });
   }
   return out;
 }
 
 /** The parts of sorted, disjoint `pieces` inside any of `ranges`. */
-function intersect(pieces: Array<{ offset: number; length: number }>, ranges: Array<{ offset: number; length: number }>): Array<{ offset: number; length: number }> {
+function intersect(
+  pieces: Array<{ offset: number; length: number }>,
+  ranges: Array<{ offset: number; length: number }>,
+): Array<{ offset: number; length: number }> {
   const out: Array<{ offset: number; length: number }> = [];
   for (const p of pieces) {
     for (const r of ranges) {

@@ -79,8 +79,19 @@ export function openStores(dir: string): TimeTravelStores {
   const root = open({ path: path.join(dir, 'index'), maxDbs: 8 });
   const meta = root.openDB<unknown, string>('meta', {});
   return {
-    views: new ViewStore(dir, root, root.openDB<ViewRecord, string>('views', {}), root.openDB<LayerRecord, number>('layers', {}), root.openDB<boolean, BlockKey>('blocks', {}), meta),
-    markers: new MarkerStore(root, root.openDB<MarkerRecord, [string, string]>('markers', {}), root.openDB<Schedule, string>('schedules', {})),
+    views: new ViewStore(
+      dir,
+      root,
+      root.openDB<ViewRecord, string>('views', {}),
+      root.openDB<LayerRecord, number>('layers', {}),
+      root.openDB<boolean, BlockKey>('blocks', {}),
+      meta,
+    ),
+    markers: new MarkerStore(
+      root,
+      root.openDB<MarkerRecord, [string, string]>('markers', {}),
+      root.openDB<Schedule, string>('schedules', {}),
+    ),
     restores: new RestoreStore(root, meta),
     close: () => root.close(),
   };

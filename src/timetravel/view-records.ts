@@ -12,7 +12,14 @@ export function bare(p: ResolvedPoint): ResolvedPoint {
 }
 
 /** A new view record of `volume` at `point` (no layers, not read-only, unless `extra` says so). */
-export function newRecord(kind: ViewRecord['kind'], name: string, volume: string, ctx: VolumeContext, p: ResolvedPoint, extra: Partial<ViewRecord>): ViewRecord {
+export function newRecord(
+  kind: ViewRecord['kind'],
+  name: string,
+  volume: string,
+  ctx: VolumeContext,
+  p: ResolvedPoint,
+  extra: Partial<ViewRecord>,
+): ViewRecord {
   const point = bare(p);
   if (extra.from) extra = { ...extra, from: bare(extra.from) };
   return {

@@ -57,7 +57,14 @@ export class ViewService {
    */
   exportEntry(name: string): { name: string; volume: string; allow: string[] | undefined; description: string } | undefined {
     const v = this.store.view(name);
-    return v && { name: v.name, volume: v.volume, allow: v.allow, description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${new Date(v.point.time).toISOString()})` };
+    return (
+      v && {
+        name: v.name,
+        volume: v.volume,
+        allow: v.allow,
+        description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${new Date(v.point.time).toISOString()})`,
+      }
+    );
   }
 
   exportEntries(): Array<NonNullable<ReturnType<ViewService['exportEntry']>>> {
@@ -203,17 +210,27 @@ export class ViewService {
    * volume (then --at is required) or a clone (its current content; --at is
    * refused).
    */
-  clone(source: string, at: unknown, name?: unknown, opts: { readOnly?: boolean; allow?: unknown; nearest?: unknown } = {}): Promise<ViewInfo> {
+  clone(
+    source: string,
+    at: unknown,
+    name?: unknown,
+    opts: { readOnly?: boolean; allow?: unknown; nearest?: unknown } = {},
+  ): Promise<ViewInfo> {
     const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
       const parent = this.store.view(source);
       if (parent) return this.cloneOfView(parent, at, name, { ...opts, allow });
-      if (at === undefined || at === null || at === '') throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
+      if (at === undefined || at === null || at === '')
+        throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
       const { point, ctx } = await this.points.resolve(source, at, { nearest: opts.nearest });
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
       this.checkNewName(viewName);
       const layer = await this.store.newLayer(ctx.size, ctx.history.blockSize);
-      const rec = newRecord('clone', viewName, source, ctx, point, { layers: [layer.id], readOnly: opts.readOnly === true, ...(allow ? { allow } : {}) });
+      const rec = newRecord('clone', viewName, source, ctx, point, {
+        layers: [layer.id],
+        readOnly: opts.readOnly === true,
+        ...(allow ? { allow } : {}),
+      });
       pinPoint(ctx.history, `view:${viewName}`, point);
       await this.store.put({ views: [rec], layers: [layer] });
       this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
@@ -221,11 +238,20 @@ export class ViewService {
     });
   }
 
-  private async cloneOfView(parent: ViewRecord, at: unknown, name: unknown, opts: { readOnly?: boolean; allow?: string[] | undefined }): Promise<ViewInfo> {
+  private async cloneOfView(
+    parent: ViewRecord,
+    at: unknown,
+    name: unknown,
+    opts: { readOnly?: boolean; allow?: string[] | undefined },
+  ): Promise<ViewInfo> {
     if (at !== undefined && at !== null && at !== '') {
-      throw new UserError('invalid', `"${parent.name}" is a ${parent.kind}: a clone of it takes its current content, so --at does not apply`);
+      throw new UserError(
+        'invalid',
+        `"${parent.name}" is a ${parent.kind}: a clone of it takes its current content, so --at does not apply`,
+      );
     }
-    const viewName = name === undefined || name === null || name === '' ? this.defaultName(parent.name, 'clone', parent.point.seq) : String(name);
+    const viewName =
+      name === undefined || name === null || name === '' ? this.defaultName(parent.name, 'clone', parent.point.seq) : String(name);
     this.checkNewName(viewName);
     const ctx = this.host.context(parent.volume);
     const now = new Date().toISOString();
@@ -322,10 +348,15 @@ export class ViewService {
         const rt = this.runtimes.get(name) ? await this.runtime(name) : null;
         const pending = rt?.layers.length ? rt.layers[rt.layers.length - 1]!.count() : 0;
         if (v.parent !== null || v.layers.length > 1 || own > 0 || pending > 0) {
-          throw new UserError('conflict', `clone "${name}" holds writes of its own; only snapshots and unwritten clones can step (take a snapshot to step instead)`);
+          throw new UserError(
+            'conflict',
+            `clone "${name}" holds writes of its own; only snapshots and unwritten clones can step (take a snapshot to step instead)`,
+          );
         }
       }
-      const given = ['forward', 'back', 'to'].filter((k) => how[k as keyof typeof how] !== undefined && how[k as keyof typeof how] !== null);
+      const given = ['forward', 'back', 'to'].filter(
+        (k) => how[k as keyof typeof how] !== undefined && how[k as keyof typeof how] !== null,
+      );
       if (given.length !== 1) throw new UserError('invalid', 'give exactly one of forward, back or to');
       const ctx = this.host.context(v.volume);
       const nearest = parseNearest(how.nearest);
@@ -334,7 +365,8 @@ export class ViewService {
       else {
         const raw = how.forward ?? how.back;
         const k = typeof raw === 'number' ? raw : Number(raw);
-        if (!Number.isSafeInteger(k) || k < 1) throw new UserError('invalid', `step count must be a positive integer, not ${JSON.stringify(raw)}`);
+        if (!Number.isSafeInteger(k) || k < 1)
+          throw new UserError('invalid', `step count must be a positive integer, not ${JSON.stringify(raw)}`);
         if (how.forward !== undefined) await ctx.journal.catchUp();
         const seq = await stepSeq(ctx.history, v.volumeId, v.point.seq, how.forward !== undefined ? k : -k);
         spec = { kind: 'seq', seq, text: `@seq:${seq}` };
@@ -388,7 +420,10 @@ export class ViewService {
         pinPoint(this.host.context(v.volume).history, `view:${v.name}`, v.from ?? v.point);
         if (v.from) pinPoint(this.host.context(v.volume).history, `view:${v.name}:to`, v.point);
       } catch (err) {
-        this.host.logger.warn({ view: v.name, volume: v.volume, err: (err as Error).message }, 'view of a volume that is not protected any more');
+        this.host.logger.warn(
+          { view: v.name, volume: v.volume, err: (err as Error).message },
+          'view of a volume that is not protected any more',
+        );
       }
     }
   }

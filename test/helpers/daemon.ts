@@ -423,7 +423,5 @@ export function run(
 
 /** True if `cmd` is on PATH (e.g. nbdinfo, qemu-io). */
 export function haveCommand(cmd: string): boolean {
-  return (process.env.PATH ?? '')
-    .split(path.delimiter)
-    .some((dir) => dir !== '' && fs.existsSync(path.join(dir, cmd)));
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => dir !== '' && fs.existsSync(path.join(dir, cmd)));
 }

@@ -25,7 +25,8 @@ export async function metadataRegions(image: Buffer): Promise<Region[]> {
     if (!p.content?.supported) continue;
     const fs = await openFilesystem(img, p);
     const bs = fs.blockSize;
-    const block = (name: string, b: number): void => void out.push({ name: `${p.label} ${name} block ${b}`, offset: fs.imageOffset(b), length: bs });
+    const block = (name: string, b: number): void =>
+      void out.push({ name: `${p.label} ${name} block ${b}`, offset: fs.imageOffset(b), length: bs });
     out.push({ name: `${p.label} superblock`, offset: p.offset + 1024, length: 1024 });
     fs.groups.descriptorBlocks.forEach((b) => block('descriptor', b));
     const inodeBlocks = new Set<number>([(await fs.stat(2)).inodeBlock]);

@@ -19,13 +19,20 @@ export function tempDir(prefix = 'rewind-fs-'): { dir: string; cleanup(): void }
 
 /** Throws (never skips) when a tool is missing: tests that need it then fail loudly. */
 export function requireTools(...names: string[]): void {
-  const missing = names.filter((n) => spawnSync('sh', ['-c', `command -v ${n} || test -x /usr/sbin/${n} || test -x /sbin/${n}`]).status !== 0);
+  const missing = names.filter(
+    (n) => spawnSync('sh', ['-c', `command -v ${n} || test -x /usr/sbin/${n} || test -x /sbin/${n}`]).status !== 0,
+  );
   if (missing.length) throw new Error(`required tools missing: ${missing.join(', ')} (run tools/install-system-deps.sh)`);
 }
 
 function run(cmd: string, args: string[], opts: { input?: string } = {}): Buffer {
   const env = { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` };
-  return execFileSync(cmd, args, { env, maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'pipe'], ...(opts.input !== undefined ? { input: opts.input } : {}) });
+  return execFileSync(cmd, args, {
+    env,
+    maxBuffer: 1 << 30,
+    stdio: ['pipe', 'pipe', 'pipe'],
+    ...(opts.input !== undefined ? { input: opts.input } : {}),
+  });
 }
 
 const isRoot = process.getuid?.() === 0;
@@ -59,7 +66,8 @@ export interface TreeOptions {
 /** A source tree with every kind of file the reader has to handle. Returns its directory. */
 export function buildTree(root: string, o: TreeOptions): string {
   const r = rng(o.seed);
-  const w = (rel: string | Buffer, data: Buffer | string): void => fs.writeFileSync(Buffer.concat([Buffer.from(root + '/'), Buffer.from(rel)]), data);
+  const w = (rel: string | Buffer, data: Buffer | string): void =>
+    fs.writeFileSync(Buffer.concat([Buffer.from(root + '/'), Buffer.from(rel)]), data);
   fs.mkdirSync(root, { recursive: true });
   w('small.txt', 'hello, rewind\n');
   w('empty', '');
@@ -253,7 +261,17 @@ export function fls(image: string, offset = 0): FlsEntry[] {
       cut = p;
     }
     let name = line.subarray(first + 1, cut);
-    const [ino, mode, uid, gid, size, atime, mtime, ctime, crtime] = tail as [string, string, string, string, string, string, string, string, string];
+    const [ino, mode, uid, gid, size, atime, mtime, ctime, crtime] = tail as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
     if (mode.startsWith('V/') || name.includes(Buffer.from(' (deleted'))) continue;
     const e: FlsEntry = {
       path: name,
@@ -280,7 +298,10 @@ export function fls(image: string, offset = 0): FlsEntry[] {
 
 /** sha256 (hex) of `icat` of an inode. */
 export function icatSha256(image: string, ino: number, offset = 0): string {
-  return crypto.createHash('sha256').update(run('icat', ['-o', String(offset / 512), image, String(ino)])).digest('hex');
+  return crypto
+    .createHash('sha256')
+    .update(run('icat', ['-o', String(offset / 512), image, String(ino)]))
+    .digest('hex');
 }
 
 /** `istat` times with nanoseconds: { "File Modified": "2026-11-29 17:29:23.076354974", ... }. */

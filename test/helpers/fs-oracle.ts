@@ -42,7 +42,12 @@ export interface OracleOptions {
 }
 
 /** Compare the whole tree with sleuthkit (and with the source tree when given). */
-export async function compareWithSleuthkit(t: ExecutionContext, fs: ExtFilesystem, image: string, o: OracleOptions = {}): Promise<OracleResult> {
+export async function compareWithSleuthkit(
+  t: ExecutionContext,
+  fs: ExtFilesystem,
+  image: string,
+  o: OracleOptions = {},
+): Promise<OracleResult> {
   const offset = o.offset ?? 0;
   const mine = await walkAll(fs);
   const theirs = fls(image, offset);
@@ -70,18 +75,33 @@ export async function compareWithSleuthkit(t: ExecutionContext, fs: ExtFilesyste
       ctime: s.ctime.sec,
       crtime: crtimes ? (s.crtime?.sec ?? 0) : 0,
     };
-    const want = { ino: f.ino, type: f.metaType, perm: f.perm, uid: f.uid, gid: f.gid, size: f.size, atime: f.atime, mtime: f.mtime, ctime: f.ctime, crtime: crtimes ? f.crtime : 0 };
-    if (JSON.stringify(got) !== JSON.stringify(want)) mismatches.push(`${escapeName(e.path)}: ${JSON.stringify(got)} != fls ${JSON.stringify(want)}`);
+    const want = {
+      ino: f.ino,
+      type: f.metaType,
+      perm: f.perm,
+      uid: f.uid,
+      gid: f.gid,
+      size: f.size,
+      atime: f.atime,
+      mtime: f.mtime,
+      ctime: f.ctime,
+      crtime: crtimes ? f.crtime : 0,
+    };
+    if (JSON.stringify(got) !== JSON.stringify(want))
+      mismatches.push(`${escapeName(e.path)}: ${JSON.stringify(got)} != fls ${JSON.stringify(want)}`);
     if (f.linkTarget) {
       links++;
       const target = await fs.readlink(e.ino);
-      if (!target.equals(f.linkTarget)) mismatches.push(`${escapeName(e.path)}: link ${escapeName(target)} != fls ${escapeName(f.linkTarget)}`);
+      if (!target.equals(f.linkTarget))
+        mismatches.push(`${escapeName(e.path)}: link ${escapeName(target)} != fls ${escapeName(f.linkTarget)}`);
     }
   }
   t.deepEqual(mismatches, [], 'every entry as fls shows it');
 
   const seen = new Set<number>();
-  const withData = mine.filter((e) => (e.type === 'file' || e.type === 'symlink') && (e.stat?.size ?? 0) > 0 && !seen.has(e.ino) && seen.add(e.ino));
+  const withData = mine.filter(
+    (e) => (e.type === 'file' || e.type === 'symlink') && (e.stat?.size ?? 0) > 0 && !seen.has(e.ino) && seen.add(e.ino),
+  );
   const bad: string[] = [];
   let contents = 0;
   // icat: the largest files, the slow symlinks (fast ones: icat prints the unused block map), a few small ones.

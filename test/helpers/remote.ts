@@ -58,7 +58,10 @@ export async function makeNetns(tag: string): Promise<Netns> {
   await ip(['link', 'set', vm, 'netns', mNs]);
   await ip(['-n', iNs, 'addr', 'add', `${subnet}.1/24`, 'dev', vi]);
   await ip(['-n', mNs, 'addr', 'add', `${subnet}.2/24`, 'dev', vm]);
-  for (const [ns, dev] of [[iNs, vi], [mNs, vm]] as const) {
+  for (const [ns, dev] of [
+    [iNs, vi],
+    [mNs, vm],
+  ] as const) {
     await ip(['-n', ns, 'link', 'set', 'lo', 'up']);
     await ip(['-n', ns, 'link', 'set', dev, 'up']);
   }
@@ -135,10 +138,12 @@ export class RoleDaemon {
     running.add(child);
     child.stdout!.setEncoding('utf8').on('data', (s: string) => (this.logs += s));
     child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.logs += s));
-    this.exited = new Promise<void>((resolve) => child.on('close', () => {
-      running.delete(child);
-      resolve();
-    }));
+    this.exited = new Promise<void>((resolve) =>
+      child.on('close', () => {
+        running.delete(child);
+        resolve();
+      }),
+    );
     const deadline = Date.now() + 120_000;
     const client = new ControlClient({ kind: 'unix', path: this.controlSocket, display: this.controlSocket } as never, { timeoutMs: 2000 });
     for (;;) {
@@ -193,7 +198,12 @@ export class RoleDaemon {
 }
 
 /** Polls `fn` until it returns a truthy value or the time runs out. */
-export async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000, everyMs = 250): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | null | undefined | false>,
+  timeoutMs = 60_000,
+  everyMs = 250,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   for (;;) {
@@ -223,16 +233,34 @@ export interface Pair {
 }
 
 /** A manager and an intercept in two namespaces joined by a veth pair (torn down with the test). */
-export async function startPair(t: { teardown(fn: () => Promise<void> | void): void }, tag: string, extra: { i?: string[]; m?: string[] } = {}): Promise<Pair> {
+export async function startPair(
+  t: { teardown(fn: () => Promise<void> | void): void },
+  tag: string,
+  extra: { i?: string[]; m?: string[] } = {},
+): Promise<Pair> {
   const net = await makeNetns(tag);
   t.teardown(() => net.cleanup());
   const secret = writeSecret(os.tmpdir());
   t.teardown(() => fs.rmSync(secret, { force: true }));
-  const m = await RoleDaemon.start({ ns: net.managerNs, args: ['--role', 'manager', '--listen', `${net.managerAddr}:${LINK_PORT}`, '--link-secret-file', secret, ...(extra.m ?? [])] });
+  const m = await RoleDaemon.start({
+    ns: net.managerNs,
+    args: ['--role', 'manager', '--listen', `${net.managerAddr}:${LINK_PORT}`, '--link-secret-file', secret, ...(extra.m ?? [])],
+  });
   t.teardown(() => m.cleanup());
   const i = await RoleDaemon.start({
     ns: net.interceptNs,
-    args: ['--role', 'intercept', '--manager', `${net.managerAddr}:${LINK_PORT}`, '--link-secret-file', secret, '--listen', 'none', '--no-default-volume', ...(extra.i ?? [])],
+    args: [
+      '--role',
+      'intercept',
+      '--manager',
+      `${net.managerAddr}:${LINK_PORT}`,
+      '--link-secret-file',
+      secret,
+      '--listen',
+      'none',
+      '--no-default-volume',
+      ...(extra.i ?? []),
+    ],
   });
   t.teardown(() => i.cleanup());
   return { net, m, i, secret };
@@ -264,4 +292,3 @@ export async function caughtUp(p: Pair, vol: string, timeoutMs = 120_000): Promi
     500,
   );
 }
-

@@ -64,7 +64,8 @@ export async function* mapInode(ctx: MapContext, inode: Inode, from = 0): AsyncG
   let mapped = 0;
   for await (const r of source) {
     mapped += r.length;
-    if (mapped > ctx.sb.blocksCount) throw corrupt(`inode ${ctx.ino} block map`, `maps more blocks than the filesystem's ${ctx.sb.blocksCount}`);
+    if (mapped > ctx.sb.blocksCount)
+      throw corrupt(`inode ${ctx.ino} block map`, `maps more blocks than the filesystem's ${ctx.sb.blocksCount}`);
     const out = co.push(r);
     if (out) yield out;
   }
@@ -128,7 +129,8 @@ async function* extentRuns(ctx: MapContext, inode: Inode, from: number): AsyncGe
     const length = unwritten ? rawLen - 32768 : rawLen;
     const physical = f.node.readUInt32LE(e + 8) + f.node.readUInt16LE(e + 6) * 2 ** 32;
     if (length === 0) throw corrupt(what, `${f.where}: extent at logical ${lblk} has length 0`);
-    if (lblk < logicalEnd) throw corrupt(what, `${f.where}: extent at logical ${lblk} overlaps or precedes the one before (ends at ${logicalEnd})`);
+    if (lblk < logicalEnd)
+      throw corrupt(what, `${f.where}: extent at logical ${lblk} overlaps or precedes the one before (ends at ${logicalEnd})`);
     if (lblk + length > MAX_LOGICAL) throw corrupt(what, `${f.where}: extent at logical ${lblk} runs past 2^32 blocks`);
     if (physical < sb.firstDataBlock || physical + length > sb.blocksCount) {
       throw corrupt(what, `${f.where}: extent ${lblk}+${length} at block ${physical} is outside the filesystem (${sb.blocksCount} blocks)`);
@@ -163,7 +165,10 @@ async function* indirectRuns(ctx: MapContext, inode: Inode, from: number): Async
 
 function dataRun(ctx: MapContext, logical: number, physical: number): Run {
   if (physical < ctx.sb.firstDataBlock || physical >= ctx.sb.blocksCount) {
-    throw corrupt(`inode ${ctx.ino} block map`, `logical block ${logical} at block ${physical} is outside the filesystem (${ctx.sb.blocksCount} blocks)`);
+    throw corrupt(
+      `inode ${ctx.ino} block map`,
+      `logical block ${logical} at block ${physical} is outside the filesystem (${ctx.sb.blocksCount} blocks)`,
+    );
   }
   return { logical, physical, length: 1, unwritten: false };
 }

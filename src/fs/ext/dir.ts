@@ -51,7 +51,8 @@ export function parseDirEntries(buf: Buffer, start: number, end: number, fmt: Di
       const name = buf.subarray(off + 8, off + 8 + nameLen);
       const dot = (nameLen === 1 && name[0] === 0x2e) || (nameLen === 2 && name[0] === 0x2e && name[1] === 0x2e);
       if (!dot) {
-        for (let i = off + 8; i < off + 8 + nameLen; i++) if (buf[i] === 0x2f || buf[i] === 0) throw corrupt(at, 'name contains "/" or NUL');
+        for (let i = off + 8; i < off + 8 + nameLen; i++)
+          if (buf[i] === 0x2f || buf[i] === 0) throw corrupt(at, 'name contains "/" or NUL');
         const t = fmt.filetype ? buf[off + 7]! : 0;
         out.push({ name: Buffer.from(name), ino, dtype: DTYPES[t] ?? 'unknown' });
       }

@@ -60,7 +60,11 @@ export class ExtFilesystem {
     this.itableBlocks = Math.ceil((superblock.inodesPerGroup * superblock.inodeSize) / superblock.blockSize);
     if (superblock.needsRecovery) this.warnings.push('the journal needs recovery: read without replaying it (as mount -o noload)');
     if (superblock.lastOrphan !== 0) this.warnings.push(`orphan inodes pending (first: inode ${superblock.lastOrphan})`);
-    this.dirFormat = { filetype: (superblock.incompat & INCOMPAT.FILETYPE) !== 0, blockSize: superblock.blockSize, inodesCount: superblock.inodesCount };
+    this.dirFormat = {
+      filetype: (superblock.incompat & INCOMPAT.FILETYPE) !== 0,
+      blockSize: superblock.blockSize,
+      inodesCount: superblock.inodesCount,
+    };
   }
 
   static async open(image: FsImage, partition: Partition, type: 'ext2' | 'ext3' | 'ext4', opts: OpenOptions = {}): Promise<ExtFilesystem> {
@@ -152,7 +156,11 @@ export class ExtFilesystem {
   async inode(ino: number): Promise<Inode> {
     const c = this.chunkOf(ino);
     let raw = this.rawView(ino, c);
-    if (!raw) raw = (await this.dev.loadChunk(c.key, c.block, c.count, `inode ${ino} table`)).subarray(c.offset, c.offset + this.superblock.inodeSize);
+    if (!raw)
+      raw = (await this.dev.loadChunk(c.key, c.block, c.count, `inode ${ino} table`)).subarray(
+        c.offset,
+        c.offset + this.superblock.inodeSize,
+      );
     return this.parse(ino, Buffer.from(raw), c);
   }
 
@@ -251,12 +259,20 @@ export class ExtFilesystem {
   }
 
   /** @internal A directory's entries, one batch per block (or inline region). */
-  async *dirBatches(ino: number, inode: Inode, onBlocks?: (run: Run) => void, onMeta?: (block: number) => void): AsyncGenerator<DirEntry[]> {
+  async *dirBatches(
+    ino: number,
+    inode: Inode,
+    onBlocks?: (run: Run) => void,
+    onMeta?: (block: number) => void,
+  ): AsyncGenerator<DirEntry[]> {
     if (inode.stat.type !== 'dir') throw new FsError('NOT_DIR', this.where, `inode ${ino}`, 'not a directory');
     const where = `directory inode ${ino}`;
     if (inode.stat.flags & FLAG.INLINE_DATA) {
       const [a, b] = inlineRegions(this.superblock, inode);
-      for (const [region, start, name] of [[a, 4, 'inline'], [b, 0, 'inline xattr']] as const) {
+      for (const [region, start, name] of [
+        [a, 4, 'inline'],
+        [b, 0, 'inline xattr'],
+      ] as const) {
         const out: DirEntry[] = [];
         parseDirEntries(region, start, region.length, this.dirFormat, `${where} ${name}`, out);
         yield out;

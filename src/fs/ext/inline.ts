@@ -46,6 +46,7 @@ export function inlineRegions(sb: Superblock, inode: Inode): [Buffer, Buffer] {
 export function inlineContents(sb: Superblock, inode: Inode): Buffer {
   const [a, b] = inlineRegions(sb, inode);
   const size = inode.stat.size;
-  if (size > a.length + b.length) throw corrupt(`inode ${inode.stat.ino} inline data`, `size ${size} exceeds the ${a.length + b.length} bytes stored inline`);
+  if (size > a.length + b.length)
+    throw corrupt(`inode ${inode.stat.ino} inline data`, `size ${size} exceeds the ${a.length + b.length} bytes stored inline`);
   return Buffer.concat([a, b]).subarray(0, size);
 }

@@ -81,7 +81,8 @@ export async function* readFileChunks(fs: ExtFilesystem, inode: Inode, opts: Rea
   const end = Math.min(stat.size, opts.length === undefined ? Infinity : start + opts.length);
   if (!hasData(inode) || start >= end) return;
   if (dataInInode(fs, inode)) {
-    const bytes = stat.flags & FLAG.INLINE_DATA ? inlineContents(fs.superblock, inode) : inode.raw.subarray(I_BLOCK, I_BLOCK + Math.min(stat.size, 60));
+    const bytes =
+      stat.flags & FLAG.INLINE_DATA ? inlineContents(fs.superblock, inode) : inode.raw.subarray(I_BLOCK, I_BLOCK + Math.min(stat.size, 60));
     if (bytes.length < end) throw corrupt(what, `size ${stat.size} exceeds the bytes stored in the inode`);
     yield { offset: start, length: end - start, data: bytes.subarray(start, end) };
     return;
@@ -162,7 +163,10 @@ export async function fileExtents(fs: ExtFilesystem, inode: Inode): Promise<File
   for (let i = 1; i < byPhys.length; i++) {
     const prev = byPhys[i - 1]!;
     if (byPhys[i]!.physical < prev.physical + prev.length) {
-      throw corrupt(`inode ${inode.stat.ino} block map`, `runs at blocks ${prev.physical} (+${prev.length}) and ${byPhys[i]!.physical} overlap`);
+      throw corrupt(
+        `inode ${inode.stat.ino} block map`,
+        `runs at blocks ${prev.physical} (+${prev.length}) and ${byPhys[i]!.physical} overlap`,
+      );
     }
   }
   return out;

@@ -134,7 +134,10 @@ export function parseSuperblock(sb: Buffer, partitionBytes: number): Superblock 
   };
   check(blocksCount > firstDataBlock, `${blocksCount} blocks, first data block ${firstDataBlock}`);
   check(firstDataBlock === (blockSize === 1024 ? 1 : 0) || firstDataBlock === 0, `first data block ${firstDataBlock}`);
-  check(blocksCount * blockSize <= partitionBytes, `${blocksCount} blocks of ${blockSize} bytes exceed the partition (${partitionBytes} bytes)`);
+  check(
+    blocksCount * blockSize <= partitionBytes,
+    `${blocksCount} blocks of ${blockSize} bytes exceed the partition (${partitionBytes} bytes)`,
+  );
   check(blocksPerGroup > 0 && blocksPerGroup <= 8 * blockSize, `${blocksPerGroup} blocks per group`);
   check(inodesPerGroup > 0 && inodesPerGroup <= 8 * blockSize, `${inodesPerGroup} inodes per group`);
   check(inodeSize >= 128 && inodeSize <= blockSize && (inodeSize & (inodeSize - 1)) === 0, `inode size ${inodeSize}`);
@@ -160,7 +163,10 @@ export function parseSuperblock(sb: Buffer, partitionBytes: number): Superblock 
     firstMetaBg: sb.readUInt32LE(260),
     backupBgs: [sb.readUInt32LE(0x24c), sb.readUInt32LE(0x250)],
     logGroupsPerFlex: sb[0x174]!,
-    uuid: sb.subarray(104, 120).toString('hex').replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-'),
+    uuid: sb
+      .subarray(104, 120)
+      .toString('hex')
+      .replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-'),
     label: str(sb.subarray(120, 136)),
     lastMounted: str(sb.subarray(136, 200)),
     mtime: sb.readUInt32LE(44),

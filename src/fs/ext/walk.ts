@@ -110,7 +110,16 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
   const visited = new Set<number>([rootIno]);
   const stack: Frame[] = [];
   const enter = (ino: number, inode: Inode, path: Buffer, depth: number): void => {
-    const f: Frame = { ino, path, depth, pending: [], next: 0, runs: [], meta: [], batches: undefined as unknown as AsyncGenerator<DirEntry[]> };
+    const f: Frame = {
+      ino,
+      path,
+      depth,
+      pending: [],
+      next: 0,
+      runs: [],
+      meta: [],
+      batches: undefined as unknown as AsyncGenerator<DirEntry[]>,
+    };
     const onBlocks = (run: Run): void => {
       f.runs.push(run);
       summary.directoryBytes += run.length * fs.blockSize;
@@ -171,7 +180,11 @@ export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOp
     if (res instanceof Promise) res = await res;
     if (type !== 'dir' || res === false || !stat) continue;
     if (visited.has(e.ino)) {
-      await report(new FsError('CORRUPT', fs.where, `directory inode ${e.ino}`, `reached again at ${escapeName(path)} (directory loop or hard link)`), path, e.ino);
+      await report(
+        new FsError('CORRUPT', fs.where, `directory inode ${e.ino}`, `reached again at ${escapeName(path)} (directory loop or hard link)`),
+        path,
+        e.ino,
+      );
       continue;
     }
     if (f.depth + 1 >= maxDepth) {
