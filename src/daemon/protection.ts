@@ -10,12 +10,14 @@
  *   DATA_DIR/groups/GROUP/manager/   replicated images, history, LMDB index
  *   DATA_DIR/volumes/NAME/statemap   the volume's persistent state map
  */
+import { recoverGroup } from './recovery';
+import type { GroupRuntime } from './group-runtime';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Catalog, GroupRecord, VolumeRecord } from '../catalog/catalog';
 import { GroupJournal, type CommitInfo, type ManagerLink } from '../journal/group-journal';
-import { ProtectedVolume, type ReplicaComparer, type VolumeIoStatus } from '../journal/protected-volume';
+import { ProtectedVolume, type VolumeIoStatus } from '../journal/protected-volume';
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
@@ -24,7 +26,7 @@ import { withFaults } from './fault-injection';
 import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
-import { blockDigests, REPLICA_HASH_BYTES, REPLICA_HASH_MAX_RANGE, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { type Logger } from '../util/logger';
 import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
 
@@ -38,29 +40,6 @@ export interface RemoteManagerOptions {
   poolBytes: number;
   window?: number;
 }
-
-interface GroupRuntime {
-  record: GroupRecord;
-  /** The local backup manager; null in the intercept role (it is remote). */
-  manager: BackupManager | null;
-  journal: GroupJournal;
-  volumes: Map<string, ProtectedVolume>;
-  link?: RemoteLink;
-  resync?: ResyncController;
-  /**
-   * Crash recovery: the manager has applied every container that survived
-   * (true), or could not be reached in time (false). Asked once per start.
-   */
-  caughtUp?: Promise<boolean>;
-  /** Volumes an unclean stop left with dirty regions: recover() re-captures what differs. */
-  pendingRecovery: ProtectedVolume[];
-  resyncStarted?: boolean;
-}
-
-/** At start-up after a crash, how long the intercept role waits for its manager before re-capturing every dirty region. */
-const RECOVERY_LINK_WAIT_MS = 5000;
-/** ... and how long for the manager to apply what survived. */
-const RECOVERY_CATCHUP_MS = 120_000;
 
 export interface VolumeProtectionStatus {
   volume: string;
@@ -277,110 +256,7 @@ export class Protection {
    * group's resync controller (two-role mode) starts.
    */
   async recover(done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
-    await Promise.all([...this.groups.values()].map((rt) => this.recoverGroup(rt, done)));
-  }
-
-  private async recoverGroup(rt: GroupRuntime, done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
-    for (const pv of rt.pendingRecovery.splice(0)) {
-      let ok = true;
-      try {
-        const replica = await this.recoveryComparer(rt, pv);
-        const r = await pv.resyncDirtyRegions(replica ?? undefined);
-        this.logger.warn(
-          {
-            volume: pv.name,
-            dirtyBytes: r.dirtyBytes,
-            comparedBytes: r.compared,
-            journaledBytes: r.bytes,
-            ms: r.ms,
-            withReplica: !!replica,
-          },
-          'resynced regions left dirty by an unclean stop',
-        );
-      } catch (err) {
-        // The regions stay dirty; served, the volume could leave the replica behind production.
-        ok = false;
-        this.logger.error(
-          { volume: pv.name, err: (err as Error).message },
-          'crash recovery of the volume failed: it stays offline until the next start',
-        );
-      }
-      done(pv.name, ok);
-    }
-    if (rt.resync && !rt.resyncStarted) {
-      rt.resyncStarted = true;
-      rt.resync.start();
-    }
-  }
-
-  /**
-   * After an unclean stop: once the manager has applied every surviving
-   * container, the replica says what a dirty region should hold, so only
-   * blocks that differ need journaling. Null when the manager cannot be
-   * reached in time (the intercept role): then every dirty region is
-   * journaled, as before.
-   */
-  private async recoveryComparer(rt: GroupRuntime, pv: ProtectedVolume): Promise<ReplicaComparer | null> {
-    const bs = rt.record.blockSize;
-    const manager = rt.manager;
-    if (manager) {
-      const ok = await (rt.caughtUp ??= rt.journal.catchUp().then(
-        () => true,
-        (err: Error) => {
-          this.logger.warn(
-            { group: rt.record.name, err: err.message },
-            'the manager could not catch up: every dirty region is journaled again',
-          );
-          return false;
-        },
-      ));
-      if (!ok) return null;
-      const file = manager.replicaPath(pv.volumeId);
-      return {
-        blockSize: bs,
-        // Not proven equal (the replica unreadable): journal it.
-        differing: (off, data) =>
-          differsFromFile(file, off, data, bs).catch(() => new Array<boolean>(Math.ceil(data.length / bs)).fill(true)),
-      };
-    }
-    const link = rt.link!;
-    rt.caughtUp ??= (async () => {
-      if (!(await link.waitUp(RECOVERY_LINK_WAIT_MS))) return false;
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), RECOVERY_CATCHUP_MS)));
-      try {
-        return await Promise.race([rt.journal.catchUp().then(() => true), late]);
-      } finally {
-        clearTimeout(timer);
-      }
-    })().catch(() => false);
-    if (!(await rt.caughtUp)) {
-      this.logger.warn({ group: rt.record.name }, 'the manager is not reachable: every dirty region is journaled again');
-      return null;
-    }
-    return {
-      blockSize: bs,
-      differing: async (off, data) => {
-        const out: boolean[] = new Array(Math.ceil(data.length / bs)).fill(true);
-        try {
-          for (let p = 0; p < data.length; p += REPLICA_HASH_MAX_RANGE) {
-            const piece = data.subarray(p, Math.min(p + REPLICA_HASH_MAX_RANGE, data.length));
-            const theirs = await link.replicaHashes(pv.volumeId, off + p, piece.length, bs);
-            const ours = blockDigests(piece, bs);
-            const first = p / bs;
-            for (let i = 0; i * REPLICA_HASH_BYTES < ours.length; i++) {
-              const a = i * REPLICA_HASH_BYTES;
-              out[first + i] =
-                theirs.length < a + REPLICA_HASH_BYTES || ours.compare(theirs, a, a + REPLICA_HASH_BYTES, a, a + REPLICA_HASH_BYTES) !== 0;
-            }
-          }
-        } catch (err) {
-          // Not proven equal: journal it.
-          this.logger.warn({ volume: pv.name, err: (err as Error).message }, 'replica hashes unavailable; re-capturing the range');
-        }
-        return out;
-      },
-    };
+    await Promise.all([...this.groups.values()].map((rt) => recoverGroup(rt, this.logger, done)));
   }
 
   /** A protected volume was just added to the catalog. */
@@ -390,13 +266,13 @@ export class Protection {
     const group = this.catalog.getGroup(groupName)!;
     if (!rt) {
       // A new volume has nothing to recover; this starts the group's resync controller (two-role mode).
-      await this.recoverGroup(await this.openGroup(group, [v]));
+      await recoverGroup(await this.openGroup(group, [v]), this.logger);
       return;
     }
     rt.record = group;
     if (rt.manager) await rt.manager.addVolume({ volumeId: v.protection!.volumeId, name: v.name, size: v.size });
     await this.openVolume(rt, v);
-    if (rt.pendingRecovery.length) await this.recoverGroup(rt);
+    if (rt.pendingRecovery.length) await recoverGroup(rt, this.logger);
     if (rt.link) rt.link.setGroup(this.groupMsg(group, this.catalog.groupVolumes(group.name)));
   }
 
@@ -635,26 +511,4 @@ async function compareFiles(
     await fd.close();
   }
   return { equal: first === null, a: ha.digest('hex'), b: hb.digest('hex'), firstDifference: first };
-}
-
-/** Per block of `data` (at `offset`): does the file hold something else there? Past its end it reads as zeroes. */
-async function differsFromFile(file: string, offset: number, data: Buffer, blockSize: number): Promise<boolean[]> {
-  const theirs = Buffer.alloc(data.length);
-  const fh = await fs.promises.open(file, 'r');
-  try {
-    let done = 0;
-    while (done < data.length) {
-      const { bytesRead } = await fh.read(theirs, done, data.length - done, offset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-  } finally {
-    await fh.close();
-  }
-  const out: boolean[] = [];
-  for (let p = 0; p < data.length; p += blockSize) {
-    const e = Math.min(p + blockSize, data.length);
-    out.push(data.compare(theirs, p, e, p, e) !== 0);
-  }
-  return out;
 }

@@ -32,14 +32,19 @@
  *   of one super transaction (001 [1168]-[1169]) that also stands for the
  *   writes never journaled (seqs from fromSeq on). Both states are kept in
  *   <dir>/super.json so a restart resumes them.
+ *
+ * Longer than most files (about 800 lines), on purpose: seq reservation,
+ * ordered appends, sealing, the pool and degraded mode with its super
+ * transactions change one state together and are read together. Crash
+ * recovery of the directory is in recover.ts.
  */
+import { recoverContainers } from './recover';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ContainerWriter, journalDirectIo, listContainers, readRecords, repairActive, scanContainer, type RecordInput } from '../lfc';
+import { ContainerWriter, journalDirectIo, readRecords, type RecordInput } from '../lfc';
 import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName, type Footer } from '../lfc';
 import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
-import { fsyncDir } from '../util/fsync-dir';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
 
@@ -215,55 +220,9 @@ export class GroupJournal {
   static async open(opts: GroupJournalOptions): Promise<GroupJournal> {
     const j = new GroupJournal(opts);
     await fs.promises.mkdir(opts.dir, { recursive: true });
-    let maxContainer = opts.committedContainer;
-    let maxSeq = opts.committedSeq;
-    const toSubmit: SealedContainerRef[] = [];
     await j.loadSuperState();
-    // Numbering resumes right after the highest container holding records:
-    // the manager applies containers strictly in order, so ids must have no
-    // gaps. Empty actives (the spare, or one that never got a record) and
-    // half-created files are deleted, and their ids reused.
-    for (const c of await listContainers(opts.dir)) {
-      if (c.kind === 'partial') {
-        await fs.promises.rm(c.path, { force: true });
-        continue;
-      }
-      if (c.kind === 'active') {
-        const scan = await repairActive(c.path);
-        if (scan.tornAt !== undefined) {
-          opts.logger.warn({ container: c.n, tornAt: scan.tornAt, problem: scan.problem }, 'truncated torn AILFC tail');
-        }
-        if (scan.recordCount === 0) {
-          await fs.promises.rm(c.path, { force: true });
-          continue;
-        }
-        maxContainer = Math.max(maxContainer, c.n);
-        maxSeq = Math.max(maxSeq, scan.lastSeq);
-        if (scan.sealed && scan.footer) {
-          // The crash came after the footer but before the rename: finish the seal.
-          const sealedPath = path.join(opts.dir, containerFileName('ailfc', c.n));
-          await fs.promises.rename(c.path, sealedPath);
-          await fsyncDir(opts.dir);
-          opts.logger.info({ container: c.n }, 'finished sealing an AILFC interrupted by a crash');
-          toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealedPath, footer: scan.footer });
-          continue;
-        }
-        const w = await ContainerWriter.reopen(c.path, scan.validEnd, scan);
-        const sealed = await w.seal();
-        opts.logger.info({ container: c.n, records: scan.recordCount }, 'sealed AILFC left active by a crash');
-        toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealed.path, footer: sealed.footer });
-      } else if (c.kind === 'ailfc') {
-        maxContainer = Math.max(maxContainer, c.n);
-        if (c.n <= opts.committedContainer) {
-          await fs.promises.rm(c.path, { force: true }); // committed; the manager has its copy
-          continue;
-        }
-        const scan = await scanContainer(c.path);
-        if (!scan.sealed || !scan.footer) throw new Error(`${c.path}: sealed container without a valid footer`);
-        maxSeq = Math.max(maxSeq, scan.lastSeq);
-        toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: c.path, footer: scan.footer });
-      }
-    }
+    const found = await recoverContainers(opts);
+    const { maxContainer, maxSeq, toSubmit } = found;
     j.nextContainer = maxContainer + 1;
     j.nextSeq = maxSeq + 1;
     j.nextAppend = j.nextSeq;

@@ -43,6 +43,10 @@
  *     while T_{n-1} was applied: it is a copy of what the sender submitted,
  *     so finishing it is equally right.)
  * Stray files of committed transactions are harmless (tmp ones are removed).
+ *
+ * About 650 lines: the apply pipeline and its crash recovery are one
+ * ordered state machine. The read side is history.ts, verification
+ * verify-history.ts, the history copy history-copy.ts.
  */
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
@@ -53,10 +57,14 @@ import { verifyContainer } from '../lfc';
 import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, VerifyOk, VerifyTask, WorkerVolume } from './apply-worker';
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
+import { takeCopy } from './history-copy';
+import { verifyHistory, type HistoryCheck } from './verify-history';
 import { HistoryReader } from './history';
 import { Fader, type FadeOptions, type FadeReport } from './retention';
 import { CorruptContainerError, type CommitInfo, type ManagedVolume, type SealedContainerRef, type TransactionRecord } from './types';
 import { SILENT_LOGGER, type Logger } from '../util/logger';
+
+export type { HistoryCheck } from './verify-history';
 
 export interface BackupManagerOptions {
   groupId: number;
@@ -95,20 +103,6 @@ export interface ManagerStatus {
   blocked: { n: number; error: string } | null;
 }
 
-/** A history file whose content verifyHistory() checked, as it was then. */
-interface VerifiedFile {
-  size: number;
-  bodyCrc: number;
-}
-
-export interface HistoryCheck {
-  n: number;
-  kind: 'ailfc' | 'bilfc';
-  ok: boolean;
-  offset?: number;
-  problem?: string;
-}
-
 interface Waiter {
   resolve(c: CommitInfo): void;
   reject(e: Error): void;
@@ -118,9 +112,6 @@ interface Pending {
   ref: SealedContainerRef;
   waiters: Waiter[];
 }
-
-/** history/ailfc-N.lfc, or ailfc-N.mA.lfc when retention merged T_A..T_N into T_N. */
-const HISTORY_RE = /^(ailfc|bilfc)-(\d{16})(?:\.m\d{16})?\.lfc$/;
 
 export class BackupManager {
   private readonly events = new EventEmitter();
@@ -384,7 +375,7 @@ export class BackupManager {
     if (!p || this.prefetched.has(n) || this.closed) return;
     const ref = p.ref;
     const result = (async () => {
-      await this.takeCopy(ref.path, this.history.historyPath('ailfc', n), n);
+      await takeCopy(this.historyDir, this.opts.linkHistory !== false, ref.path, this.history.historyPath('ailfc', n), n);
       return (await this.pool.run(this.verifyTask(n))) as VerifyOk | Failure;
     })();
     result.catch(() => undefined);
@@ -404,7 +395,7 @@ export class BackupManager {
       const r = await pre.result.catch(() => null);
       if (r && r.ok && pre.ref === ref) ver = r;
     }
-    await this.takeCopy(ref.path, ailfcPath, n);
+    await takeCopy(this.historyDir, this.opts.linkHistory !== false, ref.path, ailfcPath, n);
     crashPoint('copied', n);
     if (!ver) ver = (await this.pool.run(this.verifyTask(n))) as VerifyOk | Failure;
     if (!ver.ok) throw await this.failure(n, ver, ailfcPath, bilfcPath, await exists(bilfcPath));
@@ -532,58 +523,6 @@ export class BackupManager {
     return e;
   }
 
-  /**
-   * Makes history/ailfc-n.lfc the manager's own copy of the sender's file:
-   * a hard link when possible, else tmp + fsync + rename. A copy already in
-   * place (crash recovery) is kept if it is the same file or the sender's is
-   * gone; otherwise it is replaced (the worker verifies whatever is used).
-   */
-  private async takeCopy(src: string, dest: string, n: number): Promise<void> {
-    const srcAbs = path.resolve(src);
-    if (srcAbs === path.resolve(dest)) return;
-    const [ss, ds] = await Promise.all([fs.promises.stat(srcAbs).catch(() => null), fs.promises.stat(dest).catch(() => null)]);
-    if (ds) {
-      if (!ss || (ss.dev === ds.dev && ss.ino === ds.ino)) return;
-      if (ss.size === ds.size && (await sameContent(srcAbs, dest))) return;
-      await fs.promises.rm(dest, { force: true });
-    }
-    if (!ss) throw new Error(`AILFC_${n}: ${src} does not exist`);
-    if (this.opts.linkHistory !== false) {
-      try {
-        await fs.promises.link(srcAbs, dest);
-        await fsyncDir(this.historyDir);
-        return;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EMLINK') throw err;
-      }
-    }
-    const tmp = `${dest}.tmp`;
-    const from = await fs.promises.open(srcAbs, 'r');
-    const to = await fs.promises.open(tmp, 'w');
-    try {
-      const buf = Buffer.allocUnsafe(1 << 20);
-      let pos = 0;
-      let crashed = false;
-      for (;;) {
-        const { bytesRead } = await from.read(buf, 0, buf.length, pos);
-        if (bytesRead === 0) break;
-        await to.write(buf, 0, bytesRead, pos);
-        pos += bytesRead;
-        if (!crashed && pos >= ss.size / 2) {
-          crashed = true;
-          crashPoint('copy-mid', n);
-        }
-      }
-      await to.sync();
-    } finally {
-      await from.close();
-      await to.close();
-    }
-    await fs.promises.rename(tmp, dest);
-    await fsyncDir(this.historyDir);
-  }
-
   /** Crash recovery: remove half-made files, then finish the next transaction if its AILFC is here. */
   private async recover(): Promise<void> {
     for (const name of await fs.promises.readdir(this.historyDir)) {
@@ -676,69 +615,9 @@ export class BackupManager {
 
   // --- verification --------------------------------------------------------------
 
-  /**
-   * Checks stored containers in history/ (checksums, framing) and, for
-   * committed transactions, against the size and body CRC in the catalog;
-   * a committed transaction whose file is missing is reported too.
-   *
-   * A container whose content was checked once since it was written is not
-   * read again (its size is still compared), so verify stays fast as
-   * history grows: `full` re-reads everything (what a scrub does). The
-   * record of checked files lives in the index meta ("verified").
-   */
-  async verifyHistory(opts: { full?: boolean } = {}): Promise<HistoryCheck[]> {
-    const out: HistoryCheck[] = [];
-    const seen = new Set<string>();
-    const verified = new Map(Object.entries(this.catalog.metaValue<Record<string, VerifiedFile>>('verified') ?? {}));
-    const names = (await fs.promises.readdir(this.historyDir)).filter((f) => HISTORY_RE.test(f)).sort();
-    for (const name of names) {
-      const m = HISTORY_RE.exec(name)!;
-      const kind = m[1] as 'ailfc' | 'bilfc';
-      const n = Number(m[2]);
-      seen.add(name);
-      const file = path.join(this.historyDir, name);
-      const size = (await fs.promises.stat(file)).size;
-      const rec = this.catalog.transaction(n);
-      const want = rec?.[kind];
-      const before = verified.get(name);
-      if (
-        !opts.full &&
-        before &&
-        before.size === size &&
-        (!want || (want.file === name && want.size === size && want.bodyCrc === before.bodyCrc))
-      ) {
-        out.push({ n, kind, ok: true });
-        continue;
-      }
-      verified.delete(name);
-      const v = await verifyContainer(file);
-      if (!v.ok) {
-        out.push({ n, kind, ok: false, offset: v.offset, problem: v.problem });
-        continue;
-      }
-      if (want && (want.file !== name || want.size !== size || want.bodyCrc !== v.footer.bodyCrc)) {
-        out.push({
-          n,
-          kind,
-          ok: false,
-          offset: -1,
-          problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}`,
-        });
-        continue;
-      }
-      // Only committed containers are remembered: an uncommitted one may still change.
-      if (want) verified.set(name, { size, bodyCrc: v.footer.bodyCrc });
-      out.push({ n, kind, ok: true });
-    }
-    for (const name of [...verified.keys()]) if (!seen.has(name)) verified.delete(name);
-    await this.catalog.putMetaValue('verified', Object.fromEntries(verified));
-    for (const rec of this.catalog.transactions()) {
-      for (const kind of ['ailfc', 'bilfc'] as const) {
-        if (!seen.has(rec[kind].file)) out.push({ n: rec.n, kind, ok: false, problem: `${rec[kind].file} is missing` });
-      }
-    }
-    out.sort((a, b) => a.n - b.n || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0));
-    return out;
+  /** Checks stored containers (see verify-history.ts); `full` re-reads those checked before. */
+  verifyHistory(opts: { full?: boolean } = {}): Promise<HistoryCheck[]> {
+    return verifyHistory(this.catalog, this.historyDir, opts);
   }
 
   /** Finishes the container being applied (later ones stay queued), then closes. */
@@ -776,23 +655,4 @@ async function exists(p: string): Promise<boolean> {
     () => true,
     () => false,
   );
-}
-
-async function sameContent(a: string, b: string): Promise<boolean> {
-  const [fa, fb] = await Promise.all([fs.promises.open(a, 'r'), fs.promises.open(b, 'r')]);
-  try {
-    const ba = Buffer.allocUnsafe(1 << 20);
-    const bb = Buffer.allocUnsafe(1 << 20);
-    let pos = 0;
-    for (;;) {
-      const [ra, rb] = await Promise.all([fa.read(ba, 0, ba.length, pos), fb.read(bb, 0, bb.length, pos)]);
-      if (ra.bytesRead !== rb.bytesRead) return false;
-      if (ra.bytesRead === 0) return true;
-      if (!ba.subarray(0, ra.bytesRead).equals(bb.subarray(0, rb.bytesRead))) return false;
-      pos += ra.bytesRead;
-    }
-  } finally {
-    await fa.close();
-    await fb.close();
-  }
 }

@@ -23,15 +23,16 @@ import { INCOMPAT, parseSuperblock, type Superblock } from './superblock';
 import { readFileChunks, fileExtents, type FileChunk, type FileExtents, type ReadOptions } from './read';
 import { walk, type WalkOptions, type WalkSummary, type WalkVisitor } from './walk';
 import { classifyBlock, type BlockClass } from './layout';
+import type { ExtSource, Target } from './source';
 
 export type OpenOptions = DeviceOptions;
 /** A path as text (UTF-8) or bytes, or an inode number. */
-export type Target = string | Buffer | number;
+export type { Target } from './source';
 
 export const ROOT_INO = 2;
 const SLASH = 0x2f;
 
-export class ExtFilesystem {
+export class ExtFilesystem implements ExtSource {
   readonly type: 'ext2' | 'ext3' | 'ext4';
   /** "partition 2 (ext4)": how errors name this filesystem. */
   readonly where: string;

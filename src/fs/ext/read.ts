@@ -7,7 +7,7 @@
 import { corrupt, FsError } from '../errors';
 import { LIMITS } from '../limits';
 import type { Run } from './blockmap';
-import type { ExtFilesystem } from './filesystem';
+import type { ExtSource } from './source';
 import { inlineContents } from './inline';
 import { FLAG, I_BLOCK, type Inode } from './inode';
 
@@ -55,7 +55,7 @@ export interface FileExtents {
 }
 
 /** True if the inode has no block map: its bytes (if any) live in the inode. */
-function dataInInode(fs: ExtFilesystem, inode: Inode): boolean {
+function dataInInode(fs: ExtSource, inode: Inode): boolean {
   const { stat } = inode;
   if (stat.flags & FLAG.INLINE_DATA) return true;
   if (stat.type === 'symlink') {
@@ -70,7 +70,7 @@ function hasData(inode: Inode): boolean {
   return t === 'file' || t === 'dir' || t === 'symlink';
 }
 
-export async function* readFileChunks(fs: ExtFilesystem, inode: Inode, opts: ReadOptions): AsyncGenerator<FileChunk> {
+export async function* readFileChunks(fs: ExtSource, inode: Inode, opts: ReadOptions): AsyncGenerator<FileChunk> {
   const { stat } = inode;
   const what = `inode ${stat.ino}`;
   if (stat.flags & FLAG.ENCRYPT) throw new FsError('UNSUPPORTED', fs.where, what, 'contents are encrypted');
@@ -118,7 +118,7 @@ interface Piece {
 }
 
 /** The file's pieces in order: data spans and zero spans of at most `chunk` bytes. */
-async function* pieces(fs: ExtFilesystem, inode: Inode, start: number, end: number, chunk: number): AsyncGenerator<Piece> {
+async function* pieces(fs: ExtSource, inode: Inode, start: number, end: number, chunk: number): AsyncGenerator<Piece> {
   const bs = fs.blockSize;
   let pos = start;
   function* zeroes(to: number): Generator<Piece> {
@@ -142,7 +142,7 @@ async function* pieces(fs: ExtFilesystem, inode: Inode, start: number, end: numb
   yield* zeroes(end);
 }
 
-export async function fileExtents(fs: ExtFilesystem, inode: Inode): Promise<FileExtents> {
+export async function fileExtents(fs: ExtSource, inode: Inode): Promise<FileExtents> {
   const out: FileExtents = {
     ino: inode.stat.ino,
     size: inode.stat.size,

@@ -11,7 +11,7 @@ import { LIMITS } from '../limits';
 import { escapeName } from '../names';
 import type { Run } from './blockmap';
 import type { DirEntry } from './dir';
-import type { ExtFilesystem, Target } from './filesystem';
+import type { ExtSource, Target } from './source';
 import type { FileType, Inode, Stat } from './inode';
 
 export interface WalkEntry {
@@ -88,7 +88,7 @@ function childPath(parent: Buffer, name: Buffer): Buffer {
   return p;
 }
 
-export async function walk(fs: ExtFilesystem, visitor: WalkVisitor, opts: WalkOptions): Promise<WalkSummary> {
+export async function walk(fs: ExtSource, visitor: WalkVisitor, opts: WalkOptions): Promise<WalkSummary> {
   const wantStat = opts.stat !== false;
   const maxDepth = opts.maxDepth ?? LIMITS.maxWalkDepth;
   const budget = fs.superblock.blocksCount * fs.blockSize;
