@@ -211,8 +211,12 @@ export class MarkerService {
         } catch (err) {
           this.host.logger.warn({ volume: s.volume, err: (err as Error).message }, 'scheduled marker failed');
         }
-        for (const i of due) s.last[String(i)] = now;
-        await this.store.putSchedule(s, s.volume);
+        // The schedule may have been cleared or changed while the marker was placed
+        // (its hooks can take seconds): record the run only on the rules as they are now.
+        const cur = this.store.schedule(s.volume);
+        if (!cur || JSON.stringify(cur.rules) !== JSON.stringify(s.rules)) continue;
+        for (const i of due) cur.last[String(i)] = now;
+        await this.store.putSchedule(cur, s.volume);
       }
       if (now - this.lastSweep >= 10_000) {
         this.lastSweep = now;
