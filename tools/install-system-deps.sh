@@ -24,6 +24,7 @@ PACKAGES=(
   python3           # node-gyp (npm ci builds the native addon)
   make              # node-gyp
   g++               # node-gyp
+  liburing-dev      # the addon's batched I/O (io_uring); without it the addon falls back to the threadpool
 )
 
 missing=()

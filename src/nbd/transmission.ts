@@ -75,6 +75,8 @@ export class Transmission {
           // fs.write call itself ~30x dearer than a reused one.
           const payload = this.wire.borrow(len) ?? Buffer.allocUnsafe(len);
           rx.receiveInto(payload, (p) => this.onPayload(hdr, p));
+          // After it, read just the next header: a large write likely follows a large write.
+          rx.expectSmall(REQUEST_HEADER);
         }
         return false;
       }
