@@ -44,6 +44,7 @@ export interface NbdServerView {
     connectionsRefused?: number;
     handshakeTimeouts?: number;
     stallDisconnects?: number;
+    budget?: { limit: number; used: number; peak: number; waiting: number } | null;
   };
   disconnectExport(name: string): number;
   drainExport(name: string): Promise<void>;
@@ -341,7 +342,24 @@ export class ControlServer {
         this.set(nbd.stats().connections);
       },
     });
-    const counters: [string, string, keyof ReturnType<NbdServerView['stats']>][] = [
+    const budgetGauges: [string, string, 'limit' | 'used' | 'peak' | 'waiting'][] = [
+      ['rewind_nbd_memory_budget_bytes', 'Memory budget shared by all NBD connections', 'limit'],
+      ['rewind_nbd_memory_used_bytes', 'Bytes of the NBD memory budget held now', 'used'],
+      ['rewind_nbd_memory_peak_bytes', 'Most bytes of the NBD memory budget held at once', 'peak'],
+      ['rewind_nbd_memory_waiting_connections', 'NBD connections waiting for the memory budget', 'waiting'],
+    ];
+    for (const [name, help, key] of budgetGauges) {
+      new client.Gauge({
+        name,
+        help,
+        registers: [reg],
+        collect() {
+          const b = nbd.stats().budget;
+          if (b) this.set(b[key]);
+        },
+      });
+    }
+    const counters: [string, string, Exclude<keyof ReturnType<NbdServerView['stats']>, 'budget'>][] = [
       ['rewind_nbd_requests_total', 'NBD requests handled', 'requests'],
       ['rewind_nbd_read_bytes_total', 'Bytes read by NBD clients', 'bytesRead'],
       ['rewind_nbd_written_bytes_total', 'Bytes written by NBD clients', 'bytesWritten'],

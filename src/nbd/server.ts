@@ -17,6 +17,7 @@ import {
   type TlsSettings,
 } from './connection';
 import { checkTlsSettings } from '../tls';
+import { MemoryBudget } from './budget';
 
 export type { NbdLogger, ServerLimits, TlsSettings, TlsMode } from './connection';
 export { DEFAULT_LIMITS } from './connection';
@@ -38,6 +39,8 @@ export interface ServerStats extends ConnectionStats {
   connections: number;
   connectionsTotal: number;
   connectionsRefused: number;
+  /** The memory budget (limits.memoryBudget): limit, bytes held now and at peak, connections waiting. */
+  budget: { limit: number; used: number; peak: number; waiting: number; refusals: number } | null;
 }
 
 export class NbdServer extends EventEmitter {
@@ -49,6 +52,7 @@ export class NbdServer extends EventEmitter {
   private readonly sockets: net.Server[] = [];
   private readonly unixPaths: string[] = [];
   private readonly conns = new Set<Connection>();
+  private readonly budget: MemoryBudget | undefined;
   private nextId = 1;
   private closing = false;
   private readonly counters: ConnectionStats = {
@@ -67,6 +71,7 @@ export class NbdServer extends EventEmitter {
     this.provider = opts.provider;
     this.logger = opts.logger ?? silentLogger;
     this.limits = { ...DEFAULT_LIMITS, ...(opts.limits ?? {}) };
+    this.budget = this.limits.memoryBudget > 0 ? new MemoryBudget(this.limits.memoryBudget) : undefined;
     this.tlsSettings = opts.tls ?? { mode: 'off' };
     checkTlsSettings(this.tlsSettings);
     this.peerCredentials = opts.peerCredentials;
@@ -161,6 +166,7 @@ export class NbdServer extends EventEmitter {
       connections: this.conns.size,
       connectionsTotal: this.connectionsTotal,
       connectionsRefused: this.connectionsRefused,
+      budget: this.budget ? this.budget.stats() : null,
     };
   }
 
@@ -232,6 +238,7 @@ export class NbdServer extends EventEmitter {
       logger: this.logger,
       tls: this.tlsSettings,
       stats: this.counters,
+      budget: this.budget,
       onClose: (conn) => {
         this.conns.delete(conn);
         this.emit('connection-closed', conn.info);
