@@ -7,7 +7,10 @@
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
  *
- * Shutdown on SIGTERM, SIGINT or SIGHUP: stop the control API, close the NBD
+ * SIGHUP reloads the TLS certificates (certificates.ts; also when their files
+ * change).
+ *
+ * Shutdown on SIGTERM or SIGINT: stop the control API, close the NBD
  * server (stops accepting, ends every connection), close the shared images,
  * close LMDB, remove the pid and lock files. A second signal, or shutdown
  * taking more than 15 s, exits at once.
@@ -38,9 +41,11 @@ import { Protection } from '../daemon/protection';
 import { TimeTravel } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
-import type { TlsSettings } from '../tls';
+import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
+import { watchCertificates } from './certificates';
+import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
 
 export interface ServeConfig {
@@ -64,7 +69,7 @@ export interface ServeConfig {
    */
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
-  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
+  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -120,8 +125,14 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
-    private readonly linkServer: LinkServer | null = null,
+    private readonly linkServer: LinkServer | null,
+    private readonly certs: CertReloader,
   ) {}
+
+  /** SIGHUP: read every certificate file again (those that are not usable are refused, the old ones stay). */
+  reloadCertificates(reason: string): void {
+    this.certs.reloadAll(reason);
+  }
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
     const layout = dataDirLayout(config.dataDir);
@@ -228,6 +239,19 @@ export class Daemon {
         endpoints.unix = config.socket;
       }
 
+      const certs = watchCertificates(
+        {
+          nbd,
+          nbdSettings: config.nbd,
+          link:
+            linkServer && config.managerLink
+              ? { server: linkServer, tls: config.managerLink.tls, files: config.managerLink.tlsFiles }
+              : null,
+          protection,
+        },
+        logger.child({ component: 'tls' }),
+      );
+      cleanups.push(() => certs.close());
       const control = new ControlServer({
         version: rewindVersion(),
         dataDir: layout.dataDir,
@@ -239,6 +263,7 @@ export class Daemon {
         endpoints,
         token,
         logger: logger.child({ component: 'control' }),
+        certificates: certs,
         ...(linkServer ? { extraRoutes: managerRoutes(linkServer, timeTravel) } : {}),
       });
       cleanups.push(() => control.close());
@@ -273,7 +298,7 @@ export class Daemon {
         await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer);
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer, certs);
     } catch (err) {
       await cleanup();
       throw err;
@@ -295,6 +320,7 @@ export class Daemon {
         this.logger.error({ err: (err as Error).message }, `shutdown: ${what} failed`);
       }
     };
+    this.certs.close();
     await step('closing control API', () => this.control.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
@@ -341,6 +367,9 @@ export async function runDaemon(config: ServeConfig, logger: Logger, backend: Im
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    process.on('SIGHUP', onSignal);
+    process.on('SIGHUP', () => {
+      logger.info('SIGHUP: reloading certificates');
+      daemon.reloadCertificates('SIGHUP');
+    });
   });
 }

@@ -32,6 +32,7 @@ import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
+import type { CertStatus } from '../daemon/cert-reload';
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
@@ -67,6 +68,8 @@ export interface ControlServerOptions {
   endpoints: NbdEndpoints;
   token: string;
   logger: Logger;
+  /** Certificates in use and their reloads (cert-reload.ts); reload() runs one now. */
+  certificates?: { status(): CertStatus[]; reloadAll(reason: string): CertStatus[] };
   /** Routes tried before the ordinary volume routes (the manager role's replicated volumes). */
   extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL) => Promise<boolean>;
 }
@@ -192,6 +195,14 @@ export class ControlServer {
       allow(method, ['GET', 'HEAD']);
       return sendJson(res, 200, this.health());
     }
+    if (p === `${API_PREFIX}/certificates/reload`) {
+      allow(method, ['POST']);
+      const certs = this.opts.certificates;
+      if (!certs || certs.status().length === 0) throw new HttpError(409, 'no TLS certificates are in use');
+      const st = certs.reloadAll('control API');
+      const failed = st.filter((s) => s.lastError);
+      return sendJson(res, failed.length ? 422 : 200, { certificates: st });
+    }
     if (p === `${API_PREFIX}/metrics`) {
       allow(method, ['GET', 'HEAD']);
       const text = await this.registry.metrics();
@@ -284,6 +295,7 @@ export class ControlServer {
       volumes: this.opts.volumes.listRecords().length,
       connections: this.opts.nbd.connectionCount(),
       recovering: this.opts.volumes.recoveringVolumes(),
+      certificates: this.opts.certificates?.status() ?? [],
     };
   }
 

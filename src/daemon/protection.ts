@@ -23,7 +23,7 @@ import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
 import { UserError } from '../util/errors';
 import { withFaults } from './fault-injection';
-import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
+import { RemoteLink, type LinkTlsClient, type LinkTlsFiles, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
 import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
@@ -36,6 +36,8 @@ export interface RemoteManagerOptions {
   port: number;
   secret: Buffer | null;
   tls: LinkTlsClient | null;
+  /** The files `tls` was read from (reloaded on SIGHUP or change: cert-reload.ts). */
+  tlsFiles?: LinkTlsFiles | null;
   /** Space limit of each group's local pool of LFCs (degraded mode beyond it). */
   poolBytes: number;
   window?: number;
@@ -89,6 +91,18 @@ export class Protection {
     private readonly logger: Logger,
     private readonly remote: RemoteManagerOptions | null = null,
   ) {}
+
+  /** The intercept's link TLS files, if it uses TLS (certificate reloads). */
+  get remoteTlsFiles(): LinkTlsFiles | null {
+    return this.remote?.tls ? (this.remote.tlsFiles ?? null) : null;
+  }
+
+  /** Rotated link client certificates: every group's link uses them from its next connection. */
+  setRemoteTls(tls: LinkTlsClient): void {
+    if (!this.remote?.tls) throw new Error('the manager link does not use TLS');
+    this.remote.tls = tls;
+    for (const rt of this.groups.values()) rt.link?.setTls(tls);
+  }
 
   /** Open every group in the catalog: manager recovery first, then the journal, then resync. */
   async start(): Promise<void> {

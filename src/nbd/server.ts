@@ -170,7 +170,7 @@ export class NbdServer extends EventEmitter {
     };
   }
 
-  /** New TLS settings for connections accepted from now on. */
+  /** New TLS settings (rotated certificates) for connections accepted from now on; those up keep theirs. */
   setTls(settings: TlsSettings): void {
     checkTlsSettings(settings);
     this.tlsSettings = settings;
