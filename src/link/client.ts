@@ -80,7 +80,7 @@ export function readLinkTlsClient(files: LinkTlsFiles): LinkTlsClient {
     try {
       return fs.readFileSync(f);
     } catch (err) {
-      throw new Error(`${what} ${f}: ${(err as Error).message}`);
+      throw new Error(`${what} ${f}: ${(err as Error).message}`, { cause: err });
     }
   };
   const out: LinkTlsClient = { ca: read('link CA certificate', files.ca) };

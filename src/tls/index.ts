@@ -58,7 +58,7 @@ function readPem(what: string, file: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (err) {
-    throw new Error(`cannot read the TLS ${what} ${file}: ${(err as Error).message}`);
+    throw new Error(`cannot read the TLS ${what} ${file}: ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -80,6 +80,7 @@ export function readTlsFiles(settings: TlsSettings, files: TlsFiles): TlsSetting
   } catch (err) {
     throw new Error(
       `TLS certificates (${files.cert}, ${files.key}${files.ca ? `, ${files.ca}` : ''}) are not usable: ${(err as Error).message}`,
+      { cause: err },
     );
   }
   return next;
