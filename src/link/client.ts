@@ -94,6 +94,7 @@ export function readLinkTlsClient(files: LinkTlsFiles): LinkTlsClient {
   } catch (err) {
     throw new Error(
       `link TLS files (${[files.ca, files.cert, files.key].filter(Boolean).join(', ')}) are not usable: ${(err as Error).message}`,
+      { cause: err },
     );
   }
   return out;
