@@ -1,12 +1,14 @@
 {
   "variables": {
-    "rewind_have_zstd%": "<!(node -p \"require('fs').existsSync('/usr/include/zstd.h') ? 1 : 0\")"
+    "rewind_have_zstd%": "<!(node -p \"require('fs').existsSync('/usr/include/zstd.h') ? 1 : 0\")",
+    "have_uring": "<!(test -f /usr/include/liburing.h && echo 1 || echo 0)"
   },
   "targets": [
     {
       "target_name": "rewind_native",
       "sources": [
         "addon/errors.cc",
+        "addon/io_ring.cc",
         "addon/rewind_native.cc",
         "addon/zstd.cc"
       ],
@@ -26,6 +28,10 @@
         [ "rewind_have_zstd==1", {
           "defines": [ "REWIND_HAVE_ZSTD" ],
           "libraries": [ "-lzstd" ]
+        } ],
+        [ "have_uring==1", {
+          "defines": [ "REWIND_HAVE_URING" ],
+          "libraries": [ "-luring" ]
         } ],
         [ "OS=='mac'", {
           "xcode_settings": {

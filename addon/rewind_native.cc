@@ -58,6 +58,10 @@
 #include "zstd.h"
 
 namespace rwnative {
+void InitIoRing(Napi::Env env, Napi::Object exports);
+}
+
+namespace rwnative {
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -540,6 +544,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer, "alignedBuffer"));
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
   RegisterZstd(env, exports);
+  InitIoRing(env, exports);
   return exports;
 }
 

@@ -286,7 +286,18 @@ test.serial('kill -9 under fio load: every write acknowledged before the last ac
     // Background load on one volume, and the flush ledger on another.
     const load = spawn(
       'fio',
-      ['--name=load', '--thread', '--ioengine=nbd', `--uri=${d.nbdUri('load')}`, '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=256M', '--time_based', '--runtime=60'],
+      [
+        '--name=load',
+        '--thread',
+        '--ioengine=nbd',
+        `--uri=${d.nbdUri('load')}`,
+        '--rw=randwrite',
+        '--bs=64k',
+        '--iodepth=16',
+        '--size=256M',
+        '--time_based',
+        '--runtime=60',
+      ],
       { stdio: 'ignore' },
     );
     const writer = startLedgerWriter(d.nbdUri('ledger'), round, { blocks: 16384, flushEvery: 8 });

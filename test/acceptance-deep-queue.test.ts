@@ -94,22 +94,26 @@ test('1000 WRITEs of 128 KiB in one burst over a slow export: every block reads 
 });
 
 async function fioDeep(uri: string, bs: string, depth: number): Promise<{ error: number; written: number; verified: number }> {
-  const out = await ok('fio', [
-    `--name=deep-${bs}-${depth}`,
-    '--ioengine=nbd',
-    `--uri=${uri}`,
-    '--size=48M',
-    '--rw=randwrite',
-    `--bs=${bs}`,
-    `--iodepth=${depth}`,
-    `--iodepth_batch_submit=${depth}`,
-    '--iodepth_batch_complete_min=1',
-    '--verify=crc32c',
-    '--do_verify=1',
-    '--verify_fatal=1',
-    '--verify_state_save=0',
-    '--output-format=json',
-  ], 300_000);
+  const out = await ok(
+    'fio',
+    [
+      `--name=deep-${bs}-${depth}`,
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--size=48M',
+      '--rw=randwrite',
+      `--bs=${bs}`,
+      `--iodepth=${depth}`,
+      `--iodepth_batch_submit=${depth}`,
+      '--iodepth_batch_complete_min=1',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
+      '--output-format=json',
+    ],
+    300_000,
+  );
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
   return { error: job.error, written: job.write.io_bytes, verified: job.read.io_bytes };
 }
@@ -173,7 +177,9 @@ test.serial('an option flood that never reads replies is held to bounded memory 
   // Meanwhile a well-behaved client is served.
   await ok('nbdinfo', [d.nbdUri('default')]);
   const growth = peak - baseline;
-  t.log(`option flood: ${sent} options queued by 4 clients in 4 s; daemon RSS ${Math.round(baseline / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`);
+  t.log(
+    `option flood: ${sent} options queued by 4 clients in 4 s; daemon RSS ${Math.round(baseline / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`,
+  );
   t.true(growth < 64 * MiB, `RSS grew by ${Math.round(growth / MiB)} MiB`);
   for (const s of floods) s.destroy();
 

@@ -18,8 +18,9 @@ import { checkLedger, requireLedgerTools, startLedgerWriter } from './helpers/le
 
 const MiB = 1024 * 1024;
 
-async function cli(d: TestDaemon, args: string[]): Promise<string> {
-  const r = await d.cli(args);
+/** `rewind ARGS`; commands that wait for the manager get minutes, as the CLI itself gives them an hour. */
+async function cli(d: TestDaemon, args: string[], timeoutMs = 600_000): Promise<string> {
+  const r = await d.cli(args, { timeoutMs });
   if (r.code !== 0) throw new Error(`rewind ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
   return r.stdout;
 }
@@ -97,7 +98,10 @@ test.serial('model check: random writes, trims, zeroes over several connections 
 
   const opArb = fc.record({
     kind: fc.constantFrom<'write' | 'trim' | 'zero'>('write', 'write', 'write', 'trim', 'zero'),
-    offset: fc.oneof(fc.integer({ min: 0, max: SIZE / 4096 - 1 }).map((b) => b * 4096), fc.integer({ min: 0, max: SIZE - 1 })),
+    offset: fc.oneof(
+      fc.integer({ min: 0, max: SIZE / 4096 - 1 }).map((b) => b * 4096),
+      fc.integer({ min: 0, max: SIZE - 1 }),
+    ),
     length: fc.oneof(fc.constantFrom(4096, 8192, 65536), fc.integer({ min: 1, max: 200_000 })),
     seed: fc.integer({ min: 0, max: 1 << 30 }),
   });
@@ -187,7 +191,7 @@ test.serial('fio 4k random writes with verify for 60 s, then rewind verify: prod
       '--runtime=60',
       '--verify=crc32c',
       '--verify_fatal=1',
-    '--verify_state_save=0',
+      '--verify_state_save=0',
       '--do_verify=1',
       '--output-format=json',
     ],
@@ -296,105 +300,145 @@ test.serial('real filesystem: ext4 through nbdfuse on a protected volume; the re
   t.is(fsck.code, 0, fsck.stdout + fsck.stderr);
   await must('mount', ['-o', 'loop,ro', replica, rmnt]);
   for (const [rel, sum] of sums) {
-    const got = crypto.createHash('sha256').update(fs.readFileSync(path.join(rmnt, rel))).digest('hex');
+    const got = crypto
+      .createHash('sha256')
+      .update(fs.readFileSync(path.join(rmnt, rel)))
+      .digest('hex');
     t.is(got, sum, rel);
   }
 });
 
-test.serial('kill -9 campaign, journal written with O_DIRECT: 30 kills under mixed load lose no flushed write, and the images agree after catch-up', async (t) => {
-  if (!haveCommand('fio')) throw new Error('fio missing (run tools/install-system-deps.sh)');
-  await requireLedgerTools();
-  // The other crash tests run the default (buffered) journal writes.
-  const d = await startDaemon({ env: { REWIND_JOURNAL_IO: 'direct' } });
-  t.teardown(() => d.cleanup());
-  await cli(d, ['volume', 'create', 'kc', '--size', '64M', '--protected']);
-  const KILLS = Number(process.env.REWIND_KILLS ?? 30);
-  for (let round = 0; round < KILLS; round++) {
-    const load = spawn(
-      'fio',
-      ['--name=load', '--thread', '--ioengine=nbd', `--uri=${d.nbdUri('kc')}`, '--rw=randrw', '--bs=16k', '--iodepth=8',
-       '--offset=32M', '--size=32M', '--time_based', '--runtime=30'],
-      { stdio: 'ignore' },
-    );
-    const writer = startLedgerWriter(d.nbdUri('kc'), round, { blocks: 4096, flushEvery: 4 });
-    // Kill at a random moment: sometimes before any flush, mostly in the middle.
-    await sleep(150 + Math.floor(Math.random() * 1200));
-    if (round === 0) t.true(hasDirectJournalFd(d.pid!), 'the daemon holds its active AILFC open with O_DIRECT');
-    const flushedAtKill = writer.lastFlushed;
-    await d.kill('SIGKILL');
-    load.kill('SIGKILL');
-    writer.process.kill('SIGKILL');
-    await d.restart();
-    if (flushedAtKill >= 0) {
-      const check = await checkLedger(d.nbdUri('kc'), round, flushedAtKill);
-      t.is(check.code, 0, `round ${round}: ${check.stdout}${check.stderr}`);
+test.serial(
+  'kill -9 campaign, journal written with O_DIRECT: 30 kills under mixed load lose no flushed write, and the images agree after catch-up',
+  async (t) => {
+    if (!haveCommand('fio')) throw new Error('fio missing (run tools/install-system-deps.sh)');
+    await requireLedgerTools();
+    // The other crash tests run the default (buffered) journal writes.
+    const d = await startDaemon({ env: { REWIND_JOURNAL_IO: 'direct' } });
+    t.teardown(() => d.cleanup());
+    await cli(d, ['volume', 'create', 'kc', '--size', '64M', '--protected']);
+    const KILLS = Number(process.env.REWIND_KILLS ?? 30);
+    for (let round = 0; round < KILLS; round++) {
+      const load = spawn(
+        'fio',
+        [
+          '--name=load',
+          '--thread',
+          '--ioengine=nbd',
+          `--uri=${d.nbdUri('kc')}`,
+          '--rw=randrw',
+          '--bs=16k',
+          '--iodepth=8',
+          '--offset=32M',
+          '--size=32M',
+          '--time_based',
+          '--runtime=30',
+        ],
+        { stdio: 'ignore' },
+      );
+      const writer = startLedgerWriter(d.nbdUri('kc'), round, { blocks: 4096, flushEvery: 4 });
+      // Kill at a random moment: sometimes before any flush, mostly in the middle.
+      await sleep(150 + Math.floor(Math.random() * 1200));
+      if (round === 0) t.true(hasDirectJournalFd(d.pid!), 'the daemon holds its active AILFC open with O_DIRECT');
+      const flushedAtKill = writer.lastFlushed;
+      await d.kill('SIGKILL');
+      load.kill('SIGKILL');
+      writer.process.kill('SIGKILL');
+      await d.restart();
+      if (flushedAtKill >= 0) {
+        const check = await checkLedger(d.nbdUri('kc'), round, flushedAtKill);
+        t.is(check.code, 0, `round ${round}: ${check.stdout}${check.stderr}`);
+      }
     }
-  }
-  const v = await api(d, 'POST', '/v1/volumes/kc/verify');
-  t.true(v.equal, `production and replica differ at ${v.firstDifference}`);
-  t.true(v.ok, JSON.stringify(v.containers.filter((c: { ok: boolean }) => !c.ok)));
-  const txns = (await api(d, 'GET', '/v1/volumes/kc/log')).transactions as Array<{ n: number; firstSeq: number; lastSeq: number }>;
-  for (let i = 1; i < txns.length; i++) {
-    t.true(txns[i]!.n > txns[i - 1]!.n && txns[i]!.firstSeq > txns[i - 1]!.lastSeq, 'transactions strictly ordered, none twice');
-  }
-});
+    const v = await api(d, 'POST', '/v1/volumes/kc/verify');
+    t.true(v.equal, `production and replica differ at ${v.firstDifference}`);
+    t.true(v.ok, JSON.stringify(v.containers.filter((c: { ok: boolean }) => !c.ok)));
+    const txns = (await api(d, 'GET', '/v1/volumes/kc/log')).transactions as Array<{ n: number; firstSeq: number; lastSeq: number }>;
+    for (let i = 1; i < txns.length; i++) {
+      t.true(txns[i]!.n > txns[i - 1]!.n && txns[i]!.firstSeq > txns[i - 1]!.lastSeq, 'transactions strictly ordered, none twice');
+    }
+  },
+);
 
-test.serial('kill -9 under random writes: start-up journals only blocks that differ from the replica, not every dirty region; production equals the replica', async (t) => {
-  if (!haveCommand('fio')) throw new Error('fio missing (run tools/install-system-deps.sh)');
-  const d = await startDaemon({ logLevel: 'warn' });
-  t.teardown(() => d.cleanup());
-  await cli(d, ['volume', 'create', 'rc', '--size', '64M', '--protected']);
-  let dirtySeen = 0;
-  for (let round = 0; round < 3; round++) {
-    const load = spawn(
-      'fio',
-      ['--name=load', '--thread', '--ioengine=nbd', `--uri=${d.nbdUri('rc')}`, '--rw=randwrite', '--bs=4k', '--iodepth=32',
-       '--size=64M', '--time_based', '--runtime=30'],
-      { stdio: 'ignore' },
-    );
-    await sleep(1500 + round * 300);
-    await d.kill('SIGKILL');
-    load.kill('SIGKILL');
-    await d.restart();
-    const line = d.logs.split('\n').find((l) => l.includes('resynced regions left dirty'));
-    t.truthy(line, `round ${round}: the restart resynced dirty regions`);
-    const rec = JSON.parse(line!.slice(line!.indexOf('{')));
-    t.log(`round ${round}: dirty ${rec.dirtyBytes} B, compared ${rec.comparedBytes} B, journaled ${rec.journaledBytes} B in ${rec.ms} ms`);
-    t.true(rec.withReplica, 'compared with the caught-up replica');
-    dirtySeen = Math.max(dirtySeen, rec.dirtyBytes);
-    // At most the writes in flight at the kill (32 x 4 KiB), never the dirty regions.
-    t.true(rec.journaledBytes <= 32 * 4096, `journaled ${rec.journaledBytes} bytes`);
-  }
-  t.true(dirtySeen >= 8 * MiB, `random writes left many regions dirty (${dirtySeen} bytes)`);
-  const v = await api(d, 'POST', '/v1/volumes/rc/verify');
-  t.true(v.equal, `production and replica differ at ${v.firstDifference}`);
-  t.true(v.ok);
-});
+test.serial(
+  'kill -9 under random writes: start-up journals only blocks that differ from the replica, not every dirty region; production equals the replica',
+  async (t) => {
+    if (!haveCommand('fio')) throw new Error('fio missing (run tools/install-system-deps.sh)');
+    const d = await startDaemon({ logLevel: 'warn' });
+    t.teardown(() => d.cleanup());
+    await cli(d, ['volume', 'create', 'rc', '--size', '64M', '--protected']);
+    let dirtySeen = 0;
+    for (let round = 0; round < 3; round++) {
+      const load = spawn(
+        'fio',
+        [
+          '--name=load',
+          '--thread',
+          '--ioengine=nbd',
+          `--uri=${d.nbdUri('rc')}`,
+          '--rw=randwrite',
+          '--bs=4k',
+          '--iodepth=32',
+          '--size=64M',
+          '--time_based',
+          '--runtime=30',
+        ],
+        { stdio: 'ignore' },
+      );
+      await sleep(1500 + round * 300);
+      await d.kill('SIGKILL');
+      load.kill('SIGKILL');
+      await d.restart();
+      // Recovery runs in the background after start-up, the volume offline meanwhile.
+      let line: string | undefined;
+      for (let i = 0; i < 600 && !line; i++) {
+        line = d.logs.split('\n').find((l) => l.includes('resynced regions left dirty'));
+        if (!line) await sleep(100);
+      }
+      t.truthy(line, `round ${round}: the restart resynced dirty regions`);
+      const rec = JSON.parse(line!.slice(line!.indexOf('{')));
+      t.log(
+        `round ${round}: dirty ${rec.dirtyBytes} B, compared ${rec.comparedBytes} B, journaled ${rec.journaledBytes} B in ${rec.ms} ms`,
+      );
+      t.true(rec.withReplica, 'compared with the caught-up replica');
+      dirtySeen = Math.max(dirtySeen, rec.dirtyBytes);
+      // At most the writes in flight at the kill (32 x 4 KiB), never the dirty regions.
+      t.true(rec.journaledBytes <= 32 * 4096, `journaled ${rec.journaledBytes} bytes`);
+    }
+    t.true(dirtySeen >= 8 * MiB, `random writes left many regions dirty (${dirtySeen} bytes)`);
+    const v = await api(d, 'POST', '/v1/volumes/rc/verify');
+    t.true(v.equal, `production and replica differ at ${v.firstDifference}`);
+    t.true(v.ok);
+  },
+);
 
-test.serial('a full journal disk: writes still succeed on production, the volume reports degraded, the state map keeps tracking', async (t) => {
-  const d = await startDaemon();
-  t.teardown(() => d.cleanup());
-  const journalDir = path.join(groupDir(d, 'tiny'), 'journal');
-  fs.mkdirSync(journalDir, { recursive: true });
-  const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', journalDir]);
-  t.is(m.code, 0, m.stderr);
-  t.teardown(async () => {
-    await run('umount', ['-l', journalDir]);
-  });
-  await cli(d, ['volume', 'create', 'tiny', '--size', '64M', '--protected']);
-  const c = await NbdClient.connect({ port: d.nbdPort, exportName: 'tiny' });
-  t.teardown(() => c.destroy());
-  const data = pattern(1 * MiB, 77);
-  for (let i = 0; i < 16; i++) await c.write(i * MiB, data); // 16 MiB: far more than the 3 MiB journal disk
-  await c.flush();
-  for (let i = 0; i < 16; i++) t.true((await c.read(i * MiB, MiB)).equals(data), `MiB ${i} intact on production`);
-  const st = JSON.parse(await cli(d, ['status', 'tiny', '--json']));
-  t.is(st.state, 'degraded');
-  t.truthy(st.degraded.since);
-  t.regex(st.degraded.reason, /ENOSPC|no space/i);
-  t.true(st.dirtyRegions >= (16 * MiB) / st.regionSize, `state map tracks the unjournaled writes (${st.dirtyRegions})`);
-  t.true(d.isRunning);
-});
+test.serial(
+  'a full journal disk: writes still succeed on production, the volume reports degraded, the state map keeps tracking',
+  async (t) => {
+    const d = await startDaemon();
+    t.teardown(() => d.cleanup());
+    const journalDir = path.join(groupDir(d, 'tiny'), 'journal');
+    fs.mkdirSync(journalDir, { recursive: true });
+    const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', journalDir]);
+    t.is(m.code, 0, m.stderr);
+    t.teardown(async () => {
+      await run('umount', ['-l', journalDir]);
+    });
+    await cli(d, ['volume', 'create', 'tiny', '--size', '64M', '--protected']);
+    const c = await NbdClient.connect({ port: d.nbdPort, exportName: 'tiny' });
+    t.teardown(() => c.destroy());
+    const data = pattern(1 * MiB, 77);
+    for (let i = 0; i < 16; i++) await c.write(i * MiB, data); // 16 MiB: far more than the 3 MiB journal disk
+    await c.flush();
+    for (let i = 0; i < 16; i++) t.true((await c.read(i * MiB, MiB)).equals(data), `MiB ${i} intact on production`);
+    const st = JSON.parse(await cli(d, ['status', 'tiny', '--json']));
+    t.is(st.state, 'degraded');
+    t.truthy(st.degraded.since);
+    t.regex(st.degraded.reason, /ENOSPC|no space/i);
+    t.true(st.dirtyRegions >= (16 * MiB) / st.regionSize, `state map tracks the unjournaled writes (${st.dirtyRegions})`);
+    t.true(d.isRunning);
+  },
+);
 
 test.serial('verify reports a corrupt stored container with its number and offset', async (t) => {
   const d = await startDaemon();

@@ -42,7 +42,10 @@ test.serial('model check: snapshots, clones and single-write steps at random poi
   let round = 0;
   const opArb = fc.record({
     kind: fc.constantFrom<'write' | 'trim' | 'zero'>('write', 'write', 'write', 'trim', 'zero'),
-    offset: fc.oneof(fc.integer({ min: 0, max: SIZE / 4096 - 1 }).map((b) => b * 4096), fc.integer({ min: 0, max: SIZE - 1 })),
+    offset: fc.oneof(
+      fc.integer({ min: 0, max: SIZE / 4096 - 1 }).map((b) => b * 4096),
+      fc.integer({ min: 0, max: SIZE - 1 }),
+    ),
     length: fc.oneof(fc.constantFrom(4096, 8192, 65536), fc.integer({ min: 1, max: 100_000 })),
     seed: fc.integer({ min: 0, max: 1 << 30 }),
   });
@@ -105,14 +108,16 @@ test.serial('model check: snapshots, clones and single-write steps at random poi
           // Step forward one write and back two, each matching the model.
           if (seq < n) {
             await api(d, 'POST', `/v1/views/${snap}/step`, { forward: 1 });
-            if (!(await readExport(d, snap, SIZE)).equals(modelAt(SIZE, ops, seq + 1))) throw new Error(`step forward from @seq:${seq} differs`);
+            if (!(await readExport(d, snap, SIZE)).equals(modelAt(SIZE, ops, seq + 1)))
+              throw new Error(`step forward from @seq:${seq} differs`);
           }
           if (seq >= 2) {
             await api(d, 'POST', `/v1/views/${snap}/step`, { to: `@seq:${seq - 1}` });
             if (!(await readExport(d, snap, SIZE)).equals(modelAt(SIZE, ops, seq - 1))) throw new Error(`step to @seq:${seq - 1} differs`);
             await api(d, 'POST', `/v1/views/${snap}/step`, { forward: 1 });
             await api(d, 'POST', `/v1/views/${snap}/step`, { back: 1 });
-            if (!(await readExport(d, snap, SIZE)).equals(modelAt(SIZE, ops, seq - 1))) throw new Error(`step back to @seq:${seq - 1} differs`);
+            if (!(await readExport(d, snap, SIZE)).equals(modelAt(SIZE, ops, seq - 1)))
+              throw new Error(`step back to @seq:${seq - 1} differs`);
           }
           // A clone at the same point takes writes of its own; history does not change.
           const cl = `${vol}-c${seq}`;
@@ -202,7 +207,9 @@ test.serial('bad points get clear errors naming the valid ones; restore with clo
   await c2.write(131072, pattern(65536, 10));
   await c2.flush();
   c2.destroy();
-  const rr = JSON.parse(await cli(d, ['restore', 'bp', '--to', '@seq:1', '--range', '0:16K', '--range', '128K:4K', '--force', '--no-progress', '--json']));
+  const rr = JSON.parse(
+    await cli(d, ['restore', 'bp', '--to', '@seq:1', '--range', '0:16K', '--range', '128K:4K', '--force', '--no-progress', '--json']),
+  );
   t.is(rr.bytesWritten, 16384 + 4096);
   const part = await readExport(d, 'bp', 4 * MiB);
   t.true(part.subarray(0, 16384).equals(pattern(65536, 1).subarray(0, 16384)), 'first range back at @seq:1');
@@ -247,102 +254,117 @@ function checkTree(t: any, root: string, sums: Map<string, string>, what: string
   }
 }
 
-test.serial('real filesystem: a clone at a noted time shows tree A while the source takes fio writes; restore to it, then undo', async (t) => {
-  for (const c of ['nbdfuse', 'mkfs.ext4', 'e2fsck', 'mount', 'umount', 'fusermount3', 'fio']) {
-    if (!haveCommand(c)) throw new Error(`${c} missing (run tools/install-system-deps.sh)`);
-  }
-  const d = await startDaemon();
-  t.teardown(() => d.cleanup());
-  // The file system takes the first 96 MiB; fio writes the rest of the volume.
-  await cli(d, ['volume', 'create', 'fsv', '--size', '160M', '--protected']);
-  const dir = tempDir();
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  const src = await fuseExport(t, d.nbdUri('fsv'), path.join(dir, 'fuse-src'));
-  void src.proc;
-  t.teardown(() => run('umount', [mnt]));
-  await must('mkfs.ext4', ['-q', '-F', src.dev, '96M']);
-  await must('mount', ['-o', 'loop', src.dev, mnt]);
-  const treeA = writeTree(mnt, 'A', 40);
-  await must('umount', [mnt]);
-  await sleep(50);
-  const noted = new Date().toISOString();
-  await sleep(50);
-  await must('mount', ['-o', 'loop', src.dev, mnt]);
-  // Delete half of tree A, write tree B.
-  const keptA = new Map<string, string>();
-  let i = 0;
-  for (const [rel, sum] of treeA) {
-    if (i++ % 2 === 0) fs.rmSync(path.join(mnt, rel));
-    else keptA.set(rel, sum);
-  }
-  const treeB = writeTree(mnt, 'B', 30);
-  await must('umount', [mnt]);
+test.serial(
+  'real filesystem: a clone at a noted time shows tree A while the source takes fio writes; restore to it, then undo',
+  async (t) => {
+    for (const c of ['nbdfuse', 'mkfs.ext4', 'e2fsck', 'mount', 'umount', 'fusermount3', 'fio']) {
+      if (!haveCommand(c)) throw new Error(`${c} missing (run tools/install-system-deps.sh)`);
+    }
+    const d = await startDaemon();
+    t.teardown(() => d.cleanup());
+    // The file system takes the first 96 MiB; fio writes the rest of the volume.
+    await cli(d, ['volume', 'create', 'fsv', '--size', '160M', '--protected']);
+    const dir = tempDir();
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    const src = await fuseExport(t, d.nbdUri('fsv'), path.join(dir, 'fuse-src'));
+    void src.proc;
+    t.teardown(() => run('umount', [mnt]));
+    await must('mkfs.ext4', ['-q', '-F', src.dev, '96M']);
+    await must('mount', ['-o', 'loop', src.dev, mnt]);
+    const treeA = writeTree(mnt, 'A', 40);
+    await must('umount', [mnt]);
+    await sleep(50);
+    const noted = new Date().toISOString();
+    await sleep(50);
+    await must('mount', ['-o', 'loop', src.dev, mnt]);
+    // Delete half of tree A, write tree B.
+    const keptA = new Map<string, string>();
+    let i = 0;
+    for (const [rel, sum] of treeA) {
+      if (i++ % 2 === 0) fs.rmSync(path.join(mnt, rel));
+      else keptA.set(rel, sum);
+    }
+    const treeB = writeTree(mnt, 'B', 30);
+    await must('umount', [mnt]);
 
-  // Meanwhile fio writes the volume's tail, past the file system.
-  const fio = spawn(
-    'fio',
-    ['--name=tail', '--thread', '--ioengine=nbd', `--uri=${d.nbdUri('fsv')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
-     '--offset=96M', '--size=64M', '--time_based', '--runtime=600'],
-    { stdio: 'ignore' },
-  );
-  t.teardown(() => fio.kill('SIGKILL'));
-  await sleep(1000);
+    // Meanwhile fio writes the volume's tail, past the file system.
+    const fio = spawn(
+      'fio',
+      [
+        '--name=tail',
+        '--thread',
+        '--ioengine=nbd',
+        `--uri=${d.nbdUri('fsv')}`,
+        '--rw=randwrite',
+        '--bs=4k',
+        '--iodepth=16',
+        '--offset=96M',
+        '--size=64M',
+        '--time_based',
+        '--runtime=600',
+      ],
+      { stdio: 'ignore' },
+    );
+    t.teardown(() => fio.kill('SIGKILL'));
+    await sleep(1000);
 
-  // A clone at the noted time: clean ext4 holding tree A exactly.
-  const out = await cli(d, ['clone', 'fsv', '--at', noted, '--name', 'fsa']);
-  t.regex(out, /created clone fsa of fsv/);
-  const cl = await fuseExport(t, d.nbdUri('fsa'), path.join(dir, 'fuse-clone'));
-  const fsck = await run('e2fsck', ['-fn', cl.dev]);
-  t.is(fsck.code, 0, fsck.stdout + fsck.stderr);
-  const cmnt = path.join(dir, 'cmnt');
-  fs.mkdirSync(cmnt);
-  t.teardown(() => run('umount', [cmnt]));
-  await must('mount', ['-o', 'loop', cl.dev, cmnt]);
-  checkTree(t, cmnt, treeA, 'clone at the noted time');
-  t.false(fs.existsSync(path.join(cmnt, 'B')), 'tree B is not in the clone');
-  // The clone is writable; the source does not see it.
-  fs.writeFileSync(path.join(cmnt, 'clone-only.txt'), 'hello');
-  await must('umount', [cmnt]);
-  await run('fusermount3', ['-u', path.join(dir, 'fuse-clone')]);
+    // A clone at the noted time: clean ext4 holding tree A exactly.
+    const out = await cli(d, ['clone', 'fsv', '--at', noted, '--name', 'fsa']);
+    t.regex(out, /created clone fsa of fsv/);
+    const cl = await fuseExport(t, d.nbdUri('fsa'), path.join(dir, 'fuse-clone'));
+    const fsck = await run('e2fsck', ['-fn', cl.dev]);
+    t.is(fsck.code, 0, fsck.stdout + fsck.stderr);
+    const cmnt = path.join(dir, 'cmnt');
+    fs.mkdirSync(cmnt);
+    t.teardown(() => run('umount', [cmnt]));
+    await must('mount', ['-o', 'loop', cl.dev, cmnt]);
+    checkTree(t, cmnt, treeA, 'clone at the noted time');
+    t.false(fs.existsSync(path.join(cmnt, 'B')), 'tree B is not in the clone');
+    // The clone is writable; the source does not see it.
+    fs.writeFileSync(path.join(cmnt, 'clone-only.txt'), 'hello');
+    await must('umount', [cmnt]);
+    await run('fusermount3', ['-u', path.join(dir, 'fuse-clone')]);
 
-  // A snapshot stays stable while fio writes and the manager applies.
-  await cli(d, ['snapshot', 'fsv', '--at', 'latest', '--name', 'fsnow']);
-  const h1 = sha(await readExport(d, 'fsnow', 160 * MiB));
-  await sleep(2500);
-  const h2 = sha(await readExport(d, 'fsnow', 160 * MiB));
-  t.is(h1, h2, 'a snapshot reads the same while the source takes writes');
-  fio.kill('SIGKILL');
-  await sleep(200);
-  await cli(d, ['snapshot', 'rm', 'fsnow']);
-  await cli(d, ['clone', 'rm', 'fsa']);
+    // A snapshot stays stable while fio writes and the manager applies.
+    await cli(d, ['snapshot', 'fsv', '--at', 'latest', '--name', 'fsnow']);
+    const h1 = sha(await readExport(d, 'fsnow', 160 * MiB));
+    await sleep(2500);
+    const h2 = sha(await readExport(d, 'fsnow', 160 * MiB));
+    t.is(h1, h2, 'a snapshot reads the same while the source takes writes');
+    fio.kill('SIGKILL');
+    await sleep(200);
+    await cli(d, ['snapshot', 'rm', 'fsnow']);
+    await cli(d, ['clone', 'rm', 'fsa']);
 
-  // Production restore to the noted time: tree A is back. The restore
-  // disconnects the volume's clients (nbdfuse here); they reconnect after.
-  const r = await cli(d, ['restore', 'fsv', '--to', noted, '--no-progress'], 300_000);
-  const undo = /undo it with: rewind restore fsv --to (\S+)/.exec(r);
-  t.truthy(undo, r);
-  const after = await fuseExport(t, d.nbdUri('fsv'), path.join(dir, 'fuse-restored'));
-  const fsck2 = await run('e2fsck', ['-fn', after.dev]);
-  t.is(fsck2.code, 0, fsck2.stdout + fsck2.stderr);
-  await must('mount', ['-o', 'loop', after.dev, mnt]);
-  checkTree(t, mnt, treeA, 'restored volume');
-  t.false(fs.existsSync(path.join(mnt, 'B')));
-  await must('umount', [mnt]);
-  // Undo the restore: tree B and the kept half of A again.
-  await cli(d, ['restore', 'fsv', '--to', undo![1]!, '--no-progress'], 300_000);
-  const undone = await fuseExport(t, d.nbdUri('fsv'), path.join(dir, 'fuse-undone'));
-  await must('mount', ['-o', 'loop', undone.dev, mnt]);
-  checkTree(t, mnt, treeB, 'after undoing the restore');
-  checkTree(t, mnt, keptA, 'after undoing the restore');
-  await must('umount', [mnt]);
-  const v = await api(d, 'POST', '/v1/volumes/fsv/verify');
-  t.true(v.equal, 'the replica was rolled back and forth with production');
-});
+    // Production restore to the noted time: tree A is back. The restore
+    // disconnects the volume's clients (nbdfuse here); they reconnect after.
+    const r = await cli(d, ['restore', 'fsv', '--to', noted, '--no-progress'], 300_000);
+    const undo = /undo it with: rewind restore fsv --to (\S+)/.exec(r);
+    t.truthy(undo, r);
+    const after = await fuseExport(t, d.nbdUri('fsv'), path.join(dir, 'fuse-restored'));
+    const fsck2 = await run('e2fsck', ['-fn', after.dev]);
+    t.is(fsck2.code, 0, fsck2.stdout + fsck2.stderr);
+    await must('mount', ['-o', 'loop', after.dev, mnt]);
+    checkTree(t, mnt, treeA, 'restored volume');
+    t.false(fs.existsSync(path.join(mnt, 'B')));
+    await must('umount', [mnt]);
+    // Undo the restore: tree B and the kept half of A again.
+    await cli(d, ['restore', 'fsv', '--to', undo![1]!, '--no-progress'], 300_000);
+    const undone = await fuseExport(t, d.nbdUri('fsv'), path.join(dir, 'fuse-undone'));
+    await must('mount', ['-o', 'loop', undone.dev, mnt]);
+    checkTree(t, mnt, treeB, 'after undoing the restore');
+    checkTree(t, mnt, keptA, 'after undoing the restore');
+    await must('umount', [mnt]);
+    const v = await api(d, 'POST', '/v1/volumes/fsv/verify');
+    t.true(v.equal, 'the replica was rolled back and forth with production');
+  },
+);
 
 test.serial('third-party clients: qemu-img and qemu-io on snapshot and clone exports; export writes the same image', async (t) => {
-  for (const c of ['qemu-img', 'qemu-io', 'nbdinfo']) if (!haveCommand(c)) throw new Error(`${c} missing (run tools/install-system-deps.sh)`);
+  for (const c of ['qemu-img', 'qemu-io', 'nbdinfo'])
+    if (!haveCommand(c)) throw new Error(`${c} missing (run tools/install-system-deps.sh)`);
   const d = await startDaemon();
   t.teardown(() => d.cleanup());
   const dir = tempDir();
@@ -354,9 +376,30 @@ test.serial('third-party clients: qemu-img and qemu-io on snapshot and clone exp
   await cli(d, ['snapshot', 'qv', '--at', `@seq:${p}`, '--name', 'qs']);
   await cli(d, ['clone', 'qv', '--at', `@seq:${p}`, '--name', 'qc']);
   // qemu-io reads the point's patterns from the snapshot, writes and reads the clone.
-  const rd = await must('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x5a 0 2M', '-c', 'read -P 0x6b 10M 1M', '-c', 'read -P 0 2M 8M', d.nbdUri('qs')]);
+  const rd = await must('qemu-io', [
+    '-r',
+    '-f',
+    'raw',
+    '-c',
+    'read -P 0x5a 0 2M',
+    '-c',
+    'read -P 0x6b 10M 1M',
+    '-c',
+    'read -P 0 2M 8M',
+    d.nbdUri('qs'),
+  ]);
   t.notRegex(rd, /Pattern verification failed/);
-  const wr = await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 4M 64k', '-c', 'read -P 0x11 4M 64k', '-c', 'read -P 0x5a 0 2M', d.nbdUri('qc')]);
+  const wr = await must('qemu-io', [
+    '-f',
+    'raw',
+    '-c',
+    'write -P 0x11 4M 64k',
+    '-c',
+    'read -P 0x11 4M 64k',
+    '-c',
+    'read -P 0x5a 0 2M',
+    d.nbdUri('qc'),
+  ]);
   t.notRegex(wr, /Pattern verification failed/);
   // qemu-img convert from the snapshot (through block status) and rewind export agree.
   const viaQemu = path.join(dir, 'qemu.raw');
@@ -395,11 +438,14 @@ test.serial('kill -9 during a production restore: after restart the volume is ex
   c.destroy();
   for (const delay of [0, 500]) {
     const restore = d.cli(['restore', 'kr', '--to', `@seq:${point}`, '--no-progress'], { timeoutMs: 120_000 });
-    // Kill once the restore has begun (the volume went offline), at some moment into it.
-    for (let i = 0; i < 200 && !(await api(d, 'GET', '/v1/volumes/kr')).offline; i++) await sleep(20);
+    // Kill once the restore has begun (the volume went offline: after it caught the manager up), at some moment into it.
+    let wentOffline = false;
+    for (let i = 0; i < 3000 && !(wentOffline = !!(await api(d, 'GET', '/v1/volumes/kr')).offline); i++) await sleep(20);
     await sleep(delay);
     await d.kill('SIGKILL');
-    await restore.catch(() => undefined);
+    const r = await restore.catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+    if (!wentOffline)
+      t.log(`round ${delay}: the volume never went offline; restore exited ${r.code}: ${r.stdout}${r.stderr}\n${d.logs.slice(-3000)}`);
     await d.restart();
     // The volume stays offline until the interrupted restore is finished.
     let img: Buffer | null = null;

@@ -29,15 +29,19 @@ const withCert = (cn: string, o = 'Acme'): ClientInfo => ({
 });
 
 test('parseAcl canonicalises entries and rejects bad ones with the accepted forms', (t) => {
-  t.deepEqual(parseAcl(['addr:127.0.0.1', ' ip:10.0.0.0/8 ', 'addr:10.0.0.0/8', 'UID:1000', 'cert:CN=alice, O=Acme', 'cert:*', '*', 'addr:[FD00::]/8']), [
-    'addr:127.0.0.1',
-    'addr:10.0.0.0/8',
-    'uid:1000',
-    'cert:CN=alice,O=Acme',
-    'cert:*',
-    'any',
-    'addr:fd00::/8',
-  ]);
+  t.deepEqual(
+    parseAcl([
+      'addr:127.0.0.1',
+      ' ip:10.0.0.0/8 ',
+      'addr:10.0.0.0/8',
+      'UID:1000',
+      'cert:CN=alice, O=Acme',
+      'cert:*',
+      '*',
+      'addr:[FD00::]/8',
+    ]),
+    ['addr:127.0.0.1', 'addr:10.0.0.0/8', 'uid:1000', 'cert:CN=alice,O=Acme', 'cert:*', 'any', 'addr:fd00::/8'],
+  );
   t.is(parseAcl(undefined), undefined);
   t.is(parseAcl([]), undefined);
   for (const bad of ['addr:300.1.1.1', 'addr:10.0.0.0/33', 'uid:alice', 'cert:alice', 'cert:CN=', 'host:example.com', '']) {
@@ -131,66 +135,69 @@ async function listNames(uri: string): Promise<string[]> {
   return j.exports.map((e: any) => e['export-name']).sort();
 }
 
-test.serial('daemon: volumes allowed by address and by Unix peer uid; denied clients cannot list or open, protected ones included', async (t) => {
-  need('nbdinfo', 'qemu-io', 'nbdcopy');
-  const d: TestDaemon = await startDaemon({ args: ['--no-default-volume'] });
-  t.teardown(() => d.cleanup());
-  const uid = process.getuid!();
-  await createVolume(d, 'open', '4M');
-  await createVolume(d, 'lan', '4M', '--protected', '--allow', 'addr:10.0.0.0/8');
-  await createVolume(d, 'local', '4M', '--protected', '--allow', 'addr:127.0.0.1', '--allow', 'addr:::1');
-  await createVolume(d, 'mine', '4M', '--allow', `uid:${uid}`);
-  await createVolume(d, 'other', '4M', '--protected', '--allow', `uid:${uid + 4242}`);
+test.serial(
+  'daemon: volumes allowed by address and by Unix peer uid; denied clients cannot list or open, protected ones included',
+  async (t) => {
+    need('nbdinfo', 'qemu-io', 'nbdcopy');
+    const d: TestDaemon = await startDaemon({ args: ['--no-default-volume'] });
+    t.teardown(() => d.cleanup());
+    const uid = process.getuid!();
+    await createVolume(d, 'open', '4M');
+    await createVolume(d, 'lan', '4M', '--protected', '--allow', 'addr:10.0.0.0/8');
+    await createVolume(d, 'local', '4M', '--protected', '--allow', 'addr:127.0.0.1', '--allow', 'addr:::1');
+    await createVolume(d, 'mine', '4M', '--allow', `uid:${uid}`);
+    await createVolume(d, 'other', '4M', '--protected', '--allow', `uid:${uid + 4242}`);
 
-  // What each transport may see.
-  t.deepEqual(await listNames(d.nbdUri('')), ['local', 'open']);
-  t.deepEqual(await listNames(d.nbdUnixUri('')), ['mine', 'open']);
+    // What each transport may see.
+    t.deepEqual(await listNames(d.nbdUri('')), ['local', 'open']);
+    t.deepEqual(await listNames(d.nbdUnixUri('')), ['mine', 'open']);
 
-  // Denied: cannot open, by any client, and nothing reaches the journal.
-  for (const uri of [d.nbdUri('lan'), d.nbdUri('mine'), d.nbdUri('other'), d.nbdUnixUri('other'), d.nbdUnixUri('lan')]) {
-    await fails('nbdinfo', [uri]);
-    await fails('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 64k', uri]);
-  }
-  for (const v of ['lan', 'other']) {
-    const st = await d.api('GET', `/v1/volumes/${v}/status`);
-    t.is(st.body.lastSeq, 0, `${v}: no write reached the journal`);
-  }
+    // Denied: cannot open, by any client, and nothing reaches the journal.
+    for (const uri of [d.nbdUri('lan'), d.nbdUri('mine'), d.nbdUri('other'), d.nbdUnixUri('other'), d.nbdUnixUri('lan')]) {
+      await fails('nbdinfo', [uri]);
+      await fails('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 64k', uri]);
+    }
+    for (const v of ['lan', 'other']) {
+      const st = await d.api('GET', `/v1/volumes/${v}/status`);
+      t.is(st.body.lastSeq, 0, `${v}: no write reached the journal`);
+    }
 
-  // Allowed: real data through, read back exactly.
-  const work = tempDir('rw-acl-');
-  t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
-  for (const [name, uri] of [
-    ['local', d.nbdUri('local')],
-    ['mine', d.nbdUnixUri('mine')],
-  ] as const) {
-    const src = path.join(work, `${name}.src`);
-    const data = randomFile(src, 4 * MiB);
-    await ok('nbdcopy', [src, uri]);
-    const back = path.join(work, `${name}.back`);
-    await ok('nbdcopy', [uri, back]);
-    t.is(sha256File(back), sha256(data), name);
-  }
+    // Allowed: real data through, read back exactly.
+    const work = tempDir('rw-acl-');
+    t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
+    for (const [name, uri] of [
+      ['local', d.nbdUri('local')],
+      ['mine', d.nbdUnixUri('mine')],
+    ] as const) {
+      const src = path.join(work, `${name}.src`);
+      const data = randomFile(src, 4 * MiB);
+      await ok('nbdcopy', [src, uri]);
+      const back = path.join(work, `${name}.back`);
+      await ok('nbdcopy', [uri, back]);
+      t.is(sha256File(back), sha256(data), name);
+    }
 
-  // The ACL is part of the volume's configuration: API and CLI show it, it survives a restart.
-  const v = await d.api('GET', '/v1/volumes/lan');
-  t.deepEqual(v.body.allow, ['addr:10.0.0.0/8']);
-  t.deepEqual((await d.api('GET', '/v1/volumes/open')).body.allow, []);
-  const list = await d.cli(['volume', 'list']);
-  t.regex(list.stdout, /ALLOW/);
-  t.regex(list.stdout, /^lan .* addr:10\.0\.0\.0\/8$/m);
-  t.regex(list.stdout, /^open .* any$/m);
-  await d.restart();
-  t.deepEqual(await listNames(d.nbdUri('')), ['local', 'open']);
-  t.deepEqual((await d.api('GET', '/v1/volumes/local')).body.allow, ['addr:127.0.0.1', 'addr:::1']);
+    // The ACL is part of the volume's configuration: API and CLI show it, it survives a restart.
+    const v = await d.api('GET', '/v1/volumes/lan');
+    t.deepEqual(v.body.allow, ['addr:10.0.0.0/8']);
+    t.deepEqual((await d.api('GET', '/v1/volumes/open')).body.allow, []);
+    const list = await d.cli(['volume', 'list']);
+    t.regex(list.stdout, /ALLOW/);
+    t.regex(list.stdout, /^lan .* addr:10\.0\.0\.0\/8$/m);
+    t.regex(list.stdout, /^open .* any$/m);
+    await d.restart();
+    t.deepEqual(await listNames(d.nbdUri('')), ['local', 'open']);
+    t.deepEqual((await d.api('GET', '/v1/volumes/local')).body.allow, ['addr:127.0.0.1', 'addr:::1']);
 
-  // Bad entries are refused with a clear message.
-  const bad = await d.cli(['volume', 'create', 'bad', '--size', '1M', '--allow', 'host:example.com']);
-  t.is(bad.code, 1);
-  t.regex(bad.stderr, /expected any, addr:CIDR, uid:N/);
-  const badApi = await d.api('POST', '/v1/volumes', { name: 'bad', size: '1M', allow: 'addr:1.2.3.4' });
-  t.is(badApi.status, 400);
-  t.false((await d.api('GET', '/v1/volumes/bad')).status === 200);
-});
+    // Bad entries are refused with a clear message.
+    const bad = await d.cli(['volume', 'create', 'bad', '--size', '1M', '--allow', 'host:example.com']);
+    t.is(bad.code, 1);
+    t.regex(bad.stderr, /expected any, addr:CIDR, uid:N/);
+    const badApi = await d.api('POST', '/v1/volumes', { name: 'bad', size: '1M', allow: 'addr:1.2.3.4' });
+    t.is(badApi.status, 400);
+    t.false((await d.api('GET', '/v1/volumes/bad')).status === 200);
+  },
+);
 
 test.serial('daemon with TLS client certificates: a volume allowed to CN=alice is listed and opened by alice only', async (t) => {
   need('nbdinfo', 'qemu-io', 'openssl');
@@ -204,9 +211,30 @@ test.serial('daemon with TLS client certificates: a volume allowed to CN=alice i
   t.deepEqual(await listNames(uri('', pki.clientDir)), ['alice-only', 'default']);
   t.deepEqual(await listNames(uri('', pki.otherClientDir)), ['default']);
   await fails('nbdinfo', [uri('alice-only', pki.otherClientDir)]);
-  await ok('qemu-io', ['--object', `tls-creds-x509,id=tls0,dir=${pki.clientDir},endpoint=client`, '--image-opts', '-c', 'write -P 0x5e 0 1M', `driver=nbd,host=127.0.0.1,port=${d.nbdPort},export=alice-only,tls-creds=tls0`]);
-  await fails('qemu-io', ['--object', `tls-creds-x509,id=tls0,dir=${pki.otherClientDir},endpoint=client`, '--image-opts', '-c', 'write -P 0x66 0 1M', `driver=nbd,host=127.0.0.1,port=${d.nbdPort},export=alice-only,tls-creds=tls0`]);
-  const readBack = await ok('qemu-io', ['--object', `tls-creds-x509,id=tls0,dir=${pki.clientDir},endpoint=client`, '--image-opts', '-c', 'read -P 0x5e 0 1M', `driver=nbd,host=127.0.0.1,port=${d.nbdPort},export=alice-only,tls-creds=tls0`]);
+  await ok('qemu-io', [
+    '--object',
+    `tls-creds-x509,id=tls0,dir=${pki.clientDir},endpoint=client`,
+    '--image-opts',
+    '-c',
+    'write -P 0x5e 0 1M',
+    `driver=nbd,host=127.0.0.1,port=${d.nbdPort},export=alice-only,tls-creds=tls0`,
+  ]);
+  await fails('qemu-io', [
+    '--object',
+    `tls-creds-x509,id=tls0,dir=${pki.otherClientDir},endpoint=client`,
+    '--image-opts',
+    '-c',
+    'write -P 0x66 0 1M',
+    `driver=nbd,host=127.0.0.1,port=${d.nbdPort},export=alice-only,tls-creds=tls0`,
+  ]);
+  const readBack = await ok('qemu-io', [
+    '--object',
+    `tls-creds-x509,id=tls0,dir=${pki.clientDir},endpoint=client`,
+    '--image-opts',
+    '-c',
+    'read -P 0x5e 0 1M',
+    `driver=nbd,host=127.0.0.1,port=${d.nbdPort},export=alice-only,tls-creds=tls0`,
+  ]);
   t.regex(readBack, /read 1048576\/1048576 bytes/);
   t.notRegex(readBack, /Pattern verification failed/);
   const st = await d.api('GET', '/v1/volumes/alice-only/status');

@@ -70,7 +70,10 @@ test('volume create, list, rm end to end', async (t) => {
   const row = lines.find((l) => l.startsWith('cli-vol '));
   t.truthy(row, list.stdout);
   t.regex(row!, new RegExp(`^cli-vol +64 MiB +0 B +rw +file +- +0 +nbd://127\\.0\\.0\\.1:${shared.nbdPort}/cli-vol$`));
-  t.truthy(lines.find((l) => /^default +1 GiB /.test(l)), list.stdout);
+  t.truthy(
+    lines.find((l) => /^default +1 GiB /.test(l)),
+    list.stdout,
+  );
 
   const json = await shared.cli(['volume', 'list', '--json']);
   t.is(json.code, 0);

@@ -1,5 +1,5 @@
 /**
- * Log file containers (src/journal/container.ts) against real files:
+ * Log file containers (src/lfc) against real files:
  * round trips of both kinds, corruption detection, torn-tail repair at
  * every cut, ordering under concurrency, group commit, sealing, fuzzed
  * input, and a SIGKILL'd writer.
@@ -28,14 +28,7 @@ import {
   type StoredRecord,
 } from '../src/lfc';
 import { crc32Combine } from '../src/util/crc32';
-import {
-  ContainerKind,
-  FILE_HEADER_SIZE,
-  FOOTER_SIZE,
-  RECORD_HEADER_SIZE,
-  RecordKind,
-  containerFileName,
-} from '../src/lfc';
+import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName } from '../src/lfc';
 
 type T = ExecutionContext<unknown>;
 
@@ -45,14 +38,20 @@ function tempDir(t: T): string {
   return dir;
 }
 
-
-
 interface Rec {
   input: RecordInput;
   payload: Buffer | null;
 }
 
-const AILFC_KINDS = [RecordKind.Write, RecordKind.Write, RecordKind.Write, RecordKind.Trim, RecordKind.Zero, RecordKind.Error, RecordKind.Resync];
+const AILFC_KINDS = [
+  RecordKind.Write,
+  RecordKind.Write,
+  RecordKind.Write,
+  RecordKind.Trim,
+  RecordKind.Zero,
+  RecordKind.Error,
+  RecordKind.Resync,
+];
 
 /** Random records of a container kind; seqs strictly increasing for AILFCs. */
 function makeRecords(kind: ContainerKind, n: number, seed: number, maxPayload = 70000): Rec[] {
@@ -138,7 +137,13 @@ function expectedStats(recs: Rec[]) {
   };
 }
 
-async function newWriter(t: T, dir: string, kind = ContainerKind.AILFC, n = 1, opts: { inlineWriteMax?: number; direct?: boolean } = {}): Promise<ContainerWriter> {
+async function newWriter(
+  t: T,
+  dir: string,
+  kind = ContainerKind.AILFC,
+  n = 1,
+  opts: { inlineWriteMax?: number; direct?: boolean } = {},
+): Promise<ContainerWriter> {
   const w = await ContainerWriter.create(dir, kind, { groupId: 7, containerId: n, blockSize: 4096, created: 1.7e12, ...opts });
   t.teardown(() => w.close());
   return w;
@@ -176,7 +181,9 @@ for (const [name, kind] of [
     const recs = makeRecords(kind, 300, kind * 101);
     const w = await newWriter(t, dir, kind, 42);
     const expectedPath =
-      kind === ContainerKind.AILFC ? path.join(dir, containerFileName('active', 42)) : path.join(dir, `${containerFileName('bilfc', 42)}.tmp`);
+      kind === ContainerKind.AILFC
+        ? path.join(dir, containerFileName('active', 42))
+        : path.join(dir, `${containerFileName('bilfc', 42)}.tmp`);
     t.is(w.path, expectedPath);
     t.is(w.size, FILE_HEADER_SIZE);
     t.deepEqual(w.header, { kind, groupId: 7, containerId: 42, created: 1.7e12, blockSize: 4096 });
@@ -248,11 +255,17 @@ test('an empty container seals and verifies', async (t) => {
 test('create refuses to overwrite; listContainers sorts and classifies', async (t) => {
   const dir = tempDir(t);
   const w1 = await newWriter(t, dir, ContainerKind.AILFC, 3);
-  await t.throwsAsync(ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 7, containerId: 3, blockSize: 4096 }), { code: 'EEXIST' });
+  await t.throwsAsync(ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 7, containerId: 3, blockSize: 4096 }), {
+    code: 'EEXIST',
+  });
   await w1.seal();
-  await t.throwsAsync(ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 7, containerId: 3, blockSize: 4096 }), { code: 'EEXIST' });
+  await t.throwsAsync(ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 7, containerId: 3, blockSize: 4096 }), {
+    code: 'EEXIST',
+  });
   const b = await newWriter(t, dir, ContainerKind.BILFC, 2);
-  await t.throwsAsync(ContainerWriter.create(dir, ContainerKind.BILFC, { groupId: 7, containerId: 2, blockSize: 4096 }), { code: 'EEXIST' });
+  await t.throwsAsync(ContainerWriter.create(dir, ContainerKind.BILFC, { groupId: 7, containerId: 2, blockSize: 4096 }), {
+    code: 'EEXIST',
+  });
   await newWriter(t, dir, ContainerKind.AILFC, 11);
   fs.writeFileSync(path.join(dir, 'unrelated.txt'), 'x');
   fs.writeFileSync(path.join(dir, `${containerFileName('active', 12)}.init`), '');
@@ -384,7 +397,9 @@ test.serial('a write error fails the writer: pending and later calls reject with
   } finally {
     rawFs.writevSync = real;
   }
-  await t.throwsAsync(w.append({ kind: RecordKind.Write, volumeId: 0, seq: 3, time: 1, offset: 0, length: 4 }, Buffer.alloc(4)), { is: eio });
+  await t.throwsAsync(w.append({ kind: RecordKind.Write, volumeId: 0, seq: 3, time: 1, offset: 0, length: 4 }, Buffer.alloc(4)), {
+    is: eio,
+  });
   await t.throwsAsync(w.sync(), { is: eio });
   await t.throwsAsync(w.seal(), { is: eio });
   t.is(w.error, eio);
@@ -512,7 +527,10 @@ test('truncating an active container at every byte of its last record: repair cu
   const dir = tempDir(t);
   const recs = makeRecords(ContainerKind.AILFC, 6, 21, 600);
   // Make sure the last record has a payload and the second-to-last has one too.
-  recs[5] = { input: { kind: RecordKind.Write, volumeId: 1, seq: recs[4].input.seq + 1, time: 5, offset: 0, length: 300 }, payload: pattern(300, 1) };
+  recs[5] = {
+    input: { kind: RecordKind.Write, volumeId: 1, seq: recs[4].input.seq + 1, time: 5, offset: 0, length: 300 },
+    payload: pattern(300, 1),
+  };
   const w = await newWriter(t, dir);
   const positions = await writeAll(w, recs);
   await w.sync();
@@ -573,28 +591,33 @@ test('property: random records, random cut: recovery keeps exactly the records w
   const dir = tempDir(t);
   let k = 0;
   await fc.assert(
-    fc.asyncProperty(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 1, max: 1e9 }), fc.double({ min: 0, max: 1, noNaN: true }), async (n, seed, where) => {
-      const sub = path.join(dir, String(k++));
-      fs.mkdirSync(sub);
-      const recs = makeRecords(ContainerKind.AILFC, n, seed, 2000);
-      const w = await ContainerWriter.create(sub, ContainerKind.AILFC, { groupId: 1, containerId: 1, blockSize: 512 });
-      const positions = await writeAll(w, recs);
-      const end = w.size;
-      await w.close();
-      const cut = FILE_HEADER_SIZE + Math.floor(where * (end - FILE_HEADER_SIZE + 1));
-      fs.truncateSync(w.path, Math.min(cut, end));
-      const keep = recs.filter((r, i) => positions[i] + recordSize(r) <= cut).length;
-      const res = await repairActive(w.path);
-      const got = await collect(w.path);
-      const ok =
-        res.recordCount === keep &&
-        got.length === keep &&
-        res.validEnd === (keep === 0 ? FILE_HEADER_SIZE : positions[keep - 1] + recordSize(recs[keep - 1])) &&
-        fs.statSync(w.path).size === res.validEnd &&
-        got.every((g, i) => g.seq === recs[i].input.seq && (recs[i].payload === null || g.payload!.equals(recs[i].payload!)));
-      fs.rmSync(sub, { recursive: true });
-      return ok;
-    }),
+    fc.asyncProperty(
+      fc.integer({ min: 0, max: 40 }),
+      fc.integer({ min: 1, max: 1e9 }),
+      fc.double({ min: 0, max: 1, noNaN: true }),
+      async (n, seed, where) => {
+        const sub = path.join(dir, String(k++));
+        fs.mkdirSync(sub);
+        const recs = makeRecords(ContainerKind.AILFC, n, seed, 2000);
+        const w = await ContainerWriter.create(sub, ContainerKind.AILFC, { groupId: 1, containerId: 1, blockSize: 512 });
+        const positions = await writeAll(w, recs);
+        const end = w.size;
+        await w.close();
+        const cut = FILE_HEADER_SIZE + Math.floor(where * (end - FILE_HEADER_SIZE + 1));
+        fs.truncateSync(w.path, Math.min(cut, end));
+        const keep = recs.filter((r, i) => positions[i] + recordSize(r) <= cut).length;
+        const res = await repairActive(w.path);
+        const got = await collect(w.path);
+        const ok =
+          res.recordCount === keep &&
+          got.length === keep &&
+          res.validEnd === (keep === 0 ? FILE_HEADER_SIZE : positions[keep - 1] + recordSize(recs[keep - 1])) &&
+          fs.statSync(w.path).size === res.validEnd &&
+          got.every((g, i) => g.seq === recs[i].input.seq && (recs[i].payload === null || g.payload!.equals(recs[i].payload!)));
+        fs.rmSync(sub, { recursive: true });
+        return ok;
+      },
+    ),
     { numRuns: 60 },
   );
   t.pass();
@@ -708,7 +731,7 @@ const { ContainerWriter } = require(process.argv[1]);
 `;
 
 test('SIGKILL during appends: repair keeps every record whose append had resolved', async (t) => {
-  const modPath = path.resolve(__dirname, '../src/journal/container.js');
+  const modPath = path.resolve(__dirname, '../src/lfc/index.js');
   for (let round = 0; round < 5; round++) {
     const dir = tempDir(t);
     // Round 0 writes on the threadpool, rounds 1-2 inline; rounds 3-4 in
@@ -738,7 +761,10 @@ test('SIGKILL during appends: repair keeps every record whose append had resolve
     // Every acknowledged seq survives, in order, as a prefix 1..k.
     const maxPrinted = Math.max(...printed);
     t.true(got.length >= maxPrinted, `kept ${got.length} records, child acknowledged up to ${maxPrinted}`);
-    t.deepEqual(seqs, seqs.map((_, i) => i + 1));
+    t.deepEqual(
+      seqs,
+      seqs.map((_, i) => i + 1),
+    );
     for (const r of got) {
       if (r.payload && r.payload.readUInt32LE(0) !== r.seq) t.fail(`payload of ${r.seq} is wrong`);
     }
@@ -750,18 +776,37 @@ test('direct mode: mixed O_DIRECT and inline batches at unaligned offsets keep e
   await fc.assert(
     fc.asyncProperty(
       fc.integer({ min: 1, max: 1e9 }),
-      fc.array(fc.record({ bytes: fc.oneof(fc.integer({ min: 0, max: 9000 }), fc.integer({ min: 200_000, max: 1_200_000 })), wait: fc.boolean() }), { minLength: 1, maxLength: 24 }),
+      fc.array(
+        fc.record({ bytes: fc.oneof(fc.integer({ min: 0, max: 9000 }), fc.integer({ min: 200_000, max: 1_200_000 })), wait: fc.boolean() }),
+        { minLength: 1, maxLength: 24 },
+      ),
       fc.integer({ min: 0, max: 2 }),
       async (seed, plan, ending) => {
         const n = seed;
-        const w = await ContainerWriter.create(dir, ContainerKind.AILFC, { groupId: 7, containerId: n, blockSize: 4096, direct: true, inlineWriteMax: 65536 });
+        const w = await ContainerWriter.create(dir, ContainerKind.AILFC, {
+          groupId: 7,
+          containerId: n,
+          blockSize: 4096,
+          direct: true,
+          inlineWriteMax: 65536,
+        });
         t.true(w.isDirect, 'O_DIRECT is available in the test directory');
         const recs: Rec[] = [];
         const ps: Promise<void>[] = [];
         let seq = 1;
         for (const [i, step] of plan.entries()) {
           const payload = step.bytes ? pattern(step.bytes, seed + i) : null;
-          const rec: Rec = { input: { kind: payload ? RecordKind.Write : RecordKind.Trim, volumeId: 1, seq: seq++, time: 1.7e12 + i, offset: i * 512, length: step.bytes || 512 }, payload };
+          const rec: Rec = {
+            input: {
+              kind: payload ? RecordKind.Write : RecordKind.Trim,
+              volumeId: 1,
+              seq: seq++,
+              time: 1.7e12 + i,
+              offset: i * 512,
+              length: step.bytes || 512,
+            },
+            payload,
+          };
           recs.push(rec);
           ps.push(w.append(rec.input, rec.payload));
           if (step.wait) await Promise.all(ps);
@@ -786,7 +831,10 @@ test('direct mode: mixed O_DIRECT and inline batches at unaligned offsets keep e
             const res = await repairActive(file);
             t.is(res.truncatedBytes, 0);
             const w2 = await ContainerWriter.reopen(file, res.validEnd, res, { direct: true, inlineWriteMax: 0 });
-            const extra: Rec = { input: { kind: RecordKind.Write, volumeId: 1, seq: seq++, time: 1.8e12, offset: 0, length: 5000 }, payload: pattern(5000, seed) };
+            const extra: Rec = {
+              input: { kind: RecordKind.Write, volumeId: 1, seq: seq++, time: 1.8e12, offset: 0, length: 5000 },
+              payload: pattern(5000, seed),
+            };
             recs.push(extra);
             await w2.append(extra.input, extra.payload);
             file = (await w2.seal()).path;
@@ -808,42 +856,47 @@ test('direct mode: mixed O_DIRECT and inline batches at unaligned offsets keep e
   );
 });
 
-test.serial('direct mode: a filesystem refusing O_DIRECT writes (EINVAL) gets the batch again through the page cache; EIO fails the writer', async (t) => {
-  const dir = tempDir(t);
-  const real = rawFs.write;
-  const big = pattern(300_000, 5);
-  try {
-    // EINVAL on the first direct write: the writer goes buffered and loses nothing.
-    const w = await newWriter(t, dir, ContainerKind.AILFC, 1, { direct: true });
-    t.true(w.isDirect);
-    let refused = 0;
-    (rawFs as { write: unknown }).write = (...args: unknown[]) => {
-      const cb = args[args.length - 1] as (err: Error | null, n?: number) => void;
-      refused++;
-      (rawFs as { write: unknown }).write = real;
-      process.nextTick(() => cb(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL', errno: -22 })));
-    };
-    await w.append({ kind: RecordKind.Write, volumeId: 0, seq: 1, time: 1, offset: 0, length: big.length }, big);
-    await w.append({ kind: RecordKind.Write, volumeId: 0, seq: 2, time: 2, offset: 0, length: 100 }, big.subarray(0, 100));
-    t.is(refused, 1);
-    t.false(w.isDirect, 'the writer left direct mode');
-    const { path: sealed } = await w.seal();
-    t.true((await verifyContainer(sealed)).ok);
-    const got = await collect(sealed);
-    t.is(got.length, 2);
-    t.true(got[0]!.payload!.equals(big));
+test.serial(
+  'direct mode: a filesystem refusing O_DIRECT writes (EINVAL) gets the batch again through the page cache; EIO fails the writer',
+  async (t) => {
+    const dir = tempDir(t);
+    const real = rawFs.write;
+    const big = pattern(300_000, 5);
+    try {
+      // EINVAL on the first direct write: the writer goes buffered and loses nothing.
+      const w = await newWriter(t, dir, ContainerKind.AILFC, 1, { direct: true });
+      t.true(w.isDirect);
+      let refused = 0;
+      (rawFs as { write: unknown }).write = (...args: unknown[]) => {
+        const cb = args[args.length - 1] as (err: Error | null, n?: number) => void;
+        refused++;
+        (rawFs as { write: unknown }).write = real;
+        process.nextTick(() => cb(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL', errno: -22 })));
+      };
+      await w.append({ kind: RecordKind.Write, volumeId: 0, seq: 1, time: 1, offset: 0, length: big.length }, big);
+      await w.append({ kind: RecordKind.Write, volumeId: 0, seq: 2, time: 2, offset: 0, length: 100 }, big.subarray(0, 100));
+      t.is(refused, 1);
+      t.false(w.isDirect, 'the writer left direct mode');
+      const { path: sealed } = await w.seal();
+      t.true((await verifyContainer(sealed)).ok);
+      const got = await collect(sealed);
+      t.is(got.length, 2);
+      t.true(got[0]!.payload!.equals(big));
 
-    // EIO on a direct write fails the writer like any write error.
-    const w2 = await newWriter(t, dir, ContainerKind.AILFC, 2, { direct: true });
-    const eio = Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO', errno: -5 });
-    (rawFs as { write: unknown }).write = (...args: unknown[]) => {
-      const cb = args[args.length - 1] as (err: Error | null) => void;
-      process.nextTick(() => cb(eio));
-    };
-    await t.throwsAsync(w2.append({ kind: RecordKind.Write, volumeId: 0, seq: 1, time: 1, offset: 0, length: big.length }, big), { is: eio });
-    (rawFs as { write: unknown }).write = real;
-    await t.throwsAsync(w2.seal(), { is: eio });
-  } finally {
-    (rawFs as { write: unknown }).write = real;
-  }
-});
+      // EIO on a direct write fails the writer like any write error.
+      const w2 = await newWriter(t, dir, ContainerKind.AILFC, 2, { direct: true });
+      const eio = Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO', errno: -5 });
+      (rawFs as { write: unknown }).write = (...args: unknown[]) => {
+        const cb = args[args.length - 1] as (err: Error | null) => void;
+        process.nextTick(() => cb(eio));
+      };
+      await t.throwsAsync(w2.append({ kind: RecordKind.Write, volumeId: 0, seq: 1, time: 1, offset: 0, length: big.length }, big), {
+        is: eio,
+      });
+      (rawFs as { write: unknown }).write = real;
+      await t.throwsAsync(w2.seal(), { is: eio });
+    } finally {
+      (rawFs as { write: unknown }).write = real;
+    }
+  },
+);

@@ -246,8 +246,7 @@ test('bad input gets a 4xx with a clear message and the daemon stays up', async 
         // 80 KiB of chunks in one write (fits the socket buffer), then wait.
         const chunk = `4000\r\n${'a'.repeat(0x4000)}\r\n`;
         s.write(
-          'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n' +
-            chunk.repeat(5),
+          'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n' + chunk.repeat(5),
         );
       });
       s.on('data', (b: Buffer) => (got += b.toString('latin1')));
@@ -309,7 +308,17 @@ test('a second daemon on the same data dir is refused; the first keeps serving',
   await withDaemon(t, {}, async (d) => {
     const port = await freePort();
     const second = await runRewind(
-      ['serve', '--data-dir', d.dataDir, '--listen', `127.0.0.1:${port}`, '--socket', path.join(d.dataDir, 'nbd2.sock'), '--log-level', 'warn'],
+      [
+        'serve',
+        '--data-dir',
+        d.dataDir,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--socket',
+        path.join(d.dataDir, 'nbd2.sock'),
+        '--log-level',
+        'warn',
+      ],
       { timeoutMs: 20_000 },
     );
     t.is(second.code, 1, second.stderr);
@@ -333,7 +342,18 @@ test('two daemons started at the same moment on one data dir: exactly one runs',
     for (let i = 0; i < 2; i++) {
       const p = spawn(
         process.execPath,
-        [REWIND_BIN, 'serve', '--data-dir', dir, '--listen', `127.0.0.1:${ports[i]}`, '--socket', path.join(dir, `nbd${i}.sock`), '--log-level', 'warn'],
+        [
+          REWIND_BIN,
+          'serve',
+          '--data-dir',
+          dir,
+          '--listen',
+          `127.0.0.1:${ports[i]}`,
+          '--socket',
+          path.join(dir, `nbd${i}.sock`),
+          '--log-level',
+          'warn',
+        ],
         { env: cleanEnv(), stdio: ['ignore', 'ignore', 'pipe'] },
       );
       p.stderr!.setEncoding('utf8').on('data', (x: string) => (outputs[i] += x));

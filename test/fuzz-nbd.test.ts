@@ -11,15 +11,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as P from '../src/nbd/protocol';
-import {
-  checkGoodClient,
-  execute,
-  fuzzNbd,
-  handmadeSessions,
-  recordClientSessions,
-  startTarget,
-  type Target,
-} from '../tools/lib/fuzz-nbd';
+import { checkGoodClient, execute, fuzzNbd, handmadeSessions, recordClientSessions, startTarget, type Target } from '../tools/lib/fuzz-nbd';
 import { tempDir } from './helpers/daemon';
 import { need } from './helpers/hardening';
 import { makePki } from './helpers/tls-certs';
@@ -42,7 +34,10 @@ const REGRESSIONS: Array<[string, Buffer]> = [
   ['EXPORT_NAME of 60 KiB', Buffer.concat([FLAGS, hdr(P.OPT_EXPORT_NAME, 60 * 1024), Buffer.alloc(60 * 1024, 0x61)])],
   ['GO whose name length overruns', Buffer.concat([FLAGS, hdr(P.OPT_GO, 6), Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0])])],
   ['GO with 65535 info requests claimed', Buffer.concat([FLAGS, hdr(P.OPT_GO, 8), Buffer.from([0, 0, 0, 0, 0xff, 0xff, 0, 1])])],
-  ['meta context with 2^32-1 queries claimed', Buffer.concat([FLAGS, hdr(P.OPT_LIST_META_CONTEXT, 8), Buffer.from([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])])],
+  [
+    'meta context with 2^32-1 queries claimed',
+    Buffer.concat([FLAGS, hdr(P.OPT_LIST_META_CONTEXT, 8), Buffer.from([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])]),
+  ],
   ['denied export', Buffer.concat([FLAGS, hdr(P.OPT_GO, 12), Buffer.from([0, 0, 0, 6]), Buffer.from('secret'), Buffer.from([0, 0])])],
   [
     'WRITE of 64 MiB + 1 after GO',
@@ -50,7 +45,13 @@ const REGRESSIONS: Array<[string, Buffer]> = [
   ],
   [
     'WRITE of 33 MiB, payload cut short',
-    Buffer.concat([FLAGS, hdr(P.OPT_GO, 6), Buffer.from([0, 0, 0, 0, 0, 0]), P.encodeRequest(P.CMD_WRITE, 0, 1n, 0, 33 * 1024 * 1024), Buffer.alloc(1000)]),
+    Buffer.concat([
+      FLAGS,
+      hdr(P.OPT_GO, 6),
+      Buffer.from([0, 0, 0, 0, 0, 0]),
+      P.encodeRequest(P.CMD_WRITE, 0, 1n, 0, 33 * 1024 * 1024),
+      Buffer.alloc(1000),
+    ]),
   ],
   [
     'requests at offset 2^63 and length 2^32-1',
@@ -100,7 +101,8 @@ test.serial('regressions and corpus sessions replay cleanly on every target', as
       for (const chunks of [[], [1], [7, 3, 4096]]) {
         await execute(target, bytes, chunks);
         const end = Date.now() + 5000;
-        while ((target.server.connectionCount() > 0 || target.openExports() > 0) && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+        while ((target.server.connectionCount() > 0 || target.openExports() > 0) && Date.now() < end)
+          await new Promise((r) => setTimeout(r, 5));
         t.is(target.server.connectionCount(), 0, `${target.kind}: ${name}`);
         t.is(target.openExports(), 0, `${target.kind}: ${name}: export closed`);
       }
@@ -109,14 +111,17 @@ test.serial('regressions and corpus sessions replay cleanly on every target', as
   }
 });
 
-test.serial(`fuzz run (${Math.round(FUZZ_MS / 1000)} s): no crash, no hang, no leak, bounded memory, good clients still served`, async (t) => {
-  const corpus = [...handmadeSessions(), ...(await recordClientSessions())];
-  const stats = await fuzzNbd({ targets, corpus, timeLimitMs: FUZZ_MS, maxHeapGrowthMiB: 64 });
-  t.log(
-    `executions ${stats.executions} (${JSON.stringify(stats.byTarget)}), input ${Math.round(stats.inputBytes / 1048576)} MiB, ` +
-      `heap ${stats.heapBeforeMiB.toFixed(1)} -> ${stats.heapAfterMiB.toFixed(1)} MiB, peak RSS ${stats.rssPeakMiB.toFixed(0)} MiB`,
-  );
-  t.true(stats.executions > 1000, `only ${stats.executions} executions`);
-  for (const k of ['plain', 'tls-require', 'tls-on', 'stream']) t.true((stats.byTarget[k] ?? 0) > 100, k);
-  t.true(stats.rssPeakMiB < 1024);
-});
+test.serial(
+  `fuzz run (${Math.round(FUZZ_MS / 1000)} s): no crash, no hang, no leak, bounded memory, good clients still served`,
+  async (t) => {
+    const corpus = [...handmadeSessions(), ...(await recordClientSessions())];
+    const stats = await fuzzNbd({ targets, corpus, timeLimitMs: FUZZ_MS, maxHeapGrowthMiB: 64 });
+    t.log(
+      `executions ${stats.executions} (${JSON.stringify(stats.byTarget)}), input ${Math.round(stats.inputBytes / 1048576)} MiB, ` +
+        `heap ${stats.heapBeforeMiB.toFixed(1)} -> ${stats.heapAfterMiB.toFixed(1)} MiB, peak RSS ${stats.rssPeakMiB.toFixed(0)} MiB`,
+    );
+    t.true(stats.executions > 1000, `only ${stats.executions} executions`);
+    for (const k of ['plain', 'tls-require', 'tls-on', 'stream']) t.true((stats.byTarget[k] ?? 0) > 100, k);
+    t.true(stats.rssPeakMiB < 1024);
+  },
+);

@@ -5,7 +5,16 @@
  */
 import test from 'ava';
 import fc from 'fast-check';
-import { encodeDataHeader, encodeJson, FrameReader, type Frame, LinkProtocolError, MsgType, parseData, parseJson } from '../src/link/protocol';
+import {
+  encodeDataHeader,
+  encodeJson,
+  FrameReader,
+  type Frame,
+  LinkProtocolError,
+  MsgType,
+  parseData,
+  parseJson,
+} from '../src/link/protocol';
 
 test('frame reader: JSON and DATA frames split anywhere come out once, in order, intact', (t) => {
   fc.assert(
@@ -55,8 +64,11 @@ test('frame reader: JSON and DATA frames split anywhere come out once, in order,
 test('frame reader: a bad length or type is refused, however the bytes arrive', (t) => {
   for (const bad of [Buffer.from([0, 0, 0, 0, 1]), Buffer.from([0xff, 0, 0, 0, 9]), Buffer.from([0, 0, 0, 5, 200])]) {
     const reader = new FrameReader();
-    t.throws(() => {
-      for (const b of bad) reader.push(Buffer.from([b]));
-    }, { instanceOf: LinkProtocolError });
+    t.throws(
+      () => {
+        for (const b of bad) reader.push(Buffer.from([b]));
+      },
+      { instanceOf: LinkProtocolError },
+    );
   }
 });

@@ -78,7 +78,7 @@ async function imageAtSeq(m: BackupManager, k: number, ops: Op[], firstSeq: numb
   const out: Images = new Map();
   for (const v of VOLS) {
     const img = Buffer.alloc(v.size);
-    for (let b = 0; b * 4096 < v.size; b++) (await m.readBlockBefore(v.volumeId, b, k)).copy(img, b * 4096);
+    for (let b = 0; b * 4096 < v.size; b++) (await m.history.readBlockBefore(v.volumeId, b, k)).copy(img, b * 4096);
     out.set(v.volumeId, img);
   }
   ops.forEach((op, i) => {
@@ -120,7 +120,8 @@ test('model: replicas equal the model after every commit; BILFCs roll back to ev
             const d = diffImages(model, await readImages((id) => m.replicaPath(id), VOLS));
             if (d) throw new Error(`after T_${n}: ${d}`);
             const rec = m.transaction(n)!;
-            if (ops.length > 0 && (rec.firstSeq !== seq - ops.length || rec.lastSeq !== seq - 1)) throw new Error(`T_${n} seq range ${rec.firstSeq}..${rec.lastSeq}`);
+            if (ops.length > 0 && (rec.firstSeq !== seq - ops.length || rec.lastSeq !== seq - 1))
+              throw new Error(`T_${n} seq range ${rec.firstSeq}..${rec.lastSeq}`);
           }
           if (commits.length !== containers.length) throw new Error(`${commits.length} commit events`);
           // Invariant 3: BILFC_n, BILFC_{n-1}, ... applied backwards reproduce every T_k.
@@ -141,7 +142,8 @@ test('model: replicas equal the model after every commit; BILFCs roll back to ev
           const got = await imageAtSeq(m, k, ops, firstSeqs[k]!, p);
           const d = diffImages(expect, got);
           if (d) throw new Error(`image at seq ${p} (T_${k}): ${d}`);
-          if (ops.length && p >= firstSeqs[k]! && m.transactionForSeq(p) !== k) throw new Error(`transactionForSeq(${p}) = ${m.transactionForSeq(p)}, expected ${k}`);
+          if (ops.length && p >= firstSeqs[k]! && m.transactionForSeq(p) !== k)
+            throw new Error(`transactionForSeq(${p}) = ${m.transactionForSeq(p)}, expected ${k}`);
           const hist = await m.verifyHistory();
           if (hist.length !== 2 * containers.length || hist.some((h) => !h.ok)) throw new Error(`verifyHistory: ${JSON.stringify(hist)}`);
         } finally {
@@ -247,7 +249,10 @@ test('a corrupt AILFC is rejected with container and offset, never applied, and 
   t.is(ce.kind, 'ailfc');
   t.true(ce.offset >= 64 && ce.offset <= flipAt, `offset ${ce.offset}`);
   t.regex(ce.message, /AILFC_1 .* corrupt at offset \d+/);
-  t.true(logs.some((l) => (l.o as { container?: number }).container === 1), 'logged');
+  t.true(
+    logs.some((l) => (l.o as { container?: number }).container === 1),
+    'logged',
+  );
   // Replica untouched, no BILFC left, group blocked, container 2 waiting.
   for (const v of VOLS) t.true(fs.readFileSync(m.replicaPath(v.volumeId)).equals(Buffer.alloc(v.size)));
   t.false(fs.existsSync(path.join(m.historyDir, containerFileName('bilfc', 1))));
@@ -276,7 +281,13 @@ test('records the group cannot take (unknown volume, beyond the end) are refused
     await m.close();
     rmrf(dir);
   });
-  const ref = await writeAilfc(src, GROUP, 1, [{ kind: RecordKind.Write, volumeId: 9, offset: 0, length: 10, data: Buffer.alloc(10, 1) }], 1);
+  const ref = await writeAilfc(
+    src,
+    GROUP,
+    1,
+    [{ kind: RecordKind.Write, volumeId: 9, offset: 0, length: 10, data: Buffer.alloc(10, 1) }],
+    1,
+  );
   await t.throwsAsync(m.submit(ref), { message: /AILFC_1 .*unknown volume 9/ });
   t.is(m.status().blocked?.n, 1);
   // The group grows: volume 9 joins; a retry now applies it.
@@ -310,17 +321,37 @@ test('history copy by copying (other filesystem path), sender deletes its file a
   t.true((await m.verifyHistory()).every((h) => h.ok));
   const bilfc1 = path.join(m.historyDir, containerFileName('bilfc', 1));
   flipByte(bilfc1, 64 + 48 + 5);
-  t.true((await m.verifyHistory()).every((h) => h.ok), 'checked since it was written: not read again');
+  t.true(
+    (await m.verifyHistory()).every((h) => h.ok),
+    'checked since it was written: not read again',
+  );
   const res = await m.verifyHistory({ full: true });
   const bad = res.filter((h) => !h.ok);
   t.is(bad.length, 1);
   t.like(bad[0], { n: 1, kind: 'bilfc', ok: false });
   t.true(bad[0]!.offset! >= 64);
   // A container written since the last verify is read by the next one.
-  await m.submit(await writeAilfc(src, GROUP, 3, Array.from({ length: 5 }, (_, i) => ({ kind: RecordKind.Write, volumeId: VOLS[0]!.volumeId, offset: i * 4096, length: 4096, data: Buffer.alloc(4096, 9) })), 31));
+  await m.submit(
+    await writeAilfc(
+      src,
+      GROUP,
+      3,
+      Array.from({ length: 5 }, (_, i) => ({
+        kind: RecordKind.Write,
+        volumeId: VOLS[0]!.volumeId,
+        offset: i * 4096,
+        length: 4096,
+        data: Buffer.alloc(4096, 9),
+      })),
+      31,
+    ),
+  );
   flipByte(path.join(m.historyDir, containerFileName('ailfc', 3)), 64 + 48 + 5);
   const fresh = (await m.verifyHistory()).filter((h) => !h.ok);
-  t.true(fresh.some((h) => h.n === 3 && h.kind === 'ailfc'), JSON.stringify(fresh));
+  t.true(
+    fresh.some((h) => h.n === 3 && h.kind === 'ailfc'),
+    JSON.stringify(fresh),
+  );
 });
 
 test('a 64 MiB-class container stays in bounded batches: whole-volume trim plus writes with a tiny batch size', async (t) => {
@@ -480,7 +511,10 @@ test('crash campaign: SIGKILL at every step and at random instants; recovery fin
     t.is(cat.txns[i]!.firstSeq, refs[i]!.footer.firstSeq);
     t.is(cat.txns[i]!.lastSeq, refs[i]!.footer.lastSeq);
   }
-  t.true(cat.history.every((h) => h.ok), JSON.stringify(cat.history.filter((h) => !h.ok)));
+  t.true(
+    cat.history.every((h) => h.ok),
+    JSON.stringify(cat.history.filter((h) => !h.ok)),
+  );
   const img = await readImages((id) => path.join(mgrDir, 'replica', `vol-${id}.raw`), CRASH_VOLS);
   for (let n = N; n >= 1; n--) {
     await applyBilfc(img, path.join(mgrDir, 'history', containerFileName('bilfc', n)));
@@ -524,7 +558,7 @@ test('readBlockBefore stays exact while transactions are being applied (reads ra
       const b = rng.int(0, Math.ceil(v.size / 4096) - 1);
       const next = m.status().lastContainer + 1;
       const k = rng.int(1, next);
-      const got = await m.readBlockBefore(v.volumeId, b, k);
+      const got = await m.history.readBlockBefore(v.volumeId, b, k);
       const want = states[k - 1]!.get(v.volumeId)!.subarray(b * 4096, Math.min(v.size, (b + 1) * 4096));
       if (!got.equals(want)) {
         done = true; // stop the other readers too

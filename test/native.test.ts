@@ -254,7 +254,10 @@ test('alignedBuffer: zero-filled memory that O_DIRECT reads and writes accept; b
   for (let i = 0; i < 8; i++) {
     const b = native.alignedBuffer(64 * KiB, 4096);
     t.is(b.length, 64 * KiB);
-    t.true(b.every((x) => x === 0), 'zero-filled');
+    t.true(
+      b.every((x) => x === 0),
+      'zero-filled',
+    );
     b.fill(i + 1);
     // Misaligned memory would make these fail with EINVAL.
     t.is(fs.writeSync(fd, b, 0, b.length, i * 64 * KiB), b.length);

@@ -5,7 +5,9 @@
 import test from 'ava';
 import { NbdClient, NbdClientError } from '../src/nbd/client';
 import * as P from '../src/nbd/protocol';
-import { STATE_HOLE, STATE_ZERO } from '../src/nbd/export';
+import { STATE_DIRTY, STATE_HOLE, STATE_ZERO, type Extent, type MetaContext, type NbdExport } from '../src/nbd/export';
+import { NbdServer } from '../src/nbd/server';
+import { MemoryExport } from '../src/storage/memory-export';
 import { RawPeer, pattern, startFixture } from './helpers/nbd-fixtures';
 
 const MiB = 1024 * 1024;
@@ -15,7 +17,7 @@ async function expectNbdError(p: Promise<unknown>, errno: number): Promise<void>
     await p;
   } catch (e) {
     if (e instanceof NbdClientError && e.errno === errno) return;
-    throw new Error(`expected NBD error ${errno}, got ${(e as Error).message} (${(e as NbdClientError).errno})`);
+    throw new Error(`expected NBD error ${errno}, got ${(e as Error).message} (${(e as NbdClientError).errno})`, { cause: e });
   }
   throw new Error(`expected NBD error ${errno}, got success`);
 }
@@ -127,6 +129,126 @@ test('meta contexts: list, set, and block status with holes', async (t) => {
   t.is((await peer.optionReply()).type, P.REP_ERR_INVALID);
   peer.destroy();
   await c.disconnect();
+});
+
+/** A memory export offering two qemu dirty bitmaps: "listed" (first MiB dirty) and "hidden" (selectable, not listed). */
+async function startBitmapServer(t: { teardown(fn: () => void): void }): Promise<number> {
+  const bitmap = (name: string, dirtyEnd: number): MetaContext => ({
+    name,
+    async blockStatus(offset: number, length: number): Promise<Extent[]> {
+      if (offset < dirtyEnd)
+        return [
+          { length: Math.min(dirtyEnd - offset, length), flags: STATE_DIRTY },
+          { length: 1 * MiB, flags: 0 },
+        ];
+      return [{ length, flags: 0 }];
+    },
+  });
+  const ctxs = new Map([
+    ['qemu:dirty-bitmap:listed', bitmap('qemu:dirty-bitmap:listed', 1 * MiB)],
+    ['qemu:dirty-bitmap:hidden', bitmap('qemu:dirty-bitmap:hidden', 2 * MiB)],
+  ]);
+  const exp: NbdExport = Object.assign(new MemoryExport(8 * MiB), {
+    metaContexts: { list: () => ['qemu:dirty-bitmap:listed'], open: (n: string) => ctxs.get(n) ?? null },
+  });
+  const server = new NbdServer({ provider: { list: () => [{ name: 'bm' }], open: async () => ({ name: 'bm', export: exp }) } });
+  const { port } = await server.listenTcp('127.0.0.1', 0);
+  t.teardown(() => void server.close());
+  return port;
+}
+
+function metaQuery(name: string, queries: string[]): Buffer {
+  const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)];
+  parts[0]!.writeUInt32BE(Buffer.byteLength(name), 0);
+  parts[2]!.writeUInt32BE(queries.length, 0);
+  for (const q of queries) {
+    const l = Buffer.alloc(4);
+    l.writeUInt32BE(Buffer.byteLength(q), 0);
+    parts.push(l, Buffer.from(q));
+  }
+  return Buffer.concat(parts);
+}
+
+async function metaReplies(peer: RawPeer, opt: number, data: Buffer): Promise<{ names: Map<string, number>; final: number }> {
+  peer.sendOption(opt, data);
+  const names = new Map<string, number>();
+  for (;;) {
+    const r = await peer.optionReply();
+    if (r.type !== P.REP_META_CONTEXT) return { names, final: r.type };
+    names.set(r.data.toString('utf8', 4), r.data.readUInt32BE(0));
+  }
+}
+
+test('meta contexts besides base:allocation: LIST wildcards, SET ids, one block-status chunk per context, DONE on the last', async (t) => {
+  const port = await startBitmapServer(t);
+  const peer = await RawPeer.connect(port);
+  t.teardown(() => peer.destroy());
+  await peer.handshake();
+  peer.sendOption(P.OPT_STRUCTURED_REPLY);
+  t.is((await peer.optionReply()).type, P.REP_ACK);
+  const list = async (qs: string[]) => [...(await metaReplies(peer, P.OPT_LIST_META_CONTEXT, metaQuery('bm', qs))).names.keys()].sort();
+  t.deepEqual(await list([]), ['base:allocation', 'qemu:dirty-bitmap:listed']);
+  t.deepEqual(await list(['qemu:']), ['qemu:dirty-bitmap:listed']);
+  t.deepEqual(await list(['qemu:dirty-bitmap:']), ['qemu:dirty-bitmap:listed']);
+  t.deepEqual(await list(['qemu:dirty-bitmap:hidden', 'base:']), ['base:allocation', 'qemu:dirty-bitmap:hidden']);
+  t.deepEqual(await list(['x-unknown:thing', 'qemu:dirty-bitmap:none']), []);
+  // SET: exact names select (each its own id), wildcards and unknown names are ignored.
+  const set = await metaReplies(
+    peer,
+    P.OPT_SET_META_CONTEXT,
+    metaQuery('bm', ['base:allocation', 'qemu:dirty-bitmap:hidden', 'qemu:', 'qemu:dirty-bitmap:nope']),
+  );
+  t.is(set.final, P.REP_ACK);
+  t.deepEqual([...set.names.keys()].sort(), ['base:allocation', 'qemu:dirty-bitmap:hidden']);
+  const idBase = set.names.get('base:allocation')!;
+  const idBm = set.names.get('qemu:dirty-bitmap:hidden')!;
+  t.not(idBase, idBm);
+  await peer.go('bm');
+  const chunks = async (cookie: bigint, flags: number, offset: number, length: number) => {
+    peer.request(P.CMD_BLOCK_STATUS, flags, cookie, offset, length);
+    const out: Array<{ flags: number; id: number; extents: Array<[number, number]> }> = [];
+    for (;;) {
+      const h = await peer.read(20);
+      t.is(h.readUInt32BE(0), P.STRUCTURED_REPLY_MAGIC);
+      t.is(h.readBigUInt64BE(8), cookie);
+      t.is(h.readUInt16BE(6), P.REPLY_TYPE_BLOCK_STATUS);
+      const body = await peer.read(h.readUInt32BE(16));
+      const extents: Array<[number, number]> = [];
+      for (let i = 4; i < body.length; i += 8) extents.push([body.readUInt32BE(i), body.readUInt32BE(i + 4)]);
+      out.push({ flags: h.readUInt16BE(4), id: body.readUInt32BE(0), extents });
+      if (h.readUInt16BE(4) & P.REPLY_FLAG_DONE) return out;
+    }
+  };
+  const r = await chunks(7n, 0, 0, 4 * MiB);
+  t.is(r.length, 2, 'one chunk per selected context');
+  t.deepEqual(
+    r.map((c) => c.flags & P.REPLY_FLAG_DONE),
+    [0, P.REPLY_FLAG_DONE],
+    'only the last chunk is DONE',
+  );
+  t.deepEqual(r.map((c) => c.id).sort(), [idBase, idBm].sort());
+  const bm = r.find((c) => c.id === idBm)!;
+  t.deepEqual(bm.extents[0], [2 * MiB, STATE_DIRTY]);
+  t.is(r.find((c) => c.id === idBase)!.extents[0]![1], STATE_HOLE | STATE_ZERO);
+  const one = await chunks(8n, P.CMD_FLAG_REQ_ONE, 4096, 4096);
+  t.is(one.length, 2);
+  for (const c of one) t.deepEqual(c.extents.length, 1, 'REQ_ONE: one extent per chunk');
+  t.deepEqual(one.find((c) => c.id === idBm)!.extents[0], [4096, STATE_DIRTY]);
+});
+
+test('the in-tree client selects several contexts; a SET with none leaves block status EINVAL', async (t) => {
+  const port = await startBitmapServer(t);
+  const c = await NbdClient.connect({ port, exportName: 'bm', metaContexts: ['qemu:dirty-bitmap:listed'] });
+  t.deepEqual([...c.contextIds.keys()], ['qemu:dirty-bitmap:listed']);
+  t.deepEqual(await c.blockStatus(0, 8 * MiB), [
+    { length: 1 * MiB, flags: STATE_DIRTY },
+    { length: 1 * MiB, flags: 0 },
+  ]);
+  await c.disconnect();
+  const none = await NbdClient.connect({ port, exportName: 'bm', metaContexts: ['qemu:dirty-bitmap:absent'] });
+  t.is(none.contextIds.size, 0);
+  await expectNbdError(none.blockStatus(0, 4096), P.EINVAL);
+  await none.disconnect();
 });
 
 test('block status without a negotiated context is EINVAL', async (t) => {
@@ -341,7 +463,10 @@ test('a client that vanishes mid-request leaves the server serving and releases 
   t.is(f.server.connectionCount(), 0);
   t.is(rw.closed, 22); // 20 raw peers, plus the meta-context probe and the GO of `q`
   const c = await NbdClient.connect({ port: f.port, exportName: 'rw' });
-  t.true((await c.read(0, 4096)).every((x) => x === 0), 'partial write never applied');
+  t.true(
+    (await c.read(0, 4096)).every((x) => x === 0),
+    'partial write never applied',
+  );
   await c.disconnect();
 });
 
@@ -422,4 +547,36 @@ test('close() ends handshaking and transmitting clients promptly', async (t) => 
   t.true(Date.now() - t0 < 2000, `close took ${Date.now() - t0} ms`);
   t.true(await half.waitClosed());
   await t.throwsAsync(c.read(0, 1));
+});
+
+test('close() answers the requests in flight and refuses those only queued with ESHUTDOWN, each exactly once', async (t) => {
+  const f = await startFixture(t, { limits: { maxInflightPerConnection: 2 } });
+  const rw = f.exports.get('rw')!;
+  rw.delays.write = () => 300;
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  await peer.go('rw');
+  const n = 12;
+  for (let i = 0; i < n; i++) peer.request(P.CMD_WRITE, 0, BigInt(i + 1), i * 4096, 4096, Buffer.alloc(4096, i + 1));
+  await new Promise((r) => setTimeout(r, 100)); // two are running, the rest are queued
+  const closing = f.server.close();
+  const replies = new Map<bigint, number>();
+  for (let i = 0; i < n; i++) {
+    const r = await peer.simpleReply().catch((e: Error) => {
+      throw new Error(`after ${replies.size} replies (${[...replies].join(' ')}): ${e.message}`, { cause: e });
+    });
+    t.false(replies.has(r.cookie), `cookie ${r.cookie} answered twice`);
+    replies.set(r.cookie, r.error);
+  }
+  await closing;
+  t.true(await peer.waitClosed());
+  const ok = [...replies].filter(([, e]) => e === 0).map(([c]) => Number(c));
+  const refused = [...replies].filter(([, e]) => e === P.ESHUTDOWN).length;
+  t.is(ok.length + refused, n);
+  t.true(ok.length >= 2 && refused >= 1, `${ok.length} written, ${refused} refused`);
+  // What was answered OK is on the export; what was refused was never run.
+  for (let i = 0; i < n; i++) {
+    const got = await rw.inner.read(i * 4096, 4096);
+    t.is(got[0], ok.includes(i + 1) ? i + 1 : 0, `block ${i}`);
+  }
 });

@@ -62,7 +62,16 @@ test('plan: the last boundary per bucket survives, pins and the newest are kept,
   const policy = parseRetention('all:1d, daily:10d');
   // Boundaries at ages (h): 300 (expired) 250 (expired) | 100, 99, 98 (one day) | 50, 49 | 10 | 1 (all tier) | 0.5 (newest)
   const ages = [300, 250, 100, 99.5, 99, 50, 49.5, 10, 1, 0.5];
-  const txns = ages.map((h, i) => ({ n: i + 1, records: 1, firstSeq: i + 1, lastSeq: i + 1, firstTime: now - h * HOUR, lastTime: now - h * HOUR, committedAt: now, bytes: 100 }));
+  const txns = ages.map((h, i) => ({
+    n: i + 1,
+    records: 1,
+    firstSeq: i + 1,
+    lastSeq: i + 1,
+    firstTime: now - h * HOUR,
+    lastTime: now - h * HOUR,
+    committedAt: now,
+    bytes: 100,
+  }));
   const plan = planFade({ policy, now, txns, anchor: null, pins: [], protectFrom: 10 });
   const steps = plan.steps.map((s) => [s.from, s.to, s.drop]);
   // Days (UTC) of ages 100/99.5/99 are one bucket only if they share a day: compute it like the planner.
@@ -73,7 +82,17 @@ test('plan: the last boundary per bucket survives, pins and the newest are kept,
     [6, 7, false], // 50, 49.5 share a day
   ]);
   // A pin on the boundary before T_4 (after T_3) and an overlay pin inside T_7.
-  const pinned = planFade({ policy, now, txns, anchor: null, pins: [{ k: 4, overlay: false }, { k: 7, overlay: true }], protectFrom: 10 });
+  const pinned = planFade({
+    policy,
+    now,
+    txns,
+    anchor: null,
+    pins: [
+      { k: 4, overlay: false },
+      { k: 7, overlay: true },
+    ],
+    protectFrom: 10,
+  });
   t.deepEqual(
     pinned.steps.map((s) => [s.from, s.to, s.drop]),
     [
@@ -83,7 +102,10 @@ test('plan: the last boundary per bucket survives, pins and the newest are kept,
   );
   // With the stub in place nothing more happens.
   const again = planFade({ policy, now, txns: txns.slice(4), anchor: 5, pins: [], protectFrom: 10 });
-  t.deepEqual(again.steps.map((s) => [s.from, s.to, s.drop]), [[6, 7, false]]);
+  t.deepEqual(
+    again.steps.map((s) => [s.from, s.to, s.drop]),
+    [[6, 7, false]],
+  );
 });
 
 /** Ages of the synthetic timeline (oldest first). */
@@ -122,10 +144,10 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     const before = historyBytes(m);
     // Pins: a snapshot on the boundary before T_6 (weekly tier, not the last of its week)
     // and a clone inside T_17 (daily tier, not the last of its day).
-    m.pin('view:snap', 6, false);
+    m.history.pins.pin('view:snap', 6, false);
     const inside = tl.txns[16]!;
     const pinSeq = inside.length > 1 ? inside[0]!.seq : inside[0]!.seq;
-    m.pin('view:clone', 17, true);
+    m.history.pins.pin('view:clone', 17, true);
     await m.retention.setPolicy(POLICY);
 
     const dry = await m.fade({ now: tl.now, dryRun: true });
@@ -167,14 +189,15 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     const seen = new Map<string, number>();
     for (const r of recs.slice(1)) {
       const b = bucket(r.lastTime);
-      if (seen.has(b) && !pinnedEnds.has(seen.get(b)!) && !pinnedEnds.has(r.n)) t.fail(`T_${seen.get(b)} and T_${r.n} end in one bucket ${b}`);
+      if (seen.has(b) && !pinnedEnds.has(seen.get(b)!) && !pinnedEnds.has(r.n))
+        t.fail(`T_${seen.get(b)} and T_${r.n} end in one bucket ${b}`);
       seen.set(b, r.n);
     }
     // Dropped: the oldest is the stub, ending before the last tier's age, nothing readable before it.
     const stub = recs[0]!;
     t.is(stub.blocks, 0);
     t.true(now - stub.lastTime > 120 * DAY || stub.n >= 5);
-    t.throws(() => m.readBefore(0, 0, 4096, stub.n), { instanceOf: RangeError });
+    t.throws(() => m.history.readBefore(0, 0, 4096, stub.n), { instanceOf: RangeError });
 
     // Every surviving point reads exact; the pinned ones too.
     t.is(await checkRetained(m, tl, diffImages), null);
@@ -186,25 +209,28 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     const merged = recs.find((r) => r.mergedFrom !== undefined && r.n !== stub.n && r.mergedFrom < r.n)!;
     t.truthy(merged);
     const interior = tl.txns[merged.mergedFrom! - 1]![0]!.seq;
-    const err = await t.throwsAsync(resolvePoint(m, { kind: 'seq', seq: interior, text: `@seq:${interior}` }));
+    const err = await t.throwsAsync(resolvePoint(m.history, { kind: 'seq', seq: interior, text: `@seq:${interior}` }));
     t.regex(err!.message, /nearest valid points are @seq:\d+ .* and @seq:\d+/);
     t.true(err!.message.includes(`@seq:${merged.lastSeq}`));
     // Before the stub: refused as before retained history.
     const gone = tl.txns[0]![0]!.seq;
-    await t.throwsAsync(resolvePoint(m, { kind: 'seq', seq: gone, text: '@seq:1' }), { message: /before retained history/ });
+    await t.throwsAsync(resolvePoint(m.history, { kind: 'seq', seq: gone, text: '@seq:1' }), { message: /before retained history/ });
     // A new pin inside merged history is refused; one on a surviving boundary is fine.
-    t.throws(() => m.pin('late', merged.n, false), { message: /retention merged/ });
-    t.throws(() => m.pin('late', stub.n, false), { message: /no longer retained/ });
-    m.pin('ok', merged.n + 1, false);
-    m.unpin('ok');
+    t.throws(() => m.history.pins.pin('late', merged.n, false), { message: /retention merged/ });
+    t.throws(() => m.history.pins.pin('late', stub.n, false), { message: /no longer retained/ });
+    m.history.pins.pin('ok', merged.n + 1, false);
+    m.history.pins.unpin('ok');
 
     // Fading again with the same clock changes nothing; unpinned, the pinned stretches fade too.
     const again = await m.fade({ now: tl.now });
     t.is(again.steps.filter((s) => s.done).length, 0);
-    m.unpin('view:snap');
-    m.unpin('view:clone');
+    m.history.pins.unpin('view:snap');
+    m.history.pins.unpin('view:clone');
     const third = await m.fade({ now: tl.now });
-    t.true(third.steps.every((s) => s.done), JSON.stringify(third.steps));
+    t.true(
+      third.steps.every((s) => s.done),
+      JSON.stringify(third.steps),
+    );
     t.is(m.retention.plan(parseRetention(POLICY), tl.now).steps.length, 0);
     t.is(await checkRetained(m, tl, diffImages), null);
     t.deepEqual(orphans(m), []);
@@ -219,7 +245,11 @@ test('model: fading keeps every surviving point byte-exact, refuses merged inter
     try {
       t.is(m2.retention.stored()?.text, parseRetention(POLICY).text);
       const later = await m2.fade({ now: tl.now + 40 * DAY });
-      t.true(later.steps.some((s) => s.done && s.drop), JSON.stringify(later.steps.map((s) => [s.from, s.to, s.drop, s.done, s.skipped])) + JSON.stringify(m2.transactions().map((r) => [r.n, r.mergedFrom, Math.round((tl.now - r.lastTime) / DAY)])));
+      t.true(
+        later.steps.some((s) => s.done && s.drop),
+        JSON.stringify(later.steps.map((s) => [s.from, s.to, s.drop, s.done, s.skipped])) +
+          JSON.stringify(m2.transactions().map((r) => [r.n, r.mergedFrom, Math.round((tl.now - r.lastTime) / DAY)])),
+      );
       t.is(await checkRetained(m2, tl, diffImages), null);
       t.deepEqual(orphans(m2), []);
     } finally {
@@ -237,7 +267,13 @@ test('fading runs while the manager applies new transactions; readers of a merge
   try {
     const now = Date.UTC(2026, 2, 10, 9, 30);
     const ages = [...timelineAges().slice(0, 30)];
-    const tl = await buildTimeline(path.join(dir, 'journal'), [...ages, ...Array.from({ length: 15 }, (_, i) => (15 - i) * 60_000)], now, 23, 8);
+    const tl = await buildTimeline(
+      path.join(dir, 'journal'),
+      [...ages, ...Array.from({ length: 15 }, (_, i) => (15 - i) * 60_000)],
+      now,
+      23,
+      8,
+    );
     const m = await BackupManager.open(path.join(dir, 'mgr'), { groupId: RGROUP, volumes: RVOLS });
     try {
       for (const ref of tl.refs.slice(0, 30)) await m.submit(ref);
@@ -312,9 +348,15 @@ test('kill -9 during fading, at every step: reopened, every retained point reads
       const m = await BackupManager.open(dir, { groupId: RGROUP, volumes: RVOLS });
       try {
         t.deepEqual(orphans(m), [], step);
-        t.true(fs.readdirSync(m.historyDir).every((f) => !f.endsWith('.tmp')), step);
+        t.true(
+          fs.readdirSync(m.historyDir).every((f) => !f.endsWith('.tmp')),
+          step,
+        );
         t.true(fs.readdirSync(m.historyDir).length <= leftovers, step);
-        t.true((await m.verifyHistory()).every((h) => h.ok), step);
+        t.true(
+          (await m.verifyHistory()).every((h) => h.ok),
+          step,
+        );
         t.is(await checkRetained(m, tl, diffImages), null, `${step}: after the crash`);
         // Fading again finishes the job.
         await m.fade({ now });

@@ -280,7 +280,10 @@ test('model check: random marks, commits, reopens', async (t) => {
   const SIZE = REGIONS * RS - 100;
   type Op = { t: 'mark'; off: number; len: number } | { t: 'commit'; back: number } | { t: 'reopen' } | { t: 'adopt' };
   const op: fc.Arbitrary<Op> = fc.oneof(
-    { weight: 6, arbitrary: fc.record({ t: fc.constant('mark' as const), off: fc.nat(SIZE - 1), len: fc.integer({ min: 1, max: 5 * RS }) }) },
+    {
+      weight: 6,
+      arbitrary: fc.record({ t: fc.constant('mark' as const), off: fc.nat(SIZE - 1), len: fc.integer({ min: 1, max: 5 * RS }) }),
+    },
     { weight: 3, arbitrary: fc.record({ t: fc.constant('commit' as const), back: fc.nat(5) }) },
     { weight: 1, arbitrary: fc.constant({ t: 'reopen' as const }) },
     { weight: 1, arbitrary: fc.constant({ t: 'adopt' as const }) },
@@ -306,7 +309,12 @@ test('model check: random marks, commits, reopens', async (t) => {
           } else if (o.t === 'commit') {
             const c = seq - o.back;
             let n = 0;
-            for (const [r, s] of model) if (s <= c) (model.delete(r), n++);
+            for (const [r, s] of model) {
+              if (s <= c) {
+                model.delete(r);
+                n++;
+              }
+            }
             if (m.clearCommitted(c) !== n) return false;
           } else if (o.t === 'reopen') {
             await m.close();

@@ -12,7 +12,16 @@ import * as P from '../src/nbd/protocol';
 import { REWIND_BIN, runRewind, startDaemon, tempDir } from './helpers/daemon';
 import { fails, MiB, need, ok, python, randomFile, sha256, sha256File } from './helpers/hardening';
 
-const rewind = (dir: string, ...args: string[]) => [process.execPath, REWIND_BIN, '--data-dir', dir, 'serve', '--log-level', 'warn', ...args];
+const rewind = (dir: string, ...args: string[]) => [
+  process.execPath,
+  REWIND_BIN,
+  '--data-dir',
+  dir,
+  'serve',
+  '--log-level',
+  'warn',
+  ...args,
+];
 
 async function prepare(t: any): Promise<string> {
   const dir = tempDir('rw-stdio-');
@@ -39,7 +48,11 @@ test.serial('socket activation: nbdinfo and nbdcopy run rewind serve --stdio; pr
   t.is(j.exports[0]['export-name'], 'pv');
   t.is(j.exports[0]['export-size'], 8 * MiB);
   const list = JSON.parse(await ok('nbdinfo', ['--json', '--list', '--', '[', ...rewind(dir, '--stdio', 'pv'), ']']));
-  t.deepEqual(list.exports.map((e: any) => e['export-name']), ['pv'], 'only the one export is listed');
+  t.deepEqual(
+    list.exports.map((e: any) => e['export-name']),
+    ['pv'],
+    'only the one export is listed',
+  );
 
   const src = path.join(dir, 'src.img');
   const data = randomFile(src, 8 * MiB);
@@ -81,7 +94,9 @@ h.shutdown()
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, /size 8388608 ok True/);
   // A volume allowed to another uid only: denied over the socketpair.
-  const denied = await python(script.replace('h.connect_command(cmd)', 'h.connect_command(cmd)\nprint("connected")'), [JSON.stringify(rewind(dir, '--stdio', 'theirs'))]);
+  const denied = await python(script.replace('h.connect_command(cmd)', 'h.connect_command(cmd)\nprint("connected")'), [
+    JSON.stringify(rewind(dir, '--stdio', 'theirs')),
+  ]);
   t.not(denied.code, 0);
   t.notRegex(denied.stdout, /connected/);
   // The same under socket activation.

@@ -38,8 +38,6 @@ async function openFile(t: T, file: string, readOnly = false): Promise<FileExpor
   return e;
 }
 
-
-
 function isZero(b: Buffer): boolean {
   for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
   return true;
@@ -363,7 +361,10 @@ test('file: connections share one reference-counted descriptor; close waits for 
   const writes = Array.from({ length: 64 }, (_, i) => b.write(MiB + i * 4096, pattern(4096, i), FUA));
   const closed = b.close();
   const results = await Promise.allSettled([...reads, ...writes]);
-  t.true(results.every((r) => r.status === 'fulfilled'), 'in-flight I/O completed');
+  t.true(
+    results.every((r) => r.status === 'fulfilled'),
+    'in-flight I/O completed',
+  );
   await closed;
   let target: string | undefined;
   try {
@@ -439,6 +440,7 @@ function attachLoop(t: T, backing: string): string {
   } catch (err) {
     throw new Error(
       `losetup -f --show failed: cannot test the block-device path (needs root and loop devices): ${(err as Error).message}`,
+      { cause: err },
     );
   }
   const detach = () => {
@@ -661,11 +663,7 @@ test('memory: read-only, fault injection, hooks and slow zero', async (t) => {
   t.true(ro.readOnly);
   t.false(ro.capabilities.trim);
   t.true(ro.capabilities.blockStatus && ro.capabilities.cache);
-  for (const p of [
-    ro.write(0, Buffer.alloc(1), NO),
-    ro.trim(0, 1, NO),
-    ro.zero(0, 1, { fua: false, noHole: false, fastZero: false }),
-  ]) {
+  for (const p of [ro.write(0, Buffer.alloc(1), NO), ro.trim(0, 1, NO), ro.zero(0, 1, { fua: false, noHole: false, fastZero: false })]) {
     t.is(codeOf(await t.throwsAsync(p)), 'EPERM');
   }
   t.true(isZero(await ro.read(0, 100)));

@@ -239,26 +239,35 @@ test.serial('TLS required: plaintext refused; nbdinfo, nbdcopy and qemu-img work
   // qemu-img info and compare over TLS too.
   const qi = await ok('qemu-img', ['info', ...qemuTls(pki.clientDir), '--image-opts', qemuOpts(d, 'tlsvol')]);
   t.regex(qi, /virtual size: 8 MiB/);
-  await ok('qemu-img', ['compare', ...qemuTls(pki.clientDir), '--image-opts', `driver=raw,file.driver=file,file.filename=${src}`, qemuOpts(d, 'tlsvol')]);
+  await ok('qemu-img', [
+    'compare',
+    ...qemuTls(pki.clientDir),
+    '--image-opts',
+    `driver=raw,file.driver=file,file.filename=${src}`,
+    qemuOpts(d, 'tlsvol'),
+  ]);
 
   // Over the Unix socket as well.
   const ux = await ok('nbdinfo', [`nbds+unix:///tlsvol?socket=${d.nbdSocket}&tls-certificates=${pki.clientDir}`]);
   t.regex(ux, /with TLS/);
 });
 
-test.serial('TLS required: wrong certificates are refused (client cert from another CA, no client cert, wrong CA for the server)', async (t) => {
-  need('nbdinfo', 'qemu-img');
-  const d = await startDaemon({ args: ['--tls', 'require', '--tls-dir', pki.serverDir, '--tls-verify-client'] });
-  t.teardown(() => d.cleanup());
-  for (const dir of [pki.rogueClientDir, pki.caOnlyDir, pki.wrongCaDir]) {
-    const out = await fails('nbdinfo', ['--list', nbds(d, '', dir)]);
-    t.regex(out, /tls|gnutls|certificate|handshake/i, dir);
-    t.notRegex(out, /export="default"/);
-    await fails('qemu-img', ['info', ...qemuTls(dir), '--image-opts', qemuOpts(d, 'default')]);
-  }
-  // The daemon is still serving good clients afterwards.
-  await ok('nbdinfo', ['--list', nbds(d, '', pki.clientDir)]);
-});
+test.serial(
+  'TLS required: wrong certificates are refused (client cert from another CA, no client cert, wrong CA for the server)',
+  async (t) => {
+    need('nbdinfo', 'qemu-img');
+    const d = await startDaemon({ args: ['--tls', 'require', '--tls-dir', pki.serverDir, '--tls-verify-client'] });
+    t.teardown(() => d.cleanup());
+    for (const dir of [pki.rogueClientDir, pki.caOnlyDir, pki.wrongCaDir]) {
+      const out = await fails('nbdinfo', ['--list', nbds(d, '', dir)]);
+      t.regex(out, /tls|gnutls|certificate|handshake/i, dir);
+      t.notRegex(out, /export="default"/);
+      await fails('qemu-img', ['info', ...qemuTls(dir), '--image-opts', qemuOpts(d, 'default')]);
+    }
+    // The daemon is still serving good clients afterwards.
+    await ok('nbdinfo', ['--list', nbds(d, '', pki.clientDir)]);
+  },
+);
 
 test.serial('TLS on: plaintext clients and TLS clients (no client certificate needed) are both served', async (t) => {
   need('nbdinfo', 'qemu-img');
@@ -276,14 +285,36 @@ test.serial('serve refuses bad TLS settings with a clear message', async (t) => 
   const dir = tempDir('rw-tlsbad-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const { runRewind } = await import('./helpers/daemon');
-  const noCerts = await runRewind(['--data-dir', dir, 'serve', '--listen', 'none', '--socket', 'none', '--tls', 'require', '--tls-dir', path.join(dir, 'nothing')]);
+  const noCerts = await runRewind([
+    '--data-dir',
+    dir,
+    'serve',
+    '--listen',
+    'none',
+    '--socket',
+    'none',
+    '--tls',
+    'require',
+    '--tls-dir',
+    path.join(dir, 'nothing'),
+  ]);
   t.is(noCerts.code, 2);
   t.regex(noCerts.stderr, /cannot read the TLS certificate .*server-cert\.pem/);
   const verifyNoTls = await runRewind(['--data-dir', dir, 'serve', '--tls-verify-client']);
   t.is(verifyNoTls.code, 2);
   t.regex(verifyNoTls.stderr, /--tls-verify-client needs --tls on or --tls require/);
   fs.writeFileSync(path.join(dir, 'garbage.pem'), 'not a certificate\n');
-  const garbage = await runRewind(['--data-dir', dir, 'serve', '--tls', 'on', '--tls-cert', path.join(dir, 'garbage.pem'), '--tls-key', pki.files.serverKey]);
+  const garbage = await runRewind([
+    '--data-dir',
+    dir,
+    'serve',
+    '--tls',
+    'on',
+    '--tls-cert',
+    path.join(dir, 'garbage.pem'),
+    '--tls-key',
+    pki.files.serverKey,
+  ]);
   t.is(garbage.code, 2);
   t.regex(garbage.stderr, /not usable/);
   const mode = await runRewind(['--data-dir', dir, 'serve', '--tls', 'maybe']);

@@ -40,7 +40,8 @@ test.serial('guest image: built from Debian packages, cached, with a manifest of
   const m = image.manifest;
   t.regex(m.kernel.package, /^linux-image-\d.*-cloud-amd64$/, 'a real kernel package, not the metapackage');
   const names = m.packages.map((p) => p.name);
-  for (const p of [m.kernel.package, 'busybox-static', 'e2fsprogs', 'libc6', 'libext2fs2']) t.true(names.includes(p), `${p} in the manifest`);
+  for (const p of [m.kernel.package, 'busybox-static', 'e2fsprogs', 'libc6', 'libext2fs2'])
+    t.true(names.includes(p), `${p} in the manifest`);
   for (const p of m.packages) {
     t.regex(p.version, /^\S+$/, `${p.name} has a version`);
     t.regex(p.sha256, /^[0-9a-f]{64}$/, `${p.name} has the sha256 of its .deb`);
@@ -48,10 +49,7 @@ test.serial('guest image: built from Debian packages, cached, with a manifest of
   // The manifest describes the outputs exactly.
   t.is(sha256File(image.kernel), m.kernel.sha256);
   t.is(sha256File(image.initrd), m.initrd.sha256);
-  t.is(
-    fs.readFileSync(path.join(image.dir, 'packages.lock'), 'utf8'),
-    m.packages.map((p) => `${p.name} ${p.version}\n`).join(''),
-  );
+  t.is(fs.readFileSync(path.join(image.dir, 'packages.lock'), 'utf8'), m.packages.map((p) => `${p.name} ${p.version}\n`).join(''));
   // Modules load in dependency order; ext4 (built in or a module) is there.
   const at = (mod: string) => m.modules.indexOf(mod);
   for (const mod of ['virtio_ring', 'virtio', 'virtio_pci', 'virtio_blk']) t.true(at(mod) >= 0 || m.builtinModules.includes(mod), mod);
@@ -134,7 +132,9 @@ test.serial('crash: kill -9 of qemu mid-write loses no file the guest had synced
   // The guest's view: at most a journal replay, then fsck clean, and files
   // 1..synced all there with their exact content.
   const v = await runGuest({ disks: [disk], scenario: 'verify-synced', args: { seed, n: w.synced!, maxkb: 256 } });
-  t.log(`verify-synced: ${(v.durationMs / 1000).toFixed(1)} s, needs_recovery=${v.results.needs_recovery}, files_total=${v.results.files_total}`);
+  t.log(
+    `verify-synced: ${(v.durationMs / 1000).toFixed(1)} s, needs_recovery=${v.results.needs_recovery}, files_total=${v.results.files_total}`,
+  );
   t.is(v.exitCode, 0, describeRun(v));
   t.is(v.results.fsck, 'clean');
   t.is(v.results.synced_ok, String(w.synced));
@@ -157,7 +157,20 @@ test.serial('tools/vm-run: CLI with an NBD URI, a custom guest script, the exit 
     const serialLog = path.join(dir, 'serial.log');
     const r = await run(
       process.execPath,
-      [VM_RUN, '--image', image.dir, '--disk', d.nbdUnixUri('cli'), '--script', script, '--arg', 'word=rewind', '--serial-log', serialLog, '--json'],
+      [
+        VM_RUN,
+        '--image',
+        image.dir,
+        '--disk',
+        d.nbdUnixUri('cli'),
+        '--script',
+        script,
+        '--arg',
+        'word=rewind',
+        '--serial-log',
+        serialLog,
+        '--json',
+      ],
       { timeoutMs: 200_000 },
     );
     t.is(r.code, 3, r.stderr + r.stdout);
@@ -206,38 +219,45 @@ test.serial('marker recovery: after the guest damages its disk, a clone at the m
   t.is(bad.results.tree, 'bad');
 });
 
-test.serial('crash consistency on clones: at the last write before kill -9 at most a journal replay; at the last sync every synced file', async (t) => {
-  await cli(['volume', 'create', 'cc', '--size', '256M', '--protected']);
-  const seed = 9;
-  // The point of each completed sync: the guest prints the line after sync returned,
-  // so every write it flushed has a seq at or before the latest one when we see it.
-  const syncPoints = new Map<number, Promise<number>>();
-  const g = await startGuest({
-    disks: [volumeDisk(d, 'cc')],
-    scenario: 'writer',
-    args: { seed, every: 1, maxkb: 256 },
-    killOn: { match: syncedAtLeast(8), delayMs: 300 },
-    onLine: (line) => {
-      const m = /REWIND-SYNCED n=(\d+)/.exec(line);
-      if (m) syncPoints.set(Number(m[1]), api('POST', '/v1/volumes/cc/resolve', { at: 'latest' }).then((p) => p.seq as number));
-    },
-  });
-  const w = await g.done;
-  t.true(w.killed, describeRun(w));
-  const n = w.synced!;
-  t.true(n >= 8);
-  const atSync = await syncPoints.get(n)!;
-  await cli(['clone', 'cc', '--at', 'latest', '--name', 'cc-last']);
-  await cli(['clone', 'cc', '--at', `@seq:${atSync}`, '--name', 'cc-sync']);
-  const last = await runGuest({ disks: [volumeDisk(d, 'cc-last')], scenario: 'verify-synced', args: { seed, n, maxkb: 256 } });
-  t.is(last.exitCode, 0, describeRun(last));
-  t.is(last.results.fsck, 'clean', 'clean after at most a journal replay');
-  t.is(last.results.synced_bad, '0');
-  const sync = await runGuest({ disks: [volumeDisk(d, 'cc-sync')], scenario: 'verify-synced', args: { seed, n, maxkb: 256 } });
-  t.is(sync.exitCode, 0, describeRun(sync));
-  t.is(sync.results.synced_ok, String(n), `every file synced by @seq:${atSync} is in the clone`);
-  t.is(sync.results.synced_bad, '0');
-});
+test.serial(
+  'crash consistency on clones: at the last write before kill -9 at most a journal replay; at the last sync every synced file',
+  async (t) => {
+    await cli(['volume', 'create', 'cc', '--size', '256M', '--protected']);
+    const seed = 9;
+    // The point of each completed sync: the guest prints the line after sync returned,
+    // so every write it flushed has a seq at or before the latest one when we see it.
+    const syncPoints = new Map<number, Promise<number>>();
+    const g = await startGuest({
+      disks: [volumeDisk(d, 'cc')],
+      scenario: 'writer',
+      args: { seed, every: 1, maxkb: 256 },
+      killOn: { match: syncedAtLeast(8), delayMs: 300 },
+      onLine: (line) => {
+        const m = /REWIND-SYNCED n=(\d+)/.exec(line);
+        if (m)
+          syncPoints.set(
+            Number(m[1]),
+            api('POST', '/v1/volumes/cc/resolve', { at: 'latest' }).then((p) => p.seq as number),
+          );
+      },
+    });
+    const w = await g.done;
+    t.true(w.killed, describeRun(w));
+    const n = w.synced!;
+    t.true(n >= 8);
+    const atSync = await syncPoints.get(n)!;
+    await cli(['clone', 'cc', '--at', 'latest', '--name', 'cc-last']);
+    await cli(['clone', 'cc', '--at', `@seq:${atSync}`, '--name', 'cc-sync']);
+    const last = await runGuest({ disks: [volumeDisk(d, 'cc-last')], scenario: 'verify-synced', args: { seed, n, maxkb: 256 } });
+    t.is(last.exitCode, 0, describeRun(last));
+    t.is(last.results.fsck, 'clean', 'clean after at most a journal replay');
+    t.is(last.results.synced_bad, '0');
+    const sync = await runGuest({ disks: [volumeDisk(d, 'cc-sync')], scenario: 'verify-synced', args: { seed, n, maxkb: 256 } });
+    t.is(sync.exitCode, 0, describeRun(sync));
+    t.is(sync.results.synced_ok, String(n), `every file synced by @seq:${atSync} is in the clone`);
+    t.is(sync.results.synced_bad, '0');
+  },
+);
 
 test.serial('bisect a guest corruption: a check that boots the guest on each candidate clone finds the damaging write', async (t) => {
   await cli(['volume', 'create', 'bis', '--size', '128M', '--protected']);
@@ -274,7 +294,9 @@ exit 0
   const r = await d.cli(['bisect', 'bis', '--good', 'good', '--bad', 'latest', '--check', check, '--json'], { timeoutMs: 900_000 });
   t.is(r.code, 0, r.stderr);
   const res = JSON.parse(r.stdout);
-  t.log(`bisect: ${res.checks} guest boots, first bad seq ${res.firstBad.seq} (${res.firstBad.write.kind} of ${res.firstBad.write.length} bytes at ${res.firstBad.write.offset})`);
+  t.log(
+    `bisect: ${res.checks} guest boots, first bad seq ${res.firstBad.seq} (${res.firstBad.write.kind} of ${res.firstBad.write.length} bytes at ${res.firstBad.write.offset})`,
+  );
   t.true(res.exact);
   // The damaging write: the garbage at the start of the disk, after the 24 harmless writes.
   t.is(res.firstBad.write.offset, 0);
@@ -283,31 +305,38 @@ exit 0
   t.true(res.checks >= 3 && res.checks <= 8, `${res.checks} checks`);
 });
 
-test.serial('archive: trees written at three markers are archived; after retention fades the journal, a clone of each archived point boots and verify-tree passes', async (t) => {
-  await cli(['volume', 'create', 'arc', '--size', '128M', '--protected']);
-  const disk = volumeDisk(d, 'arc');
-  const digests: string[] = [];
-  for (let k = 1; k <= 3; k++) {
-    // The first boot makes the filesystem; each later one replaces the tree (another seed).
-    const w = await runGuest({ disks: [disk], scenario: 'write-tree', args: { seed: 40 + k, files: 32, mkfs: k === 1 ? 1 : 0 } });
-    t.is(w.exitCode, 0, describeRun(w));
-    digests.push(w.results.manifest_sha256!);
-    await cli(['mark', 'arc', `tree-${k}`]);
-    const a = JSON.parse(await cli(['archive', 'arc', '--at', `tree-${k}`, '--name', `arc-${k}`, '--json', '--no-progress']));
-    t.is(a.point.marker, `tree-${k}`);
-    if (k > 1) t.is(a.predecessor, `arc-${k - 1}`);
-    // The marker would pin its history: without it, retention may fade everything.
-    await cli(['unmark', 'arc', `tree-${k}`]);
-  }
-  await new Promise((r) => setTimeout(r, 1200));
-  await cli(['retention', 'arc', '--policy', 'all:1s, every:1h:1d']);
-  await cli(['retention', 'arc', '--run']);
-  for (let k = 1; k <= 3; k++) {
-    await cli(['clone', 'arc', '--at', `archive:arc-${k}`, '--name', `arc-${k}-clone`]);
-    const v = await runGuest({ disks: [volumeDisk(d, `arc-${k}-clone`)], scenario: 'verify-tree', args: { seed: 40 + k, files: 32, expect: digests[k - 1]! } });
-    t.is(v.exitCode, 0, describeRun(v));
-    t.is(v.results.fsck, 'clean');
-    t.is(v.results.files_ok, '32');
-    t.is(v.results.manifest_sha256, digests[k - 1]);
-  }
-});
+test.serial(
+  'archive: trees written at three markers are archived; after retention fades the journal, a clone of each archived point boots and verify-tree passes',
+  async (t) => {
+    await cli(['volume', 'create', 'arc', '--size', '128M', '--protected']);
+    const disk = volumeDisk(d, 'arc');
+    const digests: string[] = [];
+    for (let k = 1; k <= 3; k++) {
+      // The first boot makes the filesystem; each later one replaces the tree (another seed).
+      const w = await runGuest({ disks: [disk], scenario: 'write-tree', args: { seed: 40 + k, files: 32, mkfs: k === 1 ? 1 : 0 } });
+      t.is(w.exitCode, 0, describeRun(w));
+      digests.push(w.results.manifest_sha256!);
+      await cli(['mark', 'arc', `tree-${k}`]);
+      const a = JSON.parse(await cli(['archive', 'arc', '--at', `tree-${k}`, '--name', `arc-${k}`, '--json', '--no-progress']));
+      t.is(a.point.marker, `tree-${k}`);
+      if (k > 1) t.is(a.predecessor, `arc-${k - 1}`);
+      // The marker would pin its history: without it, retention may fade everything.
+      await cli(['unmark', 'arc', `tree-${k}`]);
+    }
+    await new Promise((r) => setTimeout(r, 1200));
+    await cli(['retention', 'arc', '--policy', 'all:1s, every:1h:1d']);
+    await cli(['retention', 'arc', '--run']);
+    for (let k = 1; k <= 3; k++) {
+      await cli(['clone', 'arc', '--at', `archive:arc-${k}`, '--name', `arc-${k}-clone`]);
+      const v = await runGuest({
+        disks: [volumeDisk(d, `arc-${k}-clone`)],
+        scenario: 'verify-tree',
+        args: { seed: 40 + k, files: 32, expect: digests[k - 1]! },
+      });
+      t.is(v.exitCode, 0, describeRun(v));
+      t.is(v.results.fsck, 'clean');
+      t.is(v.results.files_ok, '32');
+      t.is(v.results.manifest_sha256, digests[k - 1]);
+    }
+  },
+);

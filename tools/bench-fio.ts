@@ -162,11 +162,16 @@ function rewindServer(o: RewindOptions): ServerDescriptor {
         args: (port) => [
           o.bin,
           'serve',
-          '--data-dir', dataDir,
-          '--listen', `${ctx.host}:${port}`,
-          '--socket', path.join(dataDir, 'nbd.sock'),
-          '--default-size', String(ctx.size),
-          '--log-level', 'warn',
+          '--data-dir',
+          dataDir,
+          '--listen',
+          `${ctx.host}:${port}`,
+          '--socket',
+          path.join(dataDir, 'nbd.sock'),
+          '--default-size',
+          String(ctx.size),
+          '--log-level',
+          'warn',
           ...o.extraArgs,
         ],
         host: ctx.host,
@@ -217,9 +222,12 @@ const nbdkitServer: ServerDescriptor = {
       args: (port) => [
         '--foreground',
         ...(nbdkitExitWithParent ? ['--exit-with-parent'] : []),
-        '-i', ctx.host,
-        '-p', String(port),
-        'file', file,
+        '-i',
+        ctx.host,
+        '-p',
+        String(port),
+        'file',
+        file,
       ],
       host: ctx.host,
     });
@@ -238,15 +246,7 @@ const qemuNbdServer: ServerDescriptor = {
     const handle = await startServer({
       name: 'qemu-nbd',
       command: 'qemu-nbd',
-      args: (port) => [
-        '-f', 'raw',
-        '-p', String(port),
-        '-b', ctx.host,
-        '-x', 'default',
-        '--persistent',
-        '--shared=8',
-        file,
-      ],
+      args: (port) => ['-f', 'raw', '-p', String(port), '-b', ctx.host, '-x', 'default', '--persistent', '--shared=8', file],
       host: ctx.host,
     });
     return running(handle, 'default');
@@ -303,7 +303,7 @@ function parseFioJson(text: string, rw: Profile['rw'], what: string): Metrics {
   try {
     doc = JSON.parse(text.slice(start));
   } catch (e) {
-    throw new Error(`cannot parse fio JSON for ${what}: ${(e as Error).message}`);
+    throw new Error(`cannot parse fio JSON for ${what}: ${(e as Error).message}`, { cause: e });
   }
   const jobs = doc.jobs ?? [];
   if (jobs.length === 0) throw new Error(`fio JSON for ${what} has no jobs`);
@@ -338,6 +338,7 @@ async function runFio(args: string[], outFile: string, timeoutMs: number, server
     throw new Error(
       `fio failed for ${what}: ${(e as Error).message.trimEnd()}\n  server ${srv.name} is ${state}` +
         (out ? `; its recent output:\n${out.replace(/^/gm, '    ')}` : ''),
+      { cause: e },
     );
   }
   return fs.readFileSync(outFile, 'utf8');
@@ -389,7 +390,10 @@ function nonNegativeInt(what: string) {
 }
 
 function csv(text: string): string[] {
-  return text.split(',').map((s) => s.trim()).filter(Boolean);
+  return text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 /** Split a string into arguments: whitespace separates, '…' and "…" quote, \ escapes. */
@@ -445,9 +449,7 @@ function parseOptions(argv: string[]): CliOptions {
     .option('--baseline <server>', 'server whose ratio to the others is shown (default: rewind servers, else the first)')
     .option('--rewind-volume <name>', 'NBD export name of the Rewind volume', 'default')
     .option('--rewind-args <args>', 'extra arguments for "rewind serve" (split like a shell would)', '')
-    .addOption(
-      new Option('--rewind-bin <path>', 'Rewind launcher run with node').default(path.join(REPO_ROOT, 'bin', 'rewind')),
-    )
+    .addOption(new Option('--rewind-bin <path>', 'Rewind launcher run with node').default(path.join(REPO_ROOT, 'bin', 'rewind')))
     .showHelpAfterError()
     .parse(argv);
   const o = program.opts<{
@@ -574,7 +576,8 @@ async function main(): Promise<number> {
   let servers = catalog;
   if (opts.only) {
     const unknown = opts.only.filter((n) => !catalog.some((s) => s.name === n));
-    if (unknown.length) throw new Error(`unknown server(s) in --only: ${unknown.join(', ')}; known: ${catalog.map((s) => s.name).join(', ')}`);
+    if (unknown.length)
+      throw new Error(`unknown server(s) in --only: ${unknown.join(', ')}; known: ${catalog.map((s) => s.name).join(', ')}`);
     servers = opts.only.map((n) => catalog.find((s) => s.name === n)!);
   }
   if (servers.length === 0) throw new Error('no servers selected');
@@ -614,12 +617,20 @@ async function main(): Promise<number> {
   const cpu = os.cpus();
   const header: string[][] = [
     ...Object.entries(versions).map(([k, v]) => [k, v]),
-    ['host', `${os.type()} ${os.release()}, ${cpu.length} CPU (${cpu[0]?.model.trim() ?? '?'}), ${fmtBytes(Math.round(os.totalmem() / GiB) * GiB)} RAM`],
+    [
+      'host',
+      `${os.type()} ${os.release()}, ${cpu.length} CPU (${cpu[0]?.model.trim() ?? '?'}), ${fmtBytes(Math.round(os.totalmem() / GiB) * GiB)} RAM`,
+    ],
     ['files', `${fmtBytes(opts.size)} sparse file per server under ${tmp}`],
     ['runs', `fio ioengine=nbd, ${opts.runtime} s measured after ${opts.ramp} s ramp, median of ${opts.repeat}`],
   ];
   console.log(`bench-fio ${new Date().toISOString()}`);
-  console.log(table(header.map(([k, v]) => [`  ${k}`, v!]), new Set()));
+  console.log(
+    table(
+      header.map(([k, v]) => [`  ${k}`, v!]),
+      new Set(),
+    ),
+  );
   console.log('');
 
   // Start servers
@@ -688,9 +699,7 @@ async function main(): Promise<number> {
 
   // Ratios: each subject (Rewind variant) against every other server; if no
   // subject runs, the first server (or --baseline) plays that part.
-  let subjects = opts.baseline
-    ? servers.filter((s) => s.name === opts.baseline)
-    : servers.filter((s) => s.role === 'subject');
+  let subjects = opts.baseline ? servers.filter((s) => s.name === opts.baseline) : servers.filter((s) => s.role === 'subject');
   if (subjects.length === 0) subjects = [servers[0]!];
   const subjectNames = new Set(subjects.map((s) => s.name));
   const ratios: Array<{ profile: string; subject: string; peer: string; mbpsRatio: number }> = [];
@@ -717,7 +726,9 @@ async function main(): Promise<number> {
   console.log(table(rows, new Set([2, 3, 4, 5])));
   for (const c of cells) {
     if (c.settleSeconds?.length) {
-      console.log(`${c.server} ${c.profile}: the backup manager applied the run's backlog ${fmtNum(median(c.settleSeconds))} s after fio stopped (median)`);
+      console.log(
+        `${c.server} ${c.profile}: the backup manager applied the run's backlog ${fmtNum(median(c.settleSeconds))} s after fio stopped (median)`,
+      );
     }
   }
 
@@ -733,7 +744,12 @@ async function main(): Promise<number> {
         rampSeconds: opts.ramp,
         repeat: opts.repeat,
         profiles: opts.profiles,
-        servers: servers.map((s) => ({ name: s.name, role: s.role, command: live.get(s.name)!.handle.commandLine, uri: live.get(s.name)!.uri })),
+        servers: servers.map((s) => ({
+          name: s.name,
+          role: s.role,
+          command: live.get(s.name)!.handle.commandLine,
+          uri: live.get(s.name)!.uri,
+        })),
       },
       results: cells,
       ratios,

@@ -18,7 +18,6 @@ import * as path from 'node:path';
 import { ControlClient } from '../src/control/client';
 import { runCommand, requireExecutables, startRewind } from './lib';
 
-
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
@@ -41,14 +40,28 @@ async function main(): Promise<void> {
   requireExecutables(['fio']);
   const tmp = fs.mkdtempSync(path.join(o.dir, 'rewind-bench-history-'));
   const dataDir = path.join(tmp, 'data');
-  const server = await startRewind(dataDir)
+  const server = await startRewind(dataDir);
   const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'bench' }, { timeoutMs: 600_000 });
   const uri = (n: string) => `nbd://127.0.0.1:${server.port}/${n}`;
   try {
     // ---- markers under load
     console.log('\n== marker creation ==');
     await api.createVolume({ name: 'mk', size: '1G', protected: true });
-    const load = spawn('fio', ['--name=load', '--ioengine=nbd', `--uri=${uri('mk')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=1G', '--time_based', '--runtime=600'], { stdio: 'ignore' });
+    const load = spawn(
+      'fio',
+      [
+        '--name=load',
+        '--ioengine=nbd',
+        `--uri=${uri('mk')}`,
+        '--rw=randwrite',
+        '--bs=4k',
+        '--iodepth=16',
+        '--size=1G',
+        '--time_based',
+        '--runtime=600',
+      ],
+      { stdio: 'ignore' },
+    );
     try {
       await new Promise((r) => setTimeout(r, 2000));
       const before = du(path.join(dataDir, 'timetravel'));
@@ -70,19 +83,40 @@ async function main(): Promise<void> {
     // ---- diff time against the changed set
     console.log(`\n== diff time against the changed set (${o.size} volume) ==`);
     await api.createVolume({ name: 'df', size: o.size, protected: true });
-    const r = await runCommand('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri('df')}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${o.size}`], { timeoutMs: 1_800_000 });
+    const r = await runCommand(
+      'fio',
+      ['--name=fill', '--ioengine=nbd', `--uri=${uri('df')}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${o.size}`],
+      { timeoutMs: 1_800_000 },
+    );
     if (r.code !== 0) throw new Error(`fio fill: ${r.stderr}`);
     const bytes = Number((await api.getVolume('df')).size);
     for (const p of [1, 5, 25]) {
       await api.request('POST', '/v1/volumes/df/seal');
       const a = (await api.request<{ seq: number }>('POST', '/v1/volumes/df/resolve', { at: 'latest' })).seq;
       const io = Math.floor((bytes * p) / 100 / 4096) * 4096;
-      const w = await runCommand('fio', ['--name=chg', '--ioengine=nbd', `--uri=${uri('df')}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${o.size}`, `--io_size=${io}`, `--randseed=${p}`], { timeoutMs: 1_800_000 });
+      const w = await runCommand(
+        'fio',
+        [
+          '--name=chg',
+          '--ioengine=nbd',
+          `--uri=${uri('df')}`,
+          '--rw=randwrite',
+          '--bs=4k',
+          '--iodepth=32',
+          `--size=${o.size}`,
+          `--io_size=${io}`,
+          `--randseed=${p}`,
+        ],
+        { timeoutMs: 1_800_000 },
+      );
       if (w.code !== 0) throw new Error(`fio: ${w.stderr}`);
       await api.request('POST', '/v1/volumes/df/seal');
       const b = (await api.request<{ seq: number }>('POST', '/v1/volumes/df/resolve', { at: 'latest' })).seq;
       let t0 = performance.now();
-      const d = await api.request<{ extents: unknown[]; changedBytes: number }>('POST', '/v1/volumes/df/diff', { from: `@seq:${a}`, to: `@seq:${b}` });
+      const d = await api.request<{ extents: unknown[]; changedBytes: number }>('POST', '/v1/volumes/df/diff', {
+        from: `@seq:${a}`,
+        to: `@seq:${b}`,
+      });
       const jsonMs = performance.now() - t0;
       const file = path.join(tmp, `d${p}.rwdiff`);
       t0 = performance.now();

@@ -18,7 +18,6 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fioRandWriteArgs, runCommand, requireExecutables, startRewind, REWIND_BIN as BIN } from './lib';
 
-
 interface Sample {
   t: number;
   lastSeq: number;
@@ -56,9 +55,8 @@ async function main(): Promise<void> {
   const runtime = Number(o.runtime);
   const tmp = fs.mkdtempSync(path.join(o.dir, 'rewind-bench-manager-'));
   const dataDir = path.join(tmp, 'data');
-  const rewind = (args: string[]) =>
-    runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 600_000 });
-  const server = await startRewind(dataDir)
+  const rewind = (args: string[]) => runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 600_000 });
+  const server = await startRewind(dataDir);
   try {
     await rewind(['volume', 'create', 'bench', '--size', o.size, '--protected']);
     const status = async (): Promise<Sample> => {

@@ -6,7 +6,7 @@
  * Starts `rewind serve` with one protected volume, runs fio 4 KiB random
  * writes (iodepth 32) for --runtime seconds, kills the daemon with SIGKILL
  * while fio writes, restarts it and reports per round:
- *   - recovery time: from the restart to the NBD port accepting clients;
+ *   - recovery time: from the restart until the volume is recovered (its log line);
  *   - the dirty bytes the state map held, and the bytes journaled again as
  *     resync records (history added by the crash), from the daemon's log;
  *   - the history on disk before the kill and after the manager caught up.
@@ -49,7 +49,11 @@ async function main(): Promise<void> {
     console.log(`bin ${o.bin}, volume ${o.size}, ${o.runtime} s of 4 KiB random writes (iodepth 32) per round`);
     console.log('round  recovery_s  dirty_MB  resync_MB  history_before_MB  history_after_MB');
     for (let round = 1; round <= Number(o.rounds); round++) {
-      const fio = spawn('fio', fioRandWriteArgs(`nbd://127.0.0.1:${srv.port}/rv`, { bs: '4k', iodepth: 32, size: o.size, runtime: Number(o.runtime) + 60 }), { stdio: 'ignore' });
+      const fio = spawn(
+        'fio',
+        fioRandWriteArgs(`nbd://127.0.0.1:${srv.port}/rv`, { bs: '4k', iodepth: 32, size: o.size, runtime: Number(o.runtime) + 60 }),
+        { stdio: 'ignore' },
+      );
       await new Promise((r) => setTimeout(r, Number(o.runtime) * 1000));
       const before = du(history);
       srv.child.kill('SIGKILL');
@@ -57,9 +61,19 @@ async function main(): Promise<void> {
       fio.kill('SIGKILL');
       const t0 = Date.now();
       srv = await startRewind(dataDir, { bin: o.bin });
+      // Recovery may run after the port opens (the volume offline meanwhile): wait for its log line.
+      let line: string | undefined;
+      for (let i = 0; i < 36_000 && !line; i++) {
+        line = srv
+          .output()
+          .split('\n')
+          .find((l) => l.includes('resynced regions left dirty'));
+        if (!line) await new Promise((r) => setTimeout(r, 50));
+      }
       const recovery = (Date.now() - t0) / 1000;
-      const line = srv.output().split('\n').find((l) => l.includes('resynced regions left dirty'));
-      const rec = line ? (JSON.parse(line.slice(line.indexOf('{'))) as { bytes?: number; journaledBytes?: number; dirtyBytes?: number }) : {};
+      const rec = line
+        ? (JSON.parse(line.slice(line.indexOf('{'))) as { bytes?: number; journaledBytes?: number; dirtyBytes?: number })
+        : {};
       const resync = rec.journaledBytes ?? rec.bytes ?? 0;
       const s = await cli(['seal', 'rv']);
       if (s.code !== 0) throw new Error(s.stderr);

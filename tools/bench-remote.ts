@@ -71,7 +71,10 @@ async function main(): Promise<void> {
     await must('ip', ['link', 'set', vm, 'netns', mNs]);
     await must('ip', ['-n', iNs, 'addr', 'add', '10.232.0.1/24', 'dev', vi]);
     await must('ip', ['-n', mNs, 'addr', 'add', '10.232.0.2/24', 'dev', vm]);
-    for (const [ns, dev] of [[iNs, vi], [mNs, vm]]) {
+    for (const [ns, dev] of [
+      [iNs, vi],
+      [mNs, vm],
+    ]) {
       await must('ip', ['-n', ns!, 'link', 'set', 'lo', 'up']);
       await must('ip', ['-n', ns!, 'link', 'set', dev!, 'up']);
     }
@@ -80,16 +83,31 @@ async function main(): Promise<void> {
     const mDir = path.join(tmp, 'm');
     const iDir = path.join(tmp, 'i');
     const start = async (ns: string, dir: string, args: string[]) => {
-      const c = spawn('ip', ['netns', 'exec', ns, process.execPath, BIN, 'serve', '--data-dir', dir, '--log-level', 'warn', ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
+      const c = spawn('ip', ['netns', 'exec', ns, process.execPath, BIN, 'serve', '--data-dir', dir, '--log-level', 'warn', ...args], {
+        stdio: ['ignore', 'ignore', 'inherit'],
+      });
       children.push(c);
       for (let k = 0; k < 200; k++) {
-        if (fs.existsSync(path.join(dir, 'control.sock')) && (await sh(process.execPath, [BIN, '--data-dir', dir, 'status'])).code === 0) return;
+        if (fs.existsSync(path.join(dir, 'control.sock')) && (await sh(process.execPath, [BIN, '--data-dir', dir, 'status'])).code === 0)
+          return;
         await sleep(100);
       }
       throw new Error(`daemon in ${dir} did not start`);
     };
     await start(mNs, mDir, ['--role', 'manager', '--listen', '10.232.0.2:10810', '--link-secret-file', secret]);
-    await start(iNs, iDir, ['--role', 'intercept', '--manager', '10.232.0.2:10810', '--link-secret-file', secret, '--listen', 'none', '--no-default-volume', '--link-pool', o.pool]);
+    await start(iNs, iDir, [
+      '--role',
+      'intercept',
+      '--manager',
+      '10.232.0.2:10810',
+      '--link-secret-file',
+      secret,
+      '--listen',
+      'none',
+      '--no-default-volume',
+      '--link-pool',
+      o.pool,
+    ]);
     await must(process.execPath, [BIN, '--data-dir', iDir, 'volume', 'create', 'pv', '--size', '2G', '--protected']);
     const uri = `nbd+unix:///pv?socket=${path.join(iDir, 'nbd.sock')}`;
     const txBytes = async () => {
@@ -112,9 +130,23 @@ async function main(): Promise<void> {
         await sleep(1000);
       }
     })();
-    const fio = await sh('fio', ['--name=load', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=2G', '--time_based', `--runtime=${o.runtime}`, `--rate=${o.rate}`, '--output-format=json']);
+    const fio = await sh('fio', [
+      '--name=load',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--rw=randwrite',
+      '--bs=64k',
+      '--iodepth=16',
+      '--size=2G',
+      '--time_based',
+      `--runtime=${o.runtime}`,
+      `--rate=${o.rate}`,
+      '--output-format=json',
+    ]);
     if (fio.code !== 0) throw new Error(`fio: ${fio.stderr}`);
-    const written = (JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))) as { jobs: Array<{ write: { io_bytes: number; bw_bytes: number } }> }).jobs[0]!.write;
+    const written = (
+      JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))) as { jobs: Array<{ write: { io_bytes: number; bw_bytes: number } }> }
+    ).jobs[0]!.write;
     const tCatch = Date.now();
     await must(process.execPath, [BIN, '--data-dir', iDir, 'seal', 'pv']);
     for (;;) {
@@ -146,7 +178,16 @@ async function main(): Promise<void> {
       if ((s.link as { state: string }).state !== 'up') break;
       await sleep(250);
     }
-    const w = await sh('fio', ['--name=outage', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1m', '--iodepth=8', `--size=${o.resync}`, '--output-format=json']);
+    const w = await sh('fio', [
+      '--name=outage',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--rw=write',
+      '--bs=1m',
+      '--iodepth=8',
+      `--size=${o.resync}`,
+      '--output-format=json',
+    ]);
     if (w.code !== 0) throw new Error(`fio: ${w.stderr}`);
     const deg = await cliJson(iDir, ['status', 'pv']);
     const tUp = Date.now();

@@ -51,7 +51,7 @@ async function main(): Promise<void> {
   const dataDir = path.join(tmp, 'data');
   const env = { ...process.env, REWIND_TEST_CLOCK_OFFSET_MS: String(2 * 86_400_000), REWIND_RETENTION_INTERVAL_MS: '0' };
   const rewind = (args: string[]) => runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 1_800_000, env });
-  const server = await startRewind(dataDir, { env })
+  const server = await startRewind(dataDir, { env });
   const fio = async (): Promise<number> => {
     const args = fioRandWriteArgs(`nbd://127.0.0.1:${server.port}/bench`, o);
     let out = '';
@@ -70,11 +70,14 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 500));
     }
   };
-  const fade = async (rate?: string): Promise<FadeReport> => JSON.parse((await rewind(['retention', 'bench', '--run', '--json', ...(rate ? ['--rate', rate] : [])])).stdout) as FadeReport;
+  const fade = async (rate?: string): Promise<FadeReport> =>
+    JSON.parse((await rewind(['retention', 'bench', '--run', '--json', ...(rate ? ['--rate', rate] : [])])).stdout) as FadeReport;
   try {
     await rewind(['volume', 'create', 'bench', '--size', o.size, '--protected']);
     await rewind(['retention', 'bench', '--policy', 'all:1h, daily:30d']);
-    console.log(`bench-retention: fio randwrite bs=${o.bs} iodepth=${o.iodepth}, ${o.runtime} s per phase, protected ${o.size}-byte volume`);
+    console.log(
+      `bench-retention: fio randwrite bs=${o.bs} iodepth=${o.iodepth}, ${o.runtime} s per phase, protected ${o.size}-byte volume`,
+    );
 
     const idle = await fio();
     await catchUp();
@@ -111,7 +114,16 @@ async function main(): Promise<void> {
         `history ${fmt(r3.historyBytesBefore / 1e6)} -> ${fmt(r3.historyBytesAfter / 1e6)} MB)`,
     );
     void more;
-    if (o.json) console.log(JSON.stringify({ idleMBps: idle, busyMBps: busy, ratio: busy / idle, fadeUnderLoadMBps: r2.bytesMerged / 1e6 / (r2.durationMs / 1000), fadeMBps: mbps }));
+    if (o.json)
+      console.log(
+        JSON.stringify({
+          idleMBps: idle,
+          busyMBps: busy,
+          ratio: busy / idle,
+          fadeUnderLoadMBps: r2.bytesMerged / 1e6 / (r2.durationMs / 1000),
+          fadeMBps: mbps,
+        }),
+      );
   } finally {
     await server.stop();
     fs.rmSync(tmp, { recursive: true, force: true });

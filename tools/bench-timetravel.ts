@@ -40,7 +40,7 @@ interface Ctx {
 async function withDaemon<T>(dir: string, fn: (c: Ctx) => Promise<T>): Promise<T> {
   const tmp = fs.mkdtempSync(path.join(dir, 'rewind-bench-tt-'));
   const dataDir = path.join(tmp, 'data');
-  const server = await startRewind(dataDir)
+  const server = await startRewind(dataDir);
   const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'bench' }, { timeoutMs: 600_000 });
   const rewind = async (args: string[]): Promise<string> => {
     const r = await runCommand(process.execPath, [BIN, '--data-dir', dataDir, ...args], { timeoutMs: 1_800_000 });
@@ -67,7 +67,10 @@ async function fill(uri: string, size: string): Promise<void> {
 
 async function benchCreate(c: Ctx, reps: number): Promise<void> {
   console.log('\n== snapshot and clone creation ==');
-  for (const [name, size] of [['c1g', '1G'], ['c64g', '64G']] as const) {
+  for (const [name, size] of [
+    ['c1g', '1G'],
+    ['c64g', '64G'],
+  ] as const) {
     await c.api.createVolume({ name, size, protected: true });
     const nbd = await NbdClient.connect({ port: c.server.port, exportName: name });
     const bytes = size === '1G' ? GiB : 64 * GiB;
@@ -94,7 +97,17 @@ async function benchCreate(c: Ctx, reps: number): Promise<void> {
 }
 
 async function randRead(uri: string, runtime: number): Promise<number> {
-  const j = await fio(['--name=rr', '--ioengine=nbd', `--uri=${uri}`, '--rw=randread', '--bs=4k', '--iodepth=32', '--size=1G', '--time_based', `--runtime=${runtime}`]);
+  const j = await fio([
+    '--name=rr',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=32',
+    '--size=1G',
+    '--time_based',
+    `--runtime=${runtime}`,
+  ]);
   return j.jobs[0].read.iops as number;
 }
 
@@ -116,7 +129,9 @@ async function benchRead(c: Ctx, txns: number, runtime: number): Promise<void> {
   await c.api.request('POST', '/v1/volumes/rd/clones', { at: `@seq:${point}`, name: 'rdc' });
   const live = await randRead(uri('rd'), runtime);
   const clone = await randRead(uri('rdc'), runtime);
-  console.log(`live volume ${live.toFixed(0)} IOPS; clone ${clone.toFixed(0)} IOPS; clone/live ${(clone / live).toFixed(2)}x (target >= 0.5x)`);
+  console.log(
+    `live volume ${live.toFixed(0)} IOPS; clone ${clone.toFixed(0)} IOPS; clone/live ${(clone / live).toFixed(2)}x (target >= 0.5x)`,
+  );
 }
 
 async function benchRestore(c: Ctx, volSize: string): Promise<void> {
@@ -130,7 +145,17 @@ async function benchRestore(c: Ctx, volSize: string): Promise<void> {
     await c.api.request('POST', '/v1/volumes/rs/seal');
     const point = (await c.api.request<{ seq: number }>('POST', '/v1/volumes/rs/resolve', { at: 'latest' })).seq;
     const io = Math.floor((bytes * p) / 100 / 4096) * 4096;
-    await fio(['--name=chg', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${volSize}`, `--io_size=${io}`, `--randseed=${p}`]);
+    await fio([
+      '--name=chg',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--rw=randwrite',
+      '--bs=4k',
+      '--iodepth=32',
+      `--size=${volSize}`,
+      `--io_size=${io}`,
+      `--randseed=${p}`,
+    ]);
     // Let the manager apply the changes first: the restore's own cost is what is measured.
     await c.api.request('POST', '/v1/volumes/rs/seal');
     const t0 = Date.now();
@@ -142,7 +167,9 @@ async function benchRestore(c: Ctx, volSize: string): Promise<void> {
         `catch-up ${r.phases.catchUpMs}, rewrite ${r.phases.rewriteMs}, seal and apply ${r.phases.commitMs}), rewrote ${(r.bytesWritten / 2 ** 20).toFixed(0)} MiB`,
     );
   }
-  console.log(`time(10%)/time(1%) = ${(results[1]!.ms / results[0]!.ms).toFixed(1)}x for ${(results[1]!.bytes / Math.max(1, results[0]!.bytes)).toFixed(1)}x the data`);
+  console.log(
+    `time(10%)/time(1%) = ${(results[1]!.ms / results[0]!.ms).toFixed(1)}x for ${(results[1]!.bytes / Math.max(1, results[0]!.bytes)).toFixed(1)}x the data`,
+  );
 }
 
 async function main(): Promise<void> {

@@ -51,7 +51,12 @@ async function guest(image: GuestImage, disk: GuestDisk, scenario: string, args:
   return r;
 }
 
-async function measure(image: GuestImage, target: string, disk: GuestDisk, o: { repeat: number; mb: number; digest?: string }): Promise<Row> {
+async function measure(
+  image: GuestImage,
+  target: string,
+  disk: GuestDisk,
+  o: { repeat: number; mb: number; digest?: string },
+): Promise<Row> {
   let digest = o.digest;
   if (!digest) {
     process.stderr.write(`${target}: write-tree\n`);
@@ -91,7 +96,11 @@ async function main(): Promise<void> {
     .option('--size <bytes>', 'disk size', '512M')
     .option('--repeat <n>', 'rounds per target (medians are reported)', '3')
     .option('--mb <MiB>', 'dd size', '128')
-    .option('--only <targets>', 'comma-separated: rewind,rewind-protected,rewind-clone,nbdkit', 'rewind,rewind-protected,rewind-clone,nbdkit')
+    .option(
+      '--only <targets>',
+      'comma-separated: rewind,rewind-protected,rewind-clone,nbdkit',
+      'rewind,rewind-protected,rewind-clone,nbdkit',
+    )
     .option('--dir <dir>', 'parent of the temporary directory', '/var/tmp')
     .option('--json', 'print JSON')
     .parse()
@@ -113,7 +122,19 @@ async function main(): Promise<void> {
         await startServer({
           name: 'rewind',
           command: process.execPath,
-          args: (port) => [BIN, 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--socket', sock, '--log-level', 'warn', '--no-default-volume'],
+          args: (port) => [
+            BIN,
+            'serve',
+            '--data-dir',
+            dataDir,
+            '--listen',
+            `127.0.0.1:${port}`,
+            '--socket',
+            sock,
+            '--log-level',
+            'warn',
+            '--no-default-volume',
+          ],
           cwd: REPO_ROOT,
           readyTimeoutMs: 60_000,
           stopTimeoutMs: 30_000,
@@ -136,7 +157,15 @@ async function main(): Promise<void> {
       } else if (target === 'rewind' || target === 'rewind-protected') {
         const name = target === 'rewind' ? 'plain' : 'protected';
         await runCommand(process.execPath, [
-          BIN, '--data-dir', dataDir, 'volume', 'create', name, '--size', String(size), ...(target === 'rewind' ? [] : ['--protected']),
+          BIN,
+          '--data-dir',
+          dataDir,
+          'volume',
+          'create',
+          name,
+          '--size',
+          String(size),
+          ...(target === 'rewind' ? [] : ['--protected']),
         ]);
         disk = { uri: `nbd://127.0.0.1:${servers[0]!.port}/${name}` };
       } else if (target === 'nbdkit') {
@@ -179,7 +208,7 @@ async function main(): Promise<void> {
 main().then(
   () => runCleanups().then(() => process.exit(0)),
   (err: unknown) => {
-    process.stderr.write(`bench-vm: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.stderr.write(`bench-vm: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     void runCleanups().then(() => process.exit(1));
   },
 );

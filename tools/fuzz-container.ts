@@ -15,7 +15,7 @@ async function main(): Promise<number> {
   const o = new Command('fuzz-container')
     .option('--minutes <m>', 'how long to run', '30')
     .option('--seed <n>', 'fast-check seed (to replay a failure)')
-    .option('--coverage', 'report line coverage of src/journal/container.js')
+    .option('--coverage', 'report line coverage of src/lfc')
     .option('--dir <dir>', 'where to write the fuzzed files (tmpfs is fastest)', fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir())
     .parse(process.argv)
     .opts<{ minutes: string; seed?: string; coverage?: boolean; dir: string }>();
@@ -39,7 +39,7 @@ async function main(): Promise<number> {
     });
     console.log(JSON.stringify({ ...stats, seconds: Math.round((Date.now() - t0) / 1000) }, null, 2));
     if (cov) {
-      for (const f of await cov.take(['/src/journal/container.js'])) {
+      for (const f of await cov.take(['/src/lfc/reader.js', '/src/lfc/codec.js', '/src/lfc/files.js'])) {
         console.log(`coverage ${path.relative(process.cwd(), f.file)}: ${f.covered}/${f.lines} lines (${f.percent.toFixed(1)}%)`);
       }
     }

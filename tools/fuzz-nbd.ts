@@ -35,7 +35,11 @@ async function main(): Promise<number> {
     let credentials;
     if (kinds.some((k) => k.startsWith('tls'))) {
       const pki = makePki(pkiDir);
-      credentials = { cert: fs.readFileSync(pki.files.serverCert), key: fs.readFileSync(pki.files.serverKey), ca: fs.readFileSync(pki.files.caCert) };
+      credentials = {
+        cert: fs.readFileSync(pki.files.serverCert),
+        key: fs.readFileSync(pki.files.serverKey),
+        ca: fs.readFileSync(pki.files.caCert),
+      };
     }
     for (const k of kinds) targets.push(await startTarget(k, credentials));
     const corpus = [...handmadeSessions(), ...(await recordClientSessions())];
@@ -50,12 +54,20 @@ async function main(): Promise<number> {
         if (Date.now() - lastReport < 10_000) return;
         lastReport = Date.now();
         const secs = (Date.now() - t0) / 1000;
-        console.log(`${secs.toFixed(0)} s: ${s.executions} executions (${(s.executions / secs).toFixed(0)}/s), peak RSS ${s.rssPeakMiB.toFixed(0)} MiB`);
+        console.log(
+          `${secs.toFixed(0)} s: ${s.executions} executions (${(s.executions / secs).toFixed(0)}/s), peak RSS ${s.rssPeakMiB.toFixed(0)} MiB`,
+        );
       },
     });
     console.log(JSON.stringify({ ...stats, seconds: Math.round((Date.now() - t0) / 1000) }, null, 2));
     if (cov) {
-      for (const f of await cov.take(['/src/nbd/connection.js', '/src/nbd/server.js', '/src/nbd/tls.js', '/src/nbd/inbuf.js'])) {
+      for (const f of await cov.take([
+        '/src/nbd/connection.js',
+        '/src/nbd/server.js',
+        '/src/nbd/tls.js',
+        '/src/nbd/inbuf.js',
+        '/src/nbd/receiver.js',
+      ])) {
         console.log(`coverage ${path.relative(process.cwd(), f.file)}: ${f.covered}/${f.lines} lines (${f.percent.toFixed(1)}%)`);
       }
     }

@@ -11,7 +11,9 @@ PACKAGES=(
   python3-libnbd    # libnbd bindings for /usr/bin/python3
   fio               # load generator with an NBD engine
   nbd-server        # reference server
-  e2fsprogs         # mkfs.ext4, e2fsck
+  e2fsprogs         # mkfs.ext4, e2fsck, debugfs
+  fdisk             # sfdisk: partition tables for the filesystem-reader tests
+  sleuthkit         # fls, istat, icat: the oracle of the filesystem reader and catalog tests
   fuse3             # nbdfuse needs fusermount3
   qemu-system-x86   # VM test rig
   busybox-static    # VM test rig initramfs
@@ -22,6 +24,7 @@ PACKAGES=(
   python3           # node-gyp (npm ci builds the native addon)
   make              # node-gyp
   g++               # node-gyp
+  liburing-dev      # the addon's batched I/O (io_uring); without it the addon falls back to the threadpool
 )
 
 missing=()

@@ -117,7 +117,9 @@ export function buildGuestImage(opts: BuildOptions = {}): Promise<GuestImage> {
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (code !== 0) {
-        reject(new Error(`vm-images/build.sh failed (${signal ?? `exit ${code}`}):\n${stderr.trimEnd().split('\n').slice(-30).join('\n')}`));
+        reject(
+          new Error(`vm-images/build.sh failed (${signal ?? `exit ${code}`}):\n${stderr.trimEnd().split('\n').slice(-30).join('\n')}`),
+        );
         return;
       }
       const dir = stdout.trim().split('\n').pop() ?? '';
@@ -241,15 +243,27 @@ export function kernelCmdline(opts: Pick<GuestOptions, 'image' | 'scenario' | 'a
 export function qemuArgs(opts: GuestOptions, initrd: string): string[] {
   const accel = opts.accel ?? process.env.REWIND_VM_ACCEL ?? 'tcg';
   const args = [
-    '-accel', accel,
-    '-m', String(opts.memoryMb ?? 384),
-    '-smp', String(opts.cpus ?? 1),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-chardev', 'stdio,id=s0,signal=off',
-    '-serial', 'chardev:s0',
-    '-kernel', opts.image.kernel,
-    '-initrd', initrd,
-    '-append', kernelCmdline(opts),
+    '-accel',
+    accel,
+    '-m',
+    String(opts.memoryMb ?? 384),
+    '-smp',
+    String(opts.cpus ?? 1),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-chardev',
+    'stdio,id=s0,signal=off',
+    '-serial',
+    'chardev:s0',
+    '-kernel',
+    opts.image.kernel,
+    '-initrd',
+    initrd,
+    '-append',
+    kernelCmdline(opts),
   ];
   if (accel === 'kvm') args.push('-cpu', 'host');
   for (const d of opts.disks) args.push('-drive', driveOption(d));
@@ -424,7 +438,9 @@ export function parseDiskSpec(spec: string, readOnly = false): GuestDisk {
   const m = spec.match(/^unix:(.+):([^:]*)$/);
   if (m) return { socket: m[1]!, exportName: m[2]!, ...ro };
   if (fs.existsSync(spec)) return { file: spec, ...ro };
-  throw new Error(`--disk ${spec}: expected nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, unix:SOCKET:EXPORT or an existing file`);
+  throw new Error(
+    `--disk ${spec}: expected nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, unix:SOCKET:EXPORT or an existing file`,
+  );
 }
 
 // ------------------------------------------------------------------ CLI
@@ -434,10 +450,14 @@ async function main(): Promise<number> {
   const scenarioArgs: Record<string, string> = {};
   const program = new Command('vm-run')
     .description('boot the Rewind VM test rig guest on NBD exports and run one scenario')
-    .option('--disk <spec>', 'data disk (repeatable, in order): nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, unix:SOCKET:EXPORT or a file', (s: string) => {
-      disks.push(parseDiskSpec(s));
-      return s;
-    })
+    .option(
+      '--disk <spec>',
+      'data disk (repeatable, in order): nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, unix:SOCKET:EXPORT or a file',
+      (s: string) => {
+        disks.push(parseDiskSpec(s));
+        return s;
+      },
+    )
     .option('--ro-disk <spec>', 'a read-only data disk (repeatable)', (s: string) => {
       disks.push(parseDiskSpec(s, true));
       return s;
@@ -460,10 +480,7 @@ async function main(): Promise<number> {
     .option('--cmdline <words>', 'extra kernel command-line words')
     .option('--json', 'print the result as JSON (serial console not echoed)')
     .option('-q, --quiet', 'do not echo the serial console')
-    .addHelpText(
-      'after',
-      '\nExit status: the scenario\'s, 124 if the guest timed out, 125 if it stopped without reporting one.\n',
-    )
+    .addHelpText('after', "\nExit status: the scenario's, 124 if the guest timed out, 125 if it stopped without reporting one.\n")
     .parse();
   const o = program.opts<{
     scenario: string;
@@ -479,9 +496,7 @@ async function main(): Promise<number> {
     json?: boolean;
     quiet?: boolean;
   }>();
-  const image = o.image
-    ? loadGuestImage(o.image)
-    : await buildGuestImage({ onLog: (l) => process.stderr.write(`${l}\n`) });
+  const image = o.image ? loadGuestImage(o.image) : await buildGuestImage({ onLog: (l) => process.stderr.write(`${l}\n`) });
   if (o.buildOnly) {
     process.stdout.write(`${image.dir}\n`);
     return 0;
@@ -507,7 +522,13 @@ async function main(): Promise<number> {
     const { serial, ...rest } = res;
     process.stdout.write(JSON.stringify({ ...rest, serialBytes: serial.length, image: image.dir }, null, 2) + '\n');
   } else {
-    const how = res.timedOut ? 'timed out' : res.killed ? 'killed' : res.exitCode === null ? 'stopped without an exit status' : `exit ${res.exitCode}`;
+    const how = res.timedOut
+      ? 'timed out'
+      : res.killed
+        ? 'killed'
+        : res.exitCode === null
+          ? 'stopped without an exit status'
+          : `exit ${res.exitCode}`;
     process.stderr.write(
       `vm-run: ${opts.scenario} ${how} in ${(res.durationMs / 1000).toFixed(1)} s` +
         (res.synced !== null ? `, last synced n=${res.synced}` : '') +

@@ -24,7 +24,7 @@
  * to their source's list.
  */
 import * as net from 'node:net';
-import type { ClientInfo } from '../nbd/export';
+import type { ClientInfo } from '../nbd';
 
 export type AclEntry =
   | { kind: 'any' }
@@ -93,9 +93,7 @@ export function parseAclEntry(spec: string): AclEntry {
       return { kind: 'cert', subject };
     }
     default:
-      throw new AclError(
-        `ACL entry ${JSON.stringify(spec)}: expected any, addr:CIDR, uid:N, gid:N, cert:ATTR=VALUE[,...] or cert:*`,
-      );
+      throw new AclError(`ACL entry ${JSON.stringify(spec)}: expected any, addr:CIDR, uid:N, gid:N, cert:ATTR=VALUE[,...] or cert:*`);
   }
 }
 
@@ -120,7 +118,8 @@ export function formatAclEntry(e: AclEntry): string {
  */
 export function parseAcl(input: unknown): Acl | undefined {
   if (input === undefined || input === null) return undefined;
-  if (!Array.isArray(input)) throw new AclError('allow must be a list of ACL entries, e.g. ["addr:127.0.0.1", "uid:1000", "cert:CN=alice"]');
+  if (!Array.isArray(input))
+    throw new AclError('allow must be a list of ACL entries, e.g. ["addr:127.0.0.1", "uid:1000", "cert:CN=alice"]');
   if (input.length > 256) throw new AclError('an ACL holds at most 256 entries');
   const out: string[] = [];
   for (const spec of input) {

@@ -15,8 +15,9 @@
 import type * as http from 'node:http';
 import { UserError } from '../util/errors';
 import type { VolumeManager } from '../daemon/volumes';
-import type { GroupJournal } from '../journal/group-journal';
-import type { ProtectedVolume } from '../journal/protected-volume';
+import type { JournalPosition } from '../journal/group-journal';
+import type { JournalPort } from '../timetravel/ports';
+import type { InterceptStatusMsg } from '../link/protocol';
 import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/service';
 import { allow, HttpError, readJsonObject, sendJson } from '../util/http';
 import { routeTimeTravel } from '../control/timetravel-routes';
@@ -32,17 +33,22 @@ export function managerTimeTravelHost(
   const ctxOf = (name: string): VolumeContext => {
     const { g, volumeId, size, volume } = srv.find(name);
     if (volume !== name) throw new UserError('invalid', `"${name}" is a group; name one of its volumes`);
-    const journal = {
-      async catchUp() {
-        if (!g.conn) {
-          base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied');
-          return null;
-        }
-        await srv.catchUp(g);
+    const catchUp = async () => {
+      if (!g.conn) {
+        base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied');
         return null;
-      },
-      status() {
-        return { lastAppendedSeq: Math.max(g.intercept?.lastAppendedSeq ?? 0, g.manager.status().lastSeq) };
+      }
+      await srv.catchUp(g);
+      return null;
+    };
+    // The intercept's journal across the link. Production is not here: no restore target.
+    const journal: JournalPort = {
+      catchUp,
+      async locate(find, opts) {
+        if (g.conn || opts?.fresh) return srv.position(g, find);
+        // Not connected: its last status report stands in (a degraded stretch it reported stays refused).
+        base.logger.warn({ group: g.name }, 'intercept not connected: points resolve against what is applied and its last status');
+        return { position: staleInterceptPosition(g.intercept, g.manager.status()), found: null };
       },
       get isDegraded() {
         return false;
@@ -50,12 +56,9 @@ export function managerTimeTravelHost(
       async seal() {
         throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
       },
-    } as unknown as GroupJournal;
-    const refuse = () => {
-      throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
+      lastAppendedSeq: () => Math.max(g.intercept?.lastAppendedSeq ?? 0, g.manager.status().lastSeq),
     };
-    const pv = { flush: refuse, restoreWrite: refuse, restoreZero: refuse, production: { read: refuse } } as unknown as ProtectedVolume;
-    return { manager: g.manager, journal, pv, group: g.name, volumeId, size };
+    return { history: g.manager.history, journal, restore: null, group: g.name, volumeId, size };
   };
   return {
     context: ctxOf,
@@ -69,18 +72,45 @@ export function managerTimeTravelHost(
       return `volume ${id}`;
     },
     volumeExists: (n) => base.volumeExists(n) || srv.volumes().some((v) => v.name === n),
+    restoreRefusal: RESTORE_NEEDS_SINGLE,
     disconnect: base.disconnect,
     setOffline: base.setOffline,
     logger: base.logger,
   };
 }
 
-/** Volume-status of a replicated volume, in the shape `rewind status VOLUME` prints (plus the link). */
-export function managerVolumeStatus(srv: LinkServer, name: string): Record<string, unknown> {
+/**
+ * The intercept's position while it is not connected, from its last status
+ * report: a degraded stretch it reported stays open, and anything after
+ * what is known (its last report, the last write applied) is unknown.
+ */
+function staleInterceptPosition(ic: InterceptStatusMsg | null, applied: { lastSeq: number; lastTime: number }): JournalPosition {
+  const seq = Math.max(ic?.lastAppendedSeq ?? 0, applied.lastSeq);
+  const time = Math.max(ic?.time ?? 0, ic?.lastAppendedTime ?? 0, applied.lastTime);
+  let open: JournalPosition['open'] = { fromSeq: seq + 1, fromTime: time + 1, state: 'unreachable' };
+  if (ic?.degraded?.fromSeq !== undefined)
+    open = { fromSeq: ic.degraded.fromSeq, fromTime: ic.degraded.fromTime ?? Date.parse(ic.degraded.since), state: 'degraded' };
+  else if (ic?.resync) open = { fromSeq: ic.resync.fromSeq, fromTime: ic.resync.fromTime ?? 0, state: 'resync' };
+  return { seq, time, committedSeq: applied.lastSeq, open };
+}
+
+/**
+ * Volume-status of a replicated volume, in the shape `rewind status VOLUME`
+ * prints (plus the link). The last write and the lag are asked of the
+ * intercept now when it is connected (its status report may be a second
+ * old); `positionFrom` says which.
+ */
+export async function managerVolumeStatus(srv: LinkServer, name: string): Promise<Record<string, unknown>> {
   const { g, volumeId, volume } = srv.find(name);
   const st = srv.groupStatus(g);
   const ic = st.intercept;
   const iv = ic?.volumes.find((v) => v.volumeId === volumeId);
+  const now = g.conn ? await srv.position(g).catch(() => null) : null;
+  if (now) {
+    const ms = g.manager.status();
+    st.lagWrites = Math.max(0, now.position.seq - ms.lastSeq);
+    st.lagSeconds = st.lagWrites > 0 ? Math.max(0, (now.position.time - (ms.lastTime || now.position.time)) / 1000) : 0;
+  }
   return {
     volume,
     group: g.name,
@@ -90,7 +120,8 @@ export function managerVolumeStatus(srv: LinkServer, name: string): Record<strin
     degraded: ic?.degraded ?? null,
     appliedSeq: st.appliedSeq,
     appliedContainer: st.appliedContainer,
-    lastSeq: ic?.lastAppendedSeq ?? st.appliedSeq,
+    lastSeq: now?.position.seq ?? ic?.lastAppendedSeq ?? st.appliedSeq,
+    positionFrom: now ? 'intercept' : ic ? 'last report' : 'none',
     active: null,
     sealedPending: [],
     lag: { writes: st.lagWrites, bytes: 0, seconds: st.lagSeconds },
@@ -98,8 +129,15 @@ export function managerVolumeStatus(srv: LinkServer, name: string): Record<strin
     regionSize: g.meta.regionSize,
     transactions: st.transactions,
     lastError: st.link.lastError ?? st.blocked?.error ?? null,
-    pinnedFrom: g.manager.pinnedFrom(),
-    link: { ...st.link, queued: st.queued, interceptBytesSent: ic?.bytesSent ?? null, interceptQueued: ic?.queued ?? null, poolBytes: ic?.poolBytes ?? null, poolLimit: ic?.poolLimit ?? null },
+    pinnedFrom: g.manager.history.pins.from(),
+    link: {
+      ...st.link,
+      queued: st.queued,
+      interceptBytesSent: ic?.bytesSent ?? null,
+      interceptQueued: ic?.queued ?? null,
+      poolBytes: ic?.poolBytes ?? null,
+      poolLimit: ic?.poolLimit ?? null,
+    },
     resync: ic?.resync ?? null,
   };
 }
@@ -119,7 +157,8 @@ export function managerRoutes(srv: LinkServer, tt: TimeTravel) {
       return true;
     }
     if (p === '/v1/volumes') {
-      if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, 'the manager role replicates volumes; create them on the intercept');
+      if (method !== 'GET' && method !== 'HEAD')
+        throw new HttpError(405, 'the manager role replicates volumes; create them on the intercept');
       sendJson(res, 200, {
         volumes: srv.volumes().map((v) => ({
           name: v.name,
@@ -150,7 +189,7 @@ export function managerRoutes(srv: LinkServer, tt: TimeTravel) {
       switch (m[2]) {
         case 'status':
           allow(method, ['GET', 'HEAD']);
-          sendJson(res, 200, managerVolumeStatus(srv, name));
+          sendJson(res, 200, await managerVolumeStatus(srv, name));
           return true;
         case 'log': {
           allow(method, ['GET', 'HEAD']);

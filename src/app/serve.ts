@@ -7,7 +7,10 @@
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
  *
- * Shutdown on SIGTERM, SIGINT or SIGHUP: stop the control API, close the NBD
+ * SIGHUP reloads the TLS certificates (certificates.ts; also when their files
+ * change).
+ *
+ * Shutdown on SIGTERM or SIGINT: stop the control API, close the NBD
  * server (stops accepting, ends every connection), close the shared images,
  * close LMDB, remove the pid and lock files. A second signal, or shutdown
  * taking more than 15 s, exits at once.
@@ -20,8 +23,8 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { Catalog } from '../catalog/catalog';
 import { ControlServer, hostPort, type NbdEndpoints } from '../control/server';
-import { NbdServer, type NbdServerOptions } from '../nbd/server';
-import type { PeerCredentials } from '../nbd/export';
+import { NbdServer, type NbdServerOptions } from '../nbd';
+import type { PeerCredentials } from '../nbd';
 import { nativeAvailable, peerCredentials } from '../native';
 import type { NbdSettings } from '../daemon/nbd-settings';
 import type { HostPort } from '../util/address';
@@ -35,12 +38,14 @@ import { ensureControlToken } from '../daemon/token';
 import { VolumeManager } from '../daemon/volumes';
 import type { ImageBackend } from '../storage/image';
 import { Protection } from '../daemon/protection';
-import { TimeTravel } from '../timetravel/service';
+import { TimeTravel, type TimeTravelHost } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
-import type { TlsSettings } from '../nbd/tls';
+import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
+import { watchCertificates } from './certificates';
+import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
 import { Archiver } from '../timetravel/archiver';
 
@@ -65,7 +70,7 @@ export interface ServeConfig {
    */
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
-  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
+  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
   /** The archive pool: state directory (default <data-dir>/archive), key file, leaf size of a new pool. */
   archive?: { dir?: string; keyFile?: string; leafSize?: number };
 }
@@ -123,9 +128,15 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
+    private readonly linkServer: LinkServer | null,
+    private readonly certs: CertReloader,
     private readonly archiver: Archiver,
-    private readonly linkServer: LinkServer | null = null,
   ) {}
+
+  /** SIGHUP: read every certificate file again (those that are not usable are refused, the old ones stay). */
+  reloadCertificates(reason: string): void {
+    this.certs.reloadAll(reason);
+  }
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
     const layout = dataDirLayout(config.dataDir);
@@ -154,13 +165,23 @@ export class Daemon {
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
       cleanups.push(() => catalog.close());
-      const protection = new Protection(layout.dataDir, catalog, logger.child({ component: 'protection' }), config.role === 'intercept' ? config.remote ?? null : null);
+      const protection = new Protection(
+        layout.dataDir,
+        catalog,
+        logger.child({ component: 'protection' }),
+        config.role === 'intercept' ? (config.remote ?? null) : null,
+      );
       cleanups.push(() => protection.close());
       await protection.start();
       let linkServer: LinkServer | null = null;
       if (config.role === 'manager') {
         const ml = config.managerLink!;
-        linkServer = new LinkServer({ dataDir: layout.dataDir, secret: ml.secret, tls: ml.tls, logger: logger.child({ component: 'link' }) });
+        linkServer = new LinkServer({
+          dataDir: layout.dataDir,
+          secret: ml.secret,
+          tls: ml.tls,
+          logger: logger.child({ component: 'link' }),
+        });
         const ls = linkServer;
         cleanups.push(() => ls.close());
         await ls.start();
@@ -180,24 +201,22 @@ export class Daemon {
         setOffline: (v: string, reason: string | null) => volumes.setOffline(v, reason),
         logger: logger.child({ component: 'timetravel' }),
       };
-      const timeTravel = await TimeTravel.open(
-        layout.dataDir,
-        linkServer
-          ? managerTimeTravelHost(linkServer, hostBase)
-          : {
-              context: (v) => protection.context(v),
-              target: (n) => protection.target(n),
-              volumeName: (g, id) => protection.volumeName(g, id),
-              ...hostBase,
-            },
-      );
+      const ttHost: TimeTravelHost = linkServer
+        ? managerTimeTravelHost(linkServer, hostBase)
+        : {
+            context: (v) => protection.context(v),
+            target: (n) => protection.target(n),
+            volumeName: (g, id) => protection.volumeName(g, id),
+            ...hostBase,
+          };
+      const timeTravel = await TimeTravel.open(layout.dataDir, ttHost);
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
       const archiver = await Archiver.open(timeTravel, {
         dir: config.archive?.dir ?? path.join(layout.dataDir, 'archive'),
         ...(config.archive?.keyFile ? { keyFile: config.archive.keyFile } : {}),
         ...(config.archive?.leafSize ? { leafSize: config.archive.leafSize } : {}),
-        host: linkServer ? managerTimeTravelHost(linkServer, hostBase) : { context: (v) => protection.context(v), target: (n) => protection.target(n), logger: hostBase.logger },
+        host: ttHost,
         groupVolumes: (g) => protection.groupVolumes(g),
       });
       // Closed after time travel (registered first, so it runs last): views read the pool until then.
@@ -205,7 +224,13 @@ export class Daemon {
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
       cleanups.push(() => retention.stop());
-      for (const v of timeTravel.pendingRestoreVolumes()) volumes.setOffline(v, 'an interrupted production restore is being finished');
+      const RESTORING = 'an interrupted production restore is being finished';
+      const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
+      for (const v of protection.recoveringVolumes())
+        volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', {
+          recovering: true,
+        });
+      for (const v of restoring) volumes.setOffline(v, RESTORING);
 
       if (config.defaultVolumeSize !== null && config.role !== 'manager') {
         const made = await volumes.ensureDefaultVolume(config.defaultVolumeSize);
@@ -225,6 +250,19 @@ export class Daemon {
         endpoints.unix = config.socket;
       }
 
+      const certs = watchCertificates(
+        {
+          nbd,
+          nbdSettings: config.nbd,
+          link:
+            linkServer && config.managerLink
+              ? { server: linkServer, tls: config.managerLink.tls, files: config.managerLink.tlsFiles }
+              : null,
+          protection,
+        },
+        logger.child({ component: 'tls' }),
+      );
+      cleanups.push(() => certs.close());
       const control = new ControlServer({
         version: rewindVersion(),
         dataDir: layout.dataDir,
@@ -237,6 +275,7 @@ export class Daemon {
         endpoints,
         token,
         logger: logger.child({ component: 'control' }),
+        certificates: certs,
         ...(linkServer ? { extraRoutes: managerRoutes(linkServer, timeTravel) } : {}),
       });
       cleanups.push(() => control.close());
@@ -262,10 +301,16 @@ export class Daemon {
         },
         'rewind daemon ready',
       );
-      // Restores a crash interrupted are finished in the background; their volumes stay offline until then.
-      void timeTravel.resumeRestores();
+      // Crash recovery, then restores a crash interrupted, in the background; their volumes stay offline until then.
+      void (async () => {
+        await protection.recover((v, ok) => {
+          if (!ok) volumes.setOffline(v, 'crash recovery failed (see the log); restart the daemon to retry');
+          else if (!restoring.has(v)) volumes.setOffline(v, null);
+        });
+        await timeTravel.restores.resumeRestores();
+      })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, archiver, linkServer);
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer, certs, archiver);
     } catch (err) {
       await cleanup();
       throw err;
@@ -287,6 +332,7 @@ export class Daemon {
         this.logger.error({ err: (err as Error).message }, `shutdown: ${what} failed`);
       }
     };
+    this.certs.close();
     await step('closing control API', () => this.control.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
@@ -334,6 +380,9 @@ export async function runDaemon(config: ServeConfig, logger: Logger, backend: Im
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    process.on('SIGHUP', onSignal);
+    process.on('SIGHUP', () => {
+      logger.info('SIGHUP: reloading certificates');
+      daemon.reloadCertificates('SIGHUP');
+    });
   });
 }

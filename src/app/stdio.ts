@@ -23,8 +23,8 @@ import * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { Catalog } from '../catalog/catalog';
-import type { ClientInfo, ExportListing, ExportProvider, OpenedExport } from '../nbd/export';
-import { NbdServer } from '../nbd/server';
+import type { ClientInfo, ExportListing, ExportProvider, OpenedExport } from '../nbd';
+import { NbdServer } from '../nbd';
 import { DataDirLock } from '../daemon/lock';
 import { dataDirLayout } from '../daemon/paths';
 import { Protection } from '../daemon/protection';
@@ -150,6 +150,8 @@ export async function runStdio(config: ServeConfig, exportName: string, logger: 
     const protection = new Protection(layout.dataDir, catalog, logger.child({ component: 'protection' }));
     closers.push(() => protection.close());
     await protection.start();
+    // One connection, served once recovery (if an unclean stop needs one) is done.
+    await protection.recover();
     const volumes = new VolumeManager(catalog, layout, backend, logger.child({ component: 'volumes' }), protection);
     if (config.defaultVolumeSize !== null) await volumes.ensureDefaultVolume(config.defaultVolumeSize);
     const name = exportName === '' ? DEFAULT_VOLUME : exportName;

@@ -11,7 +11,7 @@ import type { PointInfo, ViewInfo } from '../timetravel/service';
 import { readDiffFile } from '../timetravel/diff';
 import { formatSize } from '../util/size';
 import { CliError, EXIT, makeClient, table, type GlobalOptions } from './common';
-import { exportUris } from './timetravel-commands';
+import { exportUris, nearestBody, substitutionNote } from './timetravel-commands';
 
 function print(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n');
@@ -24,7 +24,11 @@ function pointLine(p: PointInfo): string {
   return `seq ${p.seq}, ${p.time}: ${p.write.kind}${p.write.restore ? ' (restore)' : ''} of ${p.write.length} bytes at offset ${p.write.offset} on ${p.write.volume}`;
 }
 
-export async function mark(target: string, name: string, o: GlobalOptions & Json & { quiescePre?: string; quiescePost?: string; timeout?: string; keep?: string }): Promise<void> {
+export async function mark(
+  target: string,
+  name: string,
+  o: GlobalOptions & Json & { quiescePre?: string; quiescePost?: string; timeout?: string; keep?: string },
+): Promise<void> {
   const body: Record<string, unknown> = { name };
   if (o.quiescePre) body.pre = o.quiescePre;
   if (o.quiescePost) body.post = o.quiescePost;
@@ -34,10 +38,14 @@ export async function mark(target: string, name: string, o: GlobalOptions & Json
   if (o.json) return print(JSON.stringify(m, null, 2));
   print(`marked ${m.name} on ${m.volume ?? `group ${m.group}`} at seq ${m.seq} (${new Date(m.time).toISOString()}): ${m.kind}`);
   if (m.reason) print(`  ${m.reason}`);
-  if (m.hooks.post && m.hooks.post.exitCode !== 0) print(`  post-hook ${m.hooks.post.timedOut ? 'timed out' : `exited ${m.hooks.post.exitCode}`}`);
+  if (m.hooks.post && m.hooks.post.exitCode !== 0)
+    print(`  post-hook ${m.hooks.post.timedOut ? 'timed out' : `exited ${m.hooks.post.exitCode}`}`);
 }
 
-export async function markers(target: string, o: GlobalOptions & Json & { name?: string; kind?: string; since?: string; until?: string }): Promise<void> {
+export async function markers(
+  target: string,
+  o: GlobalOptions & Json & { name?: string; kind?: string; since?: string; until?: string },
+): Promise<void> {
   const q = new URLSearchParams();
   for (const k of ['name', 'kind', 'since', 'until'] as const) if (o[k]) q.set(k, o[k]!);
   const r = await makeClient(o).request<{ markers: MarkerRecord[] }>('GET', `/v1/markers/${enc(target)}${q.size ? `?${q}` : ''}`);
@@ -80,14 +88,19 @@ export async function submerge(name: string, o: GlobalOptions & Json): Promise<v
 
 function printSchedule(s: Schedule): void {
   if (!s.rules.length) return print(`no schedule for ${s.volume}`);
-  s.rules.forEach((r, i) => print(`${i + 1}. ${describeRule(r)}${s.last[String(i)] ? ` (last ${new Date(s.last[String(i)]!).toISOString()})` : ''}`));
+  s.rules.forEach((r, i) =>
+    print(`${i + 1}. ${describeRule(r)}${s.last[String(i)] ? ` (last ${new Date(s.last[String(i)]!).toISOString()})` : ''}`),
+  );
 }
 
 export async function schedule(volume: string, o: GlobalOptions & Json & { add?: string[]; clear?: boolean }): Promise<void> {
   const c = makeClient(o);
   const s =
     o.add?.length || o.clear
-      ? await c.request<Schedule>('POST', `/v1/volumes/${enc(volume)}/schedule`, { ...(o.add?.length ? { add: o.add } : {}), ...(o.clear ? { clear: true } : {}) })
+      ? await c.request<Schedule>('POST', `/v1/volumes/${enc(volume)}/schedule`, {
+          ...(o.add?.length ? { add: o.add } : {}),
+          ...(o.clear ? { clear: true } : {}),
+        })
       : await c.request<Schedule>('GET', `/v1/volumes/${enc(volume)}/schedule`);
   if (o.json) return print(JSON.stringify(s, null, 2));
   printSchedule(s);
@@ -110,19 +123,33 @@ interface DiffResult {
   fileBytes: number | null;
 }
 
-export async function diff(volume: string, o: GlobalOptions & Json & { from?: string; to?: string; export?: string; out?: string }): Promise<void> {
+export async function diff(
+  volume: string,
+  o: GlobalOptions & Json & { from?: string; to?: string; export?: string; out?: string; nearest?: string },
+): Promise<void> {
   if (!o.from || !o.to) throw new CliError('--from POINT and --to POINT are required', EXIT.USAGE);
-  const body: Record<string, unknown> = { from: o.from, to: o.to };
+  const body: Record<string, unknown> = { from: o.from, to: o.to, ...nearestBody(o) };
   if (o.export) body.name = o.export;
   if (o.out) body.out = path.resolve(o.out);
-  const r = await makeClient(o, { waitsForManager: true }).streamJson<DiffResult>('POST', `/v1/volumes/${enc(volume)}/diff`, body, () => undefined);
+  const r = await makeClient(o, { waitsForManager: true }).streamJson<DiffResult>(
+    'POST',
+    `/v1/volumes/${enc(volume)}/diff`,
+    body,
+    () => undefined,
+  );
   if (o.json) return print(JSON.stringify(r, null, 2));
   print(`from ${pointLine(r.from)}`);
+  for (const note of [substitutionNote(r.from), substitutionNote(r.to)]) if (note) print(note);
   print(`to   ${pointLine(r.to)}`);
   print(`${r.extents.length} changed extent(s), ${formatSize(r.changedBytes)} (${formatSize(r.blockSize)} blocks)`);
   for (const e of r.extents.slice(0, 20)) print(`  ${e.offset}+${e.length}`);
   if (r.extents.length > 20) print(`  ... ${r.extents.length - 20} more (--json lists them all)`);
-  if (r.export) print(`export ${r.export}: the image at --to, with only the changed extents as data`);
+  if (r.export) {
+    print(`export ${r.export}: the image at --to; meta context qemu:dirty-bitmap:${r.export} marks the changed extents`);
+    print(
+      `  e.g. qemu-img map --output=json --image-opts driver=nbd,export=${r.export},server.type=...,x-dirty-bitmap=qemu:dirty-bitmap:${r.export}  ("data": false = changed)`,
+    );
+  }
   if (r.file) print(`wrote ${r.file} (${formatSize(r.fileBytes ?? 0)}); replay it with: rewind apply-diff ${r.file} IMAGE`);
 }
 
@@ -158,20 +185,26 @@ function runCheck(cmd: string, env: Record<string, string>): Promise<{ code: num
   });
 }
 
-export async function bisect(volume: string, o: GlobalOptions & Json & { good?: string; bad?: string; check?: string; granularity?: string }): Promise<void> {
+export async function bisect(
+  volume: string,
+  o: GlobalOptions & Json & { good?: string; bad?: string; check?: string; granularity?: string; nearest?: string },
+): Promise<void> {
   if (!o.good || !o.bad || !o.check) throw new CliError('--good POINT, --bad POINT and --check CMD are required', EXIT.USAGE);
   const c = makeClient(o, { waitsForManager: true });
   const plan = await c.request<{ good: PointInfo; bad: PointInfo; granularity: string; candidates: number[] }>(
     'POST',
     `/v1/volumes/${enc(volume)}/bisect-candidates`,
-    { good: o.good, bad: o.bad, granularity: o.granularity ?? 'write' },
+    { good: o.good, bad: o.bad, granularity: o.granularity ?? 'write', ...nearestBody(o) },
   );
   const h = await c.health();
   const cand = plan.candidates;
   const say = (s: string): void => {
     if (!o.json) process.stderr.write(`bisect: ${s}\n`);
   };
-  say(`${cand.length} ${plan.granularity === 'write' ? 'writes' : 'transactions'} between good seq ${plan.good.seq} and bad seq ${plan.bad.seq}`);
+  for (const note of [substitutionNote(plan.good), substitutionNote(plan.bad)]) if (note) say(note.trim());
+  say(
+    `${cand.length} ${plan.granularity === 'write' ? 'writes' : 'transactions'} between good seq ${plan.good.seq} and bad seq ${plan.bad.seq}`,
+  );
   // Invariant: lo is good (-1 = the good point), hi is bad (the last candidate is the bad point).
   let lo = -1;
   let hi = cand.length - 1;
@@ -203,7 +236,9 @@ export async function bisect(volume: string, o: GlobalOptions & Json & { good?: 
     }
     const verdict = r.code === 0 ? 'good' : r.code === 125 ? 'skip' : 'bad';
     steps.push({ seq, verdict, exit: r.code });
-    say(`check ${steps.length}: seq ${seq} is ${verdict}${verdict === 'bad' && r.code !== 1 ? ` (exit ${r.code ?? `signal ${r.signal}`})` : ''}`);
+    say(
+      `check ${steps.length}: seq ${seq} is ${verdict}${verdict === 'bad' && r.code !== 1 ? ` (exit ${r.code ?? `signal ${r.signal}`})` : ''}`,
+    );
     if (verdict === 'good') lo = pick;
     else if (verdict === 'bad') hi = pick;
     else skipped.add(pick);

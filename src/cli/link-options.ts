@@ -15,7 +15,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Option, type Command } from 'commander';
 import type { ServeConfig } from '../app/serve';
-import { checkTlsSettings, type TlsSettings } from '../nbd/tls';
+import { checkTlsSettings, type TlsFiles, type TlsSettings } from '../tls';
+import { readLinkTlsClient, type LinkTlsFiles } from '../link/client';
 import { parseHostPort } from '../util/address';
 import { parseSize } from '../util/size';
 import { DEFAULT_LINK_PORT } from '../link/protocol';
@@ -36,15 +37,35 @@ export interface LinkServeOptions {
 
 export function addLinkServeOptions(serve: Command): Command {
   return serve
-    .addOption(new Option('--role <role>', 'single (default: intercept and manager in one process), intercept, or manager').choices(['single', 'intercept', 'manager']))
+    .addOption(
+      new Option('--role <role>', 'single (default: intercept and manager in one process), intercept, or manager').choices([
+        'single',
+        'intercept',
+        'manager',
+      ]),
+    )
     .option('--manager <host:port>', `intercept role: the backup manager's link address (port default ${DEFAULT_LINK_PORT})`)
     .option('--nbd-listen <host:port>', 'manager role: NBD TCP address for snapshots and clones (default: none, Unix socket only)')
-    .option('--link-secret-file <file>', 'shared secret both roles authenticate each other with (default <data-dir>/link.secret if it exists)')
-    .addOption(new Option('--link-tls <mode>', 'link TLS: manager: off, on (TLS or plaintext), require; intercept: off, or on/require to connect with TLS').choices(['off', 'on', 'require']))
-    .option('--link-tls-dir <dir>', 'link certificates (manager: server-cert.pem, server-key.pem, ca-cert.pem; intercept: ca-cert.pem [, client-cert.pem, client-key.pem])')
+    .option(
+      '--link-secret-file <file>',
+      'shared secret both roles authenticate each other with (default <data-dir>/link.secret if it exists)',
+    )
+    .addOption(
+      new Option(
+        '--link-tls <mode>',
+        'link TLS: manager: off, on (TLS or plaintext), require; intercept: off, or on/require to connect with TLS',
+      ).choices(['off', 'on', 'require']),
+    )
+    .option(
+      '--link-tls-dir <dir>',
+      'link certificates (manager: server-cert.pem, server-key.pem, ca-cert.pem; intercept: ca-cert.pem [, client-cert.pem, client-key.pem])',
+    )
     .option('--link-tls-verify-client', 'manager role: require an intercept certificate signed by ca-cert.pem')
     .option('--link-tls-servername <name>', "intercept role: the name the manager's certificate must carry (default: the --manager host)")
-    .option('--link-pool <size>', 'intercept role: space for sealed containers waiting for the manager; beyond it, degraded mode (default 1G)')
+    .option(
+      '--link-pool <size>',
+      'intercept role: space for sealed containers waiting for the manager; beyond it, degraded mode (default 1G)',
+    )
     .option('--link-window <n>', 'intercept role: containers sent and not yet committed (default 4)');
 }
 
@@ -88,15 +109,27 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
       throw new CliError(`--manager: ${(err as Error).message}`, EXIT.USAGE);
     }
     let tls: NonNullable<ServeConfig['remote']>['tls'] = null;
+    let tlsFiles: LinkTlsFiles | null = null;
     if (tlsMode !== 'off') {
       const cert = path.join(tlsDir, 'client-cert.pem');
-      tls = {
-        ca: readPem(path.join(tlsDir, 'ca-cert.pem'), 'link CA certificate'),
-        ...(fs.existsSync(cert) ? { cert: readPem(cert, 'link client certificate'), key: readPem(path.join(tlsDir, 'client-key.pem'), 'link client key') } : {}),
+      const has = fs.existsSync(cert);
+      tlsFiles = {
+        ca: path.join(tlsDir, 'ca-cert.pem'),
+        cert: has ? cert : null,
+        key: has ? path.join(tlsDir, 'client-key.pem') : null,
         ...(o.linkTlsServername ? { servername: o.linkTlsServername } : {}),
       };
+      try {
+        tls = readLinkTlsClient(tlsFiles);
+      } catch (err) {
+        throw new CliError((err as Error).message, EXIT.USAGE);
+      }
     }
-    if (!secret && !tls?.cert) throw new CliError('--role intercept needs a shared secret (--link-secret-file) or a TLS client certificate (--link-tls on with client-cert.pem)', EXIT.USAGE);
+    if (!secret && !tls?.cert)
+      throw new CliError(
+        '--role intercept needs a shared secret (--link-secret-file) or a TLS client certificate (--link-tls on with client-cert.pem)',
+        EXIT.USAGE,
+      );
     let poolBytes = 1024 ** 3;
     if (o.linkPool) {
       try {
@@ -107,7 +140,7 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
     }
     const window = o.linkWindow ? Number(o.linkWindow) : 4;
     if (!Number.isInteger(window) || window < 1 || window > 64) throw new CliError('--link-window: an integer from 1 to 64', EXIT.USAGE);
-    config.remote = { host: hp.host, port: hp.port, secret, tls, poolBytes, window };
+    config.remote = { host: hp.host, port: hp.port, secret, tls, tlsFiles, poolBytes, window };
     return;
   }
   // manager
@@ -128,7 +161,14 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
   config.listen = nbdListen;
   config.defaultVolumeSize = null;
   const tls: TlsSettings = { mode: tlsMode };
+  let tlsFiles: TlsFiles | null = null;
   if (tlsMode !== 'off') {
+    const ca = path.join(tlsDir, 'ca-cert.pem');
+    tlsFiles = {
+      cert: path.join(tlsDir, 'server-cert.pem'),
+      key: path.join(tlsDir, 'server-key.pem'),
+      ca: fs.existsSync(ca) ? ca : null,
+    };
     tls.credentials = {
       cert: readPem(path.join(tlsDir, 'server-cert.pem'), 'link server certificate'),
       key: readPem(path.join(tlsDir, 'server-key.pem'), 'link server key'),
@@ -142,7 +182,10 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
     }
   }
   if (!secret && !(tlsMode === 'require' && tls.verifyClient)) {
-    throw new CliError('--role manager needs a shared secret (--link-secret-file) or --link-tls require --link-tls-verify-client', EXIT.USAGE);
+    throw new CliError(
+      '--role manager needs a shared secret (--link-secret-file) or --link-tls require --link-tls-verify-client',
+      EXIT.USAGE,
+    );
   }
-  config.managerLink = { listen, secret, tls };
+  config.managerLink = { listen, secret, tls, tlsFiles };
 }

@@ -116,7 +116,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
   volume
     .command('rm')
     .aliases(['remove', 'delete'])
-    .description("delete a volume (disconnects its clients; deletes its image unless --keep-data or it was given with --path)")
+    .description('delete a volume (disconnects its clients; deletes its image unless --keep-data or it was given with --path)')
     .argument('<name>', 'volume name')
     .option('--keep-data', 'keep the image file')
     .option('--json', 'print the result as JSON')
@@ -153,7 +153,9 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('verify')
-    .description('quiesce writes, let the manager catch up (seals the active container), compare production and replica, check containers not checked since they were written')
+    .description(
+      'quiesce writes, let the manager catch up (seals the active container), compare production and replica, check containers not checked since they were written',
+    )
     .argument('<volume>', 'a protected volume')
     .option('--full', 're-check every stored container, not only those written since the last verify')
     .option('--json', 'print JSON')
@@ -162,11 +164,20 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
 
   const pointHelp = 'a point: @seq:N, @txn:N, an ISO time, "10 minutes ago", latest, or a marker';
+  const nearestHelp =
+    'where the point has no image (history merged by retention, inside a super transaction, outside retained history), ' +
+    'use the nearest valid point before or after it instead of refusing; the output says which point was used';
+  // Commands that read the image at a point need the manager to hold it.
+  const catchUpNote =
+    ' A point past what the backup manager has applied (latest, a recent seq or time) seals the active AILFC and waits for its commit first.';
   program
     .command('point')
-    .description('show which write a point names (seq, time, extent)')
+    .description(
+      'show which write a point names (seq, time, extent). Never seals: a write the manager has not applied yet is read from the journal',
+    )
     .argument('<volume>', 'a protected volume')
     .argument('<point>', pointHelp)
+    .option('--nearest <side>', `before or after: ${nearestHelp}`)
     .option('--json', 'print JSON')
     .action(async (v: string, at: string, _o: unknown, cmd: Command) => {
       await point(v, at, cmd.optsWithGlobals());
@@ -174,9 +185,10 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   const snap = program
     .command('snapshot')
-    .description('serve a read-only export of a protected volume as it was at a point (copies nothing)')
+    .description('serve a read-only export of a protected volume as it was at a point (copies nothing).' + catchUpNote)
     .argument('<volume>', 'a protected volume')
     .option('--at <point>', `required: ${pointHelp}`)
+    .option('--nearest <side>', `before or after: ${nearestHelp}`)
     .option('--name <name>', 'export name (default VOLUME.snap-SEQ)')
     .option('--allow <spec>', "its own access list entry (repeatable; default: the volume's)", collect)
     .option('--json', 'print JSON')
@@ -202,9 +214,10 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   const cl = program
     .command('clone')
-    .description('serve a writable clone of a protected volume at a point, or of another clone (copies nothing)')
+    .description('serve a writable clone of a protected volume at a point, or of another clone (copies nothing).' + catchUpNote)
     .argument('<source>', 'a protected volume (with --at) or a clone')
     .option('--at <point>', pointHelp)
+    .option('--nearest <side>', `before or after: ${nearestHelp}`)
     .option('--name <name>', 'export name (default SOURCE.clone-SEQ)')
     .option('--read-only', 'a read-only clone (it can step)')
     .option('--allow <spec>', "its own access list entry (repeatable; default: the source's)", collect)
@@ -213,11 +226,14 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await clone(src, cmd.optsWithGlobals());
     });
   cl.command('step')
-    .description('move a snapshot or an unwritten clone through history by single writes; clients reconnect to see it')
+    .description(
+      'move a snapshot or an unwritten clone through history by single writes; clients reconnect to see it. --forward and a --to point past what the manager has applied seal the active AILFC and wait for its commit first',
+    )
     .argument('<name>')
     .option('--forward <k>', 'K writes later')
     .option('--back <k>', 'K writes earlier')
     .option('--to <point>', pointHelp)
+    .option('--nearest <side>', `with --to, before or after: ${nearestHelp}`)
     .option('--json', 'print JSON')
     .action(async (n: string, _o: unknown, cmd: Command) => {
       await step(n, cmd.optsWithGlobals());
@@ -230,7 +246,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await viewList('clone', v, cmd.optsWithGlobals());
     });
   cl.command('rm')
-    .description("delete a clone and its writes (its clients are disconnected)")
+    .description('delete a clone and its writes (its clients are disconnected)')
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (n: string, _o: unknown, cmd: Command) => {
@@ -239,9 +255,12 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   program
     .command('restore')
-    .description('roll a protected volume back to a point (journaled: it can be undone); its clients are disconnected meanwhile')
+    .description(
+      'roll a protected volume back to a point (journaled: it can be undone); its clients are disconnected meanwhile. Seals and waits for the manager to apply every write first. A point with no image is refused, never replaced, unless --nearest says which side',
+    )
     .argument('<volume>', 'a protected volume')
     .requiredOption('--to <point>', pointHelp)
+    .option('--nearest <side>', `before or after: ${nearestHelp}`)
     .option('--range <offset:len>', 'restore only this byte range (repeatable), e.g. 0:1M', collect)
     .option('--force', 'restore even though snapshots or clones of the volume exist')
     .option('--no-progress', 'no progress bar')
@@ -251,9 +270,10 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('export')
-    .description('write a sparse raw image of a protected volume at a point (a virtual full backup)')
+    .description('write a sparse raw image of a protected volume at a point (a virtual full backup).' + catchUpNote)
     .argument('<volume>', 'a protected volume')
     .requiredOption('--at <point>', pointHelp)
+    .option('--nearest <side>', `before or after: ${nearestHelp}`)
     .requiredOption('--out <file>', 'a new file (written by the daemon)')
     .option('--no-progress', 'no progress bar')
     .option('--json', 'print JSON')
@@ -316,7 +336,11 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     .command('schedule')
     .description('show or set the schedule of automatic markers (persisted)')
     .argument('<volume>')
-    .option('--add <rule>', "a rule: 'every=15m,hours=09:00-17:00,days=mon-fri,keep=7d[,pre=CMD,post=CMD,timeout=30s]' (repeatable)", collect)
+    .option(
+      '--add <rule>',
+      "a rule: 'every=15m,hours=09:00-17:00,days=mon-fri,keep=7d[,pre=CMD,post=CMD,timeout=30s]' (repeatable)",
+      collect,
+    )
     .option('--clear', 'remove every rule (with --add: replace them)')
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
@@ -334,11 +358,15 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('diff')
-    .description('the extents a volume changed between two points (from the index)')
+    .description('the extents a volume changed between two points (from the index).' + catchUpNote)
     .argument('<volume>')
     .option('--from <point>', `required: ${pointHelp}`)
     .option('--to <point>', `required: ${pointHelp}`)
-    .option('--export <name>', 'also serve the image at --to with only the changed extents as data')
+    .option('--nearest <side>', `before or after, for either point: ${nearestHelp}`)
+    .option(
+      '--export <name>',
+      "also serve the image at --to as export NAME whose meta context qemu:dirty-bitmap:NAME marks the changed extents (its base:allocation is the image's own)",
+    )
     .option('--out <file>', 'also write a diff file that apply-diff replays onto an image at --from')
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
@@ -355,12 +383,15 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   program
     .command('bisect')
-    .description('find the first bad write between two points: CMD runs with REWIND_URI set to a read-only clone; exit 0 good, 125 skip, else bad')
+    .description(
+      'find the first bad write between two points: CMD runs with REWIND_URI set to a read-only clone; exit 0 good, 125 skip, else bad',
+    )
     .argument('<volume>')
     .option('--good <point>', 'a point known good')
     .option('--bad <point>', 'a later point known bad')
     .option('--check <cmd>', 'shell command to judge a point')
     .option('--granularity <g>', 'write or transaction', 'write')
+    .option('--nearest <side>', `before or after, for either point: ${nearestHelp}`)
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await bisect(v, cmd.optsWithGlobals());

@@ -21,13 +21,25 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
   print(`  sealed, queued  ${s.sealedPending.length ? s.sealedPending.map((n) => `#${n}`).join(' ') : 'none'}`);
   print(`  dirty regions   ${s.dirtyRegions} x ${formatSize(s.regionSize)}`);
   if (s.lastError) print(`  last error      ${s.lastError}`);
-  const x = s as VolumeProtectionStatus & { role?: string; link?: Record<string, unknown> & { state: string; bytesSent?: number; bytesReceived?: number; queued?: number; poolBytes?: number | null; poolLimit?: number | null }; resync?: { state?: string; regionsLeft?: number; superTransaction?: unknown } | null };
+  const x = s as VolumeProtectionStatus & {
+    role?: string;
+    link?: Record<string, unknown> & {
+      state: string;
+      bytesSent?: number;
+      bytesReceived?: number;
+      queued?: number;
+      poolBytes?: number | null;
+      poolLimit?: number | null;
+    };
+    resync?: { state?: string; regionsLeft?: number; superTransaction?: unknown } | null;
+  };
   if (x.link) {
     const l = x.link;
     const bytes = l.bytesSent ?? l.bytesReceived ?? 0;
     print(
       `  link            ${l.state}${l.manager ? ` to ${l.manager}` : l.peer ? ` from ${l.peer}` : ''} since ${l.since}; ${formatSize(bytes)} ${l.bytesSent !== undefined ? 'sent' : 'received'}; ` +
-        `${l.queued ?? 0} containers queued` + (l.poolLimit ? `; pool ${formatSize(l.poolBytes ?? 0)} of ${formatSize(l.poolLimit)}` : ''),
+        `${l.queued ?? 0} containers queued` +
+        (l.poolLimit ? `; pool ${formatSize(l.poolBytes ?? 0)} of ${formatSize(l.poolLimit)}` : ''),
     );
   }
   if (x.resync) print(`  resync          ${JSON.stringify(x.resync)}`);
@@ -36,7 +48,8 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
     const total = e.read + e.write + e.trim + e.zero + e.flush;
     print(
       `  production I/O  ${s.io.state}; errors: ${total} (read ${e.read}, write ${e.write}, trim ${e.trim}, zero ${e.zero}, flush ${e.flush}); ` +
-        `${s.io.errorRecords} error records` + (s.io.recapturePending ? `; ${s.io.recapturePending} ranges awaiting re-capture` : ''),
+        `${s.io.errorRecords} error records` +
+        (s.io.recapturePending ? `; ${s.io.recapturePending} ranges awaiting re-capture` : ''),
     );
     if (s.io.lastError) {
       const le = s.io.lastError;
@@ -46,13 +59,16 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
 }
 
 export async function seal(name: string, o: GlobalOptions & { json?: boolean }): Promise<void> {
-  const r = await makeClient(o, { waitsForManager: true }).request<{ containerId: number | null; commit: { lastSeq: number; blocks: number } | null }>(
-    'POST',
-    at(name, 'seal'),
-  );
+  const r = await makeClient(o, { waitsForManager: true }).request<{
+    containerId: number | null;
+    commit: { lastSeq: number; blocks: number } | null;
+  }>('POST', at(name, 'seal'));
   if (o.json) return print(JSON.stringify(r, null, 2));
   if (r.containerId === null) return print(`nothing to seal: the active AILFC of ${name} is empty`);
-  print(`sealed AILFC #${r.containerId}` + (r.commit ? `; committed up to seq ${r.commit.lastSeq} (${r.commit.blocks} blocks)` : '; not committed (see rewind status)'));
+  print(
+    `sealed AILFC #${r.containerId}` +
+      (r.commit ? `; committed up to seq ${r.commit.lastSeq} (${r.commit.blocks} blocks)` : '; not committed (see rewind status)'),
+  );
 }
 
 interface TxnView {
@@ -92,7 +108,11 @@ export async function verify(name: string, o: GlobalOptions & { json?: boolean; 
   else {
     print(`production ${r.productionSha256}`);
     print(`replica    ${r.replicaSha256}`);
-    print(r.equal ? `equal (${formatSize(r.bytesCompared)} compared, applied up to seq ${r.appliedSeq})` : `DIFFERENT: first difference at byte ${r.firstDifference}`);
+    print(
+      r.equal
+        ? `equal (${formatSize(r.bytesCompared)} compared, applied up to seq ${r.appliedSeq})`
+        : `DIFFERENT: first difference at byte ${r.firstDifference}`,
+    );
     const bad = r.containers.filter((c) => !c.ok);
     print(`containers checked: ${r.containers.length}, bad: ${bad.length}`);
     for (const c of bad) print(`  ${c.kind} #${c.n}: ${c.problem} at offset ${c.offset}`);

@@ -86,11 +86,14 @@ export function registerRetention(program: Command): void {
     .command('retention')
     .description("show or set the retention policy of a protected volume's group, preview what it fades (--dry-run), or fade now (--run)")
     .argument('<volume>', 'a protected volume')
-    .option('--policy <tiers>', 'e.g. "all:48h, hourly:30d, daily:365d" (tiers all, hourly, daily, weekly, monthly, every:SPAN; ages s m h d w mo y or forever)')
+    .option(
+      '--policy <tiers>',
+      'e.g. "all:48h, hourly:30d, daily:365d" (tiers all, hourly, daily, weekly, monthly, every:SPAN; ages s m h d w mo y or forever)',
+    )
     .option('--clear', 'remove the policy: keep every write')
     .option('--dry-run', 'show which points would go and the space freed (with --policy: for that policy, without setting it)')
     .option('--run', 'fade now')
-    .option('--rate <MB/s>', 'with --run: I/O rate of the merge worker (read + written; 0 = unthrottled; default the daemon\'s, 64 MiB/s)')
+    .option('--rate <MB/s>', "with --run: I/O rate of the merge worker (read + written; 0 = unthrottled; default the daemon's, 64 MiB/s)")
     .option('--json', 'print JSON')
     .action(async (v: string, _o: unknown, cmd: Command) => {
       await retention(v, cmd.optsWithGlobals());

@@ -1,7 +1,14 @@
 /** `rewind serve`: command-line parsing into a ServeConfig, then the daemon. */
 import * as path from 'node:path';
 import { imageBackend } from '../daemon/backend';
-import { NBD_SETTINGS_KEYS, readConfigFile, resolveNbdSettings, SettingsError, type NbdSettings, type NbdSettingsInput } from '../daemon/nbd-settings';
+import {
+  NBD_SETTINGS_KEYS,
+  readConfigFile,
+  resolveNbdSettings,
+  SettingsError,
+  type NbdSettings,
+  type NbdSettingsInput,
+} from '../daemon/nbd-settings';
 import { runStdio } from '../app/stdio';
 import { DataDirInUseError } from '../daemon/lock';
 import { createLogger, isLogLevel, LOG_LEVELS, type LogLevel } from '../daemon/logger';
@@ -42,7 +49,7 @@ export function classifyControlSpecs(specs: string[]): { socket?: string; tcp: H
       const u = new URL(s);
       if (!u.port) throw new CliError(`--control ${spec}: a port is required`, EXIT.USAGE);
       tcp.push({ host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port) });
-    } else if (s.includes('/') || !s.includes(':') && !/^\d+$/.test(s)) {
+    } else if (s.includes('/') || (!s.includes(':') && !/^\d+$/.test(s))) {
       socket = path.resolve(s);
     } else {
       try {
@@ -103,7 +110,8 @@ export function buildNbdSettings(o: ServeOptions, dataDir: string): NbdSettings 
   const flags: NbdSettingsInput = {};
   for (const k of NBD_SETTINGS_KEYS) {
     const v = (o as unknown as Record<string, unknown>)[k];
-    if (v !== undefined) (flags as Record<string, unknown>)[k] = typeof v === 'string' && k.startsWith('tls') && k !== 'tls' ? path.resolve(v) : v;
+    if (v !== undefined)
+      (flags as Record<string, unknown>)[k] = typeof v === 'string' && k.startsWith('tls') && k !== 'tls' ? path.resolve(v) : v;
   }
   try {
     const file = o.config ? readConfigFile(path.resolve(o.config)) : {};
@@ -137,7 +145,8 @@ export async function serveCommand(o: ServeOptions): Promise<number> {
     process.exit(EXIT.FAILURE);
   });
   try {
-    const code = o.stdio !== undefined ? await runStdio(config, o.stdio, logger, imageBackend()) : await runDaemon(config, logger, imageBackend());
+    const code =
+      o.stdio !== undefined ? await runStdio(config, o.stdio, logger, imageBackend()) : await runDaemon(config, logger, imageBackend());
     flush();
     return code;
   } catch (err) {

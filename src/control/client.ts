@@ -9,8 +9,7 @@ import * as http from 'node:http';
 import type { CreateVolumeBody, DeleteResult, Health, VolumeView } from './api';
 
 export type ControlEndpoint =
-  | { kind: 'unix'; path: string; display: string }
-  | { kind: 'tcp'; host: string; port: number; display: string };
+  { kind: 'unix'; path: string; display: string } | { kind: 'tcp'; host: string; port: number; display: string };
 
 export class ControlUrlError extends Error {
   constructor(message: string) {
@@ -106,9 +105,7 @@ export class ControlClient {
       const req = http.request(options, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }),
-        );
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
         res.on('error', reject);
       });
       req.setTimeout(timeoutMs, () => {

@@ -33,14 +33,9 @@ import { routeRetention } from './retention-routes';
 import type { Archiver } from '../timetravel/archiver';
 import { routeArchives } from './archive-routes';
 import { registerArchiveMetrics } from './archive-metrics';
-import {
-  API_PREFIX,
-  type CreateVolumeBody,
-  type DeleteResult,
-  type Health,
-  type VolumeView,
-} from './api';
+import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
+import type { CertStatus } from '../daemon/cert-reload';
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
@@ -53,6 +48,7 @@ export interface NbdServerView {
     connectionsRefused?: number;
     handshakeTimeouts?: number;
     stallDisconnects?: number;
+    budget?: { limit: number; used: number; peak: number; waiting: number } | null;
   };
   disconnectExport(name: string): number;
   drainExport(name: string): Promise<void>;
@@ -76,6 +72,8 @@ export interface ControlServerOptions {
   endpoints: NbdEndpoints;
   token: string;
   logger: Logger;
+  /** Certificates in use and their reloads (cert-reload.ts); reload() runs one now. */
+  certificates?: { status(): CertStatus[]; reloadAll(reason: string): CertStatus[] };
   /** Routes tried before the ordinary volume routes (the manager role's replicated volumes). */
   extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL) => Promise<boolean>;
 }
@@ -201,6 +199,14 @@ export class ControlServer {
       allow(method, ['GET', 'HEAD']);
       return sendJson(res, 200, this.health());
     }
+    if (p === `${API_PREFIX}/certificates/reload`) {
+      allow(method, ['POST']);
+      const certs = this.opts.certificates;
+      if (!certs || certs.status().length === 0) throw new HttpError(409, 'no TLS certificates are in use');
+      const st = certs.reloadAll('control API');
+      const failed = st.filter((s) => s.lastError);
+      return sendJson(res, failed.length ? 422 : 200, { certificates: st });
+    }
     if (p === `${API_PREFIX}/metrics`) {
       allow(method, ['GET', 'HEAD']);
       const text = await this.registry.metrics();
@@ -293,6 +299,8 @@ export class ControlServer {
       nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
       volumes: this.opts.volumes.listRecords().length,
       connections: this.opts.nbd.connectionCount(),
+      recovering: this.opts.volumes.recoveringVolumes(),
+      certificates: this.opts.certificates?.status() ?? [],
     };
   }
 
@@ -315,7 +323,6 @@ export class ControlServer {
     });
     return this.view(record);
   }
-
 
   private async view(record: VolumeRecord): Promise<VolumeView> {
     const info = await this.opts.volumes.info(record);
@@ -352,7 +359,24 @@ export class ControlServer {
         this.set(nbd.stats().connections);
       },
     });
-    const counters: [string, string, keyof ReturnType<NbdServerView['stats']>][] = [
+    const budgetGauges: [string, string, 'limit' | 'used' | 'peak' | 'waiting'][] = [
+      ['rewind_nbd_memory_budget_bytes', 'Memory budget shared by all NBD connections', 'limit'],
+      ['rewind_nbd_memory_used_bytes', 'Bytes of the NBD memory budget held now', 'used'],
+      ['rewind_nbd_memory_peak_bytes', 'Most bytes of the NBD memory budget held at once', 'peak'],
+      ['rewind_nbd_memory_waiting_connections', 'NBD connections waiting for the memory budget', 'waiting'],
+    ];
+    for (const [name, help, key] of budgetGauges) {
+      new client.Gauge({
+        name,
+        help,
+        registers: [reg],
+        collect() {
+          const b = nbd.stats().budget;
+          if (b) this.set(b[key]);
+        },
+      });
+    }
+    const counters: [string, string, Exclude<keyof ReturnType<NbdServerView['stats']>, 'budget'>][] = [
       ['rewind_nbd_requests_total', 'NBD requests handled', 'requests'],
       ['rewind_nbd_read_bytes_total', 'Bytes read by NBD clients', 'bytesRead'],
       ['rewind_nbd_written_bytes_total', 'Bytes written by NBD clients', 'bytesWritten'],
@@ -419,9 +443,7 @@ function dialHost(host: string): string {
 
 export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | null; unix: string | null } {
   const tcp = endpoints.tcp ? `nbd://${hostPort(dialHost(endpoints.tcp.host), endpoints.tcp.port)}/${name}` : null;
-  const unix = endpoints.unix
-    ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}`
-    : null;
+  const unix = endpoints.unix ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}` : null;
   return { tcp, unix };
 }
 

@@ -5,23 +5,26 @@
  * {"progress":{phase,done,total}} ... then {"result":...} or {"error":"..."}.
  * Errors found before any progress are ordinary HTTP errors.
  *
- *   POST   /v1/volumes/NAME/resolve     {at}                -> point
- *   POST   /v1/volumes/NAME/snapshots   {at, name?}         -> view
- *   POST   /v1/volumes/NAME/clones      {at?, name?, readOnly?}  (NAME: volume or clone)
+ *   POST   /v1/volumes/NAME/resolve     {at, nearest?}      -> point (never seals; see resolver.ts)
+ *   POST   /v1/volumes/NAME/snapshots   {at, name?, nearest?} -> view
+ *   POST   /v1/volumes/NAME/clones      {at?, name?, readOnly?, nearest?}  (NAME: volume or clone)
  *   GET    /v1/views[?volume=NAME]                          -> {views}
  *   GET    /v1/views/NAME                                   -> view
  *   DELETE /v1/views/NAME
- *   POST   /v1/views/NAME/step          {forward|back|to}
- *   POST   /v1/volumes/NAME/restore     {to, ranges?, force?}
+ *   POST   /v1/views/NAME/step          {forward|back|to, nearest?}
+ *   POST   /v1/volumes/NAME/restore     {to, ranges?, force?, nearest?}
  *   GET    /v1/volumes/NAME/restores
- *   POST   /v1/volumes/NAME/export      {at, out}
+ *   POST   /v1/volumes/NAME/export      {at, out, nearest?}
  *   GET    /v1/markers/TARGET[?name=GLOB&kind=K&since=T&until=T]   (TARGET: volume or group)
  *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?}
  *   DELETE /v1/markers/TARGET/NAME
  *   POST   /v1/volumes/NAME/surface     {marker}      POST /v1/submerge {name}
  *   GET    /v1/volumes/NAME/schedule    POST {add?: rule | rules, clear?}
- *   POST   /v1/volumes/NAME/diff        {from, to, name?, out?}
- *   POST   /v1/volumes/NAME/bisect-candidates {good, bad, granularity?}
+ *   POST   /v1/volumes/NAME/diff        {from, to, name?, out?, nearest?}
+ *   POST   /v1/volumes/NAME/bisect-candidates {good, bad, granularity?, nearest?}
+ * nearest ("before" | "after"): where a point has no image (merged by
+ * retention, inside a super transaction), use the nearest valid point on
+ * that side instead of refusing; the answer says which point it used.
  */
 import type * as http from 'node:http';
 import { UserError } from '../util/errors';
@@ -45,7 +48,11 @@ function only(body: Record<string, unknown>, fields: string[]): void {
 }
 
 /** Runs a long operation, streaming progress as NDJSON if the client asked for it. */
-export async function streamed<T>(req: http.IncomingMessage, res: http.ServerResponse, run: (progress: (p: Progress) => void) => Promise<T>): Promise<void> {
+export async function streamed<T>(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  run: (progress: (p: Progress) => void) => Promise<T>,
+): Promise<void> {
   const ndjson = /application\/x-ndjson/.test(req.headers.accept ?? '');
   let started = false;
   let last = 0;
@@ -83,7 +90,7 @@ export async function routeTimeTravel(
 ): Promise<boolean> {
   if (p === '/v1/views') {
     allow(method, ['GET', 'HEAD']);
-    sendJson(res, 200, { views: tt.list(url.searchParams.get('volume') ?? undefined) });
+    sendJson(res, 200, { views: tt.views.list(url.searchParams.get('volume') ?? undefined) });
     return true;
   }
   const mk = /^\/v1\/markers\/([^/]+)(?:\/([^/]+))?$/.exec(p);
@@ -91,14 +98,14 @@ export async function routeTimeTravel(
     const target = decode(mk[1]!);
     if (mk[2]) {
       allow(method, ['DELETE']);
-      sendJson(res, 200, await tt.unmark(target, decode(mk[2])));
+      sendJson(res, 200, await tt.markers.unmark(target, decode(mk[2])));
       return true;
     }
     allow(method, ['GET', 'HEAD', 'POST']);
     if (method === 'POST') {
       const body = await readJsonObject(req);
       only(body, ['name', 'pre', 'post', 'timeout', 'keep']);
-      sendJson(res, 201, await tt.mark(target, body.name, body));
+      sendJson(res, 201, await tt.markers.mark(target, body.name, body));
       return true;
     }
     const q = url.searchParams;
@@ -116,14 +123,14 @@ export async function routeTimeTravel(
     const until = time('until');
     if (since !== undefined) f.since = since;
     if (until !== undefined) f.until = until;
-    sendJson(res, 200, { markers: tt.markers(target, f) });
+    sendJson(res, 200, { markers: tt.markers.markers(target, f) });
     return true;
   }
   if (p === '/v1/submerge') {
     allow(method, ['POST']);
     const body = await readJsonObject(req);
     only(body, ['name']);
-    sendJson(res, 200, await tt.submerge(String(body.name ?? '')));
+    sendJson(res, 200, await tt.markers.submerge(String(body.name ?? '')));
     return true;
   }
   let m = /^\/v1\/views\/([^/]+)(\/step)?$/.exec(p);
@@ -132,61 +139,65 @@ export async function routeTimeTravel(
     if (m[2]) {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['forward', 'back', 'to']);
-      sendJson(res, 200, await tt.step(name, body));
+      only(body, ['forward', 'back', 'to', 'nearest']);
+      sendJson(res, 200, await tt.views.step(name, body));
       return true;
     }
     allow(method, ['GET', 'HEAD', 'DELETE']);
-    if (method === 'DELETE') sendJson(res, 200, await tt.remove(name));
-    else sendJson(res, 200, tt.get(name));
+    if (method === 'DELETE') sendJson(res, 200, await tt.views.remove(name));
+    else sendJson(res, 200, tt.views.get(name));
     return true;
   }
   m = /^\/v1\/volumes\/([^/]+)\/(resolve|snapshots|clones|restore|restores|export|surface|schedule|diff|bisect-candidates)$/.exec(p);
   if (!m) return false;
   const name = decode(m[1]!);
   const action = m[2]!;
-  if (!volumes.get(name) && !(action === 'clones' && tt.has(name))) throw new HttpError(404, `no volume named "${name}"`);
+  if (!volumes.get(name) && !(action === 'clones' && tt.views.has(name))) throw new HttpError(404, `no volume named "${name}"`);
   switch (action) {
     case 'resolve': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at']);
-      const r = await tt.resolve(name, body.at);
-      sendJson(res, 200, r.info);
+      only(body, ['at', 'nearest']);
+      sendJson(res, 200, await tt.points.resolveInfo(name, body.at, { nearest: body.nearest }));
       return true;
     }
     case 'snapshots': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'name', 'allow']);
-      sendJson(res, 201, await tt.snapshot(name, body.at, body.name, { allow: body.allow }));
+      only(body, ['at', 'name', 'allow', 'nearest']);
+      sendJson(res, 201, await tt.views.snapshot(name, body.at, body.name, { allow: body.allow, nearest: body.nearest }));
       return true;
     }
     case 'clones': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'name', 'readOnly', 'allow']);
-      if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean') throw new UserError('invalid', 'readOnly must be true or false');
-      sendJson(res, 201, await tt.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow }));
+      only(body, ['at', 'name', 'readOnly', 'allow', 'nearest']);
+      if (body.readOnly !== undefined && typeof body.readOnly !== 'boolean')
+        throw new UserError('invalid', 'readOnly must be true or false');
+      sendJson(
+        res,
+        201,
+        await tt.views.clone(name, body.at, body.name, { readOnly: body.readOnly === true, allow: body.allow, nearest: body.nearest }),
+      );
       return true;
     }
     case 'restores':
       allow(method, ['GET', 'HEAD']);
-      sendJson(res, 200, { restores: tt.restores(name) });
+      sendJson(res, 200, { restores: tt.restores.restores(name) });
       return true;
     case 'restore': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['to', 'ranges', 'force']);
+      only(body, ['to', 'ranges', 'force', 'nearest']);
       if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
-      await streamed(req, res, (progress) => tt.restore(name, body, progress));
+      await streamed(req, res, (progress) => tt.restores.restore(name, body, progress));
       return true;
     }
     case 'surface': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['marker']);
-      sendJson(res, 201, await tt.surface(name, String(body.marker ?? '')));
+      sendJson(res, 201, await tt.markers.surface(name, String(body.marker ?? '')));
       return true;
     }
     case 'schedule': {
@@ -194,29 +205,29 @@ export async function routeTimeTravel(
       if (method === 'POST') {
         const body = await readJsonObject(req);
         only(body, ['add', 'clear']);
-        sendJson(res, 200, await tt.setSchedule(name, body));
-      } else sendJson(res, 200, tt.schedule(name));
+        sendJson(res, 200, await tt.markers.setSchedule(name, body));
+      } else sendJson(res, 200, tt.markers.schedule(name));
       return true;
     }
     case 'diff': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['from', 'to', 'name', 'out']);
-      await streamed(req, res, (progress) => tt.diff(name, body, progress));
+      only(body, ['from', 'to', 'name', 'out', 'nearest']);
+      await streamed(req, res, (progress) => tt.queries.diff(name, body, progress));
       return true;
     }
     case 'bisect-candidates': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['good', 'bad', 'granularity']);
-      sendJson(res, 200, await tt.bisectCandidates(name, body));
+      only(body, ['good', 'bad', 'granularity', 'nearest']);
+      sendJson(res, 200, await tt.queries.bisectCandidates(name, body));
       return true;
     }
     case 'export': {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
-      only(body, ['at', 'out']);
-      await streamed(req, res, (progress) => tt.exportImage(name, body.at, body.out, progress));
+      only(body, ['at', 'out', 'nearest']);
+      await streamed(req, res, (progress) => tt.queries.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }));
       return true;
     }
   }

@@ -22,7 +22,7 @@
  * An empty file, "{}" or a missing file means no faults.
  */
 import * as fs from 'node:fs';
-import type { ExportCapabilities, Extent, ReadChunk, WriteFlags, ZeroFlags } from '../nbd/export';
+import type { ExportCapabilities, Extent, ReadChunk, WriteFlags, ZeroFlags } from '../nbd';
 import type { ImageBackend, ImageExport } from '../storage/image';
 
 export const FAULTS_ENV = 'REWIND_TEST_FAULTS';

@@ -174,13 +174,7 @@ function takeLockFile(layout: DataDirLayout, haveMutex: boolean): void {
       continue; // vanished between our create and read: try again
     }
     const sameHost = holderHost === undefined || holderHost === os.hostname();
-    if (
-      holder !== undefined &&
-      holder !== process.pid &&
-      sameHost &&
-      isAlive(holder) &&
-      looksLikeRewind(holder)
-    ) {
+    if (holder !== undefined && holder !== process.pid && sameHost && isAlive(holder) && looksLikeRewind(holder)) {
       throw new DataDirInUseError(layout.dataDir, holder);
     }
     if (!sameHost) {

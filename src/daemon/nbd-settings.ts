@@ -5,7 +5,7 @@
  * optional JSON configuration file:
  *
  *   { "nbd": { "tls": "require", "tlsDir": "/etc/rewind/tls", "tlsVerifyClient": true,
- *              "maxConnections": 128, "maxInflight": 64, "maxBuffer": "64M",
+ *              "maxConnections": 128, "maxInflight": 64, "maxBuffer": "64M", "memoryBudget": "1G",
  *              "handshakeTimeout": 10, "writeStallTimeout": 60 } }
  *
  * Certificate files: --tls-cert, --tls-key, --tls-ca, or a directory
@@ -14,8 +14,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_LIMITS, type ServerLimits } from '../nbd/connection';
-import { checkTlsSettings, TLS_MODES, type TlsMode, type TlsSettings } from '../nbd/tls';
+import { DEFAULT_LIMITS, type ServerLimits } from '../nbd';
+import { checkTlsSettings, TLS_MODES, type TlsMode, type TlsSettings } from '../tls';
 import { parseSize } from '../util/size';
 
 /** What a user may set, by flag or in the "nbd" object of the configuration file. */
@@ -29,6 +29,7 @@ export interface NbdSettingsInput {
   maxConnections?: string | number;
   maxInflight?: string | number;
   maxBuffer?: string | number;
+  memoryBudget?: string | number;
   /** Seconds. */
   handshakeTimeout?: string | number;
   /** Seconds. */
@@ -45,6 +46,7 @@ export const NBD_SETTINGS_KEYS: readonly (keyof NbdSettingsInput)[] = [
   'maxConnections',
   'maxInflight',
   'maxBuffer',
+  'memoryBudget',
   'handshakeTimeout',
   'writeStallTimeout',
 ];
@@ -92,7 +94,8 @@ export function readConfigFile(file: string): NbdSettingsInput {
       if (typeof v !== 'boolean') throw new SettingsError(`configuration file ${file}: nbd.${k} must be true or false`);
       out.tlsVerifyClient = v;
     } else {
-      if (typeof v !== 'string' && typeof v !== 'number') throw new SettingsError(`configuration file ${file}: nbd.${k} must be a string or number`);
+      if (typeof v !== 'string' && typeof v !== 'number')
+        throw new SettingsError(`configuration file ${file}: nbd.${k} must be a string or number`);
       // Relative paths in the file are relative to the file.
       const value = typeof v === 'string' && k.startsWith('tls') && k !== 'tls' ? path.resolve(path.dirname(file), v) : v;
       (out as Record<string, unknown>)[k] = value;
@@ -103,13 +106,15 @@ export function readConfigFile(file: string): NbdSettingsInput {
 
 function positiveInt(name: string, v: string | number, max = Number.MAX_SAFE_INTEGER): number {
   const n = typeof v === 'number' ? v : /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
-  if (!Number.isInteger(n) || n < 1 || n > max) throw new SettingsError(`${name}: expected a whole number from 1 to ${max}, got ${JSON.stringify(v)}`);
+  if (!Number.isInteger(n) || n < 1 || n > max)
+    throw new SettingsError(`${name}: expected a whole number from 1 to ${max}, got ${JSON.stringify(v)}`);
   return n;
 }
 
 function seconds(name: string, v: string | number): number {
   const n = typeof v === 'number' ? v : Number(String(v).trim().replace(/s$/, ''));
-  if (!Number.isFinite(n) || n <= 0 || n > 86400) throw new SettingsError(`${name}: expected seconds (0 < s <= 86400), got ${JSON.stringify(v)}`);
+  if (!Number.isFinite(n) || n <= 0 || n > 86400)
+    throw new SettingsError(`${name}: expected seconds (0 < s <= 86400), got ${JSON.stringify(v)}`);
   return Math.round(n * 1000);
 }
 
@@ -147,6 +152,8 @@ export function resolveNbdSettings(flags: NbdSettingsInput, file: NbdSettingsInp
   if (mi !== undefined) limits.maxInflightPerConnection = positiveInt('max requests in flight', mi, 65536);
   const mb = pick('maxBuffer');
   if (mb !== undefined) limits.maxBufferedBytesPerConnection = bytes('max buffer', mb);
+  const budget = pick('memoryBudget');
+  if (budget !== undefined) limits.memoryBudget = bytes('memory budget', budget);
   const ht = pick('handshakeTimeout');
   if (ht !== undefined) limits.handshakeTimeoutMs = seconds('handshake timeout', ht);
   const ws = pick('writeStallTimeout');

@@ -10,22 +10,26 @@
  *   DATA_DIR/groups/GROUP/manager/   replicated images, history, LMDB index
  *   DATA_DIR/volumes/NAME/statemap   the volume's persistent state map
  */
+import { recoverGroup } from './recovery';
+import type { GroupRuntime } from './group-runtime';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Catalog, GroupRecord, VolumeRecord } from '../catalog/catalog';
 import { GroupJournal, type CommitInfo, type ManagerLink } from '../journal/group-journal';
-import { ProtectedVolume, type ReplicaComparer, type VolumeIoStatus } from '../journal/protected-volume';
+import { ProtectedVolume, type VolumeIoStatus } from '../journal/protected-volume';
 import { StateMap } from '../journal/state-map';
 import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
 import { UserError } from '../util/errors';
 import { withFaults } from './fault-injection';
-import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
+import { RemoteLink, type LinkTlsClient, type LinkTlsFiles, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
-import { blockDigests, REPLICA_HASH_BYTES, REPLICA_HASH_MAX_RANGE, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { type Logger } from '../util/logger';
+import { recordCleanStop, takeCleanStop } from './clean-stop';
+import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {
@@ -33,30 +37,12 @@ export interface RemoteManagerOptions {
   port: number;
   secret: Buffer | null;
   tls: LinkTlsClient | null;
+  /** The files `tls` was read from (reloaded on SIGHUP or change: cert-reload.ts). */
+  tlsFiles?: LinkTlsFiles | null;
   /** Space limit of each group's local pool of LFCs (degraded mode beyond it). */
   poolBytes: number;
   window?: number;
 }
-
-interface GroupRuntime {
-  record: GroupRecord;
-  /** The local backup manager; null in the intercept role (it is remote). */
-  manager: BackupManager | null;
-  journal: GroupJournal;
-  volumes: Map<string, ProtectedVolume>;
-  link?: RemoteLink;
-  resync?: ResyncController;
-  /**
-   * Crash recovery: the manager has applied every container that survived
-   * (true), or could not be reached in time (false). Asked once per start.
-   */
-  caughtUp?: Promise<boolean>;
-}
-
-/** At start-up after a crash, how long the intercept role waits for its manager before re-capturing every dirty region. */
-const RECOVERY_LINK_WAIT_MS = 5000;
-/** ... and how long for the manager to apply what survived. */
-const RECOVERY_CATCHUP_MS = 120_000;
 
 export interface VolumeProtectionStatus {
   volume: string;
@@ -107,6 +93,18 @@ export class Protection {
     private readonly remote: RemoteManagerOptions | null = null,
   ) {}
 
+  /** The intercept's link TLS files, if it uses TLS (certificate reloads). */
+  get remoteTlsFiles(): LinkTlsFiles | null {
+    return this.remote?.tls ? (this.remote.tlsFiles ?? null) : null;
+  }
+
+  /** Rotated link client certificates: every group's link uses them from its next connection. */
+  setRemoteTls(tls: LinkTlsClient): void {
+    if (!this.remote?.tls) throw new Error('the manager link does not use TLS');
+    this.remote.tls = tls;
+    for (const rt of this.groups.values()) rt.link?.setTls(tls);
+  }
+
   /** Open every group in the catalog: manager recovery first, then the journal, then resync. */
   async start(): Promise<void> {
     for (const g of this.catalog.listGroups()) {
@@ -136,21 +134,37 @@ export class Protection {
     });
     const st = manager.status();
     const link: ManagerLink = { submit: (ref) => manager.submit(ref) };
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
-    const rt: GroupRuntime = { record, manager, journal, volumes: new Map() };
+    const rt: GroupRuntime = {
+      record,
+      manager,
+      journal,
+      volumes: new Map(),
+      pendingRecovery: [],
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     for (const v of vols) await this.openVolume(rt, v);
     return rt;
   }
 
   /** The group's journal (DIR/journal), handing sealed containers to `link`. */
-  private openJournal(record: GroupRecord, dir: string, link: ManagerLink, committedContainer: number, committedSeq: number, poolBytes?: number): Promise<GroupJournal> {
+  private openJournal(
+    record: GroupRecord,
+    dir: string,
+    link: ManagerLink,
+    committedContainer: number,
+    committedSeq: number,
+    poolBytes?: number,
+  ): Promise<GroupJournal> {
     return GroupJournal.open({
       dir: path.join(dir, 'journal'),
       groupId: record.groupId,
       link,
       sealBytes: record.sealBytes,
-      sealAgeMs: record.sealAgeMs,
+      // Tests only: REWIND_TEST_SEAL_AGE_MS stretches the age seal, so a test can count the transactions a command adds.
+      sealAgeMs: Number(process.env.REWIND_TEST_SEAL_AGE_MS) || record.sealAgeMs,
       blockSize: record.blockSize,
       committedContainer,
       committedSeq,
@@ -184,18 +198,31 @@ export class Protection {
       logger: log,
     });
     const st = link.committed;
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
-    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link };
+    const rt: GroupRuntime = {
+      record,
+      manager: null,
+      journal,
+      volumes: new Map(),
+      link,
+      pendingRecovery: [],
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     link.setHooks({
       status: () => this.interceptStatus(rt),
       catchUp: async () => {
         await journal.catchUp();
       },
+      position: async (find) => ({ position: journal.position(), found: find ? await journal.findPending(find) : null }),
       verify: async (volumeId, ready) => {
         const pv = [...rt.volumes.values()].find((x) => x.volumeId === volumeId);
         if (!pv) throw new Error(`no volume ${volumeId} in group ${record.name}`);
-        if (journal.isDegraded || journal.superTransaction) throw new Error(`group ${record.name} is ${journal.isDegraded ? 'degraded' : 'resyncing'}: the replica cannot equal production yet`);
+        if (journal.isDegraded || journal.superTransaction)
+          throw new Error(
+            `group ${record.name} is ${journal.isDegraded ? 'degraded' : 'resyncing'}: the replica cannot equal production yet`,
+          );
         return pv.quiesced(async () => {
           await pv.flush();
           await journal.catchUp();
@@ -209,9 +236,8 @@ export class Protection {
     // Up before the volumes open: crash recovery compares dirty regions with the replica.
     link.start();
     for (const v of vols) await this.openVolume(rt, v);
-    const resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
-    rt.resync = resync;
-    resync.start();
+    // Started by recover(): a resync restarted mid-run must see the start-up re-capture first.
+    rt.resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
     return rt;
   }
 
@@ -221,8 +247,12 @@ export class Protection {
     return {
       time: Date.now(),
       state: rs?.state ?? (js.degraded ? 'degraded' : 'normal'),
-      degraded: js.degraded ? { since: js.degraded.since, reason: js.degraded.reason } : null,
-      resync: js.superRun ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, regionsLeft: rs?.regionsLeft ?? 0 } : null,
+      degraded: js.degraded
+        ? { since: js.degraded.since, reason: js.degraded.reason, fromSeq: js.degraded.fromSeq, fromTime: js.degraded.fromTime }
+        : null,
+      resync: js.superRun
+        ? { id: js.superRun.id, fromSeq: js.superRun.fromSeq, fromTime: js.superRun.fromTime, regionsLeft: rs?.regionsLeft ?? 0 }
+        : null,
       lastAppendedSeq: js.lastAppendedSeq,
       lastAppendedTime: js.lastAppendedTime,
       poolBytes: js.poolBytes,
@@ -242,79 +272,27 @@ export class Protection {
     this.byVolume.set(v.name, rt);
     // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
     if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
-      const replica = await this.recoveryComparer(rt, pv);
-      const r = await pv.resyncDirtyRegions(replica ?? undefined);
-      this.logger.warn(
-        { volume: v.name, dirtyBytes: r.dirtyBytes, comparedBytes: r.compared, journaledBytes: r.bytes, ms: r.ms, withReplica: !!replica },
-        'resynced regions left dirty by an unclean stop',
-      );
+      // After a clean stop every dirty region is in a container the manager has yet to apply.
+      if (rt.cleanStopSeq !== null) stateMap.adoptLoaded(rt.cleanStopSeq);
+      else rt.pendingRecovery.push(pv);
     }
     return pv;
   }
 
+  /** Volumes waiting for recover(): the daemon keeps them offline until then. */
+  recoveringVolumes(): string[] {
+    return [...this.groups.values()].flatMap((rt) => rt.pendingRecovery.map((pv) => pv.name));
+  }
+
   /**
-   * After an unclean stop: once the manager has applied every surviving
-   * container, the replica says what a dirty region should hold, so only
-   * blocks that differ need journaling. Null when the manager cannot be
-   * reached in time (the intercept role): then every dirty region is
-   * journaled, as before.
+   * Crash recovery of the volumes an unclean stop left dirty (after start(),
+   * in the background, while they are offline): the manager catches up on
+   * what survived, then only blocks that differ from the replica are
+   * journaled again. `done(volume)` is called as each is ready; then each
+   * group's resync controller (two-role mode) starts.
    */
-  private async recoveryComparer(rt: GroupRuntime, pv: ProtectedVolume): Promise<ReplicaComparer | null> {
-    const bs = rt.record.blockSize;
-    const manager = rt.manager;
-    if (manager) {
-      const ok = await (rt.caughtUp ??= rt.journal.catchUp().then(
-        () => true,
-        (err: Error) => {
-          this.logger.warn({ group: rt.record.name, err: err.message }, 'the manager could not catch up: every dirty region is journaled again');
-          return false;
-        },
-      ));
-      if (!ok) return null;
-      const file = manager.replicaPath(pv.volumeId);
-      return {
-        blockSize: bs,
-        // Not proven equal (the replica unreadable): journal it.
-        differing: (off, data) => differsFromFile(file, off, data, bs).catch(() => new Array<boolean>(Math.ceil(data.length / bs)).fill(true)),
-      };
-    }
-    const link = rt.link!;
-    rt.caughtUp ??= (async () => {
-      if (!(await link.waitUp(RECOVERY_LINK_WAIT_MS))) return false;
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), RECOVERY_CATCHUP_MS)));
-      try {
-        return await Promise.race([rt.journal.catchUp().then(() => true), late]);
-      } finally {
-        clearTimeout(timer);
-      }
-    })().catch(() => false);
-    if (!(await rt.caughtUp)) {
-      this.logger.warn({ group: rt.record.name }, 'the manager is not reachable: every dirty region is journaled again');
-      return null;
-    }
-    return {
-      blockSize: bs,
-      differing: async (off, data) => {
-        const out: boolean[] = new Array(Math.ceil(data.length / bs)).fill(true);
-        try {
-          for (let p = 0; p < data.length; p += REPLICA_HASH_MAX_RANGE) {
-            const piece = data.subarray(p, Math.min(p + REPLICA_HASH_MAX_RANGE, data.length));
-            const theirs = await link.replicaHashes(pv.volumeId, off + p, piece.length, bs);
-            const ours = blockDigests(piece, bs);
-            const first = p / bs;
-            for (let i = 0; i * REPLICA_HASH_BYTES < ours.length; i++) {
-              const a = i * REPLICA_HASH_BYTES;
-              out[first + i] = theirs.length < a + REPLICA_HASH_BYTES || ours.compare(theirs, a, a + REPLICA_HASH_BYTES, a, a + REPLICA_HASH_BYTES) !== 0;
-            }
-          }
-        } catch (err) {
-          // Not proven equal: journal it.
-          this.logger.warn({ volume: pv.name, err: (err as Error).message }, 'replica hashes unavailable; re-capturing the range');
-        }
-        return out;
-      },
-    };
+  async recover(done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
+    await Promise.all([...this.groups.values()].map((rt) => recoverGroup(rt, this.logger, done)));
   }
 
   /** A protected volume was just added to the catalog. */
@@ -323,12 +301,14 @@ export class Protection {
     const rt = this.groups.get(groupName);
     const group = this.catalog.getGroup(groupName)!;
     if (!rt) {
-      await this.openGroup(group, [v]);
+      // A new volume has nothing to recover; this starts the group's resync controller (two-role mode).
+      await recoverGroup(await this.openGroup(group, [v]), this.logger);
       return;
     }
     rt.record = group;
     if (rt.manager) await rt.manager.addVolume({ volumeId: v.protection!.volumeId, name: v.name, size: v.size });
     await this.openVolume(rt, v);
+    if (rt.pendingRecovery.length) await recoverGroup(rt, this.logger);
     if (rt.link) rt.link.setGroup(this.groupMsg(group, this.catalog.groupVolumes(group.name)));
   }
 
@@ -354,10 +334,39 @@ export class Protection {
     await fs.promises.rm(this.stateMapPath(v.name), { force: true });
   }
 
-  /** What time travel needs of a protected volume: its group's history and its intercept. */
-  context(name: string): { manager: BackupManager; journal: GroupJournal; pv: ProtectedVolume; group: string; volumeId: number; size: number } {
+  /** What time travel needs of a protected volume: its group's history, its journal, its intercept (timetravel/ports.ts). */
+  context(name: string): VolumeContext {
     const { rt, pv } = this.runtime(name);
-    return { manager: this.localManager(rt, 'time travel'), journal: rt.journal, pv, group: rt.record.name, volumeId: pv.volumeId, size: pv.size };
+    const j = rt.journal;
+    const journal: JournalPort = {
+      locate: async (find) => ({ position: j.position(), found: find ? await j.findPending(find) : null }),
+      catchUp: () => j.catchUp(),
+      get isDegraded() {
+        return j.isDegraded;
+      },
+      seal: (reason) => j.seal(reason),
+      lastAppendedSeq: () => j.status().lastAppendedSeq,
+    };
+    const restore: RestoreTarget = {
+      flush: () => pv.flush(),
+      readProduction: (offset, length) => pv.production.read(offset, length),
+      restoreWrite: (offset, data) => pv.restoreWrite(offset, data),
+      restoreZero: (offset, length) => pv.restoreZero(offset, length),
+    };
+    return {
+      history: this.localManager(rt, 'time travel').history,
+      journal,
+      restore,
+      group: rt.record.name,
+      volumeId: pv.volumeId,
+      size: pv.size,
+    };
+  }
+
+  /** The backup manager of a protected volume's group (single-process mode): retention, the log. */
+  managerOf(name: string): { manager: BackupManager; group: string } {
+    const { rt } = this.runtime(name);
+    return { manager: this.localManager(rt, 'retention'), group: rt.record.name };
   }
 
   /**
@@ -437,7 +446,7 @@ export class Protection {
       regionSize: rt.record.regionSize,
       transactions: applied.transactions,
       lastError: js.lastError,
-      pinnedFrom: rt.manager ? rt.manager.pinnedFrom() : null,
+      pinnedFrom: rt.manager ? rt.manager.history.pins.from() : null,
       io: pv.ioStatus(),
     };
     if (rs) {
@@ -492,10 +501,35 @@ export class Protection {
     });
   }
 
+  /**
+   * Stops every group. Called once the NBD server has drained (no write in
+   * flight): images, journal and state maps are synced, the journal sealed
+   * (its containers are handed to the manager, now or at the next start),
+   * and, if nothing was left undone (not degraded, no open super
+   * transaction, no recovery pending), a clean-stop record spares the next
+   * start its crash recovery.
+   */
   async close(): Promise<void> {
     for (const rt of this.groups.values()) {
       rt.resync?.close();
-      await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
+      let synced = rt.pendingRecovery.length === 0;
+      for (const pv of rt.volumes.values()) {
+        await pv.flush().catch((e) => {
+          synced = false;
+          this.logger.error({ volume: pv.name, err: (e as Error).message }, 'flush at stop failed');
+        });
+      }
+      const open = rt.journal.position().open;
+      await rt.journal.close().catch((e) => {
+        synced = false;
+        this.logger.error({ err: (e as Error).message }, 'journal close');
+      });
+      if (synced && open === null && !rt.journal.isDegraded) {
+        const lastSeq = rt.journal.status().lastAppendedSeq;
+        await recordCleanStop(this.groupDir(rt.record.name), lastSeq).catch((e) =>
+          this.logger.error({ err: (e as Error).message }, 'cannot record the clean stop (the next start recovers)'),
+        );
+      }
       await rt.link?.close();
       await rt.manager?.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {
@@ -543,26 +577,4 @@ async function compareFiles(
     await fd.close();
   }
   return { equal: first === null, a: ha.digest('hex'), b: hb.digest('hex'), firstDifference: first };
-}
-
-/** Per block of `data` (at `offset`): does the file hold something else there? Past its end it reads as zeroes. */
-async function differsFromFile(file: string, offset: number, data: Buffer, blockSize: number): Promise<boolean[]> {
-  const theirs = Buffer.alloc(data.length);
-  const fh = await fs.promises.open(file, 'r');
-  try {
-    let done = 0;
-    while (done < data.length) {
-      const { bytesRead } = await fh.read(theirs, done, data.length - done, offset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-  } finally {
-    await fh.close();
-  }
-  const out: boolean[] = [];
-  for (let p = 0; p < data.length; p += blockSize) {
-    const e = Math.min(p + blockSize, data.length);
-    out.push(data.compare(theirs, p, e, p, e) !== 0);
-  }
-  return out;
 }

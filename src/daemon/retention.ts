@@ -55,8 +55,7 @@ export class RetentionService {
     const rec = this.catalog.get(volume);
     if (!rec) throw new UserError('not-found', `no volume named "${volume}"`);
     if (!rec.protection) throw new UserError('conflict', `volume "${volume}" is not protected: it has no history to retain`);
-    const ctx = this.protection.context(volume);
-    return { manager: ctx.manager, group: ctx.group };
+    return this.protection.managerOf(volume);
   }
 
   info(volume: string): RetentionInfo {
@@ -74,14 +73,19 @@ export class RetentionService {
       set: stored?.set ?? null,
       transactions: txns.length,
       historyBytes: bytes,
-      retainedFrom: first ? (merged ? { seq: first.lastSeq, time: new Date(first.lastTime).toISOString() } : { seq: first.firstSeq, time: new Date(first.firstTime).toISOString() }) : null,
+      retainedFrom: first
+        ? merged
+          ? { seq: first.lastSeq, time: new Date(first.lastTime).toISOString() }
+          : { seq: first.firstSeq, time: new Date(first.firstTime).toISOString() }
+        : null,
     };
   }
 
   /** Sets (null: clears) the policy of the volume's group. */
   async setPolicy(volume: string, policy: unknown): Promise<RetentionInfo> {
     const { manager } = this.manager(volume);
-    if (policy !== null && typeof policy !== 'string') throw new UserError('invalid', 'policy must be a string such as "all:48h, hourly:30d, daily:365d" (or null to keep everything)');
+    if (policy !== null && typeof policy !== 'string')
+      throw new UserError('invalid', 'policy must be a string such as "all:48h, hourly:30d, daily:365d" (or null to keep everything)');
     try {
       await manager.retention.setPolicy(policy);
     } catch (err) {
@@ -93,13 +97,24 @@ export class RetentionService {
   }
 
   /** Fades the volume's group now (or with dryRun shows what would go); `policy` previews another policy. */
-  async fade(volume: string, opts: { dryRun?: boolean; policy?: string; bytesPerSecond?: number }): Promise<FadeReport & { volume: string }> {
+  async fade(
+    volume: string,
+    opts: { dryRun?: boolean; policy?: string; bytesPerSecond?: number },
+  ): Promise<FadeReport & { volume: string }> {
     const { manager } = this.manager(volume);
     if (opts.policy === undefined && !manager.retention.stored()) {
-      throw new UserError('conflict', `the group of "${volume}" has no retention policy; set one with --policy (history is kept forever until then)`);
+      throw new UserError(
+        'conflict',
+        `the group of "${volume}" has no retention policy; set one with --policy (history is kept forever until then)`,
+      );
     }
     try {
-      const r = await manager.fade({ now: this.now(), dryRun: opts.dryRun === true, policy: opts.policy, bytesPerSecond: opts.bytesPerSecond ?? this.bytesPerSecond });
+      const r = await manager.fade({
+        now: this.now(),
+        dryRun: opts.dryRun === true,
+        policy: opts.policy,
+        bytesPerSecond: opts.bytesPerSecond ?? this.bytesPerSecond,
+      });
       return { volume, ...r };
     } catch (err) {
       if (err instanceof RetentionPolicyError) throw new UserError('invalid', err.message);
@@ -125,7 +140,11 @@ export class RetentionService {
         const { manager } = this.manager(vols[0]!.name);
         if (!manager.retention.stored()) continue;
         const r = await manager.fade({ now: this.now(), bytesPerSecond: this.bytesPerSecond });
-        if (r.steps.some((s) => s.done)) this.logger.info({ group: g.name, pointsRemoved: r.pointsRemoved, bytesFreed: r.bytesFreed, ms: r.durationMs }, 'retention: faded');
+        if (r.steps.some((s) => s.done))
+          this.logger.info(
+            { group: g.name, pointsRemoved: r.pointsRemoved, bytesFreed: r.bytesFreed, ms: r.durationMs },
+            'retention: faded',
+          );
       } catch (err) {
         this.logger.warn({ group: g.name, err: (err as Error).message }, 'retention: fading failed');
       }

@@ -10,12 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type {
-  ClientInfo,
-  ExportListing,
-  ExportProvider,
-  OpenedExport,
-} from '../nbd/export';
+import type { ClientInfo, ExportListing, ExportProvider, OpenedExport } from '../nbd';
 import {
   Catalog,
   DEFAULT_GROUP_SETTINGS,
@@ -55,6 +50,9 @@ export interface VolumeInfo extends VolumeRecord {
   allocatedBytes: number | null;
 }
 
+/** How long an NBD open of a recovering volume waits before it is refused (inside the 10 s handshake). */
+const RECOVERY_OPEN_WAIT_MS = 8000;
+
 export class VolumeManager implements ExportProvider {
   /** Serialises create and delete. */
   private mutex: Promise<unknown> = Promise.resolve();
@@ -62,6 +60,9 @@ export class VolumeManager implements ExportProvider {
   private timeTravel: TimeTravel | null = null;
   /** Volumes taken offline (a production restore): name -> reason. */
   private readonly offline = new Map<string, string>();
+  /** Offline for a crash recovery (a subset of offline). */
+  private readonly recovering = new Set<string>();
+  private readonly onlineWaiters: Array<() => void> = [];
 
   constructor(
     private readonly catalog: Catalog,
@@ -75,7 +76,7 @@ export class VolumeManager implements ExportProvider {
 
   list(_client: ClientInfo): ExportListing[] {
     const out = this.catalog.list().map((v) => ({ name: v.name, description: describe(v) }));
-    for (const v of this.timeTravel?.exportEntries() ?? []) out.push({ name: v.name, description: v.description });
+    for (const v of this.timeTravel?.views.exportEntries() ?? []) out.push({ name: v.name, description: v.description });
     return out;
   }
 
@@ -85,7 +86,7 @@ export class VolumeManager implements ExportProvider {
     const record = this.catalog.get(n);
     if (record) return aclAllows(record.allow, client);
     // A snapshot, clone or surfaced marker answers to its own list, else its source volume's.
-    const v = this.timeTravel?.exportEntry(n);
+    const v = this.timeTravel?.views.exportEntry(n);
     return v ? aclAllows(effectiveAcl(v.allow, this.catalog.get(v.volume)?.allow), client) : true;
   }
 
@@ -93,16 +94,21 @@ export class VolumeManager implements ExportProvider {
     const volumeName = name === '' ? DEFAULT_VOLUME : name;
     const record = this.catalog.get(volumeName);
     if (!record) {
-      const v = this.timeTravel?.exportEntry(volumeName);
+      const v = this.timeTravel?.views.exportEntry(volumeName);
       if (!v || !this.authorize(volumeName, client)) return null;
-      const exp = await this.timeTravel!.openExport(volumeName);
+      const exp = await this.timeTravel!.views.openExport(volumeName);
       if (!exp) return null;
       this.logger.debug({ view: volumeName, conn: client.id }, 'view opened');
       return { name: volumeName, description: v.description, export: exp };
     }
     if (!aclAllows(record.allow, client)) return null;
+    // A short crash recovery is invisible to clients: their open waits for it (within the handshake).
+    if (this.recovering.has(volumeName)) await this.onlineOrTimeout(volumeName, RECOVERY_OPEN_WAIT_MS);
     if (this.offline.has(volumeName)) {
-      this.logger.info({ volume: volumeName, conn: client.id, reason: this.offline.get(volumeName) }, 'refused a client: the volume is offline');
+      this.logger.info(
+        { volume: volumeName, conn: client.id, reason: this.offline.get(volumeName) },
+        'refused a client: the volume is offline',
+      );
       return null;
     }
     if (record.protection) {
@@ -126,10 +132,36 @@ export class VolumeManager implements ExportProvider {
     this.timeTravel = tt;
   }
 
-  /** Takes a volume's export offline (reason) or back online (null). */
-  setOffline(name: string, reason: string | null): void {
+  /** Takes a volume's export offline (reason) or back online (null). `recovering`: a crash recovery, which opens wait for. */
+  setOffline(name: string, reason: string | null, opts: { recovering?: boolean } = {}): void {
     if (reason === null) this.offline.delete(name);
     else this.offline.set(name, reason);
+    if (reason !== null && opts.recovering) this.recovering.add(name);
+    else this.recovering.delete(name);
+    if (reason === null || !opts.recovering) for (const w of this.onlineWaiters.splice(0)) w();
+  }
+
+  /** Volumes whose crash recovery is still running (health reports them). */
+  recoveringVolumes(): string[] {
+    return [...this.recovering];
+  }
+
+  private onlineOrTimeout(name: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        const i = this.onlineWaiters.indexOf(check);
+        if (i >= 0) this.onlineWaiters.splice(i, 1);
+        resolve();
+      };
+      const check = (): void => {
+        if (this.recovering.has(name)) this.onlineWaiters.push(check);
+        else done();
+      };
+      const timer = setTimeout(done, ms);
+      timer.unref?.();
+      this.onlineWaiters.push(check);
+    });
   }
 
   offlineReason(name: string): string | null {
@@ -179,9 +211,12 @@ export class VolumeManager implements ExportProvider {
       if (nameError) throw new UserError('invalid', nameError);
       const record = this.catalog.get(name);
       if (!record) throw new UserError('not-found', `no volume named "${name}"`);
-      const views = this.timeTravel?.exportEntries().filter((v) => v.volume === name) ?? [];
+      const views = this.timeTravel?.views.exportEntries().filter((v) => v.volume === name) ?? [];
       if (views.length) {
-        throw new UserError('conflict', `volume "${name}" has snapshots or clones (${views.map((v) => v.name).join(', ')}); delete them first`);
+        throw new UserError(
+          'conflict',
+          `volume "${name}" has snapshots or clones (${views.map((v) => v.name).join(', ')}); delete them first`,
+        );
       }
       await this.catalog.remove(name);
       const disconnected = opts.disconnect(name);
@@ -235,7 +270,7 @@ export class VolumeManager implements ExportProvider {
       throw new UserError('invalid', 'description must be a string');
     }
     if (this.catalog.get(name)) throw new UserError('conflict', `volume "${name}" already exists`);
-    if (this.timeTravel?.has(name)) throw new UserError('conflict', `a snapshot or clone named "${name}" already exists`);
+    if (this.timeTravel?.views.has(name)) throw new UserError('conflict', `a snapshot or clone named "${name}" already exists`);
     if (req.protected !== undefined && typeof req.protected !== 'boolean') {
       throw new UserError('invalid', 'protected must be true or false');
     }
@@ -290,7 +325,7 @@ export class VolumeManager implements ExportProvider {
         await this.backend.create(image, size);
       } catch (err) {
         await fs.promises.rm(dir, { recursive: true, force: true });
-        throw new Error(`cannot create image ${image}: ${(err as Error).message}`);
+        throw new Error(`cannot create image ${image}: ${(err as Error).message}`, { cause: err });
       }
       record = {
         name,
@@ -323,7 +358,7 @@ export class VolumeManager implements ExportProvider {
       } catch (err) {
         await this.catalog.remove(name);
         if (createdImage) await fs.promises.rm(createdImage.dir, { recursive: true, force: true });
-        throw new Error(`cannot start protection for "${name}": ${(err as Error).message}`);
+        throw new Error(`cannot start protection for "${name}": ${(err as Error).message}`, { cause: err });
       }
     }
     this.logger.info({ volume: name, size: record.size, path: record.path, kind: record.kind, readOnly }, 'volume created');

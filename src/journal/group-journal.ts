@@ -17,35 +17,38 @@
  * - If the journal itself fails (a full or failing journal disk), the group
  *   goes "degraded": production writes go on, the state maps go on
  *   tracking, nothing more is journaled.
- * - With a pool limit (poolBytes: a remote manager, see src/link/), sealed
- *   containers not yet committed plus the active one may take at most that
- *   much space. A record that would go over it puts the group in degraded
- *   mode of kind "pool" (the active container is sealed, then only the state
- *   maps track writes). Once the pool has drained, beginSuper() resumes
+ * - With a pool limit (poolBytes: a remote manager, see src/link/), the
+ *   pool is the sealed containers waiting for the manager. The active
+ *   container seals at the seal size or the pool size, whichever is
+ *   smaller, and (by size or age) only when the pool has room for it; a
+ *   commit that makes room seals it. A record that finds the active
+ *   container full and no room for it in the pool puts the group in
+ *   degraded mode of kind "pool" (the active container is sealed anyway,
+ *   then only the state maps track writes). So a burst up to twice the pool
+ *   never degrades a group whose link is up, however slowly the manager
+ *   commits, and the journal holds at most the pool plus one active
+ *   container (twice the pool). Once the pool has drained, beginSuper() resumes
  *   journaling: every container from there to endSuper() is tagged as part
  *   of one super transaction (001 [1168]-[1169]) that also stands for the
  *   writes never journaled (seqs from fromSeq on). Both states are kept in
  *   <dir>/super.json so a restart resumes them.
+ *
+ * Longer than most files (about 800 lines), on purpose: seq reservation,
+ * ordered appends, sealing, the pool and degraded mode with its super
+ * transactions change one state together and are read together. Crash
+ * recovery of the directory is in recover.ts.
  */
+import { recoverContainers } from './recover';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  ContainerWriter,
-  journalDirectIo,
-  listContainers,
-  repairActive,
-  scanContainer,
-  type RecordInput,
-} from '../lfc';
+import { ContainerWriter, journalDirectIo, readRecords, type RecordInput } from '../lfc';
 import { ContainerKind, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, containerFileName, type Footer } from '../lfc';
 import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
-import { fsyncDir } from '../util/fsync-dir';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
 
 export type { SealedContainerRef, CommitInfo, ManagerLink } from './link';
-
 
 export interface GroupJournalOptions {
   dir: string;
@@ -77,6 +80,8 @@ export interface GroupJournalOptions {
 export interface SuperRun {
   id: number;
   fromSeq: number;
+  /** When its degraded stretch began (ms): the time of the first write not journaled. */
+  fromTime?: number;
   lastContainer: number | null;
 }
 
@@ -87,7 +92,39 @@ export interface JournalDegraded {
   kind?: 'journal' | 'pool';
   /** First seq not journaled (pool kind). */
   fromSeq?: number;
+  /** When that write came (ms; pool kind). */
+  fromTime?: number;
 }
+
+/** A journaled write as its record header says (no payload). */
+export interface JournalRecordInfo {
+  seq: number;
+  time: number;
+  kind: number;
+  flags: number;
+  volumeId: number;
+  offset: number;
+  length: number;
+  /** The AILFC holding it: the transaction it becomes once the manager commits it. */
+  containerId: number;
+}
+
+/** Where the journal stands right now (what a marker or "latest" means). */
+export interface JournalPosition {
+  /** The last write handed to the journal (every acknowledged write has a seq <= it), and its time. */
+  seq: number;
+  time: number;
+  committedSeq: number;
+  /**
+   * A degraded stretch (or its resync) whose super transaction is not
+   * committed yet. ("unreachable": set by a remote manager that cannot ask
+   * the intercept: what came after its last report is unknown.)
+   */
+  open: { fromSeq: number; fromTime: number; state: 'degraded' | 'resync' | 'unreachable' } | null;
+}
+
+/** What to look up among journaled writes the manager has not committed yet. */
+export type PendingQuery = { seq: number } | { ms: number };
 
 const SUPER_FILE = 'super.json';
 
@@ -151,6 +188,12 @@ export class GroupJournal {
   private superRun: SuperRun | null = null;
   private stateListeners: Array<(state: 'degraded' | 'drained' | 'normal') => void> = [];
   private lastError: string | null = null;
+  /** A size or age seal waits for room in the pool; the next commit that makes room does it. */
+  private sealDeferred = false;
+  /** The last record appended (what "latest" names without reading the file). */
+  private lastRecord: JournalRecordInfo | null = null;
+  /** Containers switched out but not handed to the manager yet (being sealed): id -> active path. */
+  private readonly sealingPaths = new Map<number, string>();
   private closed = false;
   private commitListeners: Array<(c: CommitInfo) => void> = [];
 
@@ -177,55 +220,9 @@ export class GroupJournal {
   static async open(opts: GroupJournalOptions): Promise<GroupJournal> {
     const j = new GroupJournal(opts);
     await fs.promises.mkdir(opts.dir, { recursive: true });
-    let maxContainer = opts.committedContainer;
-    let maxSeq = opts.committedSeq;
-    const toSubmit: SealedContainerRef[] = [];
     await j.loadSuperState();
-    // Numbering resumes right after the highest container holding records:
-    // the manager applies containers strictly in order, so ids must have no
-    // gaps. Empty actives (the spare, or one that never got a record) and
-    // half-created files are deleted, and their ids reused.
-    for (const c of await listContainers(opts.dir)) {
-      if (c.kind === 'partial') {
-        await fs.promises.rm(c.path, { force: true });
-        continue;
-      }
-      if (c.kind === 'active') {
-        const scan = await repairActive(c.path);
-        if (scan.tornAt !== undefined) {
-          opts.logger.warn({ container: c.n, tornAt: scan.tornAt, problem: scan.problem }, 'truncated torn AILFC tail');
-        }
-        if (scan.recordCount === 0) {
-          await fs.promises.rm(c.path, { force: true });
-          continue;
-        }
-        maxContainer = Math.max(maxContainer, c.n);
-        maxSeq = Math.max(maxSeq, scan.lastSeq);
-        if (scan.sealed && scan.footer) {
-          // The crash came after the footer but before the rename: finish the seal.
-          const sealedPath = path.join(opts.dir, containerFileName('ailfc', c.n));
-          await fs.promises.rename(c.path, sealedPath);
-          await fsyncDir(opts.dir);
-          opts.logger.info({ container: c.n }, 'finished sealing an AILFC interrupted by a crash');
-          toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealedPath, footer: scan.footer });
-          continue;
-        }
-        const w = await ContainerWriter.reopen(c.path, scan.validEnd, scan);
-        const sealed = await w.seal();
-        opts.logger.info({ container: c.n, records: scan.recordCount }, 'sealed AILFC left active by a crash');
-        toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: sealed.path, footer: sealed.footer });
-      } else if (c.kind === 'ailfc') {
-        maxContainer = Math.max(maxContainer, c.n);
-        if (c.n <= opts.committedContainer) {
-          await fs.promises.rm(c.path, { force: true }); // committed; the manager has its copy
-          continue;
-        }
-        const scan = await scanContainer(c.path);
-        if (!scan.sealed || !scan.footer) throw new Error(`${c.path}: sealed container without a valid footer`);
-        maxSeq = Math.max(maxSeq, scan.lastSeq);
-        toSubmit.push({ groupId: opts.groupId, containerId: c.n, path: c.path, footer: scan.footer });
-      }
-    }
+    const found = await recoverContainers(opts);
+    const { maxContainer, maxSeq, toSubmit } = found;
     j.nextContainer = maxContainer + 1;
     j.nextSeq = maxSeq + 1;
     j.nextAppend = j.nextSeq;
@@ -255,7 +252,15 @@ export class GroupJournal {
    * (page cache). Records are written in seq order whatever the call order.
    * In degraded mode this resolves at once: nothing is journaled.
    */
-  append(seq: number, kind: RecordKind, volumeId: number, offset: number, length: number, payload: Buffer | null, flags = 0): Promise<void> {
+  append(
+    seq: number,
+    kind: RecordKind,
+    volumeId: number,
+    offset: number,
+    length: number,
+    payload: Buffer | null,
+    flags = 0,
+  ): Promise<void> {
     const rec: RecordInput = { kind, flags, volumeId, seq, time: 0, offset, length };
     if (seq !== this.nextAppend) {
       return new Promise<void>((resolve, reject) => this.parked.set(seq, { rec, payload, resolve, reject }));
@@ -283,11 +288,27 @@ export class GroupJournal {
       return RESOLVED;
     }
     const w = this.active;
-    if (this.poolLimit > 0 && this.poolUsage() + RECORD_HEADER_SIZE + (payload?.length ?? 0) > this.poolLimit) {
-      this.enterPoolDegraded(rec.seq);
-      return RESOLVED;
+    let full = false;
+    if (this.poolLimit > 0 && w.recordCount > 0 && w.size + RECORD_HEADER_SIZE + (payload?.length ?? 0) > this.sealAt) {
+      // The active container is full: it goes to the pool if there is room (a
+      // seal may still be switching containers: count it at most at its limit), else degrade.
+      if (this.sealedBytes() + Math.min(w.size, this.sealAt) > this.poolLimit) {
+        this.enterPoolDegraded(rec.seq);
+        return RESOLVED;
+      }
+      full = true;
     }
     rec.time = this.lastAppendedTime = Date.now();
+    this.lastRecord = {
+      seq: rec.seq,
+      time: rec.time,
+      kind: rec.kind,
+      flags: rec.flags ?? 0,
+      volumeId: rec.volumeId,
+      offset: rec.offset,
+      length: rec.length,
+      containerId: w.header.containerId,
+    };
     const p = w.append(rec, payload).catch(this.onAppendError);
     if (w.recordCount === 1 && this.sealAgeMs > 0 && !this.ageTimer) {
       this.ageTimer = setTimeout(() => {
@@ -296,8 +317,20 @@ export class GroupJournal {
       }, this.sealAgeMs);
       this.ageTimer.unref?.();
     }
-    if (w.size >= this.sealBytes) void this.seal('size');
+    if (full || w.size >= this.sealAt) void this.seal('size');
     return p;
+  }
+
+  /** Size at which the active container seals: the seal size, or the pool if that is smaller (every container fits in the pool). */
+  private get sealAt(): number {
+    return this.poolLimit > 0 ? Math.min(this.sealBytes, this.poolLimit) : this.sealBytes;
+  }
+
+  /** Bytes of sealed containers not yet committed: what the pool limit counts. */
+  sealedBytes(): number {
+    let n = 0;
+    for (const b of this.pendingFileBytes.values()) n += b;
+    return n;
   }
 
   private readonly onAppendError = (err: unknown): void => this.fail(err);
@@ -312,7 +345,7 @@ export class GroupJournal {
     }
   }
 
-  /** Bytes of the local pool in use: sealed containers not yet committed, plus the active one. */
+  /** Bytes the journal holds: sealed containers not yet committed, plus the active one. */
   poolUsage(): number {
     let n = this.active ? this.active.size : 0;
     for (const b of this.pendingFileBytes.values()) n += b;
@@ -326,13 +359,20 @@ export class GroupJournal {
    */
   private enterPoolDegraded(fromSeq: number): void {
     if (this.degraded) return;
+    const now = Date.now();
     this.degraded = {
-      since: new Date().toISOString(),
-      reason: `the local pool of LFCs is full (${this.poolUsage()} of ${this.poolLimit} bytes): tracking writes in the state map only`,
+      since: new Date(now).toISOString(),
+      reason: `the local pool of LFCs is full (${this.sealedBytes()} of ${this.poolLimit} bytes waiting for the manager, and the active container is full): tracking writes in the state map only`,
       kind: 'pool',
       fromSeq,
+      fromTime: now,
     };
-    this.log.warn({ group: this.groupId, fromSeq, poolBytes: this.poolUsage(), poolLimit: this.poolLimit }, 'LFC pool full: degraded mode (state map only)');
+    // Not journaled, but written: the write's time is the stretch's start.
+    this.lastAppendedTime = now;
+    this.log.warn(
+      { group: this.groupId, fromSeq, poolBytes: this.poolUsage(), poolLimit: this.poolLimit },
+      'LFC pool full: degraded mode (state map only)',
+    );
     this.saveSuperState();
     void this.seal('degraded');
     for (const cb of this.stateListeners) cb('degraded');
@@ -347,7 +387,7 @@ export class GroupJournal {
     return this.pending.size;
   }
 
-    onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
+  onStateChange(cb: (state: 'degraded' | 'drained' | 'normal') => void): void {
     this.stateListeners.push(cb);
   }
 
@@ -380,7 +420,12 @@ export class GroupJournal {
     if (!d || d.kind !== 'pool') throw new Error('beginSuper: the journal is not in pool-degraded mode');
     await this.seal('super-start');
     await this.sealing;
-    this.superRun = { id: this.active.header.containerId, fromSeq: d.fromSeq ?? this.nextAppend, lastContainer: null };
+    this.superRun = {
+      id: this.active.header.containerId,
+      fromSeq: d.fromSeq ?? this.nextAppend,
+      fromTime: d.fromTime ?? Date.parse(d.since),
+      lastContainer: null,
+    };
     this.degraded = null;
     this.saveSuperState();
     this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: super transaction started');
@@ -427,7 +472,12 @@ export class GroupJournal {
   private tagFor(containerId: number): SealedContainerRef['superTransaction'] {
     const r = this.superRun;
     if (!r || containerId < r.id || (r.lastContainer !== null && containerId > r.lastContainer)) return undefined;
-    return { id: r.id, fromSeq: r.fromSeq, last: r.lastContainer === containerId };
+    return {
+      id: r.id,
+      fromSeq: r.fromSeq,
+      ...(r.fromTime !== undefined ? { fromTime: r.fromTime } : {}),
+      last: r.lastContainer === containerId,
+    };
   }
 
   private async loadSuperState(): Promise<void> {
@@ -492,7 +542,17 @@ export class GroupJournal {
     if (this.active.recordCount === 0 && !superEnd) return null;
     // Seals requested by size while an earlier one was switching containers
     // find a fresh, small active container: leave it alone.
-    if (reason === 'size' && this.active.size < this.sealBytes) return null;
+    if (reason === 'size' && this.active.size < this.sealAt) return null;
+    // Size and age seals wait for room in the pool (a commit will make it);
+    // a container bigger than the pool still goes when the pool is empty.
+    if ((reason === 'size' || reason === 'age' || reason === 'room') && this.poolLimit > 0 && !this.degraded) {
+      const sealed = this.sealedBytes();
+      if (sealed > 0 && sealed + this.active.size > this.poolLimit) {
+        this.sealDeferred = true;
+        return null;
+      }
+    }
+    this.sealDeferred = false;
     if (this.ageTimer) {
       clearTimeout(this.ageTimer);
       this.ageTimer = null;
@@ -511,6 +571,7 @@ export class GroupJournal {
       this.saveSuperState();
     }
     this.active = next;
+    this.sealingPaths.set(old.header.containerId, old.path);
     this.spare = this.createWriter(this.nextContainer++);
     this.spare.catch(() => undefined);
     if (this.active.recordCount > 0 && !this.ageTimer && this.sealAgeMs > 0) {
@@ -524,6 +585,7 @@ export class GroupJournal {
     try {
       sealed = await old.seal();
     } catch (err) {
+      this.sealingPaths.delete(old.header.containerId);
       this.fail(err);
       return null;
     }
@@ -534,14 +596,19 @@ export class GroupJournal {
       path: sealed.path,
       footer: sealed.footer,
     };
-    return { containerId: ref.containerId, committed: this.submit(ref) };
+    const committed = this.submit(ref);
+    this.sealingPaths.delete(ref.containerId);
+    return { containerId: ref.containerId, committed };
   }
 
   private submit(ref: SealedContainerRef): Promise<CommitInfo | null> {
     const tag = this.tagFor(ref.containerId);
     if (tag) ref.superTransaction = tag;
     this.pendingBytes.set(ref.containerId, ref.footer.payloadBytes);
-    this.pendingFileBytes.set(ref.containerId, FILE_HEADER_SIZE + ref.footer.recordCount * RECORD_HEADER_SIZE + ref.footer.payloadBytes + FOOTER_SIZE);
+    this.pendingFileBytes.set(
+      ref.containerId,
+      FILE_HEADER_SIZE + ref.footer.recordCount * RECORD_HEADER_SIZE + ref.footer.payloadBytes + FOOTER_SIZE,
+    );
     const p = this.link.submit(ref).then(
       async (c) => {
         this.pending.delete(ref.containerId);
@@ -553,6 +620,7 @@ export class GroupJournal {
           this.committedTime = Math.max(this.committedTime, c.lastTime);
         }
         for (const m of this.stateMaps.values()) m.clearCommitted(Math.min(this.committedSeq, this.clearCap()));
+        if (this.sealDeferred && this.sealedBytes() + this.active.size <= this.poolLimit) void this.seal('room');
         await fs.promises.rm(ref.path, { force: true });
         for (const cb of this.commitListeners) cb(c);
         if (this.drained) for (const cb of this.stateListeners) cb('drained');
@@ -622,6 +690,73 @@ export class GroupJournal {
       poolLimit: this.poolLimit,
       superRun: this.superRun,
     };
+  }
+
+  /** Where the journal stands right now; see JournalPosition. */
+  position(): JournalPosition {
+    const d = this.degraded;
+    const r = this.superRun;
+    let open: JournalPosition['open'] = null;
+    if (d?.kind === 'pool' && d.fromSeq !== undefined)
+      open = { fromSeq: d.fromSeq, fromTime: d.fromTime ?? Date.parse(d.since), state: 'degraded' };
+    else if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer))
+      open = { fromSeq: r.fromSeq, fromTime: r.fromTime ?? 0, state: 'resync' };
+    return { seq: this.nextAppend - 1, time: this.lastAppendedTime, committedSeq: this.committedSeq, open };
+  }
+
+  /**
+   * A journaled write the manager has not committed yet: the one with that
+   * seq (or the last before it), or the last one at or before that time.
+   * Reads record headers of the sealed containers waiting for the manager
+   * and of the active one (as far as it is written), newest first; nothing
+   * is sealed. Null when the answer lies in committed history (or is older
+   * than every uncommitted write).
+   */
+  async findPending(q: PendingQuery): Promise<JournalRecordInfo | null> {
+    const last = this.lastRecord;
+    const hit = (r: { seq: number; time: number }): boolean => ('seq' in q ? r.seq <= q.seq : r.time <= q.ms);
+    if (last && hit(last) && last.seq === this.nextAppend - 1) return last.seq > this.committedSeq ? last : null;
+    const files: Array<{ id: number; paths: string[] }> = [];
+    if (this.active)
+      files.push({
+        id: this.active.header.containerId,
+        paths: [this.active.path, path.join(this.dir, containerFileName('ailfc', this.active.header.containerId))],
+      });
+    const sealedName = (id: number): string => path.join(this.dir, containerFileName('ailfc', id));
+    const older = new Map<number, string[]>();
+    for (const [id, p] of this.sealingPaths) older.set(id, [p, sealedName(id)]);
+    for (const id of this.pending.keys()) older.set(id, [sealedName(id)]);
+    for (const id of [...older.keys()].sort((a, b) => b - a)) files.push({ id, paths: older.get(id)! });
+    for (const f of files) {
+      let best: JournalRecordInfo | null = null;
+      let read = false;
+      for (const file of f.paths) {
+        try {
+          for await (const r of readRecords(file, { payloads: false })) {
+            if (r.seq <= this.committedSeq || !hit(r)) continue;
+            if (!best || r.seq > best.seq)
+              best = {
+                seq: r.seq,
+                time: r.time,
+                kind: r.kind,
+                flags: r.flags,
+                volumeId: r.volumeId,
+                offset: r.offset,
+                length: r.length,
+                containerId: f.id,
+              };
+          }
+          read = true;
+          break;
+        } catch (err) {
+          // Renamed by a seal, or deleted after its commit: try its sealed name, or it is history now.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        }
+      }
+      if (best) return best;
+      if (!read) return null;
+    }
+    return null;
   }
 
   get isDegraded(): boolean {

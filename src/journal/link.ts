@@ -15,9 +15,10 @@ export interface SealedContainerRef {
   /**
    * Set on the containers of a super transaction (the resync after degraded
    * mode, 001 [1168]-[1169]): `id` is its first container, `fromSeq` the
-   * first seq it stands for, `last` marks its last container.
+   * first seq it stands for (`fromTime`: when that write came, the start of
+   * the degraded stretch), `last` marks its last container.
    */
-  superTransaction?: { id: number; fromSeq: number; last: boolean };
+  superTransaction?: { id: number; fromSeq: number; last: boolean; fromTime?: number };
 }
 
 /** What the manager answers when T_n is committed (also for a resend of a committed n). */

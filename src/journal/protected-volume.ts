@@ -33,11 +33,9 @@ import {
   type ReadChunk,
   type WriteFlags,
   type ZeroFlags,
-} from '../nbd/export';
+} from '../nbd';
 import { RecordKind, RECORD_FLAG_FUA, RECORD_FLAG_RESTORE } from '../lfc';
-import type { GroupJournal } from './group-journal';
 import { RangeLock } from './range-lock';
-import type { StateMap } from './state-map';
 
 /** Resync reads production in pieces of this size. */
 const RESYNC_CHUNK = 1024 * 1024;
@@ -56,6 +54,39 @@ export interface VolumeIoStatus {
   lastError: { time: string; op: IoOp; offset: number; length: number; code: string; message: string } | null;
   /** Ranges a failed write left unknown that could not be re-read yet. */
   recapturePending: number;
+}
+
+/**
+ * What the intercept needs of the group's journal (GroupJournal): the next
+ * seq, an append in seq order, and durability. A port, so the ordering
+ * contract can be tested with a recording fake.
+ */
+export interface InterceptJournal {
+  reserve(): number;
+  append(
+    seq: number,
+    kind: RecordKind,
+    volumeId: number,
+    offset: number,
+    length: number,
+    payload: Buffer | null,
+    flags?: number,
+  ): Promise<void>;
+  sync(): Promise<void>;
+}
+
+/** What the intercept (and the daemon that owns it) needs of the volume's persistent state map (StateMap). */
+export interface DirtyMap {
+  readonly regionSize: number;
+  markDirty(offset: number, length: number, seq: number): void;
+  pin(offset: number, length: number): void;
+  unpin(offset: number, length: number): void;
+  sync(): Promise<void>;
+  dirtyRanges(): Array<{ offset: number; length: number }>;
+  dirtyCount(): number;
+  adoptLoaded(seq: number): void;
+  clearLoaded(): number;
+  close(): Promise<void>;
 }
 
 /** What the replica holds, for crash recovery (the manager is caught up). */
@@ -98,8 +129,8 @@ export class ProtectedVolume implements NbdExport {
     readonly name: string,
     readonly volumeId: number,
     readonly production: NbdExport,
-    readonly journal: GroupJournal,
-    readonly stateMap: StateMap,
+    readonly journal: InterceptJournal,
+    readonly stateMap: DirtyMap,
   ) {
     this.size = production.size;
     this.blockSize = production.blockSize;
@@ -144,7 +175,7 @@ export class ProtectedVolume implements NbdExport {
         const bs = replica.blockSize;
         const differs = await replica.differing(off, data);
         // Journal each run of differing blocks as one record.
-        for (let i = 0; i < differs.length; ) {
+        for (let i = 0; i < differs.length;) {
           if (!differs[i]) {
             i++;
             continue;
@@ -192,9 +223,7 @@ export class ProtectedVolume implements NbdExport {
 
   get readSparse(): ((offset: number, length: number, into?: Buffer) => Promise<ReadChunk[]>) | undefined {
     const p = this.production;
-    return p.readSparse
-      ? (o, l, into) => p.readSparse!(o, l, into).then(undefined, (err) => this.ioFailed('read', o, l, err))
-      : undefined;
+    return p.readSparse ? (o, l, into) => p.readSparse!(o, l, into).then(undefined, (err) => this.ioFailed('read', o, l, err)) : undefined;
   }
 
   /** Count a production failure, then rethrow it. */
@@ -233,15 +262,11 @@ export class ProtectedVolume implements NbdExport {
   }
 
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    return this.intercept(RecordKind.Write, offset, data.length, data, flags.fua, () =>
-      this.production.write(offset, data, NO_FUA),
-    );
+    return this.intercept(RecordKind.Write, offset, data.length, data, flags.fua, () => this.production.write(offset, data, NO_FUA));
   }
 
   trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
-    return this.intercept(RecordKind.Trim, offset, length, null, flags.fua, () =>
-      this.production.trim(offset, length, NO_FUA),
-    );
+    return this.intercept(RecordKind.Trim, offset, length, null, flags.fua, () => this.production.trim(offset, length, NO_FUA));
   }
 
   zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
@@ -254,7 +279,15 @@ export class ProtectedVolume implements NbdExport {
    * is itself a point in history and can be undone), with the restore flag.
    */
   restoreWrite(offset: number, data: Buffer): Promise<void> {
-    return this.intercept(RecordKind.Write, offset, data.length, data, false, () => this.production.write(offset, data, NO_FUA), RECORD_FLAG_RESTORE);
+    return this.intercept(
+      RecordKind.Write,
+      offset,
+      data.length,
+      data,
+      false,
+      () => this.production.write(offset, data, NO_FUA),
+      RECORD_FLAG_RESTORE,
+    );
   }
 
   /** A production restore's zeroing of a range (it reads as zero at the point restored to). */

@@ -221,7 +221,7 @@ export class StateMap {
     for (let i = b0; i <= b1; i++) {
       const from = i === b0 ? first & 7 : 0;
       const to = i === b1 ? last & 7 : 7;
-      const mask = ((0xff << from) & (0xff >>> (7 - to))) & 0xff;
+      const mask = (0xff << from) & (0xff >>> (7 - to)) & 0xff;
       const v = bm[i];
       old[i - b0] = v;
       if ((v & mask) !== mask) {

@@ -253,7 +253,8 @@ export function checkRecords(raw: Buffer): CheckedRecords | string {
     if (typeof h === 'string') return `${h} at ${off}`;
     const end = off + RECORD_HEADER_SIZE + h.payloadLength;
     if (end > raw.length) return `record payload cut short at ${off}`;
-    if (h.payloadLength > 0 && crc32(raw.subarray(off + RECORD_HEADER_SIZE, end)) !== h.payloadCrc) return `payload checksum mismatch in the record at ${off}`;
+    if (h.payloadLength > 0 && crc32(raw.subarray(off + RECORD_HEADER_SIZE, end)) !== h.payloadCrc)
+      return `payload checksum mismatch in the record at ${off}`;
     records++;
     payloadBytes += h.payloadLength;
     first ??= h;

@@ -42,7 +42,9 @@ export class DirectSink {
     if (!O_DIRECT) return null;
     let fd: number;
     try {
-      fd = await new Promise<number>((resolve, reject) => fs.open(file, fs.constants.O_WRONLY | O_DIRECT, (err, d) => (err ? reject(err) : resolve(d))));
+      fd = await new Promise<number>((resolve, reject) =>
+        fs.open(file, fs.constants.O_WRONLY | O_DIRECT, (err, d) => (err ? reject(err) : resolve(d))),
+      );
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EINVAL') return null; // no O_DIRECT here (tmpfs)
       throw err;

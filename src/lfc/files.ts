@@ -27,7 +27,12 @@ function refuse(p: string): never {
  * <dir>/bilfc-<n>.lfc.tmp (renamed at seal). Refuses (EEXIST) to overwrite
  * an existing file, including a sealed one with the same n.
  */
-export async function createContainerFile(dir: string, kind: ContainerKind, n: number, header: Buffer): Promise<{ path: string; fd: number }> {
+export async function createContainerFile(
+  dir: string,
+  kind: ContainerKind,
+  n: number,
+  header: Buffer,
+): Promise<{ path: string; fd: number }> {
   if (kind === ContainerKind.AILFC) {
     const final = path.join(dir, containerFileName('active', n));
     const sealed = path.join(dir, containerFileName('ailfc', n));

@@ -36,7 +36,17 @@
  */
 import * as fs from 'node:fs';
 import { crc32, crc32Combine, crc32Small } from '../util/crc32';
-import { decodeFileHeader, emptyStats, encodeFileHeader, encodeFooter, encodeRecordHeader, invalidRecord, MAX_U32, MAX_U53, pickStats } from './codec';
+import {
+  decodeFileHeader,
+  emptyStats,
+  encodeFileHeader,
+  encodeFooter,
+  encodeRecordHeader,
+  invalidRecord,
+  MAX_U32,
+  MAX_U53,
+  pickStats,
+} from './codec';
 import { DIRECT_BLOCK, DirectSink } from './direct';
 import { createContainerFile, createContainerFileAt, renameSealed } from './files';
 import {
@@ -219,7 +229,13 @@ export class ContainerWriter {
     kind: ContainerKind,
     opts: { groupId: number; containerId: number; blockSize: number; created?: number } & WriterOptions,
   ): Promise<ContainerWriter> {
-    const header: FileHeader = { kind, groupId: opts.groupId, containerId: opts.containerId, created: opts.created ?? Date.now(), blockSize: opts.blockSize };
+    const header: FileHeader = {
+      kind,
+      groupId: opts.groupId,
+      containerId: opts.containerId,
+      created: opts.created ?? Date.now(),
+      blockSize: opts.blockSize,
+    };
     const hbuf = encodeFileHeader(header);
     const { path: file, fd } = await createContainerFileAt(final, hbuf);
     const w = new ContainerWriter(file, fd, header, FILE_HEADER_SIZE, FILE_HEADER_SIZE, emptyStats(), opts);
@@ -363,7 +379,12 @@ export class ContainerWriter {
    * retention merges history. `seqs` gives the first and last record's seq
    * and time (AILFC); BILFC records carry none.
    */
-  appendEncoded(raw: Buffer, records: number, payloadBytes: number, seqs?: { first: number; firstTime: number; last: number; lastTime: number }): Promise<void> {
+  appendEncoded(
+    raw: Buffer,
+    records: number,
+    payloadBytes: number,
+    seqs?: { first: number; firstTime: number; last: number; lastTime: number },
+  ): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     if (this.closing) return Promise.reject(closedError(this.path));
     if (raw.length === 0) return Promise.resolve();

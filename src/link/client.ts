@@ -16,6 +16,9 @@
  *   answers a committed one from its catalog (no duplicate apply).
  * - A connection from which nothing arrives for DEAD_AFTER_MS (pings flow
  *   every second both ways) is dropped: a cut cable sends no RST.
+ *
+ * About 650 lines: the connection state machine, the send pump and the
+ * requests answered for the manager share the socket's life cycle.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -48,10 +51,12 @@ import {
   type HelloMsg,
   type InterceptStatusMsg,
   type NackMsg,
+  type PositionReqMsg,
   type PutReadyMsg,
 } from './protocol';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
+import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
 
 export interface LinkTlsClient {
   ca: Buffer;
@@ -59,6 +64,40 @@ export interface LinkTlsClient {
   key?: Buffer;
   /** Name the manager's certificate must carry (default: the host). */
   servername?: string;
+}
+
+/** Where the intercept's link TLS files are (DIR/ca-cert.pem, and client-cert.pem + client-key.pem if it has them). */
+export interface LinkTlsFiles {
+  ca: string;
+  cert: string | null;
+  key: string | null;
+  servername?: string;
+}
+
+/** Reads and checks the link client's TLS files; throws naming the file that is missing or unusable. */
+export function readLinkTlsClient(files: LinkTlsFiles): LinkTlsClient {
+  const read = (what: string, f: string) => {
+    try {
+      return fs.readFileSync(f);
+    } catch (err) {
+      throw new Error(`${what} ${f}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const out: LinkTlsClient = { ca: read('link CA certificate', files.ca) };
+  if (files.cert) {
+    out.cert = read('link client certificate', files.cert);
+    out.key = read('link client key', files.key ?? '');
+  }
+  if (files.servername) out.servername = files.servername;
+  try {
+    tls.createSecureContext({ ca: out.ca, cert: out.cert, key: out.key });
+  } catch (err) {
+    throw new Error(
+      `link TLS files (${[files.ca, files.cert, files.key].filter(Boolean).join(', ')}) are not usable: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return out;
 }
 
 export interface RemoteLinkOptions {
@@ -104,8 +143,12 @@ interface Item {
 
 export interface LinkHooks {
   status?: () => Omit<InterceptStatusMsg, 'bytesSent' | 'queued'>;
-  verify?: (volumeId: number, ready: (appliedSeq: number) => void) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
+  verify?: (
+    volumeId: number,
+    ready: (appliedSeq: number) => void,
+  ) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
   catchUp?: () => Promise<void>;
+  position?: (find?: PositionReqMsg['find']) => Promise<{ position: JournalPosition; found: JournalRecordInfo | null }>;
 }
 
 export function readLinkState(file: string): LinkState | null {
@@ -211,6 +254,12 @@ export class RemoteLink implements ManagerLink {
     });
   }
 
+  /** Rotated certificates, used from the next connection on. */
+  setTls(t: LinkTlsClient): void {
+    if (!this.opts.tls) throw new Error('this link does not use TLS');
+    this.opts.tls = t;
+  }
+
   /** The group changed (a volume added): reconnect to announce it. */
   setGroup(g: GroupMsg): void {
     this.opts.group = g;
@@ -279,7 +328,16 @@ export class RemoteLink implements ManagerLink {
     let sock: net.Socket;
     if (this.opts.tls) {
       const t = this.opts.tls;
-      sock = tls.connect({ host, port, ca: t.ca, cert: t.cert, key: t.key, servername: t.servername ?? (net.isIP(host) ? undefined : host), rejectUnauthorized: true, checkServerIdentity: (h, cert) => tls.checkServerIdentity(t.servername ?? h, cert) });
+      sock = tls.connect({
+        host,
+        port,
+        ca: t.ca,
+        cert: t.cert,
+        key: t.key,
+        servername: t.servername ?? (net.isIP(host) ? undefined : host),
+        rejectUnauthorized: true,
+        checkServerIdentity: (h, cert) => tls.checkServerIdentity(t.servername ?? h, cert),
+      });
     } else {
       sock = net.connect({ host, port });
     }
@@ -305,7 +363,11 @@ export class RemoteLink implements ManagerLink {
       this.lastError = why;
       for (const it of this.queue.values()) it.sent = false;
       this.sending = false;
-      if (wasUp || this.reconnects % 20 === 0) this.opts.logger[level]({ group: this.opts.group.group, manager: `${host}:${port}`, reason: why }, wasUp ? 'manager link down' : 'cannot connect to the manager');
+      if (wasUp || this.reconnects % 20 === 0)
+        this.opts.logger[level](
+          { group: this.opts.group.group, manager: `${host}:${port}`, reason: why },
+          wasUp ? 'manager link down' : 'cannot connect to the manager',
+        );
       this.reconnects++;
       this.scheduleReconnect();
     };
@@ -342,10 +404,19 @@ export class RemoteLink implements ManagerLink {
             case 'hello': {
               if (f.type !== MsgType.HELLO) throw new LinkProtocolError(`expected HELLO, got ${f.type}`);
               const h = parseJson<HelloMsg>(f);
-              if (h.magic !== LINK_MAGIC || h.version !== LINK_VERSION || !isNonce(h.nonce)) throw new LinkProtocolError('not a rewind manager (bad HELLO)');
+              if (h.magic !== LINK_MAGIC || h.version !== LINK_VERSION || !isNonce(h.nonce))
+                throw new LinkProtocolError('not a rewind manager (bad HELLO)');
               serverNonce = h.nonce;
               const secret = this.opts.secret;
-              this.write(sock, encodeJson(MsgType.AUTH, { magic: LINK_MAGIC, version: LINK_VERSION, nonce: clientNonce, mac: secret ? clientMac(secret, serverNonce, clientNonce) : null }));
+              this.write(
+                sock,
+                encodeJson(MsgType.AUTH, {
+                  magic: LINK_MAGIC,
+                  version: LINK_VERSION,
+                  nonce: clientNonce,
+                  mac: secret ? clientMac(secret, serverNonce, clientNonce) : null,
+                }),
+              );
               phase = 'auth';
               break;
             }
@@ -353,7 +424,8 @@ export class RemoteLink implements ManagerLink {
               if (f.type !== MsgType.AUTH_OK) throw new LinkProtocolError(`expected AUTH_OK, got ${f.type}`);
               const m = parseJson<{ mac?: unknown }>(f);
               const secret = this.opts.secret;
-              if (secret && !macEquals(m.mac, serverMac(secret, clientNonce, serverNonce))) throw new LinkProtocolError('the manager does not hold the shared secret');
+              if (secret && !macEquals(m.mac, serverMac(secret, clientNonce, serverNonce)))
+                throw new LinkProtocolError('the manager does not hold the shared secret');
               this.write(sock, encodeJson(MsgType.GROUP, this.opts.group));
               phase = 'group';
               break;
@@ -374,7 +446,10 @@ export class RemoteLink implements ManagerLink {
               this.backoff = 200;
               this.setState('up');
               this.lastError = null;
-              this.opts.logger.info({ group: this.opts.group.group, manager: `${host}:${port}`, tls: !!this.opts.tls, queued: this.queue.size }, 'manager link up');
+              this.opts.logger.info(
+                { group: this.opts.group.group, manager: `${host}:${port}`, tls: !!this.opts.tls, queued: this.queue.size },
+                'manager link up',
+              );
               this.sendStatus(sock);
               for (const cb of this.upListeners) cb();
               void this.pump();
@@ -448,7 +523,10 @@ export class RemoteLink implements ManagerLink {
         const m = parseJson<NackMsg>(f);
         const it = this.queue.get(m.containerId);
         this.lastError = `container ${m.containerId}: ${m.message}`;
-        this.opts.logger.warn({ group: this.opts.group.group, container: m.containerId, err: m.message, resend: m.resend }, 'manager did not take a container');
+        this.opts.logger.warn(
+          { group: this.opts.group.group, container: m.containerId, err: m.message, resend: m.resend },
+          'manager did not take a container',
+        );
         if (!it) return;
         if (m.resend) {
           it.sent = false;
@@ -482,6 +560,17 @@ export class RemoteLink implements ManagerLink {
         );
         return;
       }
+      case MsgType.POSITION_REQ: {
+        // Answered from the journal as it stands when the request arrives: every write
+        // acknowledged before the manager asked has a seq at or below the answer.
+        const m = parseJson<PositionReqMsg>(f);
+        const run = this.hooks.position ? this.hooks.position(m.find) : Promise.reject(new Error('position is not available'));
+        run.then(
+          (r) => this.write(sock, encodeJson(MsgType.POSITION, { id: m.id, position: r.position, found: r.found })),
+          (err: Error) => this.write(sock, encodeJson(MsgType.POSITION, { id: m.id, error: err.message })),
+        );
+        return;
+      }
       default:
         throw new LinkProtocolError(`unexpected frame type ${f.type} from the manager`);
     }
@@ -493,8 +582,19 @@ export class RemoteLink implements ManagerLink {
       return;
     }
     try {
-      const r = await this.hooks.verify(m.volumeId, (appliedSeq) => this.write(sock, encodeJson(MsgType.VERIFY_READY, { id: m.id, appliedSeq })));
-      this.write(sock, encodeJson(MsgType.VERIFY_RESULT, { id: m.id, sha256: r.sha256, chunk: r.chunk, hashes: r.hashes.toString('base64'), appliedSeq: r.appliedSeq }));
+      const r = await this.hooks.verify(m.volumeId, (appliedSeq) =>
+        this.write(sock, encodeJson(MsgType.VERIFY_READY, { id: m.id, appliedSeq })),
+      );
+      this.write(
+        sock,
+        encodeJson(MsgType.VERIFY_RESULT, {
+          id: m.id,
+          sha256: r.sha256,
+          chunk: r.chunk,
+          hashes: r.hashes.toString('base64'),
+          appliedSeq: r.appliedSeq,
+        }),
+      );
     } catch (err) {
       this.write(sock, encodeJson(MsgType.VERIFY_RESULT, { id: m.id, error: (err as Error).message }));
     }
@@ -543,7 +643,15 @@ export class RemoteLink implements ManagerLink {
         onClose = () => resolve(null);
         sock.once('close', onClose);
       });
-      this.write(sock, encodeJson(MsgType.PUT, { containerId: ref.containerId, size, footer: ref.footer, ...(ref.superTransaction ? { superTransaction: ref.superTransaction } : {}) }));
+      this.write(
+        sock,
+        encodeJson(MsgType.PUT, {
+          containerId: ref.containerId,
+          size,
+          footer: ref.footer,
+          ...(ref.superTransaction ? { superTransaction: ref.superTransaction } : {}),
+        }),
+      );
       const r = await ready;
       sock.off('close', onClose);
       if (!r || sock.destroyed) return false;

@@ -59,9 +59,13 @@ export const enum MsgType {
   CATCHUP_DONE = 20,
   REPLICA_HASHES_REQ = 21,
   REPLICA_HASHES = 22,
+  /** m->i: where does the journal stand now (and, optionally, which uncommitted write a seq or time names)? */
+  POSITION_REQ = 23,
+  /** i->m: the answer, as of when the request arrived. */
+  POSITION = 24,
 }
 
-const TYPE_MAX = 22;
+const TYPE_MAX = 24;
 
 export class LinkProtocolError extends Error {
   constructor(message: string) {
@@ -114,7 +118,8 @@ export class FrameReader {
       const type = head[4]!;
       if (len < 1 || len > MAX_FRAME) throw new LinkProtocolError(`bad frame length ${len}`);
       if (type < 1 || type > TYPE_MAX) throw new LinkProtocolError(`unknown frame type ${type}`);
-      if (type !== MsgType.DATA && type !== MsgType.VERIFY_RESULT && len > MAX_JSON_FRAME) throw new LinkProtocolError(`oversized frame (${len} bytes, type ${type})`);
+      if (type !== MsgType.DATA && type !== MsgType.VERIFY_RESULT && len > MAX_JSON_FRAME)
+        throw new LinkProtocolError(`oversized frame (${len} bytes, type ${type})`);
       if (this.have < 4 + len) break;
       const all = this.take(4 + len);
       out.push({ type: type as MsgType, body: all.subarray(5) });
@@ -205,6 +210,8 @@ export interface SuperTag {
   id: number;
   /** First seq whose write the super transaction stands for (the first one not journaled while degraded). */
   fromSeq: number;
+  /** When that write came (ms, intercept clock): where the degraded stretch begins in time. */
+  fromTime?: number;
   /** This container ends the super transaction. */
   last: boolean;
 }
@@ -233,8 +240,9 @@ export interface NackMsg {
 export interface InterceptStatusMsg {
   time: number;
   state: 'normal' | 'degraded' | 'resync';
-  degraded: { since: string; reason: string } | null;
-  resync: { id: number; fromSeq: number; regionsLeft: number } | null;
+  /** fromSeq/fromTime: the first write not journaled (the degraded stretch's start). */
+  degraded: { since: string; reason: string; fromSeq?: number; fromTime?: number } | null;
+  resync: { id: number; fromSeq: number; fromTime?: number; regionsLeft: number } | null;
   lastAppendedSeq: number;
   lastAppendedTime: number;
   queued: number;
@@ -276,4 +284,17 @@ export function blockDigests(data: Buffer, blockSize: number): Buffer {
       .copy(out, i * REPLICA_HASH_BYTES, 0, REPLICA_HASH_BYTES);
   }
   return out;
+}
+/** POSITION_REQ body: `find` asks which uncommitted write a seq or time names (see GroupJournal.findPending). */
+export interface PositionReqMsg {
+  id: string;
+  find?: { seq: number } | { ms: number };
+}
+
+/** POSITION body. */
+export interface PositionMsg {
+  id: string;
+  position?: import('../journal/group-journal').JournalPosition;
+  found?: import('../journal/group-journal').JournalRecordInfo | null;
+  error?: string;
 }

@@ -117,7 +117,10 @@ export class ResyncController {
     await this.finish();
     this.regionsLeft = 0;
     this.lastDurationMs = Date.now() - t0;
-    this.log.info({ group: this.journal.groupId, bytes, ms: this.lastDurationMs }, 'resync done: super transaction committed, back to normal');
+    this.log.info(
+      { group: this.journal.groupId, bytes, ms: this.lastDurationMs },
+      'resync done: super transaction committed, back to normal',
+    );
   }
 
   /**
@@ -137,7 +140,14 @@ export class ResyncController {
   status(): ResyncStatus {
     const js = this.journal;
     const state = js.isDegraded ? 'degraded' : js.superTransaction ? 'resync' : 'normal';
-    return { state, running: this.running !== null, regionsLeft: this.regionsLeft, bytesResynced: this.bytesResynced, lastDurationMs: this.lastDurationMs, runs: this.runs };
+    return {
+      state,
+      running: this.running !== null,
+      regionsLeft: this.regionsLeft,
+      bytesResynced: this.bytesResynced,
+      lastDurationMs: this.lastDurationMs,
+      runs: this.runs,
+    };
   }
 
   close(): void {

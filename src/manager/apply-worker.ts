@@ -227,8 +227,16 @@ async function verify(task: VerifyTask): Promise<VerifyOk | Failure> {
   const footer = v.footer;
   const { table, stats, runs, sizes } = scan(task.ailfcPath, task.volumes, blockSize);
   clock.lap('scan');
-  if (stats.records !== footer.recordCount || (stats.records > 0 && (stats.firstSeq !== footer.firstSeq || stats.lastSeq !== footer.lastSeq))) {
-    return fail('corrupt', 'ailfc', -1, `records (${stats.records}, seq ${stats.firstSeq}..${stats.lastSeq}) disagree with the footer (${footer.recordCount}, seq ${footer.firstSeq}..${footer.lastSeq})`);
+  if (
+    stats.records !== footer.recordCount ||
+    (stats.records > 0 && (stats.firstSeq !== footer.firstSeq || stats.lastSeq !== footer.lastSeq))
+  ) {
+    return fail(
+      'corrupt',
+      'ailfc',
+      -1,
+      `records (${stats.records}, seq ${stats.firstSeq}..${stats.lastSeq}) disagree with the footer (${footer.recordCount}, seq ${footer.firstSeq}..${footer.lastSeq})`,
+    );
   }
   const ailfcSize = fs.statSync(task.ailfcPath).size;
   return {
@@ -262,7 +270,12 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
     if (bh) return fail('corrupt', 'bilfc', 0, bh);
     const size = fs.statSync(bilfcPath).size;
     if (bv.footer.recordCount !== blocks || size !== expectSize) {
-      return fail('corrupt', 'bilfc', -1, `BILFC_${n} holds ${bv.footer.recordCount} blocks in ${size} bytes; AILFC_${n} touches ${blocks} blocks (${expectSize} bytes)`);
+      return fail(
+        'corrupt',
+        'bilfc',
+        -1,
+        `BILFC_${n} holds ${bv.footer.recordCount} blocks in ${size} bytes; AILFC_${n} touches ${blocks} blocks (${expectSize} bytes)`,
+      );
     }
     return {
       ok: true,
@@ -272,7 +285,12 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
     };
   }
 
-  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, { groupId: task.groupId, containerId: n, blockSize, direct: journalDirectIo() });
+  const w = await ContainerWriter.create(task.historyDir, ContainerKind.BILFC, {
+    groupId: task.groupId,
+    containerId: n,
+    blockSize,
+    direct: journalDirectIo(),
+  });
   let sealed: { path: string; footer: Footer };
   const fds = new Map<number, number>();
   try {
@@ -298,7 +316,7 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
         fds.set(r.volumeId, fd);
       }
       const maxChunk = Math.floor(ARENA / blockSize);
-      for (let b = r.start; b < r.start + r.count; ) {
+      for (let b = r.start; b < r.start + r.count;) {
         let nb = Math.min(maxChunk, r.start + r.count - b);
         if (arenaUsed + blockSize > ARENA) {
           arena = Buffer.allocUnsafe(ARENA);
@@ -314,7 +332,10 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
           const block = arena.subarray(at, at + len);
           // Flag an all-zero before-image, so block status at a point in time can tell holes from data.
           const flags = isZero(block) ? RECORD_FLAG_ZERO : 0;
-          const p = w.append({ kind: RecordKind.BeforeBlock, flags, volumeId: r.volumeId, seq: 0, time: 0, offset: (b + i) * blockSize, length: len }, block);
+          const p = w.append(
+            { kind: RecordKind.BeforeBlock, flags, volumeId: r.volumeId, seq: 0, time: 0, offset: (b + i) * blockSize, length: len },
+            block,
+          );
           if (p !== last) {
             p.catch(() => undefined); // awaited below through `last` (batches complete in order)
             last = p;
@@ -350,7 +371,9 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
   crashPoint('bilfc-sealed', n);
   const size = fs.statSync(sealed.path).size;
   if (path.resolve(sealed.path) !== path.resolve(bilfcPath) || sealed.footer.recordCount !== blocks || size !== expectSize) {
-    throw new Error(`BILFC_${n}: sealed ${sealed.path} with ${sealed.footer.recordCount} records in ${size} bytes, expected ${bilfcPath}, ${blocks} records, ${expectSize} bytes`);
+    throw new Error(
+      `BILFC_${n}: sealed ${sealed.path} with ${sealed.footer.recordCount} records in ${size} bytes, expected ${bilfcPath}, ${blocks} records, ${expectSize} bytes`,
+    );
   }
   return {
     ok: true,

@@ -104,7 +104,11 @@ export class ManagerCatalog {
   }
 
   applied(): AppliedPointer {
-    return (this.appliedCache ??= (this.meta.get('applied') as AppliedPointer | undefined) ?? { lastContainer: 0, lastSeq: 0, lastTime: 0 });
+    return (this.appliedCache ??= (this.meta.get('applied') as AppliedPointer | undefined) ?? {
+      lastContainer: 0,
+      lastSeq: 0,
+      lastTime: 0,
+    });
   }
 
   /** The n the next commit must have. */
@@ -233,7 +237,14 @@ export class ManagerCatalog {
    * inside the write transaction: false (or records that changed since they
    * were read) aborts and nothing is written. Resolves true if committed.
    */
-  async replaceTransactions(remove: TransactionRecord[], rec: TransactionRecord, runs: BlockRun[], blockSize: number, firstContainer: number | null, check: () => boolean): Promise<boolean> {
+  async replaceTransactions(
+    remove: TransactionRecord[],
+    rec: TransactionRecord,
+    runs: BlockRun[],
+    blockSize: number,
+    firstContainer: number | null,
+    check: () => boolean,
+  ): Promise<boolean> {
     const stride = 48 + blockSize;
     const ok = await this.root.transaction(() => {
       if (!check()) return false;
@@ -301,7 +312,12 @@ export function packRuns(runs: BlockRun[]): Buffer {
 export function unpackRuns(b: Buffer): BlockRun[] {
   const out: BlockRun[] = [];
   for (let i = 0; i + 32 <= b.length; i += 32) {
-    out.push({ volumeId: b.readDoubleLE(i), start: b.readDoubleLE(i + 8), count: b.readDoubleLE(i + 16), position: b.readDoubleLE(i + 24) });
+    out.push({
+      volumeId: b.readDoubleLE(i),
+      start: b.readDoubleLE(i + 8),
+      count: b.readDoubleLE(i + 16),
+      position: b.readDoubleLE(i + 24),
+    });
   }
   return out;
 }

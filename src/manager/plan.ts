@@ -119,7 +119,10 @@ export interface RecordStats {
 }
 
 export class PlanError extends Error {
-  constructor(message: string, readonly offset?: number) {
+  constructor(
+    message: string,
+    readonly offset?: number,
+  ) {
     super(message);
     this.name = 'PlanError';
   }
@@ -165,7 +168,10 @@ export function addRecord(
     throw new PlanError(`record at ${position} (seq ${seq}): unknown volume ${volumeId}`, position);
   }
   if (offset + length > size) {
-    throw new PlanError(`record at ${position} (seq ${seq}): range ${offset}+${length} is beyond volume ${volumeId} (${size} bytes)`, position);
+    throw new PlanError(
+      `record at ${position} (seq ${seq}): range ${offset}+${length} is beyond volume ${volumeId} (${size} bytes)`,
+      position,
+    );
   }
   if (carriesData(kind) ? payloadLength !== length : payloadLength !== 0) {
     throw new PlanError(`record at ${position}: payload of ${payloadLength} bytes for a kind ${kind} record of ${length} bytes`, position);

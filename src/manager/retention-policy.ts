@@ -116,25 +116,43 @@ export function parseRetention(text: unknown): RetentionPolicy {
     const kind = fields[0]!.toLowerCase();
     let tier: RetentionTier;
     if (kind === 'all' || kind in NAMED_SPAN) {
-      if (fields.length !== 2) throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): expected ${kind}:AGE, e.g. ${kind}:30d`, raw);
+      if (fields.length !== 2)
+        throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): expected ${kind}:AGE, e.g. ${kind}:30d`, raw);
       const maxAgeMs = parseDuration(fields[1]!, 'age', raw, true);
-      tier = { kind: kind as TierKind, spanMs: kind === 'all' ? 0 : NAMED_SPAN[kind]!, maxAgeMs, text: `${kind}:${formatDuration(maxAgeMs)}` };
+      tier = {
+        kind: kind as TierKind,
+        spanMs: kind === 'all' ? 0 : NAMED_SPAN[kind]!,
+        maxAgeMs,
+        text: `${kind}:${formatDuration(maxAgeMs)}`,
+      };
     } else if (kind === 'every') {
-      if (fields.length !== 3) throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): expected every:SPAN:AGE, e.g. every:15m:7d`, raw);
+      if (fields.length !== 3)
+        throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): expected every:SPAN:AGE, e.g. every:15m:7d`, raw);
       const spanMs = parseDuration(fields[1]!, 'span', raw, false);
       const maxAgeMs = parseDuration(fields[2]!, 'age', raw, true);
       tier = { kind: 'every', spanMs, maxAgeMs, text: `every:${formatDuration(spanMs)}:${formatDuration(maxAgeMs)}` };
     } else {
-      throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): unknown kind "${fields[0]}" (use all, hourly, daily, weekly, monthly or every:SPAN)`, raw);
+      throw new RetentionPolicyError(
+        `retention tier "${raw}" (tier ${i + 1}): unknown kind "${fields[0]}" (use all, hourly, daily, weekly, monthly or every:SPAN)`,
+        raw,
+      );
     }
     const prev = tiers[tiers.length - 1];
-    if (tier.kind === 'all' && prev) throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): "all" can only be the first (finest) tier`, raw);
+    if (tier.kind === 'all' && prev)
+      throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): "all" can only be the first (finest) tier`, raw);
     if (prev && !(tier.maxAgeMs > prev.maxAgeMs)) {
-      throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): its age must be longer than the previous tier's (${prev.text})`, raw);
+      throw new RetentionPolicyError(
+        `retention tier "${raw}" (tier ${i + 1}): its age must be longer than the previous tier's (${prev.text})`,
+        raw,
+      );
     }
-    if (prev && prev.maxAgeMs === Infinity) throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): follows a tier that keeps history forever`, raw);
+    if (prev && prev.maxAgeMs === Infinity)
+      throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): follows a tier that keeps history forever`, raw);
     if (prev && tier.spanMs < prev.spanMs) {
-      throw new RetentionPolicyError(`retention tier "${raw}" (tier ${i + 1}): its points are closer together than the previous tier's (${prev.text}); tiers go from fine to coarse`, raw);
+      throw new RetentionPolicyError(
+        `retention tier "${raw}" (tier ${i + 1}): its points are closer together than the previous tier's (${prev.text}); tiers go from fine to coarse`,
+        raw,
+      );
     }
     tiers.push(tier);
   }

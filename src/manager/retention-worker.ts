@@ -25,7 +25,17 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ContainerKind, ContainerWriter, FILE_HEADER_SIZE, FOOTER_SIZE, RECORD_HEADER_SIZE, RecordKind, checkRecords, decodeFileHeader, type Footer } from '../lfc';
+import {
+  ContainerKind,
+  ContainerWriter,
+  FILE_HEADER_SIZE,
+  FOOTER_SIZE,
+  RECORD_HEADER_SIZE,
+  RecordKind,
+  checkRecords,
+  decodeFileHeader,
+  type Footer,
+} from '../lfc';
 import { RecordTable, emptyStats, isApplied, scanHeaders, unpackBeforeBlocks } from './plan';
 import type { BlockRun, ContainerFileInfo } from './types';
 
@@ -344,7 +354,12 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
           const c = checkRecords(raw);
           if (typeof c === 'string') throw new Error(`AILFC_${task.sources[si]!.n}: ${c} (run at ${start})`);
           if (c.records !== j - i) throw new Error(`AILFC_${task.sources[si]!.n}: ${c.records} records at ${start}, expected ${j - i}`);
-          await aOut.appendEncoded(raw, c.records, c.payloadBytes, { first: c.first!.seq, firstTime: c.first!.time, last: c.last!.seq, lastTime: c.last!.time });
+          await aOut.appendEncoded(raw, c.records, c.payloadBytes, {
+            first: c.first!.seq,
+            firstTime: c.first!.time,
+            last: c.last!.seq,
+            lastTime: c.last!.time,
+          });
           await throttle.add(len * 2);
         }
         ailfcSize += len;
@@ -382,7 +397,8 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
         for (const seg of sweep(perVol.get(vol)!)) {
           const { si, run } = runOf[seg.id]!;
           const prev = runs[runs.length - 1];
-          const segBytes = (first: number, count: number): number => count * RECORD_HEADER_SIZE + (Math.min(size, (first + count) * bs) - first * bs);
+          const segBytes = (first: number, count: number): number =>
+            count * RECORD_HEADER_SIZE + (Math.min(size, (first + count) * bs) - first * bs);
           const nb = seg.hi - seg.lo;
           if (prev && prev.volumeId === vol && prev.start + prev.count === seg.lo) prev.count += nb;
           else runs.push({ volumeId: vol, start: seg.lo, count: nb, position: pos });
@@ -395,7 +411,7 @@ async function merge(task: MergeTask, out: Outputs): Promise<MergeOk | MergeFail
               bfds.set(si, fd);
             }
             const maxBlocks = Math.max(1, Math.floor(IO_CHUNK / stride));
-            for (let b = seg.lo; b < seg.hi; ) {
+            for (let b = seg.lo; b < seg.hi;) {
               const c = Math.min(maxBlocks, seg.hi - b);
               const len = segBytes(b, c);
               const raw = Buffer.allocUnsafe(len);

@@ -38,15 +38,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Piscina from 'piscina';
 import { UserError } from '../util/errors';
-import { forgetTxnRecords } from '../timetravel/point';
 import { fsyncDir } from '../util/fsync-dir';
-import type { FdCache } from '../util/fd-cache';
 import type { ManagerCatalog } from './catalog';
 import { parseRetention, planFade, splitRun, type MergeStep, type PlanTxn, type RetentionPolicy } from './retention-policy';
 import type { MergeFailure, MergeOk, MergeTask } from './retention-worker';
 import type { CommitInfo, TransactionRecord } from './types';
 import { type Logger } from '../util/logger';
-
 
 export const FADE_CRASH_ENV = 'REWIND_FADE_CRASH_AT';
 
@@ -121,13 +118,14 @@ export interface FaderHost {
   readonly historyDir: string;
   readonly catalog: ManagerCatalog;
   readonly log: Logger;
-  readonly fds: FdCache;
   volumes(): Array<{ volumeId: number; size: number }>;
   /** The transaction being applied, if any. */
   applying(): number | null;
   pinnedPoints(): Array<{ holder: string; k: number; overlay: boolean }>;
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string;
   forgetFileNames(): void;
+  /** A history file is about to be deleted: close its cached descriptor, drop cached records. */
+  forgetFile(file: string): void;
   /** Around a merge's commit: the manager must not cache file names (see historyFile). */
   committing(on: boolean): void;
 }
@@ -177,16 +175,23 @@ export class Fader {
   checkPin(k: number, overlay: boolean): void {
     const c = this.host.catalog;
     const first = c.config()?.firstContainer ?? 1;
-    if (k < first) throw new UserError('invalid', `the point before T_${k} is no longer retained: retention dropped history before T_${first}`);
+    if (k < first)
+      throw new UserError('invalid', `the point before T_${k} is no longer retained: retention dropped history before T_${first}`);
     const w = this.committing;
     if (w && (w.drop ? k <= w.to : overlay ? k >= w.first && k <= w.to : k > w.first && k <= w.to)) {
-      throw new UserError('conflict', `retention is merging transactions ${w.first}..${w.to} right now; the point is going away (try again to get the nearest valid point)`);
+      throw new UserError(
+        'conflict',
+        `retention is merging transactions ${w.first}..${w.to} right now; the point is going away (try again to get the nearest valid point)`,
+      );
     }
     if (k >= c.nextContainer()) return;
     const r = c.transactionAtOrAfter(k);
     if (!r) return;
     if (r.mergedFrom !== undefined && k > r.mergedFrom) {
-      throw new UserError('invalid', `the point before T_${k} lies inside T_${r.n}, which retention merged (transactions ${r.mergedFrom}..${r.n})`);
+      throw new UserError(
+        'invalid',
+        `the point before T_${k} lies inside T_${r.n}, which retention merged (transactions ${r.mergedFrom}..${r.n})`,
+      );
     }
     if (overlay && (r.n !== k || r.mergedFrom !== undefined)) {
       throw new UserError('invalid', `the writes inside T_${k} are no longer retained: retention merged it into T_${r.n}`);
@@ -200,7 +205,16 @@ export class Fader {
     if (rec && rec.mergedFrom === undefined) return null;
     const r = rec ?? c.transactionAtOrAfter(n);
     if (!r || r.mergedFrom === undefined || r.mergedFrom > n) return null;
-    return { groupId: r.groupId, containerId: n, firstSeq: r.firstSeq, lastSeq: r.lastSeq, firstTime: r.firstTime, lastTime: r.lastTime, blocks: 0, bytesApplied: 0 };
+    return {
+      groupId: r.groupId,
+      containerId: n,
+      firstSeq: r.firstSeq,
+      lastSeq: r.lastSeq,
+      firstTime: r.firstTime,
+      lastTime: r.lastTime,
+      blocks: 0,
+      bytesApplied: 0,
+    };
   }
 
   // --- start-up ---------------------------------------------------------------------
@@ -230,7 +244,10 @@ export class Fader {
     }
     if (removed.length) {
       await fsyncDir(this.host.historyDir);
-      this.host.log.info({ files: removed.length, first: removed[0] }, 'retention: removed history files no transaction references (an interrupted fade)');
+      this.host.log.info(
+        { files: removed.length, first: removed[0] },
+        'retention: removed history files no transaction references (an interrupted fade)',
+      );
     }
     return removed;
   }
@@ -319,7 +336,9 @@ export class Fader {
             if (r.done) progress = true;
             continue;
           }
-          const inRange = this.host.catalog.transactions({ from: st.from, to: st.to }).map((t) => ({ n: t.n, bytes: t.ailfc.size + t.bilfc.size }));
+          const inRange = this.host.catalog
+            .transactions({ from: st.from, to: st.to })
+            .map((t) => ({ n: t.n, bytes: t.ailfc.size + t.bilfc.size }));
           for (const piece of splitRun(inRange, maxBytes)) {
             if (this.closing) break;
             const r = await this.merge(st, piece.from, piece.to, false, opts);
@@ -347,12 +366,20 @@ export class Fader {
     const oldest = this.host.catalog.transactions({ limit: 8 }).find((t) => t.records > 0);
     if (oldest) {
       const stub = oldest.n < (this.host.catalog.config()?.firstContainer ?? 1) || oldest.mergedFrom !== undefined;
-      report.retainedFrom = stub ? { seq: oldest.lastSeq, time: new Date(oldest.lastTime).toISOString() } : { seq: oldest.firstSeq, time: new Date(oldest.firstTime).toISOString() };
+      report.retainedFrom = stub
+        ? { seq: oldest.lastSeq, time: new Date(oldest.lastTime).toISOString() }
+        : { seq: oldest.firstSeq, time: new Date(oldest.firstTime).toISOString() };
     }
     report.durationMs = Date.now() - t0;
     if (!dryRun && report.steps.some((s) => s.done)) {
       this.host.log.info(
-        { group: this.host.groupId, merges: report.steps.filter((s) => s.done).length, pointsRemoved: report.pointsRemoved, bytesFreed: report.bytesFreed, ms: report.durationMs },
+        {
+          group: this.host.groupId,
+          merges: report.steps.filter((s) => s.done).length,
+          pointsRemoved: report.pointsRemoved,
+          bytesFreed: report.bytesFreed,
+          ms: report.durationMs,
+        },
         'retention: history faded',
       );
     }
@@ -434,7 +461,12 @@ export class Fader {
       to,
       drop,
       dryRun,
-      sources: recs.map((r) => ({ n: r.n, ailfcPath: this.host.historyFile('ailfc', r.n), bilfcPath: this.host.historyFile('bilfc', r.n), runs: c.runs(r.n) })),
+      sources: recs.map((r) => ({
+        n: r.n,
+        ailfcPath: this.host.historyFile('ailfc', r.n),
+        bilfcPath: this.host.historyFile('bilfc', r.n),
+        runs: c.runs(r.n),
+      })),
       volumes: this.host.volumes(),
       names,
       bytesPerSecond: opts.bytesPerSecond ?? 0,
@@ -494,8 +526,7 @@ export class Fader {
     for (const r of recs) {
       for (const kind of ['ailfc', 'bilfc'] as const) {
         const f = path.join(this.host.historyDir, r[kind].file);
-        forgetTxnRecords(f);
-        this.host.fds.forget(f);
+        this.host.forgetFile(f);
         await fs.promises.rm(f, { force: true });
         if (++i === recs.length) fadeCrash('freed-mid');
       }
@@ -503,7 +534,10 @@ export class Fader {
     await fsyncDir(this.host.historyDir);
     out.done = true;
     out.durationMs = Date.now() - t0;
-    this.host.log.debug({ from, to, drop, bytesBefore, bytesAfter: out.bytesAfter, ms: out.durationMs, timings: res.timings }, 'retention: merged');
+    this.host.log.debug(
+      { from, to, drop, bytesBefore, bytesAfter: out.bytesAfter, ms: out.durationMs, timings: res.timings },
+      'retention: merged',
+    );
     return out;
   }
 

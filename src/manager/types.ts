@@ -59,7 +59,7 @@ export interface TransactionRecord {
    * `fromSeq` on. Points from fromSeq up to (not including) the super
    * transaction's last seq are not restorable; its ends are.
    */
-  superTransaction?: { id: number; fromSeq: number; last: boolean };
+  superTransaction?: { id: number; fromSeq: number; last: boolean; fromTime?: number };
 }
 
 /**
@@ -76,8 +76,6 @@ export interface BlockRun {
   position: number;
 }
 
-
-
 /** A container that failed its checksums (or framing): it is never applied. */
 export class CorruptContainerError extends Error {
   readonly code = 'ERR_REWIND_CORRUPT_CONTAINER';
@@ -91,4 +89,17 @@ export class CorruptContainerError extends Error {
     super(`${kind.toUpperCase()}_${containerId} (${path}) is corrupt at offset ${offset}: ${problem}`);
     this.name = 'CorruptContainerError';
   }
+}
+
+/** A record header of a stored AILFC, as time travel overlays need it (HistoryReader.records). */
+export interface TxnRecord {
+  seq: number;
+  time: number;
+  kind: number;
+  flags: number;
+  volumeId: number;
+  offset: number;
+  length: number;
+  /** File offset of the record header. */
+  position: number;
 }

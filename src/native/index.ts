@@ -114,7 +114,6 @@ export function loadNative(): RawAddon {
     throw loadError;
   }
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     addon = require(found) as RawAddon;
   } catch (err) {
     loadError = Object.assign(
@@ -199,13 +198,7 @@ export interface MappedExtent {
  * last may run past offset+length. Empty if offset >= limit. Where the file
  * system has no notion of holes, everything is data.
  */
-export async function mapExtents(
-  fd: number,
-  offset: number,
-  length: number,
-  limit: number,
-  maxExtents = 1024,
-): Promise<MappedExtent[]> {
+export async function mapExtents(fd: number, offset: number, length: number, limit: number, maxExtents = 1024): Promise<MappedExtent[]> {
   const raw = await rejectWith(() => loadNative().mapExtents(fd, offset, length, limit, maxExtents));
   const out: MappedExtent[] = new Array(raw.length >>> 1);
   for (let i = 0, j = 0; i < raw.length; i += 2, j++) out[j] = { length: raw[i]!, data: raw[i + 1] !== 0 };
@@ -213,13 +206,7 @@ export async function mapExtents(
 }
 
 /** Raw form of mapExtents: a Float64Array of pairs [length, isData(0|1), ...]. */
-export function mapExtentsRaw(
-  fd: number,
-  offset: number,
-  length: number,
-  limit: number,
-  maxExtents = 1024,
-): Promise<Float64Array> {
+export function mapExtentsRaw(fd: number, offset: number, length: number, limit: number, maxExtents = 1024): Promise<Float64Array> {
   return rejectWith(() => loadNative().mapExtents(fd, offset, length, limit, maxExtents));
 }
 

@@ -15,6 +15,8 @@ export interface ConnectOptions {
   exportName?: string;
   structured?: boolean;
   blockStatus?: boolean;
+  /** Contexts to select (default: base:allocation alone). */
+  metaContexts?: string[];
 }
 
 export class NbdClientError extends Error {
@@ -34,7 +36,8 @@ interface Pending {
   resolve(v: unknown): void;
   reject(e: Error): void;
   data?: Buffer;
-  extents?: Extent[];
+  /** Block status chunks by context id. */
+  byContext?: Map<number, Extent[]>;
   error?: NbdClientError;
 }
 
@@ -52,6 +55,8 @@ export class NbdClient {
   info!: ExportInfo;
   structured = false;
   metaContextId: number | null = null;
+  /** Selected contexts: name -> id (from SET_META_CONTEXT). */
+  readonly contextIds = new Map<string, number>();
   private sock!: net.Socket;
   private readonly input = new InputQueue();
   private waiter: { n: number; resolve(b: Buffer): void; reject(e: Error): void } | null = null;
@@ -92,16 +97,27 @@ export class NbdClient {
       this.structured = r[r.length - 1]!.type === P.REP_ACK;
     }
     if (this.structured && opts.blockStatus !== false) {
-      const q = Buffer.from(P.BASE_ALLOCATION);
+      const qs = (opts.metaContexts ?? [P.BASE_ALLOCATION]).map((q) => Buffer.from(q));
       const n = Buffer.from(name);
-      const d = Buffer.alloc(4 + n.length + 4 + 4 + q.length);
+      const d = Buffer.alloc(4 + n.length + 4 + qs.reduce((a, q) => a + 4 + q.length, 0));
       d.writeUInt32BE(n.length, 0);
       n.copy(d, 4);
-      d.writeUInt32BE(1, 4 + n.length);
-      d.writeUInt32BE(q.length, 8 + n.length);
-      q.copy(d, 12 + n.length);
+      let at = 4 + n.length;
+      d.writeUInt32BE(qs.length, at);
+      at += 4;
+      for (const q of qs) {
+        d.writeUInt32BE(q.length, at);
+        q.copy(d, at + 4);
+        at += 4 + q.length;
+      }
       const replies = await this.option(P.OPT_SET_META_CONTEXT, d);
-      for (const r of replies) if (r.type === P.REP_META_CONTEXT) this.metaContextId = r.data.readUInt32BE(0);
+      for (const r of replies) {
+        if (r.type !== P.REP_META_CONTEXT) continue;
+        const id = r.data.readUInt32BE(0);
+        const cname = r.data.toString('utf8', 4);
+        this.contextIds.set(cname, id);
+        if (cname === P.BASE_ALLOCATION || this.metaContextId === null) this.metaContextId = id;
+      }
     }
     const n = Buffer.from(name);
     const go = Buffer.alloc(4 + n.length + 2 + 6);
@@ -217,7 +233,7 @@ export class NbdClient {
           this.pending.delete(cookie);
           if (p.error) p.reject(p.error);
           else if (p.type === P.CMD_READ) p.resolve(p.data);
-          else if (p.type === P.CMD_BLOCK_STATUS) p.resolve(p.extents ?? []);
+          else if (p.type === P.CMD_BLOCK_STATUS) p.resolve(p.byContext ?? new Map());
           else p.resolve(undefined);
         }
       } else {
@@ -248,7 +264,7 @@ export class NbdClient {
         for (let i = 4; i + 8 <= payload.length; i += 8) {
           ex.push({ length: payload.readUInt32BE(i), flags: payload.readUInt32BE(i + 4) });
         }
-        p.extents = ex;
+        (p.byContext ??= new Map()).set(payload.readUInt32BE(0), ex);
         return;
       }
       case P.REPLY_TYPE_ERROR:
@@ -304,8 +320,14 @@ export class NbdClient {
   async cache(offset: number, length: number): Promise<void> {
     await this.request(P.CMD_CACHE, 0, offset, length);
   }
-  blockStatus(offset: number, length: number, flags = 0): Promise<Extent[]> {
-    return this.request(P.CMD_BLOCK_STATUS, flags, offset, length) as Promise<Extent[]>;
+  /** base:allocation extents (or those of the only context selected). */
+  async blockStatus(offset: number, length: number, flags = 0): Promise<Extent[]> {
+    const all = await this.blockStatusAll(offset, length, flags);
+    return all.get(this.metaContextId ?? -1) ?? [...all.values()][0] ?? [];
+  }
+  /** One chunk per selected context: context id -> extents. */
+  blockStatusAll(offset: number, length: number, flags = 0): Promise<Map<number, Extent[]>> {
+    return this.request(P.CMD_BLOCK_STATUS, flags, offset, length) as Promise<Map<number, Extent[]>>;
   }
   /** Send a request with arbitrary fields (for tests of bad input). */
   raw(type: number, flags: number, offset: number, length: number, payload?: Buffer): Promise<unknown> {

@@ -18,10 +18,13 @@
  *   requests in flight is the client's business (NBD semantics), but an
  *   export that needs more (a journal does) serialises internally.
  */
+import type { ClientCertificate } from '../tls';
 
 /** Extent flags of the `base:allocation` metadata context. */
 export const STATE_HOLE = 1;
 export const STATE_ZERO = 2;
+/** Extent flag of qemu's `qemu:dirty-bitmap:NAME` contexts: the extent is dirty (changed). */
+export const STATE_DIRTY = 1;
 
 export interface Extent {
   /** Length in bytes, > 0. */
@@ -117,8 +120,37 @@ export interface NbdExport {
    * `offset + length` and the last may run past it.
    */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Optional metadata contexts besides `base:allocation` (which the server
+   * always offers, from blockStatus()). See MetaContextSource.
+   */
+  readonly metaContexts?: MetaContextSource;
   /** Called once when the connection that opened this export ends. */
   close?(): Promise<void> | void;
+}
+
+/**
+ * Extra metadata contexts of an export (NBD "Metadata querying"), e.g.
+ * qemu's `qemu:dirty-bitmap:NAME`. Names are full context names,
+ * "namespace:leaf". The server owns the protocol: for NBD_OPT_LIST_META_CONTEXT
+ * a query ending in ':' ("qemu:", "qemu:dirty-bitmap:") is a prefix
+ * wildcard over list(), any other query is looked up with open(); for
+ * NBD_OPT_SET_META_CONTEXT only exact names select (open() non-null).
+ */
+export interface MetaContextSource {
+  /** Names worth listing (a context may be selectable without being listed). */
+  list(): string[] | Promise<string[]>;
+  /** The context of that exact name, or null if the export has none. */
+  open(name: string): MetaContext | null | Promise<MetaContext | null>;
+}
+
+export interface MetaContext {
+  readonly name: string;
+  /**
+   * Extents of this context starting exactly at `offset`, with flags as the
+   * context defines them; same rules as NbdExport.blockStatus().
+   */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
 }
 
 /** Credentials of the process at the other end of a Unix socket (SO_PEERCRED). */
@@ -128,15 +160,8 @@ export interface PeerCredentials {
   gid: number;
 }
 
-/** A client certificate that was verified against the server's CA. */
-export interface ClientCertificate {
-  /** Subject attributes, e.g. { CN: ["alice"], O: ["Acme"] }. */
-  subject: Record<string, string[]>;
-  /** Issuer attributes, same shape. */
-  issuer: Record<string, string[]>;
-  /** SHA-256 fingerprint, colon-separated upper-case hex (as Node prints it). */
-  fingerprint256: string;
-}
+/** A client certificate that was verified against the server's CA (defined by the TLS library). */
+export type { ClientCertificate } from '../tls';
 
 /**
  * Who is asking: the identity providers use for access control and logging.

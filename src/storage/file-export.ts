@@ -17,6 +17,19 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as native from '../native';
+import { startRead, startWrite } from './image-io';
+import {
+  codedError,
+  fstatFd,
+  openFd,
+  openShared,
+  registry,
+  SharedImage,
+  type FileCreateOptions,
+  type FileImageInfo,
+  type FileOpenOptions,
+  type RegistryEntry,
+} from './shared-image';
 import {
   STATE_HOLE,
   STATE_ZERO,
@@ -26,7 +39,9 @@ import {
   type ReadChunk,
   type WriteFlags,
   type ZeroFlags,
-} from '../nbd/export';
+} from '../nbd';
+
+export { codedError, type FileCreateOptions, type FileImageInfo, type FileOpenOptions } from './shared-image';
 
 /** Most extents returned by one blockStatus call. */
 export const MAX_BLOCK_STATUS_EXTENTS = 1024;
@@ -34,356 +49,6 @@ export const MAX_BLOCK_STATUS_EXTENTS = 1024;
 export const ZERO_WRITE_CHUNK = 1 << 20;
 /** Holes shorter than this inside a sparse read are returned as data. */
 const SPARSE_MIN_HOLE = 4096;
-
-const ERRNO: Record<string, number> = {
-  EPERM: 1,
-  EIO: 5,
-  EBADF: 9,
-  EEXIST: 17,
-  EINVAL: 22,
-  ENOSPC: 28,
-  ENOTSUP: 95,
-  ESHUTDOWN: 108,
-};
-
-/** An Error with an errno-name `code` (and the errno number when known). */
-export function codedError(code: string, message: string): NodeJS.ErrnoException {
-  const err = new Error(message) as NodeJS.ErrnoException;
-  err.code = code;
-  const n = ERRNO[code];
-  if (n !== undefined) err.errno = n;
-  return err;
-}
-
-export interface FileOpenOptions {
-  readOnly?: boolean;
-}
-
-export interface FileCreateOptions {
-  /** Replace an existing regular file (truncating it to empty first). Default false. */
-  overwrite?: boolean;
-  /** Permission bits for a new file. Default 0o644 (before umask). */
-  mode?: number;
-}
-
-export interface FileImageInfo {
-  path: string;
-  /** Apparent size in bytes (device size for a block device). */
-  size: number;
-  /** Bytes actually allocated (st_blocks * 512); the full size for a block device. */
-  allocatedBytes: number;
-  isBlockDevice: boolean;
-}
-
-// ---------------------------------------------------------------------------
-// The shared, reference-counted descriptor of one opened image.
-
-class SharedImage {
-  refs = 0;
-  inflight = 0;
-  /** Set when refs dropped to zero; the fd closes once inflight is zero. */
-  released = false;
-  private closeWaiters: Array<() => void> = [];
-  private fdClosed = false;
-
-  /** Learned support of fallocate modes (undefined: not tried yet). */
-  punchOk: boolean | undefined;
-  zeroRangeOk: boolean | undefined;
-  allocOk: boolean | undefined;
-  /** RWF_NOWAIT usable for reads / writes (false once the kernel says EOPNOTSUPP; block devices: never tried). */
-  noWaitReads: boolean;
-  noWaitWrites: boolean;
-
-  constructor(
-    readonly key: string,
-    readonly path: string,
-    readonly fd: number,
-    readonly readOnly: boolean,
-    readonly isBlockDevice: boolean,
-    readonly size: number,
-    /** 1 for a regular file; the logical sector size of a block device. */
-    readonly sectorSize: number,
-    /** Block device with hardware/driver write-zeroes (so ZERO_RANGE is fast). */
-    readonly writeZeroesOffload: boolean,
-  ) {
-    this.noWaitReads = !isBlockDevice;
-    this.noWaitWrites = !isBlockDevice;
-  }
-
-  opDone(): void {
-    if (--this.inflight === 0 && this.released) this.closeFd();
-  }
-
-  release(): Promise<void> {
-    if (--this.refs > 0) return Promise.resolve();
-    this.released = true;
-    if (registry.get(this.key)?.image === this) registry.delete(this.key);
-    if (this.fdClosed) return Promise.resolve();
-    const p = new Promise<void>((resolve) => this.closeWaiters.push(resolve));
-    if (this.inflight === 0) this.closeFd();
-    return p;
-  }
-
-  private closeFd(): void {
-    if (this.fdClosed) return;
-    this.fdClosed = true;
-    fs.close(this.fd, () => {
-      const waiters = this.closeWaiters;
-      this.closeWaiters = [];
-      for (const w of waiters) w();
-    });
-  }
-}
-
-interface RegistryEntry {
-  promise: Promise<SharedImage>;
-  image?: SharedImage;
-}
-
-const registry = new Map<string, RegistryEntry>();
-
-function openFd(p: string, flags: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.open(p, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
-}
-
-function fstatFd(fd: number): Promise<fs.Stats> {
-  return new Promise((resolve, reject) => fs.fstat(fd, (err, st) => (err ? reject(err) : resolve(st))));
-}
-
-/** write_zeroes_max_bytes > 0 in sysfs: the device zeroes without data transfer. */
-function deviceHasWriteZeroes(major: number, minor: number): boolean {
-  const devno = `${major}:${minor}`;
-  const fromDir = (dir: string): boolean | undefined => {
-    // A partition has its queue in the parent disk's directory.
-    for (const p of [`${dir}/queue/write_zeroes_max_bytes`, `${dir}/../queue/write_zeroes_max_bytes`]) {
-      try {
-        return Number(fs.readFileSync(p, 'utf8').trim()) > 0;
-      } catch {
-        // try the next
-      }
-    }
-    return undefined;
-  };
-  const direct = fromDir(`/sys/dev/block/${devno}`);
-  if (direct !== undefined) return direct;
-  // /sys/dev/block is not populated everywhere (containers): search by "dev".
-  let names: string[] = [];
-  try {
-    names = fs.readdirSync('/sys/class/block');
-  } catch {
-    return false;
-  }
-  for (const name of names) {
-    const dir = `/sys/class/block/${name}`;
-    try {
-      if (fs.readFileSync(`${dir}/dev`, 'utf8').trim() !== devno) continue;
-    } catch {
-      continue;
-    }
-    return fromDir(dir) ?? false;
-  }
-  return false;
-}
-
-async function openShared(realPath: string, readOnly: boolean, key: string): Promise<SharedImage> {
-  native.loadNative(); // fail early and clearly if the addon is not built
-  const fd = await openFd(realPath, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
-  try {
-    const st = await fstatFd(fd);
-    if (st.isFile()) {
-      return new SharedImage(key, realPath, fd, readOnly, false, st.size, 1, false);
-    }
-    if (st.isBlockDevice()) {
-      const info = native.blockDeviceInfo(fd);
-      return new SharedImage(
-        key,
-        realPath,
-        fd,
-        readOnly,
-        true,
-        info.size,
-        info.logicalSectorSize,
-        deviceHasWriteZeroes(info.major, info.minor),
-      );
-    }
-    throw codedError('EINVAL', `${realPath}: not a regular file or block device`);
-  } catch (err) {
-    fs.close(fd, () => {});
-    throw err;
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Pooled read/write requests: one arrow function per pooled object, reused.
-
-type Resolve<T> = (value: T) => void;
-type Reject = (reason: unknown) => void;
-
-let capturedResolve: Resolve<never> | undefined;
-let capturedReject: Reject | undefined;
-function capture(resolve: Resolve<never>, reject: Reject): void {
-  capturedResolve = resolve;
-  capturedReject = reject;
-}
-function noop(): void {}
-const EMPTY = Buffer.alloc(0);
-const POOL_MAX = 1024;
-
-class ReadOp {
-  img: SharedImage | undefined;
-  buf: Buffer = EMPTY;
-  pos = 0;
-  done = 0;
-  resolve: Resolve<Buffer> = noop;
-  reject: Reject = noop;
-
-  readonly onRead = (err: NodeJS.ErrnoException | null, n: number): void => {
-    if (err) return this.finish(err);
-    const len = this.buf.length;
-    if (n === 0) {
-      // End of file (a regular file shorter than the export): zeroes.
-      this.buf.fill(0, this.done);
-      this.done = len;
-    } else {
-      this.done += n;
-    }
-    if (this.done < len) {
-      this.issue();
-      return;
-    }
-    this.finish(null);
-  };
-
-  issue(): void {
-    try {
-      fs.read(this.img!.fd, this.buf, this.done, this.buf.length - this.done, this.pos + this.done, this.onRead);
-    } catch (err) {
-      this.finish(err as Error);
-    }
-  }
-
-  private finish(err: Error | null): void {
-    const { resolve, reject, buf, img } = this;
-    this.resolve = noop;
-    this.reject = noop;
-    this.buf = EMPTY;
-    this.img = undefined;
-    if (readPool.length < POOL_MAX) readPool.push(this);
-    img!.opDone();
-    if (err) reject(err);
-    else resolve(buf);
-  }
-}
-
-class WriteOp {
-  img: SharedImage | undefined;
-  buf: Buffer = EMPTY;
-  pos = 0;
-  done = 0;
-  fua = false;
-  resolve: Resolve<void> = noop;
-  reject: Reject = noop;
-
-  readonly onWrite = (err: NodeJS.ErrnoException | null, n: number): void => {
-    if (err) return this.finish(err);
-    if (n <= 0) return this.finish(codedError('ENOSPC', 'write made no progress'));
-    this.done += n;
-    if (this.done < this.buf.length) {
-      this.issue();
-      return;
-    }
-    if (this.fua) {
-      fs.fdatasync(this.img!.fd, this.onSync);
-      return;
-    }
-    this.finish(null);
-  };
-
-  readonly onSync = (err: NodeJS.ErrnoException | null): void => this.finish(err);
-
-  issue(): void {
-    try {
-      fs.write(this.img!.fd, this.buf, this.done, this.buf.length - this.done, this.pos + this.done, this.onWrite);
-    } catch (err) {
-      this.finish(err as Error);
-    }
-  }
-
-  private finish(err: Error | null): void {
-    const { resolve, reject, img } = this;
-    this.resolve = noop;
-    this.reject = noop;
-    this.buf = EMPTY;
-    this.img = undefined;
-    if (writePool.length < POOL_MAX) writePool.push(this);
-    img!.opDone();
-    if (err) reject(err);
-    else resolve();
-  }
-}
-
-const readPool: ReadOp[] = [];
-const writePool: WriteOp[] = [];
-
-/**
- * Requests up to this size first try the page cache synchronously with
- * RWF_NOWAIT; whatever would block goes to the threadpool. Page-cache hits
- * skip the thread handoff, which dominates the cost of small I/O.
- */
-const NOWAIT_MAX = 256 * 1024;
-
-/** Synchronous, non-blocking attempt; returns bytes done (0 if it would block). */
-function tryNoWait(img: SharedImage, write: boolean, pos: number, buf: Buffer): number {
-  if (buf.length > NOWAIT_MAX || (write ? img.noWaitWrites : img.noWaitReads) === false) return 0;
-  try {
-    const n = write
-      ? native.pwriteNoWait(img.fd, buf, 0, buf.length, pos)
-      : native.preadNoWait(img.fd, buf, 0, buf.length, pos);
-    if (n === -2) {
-      // Not supported here (ext4 refuses buffered RWF_NOWAIT writes): stop trying.
-      if (write) img.noWaitWrites = false;
-      else img.noWaitReads = false;
-    }
-    return n > 0 ? n : 0;
-  } catch {
-    // Let the threadpool path report the error with its usual handling.
-    return 0;
-  }
-}
-
-function startRead(img: SharedImage, pos: number, buf: Buffer): Promise<Buffer> {
-  const done = tryNoWait(img, false, pos, buf);
-  if (done === buf.length) return Promise.resolve(buf);
-  const op = readPool.pop() ?? new ReadOp();
-  const p = new Promise<Buffer>(capture);
-  op.resolve = capturedResolve as Resolve<Buffer>;
-  op.reject = capturedReject!;
-  op.img = img;
-  op.buf = buf;
-  op.pos = pos;
-  op.done = done;
-  img.inflight++;
-  op.issue();
-  return p;
-}
-
-function startWrite(img: SharedImage, pos: number, buf: Buffer, fua: boolean): Promise<void> {
-  const done = tryNoWait(img, true, pos, buf);
-  if (done === buf.length && !fua) return Promise.resolve();
-  const op = writePool.pop() ?? new WriteOp();
-  const p = new Promise<void>(capture);
-  op.resolve = capturedResolve as Resolve<void>;
-  op.reject = capturedReject!;
-  op.img = img;
-  op.buf = buf;
-  op.pos = pos;
-  op.done = done;
-  op.fua = fua;
-  img.inflight++;
-  if (done === buf.length) fs.fdatasync(img.fd, op.onSync);
-  else op.issue();
-  return p;
-}
 
 const ZERO_CHUNK = Buffer.alloc(ZERO_WRITE_CHUNK);
 
@@ -627,9 +292,7 @@ export class FileExport implements NbdExport {
     this.checkOpen();
     const img = this.img;
     if (img.isBlockDevice) return [{ length: Math.min(length, img.size - offset), flags: 0 }];
-    const raw = await this.tracked(() =>
-      native.mapExtentsRaw(img.fd, offset, length, img.size, MAX_BLOCK_STATUS_EXTENTS),
-    );
+    const raw = await this.tracked(() => native.mapExtentsRaw(img.fd, offset, length, img.size, MAX_BLOCK_STATUS_EXTENTS));
     const n = raw.length >>> 1;
     if (n === 0) return [{ length, flags: STATE_HOLE | STATE_ZERO }];
     const out: Extent[] = new Array(n);
@@ -739,7 +402,7 @@ export class FileExport implements NbdExport {
 
   private async writeZeroes(offset: number, length: number): Promise<void> {
     const end = offset + length;
-    for (let pos = offset; pos < end; ) {
+    for (let pos = offset; pos < end;) {
       const n = Math.min(ZERO_WRITE_CHUNK, end - pos);
       await startWrite(this.img, pos, n === ZERO_WRITE_CHUNK ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, n), false);
       pos += n;

@@ -22,7 +22,7 @@ import {
   type ReadChunk,
   type WriteFlags,
   type ZeroFlags,
-} from '../nbd/export';
+} from '../nbd';
 
 export type MemoryOp = 'read' | 'write' | 'flush' | 'trim' | 'zero' | 'cache' | 'blockStatus';
 
@@ -171,9 +171,7 @@ export class MemoryExport implements NbdExport {
       let stop = pos;
       while (stop < end && this.pages.has(this.pageOf(stop)) === present) stop = this.nextPage(stop);
       stop = Math.min(stop, end);
-      chunks.push(
-        present ? { offset: pos, length: stop - pos, data: this.readNow(pos, stop - pos) } : { offset: pos, length: stop - pos },
-      );
+      chunks.push(present ? { offset: pos, length: stop - pos, data: this.readNow(pos, stop - pos) } : { offset: pos, length: stop - pos });
       pos = stop;
     }
     return chunks;
@@ -289,7 +287,7 @@ export class MemoryExport implements NbdExport {
       }
       return;
     }
-    for (let pos = offset; pos < end; ) {
+    for (let pos = offset; pos < end;) {
       const idx = this.pageOf(pos);
       const ps0 = idx * ps;
       const b = Math.min(end, ps0 + ps);

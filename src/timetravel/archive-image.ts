@@ -9,6 +9,8 @@
  */
 import type { ArchivedVolume } from '../archive';
 import { UserError } from '../util/errors';
+import type { PointInfo } from './api';
+import type { ResolvedPoint } from './point';
 import type { ImageSource } from './point-image';
 
 export const ARCHIVE_PREFIX = 'archive:';
@@ -79,4 +81,27 @@ export class ArchiveImage implements ImageSource {
   close(): void {
     this.av.close();
   }
+}
+
+/** A view's point when its base is an archived point (no transaction: k 0 is never pinned). */
+export function archiveResolved(ref: ArchiveRef, volumeId: number): ResolvedPoint {
+  const seq = ref.seq ?? 0;
+  const time = ref.time ?? 0;
+  return { seq, time, txn: 0, k: 0, overlay: null, write: { seq, time, volumeId, kind: 'write', offset: 0, length: 0, restore: false } };
+}
+
+export function archivePointInfo(name: string, p: ResolvedPoint, volume: string): PointInfo {
+  return {
+    seq: p.seq,
+    time: new Date(p.time).toISOString(),
+    txn: 0,
+    write: { ...p.write, volume },
+    description: `archived point ${name} (taken at seq ${p.seq}, ${new Date(p.time).toISOString()})`,
+  };
+}
+
+/** An archived point's size must match the volume it is used for. */
+export function checkArchiveSize(ref: ArchiveRef, size: number): void {
+  if (ref.size !== size)
+    throw new UserError('conflict', `archived point ${ref.point} holds ${ref.volume} at ${ref.size} bytes, but the volume now has ${size}`);
 }

@@ -13,14 +13,24 @@
  * manifest.
  */
 import * as fs from 'node:fs';
-import { ArchiveError, ArchivePool, type ForgetPlan, type GcReport, type PointManifest, type PoolStats, type QuiesceInfo, type VerifyReport, type VolumeSource } from '../archive';
-import type { BackupManager } from '../manager/backup-manager';
+import {
+  ArchiveError,
+  ArchivePool,
+  type ForgetPlan,
+  type GcReport,
+  type PointManifest,
+  type PoolStats,
+  type QuiesceInfo,
+  type VerifyReport,
+  type VolumeSource,
+} from '../archive';
 import { UserError } from '../util/errors';
 import { ArchiveImage, archivePointName, type ArchiveImages, type ArchiveRef } from './archive-image';
 import { changedRuns, runsToExtents, type Extent } from './diff';
 import type { MarkerRecord } from './markers';
 import { historyBounds, parsePoint, resolvePoint, type ResolvedPoint } from './point';
 import { PointImage } from './point-image';
+import type { HistoryPort } from './ports';
 import type { Progress, TimeTravel, TimeTravelHost } from './service';
 
 export interface ArchiverOptions {
@@ -61,7 +71,9 @@ export interface PointSummary {
 /** ArchiveError codes as the control API's error kinds (anything else stays a 500 with its message). */
 export function asUserError(err: unknown): unknown {
   if (!(err instanceof ArchiveError)) return err;
-  const kind = ({ ENOENT: 'not-found', EEXIST: 'conflict', EBUSY: 'conflict', EINVAL: 'invalid', EKEYREJECTED: 'invalid' } as const)[err.code as 'ENOENT'];
+  const kind = ({ ENOENT: 'not-found', EEXIST: 'conflict', EBUSY: 'conflict', EINVAL: 'invalid', EKEYREJECTED: 'invalid' } as const)[
+    err.code as 'ENOENT'
+  ];
   if (!kind) return err;
   const u = new UserError(kind, err.message);
   u.cause = err;
@@ -97,8 +109,8 @@ export class Archiver implements ArchiveImages {
   static async open(tt: TimeTravel, opts: ArchiverOptions): Promise<Archiver> {
     const a = new Archiver(tt, opts);
     if (fs.existsSync(opts.dir)) await a.ensurePool();
-    tt.attachArchives(a);
-    tt.onScheduledArchive = async (volume: string, m: MarkerRecord) => {
+    tt.views.archives = a;
+    tt.markers.onScheduledArchive = async (volume: string, m: MarkerRecord) => {
       const r = await a.archive(volume, { at: m.name });
       opts.host.logger.info({ volume, marker: m.name, point: r.point.name }, 'scheduled archive done');
     };
@@ -116,7 +128,8 @@ export class Archiver implements ArchiveImages {
       (p) => {
         this.pool = p;
         const r = p.recovery as unknown as Record<string, unknown>;
-        if (Object.values(r).some((v) => (Array.isArray(v) ? v.length > 0 : typeof v === 'number' ? v > 0 : false))) this.opts.host.logger.warn({ recovery: r }, 'archive pool: repaired at open');
+        if (Object.values(r).some((v) => (Array.isArray(v) ? v.length > 0 : typeof v === 'number' ? v > 0 : false)))
+          this.opts.host.logger.warn({ recovery: r }, 'archive pool: repaired at open');
         return p;
       },
       (err: unknown) => {
@@ -135,29 +148,34 @@ export class Archiver implements ArchiveImages {
   // ---- archiving -------------------------------------------------------------
 
   /** `rewind archive VOL|GROUP --at POINT [--name N]`. */
-  async archive(target: string, body: { at?: unknown; name?: unknown }, progress: (p: Progress) => void = () => undefined): Promise<ArchiveResult> {
+  async archive(
+    target: string,
+    body: { at?: unknown; name?: unknown },
+    progress: (p: Progress) => void = () => undefined,
+  ): Promise<ArchiveResult> {
     const t0 = Date.now();
     if (body.at === undefined || body.at === null || body.at === '') throw new UserError('invalid', '--at POINT is required');
     if (archivePointName(body.at) !== null) throw new UserError('invalid', `${String(body.at)} is already an archived point`);
-    if (body.name !== undefined && body.name !== null && typeof body.name !== 'string') throw new UserError('invalid', 'name must be a string');
+    if (body.name !== undefined && body.name !== null && typeof body.name !== 'string')
+      throw new UserError('invalid', 'name must be a string');
     const { group, volume } = this.opts.host.target(target);
     const vols = volume ? [volume] : this.opts.groupVolumes(group);
     if (!vols.length) throw new UserError('invalid', `consistency group ${group} has no volumes`);
     const pool = await this.ensurePool();
-    const { point, ctx } = await this.tt.resolve(vols[0]!, body.at);
+    const { point, ctx } = await this.tt.points.resolve(vols[0]!, body.at);
     const marker = this.markerOf(vols[0]!, body.at);
     const holder = `archive:${process.hrtime.bigint()}`;
-    ctx.manager.pin(holder, point.overlay ?? point.k, point.overlay !== null);
+    ctx.history.pins.pin(holder, point.overlay ?? point.k, point.overlay !== null);
     try {
       const pred = this.predecessor(pool, group, vols, point.seq);
       const sources: VolumeSource[] = [];
       let changedBytes: number | null = pred ? 0 : null;
       for (const v of vols) {
         const c = this.opts.host.context(v);
-        const img = await PointImage.open(ctx.manager, c.volumeId, c.size, point);
+        const img = await PointImage.open(ctx.history, c.volumeId, c.size, point);
         const src: VolumeSource = { volume: v, size: c.size, read: (o, l) => img.read(o, l) };
         const predHas = pred?.volumes.some((x) => x.volume === v && x.size === c.size);
-        const changed = predHas ? await changedSince(ctx.manager, c.volumeId, c.size, pred!.seq!, point) : null;
+        const changed = predHas ? await changedSince(ctx.history, c.volumeId, c.size, pred!.seq!, point) : null;
         if (changed) src.changed = changed;
         changedBytes = changed && changedBytes !== null ? changedBytes + changed.reduce((a, e) => a + e.length, 0) : null;
         sources.push(src);
@@ -186,14 +204,15 @@ export class Archiver implements ArchiveImages {
       this.opts.host.logger.info({ point: name, target, seq: point.seq, predecessor: pred?.name ?? null, changedBytes }, 'archived');
       return { point: manifest, predecessor: pred?.name ?? null, changedBytes, durationMs: Date.now() - t0 };
     } finally {
-      ctx.manager.unpin(holder);
+      ctx.history.pins.unpin(holder);
     }
   }
 
   private markerOf(volume: string, at: unknown): MarkerRecord | null {
     try {
       const spec = parsePoint(at);
-      return spec.kind === 'marker' ? this.tt.marker(volume, spec.name) : null;
+      if (spec.kind !== 'marker') return null;
+      return this.tt.markers.markers(volume, { name: spec.name }).find((m) => m.name === spec.name) ?? null;
     } catch {
       return null;
     }
@@ -222,13 +241,13 @@ export class Archiver implements ArchiveImages {
 
   list(): PointSummary[] {
     if (!this.pool) return [];
-    const used = this.tt.archivesInUse();
+    const used = this.tt.views.archivesInUse();
     return this.pool.list().map((p) => summary(p, used.get(p.name) ?? []));
   }
 
   show(name: string): PointManifest & { usedBy: string[] } {
     const p = mappedSync(() => this.requirePool().point(name));
-    return { ...p, usedBy: this.tt.archivesInUse().get(name) ?? [] };
+    return { ...p, usedBy: this.tt.views.archivesInUse().get(name) ?? [] };
   }
 
   stats(): PoolStats | null {
@@ -236,27 +255,47 @@ export class Archiver implements ArchiveImages {
   }
 
   /** Forgets points by name or by policy; points a snapshot or clone reads are refused (by name) or kept (by policy). */
-  async forget(body: { names?: unknown; policy?: unknown; dryRun?: unknown }): Promise<{ forgotten: string[]; kept: Array<{ name: string; reason: string }>; inUse: string[]; dryRun: boolean }> {
+  async forget(body: {
+    names?: unknown;
+    policy?: unknown;
+    dryRun?: unknown;
+  }): Promise<{ forgotten: string[]; kept: Array<{ name: string; reason: string }>; inUse: string[]; dryRun: boolean }> {
     const pool = this.requirePool();
     const dryRun = body.dryRun === true;
-    const used = this.tt.archivesInUse();
+    const used = this.tt.views.archivesInUse();
     if (body.names !== undefined) {
       if (body.policy !== undefined) throw new UserError('invalid', 'give names or a policy, not both');
-      if (!Array.isArray(body.names) || !body.names.length || body.names.some((n) => typeof n !== 'string')) throw new UserError('invalid', 'names must be a non-empty list of point names');
+      if (!Array.isArray(body.names) || !body.names.length || body.names.some((n) => typeof n !== 'string'))
+        throw new UserError('invalid', 'names must be a non-empty list of point names');
       const names = body.names as string[];
       for (const n of names) mappedSync(() => pool.point(n));
       const busy = names.filter((n) => used.has(n));
-      if (busy.length) throw new UserError('conflict', `archived point(s) in use: ${busy.map((n) => `${n} (by ${used.get(n)!.join(', ')})`).join('; ')}; delete those snapshots or clones first`);
+      if (busy.length)
+        throw new UserError(
+          'conflict',
+          `archived point(s) in use: ${busy.map((n) => `${n} (by ${used.get(n)!.join(', ')})`).join('; ')}; delete those snapshots or clones first`,
+        );
       if (!dryRun) await mapped(() => pool.forget(names));
       const gone = new Set(names);
-      return { forgotten: names, kept: pool.list().flatMap((p) => (gone.has(p.name) ? [] : [{ name: p.name, reason: 'not named' }])), inUse: [], dryRun };
+      return {
+        forgotten: names,
+        kept: pool.list().flatMap((p) => (gone.has(p.name) ? [] : [{ name: p.name, reason: 'not named' }])),
+        inUse: [],
+        dryRun,
+      };
     }
-    if (typeof body.policy !== 'string' || !body.policy.trim()) throw new UserError('invalid', 'give point names or a policy such as "daily:30d,weekly:26w,monthly:forever"');
+    if (typeof body.policy !== 'string' || !body.policy.trim())
+      throw new UserError('invalid', 'give point names or a policy such as "daily:30d,weekly:26w,monthly:forever"');
     const plan: ForgetPlan = await mapped(() => pool.forgetByPolicy(body.policy as string, { dryRun: true }));
     const inUse = plan.forget.filter((n) => used.has(n));
     const forget = plan.forget.filter((n) => !used.has(n));
     if (!dryRun && forget.length) await mapped(() => pool.forget(forget));
-    return { forgotten: forget, kept: [...plan.keep, ...inUse.map((name) => ({ name, reason: `in use by ${used.get(name)!.join(', ')}` }))], inUse, dryRun };
+    return {
+      forgotten: forget,
+      kept: [...plan.keep, ...inUse.map((name) => ({ name, reason: `in use by ${used.get(name)!.join(', ')}` }))],
+      inUse,
+      dryRun,
+    };
   }
 
   gc(progress: (p: Progress) => void = () => undefined): Promise<GcReport> {
@@ -266,7 +305,8 @@ export class Archiver implements ArchiveImages {
 
   verify(body: { points?: unknown }, progress: (p: Progress) => void = () => undefined): Promise<VerifyReport> {
     const pool = this.requirePool();
-    if (body.points !== undefined && (!Array.isArray(body.points) || body.points.some((n) => typeof n !== 'string'))) throw new UserError('invalid', 'points must be a list of point names');
+    if (body.points !== undefined && (!Array.isArray(body.points) || body.points.some((n) => typeof n !== 'string')))
+      throw new UserError('invalid', 'points must be a list of point names');
     return mapped(() => pool.verify({ ...(body.points ? { points: body.points as string[] } : {}), onProgress: (p) => progress(p) }));
   }
 
@@ -275,7 +315,11 @@ export class Archiver implements ArchiveImages {
   ref(point: string, volume: string): ArchiveRef {
     const p = mappedSync(() => this.requirePool().point(point));
     const v = p.volumes.find((x) => x.volume === volume);
-    if (!v) throw new UserError('not-found', `archived point ${point} holds no volume "${volume}" (it holds ${p.volumes.map((x) => x.volume).join(', ')})`);
+    if (!v)
+      throw new UserError(
+        'not-found',
+        `archived point ${point} holds no volume "${volume}" (it holds ${p.volumes.map((x) => x.volume).join(', ')})`,
+      );
     return { point, volume, size: v.size, seq: p.seq, time: p.time ?? p.created };
   }
 
@@ -323,7 +367,13 @@ function quiesceOf(m: MarkerRecord): QuiesceInfo {
  * point `b`, from the journal's block runs; null when retention has faded
  * the history back past `from` (then everything must be read).
  */
-export async function changedSince(m: BackupManager, volumeId: number, size: number, from: number, b: ResolvedPoint): Promise<Extent[] | null> {
+export async function changedSince(
+  m: HistoryPort,
+  volumeId: number,
+  size: number,
+  from: number,
+  b: ResolvedPoint,
+): Promise<Extent[] | null> {
   if (from === b.seq) return [];
   const bounds = historyBounds(m);
   if (!bounds || bounds.first.firstSeq > from + 1) return null;

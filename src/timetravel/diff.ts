@@ -7,12 +7,11 @@
  * block runs of each transaction wholly inside (A, B], and the record
  * headers of the AILFCs of the (at most two) transactions that hold A and B.
  *
- * Three forms: a JSON list of extents; a read-only export of B (DiffImage)
- * whose block status reports only the changed extents as data and
- * everything else as zero (reads return B everywhere), so `nbdcopy --destination-is-zero --sparse=0`
- * onto a copy of A served over NBD copies just the changes (--sparse=0:
- * changed blocks that became zero must be written too; a local file as the
- * destination would be zeroed first by nbdcopy); and a diff file:
+ * Three forms: a JSON list of extents; a read-only export of B whose
+ * block status is B's own (base:allocation never claims zeroes over data)
+ * and which publishes the changed extents as the meta context
+ * `qemu:dirty-bitmap:NAME` (dirty-bitmap.ts), so qemu or a libnbd client
+ * copies just those onto a copy of A; and a diff file:
  *
  * Diff file format (little-endian; CRC-32 with the zlib polynomial):
  *   header, 64 bytes:
@@ -102,57 +101,6 @@ export function runsToExtents(runs: BlockRunLite[], bs: number, size: number): E
   return runs.map((r) => ({ offset: r.start * bs, length: Math.min(size, (r.start + r.count) * bs) - r.start * bs }));
 }
 
-/**
- * The image of B whose block status reports only the changed blocks as
- * data and everything else as zero. Reads return B everywhere, so a copy
- * tool that reads a whole request around a changed extent writes B's (that
- * is, A's) bytes back over unchanged ones.
- */
-export class DiffImage implements ImageSource {
-  readonly size: number;
-  readonly blockSize: number;
-
-  constructor(
-    private readonly b: ImageSource,
-    private readonly runs: BlockRunLite[],
-  ) {
-    this.size = b.size;
-    this.blockSize = b.blockSize;
-  }
-
-  /** Index of the first run ending after block `blk`. */
-  private firstRun(blk: number): number {
-    let lo = 0;
-    let hi = this.runs.length;
-    while (lo < hi) {
-      const m = (lo + hi) >> 1;
-      if (this.runs[m]!.start + this.runs[m]!.count <= blk) lo = m + 1;
-      else hi = m;
-    }
-    return lo;
-  }
-
-  /** Reads are B's, everywhere: only block status is restricted to the changes. */
-  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.b.read(offset, length, into);
-  }
-
-  async zeroMap(first: number, count: number): Promise<Uint8Array> {
-    // Changed blocks are data (even where B reads as zero: the copy must
-    // write those zeroes over A); everything else is zero.
-    const map = new Uint8Array(count).fill(1);
-    for (let i = this.firstRun(first); i < this.runs.length; i++) {
-      const r = this.runs[i]!;
-      const a = Math.max(first, r.start);
-      const z = Math.min(first + count, r.start + r.count);
-      if (a >= first + count) break;
-      if (a < z) map.fill(0, a - first, z - first);
-    }
-    return map;
-  }
-
-}
-
 const HEADER = 64;
 const FOOTER = 32;
 const MAGIC = Buffer.from('RWDIFF\x00\x01', 'latin1');
@@ -239,10 +187,7 @@ export class DiffFileError extends Error {
 }
 
 /** Checks every CRC of a diff file; calls onRecord for each record when given (after the header is checked). */
-export async function readDiffFile(
-  file: string,
-  onRecord?: (offset: number, data: Buffer) => Promise<void>,
-): Promise<DiffFileInfo> {
+export async function readDiffFile(file: string, onRecord?: (offset: number, data: Buffer) => Promise<void>): Promise<DiffFileInfo> {
   const fh = await fs.promises.open(file, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -254,7 +199,8 @@ export async function readDiffFile(
     if (h.readUInt32LE(8) !== 1) throw new DiffFileError(file, 8, `unknown version ${h.readUInt32LE(8)}`);
     const f = Buffer.alloc(FOOTER);
     await fh.read(f, 0, FOOTER, size - FOOTER);
-    if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28)) throw new DiffFileError(file, size - FOOTER, 'bad footer');
+    if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28))
+      throw new DiffFileError(file, size - FOOTER, 'bad footer');
     const info: DiffFileInfo = {
       blockSize: h.readUInt32LE(12),
       volumeSize: Number(h.readBigUInt64LE(16)),
@@ -276,7 +222,8 @@ export async function readDiffFile(
       const off = Number(rh.readBigUInt64LE(0));
       const len = rh.readUInt32LE(8);
       if (len === 0 || len > 64 << 20 || pos + 16 + len > size - FOOTER) throw new DiffFileError(file, pos, `bad record length ${len}`);
-      if (off < prevEnd || off + len > info.volumeSize) throw new DiffFileError(file, pos, `record ${off}+${len} out of order or past the volume`);
+      if (off < prevEnd || off + len > info.volumeSize)
+        throw new DiffFileError(file, pos, `record ${off}+${len} out of order or past the volume`);
       const data = Buffer.allocUnsafe(len);
       await fh.read(data, 0, len, pos + 16);
       if (crc32(data) !== rh.readUInt32LE(12)) throw new DiffFileError(file, pos, 'data checksum mismatch');
@@ -286,7 +233,8 @@ export async function readDiffFile(
       pos += 16 + len;
       n++;
     }
-    if (n !== info.records || crc !== f.readUInt32LE(24)) throw new DiffFileError(file, size - FOOTER, 'record count or body checksum does not match the footer');
+    if (n !== info.records || crc !== f.readUInt32LE(24))
+      throw new DiffFileError(file, size - FOOTER, 'record count or body checksum does not match the footer');
     return info;
   } finally {
     await fh.close();

@@ -118,7 +118,8 @@ export function parseDuration(text: string, what: string): number {
 
 function parseClock(t: string, rule: string): number {
   const m = /^(\d{1,2})(?::(\d{2}))?$/.exec(t);
-  if (!m || Number(m[1]) > 24 || Number(m[2] ?? 0) > 59) throw new UserError('invalid', `rule "${rule}": bad time of day "${t}" (use HH or HH:MM)`);
+  if (!m || Number(m[1]) > 24 || Number(m[2] ?? 0) > 59)
+    throw new UserError('invalid', `rule "${rule}": bad time of day "${t}" (use HH or HH:MM)`);
   return Number(m[1]) * 60 + Number(m[2] ?? 0);
 }
 
@@ -136,7 +137,10 @@ export function parseRule(text: string): ScheduleRule {
     const eq = p.indexOf('=');
     if (eq < 0) throw new UserError('invalid', `rule "${text}": "${p}" is not key=value`);
     const key = p.slice(0, eq).trim().toLowerCase();
-    const value = p.slice(eq + 1).trim().replace(/^'(.*)'$|^"(.*)"$/, '$1$2');
+    const value = p
+      .slice(eq + 1)
+      .trim()
+      .replace(/^'(.*)'$|^"(.*)"$/, '$1$2');
     switch (key) {
       case 'every':
         rule.every = parseDuration(value, `rule "${text}": every`);
@@ -224,6 +228,12 @@ function clock(m: number): string {
 }
 
 export function fmtDuration(s: number): string {
-  for (const [u, v] of [['w', 604800], ['d', 86400], ['h', 3600], ['m', 60]] as const) if (s % v === 0) return `${s / v}${u}`;
+  for (const [u, v] of [
+    ['w', 604800],
+    ['d', 86400],
+    ['h', 3600],
+    ['m', 60],
+  ] as const)
+    if (s % v === 0) return `${s / v}${u}`;
   return `${s}s`;
 }

@@ -13,7 +13,7 @@
  */
 import { RecordKind, RECORD_HEADER_SIZE } from '../lfc';
 import { FdCache, preadFully } from '../util/fd-cache';
-import { STATE_HOLE, STATE_ZERO, type Extent } from '../nbd/export';
+import { STATE_HOLE, STATE_ZERO, type Extent } from '../nbd';
 import { txnRecords, type PointHistory, type ResolvedPoint, type TxnRecord } from './point';
 
 /** What a PointImage reads from: the group's backup manager. */
@@ -175,7 +175,7 @@ export async function imageExtents(src: ImageSource, offset: number, length: num
   const map = await src.zeroMap(first, count);
   const out: Extent[] = [];
   let pos = offset;
-  for (let i = 0; i < count; ) {
+  for (let i = 0; i < count;) {
     let j = i + 1;
     while (j < count && map[j] === map[i]) j++;
     const end = Math.min(src.size, (first + j) * bs);

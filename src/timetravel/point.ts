@@ -15,10 +15,23 @@
  *   image(point) = image before T_k  +  AILFC_k's records with seq <= point.seq
  * (overlay = k when the point lies inside T_k, null at a boundary).
  */
-import { readRecords } from '../lfc';
 import { RecordKind } from '../lfc';
-import type { TransactionRecord } from '../manager/types';
+import type { TransactionRecord, TxnRecord } from '../manager/types';
 import { UserError } from '../util/errors';
+import {
+  PointGapError,
+  mergedGap,
+  openGap,
+  pointText,
+  superGap,
+  superSpanAtSeq,
+  superSpanAtTime,
+  superSpans,
+  timeText,
+  type Nearest,
+  type Neighbour,
+  type OpenStretch,
+} from './point-gaps';
 
 export type PointSpec =
   | { kind: 'seq'; seq: number; text: string }
@@ -49,6 +62,8 @@ export interface ResolvedPoint {
   /** k when the point lies inside T_k (AILFC_k's records up to seq overlay it), else null. */
   overlay: number | null;
   write: WriteInfo;
+  /** Set when the asked point was no point and the nearest valid one was taken instead (--nearest). */
+  substitute?: { asked: string; why: string; nearest: Nearest };
 }
 
 /** What point resolution needs from a group's history (the backup manager). */
@@ -58,19 +73,38 @@ export interface PointHistory {
   transactionForSeq(seq: number): number | undefined;
   /** Path of T_n's stored container (its name may change when retention merges it). */
   historyFile(kind: 'ailfc' | 'bilfc', n: number): string;
+  /** Record headers of AILFC_n (cached). */
+  records(n: number): Promise<TxnRecord[]>;
 }
 
 const UNITS: Record<string, number> = {
-  s: 1000, sec: 1000, secs: 1000, second: 1000, seconds: 1000,
-  m: 60_000, min: 60_000, mins: 60_000, minute: 60_000, minutes: 60_000,
-  h: 3_600_000, hr: 3_600_000, hrs: 3_600_000, hour: 3_600_000, hours: 3_600_000,
-  d: 86_400_000, day: 86_400_000, days: 86_400_000,
-  w: 604_800_000, week: 604_800_000, weeks: 604_800_000,
+  s: 1000,
+  sec: 1000,
+  secs: 1000,
+  second: 1000,
+  seconds: 1000,
+  m: 60_000,
+  min: 60_000,
+  mins: 60_000,
+  minute: 60_000,
+  minutes: 60_000,
+  h: 3_600_000,
+  hr: 3_600_000,
+  hrs: 3_600_000,
+  hour: 3_600_000,
+  hours: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+  days: 86_400_000,
+  w: 604_800_000,
+  week: 604_800_000,
+  weeks: 604_800_000,
 };
 
 /** Parses a point as typed by a user (see the file comment). Throws UserError('invalid'). */
 export function parsePoint(text: unknown, now = Date.now()): PointSpec {
-  if (typeof text !== 'string' || text.trim() === '') throw new UserError('invalid', 'a point is required (e.g. @seq:42, @txn:7, 2026-11-22T10:00:00Z, "10 minutes ago")');
+  if (typeof text !== 'string' || text.trim() === '')
+    throw new UserError('invalid', 'a point is required (e.g. @seq:42, @txn:7, 2026-11-22T10:00:00Z, "10 minutes ago")');
   const t = text.trim();
   let m = /^@?seq:(\d+)$/i.exec(t);
   if (m) return { kind: 'seq', seq: safeInt(m[1]!, t), text: t };
@@ -101,46 +135,11 @@ function safeInt(s: string, t: string): number {
   return n;
 }
 
-/** Record headers of AILFC_n, cached (sealed containers never change). */
-export interface TxnRecord {
-  seq: number;
-  time: number;
-  kind: number;
-  flags: number;
-  volumeId: number;
-  offset: number;
-  length: number;
-  /** File offset of the record header. */
-  position: number;
-}
+export type { TxnRecord } from '../manager/types';
 
-const recordCache = new Map<string, Promise<TxnRecord[]>>();
-const CACHE_MAX = 16;
-
+/** Record headers of AILFC_n (the history caches them: sealed containers never change). */
 export function txnRecords(h: PointHistory, n: number): Promise<TxnRecord[]> {
-  const file = h.historyFile('ailfc', n);
-  let p = recordCache.get(file);
-  if (p) {
-    recordCache.delete(file);
-    recordCache.set(file, p);
-    return p;
-  }
-  p = (async () => {
-    const out: TxnRecord[] = [];
-    for await (const r of readRecords(file, { payloads: false })) {
-      out.push({ seq: r.seq, time: r.time, kind: r.kind, flags: r.flags, volumeId: r.volumeId, offset: r.offset, length: r.length, position: r.position });
-    }
-    return out;
-  })();
-  p.catch(() => recordCache.delete(file));
-  recordCache.set(file, p);
-  while (recordCache.size > CACHE_MAX) recordCache.delete(recordCache.keys().next().value!);
-  return p;
-}
-
-/** Forget cached records of a file (it was removed or replaced). */
-export function forgetTxnRecords(file: string): void {
-  recordCache.delete(file);
+  return h.records(n);
 }
 
 export function kindName(kind: number): WriteInfo['kind'] {
@@ -170,99 +169,84 @@ export function historyBounds(h: PointHistory): { first: TransactionRecord; last
   return { first: all[0]!, last: all[all.length - 1]! };
 }
 
-/** A super transaction as its committed containers describe it (see TransactionRecord.superTransaction). */
-export interface SuperSpan {
-  id: number;
-  fromSeq: number;
-  first: number;
-  last: number;
-  /** Its last container is committed: its end (endSeq) is a valid point. */
-  complete: boolean;
-  endSeq: number;
-  endTime: number;
-  /** The last point before it (null: none retained). */
-  before: { seq: number; time: number } | null;
+/** The earliest valid point: the first write, or the end of the first transaction if it was merged (or is a stub). */
+function earliestPoint(first: TransactionRecord): Neighbour {
+  return first.mergedFrom !== undefined ? { seq: first.lastSeq, time: first.lastTime } : { seq: first.firstSeq, time: first.firstTime };
 }
 
-/** Every super transaction in committed history, ascending. */
-export function superSpans(h: PointHistory): SuperSpan[] {
-  const all = h.transactions();
-  const out: SuperSpan[] = [];
-  let cur: SuperSpan | null = null;
-  let prevPoint: { seq: number; time: number } | null = null;
-  for (const t of all) {
-    const tag = t.superTransaction;
-    if (tag) {
-      if (!cur || cur.id !== tag.id) {
-        if (cur) out.push(cur);
-        cur = { id: tag.id, fromSeq: tag.fromSeq, first: t.n, last: t.n, complete: false, endSeq: 0, endTime: 0, before: prevPoint };
-      }
-      cur.last = t.n;
-      if (t.records > 0) {
-        cur.endSeq = t.lastSeq;
-        cur.endTime = t.lastTime;
-      }
-      if (tag.last) cur.complete = true;
-    } else if (cur) {
-      // A later ordinary transaction: the super transaction before it is complete.
-      cur.complete = true;
-      out.push(cur);
-      cur = null;
-    }
-    if (t.records > 0) prevPoint = { seq: t.lastSeq, time: t.lastTime };
-  }
-  if (cur) out.push(cur);
-  return out.filter((s) => s.endSeq > 0 || !s.complete);
-}
-
-/** The super transaction a point lies inside (its end is not inside), if any. */
-export function superSpanAt(h: PointHistory, seq: number): SuperSpan | null {
-  for (const s of superSpans(h)) {
-    if (seq >= s.fromSeq && (!s.complete || seq < s.endSeq) && (s.endSeq === 0 || seq <= s.endSeq)) return s;
-  }
+/** The last write before `seq` in committed history (its transaction end, or a record of it). */
+function lastPointBefore(h: PointHistory, seq: number): Neighbour | null {
+  const txns = h.transactions().filter((t) => t.records > 0 && t.firstSeq < seq);
+  const t = txns[txns.length - 1];
+  if (!t) return null;
+  if (t.lastSeq < seq) return { seq: t.lastSeq, time: t.lastTime };
   return null;
 }
 
-function superError(seq: number, s: SuperSpan): UserError {
-  const before = s.before ? pointText(s.before.seq, s.before.time) : 'none (no earlier point is retained)';
-  const after = s.complete ? pointText(s.endSeq, s.endTime) : 'none yet (the super transaction is still being applied)';
-  return new UserError(
-    'invalid',
-    `@seq:${seq} lies inside super transaction ${s.id} (the resync after degraded mode: transactions ${s.first}..${s.last}, standing for the writes from @seq:${s.fromSeq} on), ` +
-      `whose data has no chronological order, so no point inside it can be restored: the nearest valid points are ${before} and ${after}`,
-  );
-}
-
-function pointText(seq: number, time: number): string {
-  return `@seq:${seq} (${new Date(time).toISOString()})`;
+export interface ResolveOptions {
+  /** Looks a marker up (null: no such marker). */
+  markers?: (name: string) => { seq: number } | null;
+  /** When the asked point is no point (PointGapError), take the nearest valid one on this side instead. */
+  nearest?: Nearest;
+  /** A degraded stretch not committed yet (the intercept says so): nothing from its start on is a point. */
+  open?: OpenStretch | null;
 }
 
 /**
- * Resolves a spec against committed history. `markers` looks a marker up
- * (null: no such marker). Errors name the nearest valid points.
+ * Resolves a spec against committed history. A point where history has
+ * none (merged by retention, inside a super transaction or an open
+ * degraded stretch, outside the retained range) is refused with a
+ * PointGapError naming the nearest valid points, or, with `nearest`,
+ * replaced by the one on that side (the result says so in `substitute`).
  */
 export async function resolvePoint(
   h: PointHistory,
   spec: PointSpec,
   markers: (name: string) => { seq: number } | null = () => null,
+  opts: Omit<ResolveOptions, 'markers'> = {},
+): Promise<ResolvedPoint> {
+  const open = opts.open ?? null;
+  try {
+    return await resolveExact(h, spec, markers, open);
+  } catch (err) {
+    if (!(err instanceof PointGapError) || !opts.nearest) throw err;
+    const n = opts.nearest === 'before' ? err.before : err.after;
+    if (!n) throw new UserError('invalid', `${err.message}. There is no valid point ${opts.nearest} it.`);
+    const p = await resolveExact(h, { kind: 'seq', seq: n.seq, text: `@seq:${n.seq}` }, markers, open);
+    return { ...p, substitute: { asked: err.asked, why: err.why, nearest: opts.nearest } };
+  }
+}
+
+async function resolveExact(
+  h: PointHistory,
+  spec: PointSpec,
+  markers: (name: string) => { seq: number } | null,
+  open: OpenStretch | null,
 ): Promise<ResolvedPoint> {
   const bounds = historyBounds(h);
   if (!bounds) throw new UserError('invalid', `no history yet: the volume has no journaled writes to go back to`);
   const { first, last } = bounds;
   const range = `retained history runs from ${pointText(first.firstSeq, first.firstTime)} to ${pointText(last.lastSeq, last.lastTime)}`;
+  const all = h.transactions();
+  const spans = superSpans(all);
+  const latestPoint: Neighbour = { seq: last.lastSeq, time: last.lastTime };
+  const openBefore = (): Neighbour | null => (open ? lastPointBefore(h, open.fromSeq) : null);
   let seq: number;
   switch (spec.kind) {
     case 'seq':
       seq = spec.seq;
       break;
     case 'latest':
+      if (open) throw openGap('latest', open, openBefore());
       seq = last.lastSeq;
       break;
     case 'txn': {
       const t = h.transaction(spec.n);
       if (!t) {
-        const all = h.transactions();
-        throw new UserError('invalid', `no committed transaction T_${spec.n}: transactions ${all[0]?.n ?? '-'}..${all[all.length - 1]?.n ?? '-'} exist; ${range}`);
+        throw new UserError(
+          'invalid',
+          `no committed transaction T_${spec.n}: transactions ${all[0]?.n ?? '-'}..${all[all.length - 1]?.n ?? '-'} exist; ${range}`,
+        );
       }
       if (t.records === 0) throw new UserError('invalid', `T_${spec.n} holds no writes; ${range}`);
       seq = t.lastSeq;
@@ -275,29 +259,20 @@ export async function resolvePoint(
       break;
     }
     case 'time': {
-      if (spec.ms < first.firstTime) {
-        throw new UserError('invalid', `${new Date(spec.ms).toISOString()} is before retained history: the earliest point is ${pointText(first.firstSeq, first.firstTime)}; ${range}`);
-      }
+      const asked = timeText(spec.ms);
+      if (spec.ms < first.firstTime) throw PointGapError.outside(asked, 'before', earliestPoint(first), range);
+      if (open && spec.ms >= open.fromTime) throw openGap(asked, open, openBefore());
+      const sp = superSpanAtTime(spans, spec.ms);
+      if (sp) throw superGap(asked, sp);
       // The last transaction that began at or before the time, then its last record at or before it.
       let chosen: TransactionRecord = first;
-      for (const t of h.transactions()) {
+      for (const t of all) {
         if (t.records > 0 && t.firstTime <= spec.ms) chosen = t;
       }
-      if (chosen.superTransaction) {
-        const sp = superSpans(h).find((x) => x.id === chosen.superTransaction!.id) ?? null;
-        if (sp && sp.complete && chosen.n === sp.last && spec.ms >= sp.endTime) seq = sp.endSeq;
-        else if (sp?.before) seq = sp.before.seq;
-        else throw sp ? superError(chosen.firstSeq, sp) : new UserError('invalid', `${new Date(spec.ms).toISOString()} is inside a super transaction; ${range}`);
-        break;
-      }
       if (chosen.mergedFrom !== undefined) {
-        // Inside a merged transaction only its end is a point: the one before it otherwise.
-        if (spec.ms >= chosen.lastTime) seq = chosen.lastSeq;
-        else {
-          const prev = h.transactions({ to: chosen.mergedFrom - 1 }).filter((t) => t.records > 0).pop();
-          if (!prev) throw new UserError('invalid', `${new Date(spec.ms).toISOString()} is inside merged history with no earlier point; ${range}`);
-          seq = prev.lastSeq;
-        }
+        // The last write at or before the time faded into a merged transaction: only its end is a point.
+        if (spec.ms < chosen.lastTime) throw mergedGap(asked, chosen, previousTxn(h, chosen));
+        seq = chosen.lastSeq;
         break;
       }
       const recs = await txnRecords(h, chosen.n);
@@ -307,22 +282,17 @@ export async function resolvePoint(
       break;
     }
   }
-  if (seq < first.firstSeq) throw new UserError('invalid', `@seq:${seq} is before retained history: the earliest point is ${pointText(first.firstSeq, first.firstTime)}; ${range}`);
-  if (seq > last.lastSeq) throw new UserError('invalid', `@seq:${seq} is after the last write: the latest point is ${pointText(last.lastSeq, last.lastTime)}; ${range}`);
-  const sp = superSpanAt(h, seq);
-  if (sp) throw superError(seq, sp);
+  const asked = spec.kind === 'seq' || spec.kind === 'time' ? `@seq:${seq}` : `${spec.text} (@seq:${seq})`;
+  if (seq < first.firstSeq) throw PointGapError.outside(asked, 'before', earliestPoint(first), range);
+  if (open && seq >= open.fromSeq) throw openGap(asked, open, openBefore());
+  if (seq > last.lastSeq) throw PointGapError.outside(asked, 'after', latestPoint, range);
+  const sp = superSpanAtSeq(spans, seq);
+  if (sp) throw superGap(asked, sp);
   const n = h.transactionForSeq(seq);
   if (n === undefined) throw new UserError('invalid', `@seq:${seq} is not in any committed transaction; ${range}`);
   const txn = h.transaction(n)!;
-  if (txn.mergedFrom !== undefined && seq !== txn.lastSeq) {
-    // Retention merged this stretch of history: only its ends are points now.
-    const prev = h.transactions({ to: txn.mergedFrom - 1 }).filter((t) => t.records > 0).pop();
-    const before = prev ? pointText(prev.lastSeq, prev.lastTime) : 'none (it is the oldest retained transaction)';
-    throw new UserError(
-      'invalid',
-      `@seq:${seq} lies inside T_${n}, which retention merged (transactions ${txn.mergedFrom}..${n}): the nearest valid points are ${before} and ${pointText(txn.lastSeq, txn.lastTime)}`,
-    );
-  }
+  // Retention merged this stretch of history: only its ends are points now.
+  if (txn.mergedFrom !== undefined && seq !== txn.lastSeq) throw mergedGap(asked, txn, previousTxn(h, txn));
   const recs = await txnRecords(h, n);
   const rec = recs.find((r) => r.seq === seq);
   if (!rec && txn.mergedFrom !== undefined) {
@@ -340,10 +310,9 @@ export async function resolvePoint(
     // A gap in the sequence (a reserved number never written): the point is the write before it.
     const before = [...recs].reverse().find((r) => r.seq < seq);
     if (!before) throw new UserError('invalid', `no write with @seq:${seq}; ${range}`);
-    return await resolvePoint(h, { kind: 'seq', seq: before.seq, text: spec.text }, markers);
+    return await resolveExact(h, { kind: 'seq', seq: before.seq, text: spec.text }, markers, open);
   }
-  const t = h.transaction(n)!;
-  const atEnd = seq === t.lastSeq;
+  const atEnd = seq === txn.lastSeq;
   return {
     seq,
     time: rec.time,
@@ -360,6 +329,14 @@ export async function resolvePoint(
       restore: (rec.flags & 4) !== 0,
     },
   };
+}
+
+/** The last transaction with writes before a (merged) transaction's first original one. */
+function previousTxn(h: PointHistory, t: TransactionRecord): TransactionRecord | undefined {
+  return h
+    .transactions({ to: (t.mergedFrom ?? t.n) - 1 })
+    .filter((x) => x.records > 0)
+    .pop();
 }
 
 /**
@@ -391,7 +368,7 @@ export async function stepSeq(h: PointHistory, volumeId: number, from: number, d
     if (tx.mergedFrom !== undefined) recs = recs.length ? [{ ...recs[recs.length - 1]!, seq: tx.lastSeq }] : [];
     // Inside a super transaction only its end is a point.
     if (tx.superTransaction) {
-      const sp = superSpans(h).find((x) => x.id === tx.superTransaction!.id);
+      const sp = superSpans(h.transactions()).find((x) => x.id === tx.superTransaction!.id);
       recs = sp && sp.complete && sp.last === tx.n && recs.length ? [{ ...recs[recs.length - 1]!, seq: tx.lastSeq }] : [];
     }
     if (fwd) {

@@ -2,9 +2,10 @@
  * Snapshots and clones as NBD exports: an NbdExport over an ImageSource
  * (a PointImage, or a LayeredImage for a clone). One object serves every
  * connection to the view; it keeps no per-connection state, so multi-conn
- * holds.
+ * holds. Its base:allocation is the image's own; what changed since an
+ * earlier point is the qemu:dirty-bitmap meta contexts' business.
  */
-import type { ExportCapabilities, Extent, NbdExport, WriteFlags, ZeroFlags } from '../nbd/export';
+import type { ExportCapabilities, Extent, MetaContextSource, NbdExport, WriteFlags, ZeroFlags } from '../nbd';
 import { imageExtents, type ImageSource } from './point-image';
 import type { LayeredImage } from './layers';
 
@@ -24,6 +25,8 @@ export class ViewExport implements NbdExport {
   constructor(
     private image: ImageSource,
     private writable: LayeredImage | null,
+    /** Its qemu:dirty-bitmap contexts (dirty-bitmap.ts). */
+    readonly metaContexts?: MetaContextSource,
   ) {
     this.size = image.size;
     this.readOnly = writable === null || writable.readOnly;

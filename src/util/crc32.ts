@@ -12,7 +12,6 @@ type Crc32 = (data: Uint8Array, seed?: number) => number;
 
 function load(): Crc32 {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const fast = (require('@node-rs/crc32') as { crc32(input: Uint8Array, initialState?: number | null): number }).crc32;
     const probe = Buffer.from('rewind');
     if (fast(probe) === zlib.crc32(probe) && fast(probe, 12345) === zlib.crc32(probe, 12345)) {

@@ -26,7 +26,10 @@ export async function hashFile(file: string, size: number): Promise<{ sha: strin
   });
 }
 
-export async function hashReader(size: number, read: (off: number, into: Buffer) => Promise<void | Buffer>): Promise<{ sha: string; hashes: Buffer }> {
+export async function hashReader(
+  size: number,
+  read: (off: number, into: Buffer) => Promise<void | Buffer>,
+): Promise<{ sha: string; hashes: Buffer }> {
   const all = createHash('sha256');
   const hashes = Buffer.alloc(Math.ceil(size / HASH_CHUNK) * 32);
   const buf = Buffer.alloc(HASH_CHUNK);
@@ -36,7 +39,10 @@ export async function hashReader(size: number, read: (off: number, into: Buffer)
     const got = await read(off, b);
     const data = got && got !== b ? got : b;
     all.update(data);
-    createHash('sha256').update(data).digest().copy(hashes, i * 32);
+    createHash('sha256')
+      .update(data)
+      .digest()
+      .copy(hashes, i * 32);
   }
   return { sha: all.digest('hex'), hashes };
 }

@@ -13,7 +13,8 @@
  *
  * "Ready" means: the process is alive, the NBD TCP port and the control
  * socket (and the control TCP port, if any) accept connections, and
- * GET /v1/health on the control socket answers with this child's pid.
+ * GET /v1/health on the control socket answers with this child's pid and
+ * no volume still in crash recovery.
  * Ports come from the kernel (bind to port 0); if the daemon still loses a
  * race for one (EADDRINUSE) the helper retries with fresh ports.
  *
@@ -120,7 +121,7 @@ export interface DaemonOptions {
   env?: Record<string, string | undefined>;
   /** Default "warn". */
   logLevel?: string;
-  /** How long to wait for readiness; default 20 s. */
+  /** How long to wait for readiness (crash recovery included); default 120 s. */
   startTimeoutMs?: number;
 }
 
@@ -350,7 +351,7 @@ export class TestDaemon {
         resolve(this.lastExit);
       });
     });
-    await this.waitReady(this.opts.startTimeoutMs ?? 20_000);
+    await this.waitReady(this.opts.startTimeoutMs ?? 120_000);
   }
 
   private async waitReady(timeoutMs: number): Promise<void> {
@@ -377,7 +378,9 @@ export class TestDaemon {
     try {
       const res = await this.client().raw('GET', '/v1/health');
       if (res.status !== 200) return false;
-      return (JSON.parse(res.text) as { pid?: number }).pid === this.child?.pid;
+      const h = JSON.parse(res.text) as { pid?: number; recovering?: string[] };
+      // After an unclean stop, volumes recover in the background: ready once none is left.
+      return h.pid === this.child?.pid && (h.recovering?.length ?? 0) === 0;
     } catch {
       return false;
     }
@@ -420,7 +423,5 @@ export function run(
 
 /** True if `cmd` is on PATH (e.g. nbdinfo, qemu-io). */
 export function haveCommand(cmd: string): boolean {
-  return (process.env.PATH ?? '')
-    .split(path.delimiter)
-    .some((dir) => dir !== '' && fs.existsSync(path.join(dir, cmd)));
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => dir !== '' && fs.existsSync(path.join(dir, cmd)));
 }

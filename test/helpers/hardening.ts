@@ -49,7 +49,11 @@ export async function createVolume(d: TestDaemon, name: string, size: string, ..
 }
 
 /** Runs a python3-libnbd script; argv after the script name are `args`. */
-export async function python(script: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export async function python(
+  script: string,
+  args: string[],
+  timeoutMs = 60_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   need(PYTHON);
   return run(PYTHON, ['-c', script, ...args], { timeoutMs });
 }

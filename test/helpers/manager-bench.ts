@@ -34,7 +34,12 @@ async function main(): Promise<void> {
   let peakRss = 0;
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 20);
   try {
-    const m = await BackupManager.open(path.join(dir, 'mgr'), { groupId: 1, volumes: [{ volumeId: 0, name: 'bench', size }], workers, logger });
+    const m = await BackupManager.open(path.join(dir, 'mgr'), {
+      groupId: 1,
+      volumes: [{ volumeId: 0, name: 'bench', size }],
+      workers,
+      logger,
+    });
     const baseRss = process.memoryUsage().rss;
     let seq = 1;
     const payload = rng.bytes(4096);
@@ -63,7 +68,9 @@ async function main(): Promise<void> {
     await Promise.all(refs.slice(half).map((r) => m.submit(r)));
     if (containers > half) console.log(report('queued', containers - half, performance.now() - t0));
     phases.forEach((p, i) =>
-      console.log(`  T_${i + 1}: prepare ${p.prepareMs} ms ${JSON.stringify(p.prepare)}; apply ${p.applyMs} ms ${JSON.stringify(p.apply)}; commit ${p.commitMs} ms`),
+      console.log(
+        `  T_${i + 1}: prepare ${p.prepareMs} ms ${JSON.stringify(p.prepare)}; apply ${p.applyMs} ms ${JSON.stringify(p.apply)}; commit ${p.commitMs} ms`,
+      ),
     );
     console.log(`RSS ${(baseRss / 2 ** 20).toFixed(0)} MiB after open, peak ${(peakRss / 2 ** 20).toFixed(0)} MiB`);
     await m.close();

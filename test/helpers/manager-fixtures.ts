@@ -54,15 +54,24 @@ export function applyOp(m: Images, op: Op): void {
  * ailfc-n.lfc) and returns the ref a sender would submit. Seqs are
  * firstSeq, firstSeq+1, ...
  */
-export async function writeAilfc(dir: string, groupId: number, n: number, ops: Op[], firstSeq: number, time0 = 1_700_000_000_000): Promise<SealedContainerRef> {
+export async function writeAilfc(
+  dir: string,
+  groupId: number,
+  n: number,
+  ops: Op[],
+  firstSeq: number,
+  time0 = 1_700_000_000_000,
+): Promise<SealedContainerRef> {
   await fs.promises.mkdir(dir, { recursive: true });
   const w = await ContainerWriter.create(dir, ContainerKind.AILFC, { groupId, containerId: n, blockSize: 4096 });
   const pending: Array<Promise<void>> = [];
   ops.forEach((op, i) => {
-    const payload =
-      op.kind === RecordKind.Write || op.kind === RecordKind.Resync || op.kind === RecordKind.Error ? op.data : null;
+    const payload = op.kind === RecordKind.Write || op.kind === RecordKind.Resync || op.kind === RecordKind.Error ? op.data : null;
     pending.push(
-      w.append({ kind: op.kind, volumeId: op.volumeId, seq: firstSeq + i, time: time0 + firstSeq + i, offset: op.offset, length: op.length }, payload),
+      w.append(
+        { kind: op.kind, volumeId: op.volumeId, seq: firstSeq + i, time: time0 + firstSeq + i, offset: op.offset, length: op.length },
+        payload,
+      ),
     );
   });
   await Promise.all(pending);

@@ -21,6 +21,8 @@ import * as path from 'node:path';
 import { ControlClient } from '../../src/control/client';
 import { REPO_ROOT, REWIND_BIN, cleanEnv, run, runRewind, sleep, type RunResult } from './daemon';
 
+export const LINK_PORT = 10810;
+
 let nsCounter = 0;
 
 export interface Netns {
@@ -56,7 +58,10 @@ export async function makeNetns(tag: string): Promise<Netns> {
   await ip(['link', 'set', vm, 'netns', mNs]);
   await ip(['-n', iNs, 'addr', 'add', `${subnet}.1/24`, 'dev', vi]);
   await ip(['-n', mNs, 'addr', 'add', `${subnet}.2/24`, 'dev', vm]);
-  for (const [ns, dev] of [[iNs, vi], [mNs, vm]] as const) {
+  for (const [ns, dev] of [
+    [iNs, vi],
+    [mNs, vm],
+  ] as const) {
     await ip(['-n', ns, 'link', 'set', 'lo', 'up']);
     await ip(['-n', ns, 'link', 'set', dev, 'up']);
   }
@@ -133,17 +138,19 @@ export class RoleDaemon {
     running.add(child);
     child.stdout!.setEncoding('utf8').on('data', (s: string) => (this.logs += s));
     child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.logs += s));
-    this.exited = new Promise<void>((resolve) => child.on('close', () => {
-      running.delete(child);
-      resolve();
-    }));
-    const deadline = Date.now() + 30_000;
+    this.exited = new Promise<void>((resolve) =>
+      child.on('close', () => {
+        running.delete(child);
+        resolve();
+      }),
+    );
+    const deadline = Date.now() + 120_000;
     const client = new ControlClient({ kind: 'unix', path: this.controlSocket, display: this.controlSocket } as never, { timeoutMs: 2000 });
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`rewind serve exited at start:\n${this.logs}`);
       try {
-        const h = await client.request<{ pid: number }>('GET', '/v1/health');
-        if (h.pid === child.pid) return;
+        const h = await client.request<{ pid: number; recovering?: string[] }>('GET', '/v1/health');
+        if (h.pid === child.pid && (h.recovering?.length ?? 0) === 0) return;
       } catch {
         /* not yet */
       }
@@ -191,7 +198,12 @@ export class RoleDaemon {
 }
 
 /** Polls `fn` until it returns a truthy value or the time runs out. */
-export async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000, everyMs = 250): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | null | undefined | false>,
+  timeoutMs = 60_000,
+  everyMs = 250,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   for (;;) {
@@ -211,4 +223,72 @@ export function writeSecret(dir: string, text = 'correct horse battery staple 01
   const f = path.join(dir, `secret-${Math.random().toString(36).slice(2)}`);
   fs.writeFileSync(f, text, { mode: 0o600 });
   return f;
+}
+
+export interface Pair {
+  net: Netns;
+  m: RoleDaemon;
+  i: RoleDaemon;
+  secret: string;
+}
+
+/** A manager and an intercept in two namespaces joined by a veth pair (torn down with the test). */
+export async function startPair(
+  t: { teardown(fn: () => Promise<void> | void): void },
+  tag: string,
+  extra: { i?: string[]; m?: string[] } = {},
+): Promise<Pair> {
+  const net = await makeNetns(tag);
+  t.teardown(() => net.cleanup());
+  const secret = writeSecret(os.tmpdir());
+  t.teardown(() => fs.rmSync(secret, { force: true }));
+  const m = await RoleDaemon.start({
+    ns: net.managerNs,
+    args: ['--role', 'manager', '--listen', `${net.managerAddr}:${LINK_PORT}`, '--link-secret-file', secret, ...(extra.m ?? [])],
+  });
+  t.teardown(() => m.cleanup());
+  const i = await RoleDaemon.start({
+    ns: net.interceptNs,
+    args: [
+      '--role',
+      'intercept',
+      '--manager',
+      `${net.managerAddr}:${LINK_PORT}`,
+      '--link-secret-file',
+      secret,
+      '--listen',
+      'none',
+      '--no-default-volume',
+      ...(extra.i ?? []),
+    ],
+  });
+  t.teardown(() => i.cleanup());
+  return { net, m, i, secret };
+}
+
+/** `rewind status VOL --json` as the tests read it (either role). */
+export interface VolStatus {
+  state: string;
+  lastSeq: number;
+  appliedSeq: number;
+  dirtyRegions: number;
+  degraded: { since: string; reason: string } | null;
+  lag: { writes: number; seconds: number };
+  link: { state: string; bytesSent?: number; bytesReceived?: number; queued: number; poolBytes: number | null; poolLimit: number | null };
+  resync: unknown;
+}
+
+/** Waits until the intercept is normal and the manager has applied its last write. */
+export async function caughtUp(p: Pair, vol: string, timeoutMs = 120_000): Promise<VolStatus> {
+  await p.i.cliOk(['seal', vol]).catch(() => undefined);
+  return waitFor(
+    'the manager to catch up',
+    async () => {
+      const si = await p.i.json<VolStatus>(['status', vol]);
+      const sm = await p.m.json<VolStatus>(['status', vol]);
+      return si.state === 'normal' && si.link.state === 'up' && sm.appliedSeq === si.lastSeq && si.dirtyRegions === 0 ? si : null;
+    },
+    timeoutMs,
+    500,
+  );
 }

@@ -94,16 +94,16 @@ export function modelAfterTxn(tl: Timeline, n: number): Images {
 /** The image before T_k through readBefore, every volume. */
 export async function readBeforeAll(m: BackupManager, k: number): Promise<Images> {
   const out: Images = new Map();
-  for (const v of RVOLS) out.set(v.volumeId, Buffer.from(await m.readBefore(v.volumeId, 0, v.size, k)));
+  for (const v of RVOLS) out.set(v.volumeId, Buffer.from(await m.history.readBefore(v.volumeId, 0, v.size, k)));
   return out;
 }
 
 /** The image at seq through resolvePoint + PointImage, every volume. */
 export async function readAtSeq(m: BackupManager, seq: number): Promise<Images> {
-  const point = await resolvePoint(m, { kind: 'seq', seq, text: `@seq:${seq}` });
+  const point = await resolvePoint(m.history, { kind: 'seq', seq, text: `@seq:${seq}` });
   const out: Images = new Map();
   for (const v of RVOLS) {
-    const img = await PointImage.open(m, v.volumeId, v.size, point);
+    const img = await PointImage.open(m.history, v.volumeId, v.size, point);
     out.set(v.volumeId, Buffer.from(await img.read(0, v.size)));
   }
   return out;

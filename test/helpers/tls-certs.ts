@@ -38,7 +38,7 @@ function openssl(args: string[], cwd: string): void {
     execFileSync('openssl', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
     const e = err as { stderr?: Buffer; message: string };
-    throw new Error(`openssl ${args.join(' ')} failed: ${e.stderr?.toString() ?? e.message}`);
+    throw new Error(`openssl ${args.join(' ')} failed: ${e.stderr?.toString() ?? e.message}`, { cause: err });
   }
 }
 
@@ -49,7 +49,25 @@ function makeCa(dir: string, name: string, cn: string): void {
   );
   openssl(['genrsa', '-out', `${name}-key.pem`, '2048'], dir);
   openssl(
-    ['req', '-new', '-x509', '-key', `${name}-key.pem`, '-out', `${name}-cert.pem`, '-days', '30', '-subj', `/CN=${cn}/O=Rewind Test`, '-extensions', 'v3_ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'],
+    [
+      'req',
+      '-new',
+      '-x509',
+      '-key',
+      `${name}-key.pem`,
+      '-out',
+      `${name}-cert.pem`,
+      '-days',
+      '30',
+      '-subj',
+      `/CN=${cn}/O=Rewind Test`,
+      '-extensions',
+      'v3_ca',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ],
     dir,
   );
 }
@@ -59,7 +77,23 @@ function makeLeaf(dir: string, ca: string, name: string, subj: string, ext: stri
   openssl(['genrsa', '-out', `${name}-key.pem`, '2048'], dir);
   openssl(['req', '-new', '-key', `${name}-key.pem`, '-out', `${name}.csr`, '-subj', subj], dir);
   openssl(
-    ['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}-cert.pem`, '-CAkey', `${ca}-key.pem`, '-CAcreateserial', '-out', `${name}-cert.pem`, '-days', '30', '-extfile', `${name}.ext`],
+    [
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      `${ca}-cert.pem`,
+      '-CAkey',
+      `${ca}-key.pem`,
+      '-CAcreateserial',
+      '-out',
+      `${name}-cert.pem`,
+      '-days',
+      '30',
+      '-extfile',
+      `${name}.ext`,
+    ],
     dir,
   );
 }
@@ -83,12 +117,24 @@ export function makePki(root: string): Pki {
     for (const [to, from] of Object.entries(files)) fs.copyFileSync(path.join(work, from), path.join(d, to));
     return d;
   };
-  const serverDir = dir('server', { 'server-cert.pem': 'server-cert.pem', 'server-key.pem': 'server-key.pem', 'ca-cert.pem': 'ca-cert.pem' });
+  const serverDir = dir('server', {
+    'server-cert.pem': 'server-cert.pem',
+    'server-key.pem': 'server-key.pem',
+    'ca-cert.pem': 'ca-cert.pem',
+  });
   const clientDir = dir('alice', { 'ca-cert.pem': 'ca-cert.pem', 'client-cert.pem': 'alice-cert.pem', 'client-key.pem': 'alice-key.pem' });
   const otherClientDir = dir('bob', { 'ca-cert.pem': 'ca-cert.pem', 'client-cert.pem': 'bob-cert.pem', 'client-key.pem': 'bob-key.pem' });
-  const rogueClientDir = dir('mallory', { 'ca-cert.pem': 'ca-cert.pem', 'client-cert.pem': 'mallory-cert.pem', 'client-key.pem': 'mallory-key.pem' });
+  const rogueClientDir = dir('mallory', {
+    'ca-cert.pem': 'ca-cert.pem',
+    'client-cert.pem': 'mallory-cert.pem',
+    'client-key.pem': 'mallory-key.pem',
+  });
   const caOnlyDir = dir('ca-only', { 'ca-cert.pem': 'ca-cert.pem' });
-  const wrongCaDir = dir('wrong-ca', { 'ca-cert.pem': 'rogue-ca-cert.pem', 'client-cert.pem': 'alice-cert.pem', 'client-key.pem': 'alice-key.pem' });
+  const wrongCaDir = dir('wrong-ca', {
+    'ca-cert.pem': 'rogue-ca-cert.pem',
+    'client-cert.pem': 'alice-cert.pem',
+    'client-key.pem': 'alice-key.pem',
+  });
   for (const d of [serverDir, clientDir, otherClientDir, rogueClientDir, wrongCaDir]) {
     for (const f of fs.readdirSync(d)) if (f.endsWith('-key.pem')) fs.chmodSync(path.join(d, f), 0o600);
   }
@@ -106,4 +152,11 @@ export function makePki(root: string): Pki {
       serverKey: path.join(serverDir, 'server-key.pem'),
     },
   };
+}
+
+/** Another server certificate from the same CA (a rotation): its cert and key files, in the PKI's work directory. */
+export function newServerCert(pki: Pki, name: string): { cert: string; key: string } {
+  const work = path.join(pki.root, 'work');
+  makeLeaf(work, 'ca', name, `/CN=localhost/O=Rewind Test/OU=${name}`, SERVER_EXT);
+  return { cert: path.join(work, `${name}-cert.pem`), key: path.join(work, `${name}-key.pem`) };
 }

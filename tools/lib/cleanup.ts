@@ -42,11 +42,7 @@ function installExitHook(): void {
  * Register a cleanup action. Actions run in reverse registration order.
  * `syncFallback` runs at process exit if the entry is still registered then.
  */
-export function onCleanup(
-  label: string,
-  action: () => void | Promise<void>,
-  syncFallback?: () => void,
-): CleanupHandle {
+export function onCleanup(label: string, action: () => void | Promise<void>, syncFallback?: () => void): CleanupHandle {
   installExitHook();
   const entry: Entry = { label, action };
   if (syncFallback) entry.syncFallback = syncFallback;

@@ -29,9 +29,7 @@ export class Coverage {
   private readonly session = new inspector.Session();
 
   private post<T>(method: string, params: object = {}): Promise<T> {
-    return new Promise((resolve, reject) =>
-      this.session.post(method, params, (err, res) => (err ? reject(err) : resolve(res as T))),
-    );
+    return new Promise((resolve, reject) => this.session.post(method, params, (err, res) => (err ? reject(err) : resolve(res as T))));
   }
 
   async start(): Promise<void> {
@@ -59,7 +57,13 @@ export class Coverage {
       for (const line of src.split('\n')) {
         const i = line.search(/\S/);
         const trimmed = line.trim();
-        const code = i >= 0 && !trimmed.startsWith('//') && !trimmed.startsWith('*') && !trimmed.startsWith('/*') && trimmed !== '}' && trimmed !== '};';
+        const code =
+          i >= 0 &&
+          !trimmed.startsWith('//') &&
+          !trimmed.startsWith('*') &&
+          !trimmed.startsWith('/*') &&
+          trimmed !== '}' &&
+          trimmed !== '};';
         if (code) {
           lines++;
           if (counts[pos + i]! > 0) covered++;

@@ -4,7 +4,10 @@
  * Timed random writes through fio's NBD engine, with JSON output (the
  * "ingest" load of bench-manager and bench-retention).
  */
-export function fioRandWriteArgs(uri: string, o: { bs: string; iodepth: string | number; size: string; runtime: string | number }): string[] {
+export function fioRandWriteArgs(
+  uri: string,
+  o: { bs: string; iodepth: string | number; size: string; runtime: string | number },
+): string[] {
   return [
     '--name=ingest',
     '--ioengine=nbd',

@@ -192,7 +192,8 @@ export async function exerciseFile(file: string, original: Buffer): Promise<void
   if (v.ok !== true && v.ok !== false) throw new ContainerFuzzFailure('verifyContainer gave no verdict');
   await collect(file);
   const grew = process.memoryUsage().arrayBuffers - before;
-  if (grew > Math.max(64 * 1024 * 1024, size * 4)) throw new ContainerFuzzFailure(`readers allocated ${grew} bytes for a ${size}-byte file`);
+  if (grew > Math.max(64 * 1024 * 1024, size * 4))
+    throw new ContainerFuzzFailure(`readers allocated ${grew} bytes for a ${size}-byte file`);
   let repaired;
   try {
     repaired = await repairActive(file);
@@ -203,7 +204,8 @@ export async function exerciseFile(file: string, original: Buffer): Promise<void
   }
   const after = fs.readFileSync(file);
   if (!after.equals(original.subarray(0, after.length))) throw new ContainerFuzzFailure('repair changed bytes instead of only truncating');
-  if (after.length !== repaired.validEnd) throw new ContainerFuzzFailure(`repair left ${after.length} bytes, valid end ${repaired.validEnd}`);
+  if (after.length !== repaired.validEnd)
+    throw new ContainerFuzzFailure(`repair left ${after.length} bytes, valid end ${repaired.validEnd}`);
   const again = await scanContainer(file).catch((e) => {
     throw new ContainerFuzzFailure(`scan after repair failed: ${(e as Error).message}`);
   });
@@ -212,7 +214,8 @@ export async function exerciseFile(file: string, original: Buffer): Promise<void
   const recs = await collect(file);
   if (!recs || recs.length !== repaired.recordCount) throw new ContainerFuzzFailure('records readable after repair do not match the scan');
   for (const r of recs) {
-    if (r.payload && zlib.crc32(r.payload) !== r.payloadCrc) throw new ContainerFuzzFailure(`record at ${r.position}: payload CRC mismatch after repair`);
+    if (r.payload && zlib.crc32(r.payload) !== r.payloadCrc)
+      throw new ContainerFuzzFailure(`record at ${r.position}: payload CRC mismatch after repair`);
   }
 }
 
@@ -243,15 +246,44 @@ export interface ContainerFuzzStats {
   flipChecks: number;
 }
 
-export async function fuzzContainers(o: { dir: string; seeds: Seed[]; timeLimitMs: number; seed?: number; onProgress?(s: ContainerFuzzStats): void }): Promise<ContainerFuzzStats> {
+export async function fuzzContainers(o: {
+  dir: string;
+  seeds: Seed[];
+  timeLimitMs: number;
+  seed?: number;
+  onProgress?(s: ContainerFuzzStats): void;
+}): Promise<ContainerFuzzStats> {
   const stats: ContainerFuzzStats = { executions: 0, flipChecks: 0 };
   const file = path.join(o.dir, 'fuzz.lfc');
   const seeds = o.seeds;
   const active = seeds.filter((s) => !s.sealed && s.records.length > 0);
   const arb = fc.oneof(
-    { weight: 8, arbitrary: fc.record({ kind: fc.constant('mutate' as const), seed: fc.nat(seeds.length - 1), muts: fc.array(cmutationArb, { minLength: 1, maxLength: 5 }) }) },
-    { weight: 2, arbitrary: fc.record({ kind: fc.constant('flip' as const), seed: fc.nat(Math.max(0, active.length - 1)), pos: fc.nat(), xor: fc.integer({ min: 1, max: 255 }) }) },
-    { weight: 1, arbitrary: fc.record({ kind: fc.constant('random' as const), bytes: fc.uint8Array({ maxLength: 600 }), header: fc.boolean(), seed: fc.nat(seeds.length - 1) }) },
+    {
+      weight: 8,
+      arbitrary: fc.record({
+        kind: fc.constant('mutate' as const),
+        seed: fc.nat(seeds.length - 1),
+        muts: fc.array(cmutationArb, { minLength: 1, maxLength: 5 }),
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        kind: fc.constant('flip' as const),
+        seed: fc.nat(Math.max(0, active.length - 1)),
+        pos: fc.nat(),
+        xor: fc.integer({ min: 1, max: 255 }),
+      }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.record({
+        kind: fc.constant('random' as const),
+        bytes: fc.uint8Array({ maxLength: 600 }),
+        header: fc.boolean(),
+        seed: fc.nat(seeds.length - 1),
+      }),
+    },
   );
   await fc.assert(
     fc.asyncProperty(arb, async (c) => {

@@ -27,7 +27,7 @@ import { NbdClient } from '../../src/nbd/client';
 import type { ExportProvider, NbdExport, OpenedExport } from '../../src/nbd/export';
 import * as P from '../../src/nbd/protocol';
 import { NbdServer } from '../../src/nbd/server';
-import type { TlsSettings } from '../../src/nbd/tls';
+import type { TlsSettings } from '../../src/tls';
 import { MemoryExport } from '../../src/storage/memory-export';
 
 const MiB = 1024 * 1024;
@@ -115,11 +115,28 @@ export function handmadeSessions(): Buffer[] {
       ...transmission,
     ]),
     // Old-fashioned: no NO_ZEROES, EXPORT_NAME, simple replies.
-    Buffer.concat([flags(P.FLAG_C_FIXED_NEWSTYLE), opt(P.OPT_EXPORT_NAME, Buffer.from('rw')), ...transmission.slice(0, 6), transmission.at(-1)!]),
+    Buffer.concat([
+      flags(P.FLAG_C_FIXED_NEWSTYLE),
+      opt(P.OPT_EXPORT_NAME, Buffer.from('rw')),
+      ...transmission.slice(0, 6),
+      transmission.at(-1)!,
+    ]),
     // Read-only export: writes refused.
-    Buffer.concat([flags(), opt(P.OPT_GO, nameReq('ro')), req(P.CMD_WRITE, 0, 1, 0, 4096, w), req(P.CMD_READ, 0, 2, 0, 4096), req(P.CMD_DISC, 0, 3, 0, 0)]),
+    Buffer.concat([
+      flags(),
+      opt(P.OPT_GO, nameReq('ro')),
+      req(P.CMD_WRITE, 0, 1, 0, 4096, w),
+      req(P.CMD_READ, 0, 2, 0, 4096),
+      req(P.CMD_DISC, 0, 3, 0, 0),
+    ]),
     // A write payload over the maximum, then more requests.
-    Buffer.concat([flags(), opt(P.OPT_GO, nameReq('')), req(P.CMD_WRITE, 0, 1, 0, 33 * MiB), Buffer.alloc(64), req(P.CMD_READ, 0, 2, 0, 512)]),
+    Buffer.concat([
+      flags(),
+      opt(P.OPT_GO, nameReq('')),
+      req(P.CMD_WRITE, 0, 1, 0, 33 * MiB),
+      Buffer.alloc(64),
+      req(P.CMD_READ, 0, 2, 0, 512),
+    ]),
     // STARTTLS first, then a fake TLS ClientHello-ish record.
     Buffer.concat([flags(), opt(P.OPT_STARTTLS), Buffer.from('160301002a0100002603035a', 'hex'), Buffer.alloc(40, 1)]),
   ];
@@ -274,7 +291,24 @@ export type Mutation =
   | { t: 'dup'; pos: number; len: number }
   | { t: 'truncate'; pos: number };
 
-const INTERESTING_32 = [0, 1, 2, 16, 28, 512, 4096, 65535, 65536, 0x7fffffff, 0x80000000, 0xffffffff, 32 * MiB, 32 * MiB + 1, 64 * MiB + 1, 0x100000];
+const INTERESTING_32 = [
+  0,
+  1,
+  2,
+  16,
+  28,
+  512,
+  4096,
+  65535,
+  65536,
+  0x7fffffff,
+  0x80000000,
+  0xffffffff,
+  32 * MiB,
+  32 * MiB + 1,
+  64 * MiB + 1,
+  0x100000,
+];
 const INTERESTING_16 = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x7fff, 0x8000, 0xffff];
 
 export const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
@@ -336,13 +370,11 @@ export function caseArb(corpus: Buffer[], targets: number): fc.Arbitrary<FuzzCas
     { weight: 12, arbitrary: fc.tuple(pick, fc.array(mutationArb, { maxLength: 6 })).map(([i, m]) => mutate(corpus[i]!, m)) },
     {
       weight: 3,
-      arbitrary: fc
-        .tuple(pick, pick, fc.nat(), fc.nat(), fc.array(mutationArb, { maxLength: 3 }))
-        .map(([i, j, a, c, m]) => {
-          const x = corpus[i]!;
-          const y = corpus[j]!;
-          return mutate(Buffer.concat([x.subarray(0, a % (x.length + 1)), y.subarray(c % (y.length + 1))]), m);
-        }),
+      arbitrary: fc.tuple(pick, pick, fc.nat(), fc.nat(), fc.array(mutationArb, { maxLength: 3 })).map(([i, j, a, c, m]) => {
+        const x = corpus[i]!;
+        const y = corpus[j]!;
+        return mutate(Buffer.concat([x.subarray(0, a % (x.length + 1)), y.subarray(c % (y.length + 1))]), m);
+      }),
     },
     { weight: 2, arbitrary: fc.uint8Array({ maxLength: 512 }).map((r) => Buffer.concat([flags(), Buffer.from(r)])) },
     { weight: 1, arbitrary: fc.uint8Array({ maxLength: 2048 }).map((r) => Buffer.from(r)) },
@@ -409,7 +441,9 @@ export async function execute(target: Target, bytes: Buffer, chunks: number[], t
   clearTimeout(timer);
   if (hang) {
     sock.destroy();
-    throw new FuzzFailure(`${target.kind}: the server did not close the connection within ${timeoutMs} ms of the client's end (input ${bytes.length} bytes)`);
+    throw new FuzzFailure(
+      `${target.kind}: the server did not close the connection within ${timeoutMs} ms of the client's end (input ${bytes.length} bytes)`,
+    );
   }
   return { replyBytes };
 }

@@ -28,8 +28,7 @@ export function requireExecutables(names: string[], hint?: string): void {
   const missing = names.filter((n) => !findExecutable(n));
   if (missing.length > 0) {
     throw new Error(
-      `required program${missing.length > 1 ? 's' : ''} not found on PATH: ${missing.join(', ')}` +
-        (hint ? `\n${hint}` : ''),
+      `required program${missing.length > 1 ? 's' : ''} not found on PATH: ${missing.join(', ')}` + (hint ? `\n${hint}` : ''),
     );
   }
 }
@@ -63,10 +62,7 @@ export function waitForExit(child: ChildProcess): Promise<ExitStatus> {
  * Stop a child: send `signal` (default SIGTERM), wait up to `timeoutMs`
  * (default 10 s), then SIGKILL. Resolves with the exit status.
  */
-export async function stopProcess(
-  child: ChildProcess,
-  opts: { signal?: NodeJS.Signals; timeoutMs?: number } = {},
-): Promise<ExitStatus> {
+export async function stopProcess(child: ChildProcess, opts: { signal?: NodeJS.Signals; timeoutMs?: number } = {}): Promise<ExitStatus> {
   if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) {
     return waitForExit(child);
   }

@@ -112,7 +112,11 @@ async function startOnce(opts: StartServerOptions, port: number): Promise<Server
     }
     return stopping;
   };
-  cleanup = onCleanup(`${name} (pid ${child.pid})`, async () => void (await stop()), () => void child.kill('SIGKILL'));
+  cleanup = onCleanup(
+    `${name} (pid ${child.pid})`,
+    async () => void (await stop()),
+    () => void child.kill('SIGKILL'),
+  );
 
   const handle: ServerHandle = {
     name,
@@ -143,9 +147,7 @@ async function startOnce(opts: StartServerOptions, port: number): Promise<Server
     // let pending stderr data arrive before quoting it
     await new Promise((r) => setImmediate(r));
     const out = tail.toString().trimEnd().split('\n').slice(-20).join('\n');
-    const err = new Error(
-      `${(e as Error).message}\n  command: ${commandLine}` + (out ? `\n  output:\n${out.replace(/^/gm, '    ')}` : ''),
-    );
+    const err = new Error(`${(e as Error).message}\n  command: ${commandLine}` + (out ? `\n  output:\n${out.replace(/^/gm, '    ')}` : ''));
     if (ADDR_IN_USE.test(out)) (err as Error & { addressInUse?: boolean }).addressInUse = true;
     throw err;
   }

@@ -1,6 +1,8 @@
 /**
- * TLS for NBD (NBD_OPT_STARTTLS): settings and the in-place upgrade of an
- * accepted socket to a TLS server socket.
+ * The server side of TLS on an accepted socket, upgraded in place: used by
+ * the NBD library (NBD_OPT_STARTTLS) and by the link between the intercept
+ * and the manager. A library of its own, so neither imports the other; it
+ * imports nothing from the project.
  *
  * Modes (nbd-protocol.md, "TLS support"):
  * - off:     NOTLS. STARTTLS gets NBD_REP_ERR_POLICY.
@@ -12,9 +14,9 @@
  * verifies a client certificate against the CA and refuses one that does
  * not verify: a TLSSocket created on its own would accept any certificate.
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import type { ClientCertificate } from './export';
 
 export type TlsMode = 'off' | 'on' | 'require';
 
@@ -45,7 +47,53 @@ export function checkTlsSettings(s: TlsSettings): void {
   tls.createSecureContext(c);
 }
 
-export interface UpgradedSocket {
+/** Where a server's PEM files are (the CA only when client certificates are verified or offered). */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string | null;
+}
+
+function readPem(what: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`cannot read the TLS ${what} ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * `settings` with credentials read afresh from `files`, checked as
+ * checkTlsSettings does (certificate and key must be a pair). Throws,
+ * naming the files, if they cannot be used.
+ */
+export function readTlsFiles(settings: TlsSettings, files: TlsFiles): TlsSettings {
+  const credentials: NonNullable<TlsSettings['credentials']> = {
+    ...settings.credentials,
+    cert: readPem('certificate', files.cert),
+    key: readPem('key', files.key),
+  };
+  if (files.ca) credentials.ca = readPem('CA certificate', files.ca);
+  const next: TlsSettings = { ...settings, credentials };
+  try {
+    checkTlsSettings(next);
+  } catch (err) {
+    throw new Error(
+      `TLS certificates (${files.cert}, ${files.key}${files.ca ? `, ${files.ca}` : ''}) are not usable: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return next;
+}
+
+/** A verified client certificate: subject and issuer attributes, SHA-256 fingerprint. */
+export interface ClientCertificate {
+  subject: Record<string, string[]>;
+  issuer: Record<string, string[]>;
+  fingerprint256: string;
+}
+
+export interface TlsUpgrade {
   socket: tls.TLSSocket;
   /** The verified client certificate, when verifyClient asked for one. */
   cert?: ClientCertificate;
@@ -58,7 +106,7 @@ export interface UpgradedSocket {
  * handshake (and client-certificate verification) succeeded; rejects, with
  * the sockets destroyed, if it fails, times out or the peer goes away.
  */
-export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: number): Promise<UpgradedSocket> {
+export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: number): Promise<TlsUpgrade> {
   const verify = !!settings.verifyClient;
   const server = tls.createServer({
     ...settings.credentials,
@@ -66,7 +114,7 @@ export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: 
     rejectUnauthorized: verify,
     handshakeTimeout: Math.max(1, timeoutMs),
   });
-  return new Promise<UpgradedSocket>((resolve, reject) => {
+  return new Promise<TlsUpgrade>((resolve, reject) => {
     let settled = false;
     const timer = setTimeout(() => fail(new Error('TLS handshake timed out')), Math.max(1, timeoutMs));
     timer.unref?.();
@@ -90,7 +138,7 @@ export function upgradeToTls(raw: net.Socket, settings: TlsSettings, timeoutMs: 
         return;
       }
       finish();
-      const out: UpgradedSocket = { socket: s };
+      const out: TlsUpgrade = { socket: s };
       if (verify && s.authorized) {
         const peer = s.getPeerCertificate();
         if (peer && peer.subject) {
