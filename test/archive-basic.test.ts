@@ -39,7 +39,10 @@ test('full archive, incremental archive, read back, diff, reopen', async (t) => 
 
   const again = await ArchivePool.open(dir);
   sameBytes(t, await readAll(again, 'p2'), img2);
-  t.deepEqual(again.list().map((p) => p.name), ['p1', 'p2']);
+  t.deepEqual(
+    again.list().map((p) => p.name),
+    ['p1', 'p2'],
+  );
   await again.forget(['p1']);
   const gc = await again.gc();
   t.true(gc.chunksSwept > 0);

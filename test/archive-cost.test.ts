@@ -30,7 +30,10 @@ function touchedLeaves(extents: Extent[]): number {
 }
 
 for (const [label, writes] of [
-  ['scattered 4 KiB writes', (img: Buffer, r: () => number): Extent[] => writeBlocks(img, r, Math.round((img.length * 0.01) / (4 * KiB)), 4 * KiB)],
+  [
+    'scattered 4 KiB writes',
+    (img: Buffer, r: () => number): Extent[] => writeBlocks(img, r, Math.round((img.length * 0.01) / (4 * KiB)), 4 * KiB),
+  ],
   ['a few long runs', (img: Buffer, r: () => number): Extent[] => writeBlocks(img, r, 4, img.length / 400)],
 ] as const) {
   test(`incremental cost after 1% changed (${label}): read and hashed <= 1.1x the changed bytes rounded to leaves`, async (t) => {
@@ -44,7 +47,9 @@ for (const [label, writes] of [
     const src = bufferSource('v', img2, changed);
     const p = await pool.archive({ name: 'inc', predecessor: 'full', volumes: [src] });
     const st = p.volumes[0]!.stats;
-    t.log(`changed ${(changedBytes / KiB).toFixed(0)} KiB in ${touchedLeaves(changed)} leaves (${(rounded / MiB).toFixed(2)} MiB rounded); read ${(st.bytesRead / MiB).toFixed(2)} MiB, hashed ${(st.bytesHashed / MiB).toFixed(2)} MiB, source asked for ${(src.bytes / MiB).toFixed(2)} MiB; stored ${(st.bytesStored / KiB).toFixed(0)} KiB; ${st.subtreesReused} subtrees reused`);
+    t.log(
+      `changed ${(changedBytes / KiB).toFixed(0)} KiB in ${touchedLeaves(changed)} leaves (${(rounded / MiB).toFixed(2)} MiB rounded); read ${(st.bytesRead / MiB).toFixed(2)} MiB, hashed ${(st.bytesHashed / MiB).toFixed(2)} MiB, source asked for ${(src.bytes / MiB).toFixed(2)} MiB; stored ${(st.bytesStored / KiB).toFixed(0)} KiB; ${st.subtreesReused} subtrees reused`,
+    );
     t.true(changedBytes >= 0.009 * img.length);
     t.true(st.bytesRead <= 1.1 * rounded, `read ${st.bytesRead} > 1.1 x ${rounded}`);
     t.true(st.bytesHashed <= 1.1 * rounded, `hashed ${st.bytesHashed} > 1.1 x ${rounded}`);
@@ -78,7 +83,9 @@ test('five volumes cloned from one base archive to about one base plus their del
     await pool.archive({ name: `clone${c}`, volumes: [bufferSource(`clone${c}`, img)] });
   }
   const s = pool.stats();
-  t.log(`base alone ${(baseBytes / MiB).toFixed(2)} MiB; deltas ${(deltaBytes / MiB).toFixed(2)} MiB (leaves touched); five clones stored ${(s.packBytes / MiB).toFixed(2)} MiB for ${(s.logicalBytes / MiB).toFixed(0)} MiB logical (dedup ${s.dedupRatio.toFixed(1)}x)`);
+  t.log(
+    `base alone ${(baseBytes / MiB).toFixed(2)} MiB; deltas ${(deltaBytes / MiB).toFixed(2)} MiB (leaves touched); five clones stored ${(s.packBytes / MiB).toFixed(2)} MiB for ${(s.logicalBytes / MiB).toFixed(0)} MiB logical (dedup ${s.dedupRatio.toFixed(1)}x)`,
+  );
   t.true(s.packBytes <= 1.1 * (baseBytes + deltaBytes), `stored ${s.packBytes} > 1.1 x (${baseBytes} + ${deltaBytes})`);
   for (let c = 0; c < 5; c++) sameBytes(t, await readAll(pool, `clone${c}`), clones[c]!, `clone${c}`);
   await pool.close();

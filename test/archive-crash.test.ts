@@ -83,7 +83,15 @@ test('kill -9 at each step of an archive: no half-committed point, nothing refer
 test('kill -9 in each gc phase: reopen is consistent and the next gc completes', async (t) => {
   const dir = tempDir(t, 'rw-arch-crashgc-');
   let gens = 0;
-  for (const step of ['gc-marked', 'gc-sweep-batch@1', 'gc-swept', 'gc-repack-put', 'gc-repack-indexed', 'gc-pack-deleting', 'gc-pack-deleted']) {
+  for (const step of [
+    'gc-marked',
+    'gc-sweep-batch@1',
+    'gc-swept',
+    'gc-repack-put',
+    'gc-repack-indexed',
+    'gc-pack-deleting',
+    'gc-pack-deleted',
+  ]) {
     gens += 3;
     t.is((await child({ dir, mode: 'archive', gens })).code, 0);
     const r = await child({ dir, mode: 'gc', keep: 2 }, { crashAt: step });
@@ -103,8 +111,12 @@ test('kill -9 at random moments of archives and gcs', async (t) => {
   for (let round = 0; round < 8; round++) {
     gens += 6;
     const gc = round % 2 === 1;
-    const res = await child(gc ? { dir, mode: 'gc', keep: 3 } : { dir, mode: 'archive', gens }, { killAfterMs: 300 + Math.floor(r() * 1500) });
-    t.log(`round ${round} (${gc ? 'gc' : 'archive'}): ${res.signal ?? `exit ${res.code}`} after ${JSON.stringify(res.out.trim().split('\n').filter(Boolean))}`);
+    const res = await child(gc ? { dir, mode: 'gc', keep: 3 } : { dir, mode: 'archive', gens }, {
+      killAfterMs: 300 + Math.floor(r() * 1500),
+    });
+    t.log(
+      `round ${round} (${gc ? 'gc' : 'archive'}): ${res.signal ?? `exit ${res.code}`} after ${JSON.stringify(res.out.trim().split('\n').filter(Boolean))}`,
+    );
     if (res.signal === null) t.is(res.code, 0, res.out);
     await checkConsistent(t, dir, `round ${round}`);
   }
@@ -113,10 +125,18 @@ test('kill -9 at random moments of archives and gcs', async (t) => {
 test('a torn staging pack is cut at its last whole record and its chunks are indexed', async (t) => {
   const dir = tempDir(t, 'rw-arch-torn-');
   const pool = await openPool(dir);
-  await pool.archive({ name: 'g1', volumes: [{ volume: 'vol', size: generation(1).image.length, read: async (o, l) => Buffer.from(generation(1).image.subarray(o, o + l)) }] });
+  await pool.archive({
+    name: 'g1',
+    volumes: [
+      { volume: 'vol', size: generation(1).image.length, read: async (o, l) => Buffer.from(generation(1).image.subarray(o, o + l)) },
+    ],
+  });
   await pool.close();
   // A pack as a crash mid-append leaves it: a copy of a real one, cut inside its last records.
-  const packs = fs.readdirSync(path.join(dir, 'store', 'packs'), { recursive: true }).map(String).filter((f) => f.endsWith('.pack'));
+  const packs = fs
+    .readdirSync(path.join(dir, 'store', 'packs'), { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith('.pack'));
   const src = fs.readFileSync(path.join(dir, 'store', 'packs', packs[0]!));
   const torn = Buffer.from(src.subarray(0, Math.floor(src.length * 0.6)));
   torn[40] ^= 0xff; // a different pack id, so it is a new pack

@@ -25,13 +25,20 @@ class FullBackend extends LocalBackend {
   }
   override async put(key: string, body: Buffer | { file: string }, opts?: { exclusive?: boolean }): Promise<void> {
     const n = Buffer.isBuffer(body) ? body.length : fs.statSync(body.file).size;
-    if (key.startsWith('packs/') && this.used + n > this.limit) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    if (key.startsWith('packs/') && this.used + n > this.limit)
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
     this.used += n;
     return super.put(key, body, opts);
   }
 }
 
-async function scenario(t: ExecutionContext, stateDir: string, backend: ArchiveBackend | undefined, reopenBackend: () => ArchiveBackend | undefined, packTarget = 64 * KiB): Promise<void> {
+async function scenario(
+  t: ExecutionContext,
+  stateDir: string,
+  backend: ArchiveBackend | undefined,
+  reopenBackend: () => ArchiveBackend | undefined,
+  packTarget = 64 * KiB,
+): Promise<void> {
   const pool = await ArchivePool.open(stateDir, { create: { ...SMALL, level: 0, packTarget }, ...(backend ? { backend } : {}) });
   const small = pattern(256 * KiB, 1);
   await pool.archive({ name: 'small', volumes: [bufferSource('v', small)] });
@@ -40,12 +47,18 @@ async function scenario(t: ExecutionContext, stateDir: string, backend: ArchiveB
   const err = await t.throwsAsync<ArchiveError>(pool.archive({ name: 'big', volumes: [bufferSource('v', big)] }));
   t.is(err!.code, 'ENOSPC');
   t.regex(err!.message, /archive "big": no space left .*nothing was committed.*gc reclaims/);
-  t.deepEqual(pool.list().map((p) => p.name), ['small']);
+  t.deepEqual(
+    pool.list().map((p) => p.name),
+    ['small'],
+  );
   const published = pool.stats().packs - packsBefore;
   t.deepEqual(fs.readdirSync(path.join(stateDir, 'staging')), [], 'the failed archive left no staging pack');
   await pool.close();
   const again = await ArchivePool.open(stateDir, reopenBackend() ? { backend: reopenBackend()! } : {});
-  t.deepEqual(again.list().map((p) => p.name), ['small']);
+  t.deepEqual(
+    again.list().map((p) => p.name),
+    ['small'],
+  );
   const gc = await again.gc();
   t.log(`the failed archive had published ${published} pack(s); gc swept ${gc.chunksSwept} chunks and deleted ${gc.packsDeleted} packs`);
   if (published > 0) t.true(gc.chunksSwept > 0 && gc.packsDeleted > 0, 'gc reclaims the failed archive');

@@ -60,14 +60,23 @@ test('a pool with mangled packs opens from scratch, reports what it could not in
   await pool.archive({ name: 'p', volumes: [bufferSource('v', img)] });
   await pool.close();
   const r = rng(9);
-  const packs = fs.readdirSync(path.join(dir, 'store', 'packs'), { recursive: true }).map(String).filter((f) => f.endsWith('.pack'));
+  const packs = fs
+    .readdirSync(path.join(dir, 'store', 'packs'), { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith('.pack'));
   for (let round = 0; round < 6; round++) {
     // A copy of the store with one pack mangled, opened with a fresh state directory (rebuild from the packs).
     const copy = path.join(dir, `copy${round}`);
     fs.cpSync(path.join(dir, 'store'), path.join(copy, 'store'), { recursive: true });
     const victim = path.join(copy, 'store', 'packs', packs[Math.floor(r() * packs.length)]!);
     const b = fs.readFileSync(victim);
-    fs.writeFileSync(victim, mutate(b, [{ k: 'u32', at: Math.floor(r() * b.length), v: 0xffffffff }, { k: 'cut', at: b.length - Math.floor(r() * 40) }]));
+    fs.writeFileSync(
+      victim,
+      mutate(b, [
+        { k: 'u32', at: Math.floor(r() * b.length), v: 0xffffffff },
+        { k: 'cut', at: b.length - Math.floor(r() * 40) },
+      ]),
+    );
     const again = await ArchivePool.open(path.join(copy, 'state'), { backend: new LocalBackend(path.join(copy, 'store')) });
     const v = await again.verify();
     const damaged = again.recovery.damagedPacks.length;

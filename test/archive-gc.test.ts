@@ -12,7 +12,12 @@ import { bufferSource, KiB, makeImage, MiB, openPool, readAll, sameBytes, scribb
 import { pattern, rng } from './helpers/random';
 
 /** A source that stops before reading at or past `gateAt` until released. */
-function gatedSource(volume: string, image: Buffer, changed: Extent[], gateAt: number): VolumeSource & { reached: Promise<void>; release(): void } {
+function gatedSource(
+  volume: string,
+  image: Buffer,
+  changed: Extent[],
+  gateAt: number,
+): VolumeSource & { reached: Promise<void>; release(): void } {
   let release!: () => void;
   let reached!: () => void;
   const gate = new Promise<void>((r) => (release = r));
@@ -46,13 +51,23 @@ test('a writer paused mid-archive loses nothing to a whole gc (forgotten predece
   pattern(512 * KiB, 77).copy(b, 0);
   c.copy(b, 512 * KiB, 512 * KiB, 1024 * KiB);
   pattern(512 * KiB, 78).copy(b, 1536 * KiB);
-  const src = gatedSource('v', b, [{ offset: 0, length: 1024 * KiB }, { offset: 1536 * KiB, length: 512 * KiB }], 1536 * KiB);
+  const src = gatedSource(
+    'v',
+    b,
+    [
+      { offset: 0, length: 1024 * KiB },
+      { offset: 1536 * KiB, length: 512 * KiB },
+    ],
+    1536 * KiB,
+  );
   const writing = pool.archive({ name: 'B', predecessor: 'A', volumes: [src] });
   await src.reached;
   await new Promise((r) => setTimeout(r, 100)); // let its full packs publish
   await pool.forget(['A', 'C']);
   const gc = await pool.gc({ repackBelow: 0.99 });
-  t.log(`gc during the archive: cutoff ${gc.cutoff} < epoch ${gc.epoch}; swept ${gc.chunksSwept}, deleted ${gc.packsDeleted}, repacked ${gc.packsRepacked}`);
+  t.log(
+    `gc during the archive: cutoff ${gc.cutoff} < epoch ${gc.epoch}; swept ${gc.chunksSwept}, deleted ${gc.packsDeleted}, repacked ${gc.packsRepacked}`,
+  );
   t.true(gc.cutoff < gc.epoch);
   t.true(gc.chunksSwept > 0, 'C and A had chunks of their own to sweep');
   src.release();
@@ -135,7 +150,7 @@ test('an open view keeps its chunks through a forget and a gc until it is closed
 test('forget policies: tiers by age, newest of each bucket, newest of each series always kept', (t) => {
   const day = 86_400_000;
   const now = Date.UTC(2025, 5, 30, 12);
-  const points = Array.from({ length: 400 }, (_, i) => ({ name: `d${i}`, series: 'vol', time: now - i * day / 2 })); // two a day, 200 days back
+  const points = Array.from({ length: 400 }, (_, i) => ({ name: `d${i}`, series: 'vol', time: now - (i * day) / 2 })); // two a day, 200 days back
   const plan = planForget(points, parseForgetPolicy('daily:30d, weekly:26w, monthly:forever'), now);
   const kept = new Set(plan.keep.map((k) => k.name));
   t.true(kept.has('d0'));
@@ -145,7 +160,10 @@ test('forget policies: tiers by age, newest of each bucket, newest of each serie
   const keptWeeks = points.filter((p) => kept.has(p.name) && now - p.time > 30 * day && now - p.time <= 182 * day);
   t.true(keptWeeks.length >= 21 && keptWeeks.length <= 23, `${keptWeeks.length} weekly points`);
   t.true(points.filter((p) => kept.has(p.name) && now - p.time > 182 * day).length <= 2);
-  t.deepEqual(planForget(points, parseForgetPolicy('last:3'), now).keep.map((k) => k.name), ['d0', 'd1', 'd2']);
+  t.deepEqual(
+    planForget(points, parseForgetPolicy('last:3'), now).keep.map((k) => k.name),
+    ['d0', 'd1', 'd2'],
+  );
   // Every series keeps its newest point whatever the policy says.
   t.deepEqual(planForget([{ name: 'old', series: 's', time: 0 }], parseForgetPolicy('daily:1d'), now).forget, []);
   for (const bad of ['', 'daily', 'daily:30x', 'every:1h', 'last:0', 'fortnightly:2w']) {
@@ -160,13 +178,21 @@ test('forgetByPolicy on a pool forgets what the plan says, and gc reclaims it', 
   const now = Date.UTC(2025, 0, 31);
   for (let i = 0; i < 10; i++) {
     pattern(32 * KiB, i).copy(img, 0);
-    await pool.archive({ name: `n${i}`, time: now - (9 - i) * day, predecessor: i > 0 ? `n${i - 1}` : null, volumes: [bufferSource('v', img, [{ offset: 0, length: 32 * KiB }])] });
+    await pool.archive({
+      name: `n${i}`,
+      time: now - (9 - i) * day,
+      predecessor: i > 0 ? `n${i - 1}` : null,
+      volumes: [bufferSource('v', img, [{ offset: 0, length: 32 * KiB }])],
+    });
   }
   const dry = await pool.forgetByPolicy('last:2, daily:5d', { now, dryRun: true });
   t.is(pool.list().length, 10);
   t.deepEqual(dry.forget.sort(), ['n0', 'n1', 'n2', 'n3']);
   await pool.forgetByPolicy('last:2, daily:5d', { now });
-  t.deepEqual(pool.list().map((p) => p.name), ['n4', 'n5', 'n6', 'n7', 'n8', 'n9']);
+  t.deepEqual(
+    pool.list().map((p) => p.name),
+    ['n4', 'n5', 'n6', 'n7', 'n8', 'n9'],
+  );
   const gc = await pool.gc();
   t.true(gc.chunksSwept >= 4);
   await pool.close();

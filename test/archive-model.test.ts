@@ -27,9 +27,33 @@ type Op =
 const VOLS = ['a', 'b'];
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ k: fc.constant('write' as const), vol: fc.integer({ min: 0, max: 1 }), at: fc.double({ min: 0, max: 1, noNaN: true }), len: fc.integer({ min: 1, max: 40 * KiB }), seed: fc.nat(), zero: fc.boolean() }) },
-  { weight: 1, arbitrary: fc.record({ k: fc.constant('resize' as const), vol: fc.integer({ min: 0, max: 1 }), size: fc.integer({ min: 0, max: 2048 }).map((n) => n * 512) }) },
-  { weight: 4, arbitrary: fc.record({ k: fc.constant('archive' as const), pred: fc.option(fc.nat(), { nil: null }), leafSize: fc.constantFrom(16 as const, 32 as const) }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      k: fc.constant('write' as const),
+      vol: fc.integer({ min: 0, max: 1 }),
+      at: fc.double({ min: 0, max: 1, noNaN: true }),
+      len: fc.integer({ min: 1, max: 40 * KiB }),
+      seed: fc.nat(),
+      zero: fc.boolean(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      k: fc.constant('resize' as const),
+      vol: fc.integer({ min: 0, max: 1 }),
+      size: fc.integer({ min: 0, max: 2048 }).map((n) => n * 512),
+    }),
+  },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      k: fc.constant('archive' as const),
+      pred: fc.option(fc.nat(), { nil: null }),
+      leafSize: fc.constantFrom(16 as const, 32 as const),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ k: fc.constant('forget' as const), pick: fc.nat() }) },
   { weight: 2, arbitrary: fc.record({ k: fc.constant('gc' as const) }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('reopen' as const) }) },
@@ -51,12 +75,16 @@ async function checkDiff(pool: ArchivePool, a: string, b: string, v: number, x: 
   const leaf = pool.point(a).leafSize;
   const inside = (i: number): boolean => d.some((e) => i >= e.offset && i < e.offset + e.length);
   const n = Math.max(x.length, y.length);
-  for (let i = 0; i < n; i++) if ((i >= x.length || i >= y.length || x[i] !== y[i]) && !inside(i)) throw new Error(`diff ${a}..${b}/${VOLS[v]} misses byte ${i}`);
+  for (let i = 0; i < n; i++)
+    if ((i >= x.length || i >= y.length || x[i] !== y[i]) && !inside(i)) throw new Error(`diff ${a}..${b}/${VOLS[v]} misses byte ${i}`);
   for (const e of d) {
     if (e.offset + e.length > n) throw new Error(`diff ${a}..${b} reports past the end`);
     for (let o = e.offset; o < e.offset + e.length; o += leaf) {
       const end = Math.min(o + leaf, n);
-      const same = end <= Math.min(x.length, y.length) && x.subarray(o, end).equals(y.subarray(o, end)) && Math.min(o + leaf, x.length) === Math.min(o + leaf, y.length);
+      const same =
+        end <= Math.min(x.length, y.length) &&
+        x.subarray(o, end).equals(y.subarray(o, end)) &&
+        Math.min(o + leaf, x.length) === Math.min(o + leaf, y.length);
       if (same) throw new Error(`diff ${a}..${b}/${VOLS[v]} reports the equal leaf at ${o}`);
     }
   }

@@ -18,7 +18,11 @@ import { pattern } from './helpers/random';
 
 function packFiles(dir: string): string[] {
   const root = path.join(dir, 'store', 'packs');
-  return fs.readdirSync(root, { recursive: true }).map(String).filter((f) => f.endsWith('.pack')).map((f) => path.join(root, f));
+  return fs
+    .readdirSync(root, { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith('.pack'))
+    .map((f) => path.join(root, f));
 }
 
 /** Three points: "shared" data in all, "only1" only in p1, "only3" only in p3. */
@@ -136,7 +140,8 @@ test('encryption: round trip, wrong key refused at open, a flipped byte caught, 
   // Nothing of the plaintext is in the packs or manifests.
   const needle = images[0]!.subarray(512 * KiB, 512 * KiB + 64);
   for (const f of packFiles(state)) t.is(fs.readFileSync(f).indexOf(needle), -1);
-  for (const f of fs.readdirSync(path.join(state, 'store', 'points'))) t.notRegex(fs.readFileSync(path.join(state, 'store', 'points', f), 'utf8'), /"volumes"/);
+  for (const f of fs.readdirSync(path.join(state, 'store', 'points')))
+    t.notRegex(fs.readFileSync(path.join(state, 'store', 'points', f), 'utf8'), /"volumes"/);
 
   const wrong = await t.throwsAsync<ArchiveError>(ArchivePool.open(state, { keyFile: other }));
   t.is(wrong!.code, 'EKEYREJECTED');
@@ -158,8 +163,14 @@ test('encryption: round trip, wrong key refused at open, a flipped byte caught, 
   env.sha256 = createHash('sha256').update(env.body).digest('hex');
   fs.writeFileSync(mf, JSON.stringify(env));
   const again = await ArchivePool.open(state, { keyFile: key });
-  t.deepEqual(again.recovery.damagedManifests.map((d) => d.reason), ['manifest p3: authentication failed']);
-  t.deepEqual(again.list().map((p) => p.name), ['p1', 'p2']);
+  t.deepEqual(
+    again.recovery.damagedManifests.map((d) => d.reason),
+    ['manifest p3: authentication failed'],
+  );
+  t.deepEqual(
+    again.list().map((p) => p.name),
+    ['p1', 'p2'],
+  );
   const rep = await again.verify();
   t.is(rep.bad.length, 1);
   t.true(rep.bad[0]!.points.length >= 1);
@@ -177,8 +188,14 @@ test('a sealed chunk altered under a matching CRC fails authentication', async (
   const bad = Buffer.from(enc.stored);
   bad[30] ^= 0x01;
   await t.throwsAsync(decodeChunk({ level: 3, key }, h, 1, enc.codec, plain.length, bad), { message: /authentication failed/ });
-  await t.throwsAsync(decodeChunk({ level: 3, key: randomBytes(32) }, h, 1, enc.codec, plain.length, enc.stored), { message: /authentication failed/ });
-  await t.throwsAsync(decodeChunk({ level: 3, key }, Buffer.alloc(33, 2), 1, enc.codec, plain.length, enc.stored), { message: /authentication failed/ }, 'bound to its handle');
+  await t.throwsAsync(decodeChunk({ level: 3, key: randomBytes(32) }, h, 1, enc.codec, plain.length, enc.stored), {
+    message: /authentication failed/,
+  });
+  await t.throwsAsync(
+    decodeChunk({ level: 3, key }, Buffer.alloc(33, 2), 1, enc.codec, plain.length, enc.stored),
+    { message: /authentication failed/ },
+    'bound to its handle',
+  );
 });
 
 test('a fresh state directory rebuilds the whole index from the packs', async (t) => {
@@ -207,6 +224,8 @@ test('opening refuses a second process and a pool that does not exist', async (t
   await t.throwsAsync(pool.archive({ name: 'bad/name', volumes: [bufferSource('v', Buffer.alloc(1024))] }), { code: 'EINVAL' } as never);
   await pool.archive({ name: 'x', volumes: [bufferSource('v', Buffer.alloc(1024))] });
   await t.throwsAsync(pool.archive({ name: 'x', volumes: [bufferSource('v', Buffer.alloc(1024))] }), { code: 'EEXIST' } as never);
-  await t.throwsAsync(pool.archive({ name: 'y', predecessor: 'nope', volumes: [bufferSource('v', Buffer.alloc(1024))] }), { code: 'ENOENT' } as never);
+  await t.throwsAsync(pool.archive({ name: 'y', predecessor: 'nope', volumes: [bufferSource('v', Buffer.alloc(1024))] }), {
+    code: 'ENOENT',
+  } as never);
   await pool.close();
 });

@@ -192,7 +192,19 @@ async function main(): Promise<void> {
     .option('--keep', 'keep the work directory')
     .option('--json', 'print the rows as JSON too')
     .parse()
-    .opts<{ size: string; gens: string; leaves: string; level: string; compareLevel: string; compareLeaf: string; fullOnly: string; dir: string; peers: boolean; keep?: boolean; json?: boolean }>();
+    .opts<{
+      size: string;
+      gens: string;
+      leaves: string;
+      level: string;
+      compareLevel: string;
+      compareLeaf: string;
+      fullOnly: string;
+      dir: string;
+      peers: boolean;
+      keep?: boolean;
+      json?: boolean;
+    }>();
   const size = parseSize(o.size);
   const gens = Number(o.gens);
   const work = fs.mkdtempSync(path.join(o.dir, 'rewind-bench-archive-'));
@@ -226,11 +238,34 @@ async function main(): Promise<void> {
     const configs = o.leaves.split(',').map((s) => ({ leafSize: parseSize(s), level: Number(o.level) }));
     if (o.compareLevel !== o.level) configs.push({ leafSize: parseSize(o.compareLeaf), level: Number(o.compareLevel) });
     const pools = await Promise.all(configs.map((c) => ArchivePool.open(path.join(work, `pool-${c.leafSize}-${c.level}`), { create: c })));
-    const rows: Row[] = configs.map((c) => ({ tool: `rewind leaf ${c.leafSize / 1024} KiB zstd-${c.level}`, fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: 0 }));
-    const borg: Row | null = o.peers && findExecutable('borg') ? { tool: 'borg fixed 4 MiB', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size } : null;
-    const restic: Row | null = o.peers && findExecutable('restic') ? { tool: 'restic', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size } : null;
+    const rows: Row[] = configs.map((c) => ({
+      tool: `rewind leaf ${c.leafSize / 1024} KiB zstd-${c.level}`,
+      fullS: 0,
+      incS: [],
+      stored: 0,
+      gcS: 0,
+      verifyS: 0,
+      verifyBytes: 0,
+      readPerInc: 0,
+    }));
+    const borg: Row | null =
+      o.peers && findExecutable('borg')
+        ? { tool: 'borg fixed 4 MiB', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size }
+        : null;
+    const restic: Row | null =
+      o.peers && findExecutable('restic')
+        ? { tool: 'restic', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size }
+        : null;
     const borgRepo = path.join(work, 'borg');
-    const env = { ...process.env, BORG_PASSPHRASE: '', BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(work, 'borg-home'), RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: path.join(work, 'restic'), RESTIC_CACHE_DIR: path.join(work, 'restic-cache') };
+    const env = {
+      ...process.env,
+      BORG_PASSPHRASE: '',
+      BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+      BORG_BASE_DIR: path.join(work, 'borg-home'),
+      RESTIC_PASSWORD: 'bench',
+      RESTIC_REPOSITORY: path.join(work, 'restic'),
+      RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
+    };
     const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
     if (borg) await run('borg', ['init', '-e', 'none', borgRepo]);
     if (restic) await run('restic', ['init']);
@@ -246,7 +281,12 @@ async function main(): Promise<void> {
       }
       for (let i = 0; i < pools.length; i++) {
         const t0 = now();
-        const p = await pools[i]!.archive({ name: `g${g}`, seq: g, predecessor: g > 0 ? `g${g - 1}` : null, volumes: [fileSource(image, size, changed)] });
+        const p = await pools[i]!.archive({
+          name: `g${g}`,
+          seq: g,
+          predecessor: g > 0 ? `g${g - 1}` : null,
+          volumes: [fileSource(image, size, changed)],
+        });
         const s = now() - t0;
         if (g === 0) rows[i]!.fullS = s;
         else {
@@ -256,7 +296,13 @@ async function main(): Promise<void> {
       }
       for (const [row, cmd] of [
         [borg, (): Promise<unknown> => run('borg', ['create', '--chunker-params', 'fixed,4194304', `${borgRepo}::g${g}`, 'image.raw'])],
-        [restic, async (): Promise<unknown> => resticIds.push(JSON.parse((await run('restic', ['backup', '--json', 'image.raw'])).stdout.trim().split('\n').pop()!).snapshot_id as string)],
+        [
+          restic,
+          async (): Promise<unknown> =>
+            resticIds.push(
+              JSON.parse((await run('restic', ['backup', '--json', 'image.raw'])).stdout.trim().split('\n').pop()!).snapshot_id as string,
+            ),
+        ],
       ] as const) {
         if (!row) continue;
         const t0 = now();
@@ -264,7 +310,9 @@ async function main(): Promise<void> {
         if (g === 0) row.fullS = now() - t0;
         else row.incS.push(now() - t0);
       }
-      console.log(`generation ${g} archived${changed ? ` (${changed.length} changed extents, ${(changed.reduce((a, e) => a + e.length, 0) / MiB).toFixed(1)} MiB)` : ''}`);
+      console.log(
+        `generation ${g} archived${changed ? ` (${changed.length} changed extents, ${(changed.reduce((a, e) => a + e.length, 0) / MiB).toFixed(1)} MiB)` : ''}`,
+      );
     }
 
     // 4. Stored bytes, gc after forgetting the first half, then verify: every
@@ -319,9 +367,24 @@ async function main(): Promise<void> {
 }
 
 /** Full archives only, each tool `n` times in turn with fresh repositories; the best time counts. */
-async function fullOnly(work: string, image: string, size: number, n: number, o: { leaves: string; level: string; compareLevel: string; peers: boolean }): Promise<void> {
-  const configs = o.leaves.split(',').flatMap((l) => [...new Set([Number(o.level), Number(o.compareLevel)])].map((level) => ({ leafSize: parseSize(l), level })));
-  const env = { ...process.env, BORG_PASSPHRASE: '', BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(work, 'borg-home'), RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(work, 'restic-cache') };
+async function fullOnly(
+  work: string,
+  image: string,
+  size: number,
+  n: number,
+  o: { leaves: string; level: string; compareLevel: string; peers: boolean },
+): Promise<void> {
+  const configs = o.leaves
+    .split(',')
+    .flatMap((l) => [...new Set([Number(o.level), Number(o.compareLevel)])].map((level) => ({ leafSize: parseSize(l), level })));
+  const env = {
+    ...process.env,
+    BORG_PASSPHRASE: '',
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+    BORG_BASE_DIR: path.join(work, 'borg-home'),
+    RESTIC_PASSWORD: 'bench',
+    RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
+  };
   const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
   const timed = async (fn: () => Promise<unknown>): Promise<number> => {
     const t0 = now();
@@ -339,16 +402,22 @@ async function fullOnly(work: string, image: string, size: number, n: number, o:
     },
   ]);
   if (o.peers && findExecutable('borg')) {
-    tools.push(['borg fixed 4 MiB', async (dir) => {
-      await run('borg', ['init', '-e', 'none', dir]);
-      return timed(() => run('borg', ['create', '--chunker-params', 'fixed,4194304', `${dir}::g0`, 'image.raw']));
-    }]);
+    tools.push([
+      'borg fixed 4 MiB',
+      async (dir) => {
+        await run('borg', ['init', '-e', 'none', dir]);
+        return timed(() => run('borg', ['create', '--chunker-params', 'fixed,4194304', `${dir}::g0`, 'image.raw']));
+      },
+    ]);
   }
   if (o.peers && findExecutable('restic')) {
-    tools.push(['restic', async (dir) => {
-      await run('restic', ['-r', dir, 'init']);
-      return timed(() => run('restic', ['-r', dir, 'backup', 'image.raw']));
-    }]);
+    tools.push([
+      'restic',
+      async (dir) => {
+        await run('restic', ['-r', dir, 'init']);
+        return timed(() => run('restic', ['-r', dir, 'backup', 'image.raw']));
+      },
+    ]);
   }
   const best = new Map<string, number>();
   for (let i = 0; i < n; i++) {
@@ -367,7 +436,9 @@ async function fullOnly(work: string, image: string, size: number, n: number, o:
 function report(rows: Row[], size: number, changedPerGen: number, borg: Row | null, restic: Row | null): void {
   const avg = (a: number[]): number => a.reduce((x, y) => x + y, 0) / Math.max(1, a.length);
   console.log(`\nchanged per generation: ${(changedPerGen / MiB).toFixed(1)} MiB of ${(size / MiB).toFixed(0)} MiB`);
-  console.log('| tool | full MB/s | incremental s (avg) | read per incr. MiB | stored MiB | vs borg | vs restic | gc s | verify s | verify MB/s |');
+  console.log(
+    '| tool | full MB/s | incremental s (avg) | read per incr. MiB | stored MiB | vs borg | vs restic | gc s | verify s | verify MB/s |',
+  );
   console.log('|---|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const ratio = (p: Row | null): string => (p ? (r.stored / p.stored).toFixed(2) : '-');

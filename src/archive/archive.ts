@@ -50,7 +50,8 @@ const IN_FLIGHT = 32 * 1024 * 1024;
 
 export async function archivePoint(core: PoolCore, spec: ArchiveSpec, reserved: Set<string>): Promise<PointManifest> {
   checkPointName(spec.name);
-  if (core.manifests.has(spec.name) || reserved.has(spec.name)) throw new ArchiveError('EEXIST', `archived point "${spec.name}" exists already`);
+  if (core.manifests.has(spec.name) || reserved.has(spec.name))
+    throw new ArchiveError('EEXIST', `archived point "${spec.name}" exists already`);
   if (!Array.isArray(spec.volumes) || spec.volumes.length === 0) throw new ArchiveError('EINVAL', 'an archive needs at least one volume');
   const names = new Set(spec.volumes.map((v) => v.volume));
   if (names.size !== spec.volumes.length) throw new ArchiveError('EINVAL', 'volume names in one archive must be distinct');

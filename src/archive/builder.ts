@@ -60,7 +60,18 @@ const MAX_RUN = 1024 * 1024;
 const CHILD_PARALLEL = 4;
 
 export function emptyStats(): VolumeStats {
-  return { leavesRead: 0, bytesRead: 0, bytesHashed: 0, leavesZero: 0, leavesSameAsBase: 0, leavesDedup: 0, leavesStored: 0, bytesStored: 0, nodesStored: 0, subtreesReused: 0 };
+  return {
+    leavesRead: 0,
+    bytesRead: 0,
+    bytesHashed: 0,
+    leavesZero: 0,
+    leavesSameAsBase: 0,
+    leavesDedup: 0,
+    leavesStored: 0,
+    bytesStored: 0,
+    nodesStored: 0,
+    subtreesReused: 0,
+  };
 }
 
 /** Sorted, unique leaf indexes touched by `extents`, clipped to the volume. */
@@ -75,7 +86,13 @@ export function leavesOf(extents: Iterable<Extent>, shape: TreeShape): number[] 
   return [...set].sort((a, b) => a - b);
 }
 
-export async function buildTree(ctx: BuildContext, src: VolumeSource, shape: TreeShape, base: BaseTree | null, stats: VolumeStats): Promise<Handle> {
+export async function buildTree(
+  ctx: BuildContext,
+  src: VolumeSource,
+  shape: TreeShape,
+  base: BaseTree | null,
+  stats: VolumeStats,
+): Promise<Handle> {
   const b = new Builder(ctx, src, shape, base, stats);
   return b.node(shape.height, 0);
 }
@@ -93,7 +110,12 @@ class Builder {
     private readonly stats: VolumeStats,
   ) {
     this.changed = base && src.changed ? leavesOf(src.changed, shape) : null;
-    this.forcedFrom = !base || !src.changed ? 0 : base.shape.size === shape.size ? shape.leaves : Math.floor(Math.min(base.shape.size, shape.size) / shape.leafSize);
+    this.forcedFrom =
+      !base || !src.changed
+        ? 0
+        : base.shape.size === shape.size
+          ? shape.leaves
+          : Math.floor(Math.min(base.shape.size, shape.size) / shape.leafSize);
   }
 
   private isChanged(i: number): boolean {
@@ -201,7 +223,8 @@ class Builder {
     try {
       if (this.ctx.signal?.aborted) throw new ArchiveError('EINVAL', 'archive aborted', { cause: this.ctx.signal.reason });
       const buf = await this.src.read(off, len);
-      if (buf.length !== len) throw new ArchiveError('EIO', `volume ${this.src.volume}: source returned ${buf.length} bytes for ${len} at ${off}`);
+      if (buf.length !== len)
+        throw new ArchiveError('EIO', `volume ${this.src.volume}: source returned ${buf.length} bytes for ${len} at ${off}`);
       const st = this.stats;
       const put: Array<{ h: Handle; plain: Buffer }> = [];
       for (let i = a; i < z; i++) {
@@ -218,7 +241,8 @@ class Builder {
         st.bytesHashed += data.length;
         out[i - first] = h;
         const baseH = baseLeaf(i);
-        if (baseH && h.equals(baseH)) st.leavesSameAsBase++; // temporal dedup: nothing to look up or store
+        if (baseH && h.equals(baseH))
+          st.leavesSameAsBase++; // temporal dedup: nothing to look up or store
         else put.push({ h, plain: data });
       }
       const res = await this.ctx.session.putMany(put.map((p) => ({ h: p.h, type: TYPE_LEAF, plain: p.plain })));

@@ -182,7 +182,8 @@ export class ChunkStore {
       }
       this.nodes.set(hex, n);
     }
-    if (n.level !== level || n.count !== count) throw eio(h, `is a level-${n.level} node of ${n.count} children where level ${level} with ${count} was expected`);
+    if (n.level !== level || n.count !== count)
+      throw eio(h, `is a level-${n.level} node of ${n.count} children where level ${level} with ${count} was expected`);
     return n;
   }
 }

@@ -48,7 +48,15 @@ export async function encodeChunks(opts: CodecOptions, chunks: PlainChunk[]): Pr
   const want = opts.level > 0 ? chunks.filter((c) => c.plain.length >= 128) : [];
   const total = want.reduce((a, c) => a + c.plain.length, 0);
   // A little (a tree node, one small leaf) is cheaper to compress here than to send to the threadpool.
-  const zs = total === 0 ? [] : total < SYNC_BELOW / 4 ? want.map((c) => zstdCompressSync(c.plain, opts.level)) : await zstdCompressBatch(want.map((c) => c.plain), opts.level);
+  const zs =
+    total === 0
+      ? []
+      : total < SYNC_BELOW / 4
+        ? want.map((c) => zstdCompressSync(c.plain, opts.level))
+        : await zstdCompressBatch(
+            want.map((c) => c.plain),
+            opts.level,
+          );
   const z = new Map<PlainChunk, Buffer>(want.map((c, i) => [c, zs[i]!]));
   return chunks.map((c) => {
     let codec = 0;
@@ -72,7 +80,14 @@ export async function encodeChunk(opts: CodecOptions, handle: Handle, type: Chun
 export class ChunkDecodeError extends Error {}
 
 /** Reverses encodeChunk. Throws ChunkDecodeError; does not check the handle. */
-export async function decodeChunk(opts: CodecOptions, handle: Handle, type: ChunkType, codec: number, rawLength: number, stored: Buffer): Promise<Buffer> {
+export async function decodeChunk(
+  opts: CodecOptions,
+  handle: Handle,
+  type: ChunkType,
+  codec: number,
+  rawLength: number,
+  stored: Buffer,
+): Promise<Buffer> {
   let body = stored;
   if (codec & CODEC_SEALED) {
     if (!opts.key) throw new ChunkDecodeError('chunk is encrypted but the pool has no key');

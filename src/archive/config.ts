@@ -54,7 +54,8 @@ export function newConfig(opts: CreateOptions, keyFile: string | undefined): { c
     throw new ArchiveError('EINVAL', (err as Error).message);
   }
   if (!Number.isInteger(level) || level < 0 || level > 19) throw new ArchiveError('EINVAL', `zstd level ${level} must be 0..19`);
-  if (!Number.isInteger(packTarget) || packTarget < 64 * 1024 || packTarget > 1024 * 1024 * 1024) throw new ArchiveError('EINVAL', `pack target ${packTarget} must be 64 KiB..1 GiB`);
+  if (!Number.isInteger(packTarget) || packTarget < 64 * 1024 || packTarget > 1024 * 1024 * 1024)
+    throw new ArchiveError('EINVAL', `pack target ${packTarget} must be 64 KiB..1 GiB`);
   const poolId = randomBytes(16).toString('hex');
   let keys: PoolKeys | null = null;
   if (opts.encrypt) {
@@ -89,7 +90,8 @@ export async function readConfig(backend: ArchiveBackend): Promise<PoolConfig | 
   } catch {
     throw new ArchiveFormatError(`${backend.description}: the pool config is not JSON`);
   }
-  if (c?.format !== CONFIG_FORMAT || typeof c.poolId !== 'string' || !/^[0-9a-f]{32}$/.test(c.poolId)) throw new ArchiveFormatError(`${backend.description}: not a rewind archive pool config`);
+  if (c?.format !== CONFIG_FORMAT || typeof c.poolId !== 'string' || !/^[0-9a-f]{32}$/.test(c.poolId))
+    throw new ArchiveFormatError(`${backend.description}: not a rewind archive pool config`);
   checkLeafSize(c.leafSize);
   checkFanout(c.fanout);
   return c;

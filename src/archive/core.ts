@@ -51,7 +51,11 @@ export function pointVolume(core: PoolCore, point: string, volume?: string): { p
   const p = core.manifests.get(point);
   if (!p) throw new ArchiveError('ENOENT', `no archived point "${point}"`);
   if (volume === undefined) {
-    if (p.volumes.length !== 1) throw new ArchiveError('EINVAL', `archived point "${point}" has ${p.volumes.length} volumes (${p.volumes.map((v) => v.volume).join(', ')}): name one`);
+    if (p.volumes.length !== 1)
+      throw new ArchiveError(
+        'EINVAL',
+        `archived point "${point}" has ${p.volumes.length} volumes (${p.volumes.map((v) => v.volume).join(', ')}): name one`,
+      );
     return { p, v: p.volumes[0]! };
   }
   const v = p.volumes.find((x) => x.volume === volume);

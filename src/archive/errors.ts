@@ -65,7 +65,11 @@ export function writeFailure(err: unknown, what: string): Error {
   if (err instanceof ArchiveError) return err;
   const code = errnoOf(err);
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new ArchiveError('ENOSPC', `${what}: no space left (${code}); nothing was committed, and the next archive gc reclaims the space already written`, { cause: err });
+    return new ArchiveError(
+      'ENOSPC',
+      `${what}: no space left (${code}); nothing was committed, and the next archive gc reclaims the space already written`,
+      { cause: err },
+    );
   }
   return err instanceof Error ? err : new Error(String(err));
 }

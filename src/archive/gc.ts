@@ -120,7 +120,10 @@ export async function collectGarbage(core: PoolCore, opts: GcOptions = {}): Prom
   const addLive = (loc: ChunkLocation): void => void live.set(loc.pack, (live.get(loc.pack) ?? 0) + recordSize(loc));
   let batch: Array<[Buffer, ChunkLocation]> = [];
   const flush = async (): Promise<void> => {
-    const gone = index.sweepSync(batch.map(([h]) => h), dead);
+    const gone = index.sweepSync(
+      batch.map(([h]) => h),
+      dead,
+    );
     const goneHex = new Set(gone.map(([h]) => handleHex(h)));
     for (const [h, loc] of gone) {
       report.chunksSwept++;
@@ -194,7 +197,10 @@ async function repack(core: PoolCore, packs: Set<number>, report: GcReport, opts
     await core.backend.put(key, { file: sealed.file });
     crashPoint('gc-repack-put');
     for (const e of sealed.entries) store.bloom.add(e.handle);
-    await index.addRelocatedPack({ key, kind: sealed.header.kind, size: sealed.size, entries: sealed.entries.length, created: sealed.header.created, state: 'live' }, cur.moves);
+    await index.addRelocatedPack(
+      { key, kind: sealed.header.kind, size: sealed.size, entries: sealed.entries.length, created: sealed.header.created, state: 'live' },
+      cur.moves,
+    );
     crashPoint('gc-repack-indexed');
     for (const no of cur.olds) {
       const rec = index.pack(no);
@@ -238,7 +244,11 @@ async function copyLive(
         const buf = await core.backend.get(rec.key, { offset: w.offset, length: w.length });
         for (const [h, loc] of w.items) {
           const at = loc.offset - w.offset;
-          records.push({ h, loc, payload: checkRecord(buf.subarray(at, at + RECORD_HEADER_SIZE + loc.storedLength), loc.offset, { handle: h, ...loc }) });
+          records.push({
+            h,
+            loc,
+            payload: checkRecord(buf.subarray(at, at + RECORD_HEADER_SIZE + loc.storedLength), loc.offset, { handle: h, ...loc }),
+          });
         }
       }
     } catch (err) {
@@ -248,7 +258,11 @@ async function copyLive(
     }
     let cur = writers.get(rec.kind);
     if (!cur) {
-      cur = { w: await PackWriter.create(core.stagingDir, rec.kind, core.config.poolId, store.codec.key !== null), moves: [], olds: new Set() };
+      cur = {
+        w: await PackWriter.create(core.stagingDir, rec.kind, core.config.poolId, store.codec.key !== null),
+        moves: [],
+        olds: new Set(),
+      };
       writers.set(rec.kind, cur);
     }
     for (const r of records) {

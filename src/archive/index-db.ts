@@ -163,18 +163,32 @@ export class IndexDb {
    * copy is quarantined or in a pack being deleted: then the new copy
    * replaces it. Returns the pack's number and the handles newly indexed.
    */
-  async addPack(rec: Omit<PackRecord, 'no'>, entries: PackEntry[], stamp: number, quarantined: (hex: string) => boolean): Promise<{ no: number; added: Buffer[]; healed: Buffer[] }> {
+  async addPack(
+    rec: Omit<PackRecord, 'no'>,
+    entries: PackEntry[],
+    stamp: number,
+    quarantined: (hex: string) => boolean,
+  ): Promise<{ no: number; added: Buffer[]; healed: Buffer[] }> {
     const added: Buffer[] = [];
     const healed: Buffer[] = [];
     const no = await this.root.transaction(() => {
       added.length = 0;
       healed.length = 0;
-      const no = ((this.meta.get('nextPack') as number | undefined) ?? 1);
+      const no = (this.meta.get('nextPack') as number | undefined) ?? 1;
       this.meta.put('nextPack', no + 1);
       this.packDb.put(no, { ...rec, no });
       const t = { ...this.totals() };
       for (const e of entries) {
-        const loc: ChunkLocation = { pack: no, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, type: e.type, codec: e.codec, crc: e.crc, stamp };
+        const loc: ChunkLocation = {
+          pack: no,
+          offset: e.offset,
+          storedLength: e.storedLength,
+          rawLength: e.rawLength,
+          type: e.type,
+          codec: e.codec,
+          crc: e.crc,
+          stamp,
+        };
         const curBuf = this.chunks.get(e.handle);
         const cur = curBuf ? decodeLocation(curBuf) : undefined;
         const replace = cur !== undefined && (quarantined(handleHex(e.handle)) || this.packDb.get(cur.pack)?.state !== 'live');
@@ -246,7 +260,10 @@ export class IndexDb {
    * copied from (stamps are kept). Returns the new pack's number and how
    * many chunks moved.
    */
-  async addRelocatedPack(rec: Omit<PackRecord, 'no'>, moves: Array<{ from: number; fromOffset: number; entry: PackEntry }>): Promise<{ no: number; moved: number }> {
+  async addRelocatedPack(
+    rec: Omit<PackRecord, 'no'>,
+    moves: Array<{ from: number; fromOffset: number; entry: PackEntry }>,
+  ): Promise<{ no: number; moved: number }> {
     let moved = 0;
     const no = await this.root.transaction(() => {
       moved = 0;

@@ -103,7 +103,8 @@ export class LocalBackend implements ArchiveBackend {
         if (d.name.startsWith('.')) continue;
         const key = rel === '' ? d.name : `${rel}/${d.name}`;
         if (d.isDirectory()) {
-          if (prefix.startsWith(`${key}/`) || key.startsWith(prefix) || `${key}/`.startsWith(prefix)) await walk(path.join(dir, d.name), key);
+          if (prefix.startsWith(`${key}/`) || key.startsWith(prefix) || `${key}/`.startsWith(prefix))
+            await walk(path.join(dir, d.name), key);
         } else if (d.isFile() && key.startsWith(prefix)) {
           const st = await fs.promises.stat(path.join(dir, d.name)).catch(() => null);
           if (st) out.push({ key, size: st.size });

@@ -42,7 +42,8 @@ export class PoolLock {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         const pid = Number(fs.readFileSync(file, 'utf8').trim());
-        if (Number.isInteger(pid) && pid > 0 && alive(pid)) throw new ArchiveError('EBUSY', `archive pool ${real} is open in process ${pid}`);
+        if (Number.isInteger(pid) && pid > 0 && alive(pid))
+          throw new ArchiveError('EBUSY', `archive pool ${real} is open in process ${pid}`);
         fs.rmSync(file, { force: true });
       }
     }

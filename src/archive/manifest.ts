@@ -87,7 +87,10 @@ export interface PointManifest {
 
 export function checkPointName(name: unknown): asserts name is string {
   if (typeof name !== 'string' || !NAME_RE.test(name)) {
-    throw new ArchiveError('EINVAL', `invalid archive point name ${JSON.stringify(name)}: letters, digits and . _ @ : + = - (up to 200, not starting with a symbol)`);
+    throw new ArchiveError(
+      'EINVAL',
+      `invalid archive point name ${JSON.stringify(name)}: letters, digits and . _ @ : + = - (up to 200, not starting with a symbol)`,
+    );
   }
 }
 
@@ -107,7 +110,14 @@ function aad(poolId: string, name: string): Buffer {
 export function encodeManifest(p: PointManifest, key: Buffer | null): Buffer {
   const text = JSON.stringify(p);
   const body = key ? seal(key, Buffer.from(text, 'utf8'), aad(p.poolId, p.name)).toString('base64') : text;
-  const env = { format: MANIFEST_FORMAT, poolId: p.poolId, name: p.name, encrypted: key !== null, body, sha256: createHash('sha256').update(body).digest('hex') };
+  const env = {
+    format: MANIFEST_FORMAT,
+    poolId: p.poolId,
+    name: p.name,
+    encrypted: key !== null,
+    body,
+    sha256: createHash('sha256').update(body).digest('hex'),
+  };
   return Buffer.from(`${JSON.stringify(env, null, 1)}\n`, 'utf8');
 }
 
@@ -125,11 +135,18 @@ export function decodeManifest(buf: Buffer, poolId: string, key: Buffer | null):
   } catch (err) {
     throw new ArchiveFormatError(`manifest is not JSON: ${(err as Error).message}`);
   }
-  if (!isObj(env) || env.format !== MANIFEST_FORMAT || typeof env.body !== 'string' || typeof env.name !== 'string' || typeof env.sha256 !== 'string') {
+  if (
+    !isObj(env) ||
+    env.format !== MANIFEST_FORMAT ||
+    typeof env.body !== 'string' ||
+    typeof env.name !== 'string' ||
+    typeof env.sha256 !== 'string'
+  ) {
     throw new ArchiveFormatError('not a rewind archive manifest');
   }
   if (env.poolId !== poolId) throw new ArchiveFormatError(`manifest of pool ${String(env.poolId)}, not ${poolId}`);
-  if (createHash('sha256').update(env.body).digest('hex') !== env.sha256) throw new ArchiveFormatError(`manifest ${env.name}: checksum mismatch`);
+  if (createHash('sha256').update(env.body).digest('hex') !== env.sha256)
+    throw new ArchiveFormatError(`manifest ${env.name}: checksum mismatch`);
   let text = env.body;
   if (env.encrypted === true) {
     if (!key) throw new ArchiveError('EKEYREJECTED', `manifest ${env.name} is encrypted and no key was given`);
@@ -154,8 +171,20 @@ function checkManifest(p: unknown, name: string, poolId: string): PointManifest 
   };
   if (!isObj(p)) return bad('not an object');
   if (p.name !== name || p.poolId !== poolId) bad('name or pool does not match its envelope');
-  if (!isNat(p.created) || !isStrOrNull(p.group) || !isNatOrNull(p.seq) || !isNatOrNull(p.time) || !isStrOrNull(p.marker) || !isStrOrNull(p.predecessor)) bad('bad point fields');
-  if (p.quiesce !== null && !(isObj(p.quiesce) && (p.quiesce.kind === 'crash' || p.quiesce.kind === 'application') && typeof p.quiesce.ok === 'boolean')) bad('bad quiesce');
+  if (
+    !isNat(p.created) ||
+    !isStrOrNull(p.group) ||
+    !isNatOrNull(p.seq) ||
+    !isNatOrNull(p.time) ||
+    !isStrOrNull(p.marker) ||
+    !isStrOrNull(p.predecessor)
+  )
+    bad('bad point fields');
+  if (
+    p.quiesce !== null &&
+    !(isObj(p.quiesce) && (p.quiesce.kind === 'crash' || p.quiesce.kind === 'application') && typeof p.quiesce.ok === 'boolean')
+  )
+    bad('bad quiesce');
   if (p.scheme !== 'sha256' && p.scheme !== 'hmac-sha256') bad('unknown scheme');
   if (typeof p.compression !== 'string' || typeof p.encrypted !== 'boolean' || !isObj(p.meta)) bad('bad format fields');
   try {
@@ -167,7 +196,8 @@ function checkManifest(p: unknown, name: string, poolId: string): PointManifest 
   if (!Array.isArray(p.volumes) || p.volumes.length === 0 || p.volumes.length > 4096) return bad('bad volume list');
   const seen = new Set<string>();
   for (const v of p.volumes as unknown[]) {
-    if (!isObj(v) || typeof v.volume !== 'string' || seen.has(v.volume) || !isNat(v.size) || typeof v.root !== 'string' || !isObj(v.stats)) return bad('bad volume entry');
+    if (!isObj(v) || typeof v.volume !== 'string' || seen.has(v.volume) || !isNat(v.size) || typeof v.root !== 'string' || !isObj(v.stats))
+      return bad('bad volume entry');
     seen.add(v.volume);
     const s = shapeOf(v.size, p.leafSize as number, p.fanout as number);
     if (v.height !== s.height || v.leaves !== s.leaves) bad(`volume ${v.volume}: tree shape does not match its size`);

@@ -199,7 +199,8 @@ export function decodeIndex(b: Buffer, count: number, end: number): PackEntry[] 
       crc: b.readUInt32LE(at + 52),
     };
     checkLengths(e.type, e.codec, e.rawLength, e.storedLength, `pack index entry ${i}`);
-    if (e.offset < next || e.offset + recordSize(e) > end) throw new ArchiveFormatError(`pack index entry ${i}: record at ${e.offset} overlaps or lies outside the data`);
+    if (e.offset < next || e.offset + recordSize(e) > end)
+      throw new ArchiveFormatError(`pack index entry ${i}: record at ${e.offset} overlaps or lies outside the data`);
     next = e.offset + recordSize(e);
     out[i] = e;
   }
@@ -231,8 +232,10 @@ export function decodeFooter(b: Buffer, size: number, sealedOverhead: number): P
   if (f.indexOffset < PACK_HEADER_SIZE || f.indexOffset + f.indexLength + FOOTER_SIZE !== size) {
     throw new ArchiveFormatError(`pack footer: index at ${f.indexOffset}+${f.indexLength} does not end the ${size}-byte pack`);
   }
-  if (f.indexLength !== f.entries * INDEX_ENTRY_SIZE + sealedOverhead) throw new ArchiveFormatError(`pack footer: index length ${f.indexLength} does not match ${f.entries} entries`);
-  if (f.entries * (RECORD_HEADER_SIZE + 1) > f.indexOffset - PACK_HEADER_SIZE) throw new ArchiveFormatError(`pack footer: ${f.entries} entries cannot fit`);
+  if (f.indexLength !== f.entries * INDEX_ENTRY_SIZE + sealedOverhead)
+    throw new ArchiveFormatError(`pack footer: index length ${f.indexLength} does not match ${f.entries} entries`);
+  if (f.entries * (RECORD_HEADER_SIZE + 1) > f.indexOffset - PACK_HEADER_SIZE)
+    throw new ArchiveFormatError(`pack footer: ${f.entries} entries cannot fit`);
   return f;
 }
 

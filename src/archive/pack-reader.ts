@@ -41,7 +41,8 @@ async function exact(read: RangeReader, offset: number, length: number, what: st
 
 function checkHeader(header: PackHeader, poolId: string, key: Buffer | null): void {
   if (header.poolId !== poolId) throw new ArchiveFormatError(`pack ${header.packId} belongs to pool ${header.poolId}, not ${poolId}`);
-  if (header.encrypted !== (key !== null)) throw new ArchiveFormatError(`pack ${header.packId} is ${header.encrypted ? '' : 'not '}encrypted, unlike its pool`);
+  if (header.encrypted !== (key !== null))
+    throw new ArchiveFormatError(`pack ${header.packId} is ${header.encrypted ? '' : 'not '}encrypted, unlike its pool`);
 }
 
 /** Reads a sealed pack's header and trailing index. */
@@ -94,7 +95,13 @@ export interface ExpectedRecord {
 export function checkRecord(rec: Buffer, offset: number, want: ExpectedRecord): Buffer {
   if (rec.length < RECORD_HEADER_SIZE + want.storedLength) throw new ArchiveFormatError(`record at ${offset}: pack truncated`);
   const e = decodeRecordHeader(rec.subarray(0, RECORD_HEADER_SIZE), offset);
-  if (!e.handle.equals(want.handle.subarray(0, HANDLE_SIZE)) || e.type !== want.type || e.storedLength !== want.storedLength || e.rawLength !== want.rawLength || e.codec !== want.codec) {
+  if (
+    !e.handle.equals(want.handle.subarray(0, HANDLE_SIZE)) ||
+    e.type !== want.type ||
+    e.storedLength !== want.storedLength ||
+    e.rawLength !== want.rawLength ||
+    e.codec !== want.codec
+  ) {
     throw new ArchiveFormatError(`record at ${offset}: header does not match the index`);
   }
   const payload = rec.subarray(RECORD_HEADER_SIZE, RECORD_HEADER_SIZE + e.storedLength);

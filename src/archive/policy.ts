@@ -50,19 +50,27 @@ function duration(t: string, tier: string, forever: boolean): number {
   const s = t.trim().toLowerCase();
   if (forever && (s === 'forever' || s === 'inf')) return Infinity;
   const m = /^(\d+(?:\.\d+)?)(s|m|h|d|w|mo|y)$/.exec(s);
-  if (!m) throw new ArchiveError('EINVAL', `archive policy tier "${tier}": cannot parse "${t}" (a number and s, m, h, d, w, mo or y${forever ? ', or forever' : ''})`);
+  if (!m)
+    throw new ArchiveError(
+      'EINVAL',
+      `archive policy tier "${tier}": cannot parse "${t}" (a number and s, m, h, d, w, mo or y${forever ? ', or forever' : ''})`,
+    );
   return Number(m[1]) * UNIT[m[2]!]!;
 }
 
 export function parseForgetPolicy(text: string): ForgetTier[] {
-  const parts = String(text ?? '').split(/[,;\s]+/).filter(Boolean);
-  if (parts.length === 0) throw new ArchiveError('EINVAL', 'an archive policy needs at least one tier, e.g. "daily:30d, weekly:26w, monthly:forever"');
+  const parts = String(text ?? '')
+    .split(/[,;\s]+/)
+    .filter(Boolean);
+  if (parts.length === 0)
+    throw new ArchiveError('EINVAL', 'an archive policy needs at least one tier, e.g. "daily:30d, weekly:26w, monthly:forever"');
   return parts.map((raw) => {
     const f = raw.split(':');
     const kind = f[0]!.toLowerCase();
     if (kind === 'last') {
       const n = Number(f[1]);
-      if (f.length !== 2 || !Number.isInteger(n) || n < 1) throw new ArchiveError('EINVAL', `archive policy tier "${raw}": expected last:N with N >= 1`);
+      if (f.length !== 2 || !Number.isInteger(n) || n < 1)
+        throw new ArchiveError('EINVAL', `archive policy tier "${raw}": expected last:N with N >= 1`);
       return { kind, spanMs: 0, maxAgeMs: Infinity, count: n, text: `last:${n}` };
     }
     if (kind === 'all' || kind in SPAN) {
@@ -73,7 +81,10 @@ export function parseForgetPolicy(text: string): ForgetTier[] {
       if (f.length !== 3) throw new ArchiveError('EINVAL', `archive policy tier "${raw}": expected every:SPAN:AGE`);
       return { kind, spanMs: duration(f[1]!, raw, false), maxAgeMs: duration(f[2]!, raw, true), count: 0, text: raw };
     }
-    throw new ArchiveError('EINVAL', `archive policy tier "${raw}": unknown kind "${f[0]}" (last, all, hourly, daily, weekly, monthly, yearly, every)`);
+    throw new ArchiveError(
+      'EINVAL',
+      `archive policy tier "${raw}": unknown kind "${f[0]}" (last, all, hourly, daily, weekly, monthly, yearly, every)`,
+    );
   });
 }
 

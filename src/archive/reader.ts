@@ -46,7 +46,10 @@ export class ArchivedVolume {
 
   private check(offset: number, length: number): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.shape.size) {
-      throw new ArchiveError('EINVAL', `read of ${length} bytes at ${offset} is outside ${this.point}/${this.volume} (${this.shape.size} bytes)`);
+      throw new ArchiveError(
+        'EINVAL',
+        `read of ${length} bytes at ${offset} is outside ${this.point}/${this.volume} (${this.shape.size} bytes)`,
+      );
     }
   }
 
@@ -70,7 +73,11 @@ export class ArchivedVolume {
     if (!b) {
       b = await this.store.read(h);
       if (b.length !== leafLength(this.shape, i)) {
-        throw new ArchiveError('EIO', `archive chunk ${hex.slice(2, 18)} has ${b.length} bytes where leaf ${i} of ${this.point}/${this.volume} has ${leafLength(this.shape, i)}`, { chunk: hex });
+        throw new ArchiveError(
+          'EIO',
+          `archive chunk ${hex.slice(2, 18)} has ${b.length} bytes where leaf ${i} of ${this.point}/${this.volume} has ${leafLength(this.shape, i)}`,
+          { chunk: hex },
+        );
       }
       this.leaves.set(hex, b);
     }

@@ -30,7 +30,14 @@ export interface RecoveryReport {
 }
 
 export async function recover(core: PoolCore): Promise<RecoveryReport> {
-  const r: RecoveryReport = { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [], damagedManifests: [] };
+  const r: RecoveryReport = {
+    salvagedPacks: 0,
+    salvagedChunks: 0,
+    deletedPacks: 0,
+    indexedPacks: 0,
+    damagedPacks: [],
+    damagedManifests: [],
+  };
   const stamp = core.index.nextEpoch();
   for (const name of fs.readdirSync(core.stagingDir)) {
     const file = path.join(core.stagingDir, name);
@@ -65,7 +72,12 @@ async function indexUnknownPacks(core: PoolCore, stamp: number, r: RecoveryRepor
   for (const obj of await core.backend.list('packs/')) {
     if (known.has(obj.key) || !obj.key.endsWith('.pack')) continue;
     try {
-      const c = await readPackContents((off, len) => core.backend.get(obj.key, { offset: off, length: len }), obj.size, core.config.poolId, core.store.codec.key);
+      const c = await readPackContents(
+        (off, len) => core.backend.get(obj.key, { offset: off, length: len }),
+        obj.size,
+        core.config.poolId,
+        core.store.codec.key,
+      );
       for (const e of c.entries) core.store.bloom.add(e.handle);
       await core.index.addPack(
         { key: obj.key, kind: c.header.kind, size: obj.size, entries: c.entries.length, created: c.header.created, state: 'live' },
@@ -85,7 +97,14 @@ async function indexUnknownPacks(core: PoolCore, stamp: number, r: RecoveryRepor
 export async function rebuildIndex(core: PoolCore): Promise<RecoveryReport> {
   await core.index.clearAll();
   core.store.quarantinedHex.clear();
-  const r: RecoveryReport = { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [], damagedManifests: [] };
+  const r: RecoveryReport = {
+    salvagedPacks: 0,
+    salvagedChunks: 0,
+    deletedPacks: 0,
+    indexedPacks: 0,
+    damagedPacks: [],
+    damagedManifests: [],
+  };
   await indexUnknownPacks(core, core.index.nextEpoch(), r);
   await core.refreshBloom();
   return r;

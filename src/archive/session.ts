@@ -78,7 +78,10 @@ export class WriteSession {
     });
     if (fresh.length === 0) return results;
     try {
-      const enc = await encodeChunks(this.store.codec, fresh.map((it) => ({ handle: it.h, type: it.type, plain: it.plain })));
+      const enc = await encodeChunks(
+        this.store.codec,
+        fresh.map((it) => ({ handle: it.h, type: it.type, plain: it.plain })),
+      );
       for (let k = 0; k < fresh.length; k++) {
         const it = fresh[k]!;
         const kind = it.type === TYPE_LEAF ? KIND_DATA : KIND_TREE;

@@ -39,7 +39,8 @@ export function checkLeafSize(leafSize: number): void {
 }
 
 export function checkFanout(fanout: number): void {
-  if (!Number.isInteger(fanout) || fanout < MIN_FANOUT || fanout > MAX_FANOUT) throw new RangeError(`fan-out ${fanout} must be from ${MIN_FANOUT} to ${MAX_FANOUT}`);
+  if (!Number.isInteger(fanout) || fanout < MIN_FANOUT || fanout > MAX_FANOUT)
+    throw new RangeError(`fan-out ${fanout} must be from ${MIN_FANOUT} to ${MAX_FANOUT}`);
 }
 
 export function shapeOf(size: number, leafSize: number, fanout: number): TreeShape {
@@ -103,7 +104,8 @@ export function decodeNode(b: Buffer): TreeNode {
   if (b.length < NODE_HEADER || !b.subarray(0, 4).equals(NODE_MAGIC) || b[4] !== 1) throw new ArchiveFormatError('tree node: bad header');
   const level = b[5]!;
   const count = b.readUInt16LE(6);
-  if (level < 1 || count < 1 || b.length !== NODE_HEADER + count * HANDLE_SIZE) throw new ArchiveFormatError('tree node: bad level, count or length');
+  if (level < 1 || count < 1 || b.length !== NODE_HEADER + count * HANDLE_SIZE)
+    throw new ArchiveFormatError('tree node: bad level, count or length');
   for (let i = 0; i < count; i++) checkHandle(b, NODE_HEADER + i * HANDLE_SIZE, 'tree node');
   return { level, count, children: b.subarray(NODE_HEADER) };
 }

@@ -62,7 +62,18 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
   const { index, store } = core;
   const names = opts.points ?? [...core.manifests.keys()];
   for (const n of names) if (!core.manifests.has(n)) throw new ArchiveError('ENOENT', `no archived point "${n}"`);
-  const report: VerifyReport = { points: names, chunksChecked: 0, bytesChecked: 0, bytesRead: 0, packsRead: 0, bad: [], missingPacks: [], truncatedPacks: [], released: 0, ms: 0 };
+  const report: VerifyReport = {
+    points: names,
+    chunksChecked: 0,
+    bytesChecked: 0,
+    bytesRead: 0,
+    packsRead: 0,
+    bad: [],
+    missingPacks: [],
+    truncatedPacks: [],
+    released: 0,
+    ms: 0,
+  };
   const bad = new Map<string, Omit<BadChunk, 'points'>>();
   const ok = new Set<string>();
 
@@ -77,7 +88,8 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
       await markTree(store, t.shape, t.root, marks, {
         unreadable,
         onLeaf: (h) => {
-          if (!index.get(h)) bad.set(handleHex(h), { chunk: handleHex(h), pack: null, offset: null, reason: 'missing from the index (no copy left)' });
+          if (!index.get(h))
+            bad.set(handleHex(h), { chunk: handleHex(h), pack: null, offset: null, reason: 'missing from the index (no copy left)' });
         },
       });
     }
@@ -114,9 +126,11 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
       fail(h, rec.key, loc, `pack truncated at ${size} bytes`);
       return false;
     });
-    for (const w of recordWindows(whole, ([, loc]) => loc)) windows.push({ key: rec.key, offset: w.offset, length: w.length, entries: w.items });
+    for (const w of recordWindows(whole, ([, loc]) => loc))
+      windows.push({ key: rec.key, offset: w.offset, length: w.length, entries: w.items });
   }
-  const read = (w: Window): Promise<Buffer | Error> => core.backend.get(w.key, { offset: w.offset, length: w.length }).catch((err: Error) => err);
+  const read = (w: Window): Promise<Buffer | Error> =>
+    core.backend.get(w.key, { offset: w.offset, length: w.length }).catch((err: Error) => err);
   let next = windows.length > 0 ? read(windows[0]!) : null;
   for (let i = 0; i < windows.length; i++) {
     const w = windows[i]!;
@@ -138,7 +152,8 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
     opts.onProgress?.({ phase: 'check', done: i + 1, total: windows.length });
   }
   // A node that could not be read while marking (quarantined earlier, say) but checked out now is fine.
-  for (const [hex, err] of unreadable) if (!bad.has(hex) && !ok.has(hex)) bad.set(hex, { chunk: hex, pack: null, offset: null, reason: err.message });
+  for (const [hex, err] of unreadable)
+    if (!bad.has(hex) && !ok.has(hex)) bad.set(hex, { chunk: hex, pack: null, offset: null, reason: err.message });
 
   // 3. Quarantine what is bad, release what checked out, and name the points affected.
   for (const b of bad.values()) {
@@ -159,7 +174,15 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
 }
 
 /** Checks one record (its bytes as read); true if it is good. */
-async function checkOne(core: PoolCore, h: Buffer, loc: ChunkLocation, key: string, rec: Buffer, report: VerifyReport, fail: (h: Buffer, key: string, loc: ChunkLocation, reason: string) => void): Promise<boolean> {
+async function checkOne(
+  core: PoolCore,
+  h: Buffer,
+  loc: ChunkLocation,
+  key: string,
+  rec: Buffer,
+  report: VerifyReport,
+  fail: (h: Buffer, key: string, loc: ChunkLocation, reason: string) => void,
+): Promise<boolean> {
   if (rec.length < recordSize(loc)) {
     fail(h, key, loc, `pack truncated (record at ${loc.offset} cut short)`);
     return false;

@@ -50,7 +50,15 @@ async function list(o: Opts): Promise<void> {
   print(
     table(
       ['NAME', 'VOLUMES', 'SEQ', 'TIME', 'MARKER', 'STORED', 'USED BY'],
-      r.points.map((p) => [p.name, p.volumes.map((v) => v.volume).join(','), String(p.seq ?? '-'), p.time ?? '-', p.marker ?? '-', formatSize(p.bytesStored), p.usedBy.join(',') || '-']),
+      r.points.map((p) => [
+        p.name,
+        p.volumes.map((v) => v.volume).join(','),
+        String(p.seq ?? '-'),
+        p.time ?? '-',
+        p.marker ?? '-',
+        formatSize(p.bytesStored),
+        p.usedBy.join(',') || '-',
+      ]),
     ),
   );
   if (r.stats) print(statsLine(r.stats));
@@ -64,12 +72,18 @@ async function show(name: string, o: Opts): Promise<void> {
   const p = await makeClient(o).request<PointManifest & { usedBy: string[] }>('GET', point(name));
   if (o.json) return print(JSON.stringify(p, null, 2));
   print(`archived point ${p.name}`);
-  print(`  group ${p.group ?? '-'}, seq ${p.seq ?? '-'}, ${p.time ? new Date(p.time).toISOString() : '-'}${p.marker ? `, marker ${p.marker}` : ''}`);
+  print(
+    `  group ${p.group ?? '-'}, seq ${p.seq ?? '-'}, ${p.time ? new Date(p.time).toISOString() : '-'}${p.marker ? `, marker ${p.marker}` : ''}`,
+  );
   if (p.quiesce) print(`  quiesce: ${p.quiesce.kind}${p.quiesce.ok ? '' : ` (failed: ${p.quiesce.detail ?? ''})`}`);
-  print(`  created ${new Date(p.created).toISOString()}, predecessor ${p.predecessor ?? '-'}, leaf ${formatSize(p.leafSize)}, ${p.compression}${p.encrypted ? ', encrypted' : ''}`);
+  print(
+    `  created ${new Date(p.created).toISOString()}, predecessor ${p.predecessor ?? '-'}, leaf ${formatSize(p.leafSize)}, ${p.compression}${p.encrypted ? ', encrypted' : ''}`,
+  );
   for (const v of p.volumes) {
     print(`  ${v.volume}: ${formatSize(v.size)}, root ${v.root}`);
-    print(`    read ${formatSize(v.stats.bytesRead)}, ${v.stats.leavesSameAsBase} leaves as before, ${v.stats.leavesDedup} found in the pool, ${v.stats.leavesStored} stored (${formatSize(v.stats.bytesStored)}), ${v.stats.subtreesReused} subtrees reused`);
+    print(
+      `    read ${formatSize(v.stats.bytesRead)}, ${v.stats.leavesSameAsBase} leaves as before, ${v.stats.leavesDedup} found in the pool, ${v.stats.leavesStored} stored (${formatSize(v.stats.bytesStored)}), ${v.stats.subtreesReused} subtrees reused`,
+    );
   }
   if (p.usedBy.length) print(`  used by ${p.usedBy.join(', ')}`);
 }
@@ -77,12 +91,18 @@ async function show(name: string, o: Opts): Promise<void> {
 async function verify(names: string[], o: Opts): Promise<void> {
   const r = await withProgress<VerifyReport>(o, 'verify', '/v1/archives/verify', names.length ? { points: names } : {});
   if (o.json) return print(JSON.stringify(r, null, 2));
-  print(`verified ${r.points.length} point(s): ${r.chunksChecked} chunks, ${formatSize(r.bytesChecked)} re-hashed from ${r.packsRead} packs in ${(r.ms / 1000).toFixed(1)} s`);
+  print(
+    `verified ${r.points.length} point(s): ${r.chunksChecked} chunks, ${formatSize(r.bytesChecked)} re-hashed from ${r.packsRead} packs in ${(r.ms / 1000).toFixed(1)} s`,
+  );
   for (const p of r.missingPacks) print(`  MISSING pack ${p}`);
   for (const p of r.truncatedPacks) print(`  TRUNCATED pack ${p}`);
-  for (const b of r.bad) print(`  BAD chunk ${b.chunk} in ${b.pack ?? '(no copy)'}${b.offset !== null ? ` at ${b.offset}` : ''}: ${b.reason}; used by ${b.points.join(', ') || '-'}`);
+  for (const b of r.bad)
+    print(
+      `  BAD chunk ${b.chunk} in ${b.pack ?? '(no copy)'}${b.offset !== null ? ` at ${b.offset}` : ''}: ${b.reason}; used by ${b.points.join(', ') || '-'}`,
+    );
   if (r.released) print(`  ${r.released} quarantined chunk(s) checked out and were released`);
-  if (r.bad.length || r.missingPacks.length || r.truncatedPacks.length) throw new CliError(`verify found ${r.bad.length} bad chunk(s)`, EXIT.FAILURE);
+  if (r.bad.length || r.missingPacks.length || r.truncatedPacks.length)
+    throw new CliError(`verify found ${r.bad.length} bad chunk(s)`, EXIT.FAILURE);
   print('  all good');
 }
 
@@ -96,7 +116,12 @@ async function forget(names: string[], o: Opts & { policy?: string; dryRun?: boo
   if (!!o.policy === names.length > 0) throw new CliError('give point names or --policy, not both (and not neither)', EXIT.USAGE);
   const body: Record<string, unknown> = o.policy ? { policy: o.policy } : { names };
   if (o.dryRun) body.dryRun = true;
-  const r = await makeClient(o).request<{ forgotten: string[]; kept: Array<{ name: string; reason: string }>; inUse: string[]; dryRun: boolean }>('POST', '/v1/archives/forget', body);
+  const r = await makeClient(o).request<{
+    forgotten: string[];
+    kept: Array<{ name: string; reason: string }>;
+    inUse: string[];
+    dryRun: boolean;
+  }>('POST', '/v1/archives/forget', body);
   if (o.json) return print(JSON.stringify(r, null, 2));
   const verb = r.dryRun ? 'would forget' : 'forgot';
   print(`${verb} ${r.forgotten.length} point(s)${r.forgotten.length ? `: ${r.forgotten.join(', ')}` : ''}`);

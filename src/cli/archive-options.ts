@@ -29,7 +29,8 @@ export function applyArchiveOptions(o: ArchiveServeOptions, config: ServeConfig)
     } catch (err) {
       throw new CliError(`--archive-leaf-size: ${(err as Error).message}`, EXIT.USAGE);
     }
-    if (n < 4096 || n > 4 << 20 || (n & (n - 1)) !== 0) throw new CliError('--archive-leaf-size must be a power of two from 4K to 4M', EXIT.USAGE);
+    if (n < 4096 || n > 4 << 20 || (n & (n - 1)) !== 0)
+      throw new CliError('--archive-leaf-size must be a power of two from 4K to 4M', EXIT.USAGE);
     a.leafSize = n;
   }
   if (Object.keys(a).length) config.archive = a;

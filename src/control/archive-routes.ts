@@ -25,13 +25,20 @@ function only(body: Record<string, unknown>, fields: string[]): void {
   }
 }
 
-export async function routeArchives(a: Archiver, req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string): Promise<boolean> {
+export async function routeArchives(
+  a: Archiver,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  method: string,
+  p: string,
+): Promise<boolean> {
   if (p === '/v1/archives') {
     allow(method, ['GET', 'HEAD', 'POST']);
     if (method === 'POST') {
       const body = await readJsonObject(req);
       only(body, ['target', 'at', 'name']);
-      if (typeof body.target !== 'string' || !body.target) throw new HttpError(400, 'field "target" (a protected volume or a consistency group) is required');
+      if (typeof body.target !== 'string' || !body.target)
+        throw new HttpError(400, 'field "target" (a protected volume or a consistency group) is required');
       const target = body.target;
       await streamed(req, res, (progress) => a.archive(target, body, progress));
       return true;

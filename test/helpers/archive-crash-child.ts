@@ -27,7 +27,13 @@ async function main(): Promise<void> {
       for (let g = lastGeneration(pool) + 1; g <= (spec.gens ?? 0); g++) {
         const { image, changed } = generation(g);
         const pred = pool.list().some((p) => p.name === `g${g - 1}`) ? `g${g - 1}` : null;
-        await pool.archive({ name: `g${g}`, seq: g, time: g * 1000, predecessor: pred, volumes: [bufferSource('vol', image, pred ? changed : undefined)] });
+        await pool.archive({
+          name: `g${g}`,
+          seq: g,
+          time: g * 1000,
+          predecessor: pred,
+          volumes: [bufferSource('vol', image, pred ? changed : undefined)],
+        });
         process.stdout.write(`archived g${g}\n`);
       }
     } else {

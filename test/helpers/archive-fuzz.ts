@@ -16,7 +16,17 @@ import { encodeChunk } from '../../src/archive/codec';
 import { ArchiveFormatError } from '../../src/archive/errors';
 import { makeHasher } from '../../src/archive/handle';
 import { decodeManifest, encodeManifest, type PointManifest } from '../../src/archive/manifest';
-import { encodeFooter, encodePackHeader, encodeRecordHeader, recordSize, scanRecords, KIND_DATA, TYPE_LEAF, PACK_HEADER_SIZE, type PackEntry } from '../../src/archive/pack-format';
+import {
+  encodeFooter,
+  encodePackHeader,
+  encodeRecordHeader,
+  recordSize,
+  scanRecords,
+  KIND_DATA,
+  TYPE_LEAF,
+  PACK_HEADER_SIZE,
+  type PackEntry,
+} from '../../src/archive/pack-format';
 import { readPackContents } from '../../src/archive/pack-reader';
 import { packIndexBlob } from '../../src/archive/pack-writer';
 import { decodeNode, encodeNode } from '../../src/archive/tree';
@@ -34,14 +44,24 @@ export interface Seeds {
 
 async function makePack(key: Buffer | null, n: number): Promise<Buffer> {
   const hasher = makeHasher('sha256');
-  const parts: Buffer[] = [encodePackHeader({ kind: KIND_DATA, encrypted: key !== null, poolId: POOL_ID, packId: 'ab'.repeat(16), created: 1_700_000_000_000 })];
+  const parts: Buffer[] = [
+    encodePackHeader({ kind: KIND_DATA, encrypted: key !== null, poolId: POOL_ID, packId: 'ab'.repeat(16), created: 1_700_000_000_000 }),
+  ];
   const entries: PackEntry[] = [];
   let at = PACK_HEADER_SIZE;
   for (let i = 0; i < n; i++) {
     const plain = i % 2 ? pattern(300 + i * 50, i) : Buffer.from('leaf '.repeat(100 + i));
     const h = hasher.hash(plain);
     const enc = await encodeChunk({ level: 3, key }, h, TYPE_LEAF, plain);
-    const e: PackEntry = { handle: h, type: TYPE_LEAF, codec: enc.codec, offset: at, rawLength: plain.length, storedLength: enc.stored.length, crc: enc.crc };
+    const e: PackEntry = {
+      handle: h,
+      type: TYPE_LEAF,
+      codec: enc.codec,
+      offset: at,
+      rawLength: plain.length,
+      storedLength: enc.stored.length,
+      crc: enc.crc,
+    };
     parts.push(encodeRecordHeader(e), enc.stored);
     entries.push(e);
     at += recordSize(e);
@@ -54,9 +74,22 @@ async function makePack(key: Buffer | null, n: number): Promise<Buffer> {
 export async function makeSeeds(): Promise<Seeds> {
   const key = randomBytes(32);
   const manifest: PointManifest = {
-    name: 'p1', poolId: POOL_ID, created: 1, group: 'g', seq: 5, time: 2, marker: 'm', quiesce: { kind: 'application', ok: true },
-    predecessor: null, scheme: 'sha256', leafSize: 65536, fanout: 256, compression: 'zstd-3', encrypted: false,
-    volumes: [{ volume: 'v', size: 1 << 20, root: `01${'ab'.repeat(32)}`, height: 1, leaves: 16, stats: {} as never }], meta: { a: 1 },
+    name: 'p1',
+    poolId: POOL_ID,
+    created: 1,
+    group: 'g',
+    seq: 5,
+    time: 2,
+    marker: 'm',
+    quiesce: { kind: 'application', ok: true },
+    predecessor: null,
+    scheme: 'sha256',
+    leafSize: 65536,
+    fanout: 256,
+    compression: 'zstd-3',
+    encrypted: false,
+    volumes: [{ volume: 'v', size: 1 << 20, root: `01${'ab'.repeat(32)}`, height: 1, leaves: 16, stats: {} as never }],
+    meta: { a: 1 },
   };
   const bloom = BloomFilter.forCapacity(100);
   for (let i = 0; i < 50; i++) bloom.add(Buffer.concat([Buffer.from([1]), randomBytes(32)]));
@@ -132,7 +165,8 @@ function expectClean(err: unknown, what: string): void {
 /** Feeds one mutated pack to the pack readers; throws if an invariant breaks. */
 export async function exercisePack(bytes: Buffer, key: Buffer | null): Promise<void> {
   const read = async (off: number, len: number): Promise<Buffer> => {
-    if (off < 0 || len < 0 || off + len > bytes.length) throw new Error(`reader asked for ${len} bytes at ${off} of a ${bytes.length}-byte pack`);
+    if (off < 0 || len < 0 || off + len > bytes.length)
+      throw new Error(`reader asked for ${len} bytes at ${off} of a ${bytes.length}-byte pack`);
     return bytes.subarray(off, off + len);
   };
   try {
@@ -147,7 +181,8 @@ export async function exercisePack(bytes: Buffer, key: Buffer | null): Promise<v
   }
   const s = scanRecords(bytes);
   if (s.end > bytes.length) throw new Error('scan ran past the end');
-  for (const e of s.entries) if (crc32(bytes.subarray(e.offset + 56, e.offset + recordSize(e))) !== e.crc) throw new Error('scan accepted a record with a bad CRC');
+  for (const e of s.entries)
+    if (crc32(bytes.subarray(e.offset + 56, e.offset + recordSize(e))) !== e.crc) throw new Error('scan accepted a record with a bad CRC');
 }
 
 export function exerciseManifest(bytes: Buffer, key: Buffer | null): void {
