@@ -75,140 +75,152 @@ async function exportFile(d: TestDaemon, vol: string, at: string, name: string, 
   return b;
 }
 
-test.serial('archived points equal exports taken before, after retention fades the journal; incremental cost; archive:NAME as snapshot, clone, export, diff and undoable restore', async (t) => {
-  const d = await startDaemon({ env: { REWIND_RETENTION_INTERVAL_MS: '0' } });
-  t.teardown(() => d.cleanup());
-  const SIZE = 4 * MiB;
-  await api(d, 'POST', '/v1/volumes', { name: 'a', size: SIZE, protected: true });
+test.serial(
+  'archived points equal exports taken before, after retention fades the journal; incremental cost; archive:NAME as snapshot, clone, export, diff and undoable restore',
+  async (t) => {
+    const d = await startDaemon({ env: { REWIND_RETENTION_INTERVAL_MS: '0' } });
+    t.teardown(() => d.cleanup());
+    const SIZE = 4 * MiB;
+    await api(d, 'POST', '/v1/volumes', { name: 'a', size: SIZE, protected: true });
 
-  // Generation 0: the whole volume.
-  const img = Buffer.alloc(SIZE);
-  const full: Array<[number, Buffer]> = [];
-  for (let o = 0; o < SIZE; o += 256 * 1024) full.push([o, pattern(256 * 1024, 7 + o)]);
-  await writeAt(d, 'a', full);
-  for (const [o, b] of full) b.copy(img, o);
-  const seqs = [await lastSeq(d, 'a')];
-  const images = [Buffer.from(img)];
-  const exports = [await exportFile(d, 'a', `@seq:${seqs[0]}`, 'e0')];
-  t.true(exports[0]!.equals(images[0]!));
-  const a0 = await cliJson(d, ['archive', 'a', '--at', `@seq:${seqs[0]}`, '--name', 'g0']);
-  t.is(a0.point.name, 'g0');
-  t.is(a0.predecessor, null);
-  t.is(a0.point.seq, seqs[0]);
-  t.is(a0.point.volumes[0].size, SIZE);
-  t.is(a0.point.leafSize, LEAF);
+    // Generation 0: the whole volume.
+    const img = Buffer.alloc(SIZE);
+    const full: Array<[number, Buffer]> = [];
+    for (let o = 0; o < SIZE; o += 256 * 1024) full.push([o, pattern(256 * 1024, 7 + o)]);
+    await writeAt(d, 'a', full);
+    for (const [o, b] of full) b.copy(img, o);
+    const seqs = [await lastSeq(d, 'a')];
+    const images = [Buffer.from(img)];
+    const exports = [await exportFile(d, 'a', `@seq:${seqs[0]}`, 'e0')];
+    t.true(exports[0]!.equals(images[0]!));
+    const a0 = await cliJson(d, ['archive', 'a', '--at', `@seq:${seqs[0]}`, '--name', 'g0']);
+    t.is(a0.point.name, 'g0');
+    t.is(a0.predecessor, null);
+    t.is(a0.point.seq, seqs[0]);
+    t.is(a0.point.volumes[0].size, SIZE);
+    t.is(a0.point.leafSize, LEAF);
 
-  // Generations 1..3: about 1% of the volume changes each time (10 scattered 4 KiB writes).
-  for (let g = 1; g <= 3; g++) {
-    const writes: Array<[number, Buffer]> = [];
-    const leaves = new Set<number>();
-    for (let i = 0; i < 10; i++) {
-      const off = ((g * 13 + i * 7) % 64) * LEAF + ((i * 3) % 16) * 4096;
-      writes.push([off, pattern(4096, g * 100 + i)]);
-      leaves.add(Math.floor(off / LEAF));
+    // Generations 1..3: about 1% of the volume changes each time (10 scattered 4 KiB writes).
+    for (let g = 1; g <= 3; g++) {
+      const writes: Array<[number, Buffer]> = [];
+      const leaves = new Set<number>();
+      for (let i = 0; i < 10; i++) {
+        const off = ((g * 13 + i * 7) % 64) * LEAF + ((i * 3) % 16) * 4096;
+        writes.push([off, pattern(4096, g * 100 + i)]);
+        leaves.add(Math.floor(off / LEAF));
+      }
+      await writeAt(d, 'a', writes);
+      for (const [o, b] of writes) b.copy(img, o);
+      seqs.push(await lastSeq(d, 'a'));
+      images.push(Buffer.from(img));
+      exports.push(await exportFile(d, 'a', `@seq:${seqs[g]}`, `e${g}`));
+      const r = await api(d, 'POST', '/v1/archives', { target: 'a', at: `@seq:${seqs[g]}`, name: `g${g}` });
+      t.is(r.predecessor, `g${g - 1}`);
+      const st = r.point.volumes[0].stats;
+      // Incremental cost, as the archiver counted it: reads and hashes within 1.1x the changed bytes rounded to leaves.
+      const changedRounded = leaves.size * LEAF;
+      t.true(
+        st.bytesRead <= 1.1 * changedRounded,
+        `generation ${g}: read ${st.bytesRead} for ${changedRounded} changed (rounded to leaves)`,
+      );
+      t.true(st.bytesHashed <= 1.1 * changedRounded);
+      t.true(st.subtreesReused > 0 || st.leavesRead < SIZE / LEAF);
     }
-    await writeAt(d, 'a', writes);
-    for (const [o, b] of writes) b.copy(img, o);
-    seqs.push(await lastSeq(d, 'a'));
-    images.push(Buffer.from(img));
-    exports.push(await exportFile(d, 'a', `@seq:${seqs[g]}`, `e${g}`));
-    const r = await api(d, 'POST', '/v1/archives', { target: 'a', at: `@seq:${seqs[g]}`, name: `g${g}` });
-    t.is(r.predecessor, `g${g - 1}`);
-    const st = r.point.volumes[0].stats;
-    // Incremental cost, as the archiver counted it: reads and hashes within 1.1x the changed bytes rounded to leaves.
-    const changedRounded = leaves.size * LEAF;
-    t.true(st.bytesRead <= 1.1 * changedRounded, `generation ${g}: read ${st.bytesRead} for ${changedRounded} changed (rounded to leaves)`);
-    t.true(st.bytesHashed <= 1.1 * changedRounded);
-    t.true(st.subtreesReused > 0 || st.leavesRead < SIZE / LEAF);
-  }
-  for (let g = 0; g < exports.length; g++) t.true(exports[g]!.equals(images[g]!), `export ${g}`);
+    for (let g = 0; g < exports.length; g++) t.true(exports[g]!.equals(images[g]!), `export ${g}`);
 
-  // An archive by marker records the marker and its quiesce result.
-  await api(d, 'POST', '/v1/markers/a', { name: 'm-last', pre: 'true' });
-  const am = await api(d, 'POST', '/v1/archives', { target: 'a', at: 'm-last', name: 'by-marker' });
-  t.is(am.point.marker, 'm-last');
-  t.deepEqual(am.point.quiesce, { kind: 'application', ok: true });
-  t.is(am.point.volumes[0].stats.bytesRead, 0, 'nothing changed since g3');
-  await api(d, 'DELETE', '/v1/markers/a/m-last');
+    // An archive by marker records the marker and its quiesce result.
+    await api(d, 'POST', '/v1/markers/a', { name: 'm-last', pre: 'true' });
+    const am = await api(d, 'POST', '/v1/archives', { target: 'a', at: 'm-last', name: 'by-marker' });
+    t.is(am.point.marker, 'm-last');
+    t.deepEqual(am.point.quiesce, { kind: 'application', ok: true });
+    t.is(am.point.volumes[0].stats.bytesRead, 0, 'nothing changed since g3');
+    await api(d, 'DELETE', '/v1/markers/a/m-last');
 
-  // Retention fades the journal: the points inside merged history are gone from the journal.
-  await sleep(1200);
-  await api(d, 'PUT', '/v1/volumes/a/retention', { policy: 'all:1s, every:1h:1d' });
-  await api(d, 'POST', '/v1/volumes/a/retention/fade', {});
-  t.regex(await apiFails(d, 'POST', '/v1/volumes/a/export', { at: `@seq:${seqs[1]}`, out: path.join(d.dataDir, 'x.raw') }), /merged|retained|history/, 'the journal no longer holds generation 1');
+    // Retention fades the journal: the points inside merged history are gone from the journal.
+    await sleep(1200);
+    await api(d, 'PUT', '/v1/volumes/a/retention', { policy: 'all:1s, every:1h:1d' });
+    await api(d, 'POST', '/v1/volumes/a/retention/fade', {});
+    t.regex(
+      await apiFails(d, 'POST', '/v1/volumes/a/export', { at: `@seq:${seqs[1]}`, out: path.join(d.dataDir, 'x.raw') }),
+      /merged|retained|history/,
+      'the journal no longer holds generation 1',
+    );
 
-  // Every archived point still reads as the export taken before.
-  for (let g = 0; g < exports.length; g++) {
-    t.true((await exportFile(d, 'a', `archive:g${g}`, `ae${g}`, g === 0)).equals(exports[g]!), `archive:g${g} export`);
-  }
-  // As a read-only NBD export (a snapshot) and as a writable clone.
-  const snap = await api(d, 'POST', '/v1/volumes/a/snapshots', { at: 'archive:g1', name: 'g1-snap' });
-  t.regex(snap.point.description, /archived point g1/);
-  t.true((await readExport(d, 'g1-snap', SIZE)).equals(exports[1]!));
-  await cli(d, ['clone', 'a', '--at', 'archive:g2', '--name', 'g2-clone']);
-  await writeAt(d, 'g2-clone', [[0, Buffer.alloc(4096, 0xab)]]);
-  const cl = await readExport(d, 'g2-clone', SIZE);
-  t.true(cl.subarray(4096).equals(exports[2]!.subarray(4096)));
-  t.true(cl.subarray(0, 4096).equals(Buffer.alloc(4096, 0xab)));
-  // Stepping an archived point has no history to step through.
-  t.regex(await apiFails(d, 'POST', '/v1/views/g1-snap/step', { forward: 1 }), /archived point g1/);
+    // Every archived point still reads as the export taken before.
+    for (let g = 0; g < exports.length; g++) {
+      t.true((await exportFile(d, 'a', `archive:g${g}`, `ae${g}`, g === 0)).equals(exports[g]!), `archive:g${g} export`);
+    }
+    // As a read-only NBD export (a snapshot) and as a writable clone.
+    const snap = await api(d, 'POST', '/v1/volumes/a/snapshots', { at: 'archive:g1', name: 'g1-snap' });
+    t.regex(snap.point.description, /archived point g1/);
+    t.true((await readExport(d, 'g1-snap', SIZE)).equals(exports[1]!));
+    await cli(d, ['clone', 'a', '--at', 'archive:g2', '--name', 'g2-clone']);
+    await writeAt(d, 'g2-clone', [[0, Buffer.alloc(4096, 0xab)]]);
+    const cl = await readExport(d, 'g2-clone', SIZE);
+    t.true(cl.subarray(4096).equals(exports[2]!.subarray(4096)));
+    t.true(cl.subarray(0, 4096).equals(Buffer.alloc(4096, 0xab)));
+    // Stepping an archived point has no history to step through.
+    t.regex(await apiFails(d, 'POST', '/v1/views/g1-snap/step', { forward: 1 }), /archived point g1/);
 
-  // Diff: two archived points (pruned tree walk), and an archived point against the journal.
-  const dd = await cliJson(d, ['diff', 'a', '--from', 'archive:g0', '--to', 'archive:g3']);
-  const covered = (off: number) => dd.extents.some((e: { offset: number; length: number }) => off >= e.offset && off < e.offset + e.length);
-  for (let o = 0; o < SIZE; o += 4096) {
-    if (!exports[0]!.subarray(o, o + 4096).equals(exports[3]!.subarray(o, o + 4096))) t.true(covered(o), `changed block at ${o} reported`);
-  }
-  t.true(dd.changedBytes <= 30 * LEAF);
-  const dj = await api(d, 'POST', '/v1/volumes/a/diff', { from: 'archive:g3', to: 'latest' });
-  t.is(dj.changedBytes, 0);
+    // Diff: two archived points (pruned tree walk), and an archived point against the journal.
+    const dd = await cliJson(d, ['diff', 'a', '--from', 'archive:g0', '--to', 'archive:g3']);
+    const covered = (off: number) =>
+      dd.extents.some((e: { offset: number; length: number }) => off >= e.offset && off < e.offset + e.length);
+    for (let o = 0; o < SIZE; o += 4096) {
+      if (!exports[0]!.subarray(o, o + 4096).equals(exports[3]!.subarray(o, o + 4096)))
+        t.true(covered(o), `changed block at ${o} reported`);
+    }
+    t.true(dd.changedBytes <= 30 * LEAF);
+    const dj = await api(d, 'POST', '/v1/volumes/a/diff', { from: 'archive:g3', to: 'latest' });
+    t.is(dj.changedBytes, 0);
 
-  // Forget refuses a point a view reads; list and show say who uses it.
-  const busy = await d.cli(['archive', 'forget', 'g1']);
-  t.not(busy.code, 0);
-  t.regex(busy.stderr, /g1-snap/);
-  const shown = await api(d, 'GET', '/v1/archives/g1');
-  t.regex(await cli(d, ['archive', 'show', 'g1']), /used by g1-snap/);
-  t.deepEqual(shown.usedBy, ['g1-snap']);
-  t.is(shown.volumes[0].volume, 'a');
-  t.is(shown.group, 'a');
+    // Forget refuses a point a view reads; list and show say who uses it.
+    const busy = await d.cli(['archive', 'forget', 'g1']);
+    t.not(busy.code, 0);
+    t.regex(busy.stderr, /g1-snap/);
+    const shown = await api(d, 'GET', '/v1/archives/g1');
+    t.regex(await cli(d, ['archive', 'show', 'g1']), /used by g1-snap/);
+    t.deepEqual(shown.usedBy, ['g1-snap']);
+    t.is(shown.volumes[0].volume, 'a');
+    t.is(shown.group, 'a');
 
-  // Restore production to an archived point; the restore is journaled and undoable.
-  await api(d, 'DELETE', '/v1/views/g1-snap');
-  await api(d, 'DELETE', '/v1/views/g2-clone');
-  const rr = await cliJson(d, ['restore', 'a', '--to', 'archive:g1', '--no-progress']);
-  t.truthy(rr.undo);
-  t.true((await readExport(d, 'a', SIZE)).equals(exports[1]!));
-  await api(d, 'POST', '/v1/volumes/a/restore', { to: rr.undo });
-  t.true((await readExport(d, 'a', SIZE)).equals(images[3]!));
+    // Restore production to an archived point; the restore is journaled and undoable.
+    await api(d, 'DELETE', '/v1/views/g1-snap');
+    await api(d, 'DELETE', '/v1/views/g2-clone');
+    const rr = await cliJson(d, ['restore', 'a', '--to', 'archive:g1', '--no-progress']);
+    t.truthy(rr.undo);
+    t.true((await readExport(d, 'a', SIZE)).equals(exports[1]!));
+    await api(d, 'POST', '/v1/volumes/a/restore', { to: rr.undo });
+    t.true((await readExport(d, 'a', SIZE)).equals(images[3]!));
 
-  // Verify, forget by policy (dry run, then for real), gc; the survivors still read.
-  const v = await cliJson(d, ['archive', 'verify', '--no-progress']);
-  t.is(v.bad.length, 0);
-  t.true(v.chunksChecked > 0);
-  const plan = await cliJson(d, ['archive', 'forget', '--policy', 'last:2', '--dry-run']);
-  t.true(plan.dryRun);
-  await api(d, 'POST', '/v1/archives/forget', { names: ['g0', 'g1'] });
-  const gc = await cliJson(d, ['archive', 'gc', '--no-progress']);
-  t.true(gc.chunksSwept > 0);
-  t.regex(await cli(d, ['archive', 'list']), /by-marker[\s\S]*dedup ratio/);
-  const list = await api(d, 'GET', '/v1/archives');
-  t.deepEqual(
-    list.points.map((p: { name: string }) => p.name),
-    ['g2', 'g3', 'by-marker'],
-  );
-  t.true((await exportFile(d, 'a', 'archive:g2', 'after-gc')).equals(exports[2]!));
-  const metrics = (await d.api('GET', '/v1/metrics')).raw.text;
-  t.regex(metrics, /rewind_archive_dedup_ratio \d/);
-  t.regex(metrics, /rewind_archive_points 3/);
-  t.regex(metrics, /rewind_archive_logical_bytes \d/);
+    // Verify, forget by policy (dry run, then for real), gc; the survivors still read.
+    const v = await cliJson(d, ['archive', 'verify', '--no-progress']);
+    t.is(v.bad.length, 0);
+    t.true(v.chunksChecked > 0);
+    const plan = await cliJson(d, ['archive', 'forget', '--policy', 'last:2', '--dry-run']);
+    t.true(plan.dryRun);
+    await api(d, 'POST', '/v1/archives/forget', { names: ['g0', 'g1'] });
+    const gc = await cliJson(d, ['archive', 'gc', '--no-progress']);
+    t.true(gc.chunksSwept > 0);
+    t.regex(await cli(d, ['archive', 'list']), /by-marker[\s\S]*dedup ratio/);
+    const list = await api(d, 'GET', '/v1/archives');
+    t.deepEqual(
+      list.points.map((p: { name: string }) => p.name),
+      ['g2', 'g3', 'by-marker'],
+    );
+    t.true((await exportFile(d, 'a', 'archive:g2', 'after-gc')).equals(exports[2]!));
+    const metrics = (await d.api('GET', '/v1/metrics')).raw.text;
+    t.regex(metrics, /rewind_archive_dedup_ratio \d/);
+    t.regex(metrics, /rewind_archive_points 3/);
+    t.regex(metrics, /rewind_archive_logical_bytes \d/);
 
-  // The pool comes back after a restart, with archived views.
-  await api(d, 'POST', '/v1/volumes/a/clones', { at: 'archive:g3', name: 'g3-clone', readOnly: true });
-  await d.restart();
-  t.true((await readExport(d, 'g3-clone', SIZE)).equals(exports[3]!));
-  t.regex(await apiFails(d, 'POST', '/v1/volumes/a/clones', { at: 'archive:nope' }), /no archived point "nope"/);
-});
+    // The pool comes back after a restart, with archived views.
+    await api(d, 'POST', '/v1/volumes/a/clones', { at: 'archive:g3', name: 'g3-clone', readOnly: true });
+    await d.restart();
+    t.true((await readExport(d, 'g3-clone', SIZE)).equals(exports[3]!));
+    t.regex(await apiFails(d, 'POST', '/v1/volumes/a/clones', { at: 'archive:nope' }), /no archived point "nope"/);
+  },
+);
 
 test.serial('a consistency group is archived at one seq; five clones of one base archive to about one base plus deltas', async (t) => {
   const d = await startDaemon();
@@ -256,4 +268,15 @@ test.serial('a consistency group is archived at one seq; five clones of one base
   // One base plus five leaves of delta, plus tree nodes and pack overheads: well under two bases.
   t.true(added < BASE + 5 * LEAF + 256 * 1024, `five clones added ${added} bytes for a ${BASE}-byte base`);
   t.true(stats.dedupRatio > 1);
+
+  // A schedule rule with archive=yes archives each marker it places.
+  await api(d, 'POST', '/v1/volumes/c0/schedule', { add: 'every=1s,archive=yes' });
+  let auto: { name: string; marker: string } | undefined;
+  for (let i = 0; i < 60 && !auto; i++) {
+    await sleep(500);
+    auto = (await api(d, 'GET', '/v1/archives')).points.find((p: { marker: string | null }) => p.marker?.startsWith('auto-'));
+  }
+  await api(d, 'POST', '/v1/volumes/c0/schedule', { clear: true });
+  t.truthy(auto, 'a scheduled marker was archived');
+  t.true((await exportFile(d, 'c0', `archive:${auto!.name}`, 'auto')).subarray(LEAF).equals(base.subarray(LEAF)));
 });
