@@ -269,6 +269,22 @@ test.serial('a consistency group is archived at one seq; five clones of one base
   t.true(added < BASE + 5 * LEAF + 256 * 1024, `five clones added ${added} bytes for a ${BASE}-byte base`);
   t.true(stats.dedupRatio > 1);
 
+  // Bad input gets clear errors.
+  t.regex(await apiFails(d, 'POST', '/v1/archives', { at: 'latest' }), /"target"/);
+  t.regex(await apiFails(d, 'POST', '/v1/archives', { target: 'c0' }), /--at POINT is required/);
+  t.regex(await apiFails(d, 'POST', '/v1/archives', { target: 'c0', at: 'archive:c0-base' }), /already an archived point/);
+  t.regex(await apiFails(d, 'POST', '/v1/archives', { target: 'c0', at: 'latest', name: 'c0-base' }), /exists already/);
+  t.regex(
+    await apiFails(d, 'POST', '/v1/archives', { target: 'nope', at: 'latest' }),
+    /no protected volume or consistency group named "nope"/,
+  );
+  t.regex(await apiFails(d, 'POST', '/v1/archives/forget', { policy: 'daily:forever:x' }), /daily/);
+  t.regex(await apiFails(d, 'POST', '/v1/volumes/c0/schedule', { add: 'every=1s,archive=maybe' }), /archive must be yes or no/);
+  t.regex(
+    await apiFails(d, 'POST', '/v1/volumes/c1/export', { at: 'archive:c0-base', out: path.join(d.dataDir, 'w.raw') }),
+    /holds no volume "c1"/,
+  );
+
   // A schedule rule with archive=yes archives each marker it places.
   await api(d, 'POST', '/v1/volumes/c0/schedule', { add: 'every=1s,archive=yes' });
   let auto: { name: string; marker: string } | undefined;
