@@ -8,6 +8,7 @@
  * verify, forget (by name and policy), gc and metrics.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import test from 'ava';
 import { NbdClient } from '../src/nbd/client';
@@ -296,3 +297,48 @@ test.serial('a consistency group is archived at one seq; five clones of one base
   t.truthy(auto, 'a scheduled marker was archived');
   t.true((await exportFile(d, 'c0', `archive:${auto!.name}`, 'auto')).subarray(LEAF).equals(base.subarray(LEAF)));
 });
+
+test.serial(
+  'an encrypted pool: keygen, archive with --archive-key; without the key or with a wrong one the daemon still serves and archive commands say why',
+  async (t) => {
+    const keys = fs.mkdtempSync(path.join(os.tmpdir(), 'rw-keys-'));
+    t.teardown(() => fs.rmSync(keys, { recursive: true, force: true }));
+    const key = path.join(keys, 'pool.key');
+    const other = path.join(keys, 'other.key');
+    const d = await startDaemon({ args: ['--archive-key', key] });
+    t.teardown(() => d.cleanup());
+    t.regex(await cli(d, ['archive', 'keygen', key]), /wrote a new archive key/);
+    await cli(d, ['archive', 'keygen', other]);
+    const again = await d.cli(['archive', 'keygen', key]);
+    t.not(again.code, 0);
+    t.regex(again.stderr, /already exists/);
+    await api(d, 'POST', '/v1/volumes', { name: 'e', size: MiB, protected: true });
+    await writeAt(d, 'e', [[0, pattern(MiB, 3)]]);
+    const r = await api(d, 'POST', '/v1/archives', { target: 'e', at: 'latest', name: 'e1' });
+    t.true(r.point.encrypted);
+    const want = await exportFile(d, 'e', 'archive:e1', 'e1');
+    t.true(want.equals(pattern(MiB, 3)));
+    // No plaintext in the packs.
+    const store = path.join(d.dataDir, 'archive', 'store');
+    const files = fs
+      .readdirSync(store, { recursive: true })
+      .map(String)
+      .filter((f) => fs.statSync(path.join(store, f)).isFile());
+    for (const f of files) t.is(fs.readFileSync(path.join(store, f)).indexOf(pattern(MiB, 3).subarray(0, 64)), -1, f);
+    await d.stop();
+
+    const bare = await startDaemon({ dataDir: d.dataDir });
+    t.teardown(() => bare.cleanup());
+    t.regex(await apiFails(bare, 'GET', '/v1/archives/e1'), /encrypted: give its key file/);
+    t.is((await api(bare, 'GET', '/v1/volumes/e')).name, 'e', 'the volumes are served all the same');
+    await bare.stop();
+    const wrong = await startDaemon({ dataDir: d.dataDir, args: ['--archive-key', other] });
+    t.teardown(() => wrong.cleanup());
+    t.regex(await apiFails(wrong, 'POST', '/v1/archives', { target: 'e', at: 'latest' }), /wrong key/);
+    await wrong.stop();
+    const right = await startDaemon({ dataDir: d.dataDir, args: ['--archive-key', key] });
+    t.teardown(() => right.cleanup());
+    t.true((await exportFile(right, 'e', 'archive:e1', 'e1b')).equals(want));
+    await right.stop();
+  },
+);

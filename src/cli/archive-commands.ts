@@ -10,7 +10,8 @@
  * export, restore, diff).
  */
 import type { Command } from 'commander';
-import type { GcReport, PointManifest, PoolStats, VerifyReport } from '../archive';
+import * as path from 'node:path';
+import { generateKeyFile, type GcReport, type PointManifest, type PoolStats, type VerifyReport } from '../archive';
 import type { ArchiveResult, PointSummary } from '../timetravel/archiver';
 import { formatSize } from '../util/size';
 import { CliError, EXIT, makeClient, table, type GlobalOptions } from './common';
@@ -129,6 +130,23 @@ async function forget(names: string[], o: Opts & { policy?: string; dryRun?: boo
   if (!r.dryRun && r.forgotten.length) print('  their space is reclaimed by: rewind archive gc');
 }
 
+/** Writes a new random key file (0600) for `rewind serve --archive-key`; no daemon involved. */
+function keygen(file: string): void {
+  const out = path.resolve(file);
+  try {
+    generateKeyFile(out);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new CliError(
+      code === 'EEXIST' ? `${out} already exists; a key is never overwritten` : `cannot write ${out}: ${(err as Error).message}`,
+      EXIT.FAILURE,
+    );
+  }
+  print(
+    `wrote a new archive key to ${out} (mode 0600); start the daemon with --archive-key ${out} and keep a copy: without it the pool cannot be read`,
+  );
+}
+
 export function registerArchive(program: Command): void {
   const a = program
     .command('archive')
@@ -163,6 +181,10 @@ export function registerArchive(program: Command): void {
     .option('--no-progress', 'no progress bar')
     .option('--json', 'print JSON')
     .action(async (_o: unknown, cmd: Command) => gc(cmd.optsWithGlobals()));
+  a.command('keygen')
+    .description('write a new key file for an encrypted pool (rewind serve --archive-key FILE)')
+    .argument('<file>')
+    .action((f: string) => keygen(f));
   a.command('forget')
     .description('forget archived points by name or by a policy (their space goes at the next gc)')
     .argument('[names...]')

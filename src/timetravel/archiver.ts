@@ -98,6 +98,8 @@ function mappedSync<T>(fn: () => T): T {
 
 export class Archiver implements ArchiveImages {
   private pool: ArchivePool | null = null;
+  /** Why the existing pool did not open at start, if it did not. */
+  private openError: string | null = null;
   private opening: Promise<ArchivePool> | null = null;
 
   private constructor(
@@ -108,7 +110,16 @@ export class Archiver implements ArchiveImages {
   /** Attaches to time travel; an existing pool is opened now (recovery runs at open), a new one on the first archive. */
   static async open(tt: TimeTravel, opts: ArchiverOptions): Promise<Archiver> {
     const a = new Archiver(tt, opts);
-    if (fs.existsSync(opts.dir)) await a.ensurePool();
+    if (fs.existsSync(opts.dir)) {
+      // A pool that cannot open (a wrong or missing key, damage) must not keep the volumes from being served.
+      await a.ensurePool().catch((err: unknown) => {
+        a.openError = (err as Error).message;
+        opts.host.logger.error(
+          { dir: opts.dir, err: a.openError },
+          'the archive pool could not be opened; archive commands will fail until it can',
+        );
+      });
+    }
     tt.views.archives = a;
     tt.markers.onScheduledArchive = async (volume: string, m: MarkerRecord) => {
       const r = await a.archive(volume, { at: m.name });
@@ -141,6 +152,8 @@ export class Archiver implements ArchiveImages {
   }
 
   private requirePool(): ArchivePool {
+    if (!this.pool && this.openError)
+      throw new UserError('conflict', `the archive pool at ${this.opts.dir} could not be opened: ${this.openError}`);
     if (!this.pool) throw new UserError('not-found', 'there is no archive pool yet: the first `rewind archive` creates it');
     return this.pool;
   }
