@@ -16,7 +16,7 @@
  *   GET    /v1/volumes/NAME/restores
  *   POST   /v1/volumes/NAME/export      {at, out, nearest?}
  *   GET    /v1/markers/TARGET[?name=GLOB&kind=K&since=T&until=T]   (TARGET: volume or group)
- *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?}
+ *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?, at?, nearest?} (at: a past point, volumes only)
  *   DELETE /v1/markers/TARGET/NAME
  *   POST   /v1/volumes/NAME/surface     {marker}      POST /v1/submerge {name}
  *   GET    /v1/volumes/NAME/schedule    POST {add?: rule | rules, clear?}
@@ -104,7 +104,7 @@ export async function routeTimeTravel(
     allow(method, ['GET', 'HEAD', 'POST']);
     if (method === 'POST') {
       const body = await readJsonObject(req);
-      only(body, ['name', 'pre', 'post', 'timeout', 'keep']);
+      only(body, ['name', 'pre', 'post', 'timeout', 'keep', 'at', 'nearest']);
       sendJson(res, 201, await tt.markers.mark(target, body.name, body));
       return true;
     }
