@@ -32,6 +32,7 @@ import { httpStatusOf } from '../util/http';
 import type { VolumeManager } from '../daemon/volumes';
 import type { Progress, TimeTravel } from '../timetravel/service';
 import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
+import { tracked, type JobRegistry } from '../daemon/jobs';
 
 function decode(s: string): string {
   try {
@@ -87,6 +88,8 @@ export async function routeTimeTravel(
   method: string,
   p: string,
   url: URL,
+  /** Restores, exports and diffs report here (the console's jobs page). */
+  jobs?: JobRegistry,
 ): Promise<boolean> {
   if (p === '/v1/views') {
     allow(method, ['GET', 'HEAD']);
@@ -190,7 +193,15 @@ export async function routeTimeTravel(
       const body = await readJsonObject(req);
       only(body, ['to', 'ranges', 'force', 'nearest']);
       if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
-      await streamed(req, res, (progress) => tt.restores.restore(name, body, progress));
+      const run = tracked(
+        jobs,
+        'restore',
+        name,
+        `to ${String(body.to)}`,
+        (progress) => tt.restores.restore(name, body, progress),
+        (r) => `${r.blocksWritten} blocks rewritten${r.undo ? `; undo with --to ${r.undo}` : ''}`,
+      );
+      await streamed(req, res, run);
       return true;
     }
     case 'surface': {
@@ -213,7 +224,15 @@ export async function routeTimeTravel(
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['from', 'to', 'name', 'out', 'nearest']);
-      await streamed(req, res, (progress) => tt.queries.diff(name, body, progress));
+      const run = tracked(
+        jobs,
+        'diff',
+        name,
+        `${String(body.from)} .. ${String(body.to)}`,
+        (progress) => tt.queries.diff(name, body, progress),
+        (r) => `${r.extents.length} extents, ${r.changedBytes} bytes changed`,
+      );
+      await streamed(req, res, run);
       return true;
     }
     case 'bisect-candidates': {
@@ -227,7 +246,10 @@ export async function routeTimeTravel(
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['at', 'out', 'nearest']);
-      await streamed(req, res, (progress) => tt.queries.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }));
+      const run = tracked(jobs, 'export', name, `${String(body.at)} to ${String(body.out)}`, (progress) =>
+        tt.queries.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }),
+      );
+      await streamed(req, res, run);
       return true;
     }
   }
