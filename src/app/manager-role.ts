@@ -23,7 +23,7 @@ import { allow, HttpError, readJsonObject, sendJson } from '../util/http';
 import { routeTimeTravel } from '../control/timetravel-routes';
 import type { LinkServer } from '../link/server';
 import type { ConsoleProtection, ConsoleSource } from '../control/console-overview';
-import { hostPort, nbdUris, type NbdEndpoints } from '../control/server';
+import { hostPort, nbdUris, type NbdEndpoints } from '../control/endpoints';
 import { rewindVersion } from '../util/version';
 
 export const RESTORE_NEEDS_SINGLE =

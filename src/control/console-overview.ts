@@ -8,7 +8,9 @@
  */
 import type { LiveState } from '../console/api';
 import type { JobRegistry } from '../daemon/jobs';
+import type { Protection } from '../daemon/protection';
 import type { ViewInfo } from '../timetravel/api';
+import { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
 
 /** A volume as the console lists it (a subset of VolumeView, plus its protection and policy). */
 export interface ConsoleVolume {
@@ -131,4 +133,26 @@ export async function buildLiveState(src: ConsoleSource, jobs: JobRegistry): Pro
     });
   }
   return { time: Date.now(), volumes, jobs: { version: jobs.version, running: jobs.running() } };
+}
+
+/** The console's view of this daemon (single process, or the intercept role: no local history there). */
+export function daemonConsoleSource(o: {
+  role: ConsoleSource['role'];
+  version: string;
+  endpoints: NbdEndpoints;
+  volumes: () => Promise<ConsoleVolume[]>;
+  protection: Protection;
+  views: () => ViewInfo[];
+}): ConsoleSource {
+  const { tcp, unix } = o.endpoints;
+  return {
+    role: o.role,
+    version: o.version,
+    nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
+    volumes: o.volumes,
+    protection: async (n) => o.protection.status(n),
+    retention: (n) => o.protection.managerOf(n).manager.retention.stored()?.text ?? null,
+    views: o.views,
+    uris: (n) => nbdUris(o.endpoints, n),
+  };
 }

@@ -36,8 +36,11 @@ import { tracked, type JobRegistry } from '../daemon/jobs';
 import type { ConsoleAssets } from '../console/assets';
 import { EventHub } from '../console/events';
 import type { TimelineService } from '../console/timeline';
-import { buildLiveState, type ConsoleSource } from './console-overview';
+import { buildLiveState, daemonConsoleSource, type ConsoleSource } from './console-overview';
 import { routeConsole, type ConsoleRouteDeps } from './console-routes';
+import { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
+
+export { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
@@ -54,11 +57,6 @@ export interface NbdServerView {
   disconnectExport(name: string): number;
   drainExport(name: string): Promise<void>;
   connectionCount(exportName?: string): number;
-}
-
-export interface NbdEndpoints {
-  tcp?: { host: string; port: number };
-  unix?: string;
 }
 
 export interface ControlServerOptions {
@@ -112,17 +110,14 @@ export class ControlServer {
   /** What the console shows of this daemon's own volumes. */
   private consoleSource(role: ConsoleSource['role']): ConsoleSource {
     const o = this.opts;
-    const { tcp, unix } = o.endpoints;
-    return {
+    return daemonConsoleSource({
       role,
       version: o.version,
-      nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
+      endpoints: o.endpoints,
       volumes: () => Promise.all(o.volumes.listRecords().map((r) => this.view(r))),
-      protection: async (n) => o.protection.status(n),
-      retention: (n) => o.protection.managerOf(n).manager.retention.stored()?.text ?? null,
+      protection: o.protection,
       views: () => o.timeTravel?.views.list() ?? [],
-      uris: (n) => nbdUris(o.endpoints, n),
-    };
+    });
   }
 
   /** Listens on a Unix socket created with mode 0600. */
@@ -457,23 +452,6 @@ export class ControlServer {
       },
     });
   }
-}
-
-export function hostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-/** The host a client should dial for a listener bound to `host`. */
-function dialHost(host: string): string {
-  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
-  if (host === '::') return '::1';
-  return host;
-}
-
-export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | null; unix: string | null } {
-  const tcp = endpoints.tcp ? `nbd://${hostPort(dialHost(endpoints.tcp.host), endpoints.tcp.port)}/${name}` : null;
-  const unix = endpoints.unix ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}` : null;
-  return { tcp, unix };
 }
 
 function flag(value: string | null, name: string): boolean {

@@ -92,11 +92,18 @@ function start() {
   route();
 }
 
+/** The query of the route (#/volume/NAME?from=T&to=T). */
+function query() {
+  const i = location.hash.indexOf('?');
+  return new URLSearchParams(i >= 0 ? location.hash.slice(i + 1) : '');
+}
+
 /** @returns {string[]} */
 function parts() {
   try {
     return location.hash
       .replace(/^#\/?/, '')
+      .replace(/\?.*$/, '')
       .split('/')
       .filter((s) => s !== '')
       .map(decodeURIComponent);
@@ -132,7 +139,7 @@ function route() {
   if (p[0] === 'volume' && p[1] !== undefined) {
     if (p[2] === 'diff') page = diffPage.render(root, p[1], ctx);
     else if (p[2] === 'files') page = filesPage.render(root, p[1], ctx);
-    else page = timelinePage.render(root, p[1], ctx);
+    else page = timelinePage.render(root, p[1], ctx, query());
   } else if (p[0] === 'jobs') page = jobsPage.render(root, ctx);
   else page = volumesPage.render(root, ctx);
   if (ctx.live) page?.onLive?.(ctx.live);

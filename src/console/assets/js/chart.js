@@ -25,7 +25,7 @@ const COLORS = {
 };
 
 /** Times in UTC, as the API and the CLI print them. @param {number} ts */
-const utc = (ts) => uPlot.tzDate(new Date(ts), 'Etc/UTC');
+export const utc = (ts) => uPlot.tzDate(new Date(ts), 'Etc/UTC');
 
 /**
  * @typedef {{ onWindow: (from: number, to: number) => void, onPick: (at: string) => void, onDraw?: () => void }} ChartEvents
@@ -41,7 +41,7 @@ export class TimelineChart {
     this.to = Date.now();
     /** @type {number | null} */ this.picked = null;
     /** @type {Array<{ time: number, seq?: number }>} */ this.archived = [];
-    /** @type {Array<{ x: number, name: string }>} */ this.markerHits = [];
+    /** @type {Array<{ x: number, seq: number }>} */ this.markerHits = [];
     const width = Math.max(300, el.clientWidth);
     this.u = new uPlot(
       {
@@ -215,7 +215,8 @@ export class TimelineChart {
     if (y < 0 && y >= -LANES + MK_LANE[0] - 4) {
       let best = null;
       for (const m of this.markerHits) if (Math.abs(m.x - x) <= 8 && (!best || Math.abs(m.x - x) < Math.abs(best.x - x))) best = m;
-      if (best) return this.ev.onPick(best.name);
+      // By its seq (the point a marker names): a name is only a name.
+      if (best) return this.ev.onPick(`@seq:${best.seq}`);
     }
     const t = this.u.posToVal(x, 'x');
     if (tl?.writes?.length) {
@@ -376,7 +377,7 @@ export class TimelineChart {
           ctx.fillText(name, x + 7 * pr, y + 15 * pr);
           lastLabel = x;
         }
-        this.markerHits.push({ x: x / pr - left / pr, name: it.name });
+        this.markerHits.push({ x: (x - left) / pr, seq: it.seq });
       }
       return;
     }
@@ -396,79 +397,5 @@ export class TimelineChart {
       ctx.fillStyle = COLORS.crash;
       if (crash) ctx.fillRect(a, y + h - ha - hc, w, Math.max(pr, hc));
     }
-  }
-}
-
-export class LagChart {
-  /** @param {HTMLElement} el */
-  constructor(el) {
-    this.el = el;
-    this.from = Date.now() - 3600_000;
-    this.to = Date.now();
-    this.u = new uPlot(
-      {
-        width: Math.max(300, el.clientWidth),
-        height: 150,
-        ms: 1,
-        tzDate: utc,
-        legend: { show: true, live: true },
-        cursor: { drag: { x: false, y: false }, points: { show: false } },
-        scales: {
-          x: { time: true, range: () => [this.from, this.to] },
-          s: { range: (/** @type {any} */ _u, /** @type {number} */ _a, /** @type {number} */ b) => [0, Math.max(1, b * 1.1)] },
-          b: { range: (/** @type {any} */ _u, /** @type {number} */ _a, /** @type {number} */ b) => [0, Math.max(1024, b * 1.1)] },
-        },
-        axes: [
-          { stroke: '#65717e', grid: { stroke: '#eef1f4' } },
-          {
-            scale: 's',
-            size: 78,
-            stroke: '#65717e',
-            grid: { stroke: '#eef1f4' },
-            values: (/** @type {any} */ _u, /** @type {number[]} */ v) => v.map((x) => `${short(x)} s`),
-          },
-          {
-            scale: 'b',
-            side: 1,
-            size: 56,
-            stroke: '#65717e',
-            grid: { show: false },
-            values: (/** @type {any} */ _u, /** @type {number[]} */ v) => v.map((x) => rate(x).replace('/s', '')),
-          },
-        ],
-        series: [
-          { label: 'time (UTC)' },
-          { label: 'lag seconds', scale: 's', stroke: '#c0392b', width: 1.5, points: { show: false } },
-          {
-            label: 'lag bytes',
-            scale: 'b',
-            stroke: '#7d4cb0',
-            fill: 'rgba(125,76,176,0.1)',
-            width: 1,
-            points: { show: false },
-            value: (/** @type {any} */ _u, /** @type {number | null} */ v) => (v === null ? '-' : rate(v).replace('/s', '')),
-          },
-        ],
-      },
-      [[], [], []],
-      el,
-    );
-    this.resizer = new ResizeObserver(() => {
-      const w = Math.max(300, this.el.clientWidth);
-      if (Math.abs(w - this.u.width) > 2) this.u.setSize({ width: w, height: 150 });
-    });
-    this.resizer.observe(el);
-  }
-
-  /** @param {any} tl */
-  setData(tl) {
-    this.from = tl.from;
-    this.to = tl.to;
-    this.u.setData([tl.lag.t, tl.lag.seconds, tl.lag.bytes], true);
-  }
-
-  destroy() {
-    this.resizer.disconnect();
-    this.u.destroy();
   }
 }

@@ -24,7 +24,7 @@ export function makePicker(el, volume, hooks) {
   );
   const result = h('div', { id: 'point-result' });
   const nameInput = /** @type {HTMLInputElement} */ (
-    h('input', { type: 'text', id: 'view-name', placeholder: 'name (optional for snapshot/clone)' })
+    h('input', { type: 'text', id: 'view-name', class: 'grow', placeholder: 'name: optional for a snapshot or clone, needed for a marker' })
   );
   const actions = h(
     'div',

@@ -5,7 +5,8 @@
 import { api, ApiError, enc } from './api.js';
 import { h, put } from './dom.js';
 import { bytes, duration, int, iso } from './format.js';
-import { LagChart, TimelineChart } from './chart.js';
+import { TimelineChart } from './chart.js';
+import { LagChart } from './lag-chart.js';
 import { makePicker } from './picker.js';
 import { stateBadge } from './volumes.js';
 
@@ -18,11 +19,24 @@ const PRESETS = [
 ];
 
 /** Draw times, for the acceptance test and the curious: window.__rewindTimings. */
-const timings = /** @type {any} */ (window).__rewindTimings ?? { firstDrawMs: null, firstDrawSinceNavigationMs: null, draws: [] };
+const timings = /** @type {any} */ (window).__rewindTimings ?? {
+  firstDrawMs: null,
+  firstDrawSinceNavigationMs: null,
+  /** Each answer: request to drawn (ms). */
+  draws: [],
+  /** Each answer: waiting for the server, and drawing what came. */
+  split: [],
+};
 /** @type {any} */ (window).__rewindTimings = timings;
 
-/** @param {HTMLElement} root @param {string} volume @param {any} ctx */
-export function render(root, volume, ctx) {
+/** A time in the address: ms since the epoch or an ISO time. @param {string | null} v */
+function timeParam(v) {
+  if (!v) return NaN;
+  return /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+}
+
+/** @param {HTMLElement} root @param {string} volume @param {any} ctx @param {URLSearchParams} q */
+export function render(root, volume, ctx, q) {
   const started = performance.now();
   const badges = h('span', { class: 'row' });
   const windowText = h('span', { class: 'small muted', id: 'window-text' });
@@ -89,6 +103,8 @@ export function render(root, volume, ctx) {
   let drawn = 0;
   /** @type {number | null} */
   let requestedAt = null;
+  /** @type {number | null} */
+  let answeredAt = null;
 
   const chart = new TimelineChart(chartEl, {
     onWindow: (from, to) => {
@@ -106,6 +122,12 @@ export function render(root, volume, ctx) {
         timings.firstDrawSinceNavigationMs = Math.round(now);
       }
       if (requestedAt !== null) timings.draws.push(Math.round(now - requestedAt));
+      if (requestedAt !== null && answeredAt !== null)
+        timings.split.push({
+          fetchMs: Math.round(answeredAt - requestedAt),
+          drawMs: Math.round(now - answeredAt),
+          serverMs: tl.stats.serverMs,
+        });
       requestedAt = null;
     },
   });
@@ -155,8 +177,12 @@ export function render(root, volume, ctx) {
     api('GET', `/v1/volumes/${enc(volume)}/timeline?${q}`, undefined, { signal: ctrl.signal }).then(
       (data) => {
         if (ctrl.signal.aborted) return;
+        answeredAt = performance.now();
         tl = data;
         win = { from: data.from, to: data.to };
+        // The window goes into the address, so a view can be shared (the token does not).
+        const here = `#/volume/${enc(volume)}?from=${new Date(data.from).toISOString()}&to=${new Date(data.to).toISOString()}`;
+        if (w) history.replaceState(null, '', here);
         chart.setData(data);
         lag.setData(data);
         describe(data);
@@ -207,7 +233,7 @@ export function render(root, volume, ctx) {
     const mrows = markers.map((/** @type {any} */ m) =>
       h(
         'tr',
-        { class: 'clickable', onclick: () => void picker.pick(m.name), 'data-marker': m.name },
+        { class: 'clickable', onclick: () => void picker.pick(`@seq:${m.seq}`), 'data-marker': m.name },
         h('td', { class: 'marker-name' }, m.name),
         h(
           'td',
@@ -306,7 +332,9 @@ export function render(root, volume, ctx) {
 
   const picked = ctx.picked.get(volume);
   if (picked) void picker.pick(picked);
-  load(null);
+  const from = timeParam(q.get('from'));
+  const to = timeParam(q.get('to'));
+  load(Number.isFinite(from) && Number.isFinite(to) && to > from ? { from, to } : null);
 
   return {
     destroy() {
