@@ -276,28 +276,12 @@ export class TimelineIndex {
 
   /** First row whose end is at or after t (length if none). */
   firstEndingAtOrAfter(t: number): number {
-    const a = this.cols.t1;
-    let lo = 0;
-    let hi = this.cols.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (a[mid]! < t) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return lowerBound(this.cols.t1, this.cols.length, t);
   }
 
   /** First row that starts at or after t (length if none). */
   firstStartingAtOrAfter(t: number): number {
-    const a = this.cols.t0;
-    let lo = 0;
-    let hi = this.cols.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (a[mid]! < t) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return lowerBound(this.cols.t0, this.cols.length, t);
   }
 
   /**
@@ -324,4 +308,16 @@ export class TimelineIndex {
     if (i >= c.length) return null;
     return { first: c.t0[i]!, last: c.t1[c.length - 1]! };
   }
+}
+
+/** First index below n whose value in the ascending column a is at or after t (n if none). */
+function lowerBound(a: ArrayLike<number>, n: number, t: number): number {
+  let lo = 0;
+  let hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < t) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }

@@ -152,48 +152,8 @@ export function render(root, ctx) {
             )
           : h('p', { class: 'muted' }, 'No volumes.'),
       ),
-      grows.length
-        ? h(
-            'div',
-            { class: 'card' },
-            h('h2', null, 'Consistency groups'),
-            h(
-              'table',
-              null,
-              h(
-                'thead',
-                null,
-                h(
-                  'tr',
-                  null,
-                  ['Group', 'Volumes', 'State', 'Retention', 'Replication'].map((t) => h('th', null, t)),
-                ),
-              ),
-              h('tbody', null, grows),
-            ),
-          )
-        : null,
-      views.length
-        ? h(
-            'div',
-            { class: 'card' },
-            h('h2', null, 'Snapshots and clones'),
-            h(
-              'table',
-              null,
-              h(
-                'thead',
-                null,
-                h(
-                  'tr',
-                  null,
-                  ['Name', 'Kind', 'Volume', 'Point', 'NBD URI'].map((t) => h('th', null, t)),
-                ),
-              ),
-              h('tbody', null, views),
-            ),
-          )
-        : null,
+      grows.length ? tableCard('Consistency groups', ['Group', 'Volumes', 'State', 'Retention', 'Replication'], grows) : null,
+      views.length ? tableCard('Snapshots and clones', ['Name', 'Kind', 'Volume', 'Point', 'NBD URI'], views) : null,
       archive
         ? h(
             'div',
@@ -231,6 +191,29 @@ export function render(root, ctx) {
 }
 
 /** @param {any} link */
+/** A card with a title and a table of these column headers over these rows. */
+function tableCard(title, headers, rows) {
+  return h(
+    'div',
+    { class: 'card' },
+    h('h2', null, title),
+    h(
+      'table',
+      null,
+      h(
+        'thead',
+        null,
+        h(
+          'tr',
+          null,
+          headers.map((t) => h('th', null, t)),
+        ),
+      ),
+      h('tbody', null, rows),
+    ),
+  );
+}
+
 function replication(link) {
   if (!link) return h('span', { class: 'muted' }, 'single process');
   const up = link.state === 'up' || link.connected === true;
