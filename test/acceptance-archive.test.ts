@@ -270,6 +270,10 @@ test.serial('a consistency group is archived at one seq; five clones of one base
   t.true(added < BASE + 5 * LEAF + 256 * 1024, `five clones added ${added} bytes for a ${BASE}-byte base`);
   t.true(stats.dedupRatio > 1);
 
+  // Archives are jobs, listed with restores and exports.
+  const jobs = (await api(d, 'GET', '/v1/jobs')).jobs as Array<{ kind: string; target: string; state: string; summary: string | null }>;
+  t.true(jobs.some((j) => j.kind === 'archive' && j.target === 'g' && j.state === 'done' && /^gp: read/.test(j.summary ?? '')));
+
   // Bad input gets clear errors.
   t.regex(await apiFails(d, 'POST', '/v1/archives', { at: 'latest' }), /"target"/);
   t.regex(await apiFails(d, 'POST', '/v1/archives', { target: 'c0' }), /--at POINT is required/);

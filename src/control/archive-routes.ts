@@ -15,6 +15,7 @@
  * at/to/from = "archive:NAME" (snapshots, clones, export, restore, diff).
  */
 import type * as http from 'node:http';
+import { tracked, type JobRegistry } from '../daemon/jobs';
 import type { Archiver } from '../timetravel/archiver';
 import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
 import { streamed } from './timetravel-routes';
@@ -31,6 +32,7 @@ export async function routeArchives(
   res: http.ServerResponse,
   method: string,
   p: string,
+  jobs?: JobRegistry,
 ): Promise<boolean> {
   if (p === '/v1/archives') {
     allow(method, ['GET', 'HEAD', 'POST']);
@@ -40,7 +42,17 @@ export async function routeArchives(
       if (typeof body.target !== 'string' || !body.target)
         throw new HttpError(400, 'field "target" (a protected volume or a consistency group) is required');
       const target = body.target;
-      await streamed(req, res, (progress) => a.archive(target, body, progress));
+      // Archives are jobs (GET /v1/jobs, the console) like restores and exports.
+      const run = tracked(
+        jobs,
+        'archive',
+        target,
+        `at ${String(body.at)}`,
+        (progress) => a.archive(target, body, progress),
+        (r) =>
+          `${r.point.name}: read ${r.point.volumes.reduce((x, v) => x + v.stats.bytesRead, 0)} bytes, stored ${r.point.volumes.reduce((x, v) => x + v.stats.bytesStored, 0)}`,
+      );
+      await streamed(req, res, run);
       return true;
     }
     sendJson(res, 200, { points: a.list(), stats: a.stats() });

@@ -274,7 +274,7 @@ export class ControlServer {
     }
     if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
     if (this.consoleDeps && (await routeConsole(this.consoleDeps, req, res, method, p, url))) return;
-    if (this.opts.archiver && (await routeArchives(this.opts.archiver, req, res, method, p))) return;
+    if (this.opts.archiver && (await routeArchives(this.opts.archiver, req, res, method, p, this.opts.jobs))) return;
     if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url, this.opts.jobs)))
       return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
