@@ -2,7 +2,8 @@
  * `rewind serve`: the daemon.
  *
  * Start-up: create the data directory (0700) if missing, take the
- * data-directory lock (see lock.ts), write the pid file, make sure the
+ * data-directory lock (see lock.ts), check its format (data-format.ts:
+ * a newer one is refused), write the pid file, make sure the
  * control token exists, open the LMDB catalog, create the `default` volume
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
@@ -31,6 +32,7 @@ import { threadpoolSize } from '../util/threadpool';
 import { rewindVersion } from '../util/version';
 import { DataDirLock } from '../daemon/lock';
 import { dataDirLayout, type DataDirLayout } from '../daemon/paths';
+import { checkDataDir, DATA_DIR_FORMAT, markDataDir } from '../daemon/data-format';
 import { ensureControlToken } from '../daemon/token';
 import { VolumeManager } from '../daemon/volumes';
 import type { ImageBackend } from '../storage/image';
@@ -146,6 +148,8 @@ export class Daemon {
       }
     };
     try {
+      // Before anything opens a store: a directory written by a newer Rewind is refused, never misread.
+      const format = checkDataDir(layout.dataDir);
       const token = ensureControlToken(layout.tokenFile);
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
@@ -199,6 +203,10 @@ export class Daemon {
       );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      // Every store has opened (and recorded its own version): the directory is current. Before any listener.
+      await markDataDir(layout.dataDir, format);
+      if (format.found === 1)
+        logger.info({ dataDir: layout.dataDir, from: 1, to: DATA_DIR_FORMAT }, 'data directory upgraded to the current format');
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
       cleanups.push(() => retention.stop());

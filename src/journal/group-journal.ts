@@ -47,6 +47,7 @@ import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
+import { JSON_FORMATS, jsonFormat } from '../util/format-version';
 
 export type { SealedContainerRef, CommitInfo, ManagerLink } from './link';
 
@@ -487,16 +488,21 @@ export class GroupJournal {
     } catch {
       return;
     }
+    let s: { degraded?: JournalDegraded; run?: SuperRun; format?: unknown };
     try {
-      const s = JSON.parse(raw) as { degraded?: JournalDegraded; run?: SuperRun };
-      if (s.degraded && s.degraded.kind === 'pool') {
-        this.degraded = s.degraded;
-        this.log.warn({ group: this.groupId, degraded: s.degraded }, 'still degraded (LFC pool was full at the last stop)');
-      }
-      if (s.run) this.superRun = s.run;
+      s = JSON.parse(raw) as typeof s;
     } catch (err) {
+      // A torn file cannot be: it is replaced atomically. Dirty regions are re-captured at start-up anyway.
       this.log.error({ group: this.groupId, err: (err as Error).message }, `unreadable ${SUPER_FILE}: ignored`);
+      return;
     }
+    // Written by a newer Rewind: refused rather than misread (the stretch it records must not be lost).
+    jsonFormat(s, 'the degraded and super-transaction state', path.join(this.dir, SUPER_FILE), JSON_FORMATS.superState);
+    if (s.degraded && s.degraded.kind === 'pool') {
+      this.degraded = s.degraded;
+      this.log.warn({ group: this.groupId, degraded: s.degraded }, 'still degraded (LFC pool was full at the last stop)');
+    }
+    if (s.run) this.superRun = s.run;
   }
 
   /** Persist the pool-degraded state and the super run (tmp + fsync + rename). */
@@ -508,7 +514,7 @@ export class GroupJournal {
         fs.rmSync(file, { force: true });
         return;
       }
-      writeFileAtomicSync(file, JSON.stringify({ degraded: d, run: this.superRun ?? undefined }));
+      writeFileAtomicSync(file, JSON.stringify({ format: JSON_FORMATS.superState, degraded: d, run: this.superRun ?? undefined }));
     } catch (err) {
       this.log.error({ group: this.groupId, err: (err as Error).message }, `cannot write ${SUPER_FILE}`);
     }

@@ -4,7 +4,7 @@
  * transaction holding the region's latest write (MISSION glossary).
  *
  * File layout (little-endian):
- *   0  u8[8]  magic "RWSMAP\0\1"
+ *   0  u8[8]  magic "RWSMAP\0" + format version (1)
  *   8  u32    region size, bytes (a power of two)
  *  12  u32    reserved (0)
  *  16  u64    volume size, bytes
@@ -32,6 +32,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32 } from '../util/crc32';
+import { tooNew } from '../util/format-version';
 
 export const STATE_MAP_MAGIC = Buffer.from('RWSMAP\x00\x01', 'latin1');
 export const STATE_MAP_HEADER_SIZE = 64;
@@ -165,7 +166,11 @@ export class StateMap {
       const hb = Buffer.alloc(STATE_MAP_HEADER_SIZE);
       const got = readFull(fd, hb, 0);
       if (got < STATE_MAP_HEADER_SIZE) throw new Error(`state map ${filePath}: file too short (${got} bytes)`);
-      if (!hb.subarray(0, 8).equals(STATE_MAP_MAGIC)) throw new Error(`state map ${filePath}: bad magic`);
+      if (!hb.subarray(0, 8).equals(STATE_MAP_MAGIC)) {
+        // The magic's last byte is the format version.
+        if (hb.subarray(0, 7).equals(STATE_MAP_MAGIC.subarray(0, 7))) throw tooNew('the state map', filePath, hb[7], STATE_MAP_MAGIC[7]!);
+        throw new Error(`state map ${filePath}: bad magic`);
+      }
       if (hb.readUInt32LE(60) !== crc32(hb.subarray(0, 60))) throw new Error(`state map ${filePath}: header CRC mismatch`);
       const fRegion = hb.readUInt32LE(8);
       const fVolume = readU64(hb, 16);

@@ -56,6 +56,7 @@ import {
 } from './protocol';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
+import { JSON_FORMATS, jsonFormat } from '../util/format-version';
 import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
 
 export interface LinkTlsClient {
@@ -117,19 +118,33 @@ export interface LinkHooks {
   position?: (find?: PositionReqMsg['find']) => Promise<{ position: JournalPosition; found: JournalRecordInfo | null }>;
 }
 
+/**
+ * The last commit the manager acknowledged, or null if none was recorded.
+ * A file written by a newer Rewind is refused (FormatError): reading it
+ * wrong could make numbering reuse a committed container id.
+ */
 export function readLinkState(file: string): LinkState | null {
+  let raw: string;
   try {
-    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as LinkState;
-    if (Number.isSafeInteger(s.committedContainer) && Number.isSafeInteger(s.committedSeq)) return s;
+    raw = fs.readFileSync(file, 'utf8');
   } catch {
-    /* none */
+    return null;
   }
+  let s: LinkState & { format?: unknown };
+  try {
+    s = JSON.parse(raw) as LinkState & { format?: unknown };
+  } catch {
+    return null;
+  }
+  jsonFormat(s, 'the link state', file, JSON_FORMATS.linkState);
+  if (Number.isSafeInteger(s.committedContainer) && Number.isSafeInteger(s.committedSeq))
+    return { committedContainer: s.committedContainer, committedSeq: s.committedSeq, committedTime: s.committedTime };
   return null;
 }
 
 /** Durable before the journal deletes its copy of a committed container (file and directory fsynced). */
 function writeLinkState(file: string, s: LinkState): void {
-  writeFileAtomicSync(file, JSON.stringify(s));
+  writeFileAtomicSync(file, JSON.stringify({ format: JSON_FORMATS.linkState, ...s }));
 }
 
 export class RemoteLink implements ManagerLink {

@@ -41,6 +41,7 @@ import {
   type SuperTag,
 } from './protocol';
 import { writeFileAtomic } from '../util/atomic-file';
+import { JSON_FORMATS } from '../util/format-version';
 import type { ConnHost, GroupHost, LinkConn } from './group-host';
 
 interface Transfer {
@@ -375,13 +376,16 @@ export class Conn implements LinkConn {
     const metaFile = `${final}.part.json`;
     let offset = 0;
     try {
-      const meta = JSON.parse(await fs.promises.readFile(metaFile, 'utf8')) as { size: number; bodyCrc: number };
+      const meta = JSON.parse(await fs.promises.readFile(metaFile, 'utf8')) as { size: number; bodyCrc: number; format?: unknown };
       const st = await fs.promises.stat(part);
-      if (meta.size === m.size && meta.bodyCrc === m.footer.bodyCrc && st.size <= m.size) offset = st.size;
+      // A partial transfer of an unknown format is not resumed: it is received again from the start.
+      const known = meta.format === undefined || meta.format === JSON_FORMATS.spool;
+      if (known && meta.size === m.size && meta.bodyCrc === m.footer.bodyCrc && st.size <= m.size) offset = st.size;
     } catch {
       offset = 0;
     }
-    if (offset === 0) await writeFileAtomic(metaFile, JSON.stringify({ size: m.size, bodyCrc: m.footer.bodyCrc }));
+    if (offset === 0)
+      await writeFileAtomic(metaFile, JSON.stringify({ format: JSON_FORMATS.spool, size: m.size, bodyCrc: m.footer.bodyCrc }));
     const fh = await fs.promises.open(part, offset === 0 ? 'w' : 'r+', 0o600);
     if (offset === 0) await fh.truncate(0);
     if (this.state === 'closed') {

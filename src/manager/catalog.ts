@@ -6,7 +6,8 @@
  * Sub-databases (keys use lmdb-js's ordered-binary encoding; array keys sort
  * element by element, numbers numerically):
  *
- *   meta      'config'  -> { groupId, blockSize, firstContainer, created }
+ *   meta      'format'  -> the layout's version (util/format-version.ts)
+ *             'config'  -> { groupId, blockSize, firstContainer, created }
  *             'applied' -> { lastContainer, lastSeq, lastTime }
  *                          the applied pointer: T_1..T_lastContainer are
  *                          committed, and nothing else is. This is the single
@@ -37,6 +38,7 @@
  */
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
+import { STORE_FORMATS, stampStore } from '../util/format-version';
 import type { BlockRun, TransactionRecord } from './types';
 
 export interface ManagerConfig {
@@ -81,10 +83,18 @@ export class ManagerCatalog {
   ) {}
 
   static open(dir: string): ManagerCatalog {
-    const root = open({ path: path.join(dir, 'index'), maxDbs: 8 });
+    const where = path.join(dir, 'index');
+    const root = open({ path: where, maxDbs: 8 });
+    const meta = root.openDB<unknown, string>('meta', {});
+    try {
+      stampStore(meta, "the backup manager's index", where, STORE_FORMATS.managerIndex);
+    } catch (err) {
+      void root.close();
+      throw err;
+    }
     return new ManagerCatalog(
       root,
-      root.openDB<unknown, string>('meta', {}),
+      meta,
       root.openDB<VolumeEntry, number>('volumes', {}),
       root.openDB<TransactionRecord, number>('txn', {}),
       root.openDB<number, number>('seq', {}),
