@@ -139,6 +139,7 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
       poolLimit: ic?.poolLimit ?? null,
     },
     resync: ic?.resync ?? null,
+    scrub: { last: g.manager.lastScrub() ?? null, damage: g.manager.history.damage.list() },
   };
 }
 

@@ -44,6 +44,7 @@ import type { TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
 import { RetentionService } from '../daemon/retention';
+import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
 
 export interface ServeConfig {
   dataDir: string;
@@ -67,6 +68,8 @@ export interface ServeConfig {
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
   managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
+  /** The scrub's schedule and rate (daemon/scrub.ts); default DEFAULT_SCRUB. */
+  scrub?: ScrubSettings;
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -123,6 +126,7 @@ export class Daemon {
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
     private readonly linkServer: LinkServer | null = null,
+    private readonly scrub: ScrubService | null = null,
   ) {}
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
@@ -210,6 +214,14 @@ export class Daemon {
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
       cleanups.push(() => retention.stop());
+      const ls = linkServer;
+      const scrub = new ScrubService(
+        ls ? () => ls.managers() : () => protection.managers(),
+        config.scrub ?? DEFAULT_SCRUB,
+        logger.child({ component: 'scrub' }),
+        (name) => (ls ? ls.find(name).g.name : protection.target(name).group),
+      );
+      cleanups.push(() => scrub.stop());
       const RESTORING = 'an interrupted production restore is being finished';
       const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
       for (const v of protection.recoveringVolumes())
@@ -243,6 +255,7 @@ export class Daemon {
         protection,
         timeTravel,
         retention,
+        scrub,
         nbd,
         endpoints,
         token,
@@ -281,7 +294,8 @@ export class Daemon {
         await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer);
+      scrub.start();
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer, scrub);
     } catch (err) {
       await cleanup();
       throw err;
@@ -307,6 +321,7 @@ export class Daemon {
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
+    await step('stopping the scrub', () => this.scrub?.stop());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());

@@ -29,6 +29,8 @@ import { hashReader, HASH_CHUNK } from '../util/hash';
 import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { type Logger } from '../util/logger';
 import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
+import type { DamageMark } from '../manager/damage';
+import type { StoredScrub } from './scrub';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {
@@ -62,6 +64,8 @@ export interface VolumeProtectionStatus {
   pinnedFrom: number | null;
   /** Production I/O failures (counts, last error, whether it is failing now). */
   io: VolumeIoStatus;
+  /** The group's last scrub and the damage known (where its manager is: single-process, manager role). */
+  scrub?: { last: StoredScrub | null; damage: DamageMark[] };
   /** Intercept role: the link to the remote manager, the local LFC pool, the resync. */
   link?: RemoteLinkStatus & { poolBytes: number; poolLimit: number };
   resync?: ResyncStatus & { superTransaction: { id: number; fromSeq: number; lastContainer: number | null } | null };
@@ -327,6 +331,11 @@ export class Protection {
     };
   }
 
+  /** The local backup manager of every group (single-process mode; none in the intercept role): the scrub's groups. */
+  managers(): Array<{ group: string; manager: BackupManager }> {
+    return [...this.groups.values()].flatMap((rt) => (rt.manager ? [{ group: rt.record.name, manager: rt.manager }] : []));
+  }
+
   /** The backup manager of a protected volume's group (single-process mode): retention, the log. */
   managerOf(name: string): { manager: BackupManager; group: string } {
     const { rt } = this.runtime(name);
@@ -408,6 +417,7 @@ export class Protection {
       pinnedFrom: rt.manager ? rt.manager.history.pins.from() : null,
       io: pv.ioStatus(),
     };
+    if (rt.manager) out.scrub = { last: rt.manager.lastScrub() ?? null, damage: rt.manager.history.damage.list() };
     if (rs) {
       out.link = { ...rt.link!.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit };
       out.resync = { ...rs, superTransaction: js.superRun };

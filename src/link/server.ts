@@ -261,6 +261,11 @@ export class LinkServer implements ConnHost {
 
   // --- queries for the control API --------------------------------------------
 
+  /** Every group's backup manager (the scrub's groups). */
+  managers(): Array<{ group: string; manager: BackupManager }> {
+    return [...this.groups.values()].map((g) => ({ group: g.name, manager: g.manager }));
+  }
+
   groupNames(): string[] {
     return [...this.groups.keys()].sort();
   }

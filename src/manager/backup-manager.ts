@@ -44,7 +44,7 @@
  *     so finishing it is equally right.)
  * Stray files of committed transactions are harmless (tmp ones are removed).
  *
- * About 650 lines: the apply pipeline and its crash recovery are one
+ * About 700 lines: the apply pipeline and its crash recovery are one
  * ordered state machine. The read side is history.ts, verification
  * verify-history.ts, the history copy history-copy.ts.
  */
@@ -60,6 +60,8 @@ import { crashPoint } from './crash-hook';
 import { takeCopy } from './history-copy';
 import { verifyHistory, type HistoryCheck } from './verify-history';
 import { HistoryReader } from './history';
+import { DamageRegistry, inheritedMarks } from './damage';
+import { scrubGroup, type ScrubOptions, type ScrubReport } from './scrub';
 import { Fader, type FadeOptions, type FadeReport } from './retention';
 import { CorruptContainerError, type CommitInfo, type ManagedVolume, type SealedContainerRef, type TransactionRecord } from './types';
 import { SILENT_LOGGER, type Logger } from '../util/logger';
@@ -141,8 +143,14 @@ export class BackupManager {
     this.blockSize = blockSize;
     this.historyDir = path.join(dir, 'history');
     this.replicaDir = path.join(dir, 'replica');
-    this.history = new HistoryReader(catalog, blockSize, this.historyDir, this.replicaDir, this.volumes, (k, overlay) =>
-      this.retention.checkPin(k, overlay),
+    this.history = new HistoryReader(
+      catalog,
+      blockSize,
+      this.historyDir,
+      this.replicaDir,
+      this.volumes,
+      (k, overlay) => this.retention.checkPin(k, overlay),
+      new DamageRegistry(catalog),
     );
   }
 
@@ -477,6 +485,7 @@ export class BackupManager {
     };
     const tag = ref.superTransaction ?? this.opts.superTagOf?.(n);
     if (tag) rec.superTransaction = { ...tag };
+    await this.history.damage.add(inheritedMarks(this.history.damage, n, prep.runs, bilfcPath));
     await this.catalog.commit(rec, prep.runs, this.blockSize);
     crashPoint('after-commit', n);
     this.catalog.resetReadTxn();
@@ -618,6 +627,29 @@ export class BackupManager {
   /** Checks stored containers (see verify-history.ts); `full` re-reads those checked before. */
   verifyHistory(opts: { full?: boolean } = {}): Promise<HistoryCheck[]> {
     return verifyHistory(this.catalog, this.historyDir, opts);
+  }
+
+  /**
+   * Scrubs the group's stored data: containers, and the replica against
+   * the history (scrub.ts). Damage found refuses the reads that need it at
+   * once. The report is kept as the index meta "scrub".
+   */
+  async scrub(opts: ScrubOptions): Promise<ScrubReport> {
+    const r = await scrubGroup(
+      {
+        history: this.history,
+        transactions: () => this.catalog.transactions(),
+        volumes: () => [...this.volumes.values()],
+      },
+      { ...opts, aborted: () => this.closed || (opts.aborted?.() ?? false) },
+    );
+    if (!this.closed) await this.catalog.putMetaValue('scrub', { ...r, found: r.found.length });
+    return r;
+  }
+
+  /** The last scrub's report (its findings counted), if any. */
+  lastScrub(): (Omit<ScrubReport, 'found'> & { found: number }) | undefined {
+    return this.catalog.metaValue('scrub');
   }
 
   /** Finishes the container being applied (later ones stay queued), then closes. */
