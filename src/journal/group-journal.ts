@@ -84,6 +84,19 @@ export interface SuperRun {
   /** When its degraded stretch began (ms): the time of the first write not journaled. */
   fromTime?: number;
   lastContainer: number | null;
+  /**
+   * The resync's progress (link/resync.ts): every region dirty before this
+   * (volume id, byte offset), in volume then offset order, has been
+   * re-read into the run. Absent: none yet.
+   */
+  cursor?: { volumeId: number; offset: number };
+  /**
+   * Set when the pool overflowed again while the run was open: writes from
+   * this seq on were not journaled, so regions before the cursor that they
+   * dirtied are re-read too. Cleared once a pass has gone past the cursor
+   * it resumed from.
+   */
+  redoFrom?: number;
 }
 
 export interface JournalDegraded {
@@ -410,8 +423,11 @@ export class GroupJournal {
   async beginSuper(): Promise<SuperRun> {
     const d = this.degraded;
     if (this.superRun && this.superRun.lastContainer === null) {
-      // Degraded again while a super transaction was open: it goes on, from its first fromSeq.
+      // Degraded again while a super transaction was open: it goes on, from its first fromSeq;
+      // what was written before its cursor while degraded is re-read (redoFrom).
       if (d?.kind === 'pool') {
+        const from = d.fromSeq ?? this.nextAppend;
+        if (this.superRun.cursor) this.superRun.redoFrom = Math.min(this.superRun.redoFrom ?? Infinity, from);
         this.degraded = null;
         this.saveSuperState();
         this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: the open super transaction continues');
@@ -431,6 +447,19 @@ export class GroupJournal {
     this.saveSuperState();
     this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: super transaction started');
     return this.superRun;
+  }
+
+  /**
+   * Records the resync's progress in the open run (persisted: super.json).
+   * `redone`: the pass went past the cursor it resumed from, so the regions
+   * an earlier overflow left to re-read are done.
+   */
+  setResyncCursor(cursor: { volumeId: number; offset: number }, redone: boolean): void {
+    const r = this.superRun;
+    if (!r || r.lastContainer !== null) return;
+    r.cursor = cursor;
+    if (redone) delete r.redoFrom;
+    this.saveSuperState();
   }
 
   /**

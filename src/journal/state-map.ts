@@ -437,21 +437,27 @@ export class StateMap {
     return this.loaded;
   }
 
-  /** Dirty regions as coalesced byte ranges, ascending (the last one clipped to the volume size). */
-  dirtyRanges(): Array<{ offset: number; length: number }> {
+  /**
+   * Dirty regions as coalesced byte ranges, ascending (the last one clipped
+   * to the volume size). With `minSeq`, only regions whose latest write has
+   * a seq >= minSeq (or is unknown: loaded at open), e.g. the writes of a
+   * degraded stretch that began at minSeq.
+   */
+  dirtyRanges(minSeq?: number): Array<{ offset: number; length: number }> {
     const out: Array<{ offset: number; length: number }> = [];
     const bm = this.bitmap;
     const rs = this.regionSize;
     let start = -1;
     const n = this.regionCount;
+    const all = minSeq === undefined;
     for (let i = 0; i < bm.length; i++) {
       const v = bm[i];
       if (v === 0 && start < 0) continue;
-      if (v === 0xff && start >= 0) continue;
+      if (v === 0xff && start >= 0 && all) continue;
       for (let bit = 0; bit < 8; bit++) {
         const r = i * 8 + bit;
         if (r >= n) break;
-        const set = (v & (1 << bit)) !== 0;
+        const set = (v & (1 << bit)) !== 0 && (all || this.latestSeq(r) >= minSeq);
         if (set && start < 0) start = r;
         else if (!set && start >= 0) {
           out.push({ offset: start * rs, length: (r - start) * rs });
@@ -464,6 +470,15 @@ export class StateMap {
       out.push({ offset: off, length: this.volumeSize - off });
     }
     return out;
+  }
+
+  /** The latest seq recorded for a dirty region; +Infinity when it was loaded dirty at open (unknown). */
+  private latestSeq(r: number): number {
+    if (this.seqArr !== null) {
+      const s = this.seqArr[r]!;
+      return s === 0 ? Infinity : s - 1;
+    }
+    return this.seqMap!.get(r) ?? Infinity;
   }
 
   /** Flush nothing (writes are synchronous), close the file. Idempotent. */
