@@ -128,7 +128,8 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
     dirtyRegions: iv?.dirtyRegions ?? 0,
     regionSize: g.meta.regionSize,
     transactions: st.transactions,
-    lastError: st.link.lastError ?? st.blocked?.error ?? null,
+    lastError: st.link.lastError ?? st.blocked?.error ?? g.manager.status().stalled?.error ?? null,
+    managerStalled: g.manager.status().stalled,
     pinnedFrom: g.manager.history.pins.from(),
     link: {
       ...st.link,

@@ -66,6 +66,8 @@ export interface VolumeProtectionStatus {
   io: VolumeIoStatus;
   /** The group's last scrub and the damage known (where its manager is: single-process, manager role). */
   scrub?: { last: StoredScrub | null; damage: DamageMark[] };
+  /** Single process: the manager's disk is full, applying waits (the group is degraded meanwhile). */
+  managerStalled?: { n: number; error: string; since: string };
   /** Intercept role: the link to the remote manager, the local LFC pool, the resync. */
   link?: RemoteLinkStatus & { poolBytes: number; poolLimit: number };
   resync?: ResyncStatus & { superTransaction: { id: number; fromSeq: number; lastContainer: number | null } | null };
@@ -126,7 +128,14 @@ export class Protection {
     const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
     const rt: GroupRuntime = { record, manager, journal, volumes: new Map(), pendingRecovery: [] };
     this.groups.set(record.name, rt);
+    // The manager's disk full: the journal stops growing (degraded, state maps only) until the manager has
+    // caught up; then a super transaction re-captures what changed, as after a full LFC pool.
+    const stalled = (error: string) => journal.degradeForManager(error);
+    manager.on('stalled', (x) => stalled(x.error));
+    if (st.stalled) stalled(st.stalled.error);
     for (const v of vols) await this.openVolume(rt, v);
+    // Started by recover(), as in the intercept role.
+    rt.resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
     return rt;
   }
 
@@ -390,7 +399,7 @@ export class Protection {
     const applied = ms
       ? { seq: ms.lastSeq, container: ms.lastContainer, time: ms.lastTime, transactions: ms.transactions }
       : { seq: c!.committedSeq, container: c!.committedContainer, time: c!.committedTime, transactions: c!.committedContainer };
-    const rs = rt.manager ? null : rt.resync!.status();
+    const rs = rt.resync?.status() ?? null;
     const lagWrites = Math.max(0, js.lastAppendedSeq - applied.seq);
     const out: VolumeProtectionStatus = {
       volume: name,
@@ -418,10 +427,9 @@ export class Protection {
       io: pv.ioStatus(),
     };
     if (rt.manager) out.scrub = { last: rt.manager.lastScrub() ?? null, damage: rt.manager.history.damage.list() };
-    if (rs) {
-      out.link = { ...rt.link!.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit };
-      out.resync = { ...rs, superTransaction: js.superRun };
-    }
+    if (rs) out.resync = { ...rs, superTransaction: js.superRun };
+    if (rt.link) out.link = { ...rt.link.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit };
+    if (ms?.stalled) out.managerStalled = ms.stalled;
     return out;
   }
 

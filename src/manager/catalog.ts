@@ -36,6 +36,7 @@
  * The image at seq p (inside AILFC_k, k = transactionForSeq(p)) is that,
  * overlaid with AILFC_k's records whose seq <= p.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { STORE_FORMATS, stampStore } from '../util/format-version';
@@ -73,6 +74,7 @@ export class ManagerCatalog {
   private appliedCache: AppliedPointer | undefined;
 
   private constructor(
+    private readonly where: string,
     readonly root: RootDatabase,
     private readonly meta: Database<unknown, string>,
     private readonly vols: Database<VolumeEntry, number>,
@@ -93,6 +95,7 @@ export class ManagerCatalog {
       throw err;
     }
     return new ManagerCatalog(
+      where,
       root,
       meta,
       root.openDB<VolumeEntry, number>('volumes', {}),
@@ -103,11 +106,37 @@ export class ManagerCatalog {
     );
   }
 
+  /**
+   * LMDB cannot take a write that fails for space mid-commit: its
+   * environment stays unusable until reopened. So every write first checks
+   * that the index's file system has a margin free (1/16 of it, between
+   * 8 and 64 MiB), and is refused with ENOSPC, before LMDB is touched, when
+   * it has not: the manager then waits for space (BackupManager.stall).
+   */
+  private async guardSpace(): Promise<void> {
+    let st: fs.StatsFs;
+    try {
+      st = await fs.promises.statfs(this.where);
+    } catch {
+      return;
+    }
+    const free = st.bavail * st.bsize;
+    const margin = Math.max(8 << 20, Math.min(64 << 20, (st.blocks * st.bsize) / 16));
+    if (free < margin)
+      throw Object.assign(
+        new Error(`ENOSPC: no space left on device for the backup manager's index ${this.where} (${free} bytes free, keeps ${margin})`),
+        {
+          code: 'ENOSPC',
+        },
+      );
+  }
+
   config(): ManagerConfig | undefined {
     return (this.configCache ??= this.meta.get('config') as ManagerConfig | undefined);
   }
 
   async setConfig(c: ManagerConfig): Promise<void> {
+    await this.guardSpace();
     this.configCache = undefined;
     await this.meta.put('config', c);
     await this.root.flushed;
@@ -136,6 +165,7 @@ export class ManagerCatalog {
   }
 
   async putVolume(v: VolumeEntry): Promise<void> {
+    await this.guardSpace();
     await this.vols.put(v.volumeId, v);
     await this.root.flushed;
   }
@@ -147,6 +177,7 @@ export class ManagerCatalog {
    */
   async commit(rec: TransactionRecord, runs: BlockRun[], blockSize: number): Promise<void> {
     const stride = 48 + blockSize; // RECORD_HEADER_SIZE + blockSize
+    await this.guardSpace();
     const ok = await this.root.transaction(() => {
       const cur = this.applied();
 
@@ -234,6 +265,7 @@ export class ManagerCatalog {
 
   async putMetaValue(key: string, value: unknown): Promise<void> {
     if (key === 'config' || key === 'applied') throw new Error(`meta "${key}" is not set this way`);
+    await this.guardSpace();
     if (value === undefined) await this.meta.remove(key);
     else await this.meta.put(key, value);
     await this.root.flushed;
@@ -256,6 +288,7 @@ export class ManagerCatalog {
     check: () => boolean,
   ): Promise<boolean> {
     const stride = 48 + blockSize;
+    await this.guardSpace();
     const ok = await this.root.transaction(() => {
       if (!check()) return false;
       for (const r of remove) {
