@@ -43,6 +43,7 @@ import type { RemoteManagerOptions } from '../daemon/protection';
 import type { TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
+import { RemoteRestoreResumer } from './remote-restores';
 import { RetentionService } from '../daemon/retention';
 import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
 
@@ -194,6 +195,8 @@ export class Daemon {
         setOffline: (v: string, reason: string | null) => volumes.setOffline(v, reason),
         logger: logger.child({ component: 'timetravel' }),
       };
+      // Intercept role: a restore the remote manager runs takes volumes offline here (held ones at once).
+      protection.setExportControl({ setOffline: hostBase.setOffline, disconnect: hostBase.disconnect });
       const timeTravel = await TimeTravel.open(
         layout.dataDir,
         linkServer
@@ -207,6 +210,11 @@ export class Daemon {
       );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      if (linkServer) {
+        // Manager role: interrupted restores go on whenever their intercept is connected (not once at start-up).
+        const resumer = new RemoteRestoreResumer(linkServer, timeTravel, logger.child({ component: 'timetravel' }));
+        cleanups.push(() => resumer.close());
+      }
       // Every store has opened (and recorded its own version): the directory is current. Before any listener.
       await markDataDir(layout.dataDir, format);
       if (format.found === 1)
@@ -223,7 +231,7 @@ export class Daemon {
       );
       cleanups.push(() => scrub.stop());
       const RESTORING = 'an interrupted production restore is being finished';
-      const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
+      const restoring = new Set([...timeTravel.restores.pendingRestoreVolumes(), ...protection.heldVolumes()]);
       for (const v of protection.recoveringVolumes())
         volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', {
           recovering: true,
@@ -289,9 +297,10 @@ export class Daemon {
       void (async () => {
         await protection.recover((v, ok) => {
           if (!ok) volumes.setOffline(v, 'crash recovery failed (see the log); restart the daemon to retry');
-          else if (!restoring.has(v)) volumes.setOffline(v, null);
+          // A volume a restore holds stays offline (a hold may also have begun during recovery).
+          else if (!restoring.has(v) && !protection.heldVolumes().includes(v)) volumes.setOffline(v, null);
         });
-        await timeTravel.restores.resumeRestores();
+        if (!linkServer) await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
       scrub.start();

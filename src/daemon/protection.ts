@@ -26,7 +26,8 @@ import { withFaults } from './fault-injection';
 import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
-import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { blockDigests, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { RestoreHolds, type RestoreHooks } from '../link/remote-restore';
 import { type Logger } from '../util/logger';
 import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
 import type { DamageMark } from '../manager/damage';
@@ -85,9 +86,24 @@ export interface VerifyReport {
   ok: boolean;
 }
 
+/** Why a volume is offline while a restore run by the remote manager holds it. */
+export const RESTORE_HELD =
+  'a production restore run by the backup manager is rewriting it (it comes back when the manager ends the restore)';
+
+/** The daemon's control of its exports: what a restore run by a remote manager needs on the intercept. */
+export interface ExportControl {
+  setOffline(volume: string, reason: string | null): void;
+  /** Disconnects the volume's clients; resolves once their requests are done. */
+  disconnect(volume: string): Promise<number>;
+}
+
 export class Protection {
   private readonly groups = new Map<string, GroupRuntime>();
   private readonly byVolume = new Map<string, GroupRuntime>();
+  private exports: ExportControl | null = null;
+  // Settled once start-up's crash recovery is over: a restore may not begin before (see restoreHooks).
+  private markRecovered!: () => void;
+  private readonly recovered = new Promise<void>((resolve) => (this.markRecovered = resolve));
 
   constructor(
     private readonly dataDir: string,
@@ -189,9 +205,11 @@ export class Protection {
     });
     const st = link.committed;
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
-    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link, pendingRecovery: [] };
+    const holds = new RestoreHolds(path.join(dir, 'restore-hold.json'));
+    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link, pendingRecovery: [], holds };
     this.groups.set(record.name, rt);
     link.setHooks({
+      restore: this.restoreHooks(rt, holds),
       status: () => this.interceptStatus(rt),
       catchUp: async () => {
         await journal.catchUp();
@@ -222,6 +240,59 @@ export class Protection {
     return rt;
   }
 
+  /**
+   * Intercept role: the restore its manager runs (link/remote-restore.ts).
+   * The hold is recorded before the volume is touched; writes are refused
+   * for a volume not held, so they can never reach one hosts are using.
+   */
+  private restoreHooks(rt: GroupRuntime, holds: RestoreHolds): RestoreHooks {
+    const vol = (id: number): ProtectedVolume => {
+      const pv = [...rt.volumes.values()].find((x) => x.volumeId === id);
+      if (!pv) throw new Error(`no volume ${id} in group ${rt.record.name}`);
+      return pv;
+    };
+    const held = (id: number): ProtectedVolume => {
+      const pv = vol(id);
+      if (!holds.has(id)) throw new Error(`volume ${pv.name} is not held for a restore`);
+      return pv;
+    };
+    return {
+      begin: async (id) => {
+        const pv = vol(id);
+        // The manager finds what to rewrite in its history: writes a crash left unjournaled must be in it first.
+        await this.recovered;
+        if (rt.journal.isDegraded) throw new Error(`group ${rt.record.name} is degraded (not journaling): a restore must be journaled`);
+        holds.hold(id, pv.name);
+        this.exports?.setOffline(pv.name, RESTORE_HELD);
+        const n = (await this.exports?.disconnect(pv.name)) ?? 0;
+        await pv.flush();
+        this.logger.warn({ volume: pv.name, disconnected: n }, 'a production restore run by the backup manager holds the volume');
+      },
+      hashes: async (id, offset, length, bs) => blockDigests(await held(id).production.read(offset, length), bs),
+      write: (id, offset, data) => held(id).restoreWrite(offset, data),
+      zero: (id, offset, length) => held(id).restoreZero(offset, length),
+      flush: (id) => held(id).flush(),
+      end: async (id) => {
+        const pv = vol(id);
+        if (holds.has(id)) await pv.flush();
+        holds.release(id);
+        this.exports?.setOffline(pv.name, null);
+        this.logger.info({ volume: pv.name }, 'the production restore run by the backup manager ended: the volume is back');
+      },
+    };
+  }
+
+  /** Attaches the daemon's exports (after start): volumes a restore holds go offline now. */
+  setExportControl(c: ExportControl): void {
+    this.exports = c;
+    for (const name of this.heldVolumes()) c.setOffline(name, RESTORE_HELD);
+  }
+
+  /** Intercept role: volumes a restore run by the manager holds (kept across restarts). */
+  heldVolumes(): string[] {
+    return [...this.groups.values()].flatMap((rt) => rt.holds?.names() ?? []);
+  }
+
   private interceptStatus(rt: GroupRuntime): Omit<InterceptStatusMsg, 'bytesSent' | 'queued'> {
     const js = rt.journal.status();
     const rs = rt.resync?.status();
@@ -239,6 +310,7 @@ export class Protection {
       poolBytes: js.poolBytes,
       poolLimit: js.poolLimit,
       volumes: [...rt.volumes.values()].map((pv) => ({ volumeId: pv.volumeId, name: pv.name, dirtyRegions: pv.stateMap.dirtyCount() })),
+      restoreHeld: rt.holds?.ids() ?? [],
     };
   }
 
@@ -269,7 +341,11 @@ export class Protection {
    * group's resync controller (two-role mode) starts.
    */
   async recover(done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
-    await Promise.all([...this.groups.values()].map((rt) => recoverGroup(rt, this.logger, done)));
+    try {
+      await Promise.all([...this.groups.values()].map((rt) => recoverGroup(rt, this.logger, done)));
+    } finally {
+      this.markRecovered();
+    }
   }
 
   /** A protected volume was just added to the catalog. */
@@ -322,11 +398,14 @@ export class Protection {
         return j.isDegraded;
       },
       seal: (reason) => j.seal(reason),
-      lastAppendedSeq: () => j.status().lastAppendedSeq,
+      lastAppendedSeq: async () => j.status().lastAppendedSeq,
     };
     const restore: RestoreTarget = {
+      // The host takes the export offline and disconnects its clients: nothing more to hold here.
+      hold: async () => undefined,
+      release: async () => undefined,
       flush: () => pv.flush(),
-      readProduction: (offset, length) => pv.production.read(offset, length),
+      differing: async (offset, want, bs) => differingBlocks(await pv.production.read(offset, want.length), want, bs),
       restoreWrite: (offset, data) => pv.restoreWrite(offset, data),
       restoreZero: (offset, length) => pv.restoreZero(offset, length),
     };
@@ -493,6 +572,13 @@ export class Protection {
     this.groups.clear();
     this.byVolume.clear();
   }
+}
+
+/** Per block: true where `have` and `want` differ (the last block may be short). */
+function differingBlocks(have: Buffer, want: Buffer, bs: number): boolean[] {
+  const out: boolean[] = [];
+  for (let a = 0; a < want.length; a += bs) out.push(!want.subarray(a, a + bs).equals(have.subarray(a, a + bs)));
+  return out;
 }
 
 /** SHA-256 of both images and the first differing offset, 1 MiB at a time. */

@@ -58,6 +58,7 @@ import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
 import { JSON_FORMATS, jsonFormat } from '../util/format-version';
 import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
+import { answerRestore, type RestoreHooks } from './remote-restore';
 
 export interface LinkTlsClient {
   ca: Buffer;
@@ -116,6 +117,8 @@ export interface LinkHooks {
   ) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
   catchUp?: () => Promise<void>;
   position?: (find?: PositionReqMsg['find']) => Promise<{ position: JournalPosition; found: JournalRecordInfo | null }>;
+  /** A production restore the manager runs (remote-restore.ts). */
+  restore?: RestoreHooks;
 }
 
 /**
@@ -546,6 +549,10 @@ export class RemoteLink implements ManagerLink {
         );
         return;
       }
+      case MsgType.RESTORE_REQ:
+      case MsgType.RESTORE_DATA:
+        answerRestore(f, this.hooks.restore, (a) => this.write(sock, encodeJson(MsgType.RESTORE_ANSWER, a)));
+        return;
       default:
         throw new LinkProtocolError(`unexpected frame type ${f.type} from the manager`);
     }

@@ -162,6 +162,27 @@ export class LinkServer implements ConnHost {
     });
   }
 
+  private readonly upListeners: Array<(g: GroupHost) => void> = [];
+  private readonly statusListeners: Array<(g: GroupHost) => void> = [];
+
+  /** Called when a group's intercept connects (e.g. to resume restores it interrupted). */
+  onConnected(cb: (g: GroupHost) => void): void {
+    this.upListeners.push(cb);
+  }
+
+  /** Called on each status report of an intercept. */
+  onStatus(cb: (g: GroupHost) => void): void {
+    this.statusListeners.push(cb);
+  }
+
+  connected(g: GroupHost): void {
+    for (const cb of this.upListeners) cb(g);
+  }
+
+  statusReceived(g: GroupHost): void {
+    for (const cb of this.statusListeners) cb(g);
+  }
+
   noteRefused(peer: string, why: string, g?: GroupHost): void {
     this.refusedTotal++;
     if (g) g.refused++;
