@@ -79,12 +79,16 @@ async function replicaAgrees(t: ExecutionContext, p: Pair, what: string): Promis
   t.true(v.ok, `${what}: replica = production (${v.replicaSha256} / ${v.productionSha256})`);
 }
 
-async function lastRestore(p: Pair): Promise<{ undo: string | null; resumed: boolean; bytesWritten: number }> {
-  const r = await api<{ restores: Array<{ undo: string | null; resumed: boolean; bytesWritten: number }> }>(
-    p.m,
-    'GET',
-    '/v1/volumes/pv/restores',
-  );
+interface Restored {
+  undo: string | null;
+  resumed: boolean;
+  bytesWritten: number;
+  durationMs: number;
+  phases: Record<string, number>;
+}
+
+async function lastRestore(p: Pair): Promise<Restored> {
+  const r = await api<{ restores: Restored[] }>(p.m, 'GET', '/v1/volumes/pv/restores');
   return r.restores.at(-1)!;
 }
 
@@ -96,6 +100,7 @@ test.serial('two roles: restore on the manager makes production the point; its u
   t.is(sha(await readProduction(p)), a, 'production reads as the point restored to');
   await replicaAgrees(t, p, 'after the restore');
   const last = await lastRestore(p);
+  t.log(`restore: ${last.bytesWritten / MiB} MiB rewritten in ${last.durationMs} ms ${JSON.stringify(last.phases)}`);
   t.true(last.bytesWritten > 0);
   t.false(last.resumed);
   // The restore is journaled: it is itself undone by restoring to its undo point.
@@ -108,31 +113,35 @@ test.serial('two roles: restore on the manager makes production the point; its u
 });
 
 for (const victim of ['intercept', 'manager'] as const) {
-  test.serial(`two roles: kill -9 of the ${victim} during a restore; after the restart the volume is exactly the restored image`, async (t) => {
-    const p = await startPair(t, victim === 'intercept' ? 'ki' : 'km');
-    const { point, a, b } = await twoStates(p);
-    let undo = `@seq:${point}`;
-    for (const delay of [0, 400]) {
-      const [to, want, other] = delay === 0 ? [`@seq:${point}`, a, b] : [undo, b, a];
-      const restore = p.m.cli(['restore', 'pv', '--to', to, '--no-progress'], 300_000);
-      // Kill once the intercept holds the volume for the restore, some moment into it.
-      let held = false;
-      for (let i = 0; i < 3000 && !(held = !!(await api(p.i, 'GET', '/v1/volumes/pv')).offline); i++) await sleep(20);
-      await sleep(delay);
-      const d = victim === 'intercept' ? p.i : p.m;
-      await d.kill('SIGKILL');
-      const r = await restore;
-      t.log(`round ${delay}: held seen ${held}; restore exited ${r.code}${r.code ? `: ${r.stderr.trim()}` : ''}`);
-      await d.startProcess();
-      const img = await readWhenOnline(p);
-      t.truthy(img, 'the volume came back online');
-      const h = sha(img!);
-      t.true(h === want || h === other, 'production is one of the two states');
-      t.is(h, want, 'the interrupted restore was finished');
-      const last = await lastRestore(p);
-      if (r.code !== 0) t.true(last.resumed, 'the restore was resumed after the restart');
-      await replicaAgrees(t, p, `round ${delay}`);
-      undo = last.undo!;
-    }
-  });
+  test.serial(
+    `two roles: kill -9 of the ${victim} during a restore; after the restart the volume is exactly the restored image`,
+    async (t) => {
+      const p = await startPair(t, victim === 'intercept' ? 'ki' : 'km');
+      const { point, a, b } = await twoStates(p);
+      let undo = `@seq:${point}`;
+      for (const delay of [0, 400]) {
+        const [to, want, other] = delay === 0 ? [`@seq:${point}`, a, b] : [undo, b, a];
+        const restore = p.m.cli(['restore', 'pv', '--to', to, '--no-progress'], 300_000);
+        // Kill once the intercept holds the volume for the restore, some moment into it.
+        let held = false;
+        for (let i = 0; i < 3000 && !(held = !!(await api(p.i, 'GET', '/v1/volumes/pv')).offline); i++) await sleep(20);
+        await sleep(delay);
+        const d = victim === 'intercept' ? p.i : p.m;
+        await d.kill('SIGKILL');
+        const r = await restore;
+        t.log(`round ${delay}: held seen ${held}; restore exited ${r.code}${r.code ? `: ${r.stderr.trim()}` : ''}`);
+        await d.startProcess();
+        const img = await readWhenOnline(p);
+        t.truthy(img, 'the volume came back online');
+        const h = sha(img!);
+        t.true(h === want || h === other, 'production is one of the two states');
+        t.is(h, want, 'the interrupted restore was finished');
+        const last = await lastRestore(p);
+        if (r.code !== 0) t.true(last.resumed, 'the restore was resumed after the restart');
+        t.log(`round ${delay}: the run that finished rewrote ${(last.bytesWritten / MiB).toFixed(1)} MiB`);
+        await replicaAgrees(t, p, `round ${delay}`);
+        undo = last.undo!;
+      }
+    },
+  );
 }

@@ -274,7 +274,10 @@ export class Protection {
       flush: (id) => held(id).flush(),
       end: async (id) => {
         const pv = vol(id);
-        if (holds.has(id)) await pv.flush();
+        // Not held: nothing to end (and a volume offline for another reason stays so).
+        if (!holds.has(id)) return;
+        await this.recovered;
+        await pv.flush();
         holds.release(id);
         this.exports?.setOffline(pv.name, null);
         this.logger.info({ volume: pv.name }, 'the production restore run by the backup manager ended: the volume is back');

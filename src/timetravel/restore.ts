@@ -171,7 +171,7 @@ export class RestoreService {
           const differs = await target.differing(off, want, bs);
           // Write only the runs of blocks that differ (chunks start on a block).
           const writes: Promise<void>[] = [];
-          for (let b = 0; b < differs.length; ) {
+          for (let b = 0; b < differs.length;) {
             if (!differs[b]) {
               b++;
               continue;
@@ -220,9 +220,11 @@ export class RestoreService {
       // (a rerun after a release would rewrite what hosts wrote since).
       await this.store.putRestoreIntent(null, volume, result);
       done = true;
-      await target.release().catch((err: Error) =>
-        this.host.logger.warn({ volume, err: err.message }, 'restore done; the volume is released when its intercept is reachable'),
-      );
+      await target
+        .release()
+        .catch((err: Error) =>
+          this.host.logger.warn({ volume, err: err.message }, 'restore done; the volume is released when its intercept is reachable'),
+        );
       this.host.logger.info({ ...result, point: result.point.seq }, 'production restore done');
       return result;
     } finally {
