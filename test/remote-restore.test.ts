@@ -14,7 +14,7 @@ import * as crypto from 'node:crypto';
 import { ControlClient } from '../src/control/client';
 import { NbdClient } from '../src/nbd/client';
 import { sleep } from './helpers/daemon';
-import { caughtUp, startPair, type Pair, type RoleDaemon } from './helpers/remote';
+import { caughtUp, startPair, waitFor, type Pair, type RoleDaemon, type VolStatus } from './helpers/remote';
 
 const MiB = 1024 * 1024;
 const SIZE = 96 * MiB;
@@ -110,6 +110,19 @@ test.serial('two roles: restore on the manager makes production the point; its u
   // A restore to where production already is writes nothing.
   const again = await p.m.json<{ bytesWritten: number }>(['restore', 'pv', '--to', last.undo!, '--no-progress']);
   t.is(again.bytesWritten, 0);
+  // On the intercept a restore points to the manager; on the manager it is refused while the intercept is away.
+  const onIntercept = await p.i.cli(['restore', 'pv', '--to', `@seq:${point}`, '--no-progress']);
+  t.not(onIntercept.code, 0);
+  t.regex(onIntercept.stderr, /served by the backup manager/);
+  await p.net.linkDown();
+  await waitFor('the manager to see the link down', async () => (await p.m.json<VolStatus>(['status', 'pv'])).link.state !== 'up', 30_000);
+  const away = await p.m.cli(['restore', 'pv', '--to', `@seq:${point}`, '--no-progress']);
+  t.not(away.code, 0);
+  t.regex(away.stderr, /not connected/);
+  await p.net.linkUp();
+  await caughtUp(p, 'pv');
+  t.falsy((await api(p.i, 'GET', '/v1/volumes/pv')).offline);
+  t.is(sha(await readProduction(p)), b, 'a refused restore is not carried out later');
 });
 
 for (const victim of ['intercept', 'manager'] as const) {

@@ -70,6 +70,13 @@ export function managerTimeTravelHost(
       return `volume ${id}`;
     },
     volumeExists: (n) => base.volumeExists(n) || srv.volumes().some((v) => v.name === n),
+    // Not stored as an intent while the intercept is away: it would roll production back whenever it returns.
+    restoreRefusal: (v) => {
+      const { g } = srv.find(v);
+      return g.conn
+        ? null
+        : `the intercept of group ${g.name} is not connected: a production restore rewrites production there; run it again once the link is up`;
+    },
     disconnect: base.disconnect,
     setOffline: base.setOffline,
     logger: base.logger,

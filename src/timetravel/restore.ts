@@ -101,7 +101,8 @@ export class RestoreService {
       // Never a silent substitute: a point with no image is refused, unless --nearest asked for one (and the result says so).
       const { point, info } = await this.points.resolve(volume, body.to, { nearest: body.nearest });
       // Refused before an intent is stored: a stored one would keep the volume offline.
-      if (this.host.restoreRefusal) throw new UserError('invalid', this.host.restoreRefusal);
+      const refusal = this.host.restoreRefusal?.(volume);
+      if (refusal) throw new UserError('conflict', refusal);
       const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
       await this.store.putRestoreIntent(intent);
       const r = await this.runRestore(intent, progress, false);
@@ -116,7 +117,7 @@ export class RestoreService {
     const volume = intent.volume;
     const ctx = this.host.context(volume);
     const target = ctx.restore;
-    if (!target) throw new UserError('invalid', this.host.restoreRefusal ?? `production of "${volume}" cannot be rewritten from here`);
+    if (!target) throw new UserError('invalid', `production of "${volume}" cannot be rewritten from here`);
     this.host.setOffline(volume, 'a production restore is running');
     const disconnected = await this.host.disconnect(volume);
     if (disconnected) this.host.logger.info({ volume, disconnected }, 'restore: clients disconnected');
