@@ -8,7 +8,10 @@
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
  *
- * Shutdown on SIGTERM, SIGINT or SIGHUP: stop the control API, close the NBD
+ * SIGHUP reloads the TLS certificates (certificates.ts; also when their files
+ * change).
+ *
+ * Shutdown on SIGTERM or SIGINT: stop the control API, close the NBD
  * server (stops accepting, ends every connection), close the shared images,
  * close LMDB, remove the pid and lock files. A second signal, or shutdown
  * taking more than 15 s, exits at once.
@@ -40,12 +43,16 @@ import { Protection } from '../daemon/protection';
 import { TimeTravel } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
-import type { TlsSettings } from '../tls';
+import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
-import { managerRoutes, managerTimeTravelHost } from './manager-role';
+import { managerConsoleSource, managerRoutes, managerTimeTravelHost } from './manager-role';
 import { RemoteRestoreResumer } from './remote-restores';
+import { watchCertificates } from './certificates';
+import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
 import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
+import { JobRegistry } from '../daemon/jobs';
+import { consoleParts, type ConsoleParts } from './console-wiring';
 
 export interface ServeConfig {
   dataDir: string;
@@ -68,7 +75,7 @@ export interface ServeConfig {
    */
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
-  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
+  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
   /** The scrub's schedule and rate (daemon/scrub.ts); default DEFAULT_SCRUB. */
   scrub?: ScrubSettings;
 }
@@ -126,9 +133,16 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
-    private readonly linkServer: LinkServer | null = null,
+    private readonly consoleParts: ConsoleParts,
+    private readonly linkServer: LinkServer | null,
+    private readonly certs: CertReloader,
     private readonly scrub: ScrubService | null = null,
   ) {}
+
+  /** SIGHUP: read every certificate file again (those that are not usable are refused, the old ones stay). */
+  reloadCertificates(reason: string): void {
+    this.certs.reloadAll(reason);
+  }
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
     const layout = dataDirLayout(config.dataDir);
@@ -220,7 +234,8 @@ export class Daemon {
       if (format.found === 1)
         logger.info({ dataDir: layout.dataDir, from: 1, to: DATA_DIR_FORMAT }, 'data directory upgraded to the current format');
       // Retention starts after time travel has re-pinned its views (fading respects pins).
-      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
+      const jobs = new JobRegistry();
+      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }), process.env, jobs);
       cleanups.push(() => retention.stop());
       const ls = linkServer;
       const scrub = new ScrubService(
@@ -230,6 +245,16 @@ export class Daemon {
         (name) => (ls ? ls.find(name).g.name : protection.target(name).group),
       );
       cleanups.push(() => scrub.stop());
+      const consoleBits = consoleParts({
+        dataDir: layout.dataDir,
+        catalog,
+        protection,
+        timeTravel,
+        linkServer,
+        served: config.controlTcp.length > 0,
+        logger: logger.child({ component: 'console' }),
+      });
+      cleanups.push(() => consoleBits.close());
       const RESTORING = 'an interrupted production restore is being finished';
       const restoring = new Set([...timeTravel.restores.pendingRestoreVolumes(), ...protection.heldVolumes()]);
       for (const v of protection.recoveringVolumes())
@@ -256,6 +281,19 @@ export class Daemon {
         endpoints.unix = config.socket;
       }
 
+      const certs = watchCertificates(
+        {
+          nbd,
+          nbdSettings: config.nbd,
+          link:
+            linkServer && config.managerLink
+              ? { server: linkServer, tls: config.managerLink.tls, files: config.managerLink.tlsFiles }
+              : null,
+          protection,
+        },
+        logger.child({ component: 'tls' }),
+      );
+      cleanups.push(() => certs.close());
       const control = new ControlServer({
         version: rewindVersion(),
         dataDir: layout.dataDir,
@@ -268,6 +306,14 @@ export class Daemon {
         endpoints,
         token,
         logger: logger.child({ component: 'control' }),
+        certificates: certs,
+        jobs,
+        console: {
+          assets: consoleBits.assets,
+          timeline: consoleBits.timeline,
+          role: config.role ?? 'single',
+          ...(linkServer ? { source: managerConsoleSource(linkServer, timeTravel, endpoints) } : {}),
+        },
         ...(linkServer ? { extraRoutes: managerRoutes(linkServer, timeTravel) } : {}),
       });
       cleanups.push(() => control.close());
@@ -304,7 +350,21 @@ export class Daemon {
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
       scrub.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer, scrub);
+      return new Daemon(
+        layout,
+        logger,
+        lock,
+        catalog,
+        protection,
+        timeTravel,
+        nbd,
+        control,
+        retention,
+        consoleBits,
+        linkServer,
+        certs,
+        scrub,
+      );
     } catch (err) {
       await cleanup();
       throw err;
@@ -326,11 +386,13 @@ export class Daemon {
         this.logger.error({ err: (err as Error).message }, `shutdown: ${what} failed`);
       }
     };
+    this.certs.close();
     await step('closing control API', () => this.control.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
     await step('stopping the scrub', () => this.scrub?.stop());
+    await step('saving the console state', () => this.consoleParts.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());
@@ -373,6 +435,9 @@ export async function runDaemon(config: ServeConfig, logger: Logger, backend: Im
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    process.on('SIGHUP', onSignal);
+    process.on('SIGHUP', () => {
+      logger.info('SIGHUP: reloading certificates');
+      daemon.reloadCertificates('SIGHUP');
+    });
   });
 }

@@ -23,12 +23,13 @@ import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
 import { UserError } from '../util/errors';
 import { withFaults } from './fault-injection';
-import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
+import { RemoteLink, type LinkTlsClient, type LinkTlsFiles, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
 import { blockDigests, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { RestoreHolds, type RestoreHooks } from '../link/remote-restore';
 import { type Logger } from '../util/logger';
+import { recordCleanStop, takeCleanStop } from './clean-stop';
 import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
 import type { DamageMark } from '../manager/damage';
 import type { StoredScrub } from './scrub';
@@ -39,6 +40,8 @@ export interface RemoteManagerOptions {
   port: number;
   secret: Buffer | null;
   tls: LinkTlsClient | null;
+  /** The files `tls` was read from (reloaded on SIGHUP or change: cert-reload.ts). */
+  tlsFiles?: LinkTlsFiles | null;
   /** Space limit of each group's local pool of LFCs (degraded mode beyond it). */
   poolBytes: number;
   window?: number;
@@ -112,6 +115,18 @@ export class Protection {
     private readonly remote: RemoteManagerOptions | null = null,
   ) {}
 
+  /** The intercept's link TLS files, if it uses TLS (certificate reloads). */
+  get remoteTlsFiles(): LinkTlsFiles | null {
+    return this.remote?.tls ? (this.remote.tlsFiles ?? null) : null;
+  }
+
+  /** Rotated link client certificates: every group's link uses them from its next connection. */
+  setRemoteTls(tls: LinkTlsClient): void {
+    if (!this.remote?.tls) throw new Error('the manager link does not use TLS');
+    this.remote.tls = tls;
+    for (const rt of this.groups.values()) rt.link?.setTls(tls);
+  }
+
   /** Open every group in the catalog: manager recovery first, then the journal, then resync. */
   async start(): Promise<void> {
     for (const g of this.catalog.listGroups()) {
@@ -141,8 +156,16 @@ export class Protection {
     });
     const st = manager.status();
     const link: ManagerLink = { submit: (ref) => manager.submit(ref) };
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
-    const rt: GroupRuntime = { record, manager, journal, volumes: new Map(), pendingRecovery: [] };
+    const rt: GroupRuntime = {
+      record,
+      manager,
+      journal,
+      volumes: new Map(),
+      pendingRecovery: [],
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     // The manager's disk full: the journal stops growing (degraded, state maps only) until the manager has
     // caught up; then a super transaction re-captures what changed, as after a full LFC pool.
@@ -204,9 +227,19 @@ export class Protection {
       logger: log,
     });
     const st = link.committed;
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
     const holds = new RestoreHolds(path.join(dir, 'restore-hold.json'));
-    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link, pendingRecovery: [], holds };
+    const rt: GroupRuntime = {
+      record,
+      manager: null,
+      journal,
+      volumes: new Map(),
+      link,
+      pendingRecovery: [],
+      holds,
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     link.setHooks({
       restore: this.restoreHooks(rt, holds),
@@ -327,7 +360,11 @@ export class Protection {
     rt.volumes.set(v.name, pv);
     this.byVolume.set(v.name, rt);
     // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
-    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) rt.pendingRecovery.push(pv);
+    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
+      // After a clean stop every dirty region is in a container the manager has yet to apply.
+      if (rt.cleanStopSeq !== null) stateMap.adoptLoaded(rt.cleanStopSeq);
+      else rt.pendingRecovery.push(pv);
+    }
     return pv;
   }
 
@@ -560,10 +597,35 @@ export class Protection {
     });
   }
 
+  /**
+   * Stops every group. Called once the NBD server has drained (no write in
+   * flight): images, journal and state maps are synced, the journal sealed
+   * (its containers are handed to the manager, now or at the next start),
+   * and, if nothing was left undone (not degraded, no open super
+   * transaction, no recovery pending), a clean-stop record spares the next
+   * start its crash recovery.
+   */
   async close(): Promise<void> {
     for (const rt of this.groups.values()) {
       rt.resync?.close();
-      await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
+      let synced = rt.pendingRecovery.length === 0;
+      for (const pv of rt.volumes.values()) {
+        await pv.flush().catch((e) => {
+          synced = false;
+          this.logger.error({ volume: pv.name, err: (e as Error).message }, 'flush at stop failed');
+        });
+      }
+      const open = rt.journal.position().open;
+      await rt.journal.close().catch((e) => {
+        synced = false;
+        this.logger.error({ err: (e as Error).message }, 'journal close');
+      });
+      if (synced && open === null && !rt.journal.isDegraded) {
+        const lastSeq = rt.journal.status().lastAppendedSeq;
+        await recordCleanStop(this.groupDir(rt.record.name), lastSeq).catch((e) =>
+          this.logger.error({ err: (e as Error).message }, 'cannot record the clean stop (the next start recovers)'),
+        );
+      }
       await rt.link?.close();
       await rt.manager?.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {

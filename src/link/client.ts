@@ -68,6 +68,40 @@ export interface LinkTlsClient {
   servername?: string;
 }
 
+/** Where the intercept's link TLS files are (DIR/ca-cert.pem, and client-cert.pem + client-key.pem if it has them). */
+export interface LinkTlsFiles {
+  ca: string;
+  cert: string | null;
+  key: string | null;
+  servername?: string;
+}
+
+/** Reads and checks the link client's TLS files; throws naming the file that is missing or unusable. */
+export function readLinkTlsClient(files: LinkTlsFiles): LinkTlsClient {
+  const read = (what: string, f: string) => {
+    try {
+      return fs.readFileSync(f);
+    } catch (err) {
+      throw new Error(`${what} ${f}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const out: LinkTlsClient = { ca: read('link CA certificate', files.ca) };
+  if (files.cert) {
+    out.cert = read('link client certificate', files.cert);
+    out.key = read('link client key', files.key ?? '');
+  }
+  if (files.servername) out.servername = files.servername;
+  try {
+    tls.createSecureContext({ ca: out.ca, cert: out.cert, key: out.key });
+  } catch (err) {
+    throw new Error(
+      `link TLS files (${[files.ca, files.cert, files.key].filter(Boolean).join(', ')}) are not usable: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return out;
+}
+
 export interface RemoteLinkOptions {
   host: string;
   port: number;
@@ -236,6 +270,12 @@ export class RemoteLink implements ManagerLink {
       const req: ReplicaHashesReq = { id, volumeId, offset, length, blockSize };
       this.write(sock, encodeJson(MsgType.REPLICA_HASHES_REQ, req));
     });
+  }
+
+  /** Rotated certificates, used from the next connection on. */
+  setTls(t: LinkTlsClient): void {
+    if (!this.opts.tls) throw new Error('this link does not use TLS');
+    this.opts.tls = t;
   }
 
   /** The group changed (a volume added): reconnect to announce it. */

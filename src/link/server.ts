@@ -23,7 +23,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { BackupManager } from '../manager/backup-manager';
 import { type TransactionRecord } from '../manager/types';
-import { upgradeToTls } from '../tls';
+import { checkTlsSettings, upgradeToTls, type TlsSettings } from '../tls';
 import { UserError } from '../util/errors';
 import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
 import {
@@ -89,6 +89,13 @@ export class LinkServer implements ConnHost {
 
   get log(): Logger {
     return this.opts.logger;
+  }
+
+  /** Rotated certificates, for intercepts that connect from now on (the mode stays). */
+  setTls(settings: TlsSettings): void {
+    if (settings.mode !== this.opts.tls.mode) throw new Error('the link TLS mode cannot change without a restart');
+    checkTlsSettings(settings);
+    this.opts.tls = settings;
   }
 
   /** Opens every group this manager already holds (history stays available while no intercept is connected). */
