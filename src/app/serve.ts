@@ -2,7 +2,8 @@
  * `rewind serve`: the daemon.
  *
  * Start-up: create the data directory (0700) if missing, take the
- * data-directory lock (see lock.ts), write the pid file, make sure the
+ * data-directory lock (see lock.ts), check its format (data-format.ts:
+ * a newer one is refused), write the pid file, make sure the
  * control token exists, open the LMDB catalog, create the `default` volume
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
@@ -34,6 +35,7 @@ import { threadpoolSize } from '../util/threadpool';
 import { rewindVersion } from '../util/version';
 import { DataDirLock } from '../daemon/lock';
 import { dataDirLayout, type DataDirLayout } from '../daemon/paths';
+import { checkDataDir, DATA_DIR_FORMAT, markDataDir } from '../daemon/data-format';
 import { ensureControlToken } from '../daemon/token';
 import { VolumeManager } from '../daemon/volumes';
 import type { ImageBackend } from '../storage/image';
@@ -44,9 +46,11 @@ import type { RemoteManagerOptions } from '../daemon/protection';
 import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerConsoleSource, managerRoutes, managerTimeTravelHost } from './manager-role';
+import { RemoteRestoreResumer } from './remote-restores';
 import { watchCertificates } from './certificates';
 import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
+import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
 import { JobRegistry } from '../daemon/jobs';
 import { consoleParts, type ConsoleParts } from './console-wiring';
 
@@ -72,6 +76,8 @@ export interface ServeConfig {
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
   managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
+  /** The scrub's schedule and rate (daemon/scrub.ts); default DEFAULT_SCRUB. */
+  scrub?: ScrubSettings;
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -130,6 +136,7 @@ export class Daemon {
     private readonly consoleParts: ConsoleParts,
     private readonly linkServer: LinkServer | null,
     private readonly certs: CertReloader,
+    private readonly scrub: ScrubService | null = null,
   ) {}
 
   /** SIGHUP: read every certificate file again (those that are not usable are refused, the old ones stay). */
@@ -160,6 +167,8 @@ export class Daemon {
       }
     };
     try {
+      // Before anything opens a store: a directory written by a newer Rewind is refused, never misread.
+      const format = checkDataDir(layout.dataDir);
       const token = ensureControlToken(layout.tokenFile);
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
@@ -200,6 +209,8 @@ export class Daemon {
         setOffline: (v: string, reason: string | null) => volumes.setOffline(v, reason),
         logger: logger.child({ component: 'timetravel' }),
       };
+      // Intercept role: a restore the remote manager runs takes volumes offline here (held ones at once).
+      protection.setExportControl({ setOffline: hostBase.setOffline, disconnect: hostBase.disconnect });
       const timeTravel = await TimeTravel.open(
         layout.dataDir,
         linkServer
@@ -213,10 +224,27 @@ export class Daemon {
       );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      if (linkServer) {
+        // Manager role: interrupted restores go on whenever their intercept is connected (not once at start-up).
+        const resumer = new RemoteRestoreResumer(linkServer, timeTravel, logger.child({ component: 'timetravel' }));
+        cleanups.push(() => resumer.close());
+      }
+      // Every store has opened (and recorded its own version): the directory is current. Before any listener.
+      await markDataDir(layout.dataDir, format);
+      if (format.found === 1)
+        logger.info({ dataDir: layout.dataDir, from: 1, to: DATA_DIR_FORMAT }, 'data directory upgraded to the current format');
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const jobs = new JobRegistry();
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }), process.env, jobs);
       cleanups.push(() => retention.stop());
+      const ls = linkServer;
+      const scrub = new ScrubService(
+        ls ? () => ls.managers() : () => protection.managers(),
+        config.scrub ?? DEFAULT_SCRUB,
+        logger.child({ component: 'scrub' }),
+        (name) => (ls ? ls.find(name).g.name : protection.target(name).group),
+      );
+      cleanups.push(() => scrub.stop());
       const consoleBits = consoleParts({
         dataDir: layout.dataDir,
         catalog,
@@ -228,7 +256,7 @@ export class Daemon {
       });
       cleanups.push(() => consoleBits.close());
       const RESTORING = 'an interrupted production restore is being finished';
-      const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
+      const restoring = new Set([...timeTravel.restores.pendingRestoreVolumes(), ...protection.heldVolumes()]);
       for (const v of protection.recoveringVolumes())
         volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', {
           recovering: true,
@@ -273,6 +301,7 @@ export class Daemon {
         protection,
         timeTravel,
         retention,
+        scrub,
         nbd,
         endpoints,
         token,
@@ -314,12 +343,28 @@ export class Daemon {
       void (async () => {
         await protection.recover((v, ok) => {
           if (!ok) volumes.setOffline(v, 'crash recovery failed (see the log); restart the daemon to retry');
-          else if (!restoring.has(v)) volumes.setOffline(v, null);
+          // A volume a restore holds stays offline (a hold may also have begun during recovery).
+          else if (!restoring.has(v) && !protection.heldVolumes().includes(v)) volumes.setOffline(v, null);
         });
-        await timeTravel.restores.resumeRestores();
+        if (!linkServer) await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, consoleBits, linkServer, certs);
+      scrub.start();
+      return new Daemon(
+        layout,
+        logger,
+        lock,
+        catalog,
+        protection,
+        timeTravel,
+        nbd,
+        control,
+        retention,
+        consoleBits,
+        linkServer,
+        certs,
+        scrub,
+      );
     } catch (err) {
       await cleanup();
       throw err;
@@ -346,6 +391,7 @@ export class Daemon {
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
+    await step('stopping the scrub', () => this.scrub?.stop());
     await step('saving the console state', () => this.consoleParts.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());

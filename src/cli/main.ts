@@ -30,6 +30,7 @@ import { applyDiff, bisect, checkpoint, diff, mark, markers, schedule, submerge,
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { registerRetention } from './retention-commands';
+import { addScrubServeOptions, registerScrub } from './scrub-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
 import { addLinkServeOptions } from './link-options';
@@ -85,6 +86,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
   addLinkServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+  addScrubServeOptions(program.commands.find((c) => c.name() === 'serve')!);
 
   const volume = program.command('volume').description('manage volumes');
   volume
@@ -396,6 +398,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await bisect(v, cmd.optsWithGlobals());
     });
   registerRetention(program);
+  registerScrub(program);
 
   return program;
 }

@@ -30,6 +30,8 @@ import type { TimeTravel } from '../timetravel/service';
 import { routeTimeTravel } from './timetravel-routes';
 import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
+import type { ScrubService } from '../daemon/scrub';
+import { routeScrub, scrubMetrics } from './scrub-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
 import type { CertStatus } from '../daemon/cert-reload';
@@ -68,6 +70,7 @@ export interface ControlServerOptions {
   protection: Protection;
   timeTravel?: TimeTravel;
   retention?: RetentionService;
+  scrub?: ScrubService;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
@@ -256,6 +259,7 @@ export class ControlServer {
       res.end(text);
       return;
     }
+    if (this.opts.scrub && (await routeScrub(this.opts.scrub, req, res, method, p))) return;
     if (this.opts.extraRoutes && (await this.opts.extraRoutes(req, res, method, p, url))) return;
     if (p === `${API_PREFIX}/volumes`) {
       allow(method, ['GET', 'HEAD', 'POST']);
@@ -472,6 +476,7 @@ export class ControlServer {
         for (const v of volumes.listRecords()) this.set({ volume: v.name }, v.size);
       },
     });
+    if (this.opts.scrub) scrubMetrics(reg, this.opts.scrub);
     const start = Date.now();
     new client.Gauge({
       name: 'rewind_uptime_seconds',

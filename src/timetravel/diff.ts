@@ -196,7 +196,8 @@ export async function readDiffFile(file: string, onRecord?: (offset: number, dat
     await fh.read(h, 0, HEADER, 0);
     if (!h.subarray(0, 8).equals(MAGIC)) throw new DiffFileError(file, 0, 'bad magic');
     if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new DiffFileError(file, 0, 'header checksum mismatch');
-    if (h.readUInt32LE(8) !== 1) throw new DiffFileError(file, 8, `unknown version ${h.readUInt32LE(8)}`);
+    if (h.readUInt32LE(8) !== 1)
+      throw new DiffFileError(file, 8, `format version ${h.readUInt32LE(8)}: written by a newer Rewind (this one reads version 1)`);
     const f = Buffer.alloc(FOOTER);
     await fh.read(f, 0, FOOTER, size - FOOTER);
     if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28))
