@@ -123,6 +123,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
       w.load = Object.assign(new Load(model, rng((o.seed + round * 7919) >>> 0)), { counts: report.load });
       w.load.start(clients, regions, LEDGER_BLOCKS);
     };
+    let opened = 0;
     for (let round = 1; round <= o.rounds; round++) {
       if (o.timeLimitMs !== undefined && Date.now() - t0 > o.timeLimitMs) break;
       w.round = round;
@@ -132,16 +133,16 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
       const ledger = startLedgerWriter(t.ledgerUri(), round, { blocks: LEDGER_BLOCKS, flushEvery: 8 });
       const killAt = Date.now() + 200 + r() * 3500;
       const canRestore = o.mode === 'single' && (o.restoreEvery ?? 8) > 0 && round % (o.restoreEvery ?? 8) === 0;
-      const kinds: Array<() => Promise<void>> = [
-        () => cut(w, true),
-        () => seal(w),
-        () => (canFade ? fade(w) : seal(w)),
-        () => readClone(w, r),
-        () => (t.linkCut ? linkCut(w, r) : cut(w, false)),
-      ];
+      const fadeOrSeal = () => (canFade ? fade(w) : seal(w));
+      const linkOrCut = () => (t.linkCut ? linkCut(w, r) : cut(w, false));
+      // Rounds open with these in turn (restore rounds with the restore), so a few rounds see every kind.
+      const openers = t.linkCut
+        ? [linkOrCut, () => cut(w, true), () => readClone(w, r), fadeOrSeal]
+        : [fadeOrSeal, () => cut(w, true), () => readClone(w, r), () => seal(w)];
       const actions = (async () => {
-        // Each round opens with an action of a kind its number picks (so a few rounds see every kind), then random ones.
-        let next: (() => Promise<void>) | null = canRestore ? () => restore(w, r, () => startLoad(round)) : kinds[round % kinds.length]!;
+        let next: (() => Promise<void>) | null = canRestore
+          ? () => restore(w, r, () => startLoad(round))
+          : openers[opened++ % openers.length]!;
         while (!w.killed) {
           if (!next) {
             await sleep(30 + r() * 300);
@@ -149,9 +150,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
             if (x < 0.3) next = () => cut(w, false);
             else if (x < 0.42) next = () => cut(w, true);
             else if (x < 0.62) next = () => seal(w);
-            else if (x < 0.77) next = kinds[2]!;
+            else if (x < 0.77) next = fadeOrSeal;
             else if (x < 0.87) next = () => readClone(w, r);
-            else next = kinds[4]!;
+            else next = linkOrCut;
           }
           if (w.killed) break;
           try {
