@@ -185,22 +185,29 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
       if (actionFailure) throw actionFailure;
       await w.load.close();
       await t.linkCut?.(false);
-      // Restart, sometimes killing again during start-up recovery.
-      for (const v of victims) {
+      // Restart, sometimes killing again during start-up recovery. The manager first: the
+      // intercept's recovery compares dirty regions with the replica, so it waits for the manager.
+      const tRestart = Date.now();
+      let again = false;
+      for (const v of [...victims].sort((a, b) => (a === 'manager' ? -1 : b === 'manager' ? 1 : 0))) {
         if (r() < 0.15) {
           const starting = t.start(v).catch(() => undefined);
           await sleep(r() * 1500);
           bump(report.killsByPhase, 'recovery');
+          again = true;
           bump(report.killsByVictim, v);
           await t.kill(v);
           await starting;
         }
         await t.start(v);
       }
+      const tCheck = Date.now();
       await checkRound(w, report, round, flushedAt, r, log);
       report.rounds = round;
       log(
-        `round ${round}: kill ${victims.join('+')} during ${ph}; ${w.cuts.length} cuts, ${Object.entries(w.stats)
+        `round ${round}: kill ${victims.join('+')} during ${ph}${again ? ' and in recovery' : ''} (restart ${tCheck - tRestart} ms, checks ${Date.now() - tCheck} ms); ${w.cuts.length} cuts, ${Object.entries(
+          w.stats,
+        )
           .map(([k, v]) => `${k} ${v}`)
           .join(', ')}`,
       );
