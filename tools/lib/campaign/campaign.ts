@@ -129,6 +129,10 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
       w.round = round;
       w.killed = false;
       w.ledgerValid = true;
+      // Nothing kills between rounds: a process gone now died by itself.
+      const procs = await t.processes();
+      const dead = Object.entries(procs).filter(([, st]) => st.startsWith('exited'));
+      if (dead.length) throw new Violation('recovers', `died between rounds: ${JSON.stringify(Object.fromEntries(dead))}`);
       await startLoad(round);
       const ledger = startLedgerWriter(t.ledgerUri(), round, { blocks: LEDGER_BLOCKS, flushEvery: 8 });
       const killAt = Date.now() + 200 + r() * 3500;
@@ -221,7 +225,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
       dir: o.dir,
       seed: o.seed,
     };
-    fs.writeFileSync(path.join(o.dir, 'violation.json'), JSON.stringify({ ...report, logs: t.logs() }, null, 2));
+    const processes = await t.processes().catch((e: Error) => ({ error: e.message }));
+    report.violation.message += ` [processes: ${JSON.stringify(processes)}]`;
+    fs.writeFileSync(path.join(o.dir, 'violation.json'), JSON.stringify({ ...report, processes, logs: t.logs() }, null, 2));
   } finally {
     await w.load.close().catch(() => undefined);
     await t.close().catch(() => undefined);

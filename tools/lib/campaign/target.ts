@@ -52,6 +52,8 @@ export interface Target {
   linkCut?(down: boolean): Promise<void>;
   /** The processes' recent output, for a violation report. */
   logs(): string;
+  /** Each process: running, or how it ended (a death nobody caused is a finding in itself). */
+  processes(): Promise<Record<string, string>>;
   close(): Promise<void>;
 }
 
@@ -88,6 +90,9 @@ class SingleTarget implements Target {
   }
   logs(): string {
     return this.d.logs.slice(-20_000);
+  }
+  async processes(): Promise<Record<string, string>> {
+    return { daemon: this.d.isRunning ? `running (pid ${this.d.pid})` : `exited ${JSON.stringify(await this.d.exited)}` };
   }
   async close(): Promise<void> {
     if (this.d.isRunning) await this.d.kill('SIGKILL');
@@ -144,6 +149,10 @@ class PairTarget implements Target {
   }
   async linkCut(down: boolean): Promise<void> {
     await (down ? this.net.linkDown() : this.net.linkUp());
+  }
+  async processes(): Promise<Record<string, string>> {
+    const one = (d: RoleDaemon) => (d.lastExit ? `exited ${JSON.stringify(d.lastExit)}` : `running (pid ${d.pid})`);
+    return { intercept: one(this.i), manager: one(this.m) };
   }
   logs(): string {
     return `--- intercept\n${this.i.logs.slice(-10_000)}\n--- manager\n${this.m.logs.slice(-10_000)}`;
