@@ -147,7 +147,11 @@ export async function restore(w: World, r: () => number, reconnect: () => Promis
       }
       throw new Error(`restore to seq ${target.seq}: ${res.status} ${JSON.stringify(res.body)}`);
     }
-    const c = await connectRetry(() => w.t.connect());
+    const c = await connectRetry(
+      () => w.t.connect(),
+      180_000,
+      () => w.killed,
+    );
     try {
       const got = await readHashes(c, w.base, w.model.blocks);
       const d = differing(got, target.hashes);

@@ -36,12 +36,18 @@ export async function must(socket: string, method: string, p: string, body?: unk
 }
 
 /** Connects, retrying while the volume is still offline after a restart. */
-export async function connectRetry(open: () => Promise<NbdClient>, timeoutMs = 180_000): Promise<NbdClient> {
+export async function connectRetry(
+  open: () => Promise<NbdClient>,
+  timeoutMs = 180_000,
+  /** True once retrying is pointless (the campaign killed the daemon meanwhile). */
+  cancelled: () => boolean = () => false,
+): Promise<NbdClient> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
       return await open();
     } catch (err) {
+      if (cancelled()) throw err;
       if (Date.now() > deadline)
         throw new Violation('recovers', `no NBD connection within ${timeoutMs / 1000} s: ${(err as Error).message}`);
       await sleep(200);
