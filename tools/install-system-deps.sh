@@ -19,6 +19,7 @@ PACKAGES=(
   busybox-static    # VM test rig initramfs
   cpio              # VM test rig: packs the initramfs (vm-images/build.sh)
   openssl           # test certificates
+  chromium          # the web console's browser tests (driven by playwright-core; never downloaded)
   iproute2          # network namespaces for two-host tests
   util-linux        # mount, losetup
   python3           # node-gyp (npm ci builds the native addon)

@@ -22,6 +22,9 @@ import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/se
 import { allow, HttpError, readJsonObject, sendJson } from '../util/http';
 import { routeTimeTravel } from '../control/timetravel-routes';
 import type { LinkServer } from '../link/server';
+import type { ConsoleProtection, ConsoleSource } from '../control/console-overview';
+import { hostPort, nbdUris, type NbdEndpoints } from '../control/endpoints';
+import { rewindVersion } from '../util/version';
 
 export const RESTORE_NEEDS_SINGLE =
   'production restore is not available on the manager role: it rewrites production through the intercept; run it in the single-process mode (rewind serve without --role), or export the point (rewind export) and copy it back';
@@ -139,6 +142,33 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
       poolLimit: ic?.poolLimit ?? null,
     },
     resync: ic?.resync ?? null,
+  };
+}
+
+/** What the web console shows on the manager: the replicated volumes, their link and lag as the intercept reports them. */
+export function managerConsoleSource(srv: LinkServer, tt: TimeTravel, endpoints: NbdEndpoints): ConsoleSource {
+  const { tcp, unix } = endpoints;
+  return {
+    role: 'manager',
+    version: rewindVersion(),
+    nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
+    volumes: async () =>
+      srv.volumes().map((v) => ({
+        name: v.name,
+        size: v.size,
+        allocatedBytes: null,
+        readOnly: true,
+        kind: 'replica',
+        description: `replica of the intercept's volume (group ${v.group})`,
+        connections: 0,
+        offline: null,
+        uris: { tcp: null, unix: null },
+        protection: { group: v.group, volumeId: v.volumeId },
+      })),
+    protection: async (n) => (await managerVolumeStatus(srv, n)) as unknown as ConsoleProtection,
+    retention: (n) => srv.find(n).g.manager.retention.stored()?.text ?? null,
+    views: () => tt.views.list(),
+    uris: (n) => nbdUris(endpoints, n),
   };
 }
 

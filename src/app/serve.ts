@@ -43,10 +43,12 @@ import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
 import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
-import { managerRoutes, managerTimeTravelHost } from './manager-role';
+import { managerConsoleSource, managerRoutes, managerTimeTravelHost } from './manager-role';
 import { watchCertificates } from './certificates';
 import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
+import { JobRegistry } from '../daemon/jobs';
+import { consoleParts, type ConsoleParts } from './console-wiring';
 
 export interface ServeConfig {
   dataDir: string;
@@ -125,6 +127,7 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
+    private readonly consoleParts: ConsoleParts,
     private readonly linkServer: LinkServer | null,
     private readonly certs: CertReloader,
   ) {}
@@ -211,8 +214,19 @@ export class Daemon {
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
       // Retention starts after time travel has re-pinned its views (fading respects pins).
-      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
+      const jobs = new JobRegistry();
+      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }), process.env, jobs);
       cleanups.push(() => retention.stop());
+      const consoleBits = consoleParts({
+        dataDir: layout.dataDir,
+        catalog,
+        protection,
+        timeTravel,
+        linkServer,
+        served: config.controlTcp.length > 0,
+        logger: logger.child({ component: 'console' }),
+      });
+      cleanups.push(() => consoleBits.close());
       const RESTORING = 'an interrupted production restore is being finished';
       const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
       for (const v of protection.recoveringVolumes())
@@ -264,6 +278,13 @@ export class Daemon {
         token,
         logger: logger.child({ component: 'control' }),
         certificates: certs,
+        jobs,
+        console: {
+          assets: consoleBits.assets,
+          timeline: consoleBits.timeline,
+          role: config.role ?? 'single',
+          ...(linkServer ? { source: managerConsoleSource(linkServer, timeTravel, endpoints) } : {}),
+        },
         ...(linkServer ? { extraRoutes: managerRoutes(linkServer, timeTravel) } : {}),
       });
       cleanups.push(() => control.close());
@@ -298,7 +319,7 @@ export class Daemon {
         await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer, certs);
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, consoleBits, linkServer, certs);
     } catch (err) {
       await cleanup();
       throw err;
@@ -325,6 +346,7 @@ export class Daemon {
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
+    await step('saving the console state', () => this.consoleParts.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());

@@ -280,9 +280,11 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   program
     .command('mark')
-    .description('record a named point (a marker) at the current write; copies nothing')
+    .description('record a named point (a marker) at the current write, or at a past point with --at; copies nothing')
     .argument('<target>', 'a protected volume or a consistency group')
     .argument('<name>', 'marker name')
+    .option('--at <point>', 'name this past point instead (a volume only; crash-consistent, no hooks)')
+    .option('--nearest <side>', `with --at, before or after: ${nearestHelp}`)
     .option('--quiesce-pre <cmd>', 'run before the point is taken; success makes it application-consistent')
     .option('--quiesce-post <cmd>', 'run after the point is taken (always)')
     .option('--timeout <s>', 'hook timeout in seconds (a hook that hangs is killed)', '30')

@@ -33,6 +33,15 @@ import { routeRetention } from './retention-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
 import type { CertStatus } from '../daemon/cert-reload';
+import { tracked, type JobRegistry } from '../daemon/jobs';
+import type { ConsoleAssets } from '../console/assets';
+import { EventHub } from '../console/events';
+import type { TimelineService } from '../console/timeline';
+import { buildLiveState, daemonConsoleSource, type ConsoleSource } from './console-overview';
+import { routeConsole, type ConsoleRouteDeps } from './console-routes';
+import { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
+
+export { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
@@ -52,11 +61,6 @@ export interface NbdServerView {
   connectionCount(exportName?: string): number;
 }
 
-export interface NbdEndpoints {
-  tcp?: { host: string; port: number };
-  unix?: string;
-}
-
 export interface ControlServerOptions {
   version: string;
   dataDir: string;
@@ -72,6 +76,14 @@ export interface ControlServerOptions {
   certificates?: { status(): CertStatus[]; reloadAll(reason: string): CertStatus[] };
   /** Routes tried before the ordinary volume routes (the manager role's replicated volumes). */
   extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL) => Promise<boolean>;
+  /** Long operations report here (GET /v1/jobs): restores, exports, diffs, verifies, fades. */
+  jobs?: JobRegistry;
+  /**
+   * The web console: its static files on the TCP listeners (at /, without
+   * the token), its routes (console-routes.ts) everywhere. `source` defaults
+   * to this daemon's volumes and protection (the manager role brings its own).
+   */
+  console?: { assets: ConsoleAssets | null; timeline: TimelineService; source?: ConsoleSource; role?: ConsoleSource['role'] };
 }
 
 const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group', 'allow']);
@@ -81,8 +93,35 @@ export class ControlServer {
   private readonly startedAt = Date.now();
   readonly registry = new client.Registry();
 
+  private readonly consoleDeps: ConsoleRouteDeps | null = null;
+
   constructor(private readonly opts: ControlServerOptions) {
     this.setupMetrics();
+    if (opts.console && opts.jobs) {
+      const source = opts.console.source ?? this.consoleSource(opts.console.role ?? 'single');
+      const jobs = opts.jobs;
+      this.consoleDeps = {
+        timeline: opts.console.timeline,
+        jobs,
+        source,
+        events: new EventHub(() => buildLiveState(source, jobs), {
+          onError: (err) => opts.logger.warn({ err: err.message }, 'console: live state failed'),
+        }),
+      };
+    }
+  }
+
+  /** What the console shows of this daemon's own volumes. */
+  private consoleSource(role: ConsoleSource['role']): ConsoleSource {
+    const o = this.opts;
+    return daemonConsoleSource({
+      role,
+      version: o.version,
+      endpoints: o.endpoints,
+      volumes: () => Promise.all(o.volumes.listRecords().map((r) => this.view(r))),
+      protection: o.protection,
+      views: () => o.timeTravel?.views.list() ?? [],
+    });
   }
 
   /** Listens on a Unix socket created with mode 0600. */
@@ -111,6 +150,7 @@ export class ControlServer {
   }
 
   async close(): Promise<void> {
+    this.consoleDeps?.events.close();
     await Promise.all(
       this.servers.map(
         ({ server, unixPath }) =>
@@ -145,6 +185,12 @@ export class ControlServer {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse, requireToken: boolean): Promise<void> {
     try {
+      // The console's static files hold no data: served without the token, on TCP listeners only.
+      const assets = this.opts.console?.assets;
+      if (requireToken && assets && (req.method === 'GET' || req.method === 'HEAD')) {
+        const pathname = new URL(req.url ?? '/', 'http://control').pathname;
+        if (assets.serve(req, res, pathname)) return;
+      }
       if (requireToken) {
         const auth = req.headers.authorization;
         const m = auth ? /^Bearer\s+(\S+)\s*$/i.exec(auth) : null;
@@ -223,7 +269,9 @@ export class ControlServer {
       return sendJson(res, 200, { volumes: views });
     }
     if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
-    if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url))) return;
+    if (this.consoleDeps && (await routeConsole(this.consoleDeps, req, res, method, p, url))) return;
+    if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url, this.opts.jobs)))
+      return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
     if (action) {
       let name: string;
@@ -248,15 +296,28 @@ export class ControlServer {
           const limit = url.searchParams.get('limit');
           return sendJson(res, 200, { transactions: prot.log(name, limit ? { limit: Number(limit) } : {}) });
         }
-        case 'verify':
+        case 'verify': {
           allow(method, ['POST']);
-          return sendJson(res, 200, await prot.verify(name, { full: url.searchParams.get('full') === '1' }));
+          const full = url.searchParams.get('full') === '1';
+          const run = tracked(
+            this.opts.jobs,
+            'verify',
+            name,
+            full ? 'full' : '',
+            () => prot.verify(name, { full }),
+            (r) => (r.ok ? 'replica equals production; history checks out' : 'MISMATCH: see the report'),
+          );
+          return sendJson(res, 200, await run(() => undefined));
+        }
       }
     }
     if (p.startsWith(`${API_PREFIX}/volumes/`)) {
+      const rest = p.slice(`${API_PREFIX}/volumes/`.length);
+      // A name never holds a raw "/": anything longer is an endpoint this daemon does not have.
+      if (rest.includes('/')) throw new HttpError(404, `no such endpoint: ${method} ${url.pathname}`);
       let name: string;
       try {
-        name = decodeURIComponent(p.slice(`${API_PREFIX}/volumes/`.length));
+        name = decodeURIComponent(rest);
       } catch {
         throw new HttpError(400, 'malformed volume name in URL');
       }
@@ -421,23 +482,6 @@ export class ControlServer {
       },
     });
   }
-}
-
-export function hostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-/** The host a client should dial for a listener bound to `host`. */
-function dialHost(host: string): string {
-  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
-  if (host === '::') return '::1';
-  return host;
-}
-
-export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | null; unix: string | null } {
-  const tcp = endpoints.tcp ? `nbd://${hostPort(dialHost(endpoints.tcp.host), endpoints.tcp.port)}/${name}` : null;
-  const unix = endpoints.unix ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}` : null;
-  return { tcp, unix };
 }
 
 function flag(value: string | null, name: string): boolean {

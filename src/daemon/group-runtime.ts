@@ -19,6 +19,8 @@ export interface GroupRuntime {
    * (true), or could not be reached in time (false). Asked once per start.
    */
   caughtUp?: Promise<boolean>;
+  /** The last stop was clean, journaled through this seq (clean-stop.ts): no crash recovery. */
+  cleanStopSeq: number | null;
   /** Volumes an unclean stop left with dirty regions: recover() re-captures what differs. */
   pendingRecovery: ProtectedVolume[];
   resyncStarted?: boolean;

@@ -28,6 +28,7 @@ import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
 import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
 import { type Logger } from '../util/logger';
+import { recordCleanStop, takeCleanStop } from './clean-stop';
 import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
@@ -133,8 +134,16 @@ export class Protection {
     });
     const st = manager.status();
     const link: ManagerLink = { submit: (ref) => manager.submit(ref) };
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
-    const rt: GroupRuntime = { record, manager, journal, volumes: new Map(), pendingRecovery: [] };
+    const rt: GroupRuntime = {
+      record,
+      manager,
+      journal,
+      volumes: new Map(),
+      pendingRecovery: [],
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     for (const v of vols) await this.openVolume(rt, v);
     return rt;
@@ -189,8 +198,17 @@ export class Protection {
       logger: log,
     });
     const st = link.committed;
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
-    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link, pendingRecovery: [] };
+    const rt: GroupRuntime = {
+      record,
+      manager: null,
+      journal,
+      volumes: new Map(),
+      link,
+      pendingRecovery: [],
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     link.setHooks({
       status: () => this.interceptStatus(rt),
@@ -253,7 +271,11 @@ export class Protection {
     rt.volumes.set(v.name, pv);
     this.byVolume.set(v.name, rt);
     // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
-    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) rt.pendingRecovery.push(pv);
+    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
+      // After a clean stop every dirty region is in a container the manager has yet to apply.
+      if (rt.cleanStopSeq !== null) stateMap.adoptLoaded(rt.cleanStopSeq);
+      else rt.pendingRecovery.push(pv);
+    }
     return pv;
   }
 
@@ -474,10 +496,35 @@ export class Protection {
     });
   }
 
+  /**
+   * Stops every group. Called once the NBD server has drained (no write in
+   * flight): images, journal and state maps are synced, the journal sealed
+   * (its containers are handed to the manager, now or at the next start),
+   * and, if nothing was left undone (not degraded, no open super
+   * transaction, no recovery pending), a clean-stop record spares the next
+   * start its crash recovery.
+   */
   async close(): Promise<void> {
     for (const rt of this.groups.values()) {
       rt.resync?.close();
-      await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
+      let synced = rt.pendingRecovery.length === 0;
+      for (const pv of rt.volumes.values()) {
+        await pv.flush().catch((e) => {
+          synced = false;
+          this.logger.error({ volume: pv.name, err: (e as Error).message }, 'flush at stop failed');
+        });
+      }
+      const open = rt.journal.position().open;
+      await rt.journal.close().catch((e) => {
+        synced = false;
+        this.logger.error({ err: (e as Error).message }, 'journal close');
+      });
+      if (synced && open === null && !rt.journal.isDegraded) {
+        const lastSeq = rt.journal.status().lastAppendedSeq;
+        await recordCleanStop(this.groupDir(rt.record.name), lastSeq).catch((e) =>
+          this.logger.error({ err: (e as Error).message }, 'cannot record the clean stop (the next start recovers)'),
+        );
+      }
       await rt.link?.close();
       await rt.manager?.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {

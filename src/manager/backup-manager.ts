@@ -586,6 +586,16 @@ export class BackupManager {
     return this.catalog.transactionForSeq(p);
   }
 
+  /** The n of every committed transaction up to `to` (keys only: the console's timeline index syncs on it after a fade). */
+  transactionNumbers(to?: number): number[] {
+    return this.catalog.transactionNumbers(to);
+  }
+
+  /** When this history was created (ms): tells a history apart from an earlier one of the same group name. */
+  createdAt(): number {
+    return this.catalog.config()?.created ?? 0;
+  }
+
   // --- retention (src/manager/retention.ts) -----------------------------------------
 
   private fader: Fader | null = null;

@@ -175,8 +175,14 @@ export class ManagerCatalog {
     return out;
   }
 
+  /** O(1) from the database's statistics (getCount() walks every key: 0.6 s for a million). */
   transactionCount(): number {
-    return this.txns.getCount();
+    return (this.txns.getStats() as { entryCount: number }).entryCount;
+  }
+
+  /** The n of every committed transaction up to `to`, ascending: keys only (a tenth of the cost of reading records). */
+  transactionNumbers(to?: number): number[] {
+    return [...this.txns.getKeys(to === undefined ? {} : { end: to + 1 })];
   }
 
   /** n of the committed transaction whose AILFC holds seq p, if any. */

@@ -215,11 +215,18 @@ export class HistoryReader {
   private buildLastTouch(): void {
     this.lastTouch.clear();
     this.lastTouchReliable = true;
-    for (const rec of this.catalog.transactions()) {
-      const runs = this.catalog.runs(rec.n);
-      // A transaction committed without its runs (an older index): no fast path.
-      if (rec.blocks > 0 && runs.length === 0) this.lastTouchReliable = false;
-      this.noteTouched(rec.n, runs);
+    // In chunks: a million records read at once would be held in memory together (GBs, seconds of GC).
+    const CHUNK = 8192;
+    for (let from = 0; ;) {
+      const recs = this.catalog.transactions({ from, limit: CHUNK });
+      for (const rec of recs) {
+        const runs = this.catalog.runs(rec.n);
+        // A transaction committed without its runs (an older index): no fast path.
+        if (rec.blocks > 0 && runs.length === 0) this.lastTouchReliable = false;
+        this.noteTouched(rec.n, runs);
+      }
+      if (recs.length < CHUNK) break;
+      from = recs[recs.length - 1]!.n + 1;
     }
   }
 

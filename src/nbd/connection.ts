@@ -82,6 +82,8 @@ export class Connection implements Wire, BudgetHolder {
   private held = false;
   private readPaused = false;
   private discMode = false;
+  /** The server is shutting down: requests are refused as they arrive; close once none is in flight. */
+  private stopping = false;
   private corkScheduled = false;
   private inputEnded = false;
   /**
@@ -301,6 +303,39 @@ export class Connection implements Wire, BudgetHolder {
     this.log('debug', { flags: session.flags, size: this.tx.exp.size, structured: session.structured }, 'transmission');
   }
 
+  /**
+   * Server shutdown: a connection still negotiating is closed. In
+   * transmission, the requests in flight finish and are answered; every
+   * request received from now on (those queued behind the in-flight limit
+   * and those still on the wire) is answered NBD_ESHUTDOWN without being
+   * run, as the spec asks; the connection closes once nothing is in flight
+   * (or at the client's NBD_CMD_DISC). Resolves when it is closed.
+   */
+  shutdown(): Promise<void> {
+    if (this.phase === Phase.Handshake) this.destroy();
+    else if (this.phase === Phase.Transmission && !this.discMode) {
+      this.stopping = true;
+      this.tx!.refuseAll();
+      this.updateFlow();
+      this.pumpSafe();
+      if (this.inflight === 0 && !this.discMode) this.softDisconnect();
+    }
+    // Once the last replies are out, drop the socket (a client that keeps its side open must not hold the shutdown).
+    return this.closed().then(
+      () =>
+        new Promise<void>((resolve) => {
+          const sock = this.sock;
+          const done = () => {
+            sock.destroy();
+            resolve();
+          };
+          if (sock.destroyed || sock.writableFinished) return done();
+          sock.once('finish', done);
+          sock.once('close', done);
+        }),
+    );
+  }
+
   softDisconnect(): void {
     this.discMode = true;
     this.rx.clear();
@@ -395,7 +430,8 @@ export class Connection implements Wire, BudgetHolder {
     this.inflight--;
     this.inflightBytes -= bytes;
     this.updateFlow();
-    if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
+    if (this.stopping && this.inflight === 0 && !this.discMode) this.softDisconnect();
+    else if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
     if (this.phase === Phase.Closing) this.maybeFinish();
   }
 
@@ -431,7 +467,10 @@ export class Connection implements Wire, BudgetHolder {
     if (this.phase === Phase.Handshake) {
       over = this.rx.queue.length > HANDSHAKE_BUFFER_MAX || outBacklog > HANDSHAKE_BUFFER_MAX;
     } else if (this.phase === Phase.Transmission) {
-      this.held = this.inflight >= L.maxInflightPerConnection || this.inflightBytes + outBacklog >= L.maxBufferedBytesPerConnection;
+      // Stopping, requests are refused as they arrive, so the in-flight limit must not keep them unread.
+      this.held =
+        (!this.stopping && this.inflight >= L.maxInflightPerConnection) ||
+        this.inflightBytes + outBacklog >= L.maxBufferedBytesPerConnection;
       over = this.held || this.budgetBlocked;
       this.reportFootprint();
     } else return;

@@ -119,18 +119,30 @@ export class NbdServer extends EventEmitter {
     return c ? c.closed() : Promise.resolve();
   }
 
-  /** Stop listening and end every connection. */
-  async close(): Promise<void> {
+  /**
+   * Stop listening and end every connection: gracefully (requests in
+   * flight are served and answered, those only received get NBD_ESHUTDOWN,
+   * as the spec asks of a server shutdown), and after `graceMs` by force.
+   */
+  async close(graceMs = 5000): Promise<void> {
     this.closing = true;
     // A net.Server finishes closing only when its connections are gone, so
     // end the connections (handshaking ones too) before waiting on it.
     const listenersClosed = this.sockets.map((l) => new Promise<void>((r) => l.close(() => r())));
     this.sockets.length = 0;
-    const waits = [...this.conns].map((c) => {
-      c.destroy();
-      return c.closed();
-    });
-    await Promise.all([...waits, ...listenersClosed]);
+    const conns = [...this.conns];
+    const graceful = Promise.all(conns.map((c) => c.shutdown()));
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      graceful.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (late) {
+      this.logger.warn({ connections: this.conns.size, graceMs }, 'connections still busy at shutdown: closing them');
+      for (const c of this.conns) c.destroy();
+    }
+    await Promise.all([...conns.map((c) => c.closed()), ...listenersClosed]);
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
     this.unixPaths.length = 0;
   }

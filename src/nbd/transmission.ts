@@ -28,6 +28,8 @@ export class Transmission {
   private readonly metaChosen: ChosenContext[];
   /** The request at the head of the input holds a budget reservation. */
   private admitted = false;
+  /** Shutting down: every request but DISC is answered NBD_ESHUTDOWN (refuseAll). */
+  private refusing = false;
 
   constructor(
     private readonly wire: Wire,
@@ -101,6 +103,15 @@ export class Transmission {
     return true;
   }
 
+  /**
+   * The server is shutting down: from now on every request but
+   * NBD_CMD_DISC is answered NBD_ESHUTDOWN without being run, as the spec
+   * asks; requests already running finish normally.
+   */
+  refuseAll(): void {
+    this.refusing = true;
+  }
+
   /** A WRITE payload received with receiveInto() is complete. */
   private onPayload(hdr: Buffer, payload: Buffer): void {
     if (!this.wire.inTransmission) return;
@@ -137,6 +148,11 @@ export class Transmission {
     if (type === P.CMD_DISC) {
       this.wire.log('debug', {}, 'soft disconnect requested');
       this.wire.softDisconnect();
+      return;
+    }
+    if (this.refusing) {
+      if (pooled) this.wire.giveBack(payload!);
+      this.replyErrorCookie(hdr, type, P.ESHUTDOWN, 'the server is shutting down');
       return;
     }
 

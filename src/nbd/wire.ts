@@ -84,6 +84,6 @@ export interface Wire {
   /** STARTTLS: upgrade the socket in place; null when the connection ended meanwhile. */
   startTls(): Promise<TlsUpgrade | null>;
   enterTransmission(session: Session): void;
-  /** NBD_CMD_DISC: no more requests; close once those in flight are answered. */
+  /** NBD_CMD_DISC (or a server shutdown): no more requests; close once those in flight are answered. */
   softDisconnect(): void;
 }

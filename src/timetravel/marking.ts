@@ -12,6 +12,7 @@ import type { TimeTravelHost, ViewInfo } from './api';
 import type { VolumeContext } from './ports';
 import type { MarkerStore } from './store';
 import type { ViewService } from './views';
+import type { PointService } from './points';
 
 export class MarkerService {
   private timer: NodeJS.Timeout | null = null;
@@ -25,6 +26,8 @@ export class MarkerService {
     private readonly views: ViewService,
     /** The clock of schedules and marker expiry (tests may shift it). */
     private readonly now: () => number,
+    /** Resolves `at` for a marker placed at a past point. */
+    private readonly points: PointService | null = null,
   ) {}
 
   /** Starts the once-a-second check of schedules and expiry. */
@@ -53,11 +56,15 @@ export class MarkerService {
    * With a pre-hook that succeeds the marker is application-consistent;
    * if it fails or times out (it is killed) the marker is still placed, as
    * crash-consistent, with the reason. The post-hook always runs.
+   *
+   * With `at` (a volume only) the marker names that past point instead, as
+   * `rewind point` resolves it (`nearest` as there): crash-consistent, and
+   * without hooks (nothing can be quiesced in the past).
    */
   async mark(
     target: string,
     name: unknown,
-    opts: { pre?: unknown; post?: unknown; timeout?: unknown; keep?: unknown } = {},
+    opts: { pre?: unknown; post?: unknown; timeout?: unknown; keep?: unknown; at?: unknown; nearest?: unknown } = {},
     auto = false,
   ): Promise<MarkerRecord> {
     const { group, volume, ctx } = this.host.target(target);
@@ -80,6 +87,15 @@ export class MarkerService {
     let keepS: number | null = null;
     if (opts.keep !== undefined && opts.keep !== null)
       keepS = typeof opts.keep === 'number' ? opts.keep : parseDuration(String(opts.keep), 'keep');
+    let past: { seq: number; time: number } | null = null;
+    if (opts.at !== undefined && opts.at !== null) {
+      if (volume === null) throw new UserError('invalid', `a marker at a past point is placed on a volume, not on group ${group}`);
+      if (opts.pre !== undefined || opts.post !== undefined)
+        throw new UserError('invalid', 'a marker at a past point takes no quiesce hooks: nothing can be quiesced in the past');
+      if (!this.points) throw new UserError('invalid', 'markers at a past point are not available here');
+      const info = await this.points.resolveInfo(volume, opts.at, { nearest: opts.nearest });
+      past = { seq: info.seq, time: Date.parse(info.time) };
+    }
     this.ensureMarkerPins(group, ctx);
     const env = { REWIND_MARKER: markerName, REWIND_GROUP: group, REWIND_VOLUME: volume ?? '' };
     let pre: HookResult | null = null;
@@ -95,8 +111,8 @@ export class MarkerService {
     // The intercept's current write as of now (after the pre-hook): asked of
     // the journal itself, across the link on a remote manager, never a
     // status report that may be a second old.
-    const seq = (await ctx.journal.locate(undefined, { fresh: true })).position.seq;
-    const time = this.now();
+    const seq = past ? past.seq : (await ctx.journal.locate(undefined, { fresh: true })).position.seq;
+    const time = past ? past.time : this.now();
     let post: HookResult | null = null;
     if (typeof opts.post === 'string') post = await runHook(opts.post, timeoutS * 1000, env);
     const rec: MarkerRecord = {
@@ -107,7 +123,7 @@ export class MarkerService {
       time,
       kind,
       reason,
-      retainUntil: keepS === null ? null : time + keepS * 1000,
+      retainUntil: keepS === null ? null : (past ? this.now() : time) + keepS * 1000,
       auto,
       hooks: { pre, post },
     };
@@ -115,6 +131,11 @@ export class MarkerService {
       throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
     this.host.logger.info({ marker: markerName, group, seq, kind, reason }, 'marker placed');
     return rec;
+  }
+
+  /** Grows whenever a marker is added or removed (the console caches markers on it). */
+  get version(): number {
+    return this.store.version;
   }
 
   /** Markers of a volume's group (or a group), filtered by name glob, kind and time. */

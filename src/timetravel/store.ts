@@ -173,6 +173,13 @@ export class ViewStore {
 
 /** Markers (pseudosnapshots) and the schedules that place them (markers.ts). */
 export class MarkerStore {
+  private changes = 0;
+
+  /** Grows with every marker added or removed (this process is the only writer): readers cache on it. */
+  get version(): number {
+    return this.changes;
+  }
+
   constructor(
     private readonly root: RootDatabase,
     private readonly markersDb: Database<MarkerRecord, [string, string]>,
@@ -195,6 +202,7 @@ export class MarkerStore {
       void this.markersDb.put([m.group, m.name], m);
       return true;
     });
+    if (ok) this.changes++;
     return ok;
   }
 
@@ -202,6 +210,7 @@ export class MarkerStore {
     await this.root.transaction(() => {
       for (const k of keys) void this.markersDb.remove(k);
     });
+    this.changes++;
   }
 
   schedules(): Schedule[] {
