@@ -2,7 +2,8 @@
  * `rewind serve`: the daemon.
  *
  * Start-up: create the data directory (0700) if missing, take the
- * data-directory lock (see lock.ts), write the pid file, make sure the
+ * data-directory lock (see lock.ts), check its format (data-format.ts:
+ * a newer one is refused), write the pid file, make sure the
  * control token exists, open the LMDB catalog, create the `default` volume
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
@@ -34,6 +35,7 @@ import { threadpoolSize } from '../util/threadpool';
 import { rewindVersion } from '../util/version';
 import { DataDirLock } from '../daemon/lock';
 import { dataDirLayout, type DataDirLayout } from '../daemon/paths';
+import { checkDataDir, DATA_DIR_FORMAT, markDataDir } from '../daemon/data-format';
 import { ensureControlToken } from '../daemon/token';
 import { VolumeManager } from '../daemon/volumes';
 import type { ImageBackend } from '../storage/image';
@@ -44,10 +46,12 @@ import type { RemoteManagerOptions } from '../daemon/protection';
 import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerConsoleSource, managerRoutes, managerTimeTravelHost } from './manager-role';
+import { RemoteRestoreResumer } from './remote-restores';
 import { watchCertificates } from './certificates';
 import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
 import { Archiver } from '../timetravel/archiver';
+import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
 import { JobRegistry } from '../daemon/jobs';
 import { consoleParts, type ConsoleParts } from './console-wiring';
 
@@ -75,6 +79,8 @@ export interface ServeConfig {
   managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
   /** The archive pool: state directory (default <data-dir>/archive), key file, leaf size of a new pool. */
   archive?: { dir?: string; keyFile?: string; leafSize?: number };
+  /** The scrub's schedule and rate (daemon/scrub.ts); default DEFAULT_SCRUB. */
+  scrub?: ScrubSettings;
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -134,6 +140,7 @@ export class Daemon {
     private readonly linkServer: LinkServer | null,
     private readonly certs: CertReloader,
     private readonly archiver: Archiver,
+    private readonly scrub: ScrubService | null = null,
   ) {}
 
   /** SIGHUP: read every certificate file again (those that are not usable are refused, the old ones stay). */
@@ -164,6 +171,8 @@ export class Daemon {
       }
     };
     try {
+      // Before anything opens a store: a directory written by a newer Rewind is refused, never misread.
+      const format = checkDataDir(layout.dataDir);
       const token = ensureControlToken(layout.tokenFile);
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
@@ -204,6 +213,8 @@ export class Daemon {
         setOffline: (v: string, reason: string | null) => volumes.setOffline(v, reason),
         logger: logger.child({ component: 'timetravel' }),
       };
+      // Intercept role: a restore the remote manager runs takes volumes offline here (held ones at once).
+      protection.setExportControl({ setOffline: hostBase.setOffline, disconnect: hostBase.disconnect });
       const ttHost: TimeTravelHost = linkServer
         ? managerTimeTravelHost(linkServer, hostBase)
         : {
@@ -224,10 +235,27 @@ export class Daemon {
       });
       // Closed after time travel (registered first, so it runs last): views read the pool until then.
       cleanups.splice(cleanups.length - 1, 0, () => archiver.close());
+      if (linkServer) {
+        // Manager role: interrupted restores go on whenever their intercept is connected (not once at start-up).
+        const resumer = new RemoteRestoreResumer(linkServer, timeTravel, logger.child({ component: 'timetravel' }));
+        cleanups.push(() => resumer.close());
+      }
+      // Every store has opened (and recorded its own version): the directory is current. Before any listener.
+      await markDataDir(layout.dataDir, format);
+      if (format.found === 1)
+        logger.info({ dataDir: layout.dataDir, from: 1, to: DATA_DIR_FORMAT }, 'data directory upgraded to the current format');
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const jobs = new JobRegistry();
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }), process.env, jobs);
       cleanups.push(() => retention.stop());
+      const ls = linkServer;
+      const scrub = new ScrubService(
+        ls ? () => ls.managers() : () => protection.managers(),
+        config.scrub ?? DEFAULT_SCRUB,
+        logger.child({ component: 'scrub' }),
+        (name) => (ls ? ls.find(name).g.name : protection.target(name).group),
+      );
+      cleanups.push(() => scrub.stop());
       const consoleBits = consoleParts({
         dataDir: layout.dataDir,
         catalog,
@@ -239,7 +267,7 @@ export class Daemon {
       });
       cleanups.push(() => consoleBits.close());
       const RESTORING = 'an interrupted production restore is being finished';
-      const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
+      const restoring = new Set([...timeTravel.restores.pendingRestoreVolumes(), ...protection.heldVolumes()]);
       for (const v of protection.recoveringVolumes())
         volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', {
           recovering: true,
@@ -285,6 +313,7 @@ export class Daemon {
         timeTravel,
         retention,
         archiver,
+        scrub,
         nbd,
         endpoints,
         token,
@@ -326,11 +355,13 @@ export class Daemon {
       void (async () => {
         await protection.recover((v, ok) => {
           if (!ok) volumes.setOffline(v, 'crash recovery failed (see the log); restart the daemon to retry');
-          else if (!restoring.has(v)) volumes.setOffline(v, null);
+          // A volume a restore holds stays offline (a hold may also have begun during recovery).
+          else if (!restoring.has(v) && !protection.heldVolumes().includes(v)) volumes.setOffline(v, null);
         });
-        await timeTravel.restores.resumeRestores();
+        if (!linkServer) await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
+      scrub.start();
       return new Daemon(
         layout,
         logger,
@@ -345,6 +376,7 @@ export class Daemon {
         linkServer,
         certs,
         archiver,
+        scrub,
       );
     } catch (err) {
       await cleanup();
@@ -372,6 +404,7 @@ export class Daemon {
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
+    await step('stopping the scrub', () => this.scrub?.stop());
     await step('saving the console state', () => this.consoleParts.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing the archive pool', () => this.archiver.close());

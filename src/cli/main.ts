@@ -32,6 +32,7 @@ import { CliError, EXIT, type GlobalOptions } from './common';
 import { registerRetention } from './retention-commands';
 import { registerArchive } from './archive-commands';
 import { addArchiveServeOptions } from './archive-options';
+import { addScrubServeOptions, registerScrub } from './scrub-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
 import { addLinkServeOptions } from './link-options';
@@ -88,6 +89,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
   addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
   addLinkServeOptions(program.commands.find((c) => c.name() === 'serve')!);
   addArchiveServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+  addScrubServeOptions(program.commands.find((c) => c.name() === 'serve')!);
 
   const volume = program.command('volume').description('manage volumes');
   volume
@@ -400,6 +402,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   registerRetention(program);
   registerArchive(program);
+  registerScrub(program);
 
   return program;
 }

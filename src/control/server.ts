@@ -33,6 +33,8 @@ import { routeRetention } from './retention-routes';
 import type { Archiver } from '../timetravel/archiver';
 import { routeArchives } from './archive-routes';
 import { registerArchiveMetrics } from './archive-metrics';
+import type { ScrubService } from '../daemon/scrub';
+import { routeScrub, scrubMetrics } from './scrub-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
 import type { CertStatus } from '../daemon/cert-reload';
@@ -72,6 +74,7 @@ export interface ControlServerOptions {
   timeTravel?: TimeTravel;
   retention?: RetentionService;
   archiver?: Archiver;
+  scrub?: ScrubService;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
@@ -260,6 +263,7 @@ export class ControlServer {
       res.end(text);
       return;
     }
+    if (this.opts.scrub && (await routeScrub(this.opts.scrub, req, res, method, p))) return;
     if (this.opts.extraRoutes && (await this.opts.extraRoutes(req, res, method, p, url))) return;
     if (p === `${API_PREFIX}/volumes`) {
       allow(method, ['GET', 'HEAD', 'POST']);
@@ -479,6 +483,7 @@ export class ControlServer {
     });
     const archiver = this.opts.archiver;
     if (archiver) registerArchiveMetrics(reg, () => archiver.stats());
+    if (this.opts.scrub) scrubMetrics(reg, this.opts.scrub);
     const start = Date.now();
     new client.Gauge({
       name: 'rewind_uptime_seconds',

@@ -3,6 +3,7 @@ import type { GroupRecord } from '../catalog/catalog';
 import type { GroupJournal } from '../journal/group-journal';
 import type { ProtectedVolume } from '../journal/protected-volume';
 import type { RemoteLink } from '../link/client';
+import type { RestoreHolds } from '../link/remote-restore';
 import type { ResyncController } from '../link/resync';
 import type { BackupManager } from '../manager/backup-manager';
 
@@ -13,6 +14,8 @@ export interface GroupRuntime {
   journal: GroupJournal;
   volumes: Map<string, ProtectedVolume>;
   link?: RemoteLink;
+  /** Intercept role: volumes a restore run by the manager holds offline. */
+  holds?: RestoreHolds;
   resync?: ResyncController;
   /**
    * Crash recovery: the manager has applied every container that survived

@@ -34,8 +34,25 @@ export class MarkerService {
 
   /** Starts the once-a-second check of schedules and expiry. */
   start(): void {
+    this.pinAllGroups();
     this.timer = setInterval(() => void this.tick(), 1000);
     this.timer.unref();
+  }
+
+  /**
+   * Existing markers pin from the start: after a restart, retention may run
+   * before any new marker is placed (the crash campaign found a fade merging
+   * a marked point away exactly so).
+   */
+  private pinAllGroups(): void {
+    for (const group of new Set(this.store.markers().map((m) => m.group))) {
+      if (this.pinSourcesAdded.has(group)) continue;
+      try {
+        this.ensureMarkerPins(group, this.host.target(group).ctx);
+      } catch {
+        // The group is not open (yet): the next tick tries again.
+      }
+    }
   }
 
   /** Markers pin their points, resolved when retention asks (one source per group). */
@@ -210,6 +227,7 @@ export class MarkerService {
     if (this.ticking) return;
     this.ticking = true;
     try {
+      this.pinAllGroups();
       const now = this.now();
       for (const s of this.store.schedules()) {
         const due = dueRules(s, now);
