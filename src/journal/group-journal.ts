@@ -33,7 +33,7 @@
  *   writes never journaled (seqs from fromSeq on). Both states are kept in
  *   <dir>/super.json so a restart resumes them.
  *
- * Longer than most files (about 800 lines), on purpose: seq reservation,
+ * Longer than most files (about 850 lines), on purpose: seq reservation,
  * ordered appends, sealing, the pool and degraded mode with its super
  * transactions change one state together and are read together. Crash
  * recovery of the directory is in recover.ts.

@@ -17,7 +17,7 @@
  * - A connection from which nothing arrives for DEAD_AFTER_MS (pings flow
  *   every second both ways) is dropped: a cut cable sends no RST.
  *
- * About 650 lines: the connection state machine, the send pump and the
+ * About 700 lines: the connection state machine, the send pump and the
  * requests answered for the manager share the socket's life cycle.
  */
 import * as fs from 'node:fs';

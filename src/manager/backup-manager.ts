@@ -44,7 +44,8 @@
  *     so finishing it is equally right.)
  * Stray files of committed transactions are harmless (tmp ones are removed).
  *
- * About 700 lines: the apply pipeline and its crash recovery are one
+ * About 750 lines: the apply pipeline, its crash recovery and the retry of a
+ * container that failed for space are one
  * ordered state machine. The read side is history.ts, verification
  * verify-history.ts, the history copy history-copy.ts.
  */
