@@ -1,5 +1,6 @@
 {
   "variables": {
+    "rewind_have_zstd%": "<!(node -p \"require('fs').existsSync('/usr/include/zstd.h') ? 1 : 0\")",
     "have_uring": "<!(test -f /usr/include/liburing.h && echo 1 || echo 0)"
   },
   "targets": [
@@ -8,7 +9,8 @@
       "sources": [
         "addon/errors.cc",
         "addon/io_ring.cc",
-        "addon/rewind_native.cc"
+        "addon/rewind_native.cc",
+        "addon/zstd.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"
@@ -23,6 +25,10 @@
       "cflags_cc!": [ "-fno-exceptions", "-std=gnu++17", "-std=gnu++20" ],
       "cflags_cc": [ "-std=gnu++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter" ],
       "conditions": [
+        [ "rewind_have_zstd==1", {
+          "defines": [ "REWIND_HAVE_ZSTD" ],
+          "libraries": [ "-lzstd" ]
+        } ],
         [ "have_uring==1", {
           "defines": [ "REWIND_HAVE_URING" ],
           "libraries": [ "-luring" ]

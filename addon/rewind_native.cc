@@ -22,6 +22,8 @@
 //                                                 a disk; the caller then
 //                                                 uses the threadpool.
 //
+//   zstdCompress / zstdDecompress (+Sync)     -> see zstd.cc (libzstd)
+//
 // Failures become JS Errors with `.code` (errno name), `.errno` (positive
 // number) and `.syscall`; asynchronous functions reject instead of throwing,
 // argument errors included. Nothing here aborts the process.
@@ -53,6 +55,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "zstd.h"
 
 namespace rwnative {
 void InitIoRing(Napi::Env env, Napi::Object exports);
@@ -540,6 +543,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer, "alignedBuffer"));
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
+  RegisterZstd(env, exports);
   InitIoRing(env, exports);
   return exports;
 }

@@ -40,7 +40,7 @@ import { ensureControlToken } from '../daemon/token';
 import { VolumeManager } from '../daemon/volumes';
 import type { ImageBackend } from '../storage/image';
 import { Protection } from '../daemon/protection';
-import { TimeTravel } from '../timetravel/service';
+import { TimeTravel, type TimeTravelHost } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
 import type { TlsFiles, TlsSettings } from '../tls';
@@ -50,6 +50,7 @@ import { RemoteRestoreResumer } from './remote-restores';
 import { watchCertificates } from './certificates';
 import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
+import { Archiver } from '../timetravel/archiver';
 import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
 import { JobRegistry } from '../daemon/jobs';
 import { consoleParts, type ConsoleParts } from './console-wiring';
@@ -76,6 +77,8 @@ export interface ServeConfig {
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
   managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
+  /** The archive pool: state directory (default <data-dir>/archive), key file, leaf size of a new pool. */
+  archive?: { dir?: string; keyFile?: string; leafSize?: number };
   /** The scrub's schedule and rate (daemon/scrub.ts); default DEFAULT_SCRUB. */
   scrub?: ScrubSettings;
 }
@@ -136,6 +139,7 @@ export class Daemon {
     private readonly consoleParts: ConsoleParts,
     private readonly linkServer: LinkServer | null,
     private readonly certs: CertReloader,
+    private readonly archiver: Archiver,
     private readonly scrub: ScrubService | null = null,
   ) {}
 
@@ -211,19 +215,26 @@ export class Daemon {
       };
       // Intercept role: a restore the remote manager runs takes volumes offline here (held ones at once).
       protection.setExportControl({ setOffline: hostBase.setOffline, disconnect: hostBase.disconnect });
-      const timeTravel = await TimeTravel.open(
-        layout.dataDir,
-        linkServer
-          ? managerTimeTravelHost(linkServer, hostBase)
-          : {
-              context: (v) => protection.context(v),
-              target: (n) => protection.target(n),
-              volumeName: (g, id) => protection.volumeName(g, id),
-              ...hostBase,
-            },
-      );
+      const ttHost: TimeTravelHost = linkServer
+        ? managerTimeTravelHost(linkServer, hostBase)
+        : {
+            context: (v) => protection.context(v),
+            target: (n) => protection.target(n),
+            volumeName: (g, id) => protection.volumeName(g, id),
+            ...hostBase,
+          };
+      const timeTravel = await TimeTravel.open(layout.dataDir, ttHost);
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      const archiver = await Archiver.open(timeTravel, {
+        dir: config.archive?.dir ?? path.join(layout.dataDir, 'archive'),
+        ...(config.archive?.keyFile ? { keyFile: config.archive.keyFile } : {}),
+        ...(config.archive?.leafSize ? { leafSize: config.archive.leafSize } : {}),
+        host: ttHost,
+        groupVolumes: (g) => protection.groupVolumes(g),
+      });
+      // Closed after time travel (registered first, so it runs last): views read the pool until then.
+      cleanups.splice(cleanups.length - 1, 0, () => archiver.close());
       if (linkServer) {
         // Manager role: interrupted restores go on whenever their intercept is connected (not once at start-up).
         const resumer = new RemoteRestoreResumer(linkServer, timeTravel, logger.child({ component: 'timetravel' }));
@@ -301,6 +312,7 @@ export class Daemon {
         protection,
         timeTravel,
         retention,
+        archiver,
         scrub,
         nbd,
         endpoints,
@@ -363,6 +375,7 @@ export class Daemon {
         consoleBits,
         linkServer,
         certs,
+        archiver,
         scrub,
       );
     } catch (err) {
@@ -394,6 +407,7 @@ export class Daemon {
     await step('stopping the scrub', () => this.scrub?.stop());
     await step('saving the console state', () => this.consoleParts.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
+    await step('closing the archive pool', () => this.archiver.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());
     await step('closing catalog', () => this.catalog.close());

@@ -30,6 +30,8 @@ import { applyDiff, bisect, checkpoint, diff, mark, markers, schedule, submerge,
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { registerRetention } from './retention-commands';
+import { registerArchive } from './archive-commands';
+import { addArchiveServeOptions } from './archive-options';
 import { addScrubServeOptions, registerScrub } from './scrub-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
@@ -86,6 +88,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
   addLinkServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+  addArchiveServeOptions(program.commands.find((c) => c.name() === 'serve')!);
   addScrubServeOptions(program.commands.find((c) => c.name() === 'serve')!);
 
   const volume = program.command('volume').description('manage volumes');
@@ -398,6 +401,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await bisect(v, cmd.optsWithGlobals());
     });
   registerRetention(program);
+  registerArchive(program);
   registerScrub(program);
 
   return program;

@@ -18,12 +18,13 @@ import { AddressError, parseHostPort, type HostPort } from '../util/address';
 import { parseVolumeSize, SizeError } from '../util/size';
 import { CliError, EXIT, resolveDataDir, type GlobalOptions } from './common';
 import { applyLinkOptions, type LinkServeOptions } from './link-options';
+import { applyArchiveOptions, type ArchiveServeOptions } from './archive-options';
 import { applyScrubOptions, type ScrubServeOptions } from './scrub-commands';
 
 /** TLS and limit flags: the NBD settings, as commander hands them over (strings). */
 type NbdSettingFlags = { [K in keyof NbdSettingsInput]: Extract<NbdSettingsInput[K], string | boolean | undefined> };
 
-export interface ServeOptions extends GlobalOptions, LinkServeOptions, ScrubServeOptions, NbdSettingFlags {
+export interface ServeOptions extends GlobalOptions, LinkServeOptions, ArchiveServeOptions, ScrubServeOptions, NbdSettingFlags {
   listen: string;
   socket?: string;
   defaultSize: string;
@@ -101,6 +102,7 @@ export function buildServeConfig(o: ServeOptions): { config: ServeConfig; logLev
     nbd: buildNbdSettings(o, dataDir),
   };
   applyLinkOptions(o, config, o.listen !== DEFAULT_LISTEN);
+  applyArchiveOptions(o, config);
   applyScrubOptions(o, config);
   return logFile === undefined ? { config, logLevel: o.logLevel } : { config, logLevel: o.logLevel, logFile };
 }

@@ -148,7 +148,7 @@ export function parseRange(text: string): { offset: number; length: number } {
   }
 }
 
-function progressBar(label: string): { update(p: { phase: string; done: number; total: number }): void; stop(): void } {
+export function progressBar(label: string): { update(p: { phase: string; done: number; total: number }): void; stop(): void } {
   const tty = process.stderr.isTTY === true;
   const bar = new cliProgress.SingleBar(
     {
@@ -180,7 +180,12 @@ function progressBar(label: string): { update(p: { phase: string; done: number; 
 }
 
 /** POSTs a long operation, showing its NDJSON progress as a bar (unless --no-progress or --json). */
-async function withProgress<T>(o: GlobalOptions & Json & { progress?: boolean }, label: string, url: string, body: unknown): Promise<T> {
+export async function withProgress<T>(
+  o: GlobalOptions & Json & { progress?: boolean },
+  label: string,
+  url: string,
+  body: unknown,
+): Promise<T> {
   const bar = o.progress === false || o.json ? null : progressBar(label);
   try {
     return await makeClient(o, { waitsForManager: true }).streamJson<T>('POST', url, body, (line) => {

@@ -30,6 +30,9 @@ import type { TimeTravel } from '../timetravel/service';
 import { routeTimeTravel } from './timetravel-routes';
 import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
+import type { Archiver } from '../timetravel/archiver';
+import { routeArchives } from './archive-routes';
+import { registerArchiveMetrics } from './archive-metrics';
 import type { ScrubService } from '../daemon/scrub';
 import { routeScrub, scrubMetrics } from './scrub-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
@@ -70,6 +73,7 @@ export interface ControlServerOptions {
   protection: Protection;
   timeTravel?: TimeTravel;
   retention?: RetentionService;
+  archiver?: Archiver;
   scrub?: ScrubService;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
@@ -274,6 +278,7 @@ export class ControlServer {
     }
     if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
     if (this.consoleDeps && (await routeConsole(this.consoleDeps, req, res, method, p, url))) return;
+    if (this.opts.archiver && (await routeArchives(this.opts.archiver, req, res, method, p, this.opts.jobs))) return;
     if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url, this.opts.jobs)))
       return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
@@ -476,6 +481,8 @@ export class ControlServer {
         for (const v of volumes.listRecords()) this.set({ volume: v.name }, v.size);
       },
     });
+    const archiver = this.opts.archiver;
+    if (archiver) registerArchiveMetrics(reg, () => archiver.stats());
     if (this.opts.scrub) scrubMetrics(reg, this.opts.scrub);
     const start = Date.now();
     new client.Gauge({

@@ -49,7 +49,7 @@ function only(body: Record<string, unknown>, fields: string[]): void {
 }
 
 /** Runs a long operation, streaming progress as NDJSON if the client asked for it. */
-async function streamed<T>(
+export async function streamed<T>(
   req: http.IncomingMessage,
   res: http.ServerResponse,
   run: (progress: (p: Progress) => void) => Promise<T>,

@@ -441,6 +441,11 @@ export class Protection {
     return { group: name, volume: null, ctx: this.context(first) };
   }
 
+  /** The volumes of a consistency group, by name (empty if there is no such group). */
+  groupVolumes(group: string): string[] {
+    return [...(this.groups.get(group)?.volumes.keys() ?? [])];
+  }
+
   /** Name of volume `volumeId` of a group (for messages). */
   volumeName(group: string, volumeId: number): string {
     const rt = this.groups.get(group);

@@ -67,6 +67,12 @@ interface RawAddon {
   preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   peerCredentials(fd: number): PeerCredentials;
+  zstdCompressSync(src: Buffer, level: number): Buffer;
+  zstdDecompressSync(src: Buffer, size: number): Buffer;
+  zstdCompress(src: Buffer, level: number): Promise<Buffer>;
+  zstdDecompress(src: Buffer, size: number): Promise<Buffer>;
+  zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]>;
+  zstdVersion: string;
   linux: boolean;
 }
 
@@ -241,6 +247,43 @@ export function pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length:
 /** getsockopt(SO_PEERCRED) on a connected Unix socket's fd. Throws if fd is not one. */
 export function peerCredentials(fd: number): PeerCredentials {
   return loadNative().peerCredentials(fd);
+}
+
+/**
+ * zstd (the system libzstd linked into the addon; src/archive compresses
+ * chunks with it). One frame per call. Errors carry code 'ERR_ZSTD', or
+ * 'ERR_ZSTD_UNAVAILABLE' when the addon was built without libzstd-dev.
+ * Decompression takes the exact raw size and fails on any other, so a
+ * hostile frame cannot make it allocate more.
+ */
+export function zstdCompressSync(src: Buffer, level: number): Buffer {
+  return loadNative().zstdCompressSync(src, level);
+}
+
+export function zstdDecompressSync(src: Buffer, size: number): Buffer {
+  return loadNative().zstdDecompressSync(src, size);
+}
+
+/** zstdCompressSync on the libuv threadpool (the input must not change until it settles). */
+export function zstdCompress(src: Buffer, level: number): Promise<Buffer> {
+  return rejectWith(() => loadNative().zstdCompress(src, level));
+}
+
+export function zstdDecompress(src: Buffer, size: number): Promise<Buffer> {
+  return rejectWith(() => loadNative().zstdDecompress(src, size));
+}
+
+/**
+ * zstdCompressSync of each buffer, in ONE threadpool job: a round trip to
+ * the threadpool can cost as much as compressing a 64 KiB chunk.
+ */
+export function zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]> {
+  return rejectWith(() => loadNative().zstdCompressBatch(srcs, level));
+}
+
+/** The linked libzstd's version, or '' when the addon has no zstd. */
+export function zstdVersion(): string {
+  return loadNative().zstdVersion;
 }
 
 export function isNotSupported(err: unknown): boolean {

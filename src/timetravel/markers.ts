@@ -93,6 +93,8 @@ export interface ScheduleRule {
   pre: string | null;
   post: string | null;
   timeout: number;
+  /** Also archive each marker it places into the archive pool (archive=yes). Absent in rules saved before. */
+  archive?: boolean;
 }
 
 export interface Schedule {
@@ -177,8 +179,12 @@ export function parseRule(text: string): ScheduleRule {
       case 'timeout':
         rule.timeout = parseDuration(value, `rule "${text}": timeout`);
         break;
+      case 'archive':
+        if (!/^(yes|no|true|false)$/i.test(value)) throw new UserError('invalid', `rule "${text}": archive must be yes or no`);
+        rule.archive = /^(yes|true)$/i.test(value);
+        break;
       default:
-        throw new UserError('invalid', `rule "${text}": unknown key "${key}" (every, hours, days, keep, pre, post, timeout)`);
+        throw new UserError('invalid', `rule "${text}": unknown key "${key}" (every, hours, days, keep, pre, post, timeout, archive)`);
     }
   }
   if (!rule.every) throw new UserError('invalid', `rule "${text}": every=DURATION is required`);

@@ -19,6 +19,8 @@ export class MarkerService {
   private ticking = false;
   private lastSweep = 0;
   private readonly pinSourcesAdded = new Set<string>();
+  /** Called after a scheduled marker is placed by a rule with archive=yes (set by the archiver). */
+  onScheduledArchive: ((volume: string, marker: MarkerRecord) => Promise<void>) | null = null;
 
   constructor(
     private readonly host: TimeTravelHost,
@@ -241,12 +243,19 @@ export class MarkerService {
         try {
           const { group } = this.host.target(s.volume);
           for (let i = 2; this.store.marker(group, name); i++) name = `auto-${stamp}-${i}`;
-          await this.mark(
+          const m = await this.mark(
             s.volume,
             name,
             { pre: hooked?.pre ?? undefined, post: hooked?.post ?? undefined, timeout: hooked?.timeout, keep },
             true,
           );
+          // Archived in the background: a long archive must not hold up other schedules.
+          const archive = this.onScheduledArchive;
+          if (archive && rules.some((r) => r.archive)) {
+            archive(s.volume, m).catch((err: unknown) =>
+              this.host.logger.warn({ volume: s.volume, marker: name, err: (err as Error).message }, 'scheduled archive failed'),
+            );
+          }
         } catch (err) {
           this.host.logger.warn({ volume: s.volume, err: (err as Error).message }, 'scheduled marker failed');
         }

@@ -29,6 +29,10 @@ export class PointService {
     };
   }
 
+  context(volume: string): VolumeContext {
+    return this.host.context(volume);
+  }
+
   specOf(ctx: VolumeContext, at: unknown): PointSpec {
     const spec = parsePoint(at);
     if (spec.kind !== 'marker') return spec;

@@ -15,6 +15,8 @@ import type { PointService } from './points';
 import type { VolumeContext } from './ports';
 import type { ViewService } from './views';
 import { pinPoint } from './view-records';
+import { archivePointName } from './archive-image';
+import { archiveDiff, openPoint } from './archive-points';
 
 /** Export reads and writes at most this much at once. */
 const EXPORT_CHUNK = 1 << 20;
@@ -69,6 +71,8 @@ export class HistoryQueries {
       throw new UserError('invalid', 'out must be an absolute file path');
     if (typeof body.out === 'string' && fs.existsSync(body.out))
       throw new UserError('conflict', `${body.out} already exists; choose a new file name`);
+    if (archivePointName(body.from) !== null || archivePointName(body.to) !== null)
+      return archiveDiff(this.points, this.views, volume, body, progress);
     const { a, b, ctx } = await this.twoPoints(volume, body.from, body.to, ['--from', '--to'], body.nearest);
     const holder = `diff:${process.hrtime.bigint()}`;
     pinPoint(ctx.history, holder, a);
@@ -149,12 +153,9 @@ export class HistoryQueries {
     if (typeof out !== 'string' || !path.isAbsolute(out)) throw new UserError('invalid', 'out must be an absolute file path');
     if (fs.existsSync(out)) throw new UserError('conflict', `${out} already exists; choose a new file name`);
     if (!fs.existsSync(path.dirname(out))) throw new UserError('invalid', `directory ${path.dirname(out)} does not exist`);
-    const { point, info, ctx } = await this.points.resolve(volume, at, opts);
-    const holder = `export:${process.hrtime.bigint()}`;
-    pinPoint(ctx.history, holder, point);
+    const { img, info, ctx, release } = await openPoint(this.points, this.views, volume, at, 'export', opts);
     const tmp = `${out}.partial`;
     try {
-      const img = await PointImage.open(ctx.history, ctx.volumeId, ctx.size, point);
       const fh = await fs.promises.open(tmp, 'w', 0o600);
       let dataBytes = 0;
       try {
@@ -190,7 +191,7 @@ export class HistoryQueries {
       await fs.promises.rm(tmp, { force: true });
       throw err;
     } finally {
-      ctx.history.pins.unpin(holder);
+      release();
     }
   }
 }

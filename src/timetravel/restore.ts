@@ -8,8 +8,9 @@
  */
 import { UserError } from '../util/errors';
 import { isZero } from '../util/zero';
-import { resolvePoint } from './point';
-import { PointImage } from './point-image';
+import { resolvePoint, type ResolvedPoint } from './point';
+import { PointImage, type ImageSource } from './point-image';
+import { archivePointInfo, archivePointName, archiveResolved, checkArchiveSize, type ArchiveImage } from './archive-image';
 import type { Progress, RestoreIntent, RestoreResult, TimeTravelHost } from './api';
 import type { PointService } from './points';
 import type { RestoreStore } from './store';
@@ -99,14 +100,34 @@ export class RestoreService {
     this.restoring.add(volume);
     try {
       // Never a silent substitute: a point with no image is refused, unless --nearest asked for one (and the result says so).
-      const { point, info } = await this.points.resolve(volume, body.to, { nearest: body.nearest });
+      const archive = archivePointName(body.to);
+      let seq: number;
+      let info: { substituted?: unknown } = {};
+      if (archive !== null) {
+        const ref = this.views.archiveImages().ref(archive, volume);
+        checkArchiveSize(ref, ctx.size);
+        seq = ref.seq ?? 0;
+      } else {
+        const r = await this.points.resolve(volume, body.to, { nearest: body.nearest });
+        seq = r.point.seq;
+        info = r.info;
+      }
       // Refused before an intent is stored: a stored one would keep the volume offline.
       const refusal = this.host.restoreRefusal?.(volume);
       if (refusal) throw new UserError('conflict', refusal);
-      const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
+      const intent: RestoreIntent = {
+        volume,
+        seq,
+        ranges,
+        undoSeq: null,
+        started: new Date().toISOString(),
+        ...(archive !== null ? { archive } : {}),
+      };
       await this.store.putRestoreIntent(intent);
       const r = await this.runRestore(intent, progress, false);
-      return info.substituted ? { ...r, point: { ...r.point, substituted: info.substituted } } : r;
+      return info.substituted
+        ? { ...r, point: { ...r.point, substituted: info.substituted as NonNullable<RestoreResult['point']['substituted']> } }
+        : r;
     } finally {
       this.restoring.delete(volume);
     }
@@ -122,6 +143,7 @@ export class RestoreService {
     const disconnected = await this.host.disconnect(volume);
     if (disconnected) this.host.logger.info({ volume, disconnected }, 'restore: clients disconnected');
     const holder = `restore:${volume}`;
+    let archiveImg: ArchiveImage | null = null;
     let done = false;
     try {
       await target.hold();
@@ -135,16 +157,27 @@ export class RestoreService {
       await ctx.journal.catchUp();
       const before = ctx.history.status().lastContainer;
       const tCaughtUp = Date.now();
-      const point = await resolvePoint(ctx.history, { kind: 'seq', seq: intent.seq, text: `@seq:${intent.seq}` });
-      pinPoint(ctx.history, holder, point);
+      const bs = ctx.history.blockSize;
+      let point: ResolvedPoint;
+      let img: ImageSource;
+      let changed: Array<{ start: number; count: number }>;
+      if (intent.archive) {
+        // The journal may not reach back to an archived point: every block is compared.
+        point = archiveResolved(this.views.archiveImages().ref(intent.archive, volume), ctx.volumeId);
+        archiveImg = this.views.archiveImages().open(intent.archive, volume, bs);
+        img = archiveImg;
+        changed = [{ start: 0, count: Math.ceil(ctx.size / bs) }];
+      } else {
+        point = await resolvePoint(ctx.history, { kind: 'seq', seq: intent.seq, text: `@seq:${intent.seq}` });
+        pinPoint(ctx.history, holder, point);
+        img = await PointImage.open(ctx.history, ctx.volumeId, ctx.size, point);
+        // Byte ranges to rewrite: blocks changed since the point, within the requested ranges.
+        changed = ctx.history.changedSince(ctx.volumeId, point.overlay ?? point.k);
+      }
       if (intent.undoSeq === null) {
         intent.undoSeq = ctx.history.status().lastSeq;
         await this.store.putRestoreIntent(intent);
       }
-      const img = await PointImage.open(ctx.history, ctx.volumeId, ctx.size, point);
-      const bs = ctx.history.blockSize;
-      // Byte ranges to rewrite: blocks changed since the point, within the requested ranges.
-      const changed = ctx.history.changedSince(ctx.volumeId, point.overlay ?? point.k);
       let pieces: Array<{ offset: number; length: number }> = changed.map((r) => ({
         offset: r.start * bs,
         length: Math.min(ctx.size, (r.start + r.count) * bs) - r.start * bs,
@@ -204,7 +237,7 @@ export class RestoreService {
       const wrote = bytesWritten > 0;
       const result: RestoreResult = {
         volume,
-        point: this.points.pointInfo(ctx.group, point),
+        point: intent.archive ? archivePointInfo(intent.archive, point, volume) : this.points.pointInfo(ctx.group, point),
         blocksChanged,
         blocksWritten,
         bytesWritten,
@@ -230,6 +263,7 @@ export class RestoreService {
       return result;
     } finally {
       ctx.history.pins.unpin(holder);
+      archiveImg?.close();
       // Not done: the intent stays, and so does the hold (the volume stays offline until a rerun ends it).
       if (done && !this.store.restoreIntents().some((i) => i.volume === volume)) this.host.setOffline(volume, null);
     }

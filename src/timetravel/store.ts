@@ -56,6 +56,8 @@ export interface ViewRecord {
   from?: ResolvedPoint;
   /** Its own access list (allow entries); absent: the source volume's. */
   allow?: string[];
+  /** Set when its base is an archived point (archive:NAME), not the journal: the point's name. */
+  archive?: string;
 }
 
 type BlockKey = [number, number];
@@ -66,6 +68,8 @@ export interface RestoreIntentRecord {
   ranges: Array<{ offset: number; length: number }> | null;
   undoSeq: number | null;
   started: string;
+  /** Restoring to an archived point (its name); seq is then the point's. */
+  archive?: string;
 }
 
 /** The three stores over one environment. */

@@ -20,6 +20,14 @@ import type { PointService } from './points';
 import type { VolumeContext } from './ports';
 import type { LayerRecord, MarkerStore, ViewRecord, ViewStore } from './store';
 import { bare, newRecord, pinPoint, viewAcl } from './view-records';
+import {
+  archivePointInfo,
+  archivePointName,
+  archiveResolved,
+  checkArchiveSize,
+  type ArchiveImage,
+  type ArchiveImages,
+} from './archive-image';
 
 interface ViewRuntime {
   record: ViewRecord;
@@ -27,12 +35,16 @@ interface ViewRuntime {
   layered: LayeredImage | null;
   layers: WriteLayer[];
   exp: ViewExport;
+  /** The archived point it reads, released with the view. */
+  archive: ArchiveImage | null;
 }
 
 export class ViewService {
   private readonly runtimes = new Map<string, Promise<ViewRuntime>>();
   /** Serialises view creation, deletion and stepping. */
   private mutex: Promise<unknown> = Promise.resolve();
+  /** Archived points as bases (archive:NAME), once the archiver is attached. */
+  archives: ArchiveImages | null = null;
 
   constructor(
     private readonly host: TimeTravelHost,
@@ -45,6 +57,18 @@ export class ViewService {
     const run = this.mutex.then(fn, fn);
     this.mutex = run.catch(() => undefined);
     return run;
+  }
+
+  archiveImages(): ArchiveImages {
+    if (!this.archives) throw new UserError('invalid', 'archived points are not available on this daemon');
+    return this.archives;
+  }
+
+  /** Archived points that views read, with the views (a forget of them is refused). */
+  archivesInUse(): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const v of this.store.views()) if (v.archive) out.set(v.archive, [...(out.get(v.archive) ?? []), v.name]);
+    return out;
   }
 
   has(name: string): boolean {
@@ -62,7 +86,7 @@ export class ViewService {
         name: v.name,
         volume: v.volume,
         allow: v.allow,
-        description: `rewind ${v.kind} of ${v.volume} at seq ${v.point.seq} (${new Date(v.point.time).toISOString()})`,
+        description: `rewind ${v.kind} of ${v.volume} at ${v.archive ? `archived point ${v.archive}` : `seq ${v.point.seq}`} (${new Date(v.point.time).toISOString()})`,
       }
     );
   }
@@ -98,7 +122,7 @@ export class ViewService {
       size: v.size,
       readOnly: v.readOnly,
       parent: v.parent,
-      point: this.points.pointInfo(v.group, v.point),
+      point: v.archive ? archivePointInfo(v.archive, v.point, v.volume) : this.points.pointInfo(v.group, v.point),
       created: v.created,
       writtenBlocks: written,
       steps: v.steps,
@@ -124,12 +148,13 @@ export class ViewService {
 
   private async buildRuntime(record: ViewRecord): Promise<ViewRuntime> {
     const ctx = this.host.context(record.volume);
-    const base = await PointImage.open(ctx.history, record.volumeId, record.size, record.point);
+    const archive = record.archive ? this.archiveImages().open(record.archive, record.volume, ctx.history.blockSize) : null;
+    const base = archive ?? (await PointImage.open(ctx.history, record.volumeId, record.size, record.point));
     const holder: { rt?: ViewRuntime } = {};
     const bitmaps = this.viewBitmaps(record, ctx, holder);
     let rt: ViewRuntime;
     if (record.kind === 'diff' || record.kind === 'snapshot') {
-      rt = { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null, bitmaps) };
+      rt = { record, image: base, layered: null, layers: [], exp: new ViewExport(base, null, bitmaps), archive };
     } else {
       const layers = record.layers.map((id) => {
         const rec = this.store.layer(id);
@@ -137,7 +162,7 @@ export class ViewService {
         return WriteLayer.open(this.store, rec);
       });
       const layered = new LayeredImage(base, layers, record.readOnly);
-      rt = { record, image: layered, layered, layers, exp: new ViewExport(layered, layered, bitmaps) };
+      rt = { record, image: layered, layered, layers, exp: new ViewExport(layered, layered, bitmaps), archive };
     }
     holder.rt = rt;
     return rt;
@@ -162,6 +187,7 @@ export class ViewService {
       blockSize: ctx.history.blockSize,
       size: record.size,
       since: async (leaf) => {
+        if (record.archive) return null; // no journal history behind an archived point
         const a = await resolvePoint(ctx.history, this.points.specOf(ctx, leaf), this.points.markerLookup(record.volume));
         if (a.seq > b.seq) return null;
         return a.seq === b.seq ? [] : changedRuns(ctx.history, record.volumeId, a, b);
@@ -194,6 +220,7 @@ export class ViewService {
   snapshot(volume: string, at: unknown, name?: unknown, opts: { allow?: unknown; nearest?: unknown } = {}): Promise<ViewInfo> {
     const allow = viewAcl(opts.allow);
     return this.serialised(async () => {
+      if (archivePointName(at) !== null) return this.archiveView('snapshot', volume, at, name, { readOnly: true, allow });
       const { point, ctx } = await this.points.resolve(volume, at, { nearest: opts.nearest });
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(volume, 'snap', point.seq) : String(name);
       this.checkNewName(viewName);
@@ -222,6 +249,7 @@ export class ViewService {
       if (parent) return this.cloneOfView(parent, at, name, { ...opts, allow });
       if (at === undefined || at === null || at === '')
         throw new UserError('invalid', `--at POINT is required to clone volume "${source}"`);
+      if (archivePointName(at) !== null) return this.archiveView('clone', source, at, name, { readOnly: opts.readOnly === true, allow });
       const { point, ctx } = await this.points.resolve(source, at, { nearest: opts.nearest });
       const viewName = name === undefined || name === null || name === '' ? this.defaultName(source, 'clone', point.seq) : String(name);
       this.checkNewName(viewName);
@@ -236,6 +264,35 @@ export class ViewService {
       this.host.logger.info({ view: viewName, volume: source, seq: point.seq }, 'clone created');
       return this.points.withSubstitute(this.info(rec), point);
     });
+  }
+
+  /** A snapshot or clone whose base is an archived point: no history pinned, nothing copied. */
+  private async archiveView(
+    kind: 'snapshot' | 'clone',
+    volume: string,
+    at: unknown,
+    name: unknown,
+    opts: { readOnly: boolean; allow: string[] | undefined },
+  ): Promise<ViewInfo> {
+    const ctx = this.host.context(volume);
+    const ref = this.archiveImages().ref(archivePointName(at)!, volume);
+    checkArchiveSize(ref, ctx.size);
+    const stem = `${volume}.${ref.point.replace(/[^A-Za-z0-9._-]/g, '_')}`;
+    const viewName =
+      name === undefined || name === null || name === ''
+        ? this.defaultName(stem, kind === 'clone' ? 'clone' : 'snap', ref.seq ?? 0)
+        : String(name);
+    this.checkNewName(viewName);
+    const layer = kind === 'clone' ? await this.store.newLayer(ctx.size, ctx.history.blockSize) : null;
+    const rec = newRecord(kind, viewName, volume, ctx, archiveResolved(ref, ctx.volumeId), {
+      archive: ref.point,
+      layers: layer ? [layer.id] : [],
+      readOnly: opts.readOnly,
+      ...(opts.allow ? { allow: opts.allow } : {}),
+    });
+    await this.store.put({ views: [rec], ...(layer ? { layers: [layer] } : {}) });
+    this.host.logger.info({ view: viewName, volume, archive: ref.point }, `${kind} of an archived point created`);
+    return this.info(rec);
   }
 
   private async cloneOfView(
@@ -294,11 +351,11 @@ export class ViewService {
         rt.record = parentNext;
         rt.exp.swap(layered, layered);
       });
-      pinPoint(ctx.history, `view:${viewName}`, rec.point);
+      if (!rec.archive) pinPoint(ctx.history, `view:${viewName}`, rec.point);
       this.host.logger.info({ view: viewName, parent: parent.name }, 'clone of a clone created');
       return this.info(rec);
     }
-    pinPoint(ctx.history, `view:${viewName}`, rec.point);
+    if (!rec.archive) pinPoint(ctx.history, `view:${viewName}`, rec.point);
     await this.store.put({ views, layers });
     this.host.logger.info({ view: viewName, parent: parent.name }, 'clone created');
     return this.info(rec);
@@ -316,6 +373,7 @@ export class ViewService {
       if (rt) {
         const r = await rt.catch(() => null);
         for (const l of r?.layers ?? []) l.close();
+        r?.archive?.close();
       }
       // Layers no other view uses go.
       const used = new Set(this.store.views().flatMap((x) => x.layers));
@@ -343,6 +401,7 @@ export class ViewService {
     return this.serialised(async () => {
       const v = this.store.view(name);
       if (!v) throw new UserError('not-found', `no snapshot or clone named "${name}"`);
+      if (v.archive) throw new UserError('invalid', `"${name}" reads archived point ${v.archive}, which has no history to step through`);
       if (v.kind === 'clone') {
         const own = v.layers.length ? this.store.layerBlocks(v.layers[v.layers.length - 1]!).length : 0;
         const rt = this.runtimes.get(name) ? await this.runtime(name) : null;
@@ -416,6 +475,7 @@ export class ViewService {
   /** At open: every stored view pins its point again. */
   pinAll(): void {
     for (const v of this.store.views()) {
+      if (v.archive) continue; // reads the archive pool, pins no history
       try {
         pinPoint(this.host.context(v.volume).history, `view:${v.name}`, v.from ?? v.point);
         if (v.from) pinPoint(this.host.context(v.volume).history, `view:${v.name}:to`, v.point);
@@ -434,6 +494,7 @@ export class ViewService {
       if (!rt) continue;
       await rt.layered?.flush().catch(() => undefined);
       for (const l of rt.layers) l.close();
+      rt.archive?.close();
     }
     this.runtimes.clear();
   }

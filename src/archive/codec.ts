@@ -1,0 +1,109 @@
+/**
+ * Chunk payloads: zstd (when it saves space), then AES-256-GCM when the
+ * pool is encrypted. The associated data binds a sealed payload to its
+ * handle and type, so a payload moved under another handle fails to open;
+ * it does not bind the pack, so repacking copies records verbatim.
+ */
+import { crc32 } from '../util/crc32';
+import { zstdCompressBatch, zstdCompressSync, zstdDecompress, zstdDecompressSync } from '../native';
+import { seal, unseal } from './crypto';
+import { HANDLE_SIZE, type Handle } from './handle';
+import { CODEC_SEALED, CODEC_ZSTD, type ChunkType } from './pack-format';
+
+export interface CodecOptions {
+  /** zstd level (1..19; 3 is zstd's default). 0 stores chunks uncompressed. */
+  level: number;
+  /** AES-256-GCM key, or null for a plaintext pool. */
+  key: Buffer | null;
+}
+
+export interface EncodedChunk {
+  codec: number;
+  stored: Buffer;
+  crc: number;
+}
+
+function aad(handle: Handle, type: ChunkType): Buffer {
+  const b = Buffer.allocUnsafe(HANDLE_SIZE + 1);
+  handle.copy(b, 0);
+  b[HANDLE_SIZE] = type;
+  return b;
+}
+
+/** Below this a chunk is decompressed on the calling thread (cheaper than a threadpool round trip). */
+const SYNC_BELOW = 256 * 1024;
+
+export interface PlainChunk {
+  handle: Handle;
+  type: ChunkType;
+  plain: Buffer;
+}
+
+/**
+ * Encodes chunks, compressing them all in one threadpool job. The result
+ * never shares memory with `plain` (a caller may reuse its buffers once
+ * this resolves).
+ */
+export async function encodeChunks(opts: CodecOptions, chunks: PlainChunk[]): Promise<EncodedChunk[]> {
+  const want = opts.level > 0 ? chunks.filter((c) => c.plain.length >= 128) : [];
+  const total = want.reduce((a, c) => a + c.plain.length, 0);
+  // A little (a tree node, one small leaf) is cheaper to compress here than to send to the threadpool.
+  const zs =
+    total === 0
+      ? []
+      : total < SYNC_BELOW / 4
+        ? want.map((c) => zstdCompressSync(c.plain, opts.level))
+        : await zstdCompressBatch(
+            want.map((c) => c.plain),
+            opts.level,
+          );
+  const z = new Map<PlainChunk, Buffer>(want.map((c, i) => [c, zs[i]!]));
+  return chunks.map((c) => {
+    let codec = 0;
+    let body = z.get(c);
+    // Keep zstd only if it saves at least 1/64: decompressing costs too.
+    if (body && body.length < c.plain.length - (c.plain.length >> 6)) codec |= CODEC_ZSTD;
+    else body = opts.key ? c.plain : Buffer.from(c.plain);
+    if (opts.key) {
+      body = seal(opts.key, body, aad(c.handle, c.type));
+      codec |= CODEC_SEALED;
+    }
+    return { codec, stored: body, crc: crc32(body) };
+  });
+}
+
+export async function encodeChunk(opts: CodecOptions, handle: Handle, type: ChunkType, plain: Buffer): Promise<EncodedChunk> {
+  return (await encodeChunks(opts, [{ handle, type, plain }]))[0]!;
+}
+
+/** Why a stored chunk could not be decoded (the caller names the chunk). */
+export class ChunkDecodeError extends Error {}
+
+/** Reverses encodeChunk. Throws ChunkDecodeError; does not check the handle. */
+export async function decodeChunk(
+  opts: CodecOptions,
+  handle: Handle,
+  type: ChunkType,
+  codec: number,
+  rawLength: number,
+  stored: Buffer,
+): Promise<Buffer> {
+  let body = stored;
+  if (codec & CODEC_SEALED) {
+    if (!opts.key) throw new ChunkDecodeError('chunk is encrypted but the pool has no key');
+    const open = unseal(opts.key, body, aad(handle, type));
+    if (!open) throw new ChunkDecodeError('authentication failed (corrupt chunk, or a different key)');
+    body = open;
+  } else if (opts.key) {
+    throw new ChunkDecodeError('chunk is not encrypted in an encrypted pool');
+  }
+  if (codec & CODEC_ZSTD) {
+    try {
+      return rawLength < SYNC_BELOW ? zstdDecompressSync(body, rawLength) : await zstdDecompress(body, rawLength);
+    } catch (err) {
+      throw new ChunkDecodeError(`decompression failed: ${(err as Error).message}`);
+    }
+  }
+  if (body.length !== rawLength) throw new ChunkDecodeError(`stored ${body.length} bytes for a ${rawLength}-byte chunk`);
+  return body;
+}
