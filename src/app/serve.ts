@@ -42,6 +42,7 @@ import type { TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
 import { managerRoutes, managerTimeTravelHost } from './manager-role';
 import { RetentionService } from '../daemon/retention';
+import { FileCatalog } from '../file-catalog/service';
 
 export interface ServeConfig {
   dataDir: string;
@@ -120,6 +121,7 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
+    private readonly fileCatalog: FileCatalog,
     private readonly linkServer: LinkServer | null = null,
   ) {}
 
@@ -199,6 +201,25 @@ export class Daemon {
       );
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      // The catalog of files inside points: markers are cataloged as they are placed (seed 004).
+      const fileCatalog = await FileCatalog.open({
+        dataDir: layout.dataDir,
+        tt: timeTravel,
+        logger: logger.child({ component: 'file-catalog' }),
+        volumesOfGroup: (g) =>
+          linkServer
+            ? linkServer
+                .volumes()
+                .filter((v) => v.group === g)
+                .map((v) => v.name)
+            : catalog
+                .list()
+                .filter((v) => v.protection?.group === g)
+                .map((v) => v.name),
+      });
+      cleanups.push(() => fileCatalog.close());
+      timeTravel.markers.onPlaced((m) => fileCatalog.onMarkerPlaced(m));
+      volumes.onProtectedRemoved((n) => fileCatalog.volumeRemoved(n));
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
       cleanups.push(() => retention.stop());
@@ -235,6 +256,8 @@ export class Daemon {
         protection,
         timeTravel,
         retention,
+        fileCatalog,
+        ...(linkServer ? { volumeExists: (n: string) => linkServer!.volumes().some((v) => v.name === n) } : {}),
         nbd,
         endpoints,
         token,
@@ -273,7 +296,7 @@ export class Daemon {
         await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, linkServer);
+      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, fileCatalog, linkServer);
     } catch (err) {
       await cleanup();
       throw err;
@@ -299,6 +322,7 @@ export class Daemon {
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
+    await step('closing the file catalog', () => this.fileCatalog.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.close());

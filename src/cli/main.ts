@@ -16,6 +16,8 @@
  *     surface VOL MARKER; submerge NAME; schedule VOL [--add RULE]; checkpoint VOL --every N
  *     diff VOL --from A --to B [--export NAME] [--out FILE]; apply-diff FILE IMAGE
  *     bisect VOL --good A --bad B --check CMD [--granularity write|transaction]
+ *     catalog VOL [--at P]; files VOL [PATH] [--at P] [--name G] [--newer T] [--versions]
+ *     restore-file VOL --at P PATH --out FILE | --into CLONE; changed-files VOL --from A --to B
  *
  * Exit codes: 0 success, 1 failure, 2 bad usage, 3 no daemon reachable.
  */
@@ -30,6 +32,7 @@ import { applyDiff, bisect, checkpoint, diff, mark, markers, schedule, submerge,
 import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemove } from './timetravel-commands';
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { registerRetention } from './retention-commands';
+import { registerFileCommands } from './file-program';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
 import { addLinkServeOptions } from './link-options';
@@ -394,6 +397,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
       await bisect(v, cmd.optsWithGlobals());
     });
   registerRetention(program);
+  registerFileCommands(program);
 
   return program;
 }

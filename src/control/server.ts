@@ -30,6 +30,8 @@ import type { TimeTravel } from '../timetravel/service';
 import { routeTimeTravel } from './timetravel-routes';
 import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
+import type { FileCatalog } from '../file-catalog/service';
+import { routeFiles } from './file-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
 
@@ -62,6 +64,10 @@ export interface ControlServerOptions {
   protection: Protection;
   timeTravel?: TimeTravel;
   retention?: RetentionService;
+  /** The catalog of files inside points (file-routes.ts). */
+  fileCatalog?: FileCatalog;
+  /** Does a volume by this name exist here (file routes; default: the volume catalog)? */
+  volumeExists?: (name: string) => boolean;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
@@ -211,6 +217,10 @@ export class ControlServer {
       return sendJson(res, 200, { volumes: views });
     }
     if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
+    if (this.opts.fileCatalog) {
+      const exists = this.opts.volumeExists ?? ((n: string) => this.opts.volumes.get(n) !== undefined);
+      if (await routeFiles(this.opts.fileCatalog, exists, req, res, method, p, url)) return;
+    }
     if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url))) return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
     if (action) {
@@ -381,6 +391,23 @@ export class ControlServer {
         for (const v of volumes.listRecords()) this.set({ volume: v.name }, v.size);
       },
     });
+    const fc = this.opts.fileCatalog;
+    if (fc) {
+      for (const [name, help, key] of [
+        ['rewind_file_restores_total', 'Single files restored (content requests)', 'restores'],
+        ['rewind_file_restore_bytes_total', 'Bytes of files restored', 'restoredBytes'],
+        ['rewind_file_restore_image_bytes_total', 'Bytes of images read to restore files', 'restoreImageBytes'],
+      ] as const) {
+        new client.Gauge({
+          name,
+          help,
+          registers: [reg],
+          collect() {
+            this.set(fc.counters[key]);
+          },
+        });
+      }
+    }
     const start = Date.now();
     new client.Gauge({
       name: 'rewind_uptime_seconds',

@@ -18,6 +18,7 @@ export class MarkerService {
   private ticking = false;
   private lastSweep = 0;
   private readonly pinSourcesAdded = new Set<string>();
+  private readonly placedListeners: Array<(m: MarkerRecord) => void> = [];
 
   constructor(
     private readonly host: TimeTravelHost,
@@ -26,6 +27,16 @@ export class MarkerService {
     /** The clock of schedules and marker expiry (tests may shift it). */
     private readonly now: () => number,
   ) {}
+
+  /**
+   * Called after each marker is placed, scheduled ones included: the
+   * composition root hands the file catalog's hook here, so a marker's
+   * point is indexed as it is taken (seed 004) without time travel knowing
+   * the catalog.
+   */
+  onPlaced(fn: (m: MarkerRecord) => void): void {
+    this.placedListeners.push(fn);
+  }
 
   /** Starts the once-a-second check of schedules and expiry. */
   start(): void {
@@ -114,6 +125,13 @@ export class MarkerService {
     if (!(await this.store.addMarker(rec)))
       throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
     this.host.logger.info({ marker: markerName, group, seq, kind, reason }, 'marker placed');
+    for (const fn of this.placedListeners) {
+      try {
+        fn(rec);
+      } catch (err) {
+        this.host.logger.warn({ marker: markerName, err: (err as Error).message }, 'marker listener failed');
+      }
+    }
     return rec;
   }
 

@@ -249,6 +249,26 @@ export class ExtFilesystem implements ExtSource {
     return this.guard(async () => fileExtents(this, await this.inode(await this.resolve(target, {}))));
   }
 
+  /**
+   * The entries of one directory data block (linear, or an htree leaf; index
+   * blocks hold none), for incremental catalogs that re-read only the
+   * directory blocks the block history says changed.
+   */
+  dirBlockEntries(block: number, dirIno = 0): Promise<DirEntry[]> {
+    return this.guard(async () => {
+      const where = `directory ${dirIno ? `inode ${dirIno} ` : ''}block ${block}`;
+      const buf = await this.dev.readBlocks(block, 1, where);
+      const out: DirEntry[] = [];
+      parseDirEntries(buf, 0, this.blockSize, this.dirFormat, where, out);
+      return out;
+    });
+  }
+
+  /** Is this inode in use (linked, with a type)? Free inodes read as zeroes or carry a deletion time. */
+  static inUse(stat: Stat): boolean {
+    return stat.mode !== 0 && stat.nlink > 0 && stat.dtime === 0;
+  }
+
   /** Depth-first walk with an explicit stack (bounded memory); see WalkVisitor. */
   walk(visitor: WalkVisitor, opts: WalkOptions = {}): Promise<WalkSummary> {
     return this.guard(() => walk(this, visitor, opts));
