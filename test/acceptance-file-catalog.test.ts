@@ -317,3 +317,47 @@ test('10 points changed by the kernel: restores, versions, changed-files, increm
     tmp.cleanup();
   }
 });
+
+test('kill -9 during a catalog build: the restarted daemon builds the point again, complete', async (t) => {
+  requireTools('mkfs.ext4', 'fls');
+  const tmp = tempDir();
+  // A slow background build (5% duty), so the kill lands in the middle of it.
+  const d = await startDaemon({ env: { REWIND_CATALOG_DUTY: '0.05' } });
+  let again: TestDaemon | null = null;
+  try {
+    const src = path.join(tmp.dir, 'src');
+    for (let dd = 0; dd < 10; dd++) {
+      fs.mkdirSync(path.join(src, `d${dd}`), { recursive: true });
+      for (let i = 0; i < 1000; i++) fs.writeFileSync(path.join(src, `d${dd}/file-${i}`), i % 10 === 0 ? `${dd}/${i}\n` : '');
+    }
+    const image = path.join(tmp.dir, 'disk.img');
+    makeFs(image, src, { kind: 'ext4', blockSize: 4096, sizeMiB: 128 });
+    await createVolume(d, 'k', 128);
+    await writeChangedBlocks(d, 'k', fs.readFileSync(image), null);
+    const r = await apiOk<{ job: { id: number; seq: number } }>(d, 'POST', '/v1/volumes/k/catalog', { at: 'latest' });
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const j = await apiOk<{ state: string; progress: { done: number } }>(d, 'GET', `/v1/catalog/jobs/${r.job.id}`);
+      if (j.state === 'running' && j.progress.done >= 1024) break;
+      if (j.state === 'done') throw new Error('the build finished before the kill: make it slower');
+      if (Date.now() > deadline) throw new Error(`the build did not get going: ${JSON.stringify(j)}`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    const killed = await d.kill('SIGKILL');
+    t.is(killed.signal, 'SIGKILL');
+    // The same data directory, now at full speed.
+    const d2 = (again = await startDaemon({ dataDir: d.dataDir }));
+    const p = await waitPoint(d2, 'k', r.job.seq, 180_000);
+    const job = await apiOk<{ state: string; attempts: number }>(d2, 'GET', `/v1/catalog/jobs/${r.job.id}`);
+    t.is(job.state, 'done');
+    t.is(job.attempts, 2, 'run again after the restart');
+    const listed = await listAll(d2, 'k', `@seq:${r.job.seq}`);
+    t.is(listed.length, fls(image).length, 'every path, once');
+    t.is(new Set(listed.map((e) => e.pathRaw)).size, listed.length);
+    t.is(p.filesystems[0]!.entries, listed.length);
+  } finally {
+    await again?.cleanup();
+    await d.cleanup();
+    tmp.cleanup();
+  }
+});
