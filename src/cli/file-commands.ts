@@ -102,7 +102,7 @@ function pointLine(p: PointRecord): string {
 
 export async function catalog(
   volume: string,
-  o: Common & { at?: string; wait?: boolean; export?: string; import?: string; force?: boolean },
+  o: Common & { at?: string; wait?: boolean; export?: string; import?: string; force?: boolean; full?: boolean },
 ): Promise<void> {
   const c = makeClient(o, { waitsForManager: true });
   if (o.import) {
@@ -136,6 +136,7 @@ export async function catalog(
     const r = await c.request<{ job: JobRecord | null; point: PointRecord | null; info: PointInfo }>('POST', vol(volume, 'catalog'), {
       at: o.at,
       priority: o.wait !== false,
+      ...(o.full ? { full: true } : {}),
     });
     if (r.point) {
       if (o.json) return print(JSON.stringify(r, null, 2));

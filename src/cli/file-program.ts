@@ -15,6 +15,7 @@ export function registerFileCommands(program: Command): void {
     .argument('<volume>', 'a protected volume')
     .option('--at <point>', `catalog this point (${pointHelp}); waits for the build unless --no-wait`)
     .option('--no-wait', 'queue the build in the background (throttled) and return')
+    .option('--full', 'walk the whole filesystem even where an incremental build could run')
     .option('--export <file>', 'write the catalog of --at (default: the newest cataloged point) to FILE, a self-contained blob')
     .option('--import <file>', 'add the point in a catalog blob to the catalog')
     .option('--force', 'with --export: overwrite FILE')

@@ -10,7 +10,8 @@
  *           X-Rewind-Mode, X-Rewind-Mtime, X-Rewind-Atime, X-Rewind-Uid, X-Rewind-Gid)
  *   GET  /v1/volumes/NAME/changed-files?from=A&to=B[&partition=N]
  *        -> { from, to, changes: [{ path, type, change: added|removed|modified|metadata, before, after }] }
- *   POST /v1/volumes/NAME/catalog {at?, priority?, nearest?} -> 202 { job, info } (200 { point } if cataloged)
+ *   POST /v1/volumes/NAME/catalog {at?, priority?, full?, nearest?} -> 202 { job, info } (200 { point } if cataloged)
+ *        priority: run unthrottled (someone waits); full: walk everything even where an incremental build could run
  *   GET  /v1/volumes/NAME/catalog                       -> { volume, points, jobs }
  *   GET  /v1/catalog/jobs/ID                            -> job (state, progress, error, stats)
  *   GET  /v1/volumes/NAME/catalog/blob?at=P             -> the point's catalog blob (file-catalog/blob.ts)
@@ -180,9 +181,11 @@ export async function routeFiles(
       }
       const body = await readJsonObject(req);
       for (const k of Object.keys(body))
-        if (!['at', 'priority', 'nearest'].includes(k)) throw new HttpError(400, `unknown field "${k}" (expected at, priority, nearest)`);
-      if (body.priority !== undefined && typeof body.priority !== 'boolean') throw new HttpError(400, 'priority must be true or false');
-      const r = await fc.request(volume, body.at, { priority: body.priority === true, nearest: body.nearest });
+        if (!['at', 'priority', 'nearest', 'full'].includes(k))
+          throw new HttpError(400, `unknown field "${k}" (expected at, priority, nearest, full)`);
+      for (const k of ['priority', 'full'] as const)
+        if (body[k] !== undefined && typeof body[k] !== 'boolean') throw new HttpError(400, `${k} must be true or false`);
+      const r = await fc.request(volume, body.at, { priority: body.priority === true, nearest: body.nearest, full: body.full === true });
       sendJson(res, r.job ? 202 : 200, r);
       return true;
     }

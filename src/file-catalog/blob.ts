@@ -26,7 +26,7 @@
  */
 import * as zlib from 'node:zlib';
 import { crc32 } from '../util/crc32';
-import { decodeEntry, type Entry, type StoredEntry } from './entry';
+import { decodeEntry, isGone, type Entry } from './entry';
 import { entryKeyParts, joinPath, partitionPrefix } from './keys';
 import type { CatalogStore } from './store';
 import type { PointRecord } from './types';
@@ -50,8 +50,8 @@ export function exportBlob(store: CatalogStore, point: PointRecord): Buffer {
   let count = 0;
   for (const fsCtx of point.filesystems) {
     if (fsCtx.error) continue;
-    for (const row of store.scanVisible<StoredEntry>('entries', partitionPrefix(point.vid, fsCtx.partition), point.seq, point.vid)) {
-      if (row.value === 0) continue;
+    for (const row of store.scanVisible<Buffer>('entries', partitionPrefix(point.vid, fsCtx.partition), point.seq, point.vid)) {
+      if (isGone(row.value)) continue;
       const e = decodeEntry(row.value);
       const { parent, name } = entryKeyParts(row.key);
       const path = e.path ?? joinPath(parent, name);

@@ -42,6 +42,8 @@ export interface BuildInput {
   other: (seq: number) => OtherPoint;
   throttle: Throttle;
   progress?: (phase: string, done: number, total: number) => void;
+  /** Walk every filesystem even where an incremental build could run (rows are still shared with the point before). */
+  full?: boolean;
 }
 
 const MAX_MESSAGES = 50;
@@ -117,17 +119,25 @@ async function run(input: BuildInput, dryBase: number | null): Promise<{ record:
     if (record.errors.length < MAX_MESSAGES) record.errors.push(m);
   };
   const progress = input.progress ?? (() => undefined);
+  const phases: Record<string, number> = {};
+  let mark = performance.now();
+  const phase = (name: string): void => {
+    const now = performance.now();
+    phases[name] = Math.round((phases[name] ?? 0) + now - mark);
+    mark = now;
+  };
 
   // The history between the base and this point, once.
   const base = neighbours.before === null ? null : input.other(neighbours.before);
   let baseRuns: VolumeRuns | null = null;
-  if (base && baseRec?.source === 'built') {
+  if (base && baseRec?.source === 'built' && !input.full) {
     try {
       baseRuns = await base.changed();
     } catch (e) {
       err(`history since @seq:${base.seq}: ${(e as Error).message} (full build)`);
     }
   }
+  phase('history');
   let baseImage: Promise<FsImage | null> | null = null;
   const imageA = (): Promise<FsImage | null> =>
     (baseImage ??= base!
@@ -182,6 +192,7 @@ async function run(input: BuildInput, dryBase: number | null): Promise<{ record:
     }
   }
 
+  phase('open');
   let changedMetadata = 0;
   let changedBlocks = 0;
   for (const o of opened) {
@@ -208,6 +219,7 @@ async function run(input: BuildInput, dryBase: number | null): Promise<{ record:
           changed,
           throttle: input.throttle,
           warn,
+          phases,
         });
         changedMetadata += r.changedMetadataBlocks;
         const d = writer.delta.get(ctx.partition) ?? { added: 0, removed: 0 };
@@ -237,6 +249,7 @@ async function run(input: BuildInput, dryBase: number | null): Promise<{ record:
     if (!now || now.error) await writer.removeUnseen(prev.partition, Buffer.alloc(0));
   }
 
+  phase('read');
   const after = neighbours.after === null ? null : input.other(neighbours.after);
   const probe = after ? laterProbe(after, record, input.historyBlockSize) : null;
   record.state = 'complete';
@@ -255,8 +268,16 @@ async function run(input: BuildInput, dryBase: number | null): Promise<{ record:
     throttledMs: Math.round(input.throttle.throttledMs),
   };
   progress('commit', 0, 0);
-  record.stats.durationMs = Date.now() - t0;
-  if (!dry) await writer.finish(record, probe);
+  record.stats.phases = phases;
+  if (!dry) {
+    // The duration includes the commit; the record is written in the same transaction, so it is estimated by then.
+    const commitStart = performance.now();
+    record.stats.durationMs = Date.now() - t0;
+    await writer.finish(record, probe);
+    phases.commit = Math.round(performance.now() - commitStart);
+    record.stats.durationMs = Date.now() - t0;
+    await store.putPoint(record);
+  } else record.stats.durationMs = Date.now() - t0;
   return { record, changes: writer.changes };
 }
 

@@ -1,9 +1,9 @@
 /**
- * One catalog entry: what a path was at a cataloged point. Stored as a
- * msgpack array (compact; 100k entries per full point are tens of bytes
- * each), decoded to Entry. Two fields are the catalog's own:
+ * One catalog entry: what a path was at a cataloged point, stored in a
+ * fixed binary layout (encodeEntry) and decoded to Entry. Two fields are
+ * the catalog's own:
  *
- *   digest  64-bit FNV-1a of the file's identity: its size and block map
+ *   digest  a 64-bit hash of the file's identity: its size and block map
  *           (logical, physical, length, unwritten per run), or the bytes
  *           kept in the inode (inline data, fast symlinks), or the device
  *           number. A file rewritten in place keeps its digest; that is
@@ -44,64 +44,137 @@ export interface Entry {
 }
 
 const TYPES: FileType[] = ['file', 'dir', 'symlink', 'chr', 'blk', 'fifo', 'socket', 'unknown'];
+const TYPE_INDEX = new Map(TYPES.map((t, i) => [t, i]));
 
-/** The stored form; 0 is a tombstone (the path is gone at that point). */
-export type StoredEntry = unknown[] | 0;
+/**
+ * The stored form, little-endian (a full build writes one per path, so it
+ * is a fixed layout rather than a generic encoding):
+ *    0 u8  1 (an entry; a one-byte 0 is a tombstone: the path is gone)
+ *    1 u8  type (file dir symlink chr blk fifo socket unknown)
+ *    2 u8  sections present: 1 link, 2 rdev, 4 runs, 8 path, 16 crtime
+ *    3 u8  reserved
+ *    4 u32 ino      8 u32 mode   12 u32 uid   16 u32 gid   20 u32 nlink   24 u32 generation
+ *   28 f64 size    36 f64 stamp  44 u8[8] digest
+ *   52 f64 atime, mtime, ctime, crtime seconds (84..) then u32 nanoseconds x 4 (84 .. 100)
+ *  100 sections in order: link (u32 length + bytes), rdev (u32 major, u32 minor),
+ *      runs (u32 count + f64 triples), path (u32 length + bytes)
+ */
+export const TOMBSTONE = Buffer.from([0]);
+const FIXED = 100;
 
-export function encodeEntry(e: Entry): unknown[] {
-  const out: unknown[] = [
-    e.ino,
-    TYPES.indexOf(e.type),
-    e.mode,
-    e.uid,
-    e.gid,
-    e.size,
-    e.nlink,
-    e.atime[0],
-    e.atime[1],
-    e.mtime[0],
-    e.mtime[1],
-    e.ctime[0],
-    e.ctime[1],
-    e.crtime ? e.crtime[0] : null,
-    e.crtime ? e.crtime[1] : null,
-    e.generation,
-    e.digest,
-    e.stamp,
-    e.link,
-    e.rdev,
-    e.runs,
-    e.path,
-  ];
-  // Trailing nulls cost bytes on every row: drop them.
-  while (out.length > 18 && out[out.length - 1] === null) out.pop();
-  return out;
+export function isGone(v: unknown): boolean {
+  return v === undefined || v === null || (v as Uint8Array).length === 1;
 }
 
-const buf = (v: unknown): Buffer | null => (v == null ? null : Buffer.isBuffer(v) ? v : Buffer.from(v as Uint8Array));
+export function encodeEntry(e: Entry): Buffer {
+  let len = FIXED;
+  let flags = 0;
+  if (e.link) {
+    flags |= 1;
+    len += 4 + e.link.length;
+  }
+  if (e.rdev) {
+    flags |= 2;
+    len += 8;
+  }
+  if (e.runs) {
+    flags |= 4;
+    len += 4 + 8 * e.runs.length;
+  }
+  if (e.path) {
+    flags |= 8;
+    len += 4 + e.path.length;
+  }
+  if (e.crtime) flags |= 16;
+  const b = Buffer.allocUnsafe(len);
+  b[0] = 1;
+  b[1] = TYPE_INDEX.get(e.type) ?? 7;
+  b[2] = flags;
+  b[3] = 0;
+  b.writeUInt32LE(e.ino, 4);
+  b.writeUInt32LE(e.mode, 8);
+  b.writeUInt32LE(e.uid, 12);
+  b.writeUInt32LE(e.gid, 16);
+  b.writeUInt32LE(e.nlink, 20);
+  b.writeUInt32LE(e.generation, 24);
+  b.writeDoubleLE(e.size, 28);
+  b.writeDoubleLE(e.stamp, 36);
+  b.write(e.digest.padStart(16, '0'), 44, 8, 'hex');
+  const ts = [e.atime, e.mtime, e.ctime, e.crtime ?? [0, 0]] as const;
+  for (let i = 0; i < 4; i++) {
+    b.writeDoubleLE(ts[i]![0], 52 + 8 * i);
+    b.writeUInt32LE(ts[i]![1], 84 + 4 * i);
+  }
+  let o = FIXED;
+  if (e.link) {
+    b.writeUInt32LE(e.link.length, o);
+    o = 4 + o + e.link.copy(b, o + 4);
+  }
+  if (e.rdev) {
+    b.writeUInt32LE(e.rdev[0], o);
+    b.writeUInt32LE(e.rdev[1], o + 4);
+    o += 8;
+  }
+  if (e.runs) {
+    b.writeUInt32LE(e.runs.length, o);
+    o += 4;
+    for (const r of e.runs) {
+      b.writeDoubleLE(r, o);
+      o += 8;
+    }
+  }
+  if (e.path) {
+    b.writeUInt32LE(e.path.length, o);
+    e.path.copy(b, o + 4);
+  }
+  return b;
+}
 
-export function decodeEntry(v: unknown[]): Entry {
-  const n = (i: number): number => v[i] as number;
-  return {
-    ino: n(0),
-    type: TYPES[n(1)] ?? 'unknown',
-    mode: n(2),
-    uid: n(3),
-    gid: n(4),
-    size: n(5),
-    nlink: n(6),
-    atime: [n(7), n(8)],
-    mtime: [n(9), n(10)],
-    ctime: [n(11), n(12)],
-    crtime: v[13] == null ? null : [n(13), n(14)],
-    generation: n(15),
-    digest: v[16] as string,
-    stamp: n(17),
-    link: buf(v[18]),
-    rdev: (v[19] as [number, number] | null | undefined) ?? null,
-    runs: (v[20] as number[] | null | undefined) ?? null,
-    path: buf(v[21]),
+export function decodeEntry(v: Uint8Array): Entry {
+  const b = Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.length);
+  const flags = b[2]!;
+  const t = (i: number): Time => [b.readDoubleLE(52 + 8 * i), b.readUInt32LE(84 + 4 * i)];
+  const e: Entry = {
+    ino: b.readUInt32LE(4),
+    type: TYPES[b[1]!] ?? 'unknown',
+    mode: b.readUInt32LE(8),
+    uid: b.readUInt32LE(12),
+    gid: b.readUInt32LE(16),
+    size: b.readDoubleLE(28),
+    nlink: b.readUInt32LE(20),
+    atime: t(0),
+    mtime: t(1),
+    ctime: t(2),
+    crtime: flags & 16 ? t(3) : null,
+    generation: b.readUInt32LE(24),
+    digest: b.toString('hex', 44, 52),
+    stamp: b.readDoubleLE(36),
+    link: null,
+    rdev: null,
+    runs: null,
+    path: null,
   };
+  let o = FIXED;
+  if (flags & 1) {
+    const n = b.readUInt32LE(o);
+    e.link = Buffer.from(b.subarray(o + 4, o + 4 + n));
+    o += 4 + n;
+  }
+  if (flags & 2) {
+    e.rdev = [b.readUInt32LE(o), b.readUInt32LE(o + 4)];
+    o += 8;
+  }
+  if (flags & 4) {
+    const n = b.readUInt32LE(o);
+    o += 4;
+    e.runs = [];
+    for (let i = 0; i < n; i++, o += 8) e.runs.push(b.readDoubleLE(o));
+  }
+  if (flags & 8) {
+    const n = b.readUInt32LE(o);
+    e.path = Buffer.from(b.subarray(o + 4, o + 4 + n));
+  }
+  return e;
 }
 
 /** The entry of a stat, before its digest and stamp are known. */
@@ -158,6 +231,33 @@ function bytesEqual(a: Buffer | null, b: Buffer | null): boolean {
   return a === null ? b === null : b !== null && a.equals(b);
 }
 
+/**
+ * A 32-bit fingerprint of the stat fields sameStat compares, kept per inode
+ * in the inode -> paths index: an incremental build skips, without a
+ * lookup, every inode of a changed inode-table block whose print matches.
+ */
+export function statPrint(s: Stat | Entry): number {
+  const t = (x: Time | { sec: number; nsec: number }): [number, number] => (Array.isArray(x) ? x : [x.sec, x.nsec]);
+  let h = 0x811c9dc5;
+  const mix = (n: number): void => {
+    h = Math.imul(h ^ (n >>> 0), 0x01000193);
+    h = Math.imul(h ^ (Math.floor(n / 2 ** 32) | 0), 0x01000193);
+  };
+  mix(s.ino);
+  mix(s.generation);
+  mix(s.mode);
+  mix(s.size);
+  mix(s.uid);
+  mix(s.gid);
+  mix(s.nlink);
+  for (const x of [s.mtime, s.ctime, s.atime]) {
+    const [sec, nsec] = t(x);
+    mix(sec);
+    mix(nsec);
+  }
+  return h >>> 0;
+}
+
 /** Did the inode change at all (the cheap test before reading its block map)? */
 export function sameStat(a: Entry, s: Stat): boolean {
   return (
@@ -177,37 +277,42 @@ export function sameStat(a: Entry, s: Stat): boolean {
   );
 }
 
-/** 64-bit FNV-1a over numbers and bytes, as 16 hex digits: a content identity, not a security hash. */
+/**
+ * A 64-bit content identity over numbers and bytes (two 32-bit multiplicative
+ * lanes, fed 32-bit words): fast, not a security hash.
+ */
 export class Digest {
-  private hi = 0xcbf29ce4;
-  private lo = 0x84222325;
+  private a = 0x811c9dc5;
+  private b = 0x9e3779b9;
 
-  private byte(b: number): void {
-    // (hi:lo) ^= b; (hi:lo) *= 0x100000001b3, in 32-bit halves.
-    let lo = this.lo ^ b;
-    let hi = this.hi;
-    const loMul = lo * 0x1b3;
-    hi = (Math.imul(hi, 0x1b3) + Math.imul(lo, 0x100) + Math.floor(loMul / 2 ** 32)) >>> 0;
-    lo = loMul >>> 0;
-    this.hi = hi;
-    this.lo = lo;
+  private word(w: number): void {
+    this.a = Math.imul(this.a ^ w, 0x01000193);
+    this.b = Math.imul((this.b ^ w) + ((this.a << 7) | (this.a >>> 25)), 0x5bd1e995);
   }
 
   num(n: number): this {
-    const hi = Math.floor(n / 2 ** 32);
-    const lo = n >>> 0;
-    for (const w of [hi, lo]) for (let s = 24; s >= 0; s -= 8) this.byte((w >>> s) & 0xff);
+    this.word(n >>> 0);
+    this.word(Math.floor(n / 2 ** 32) | 0);
     return this;
   }
 
   bytes(b: Uint8Array): this {
     this.num(b.length);
-    for (let i = 0; i < b.length; i++) this.byte(b[i]!);
+    let i = 0;
+    for (; i + 4 <= b.length; i += 4) this.word(b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
+    let last = 0;
+    for (let k = 0; i < b.length; i++, k += 8) last |= b[i]! << k;
+    this.word(last);
     return this;
   }
 
   hex(): string {
-    return this.hi.toString(16).padStart(8, '0') + this.lo.toString(16).padStart(8, '0');
+    // Final avalanche so that nearby inputs differ in every digit.
+    let a = this.a ^ (this.b >>> 15);
+    a = Math.imul(a, 0x85ebca6b) ^ (a >>> 13);
+    let b = this.b ^ (a >>> 16);
+    b = Math.imul(b, 0xc2b2ae35) ^ (b >>> 16);
+    return (a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0');
   }
 }
 

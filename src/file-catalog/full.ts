@@ -7,7 +7,7 @@
  */
 import type { ExtFilesystem, FsError, Run, Stat } from '../fs';
 import { escapeName, ROOT_INO } from '../fs';
-import { describe, stampOf } from './describe';
+import { describe, describeSync, stampOf, type Described } from './describe';
 import type { Entry } from './entry';
 import type { BlockRanges } from './ranges';
 import type { Throttle } from './throttle';
@@ -32,20 +32,30 @@ export async function catalogFull(j: PartitionJob): Promise<{ entries: number }>
   // Keyed by path: a directory reached twice (a loop) has two paths and one inode.
   const pendingDirs = new Map<string, { path: Buffer; stat: Stat }>();
 
-  const setPath = async (path: Buffer, stat: Stat, dirRuns?: Run[]): Promise<void> => {
-    let d;
-    try {
-      d = await describe(fs, stat, dirRuns);
-    } catch (err) {
-      j.warn(`${escapeName(path)}: ${(err as Error).message}`);
-      return;
-    }
+  const warn = (path: Buffer, err: unknown): void => j.warn(`${escapeName(path)}: ${(err as Error).message}`);
+  const record = (path: Buffer, d: Described): Promise<void> | undefined => {
     const prev: Entry | undefined = writer.before(part, path);
     d.entry.stamp = stampOf(d, prev, j.changed, j.seq);
-    await writer.set(part, path, d.entry, prev ?? null);
-    if (path.length === 0) return; // the root is not a path of its own
+    const wait = writer.set(part, path, d.entry, prev ?? null);
+    if (path.length === 0) return wait; // the root is not a path of its own
     entries++;
     if (entries % 1024 === 0) j.progress(entries);
+    return wait;
+  };
+  // Synchronous when the inode describes itself (most files), so the walk does not wait on a promise per entry.
+  const setPath = (path: Buffer, stat: Stat, dirRuns?: Run[]): Promise<void> | undefined => {
+    let d: Described | undefined;
+    try {
+      d = describeSync(fs, stat, dirRuns);
+    } catch (err) {
+      warn(path, err);
+      return undefined;
+    }
+    if (d) return record(path, d);
+    return describe(fs, stat, dirRuns).then(
+      (x) => record(path, x),
+      (err: unknown) => warn(path, err),
+    );
   };
 
   // The root directory is an entry too (the empty path): its blocks map changes in "/" for incremental builds.

@@ -22,7 +22,7 @@
  */
 import { ExtFilesystem, escapeName, type DirEntry, type FsError, type Stat } from '../fs';
 import { describe, stampOf } from './describe';
-import { sameStat, type Entry } from './entry';
+import { sameStat, statPrint, type Entry } from './entry';
 import { joinPath } from './keys';
 import { childrenAt, dirsOfBlocks, entryAt, pathsOfInode, type Scope } from './reads';
 import type { BlockRanges } from './ranges';
@@ -41,6 +41,8 @@ export interface IncrementalJob {
   changed: BlockRanges;
   throttle: Throttle;
   warn(message: string): void;
+  /** Adds ms per step (classify, inodes, directories, write). */
+  phases?: Record<string, number>;
 }
 
 export interface IncrementalResult {
@@ -57,13 +59,19 @@ const key = (p: Buffer): string => p.toString('latin1');
 export async function catalogIncremental(j: IncrementalJob): Promise<IncrementalResult> {
   const { fsB, a, writer, partition: part } = j;
   const res: IncrementalResult = { changedMetadataBlocks: 0, inodesRead: 0, directoriesRead: 0 };
+  let t = performance.now();
+  const step = (name: string): void => {
+    const now = performance.now();
+    if (j.phases) j.phases[name] = Math.round((j.phases[name] ?? 0) + now - t);
+    t = now;
+  };
   const changes = new Map<string, { path: Buffer; change: Change }>();
   const setChange = (path: Buffer, change: Change, override: boolean): void => {
     if (override || !changes.has(key(path))) changes.set(key(path), { path, change });
   };
 
   // 1. Classify the changed blocks.
-  const inodes: number[] = [];
+  const itable: Array<{ firstIno: number; count: number }> = [];
   const dirBlocksChanged = new Map<number, Set<number>>();
   for (const span of j.changed.spans()) {
     let b = span.first;
@@ -71,7 +79,7 @@ export async function catalogIncremental(j: IncrementalJob): Promise<Incremental
     while (b < end) {
       const c = fsB.classifyBlock(b);
       if (c.kind === 'inode-table') {
-        for (let i = 0; i < c.count; i++) inodes.push(c.firstIno + i);
+        itable.push({ firstIno: c.firstIno, count: c.count });
         res.changedMetadataBlocks++;
         b++;
         continue;
@@ -85,27 +93,26 @@ export async function catalogIncremental(j: IncrementalJob): Promise<Incremental
   }
   for (const blocks of dirBlocksChanged.values()) res.changedMetadataBlocks += blocks.size;
 
+  step('classify');
   // 2. Inodes in changed inode-table blocks, against A's entries of their paths.
   const dirsToDiff = new Map<number, { path: Buffer; prev: Entry; stat: Stat | null }>();
   const recheckParents = new Set<string>();
-  const valid = inodes.filter((ino) => ino >= 1 && ino <= fsB.superblock.inodesCount);
-  try {
-    await fsB.prefetchInodes(valid);
-  } catch {
-    // Reported per inode below.
-  }
-  for (const ino of valid) {
-    const paths = pathsOfInode(a, ino);
-    if (!paths.length) continue; // new inodes are found through their directory
+  const buckets = new Map<number, Array<number | Uint8Array>>();
+  const inodeChanged = async (ino: number): Promise<void> => {
+    const paths = pathsOfInode(a, ino, buckets);
+    if (!paths.length) return; // new inodes are found through their directory
     res.inodesRead++;
     let stat: Stat;
     try {
       stat = await fsB.stat(ino);
     } catch (err) {
       j.warn(`inode ${ino}: ${(err as FsError).message}`);
-      continue;
+      return;
     }
-    for (const path of paths) {
+    const print = statPrint(stat);
+    for (const { path, print: then } of paths) {
+      // Same stat as at A (the usual case for the other inodes of a changed table block): nothing to look up.
+      if (then === print && ExtFilesystem.inUse(stat)) continue;
       const prev = entryAt(a, path);
       if (!prev) continue;
       if (!ExtFilesystem.inUse(stat) || (stat.type === 'dir') !== (prev.type === 'dir')) {
@@ -117,15 +124,27 @@ export async function catalogIncremental(j: IncrementalJob): Promise<Incremental
       setChange(path, { kind: 'stat', stat, prev }, false);
       if (stat.type === 'dir') dirsToDiff.set(ino, { path, prev, stat });
     }
-  }
+  };
+  // Each changed inode-table block is read once, many at a time (they are scattered: one read each).
+  await pool(itable, 32, async (blk) => {
+    const inos: number[] = [];
+    for (let i = 0; i < blk.count; i++) if (blk.firstIno + i <= fsB.superblock.inodesCount) inos.push(blk.firstIno + i);
+    try {
+      await fsB.prefetchInodes(inos);
+    } catch {
+      // Reported per inode.
+    }
+    for (const ino of inos) await inodeChanged(ino);
+  });
   for (const [dirIno, blocks] of dirBlocksChanged) {
     if (dirsToDiff.has(dirIno)) continue;
-    const path = pathsOfInode(a, dirIno)[0];
+    const path = pathsOfInode(a, dirIno, buckets)[0]?.path;
     const prev = path && entryAt(a, path);
     if (path && prev && prev.type === 'dir') dirsToDiff.set(dirIno, { path, prev, stat: null });
     void blocks;
   }
 
+  step('inodes');
   // 3. Directories: block-by-block diffs.
   const diffs: Array<{
     dir: Buffer;
@@ -171,6 +190,7 @@ export async function catalogIncremental(j: IncrementalJob): Promise<Incremental
     }
   }
 
+  step('directories');
   // 4. Write what changed. Inside a directory that vanished or was replaced, only its new subtree counts.
   const cut = [...changes.values()]
     .filter(({ change }) => change.kind === 'gone' || (change.kind === 'ino' && change.prev?.type === 'dir'))
@@ -200,6 +220,7 @@ export async function catalogIncremental(j: IncrementalJob): Promise<Incremental
       await writer.removeUnseen(part, path);
     }
   }
+  step('write');
   return res;
 }
 
@@ -287,5 +308,14 @@ async function diffDirectory(j: IncrementalJob, dirIno: number, prev: Entry, sta
 }
 
 function prevPath(j: IncrementalJob, dirIno: number): Buffer {
-  return pathsOfInode(j.a, dirIno)[0] ?? Buffer.alloc(0);
+  return pathsOfInode(j.a, dirIno)[0]?.path ?? Buffer.alloc(0);
+}
+
+/** Runs fn over items with at most `limit` running at once. */
+async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }

@@ -66,7 +66,12 @@ export class JobRunner {
   }
 
   /** A job for the point at `seq` (an existing queued or running one is reused). */
-  async enqueue(volume: string, seq: number, asked: string, opts: { priority?: boolean; marker?: string | null } = {}): Promise<JobRecord> {
+  async enqueue(
+    volume: string,
+    seq: number,
+    asked: string,
+    opts: { priority?: boolean; marker?: string | null; full?: boolean } = {},
+  ): Promise<JobRecord> {
     const same = this.h.store
       .jobList()
       .find((j) => j.volume === volume && j.seq === seq && (j.state === 'queued' || j.state === 'running'));
@@ -86,6 +91,7 @@ export class JobRunner {
       marker: opts.marker ?? null,
       state: 'queued',
       priority: opts.priority === true,
+      full: opts.full === true,
       progress: { phase: 'queued', done: 0, total: 0 },
       error: null,
       created: new Date().toISOString(),
@@ -181,6 +187,7 @@ export class JobRunner {
         historyBlockSize: r.ctx.history.blockSize,
         other: (seq) => this.h.access.other(job.volume, r, seq, unpins),
         throttle: new Throttle(job.priority ? 1 : this.h.duty),
+        full: job.full === true,
         progress: (phase, done, total) => {
           job.progress = { phase, done, total };
         },

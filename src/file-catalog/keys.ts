@@ -7,7 +7,7 @@
  * "/", which is what makes NUL a safe separator:
  *
  *   entry    vid u32 | part u16 | parent path | 00 | name | 00 | seq u64
- *   inopath  vid u32 | part u16 | ino u32 | parent path | 00 | name | 00 | seq u64
+ *   inodes   vid u32 | part u16 | bucket u32 | seq u64   (inodes 16b+1 .. 16b+16)
  *   dirblock vid u32 | part u16 | block u64 | seq u64
  *
  * The parent of "/a" is "" and of "/a/b" is "/a", so a directory's children
@@ -72,10 +72,45 @@ export function isLongParent(parent: Buffer): boolean {
   return parent.length > LONG_PARENT;
 }
 
+/**
+ * vid|part|parent|00|name|00[|seq] in one allocation (a full build makes
+ * one per path: its hottest allocation). `seq` < 0: the subject alone.
+ */
+function pathKey(vid: number, part: number, path: Buffer, seq: number): Buffer {
+  const i = path.lastIndexOf(0x2f);
+  const parentLen = Math.max(0, i);
+  if (parentLen > LONG_PARENT) {
+    const { parent, name } = splitPath(path);
+    const subj = Buffer.concat([head(vid, part), parentKey(parent), NUL, name, NUL]);
+    return seq < 0 ? subj : withSeq(subj, seq);
+  }
+  const pre = 6;
+  const nameLen = path.length - (path.length === 0 ? 0 : i + 1);
+  const len = pre + parentLen + 1 + nameLen + 1 + (seq < 0 ? 0 : SEQ_BYTES);
+  const k = Buffer.allocUnsafe(len);
+  k.writeUInt32BE(vid, 0);
+  k.writeUInt16BE(part, 4);
+  path.copy(k, pre, 0, parentLen);
+  let o = pre + parentLen;
+  k[o++] = 0;
+  if (nameLen) path.copy(k, o, i + 1);
+  o += nameLen;
+  k[o++] = 0;
+  if (seq >= 0) {
+    k.writeUInt32BE(Math.floor(seq / 2 ** 32), o);
+    k.writeUInt32BE(seq >>> 0, o + 4);
+  }
+  return k;
+}
+
 /** vid|part|parent|00|name|00: the subject of a path's entry rows. */
 export function entrySubject(vid: number, part: number, path: Buffer): Buffer {
-  const { parent, name } = splitPath(path);
-  return Buffer.concat([head(vid, part), parentKey(parent), NUL, name, NUL]);
+  return pathKey(vid, part, path, -1);
+}
+
+/** An entry row's key. */
+export function entryKey(vid: number, part: number, path: Buffer, seq: number): Buffer {
+  return pathKey(vid, part, path, seq);
 }
 
 export function withSeq(subjectKey: Buffer, seq: number): Buffer {
@@ -105,16 +140,17 @@ export function entryKeyParts(key: Buffer): { parent: Buffer; name: Buffer; seq:
   return { parent: body.subarray(0, i), name: body.subarray(i + 1), seq: readSeq(key) };
 }
 
-export function inopathSubject(vid: number, part: number, ino: number, path: Buffer): Buffer {
-  const { parent, name } = splitPath(path);
-  const h = head(vid, part, 4);
-  h.writeUInt32BE(ino, 6);
-  return Buffer.concat([h, parentKey(parent), NUL, name, NUL]);
+/** Inodes per row of the inode -> paths index: one inode-table block of 256-byte inodes. */
+export const INODE_BUCKET = 16;
+
+export function bucketOf(ino: number): number {
+  return Math.floor((ino - 1) / INODE_BUCKET);
 }
 
-export function inodePrefix(vid: number, part: number, ino: number): Buffer {
+/** vid|part|bucket: the subject of the row listing the paths of inodes 16b+1 .. 16b+16. */
+export function inodesSubject(vid: number, part: number, bucket: number): Buffer {
   const h = head(vid, part, 4);
-  h.writeUInt32BE(ino, 6);
+  h.writeUInt32BE(bucket, 6);
   return h;
 }
 

@@ -6,7 +6,7 @@
  */
 import { escapeName } from '../fs';
 import { UserError } from '../util/errors';
-import { decodeEntry, modeText, type Entry, type StoredEntry, type Time } from './entry';
+import { decodeEntry, isGone, modeText, type Entry, type Time } from './entry';
 import { childrenPrefix, entryKeyParts, entrySubject, joinPath, subtreePrefixes } from './keys';
 import { entryAt } from './reads';
 import type { CatalogStore } from './store';
@@ -144,8 +144,8 @@ export function listPartition(
   for (const prefix of prefixes) {
     if (q.after && Buffer.compare(q.after, prefix) >= 0 && !q.after.subarray(0, prefix.length).equals(prefix)) continue;
     const after = q.after && q.after.subarray(0, prefix.length).equals(prefix) ? q.after : undefined;
-    for (const row of store.scanVisible<StoredEntry>('entries', prefix, at, vid, after ? { after } : {})) {
-      if (row.value === 0) continue;
+    for (const row of store.scanVisible<Buffer>('entries', prefix, at, vid, after ? { after } : {})) {
+      if (isGone(row.value)) continue;
       const e = decodeEntry(row.value);
       const { parent, name } = entryKeyParts(row.key);
       if (name.length === 0) continue; // the root's own row
@@ -169,6 +169,8 @@ export interface Version {
   seq: number;
   time: string;
   txn: number;
+  /** The (first) marker at this point, and all of them. */
+  marker?: string;
   markers: string[];
   /** The point where the path vanished (no size or times). */
   deleted?: true;
@@ -183,11 +185,17 @@ export interface Version {
 export function versionsOf(store: CatalogStore, vid: number, partition: number, path: Buffer, points: Map<number, PointRecord>): Version[] {
   const out: Version[] = [];
   let prev: Entry | null = null;
-  for (const row of store.rows<StoredEntry>('entries', entrySubject(vid, partition, path))) {
+  for (const row of store.rows<Buffer>('entries', entrySubject(vid, partition, path))) {
     const p = points.get(row.seq);
     if (!p || p.state !== 'complete') continue;
-    const base = { seq: p.seq, time: new Date(p.time).toISOString(), txn: p.txn, markers: p.markers };
-    if (row.value === 0) {
+    const base = {
+      seq: p.seq,
+      time: new Date(p.time).toISOString(),
+      txn: p.txn,
+      ...(p.markers.length ? { marker: p.markers[0] } : {}),
+      markers: p.markers,
+    };
+    if (isGone(row.value)) {
       if (prev) out.push({ ...base, deleted: true });
       prev = null;
       continue;

@@ -131,13 +131,16 @@ export class FileCatalog {
   async request(
     volume: string,
     at: unknown,
-    opts: { priority?: boolean; nearest?: unknown } = {},
+    opts: { priority?: boolean; nearest?: unknown; full?: boolean } = {},
   ): Promise<{ job: JobRecord | null; point: PointRecord | null; info: PointInfo }> {
     const r = await this.access.resolve(volume, at ?? 'latest', opts.nearest);
     const vid = this.store.knownVid(volume);
     const done = vid === undefined ? undefined : this.store.point(vid, r.point.seq);
     if (done?.state === 'complete') return { job: null, point: done, info: r.info };
-    const job = await this.jobs.enqueue(volume, r.point.seq, String(at ?? 'latest'), { priority: opts.priority === true });
+    const job = await this.jobs.enqueue(volume, r.point.seq, String(at ?? 'latest'), {
+      priority: opts.priority === true,
+      full: opts.full === true,
+    });
     return { job, point: null, info: r.info };
   }
 

@@ -2,11 +2,12 @@
  * The file catalog's LMDB environment (DATA_DIR/file-catalog/index):
  *
  *   points    [vid, seq] -> PointRecord: a cataloged point and its context
- *   entries   keys.ts entry key    -> Entry (entry.ts) | 0 (gone)
- *   inopaths  keys.ts inopath key  -> 1 (the inode has this path) | 0
+ *   entries   keys.ts entry key    -> Entry in entry.ts's binary layout | one byte 0 (gone)
+ *   inodes    keys.ts inodes key   -> [ino, path, print, ...] | 0: the paths of 16 inodes, each
+ *                                     with its inode's stat print (entry.ts statPrint)
  *   dirblocks keys.ts dirblock key -> directory inode | 0
  *   jobs      id -> JobRecord (builds, persisted so a restart resumes them)
- *   meta      "vol:NAME" -> {vid, group, volumeId}; "nextVid"; "nextJob"
+ *   meta      "vol:NAME" -> {vid, group, volumeId}; "nextVid"; "nextJob"; "format"
  *
  * The three keyed tables are temporal: a row is written at a point only
  * where the thing it describes differs from what the point before it (in
@@ -21,12 +22,16 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { prefixEnd, readSeq, subject, volumePrefix, withSeq, SEQ_LEN } from './keys';
 import type { JobRecord, PointRecord } from './types';
 
+/** The layout of the rows below; see checkFormat. */
+const FORMAT = 2;
+
 export type Row<V> = { key: Buffer; seq: number; value: V };
 
-export type Table = 'entries' | 'inopaths' | 'dirblocks';
+export type Table = 'entries' | 'inodes' | 'dirblocks';
 
 export class CatalogStore {
   private readonly completeCache = new Map<number, number[]>();
+  private readonly completeSets = new Map<number, Set<number>>();
 
   private constructor(
     readonly root: RootDatabase,
@@ -40,17 +45,31 @@ export class CatalogStore {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const root = open({ path: path.join(dir, 'index'), maxDbs: 8 });
     const bin = { keyEncoding: 'binary' as const };
-    return new CatalogStore(
+    const store = new CatalogStore(
       root,
       root.openDB<PointRecord, [number, number]>('points', {}),
       {
-        entries: root.openDB<unknown, Buffer>('entries', bin),
-        inopaths: root.openDB<unknown, Buffer>('inopaths', bin),
+        entries: root.openDB<unknown, Buffer>('entries', { ...bin, encoding: 'binary' }),
+        inodes: root.openDB<unknown, Buffer>('inodes', bin),
         dirblocks: root.openDB<unknown, Buffer>('dirblocks', bin),
       },
       root.openDB<JobRecord, number>('jobs', {}),
       root.openDB<unknown, string>('meta', {}),
     );
+    store.checkFormat();
+    return store;
+  }
+
+  /**
+   * A catalog in an older layout is dropped, not migrated: it is derived
+   * data, and every point can be cataloged again from the history.
+   */
+  private checkFormat(): void {
+    if (this.meta.get('format') === FORMAT) return;
+    this.root.transactionSync(() => {
+      for (const db of [this.points, ...Object.values(this.tables), this.jobs, this.meta]) db.clearSync();
+      void this.meta.put('format', FORMAT);
+    });
   }
 
   close(): Promise<void> {
@@ -131,8 +150,14 @@ export class CatalogStore {
         .filter((p) => p.state === 'complete')
         .map((p) => p.seq);
       this.completeCache.set(vid, c);
+      this.completeSets.set(vid, new Set(c));
     }
     return c;
+  }
+
+  private completeSet(vid: number): Set<number> {
+    this.complete(vid);
+    return this.completeSets.get(vid)!;
   }
 
   /** The complete points just before and after seq (not seq itself). */
@@ -151,7 +176,7 @@ export class CatalogStore {
 
   /** The row of `subj` visible at point `at`: its last row at or before `at` among complete points. */
   visible<V = unknown>(table: Table, subj: Buffer, at: number, vid: number): Row<V> | undefined {
-    const complete = new Set(this.complete(vid));
+    const complete = this.completeSet(vid);
     for (const { key, value } of this.tables[table].getRange({ start: withSeq(subj, at), end: subj, reverse: true })) {
       const k = key as Buffer;
       if (k.length !== subj.length + SEQ_LEN) continue;
@@ -189,7 +214,7 @@ export class CatalogStore {
 
   /** scanVisible over keys in [start, end). */
   *scanVisibleRange<V = unknown>(table: Table, start: Buffer, end: Buffer, at: number, vid: number): Generator<Row<V>> {
-    const complete = new Set(this.complete(vid));
+    const complete = this.completeSet(vid);
     let cur: Buffer | null = null;
     let best: Row<V> | null = null;
     for (const { key, value } of this.tables[table].getRange({ start, end })) {
@@ -258,28 +283,54 @@ export class CatalogStore {
   }
 }
 
-/** A batch of row writes, committed in LMDB transactions of bounded size. */
+/**
+ * Row writes, committed in LMDB transactions of bounded size. Commits are
+ * pipelined: a full batch starts its transaction and the build goes on (a
+ * few may be in flight; put returns a promise only when the oldest must be
+ * awaited), and flush waits for all of them. LMDB commits in order, so a
+ * point marked complete after flush is never visible before its rows.
+ */
 export class RowWriter {
   private pending: Array<[Table, Buffer, unknown]> = [];
+  private inflight: Promise<unknown>[] = [];
+  private failed: unknown = null;
   written = 0;
 
   constructor(
     private readonly store: CatalogStore,
-    private readonly batch = 4000,
+    private readonly batch = 8000,
+    private readonly maxInflight = 3,
   ) {}
 
-  put(table: Table, key: Buffer, value: unknown): Promise<void> | void {
+  put(table: Table, key: Buffer, value: unknown): Promise<void> | undefined {
     this.pending.push([table, key, value]);
     this.written++;
-    if (this.pending.length >= this.batch) return this.flush();
+    return this.pending.length >= this.batch ? this.commit() : undefined;
+  }
+
+  private commit(): Promise<void> | undefined {
+    if (this.failed) throw this.failed;
+    if (!this.pending.length) return undefined;
+    const rows = this.pending;
+    this.pending = [];
+    const p = this.store.root
+      .transaction(() => {
+        for (const [t, k, v] of rows) void this.store.tables[t].put(k, v);
+      })
+      .catch((err: unknown) => {
+        this.failed ??= err;
+      });
+    this.inflight.push(p);
+    if (this.inflight.length <= this.maxInflight) return undefined;
+    return this.inflight.shift()!.then(() => {
+      if (this.failed) throw this.failed;
+    });
   }
 
   async flush(): Promise<void> {
-    if (!this.pending.length) return;
-    const rows = this.pending;
-    this.pending = [];
-    await this.store.root.transaction(() => {
-      for (const [t, k, v] of rows) void this.store.tables[t].put(k, v);
-    });
+    this.commit();
+    await Promise.all(this.inflight);
+    this.inflight = [];
+    if (this.failed) throw this.failed;
   }
 }

@@ -48,6 +48,8 @@ export interface BuildStats {
   durationMs: number;
   /** Time spent waiting on the throttle. */
   throttledMs: number;
+  /** Where the time went (ms): history (the changed blocks), open (partitions, superblocks, fstab), read, commit. */
+  phases?: Record<string, number>;
 }
 
 export interface PointRecord {
@@ -83,6 +85,8 @@ export interface JobRecord {
   state: JobState;
   /** Runs at full speed (someone is waiting) rather than throttled. */
   priority: boolean;
+  /** A full build even where an incremental one could run. */
+  full?: boolean;
   progress: { phase: string; done: number; total: number };
   error: string | null;
   created: string;

@@ -11,8 +11,21 @@
  * Those deletions and B's "complete" mark commit in one LMDB transaction,
  * so no reader ever sees C without either.
  */
-import { decodeEntry, encodeEntry, sameEntry, sameIdentity, type Entry, type StoredEntry } from './entry';
-import { dirblockSubject, entrySubject, inopathSubject, joinPath, subtreePrefixes, entryKeyParts, withSeq, isLongParent } from './keys';
+import { decodeEntry, encodeEntry, isGone, sameEntry, sameIdentity, statPrint, TOMBSTONE, type Entry } from './entry';
+import {
+  bucketOf,
+  dirblockSubject,
+  entryKey,
+  entrySubject,
+  inodesSubject,
+  joinPath,
+  subtreePrefixes,
+  entryKeyParts,
+  withSeq,
+  isLongParent,
+  SEQ_LEN,
+} from './keys';
+import { bucketAt } from './reads';
 import { RowWriter, type CatalogStore, type Table } from './store';
 import type { PointRecord } from './types';
 
@@ -53,6 +66,8 @@ export class PointWriter {
   /** Subjects written at B, per table: C's fix-ups, and full builds' deletion pass. */
   private readonly touched = new Map<Table, Map<string, Buffer>>();
   private readonly seen = new Set<string>();
+  /** Paths inodes gained and lost at B, per partition and bucket of 16 inodes (written at finish). */
+  private readonly links = new Map<number, Map<number, Array<{ ino: number; path: Buffer; print: number | null }>>>();
   changedPaths = 0;
   /** Paths that appeared and vanished at B, per partition (the root directory aside). */
   readonly delta = new Map<number, { added: number; removed: number }>();
@@ -66,25 +81,29 @@ export class PointWriter {
   ) {
     this.changes = opts.dry ? [] : null;
     this.rows = new RowWriter(store);
-    for (const t of ['entries', 'inopaths', 'dirblocks'] as Table[]) this.touched.set(t, new Map());
+    for (const t of ['entries', 'inodes', 'dirblocks'] as Table[]) this.touched.set(t, new Map());
   }
 
   /** A's entry of a path (undefined: absent). */
   before(part: number, path: Buffer): Entry | undefined {
     const a = this.neighbours.before;
     if (a === null) return undefined;
-    const row = this.store.visible<StoredEntry>('entries', entrySubject(this.vid, part, path), a, this.vid);
-    return row && row.value !== 0 ? decodeEntry(row.value) : undefined;
+    const row = this.store.visible<Buffer>('entries', entrySubject(this.vid, part, path), a, this.vid);
+    return row && !isGone(row.value) ? decodeEntry(row.value) : undefined;
   }
 
   get rowsWritten(): number {
     return this.rows.written;
   }
 
-  private async row(table: Table, subj: Buffer, value: unknown): Promise<void> {
-    if (this.changes) return;
-    if (this.neighbours.after !== null) this.touched.get(table)!.set(subj.toString('latin1'), subj);
-    await this.rows.put(table, withSeq(subj, this.seq), value);
+  /** Queues a row at B; a promise only when the writer wants the caller to wait (backpressure). */
+  private row(table: Table, subj: Buffer | null, key: Buffer, value: unknown): Promise<void> | undefined {
+    if (this.changes) return undefined;
+    if (this.neighbours.after !== null) {
+      const s = subj ?? key.subarray(0, key.length - SEQ_LEN);
+      this.touched.get(table)!.set(s.toString('latin1'), Buffer.from(s));
+    }
+    return this.rows.put(table, key, value);
   }
 
   /** Has this build set the path (full builds: the deletion pass skips it)? */
@@ -95,16 +114,19 @@ export class PointWriter {
   /**
    * The path's state at B: an entry, or null (gone). Each path is set at most
    * once per build. `prev` is A's entry when the caller already has it.
+   * Synchronous unless the row writer asks the caller to wait (a promise).
    */
-  async set(part: number, path: Buffer, entry: Entry | null, prev?: Entry | null): Promise<void> {
-    const subj = entrySubject(this.vid, part, path);
-    const skey = subj.toString('latin1');
-    if (this.seen.has(skey)) return;
-    this.seen.add(skey);
+  set(part: number, path: Buffer, entry: Entry | null, prev?: Entry | null): Promise<void> | undefined {
     const a = prev === undefined ? this.before(part, path) : (prev ?? undefined);
+    // Without a point before, a walk meets each path once and nothing is deleted: no need to remember paths.
+    if (this.neighbours.before !== null || this.changes) {
+      const skey = entrySubject(this.vid, part, path).toString('latin1');
+      if (this.seen.has(skey)) return undefined;
+      this.seen.add(skey);
+    }
     if (entry && isLongParent(path.subarray(0, Math.max(0, path.lastIndexOf(0x2f))))) entry.path = path;
-    if (a === undefined && entry === null) return;
-    if (a !== undefined && entry !== null && sameEntry(a, entry)) return;
+    if (a === undefined && entry === null) return undefined;
+    if (a !== undefined && entry !== null && sameEntry(a, entry)) return undefined;
     this.changedPaths++;
     this.changes?.push({ partition: part, path, before: a ?? null, after: entry });
     if (path.length > 0 && (!a || !entry)) {
@@ -113,21 +135,60 @@ export class PointWriter {
       else d.removed++;
       this.delta.set(part, d);
     }
-    await this.row('entries', subj, entry ? encodeEntry(entry) : 0);
-    if (!a || !entry || a.ino !== entry.ino) {
-      if (a) await this.row('inopaths', inopathSubject(this.vid, part, a.ino, path), 0);
-      // The key of a very long path holds a hash of its parent: the row keeps the path itself.
-      if (entry) await this.row('inopaths', inopathSubject(this.vid, part, entry.ino, path), entry.path ?? 1);
+    let wait: Promise<void> | undefined;
+    const row = (table: Table, key: Buffer, value: unknown): void => {
+      wait = this.row(table, null, key, value) ?? wait;
+    };
+    row('entries', entryKey(this.vid, part, path, this.seq), entry ? encodeEntry(entry) : TOMBSTONE);
+    // The inode -> paths index: a path moves between inodes, or the inode's stat print changes.
+    if (a && (!entry || a.ino !== entry.ino)) this.link(part, a.ino, path, null);
+    if (entry) {
+      const print = statPrint(entry);
+      if (!a || a.ino !== entry.ino || statPrint(a) !== print) this.link(part, entry.ino, path, print);
     }
     const oldBlocks = a?.type === 'dir' ? dirBlocks(a.runs) : [];
     const newBlocks = entry?.type === 'dir' ? dirBlocks(entry.runs) : [];
     if (oldBlocks.length || newBlocks.length) {
       const keep = new Set(newBlocks);
       const sameDir = a && entry && a.ino === entry.ino;
-      for (const b of oldBlocks) if (!keep.has(b)) await this.row('dirblocks', dirblockSubject(this.vid, part, b), 0);
+      for (const b of oldBlocks) if (!keep.has(b)) row('dirblocks', withSeq(dirblockSubject(this.vid, part, b), this.seq), 0);
       const had = new Set(sameDir ? oldBlocks : []);
-      for (const b of newBlocks) if (!had.has(b)) await this.row('dirblocks', dirblockSubject(this.vid, part, b), entry!.ino);
+      for (const b of newBlocks) if (!had.has(b)) row('dirblocks', withSeq(dirblockSubject(this.vid, part, b), this.seq), entry!.ino);
     }
+    return wait;
+  }
+
+  /** Records that `path` is (print: its inode's stat print) or is no longer (null) a path of `ino`. */
+  private link(part: number, ino: number, path: Buffer, print: number | null): void {
+    let m = this.links.get(part);
+    if (!m) this.links.set(part, (m = new Map()));
+    const b = bucketOf(ino);
+    let l = m.get(b);
+    if (!l) m.set(b, (l = []));
+    l.push({ ino, path, print });
+  }
+
+  /** The inode -> paths rows of the buckets whose inodes gained or lost a path: A's list, changed. */
+  private async writeBuckets(): Promise<void> {
+    for (const [part, buckets] of this.links) {
+      const a = this.neighbours.before;
+      for (const [b, changes] of buckets) {
+        const base = a === null ? [] : bucketAt({ store: this.store, vid: this.vid, part, at: a }, b);
+        let items: Array<[number, Buffer, number]> = [];
+        for (let i = 0; i + 2 < base.length; i += 3)
+          items.push([base[i] as number, Buffer.from(base[i + 1] as Uint8Array), base[i + 2] as number]);
+        for (const c of changes) {
+          items = items.filter(([ino, p]) => ino !== c.ino || !p.equals(c.path));
+          if (c.print !== null) items.push([c.ino, c.path, c.print]);
+        }
+        items.sort((x, y) => x[0] - y[0] || Buffer.compare(x[1], y[1]));
+        const flat = items.flat();
+        if (sameValue(flat, base)) continue;
+        const wait = this.row('inodes', null, withSeq(inodesSubject(this.vid, part, b), this.seq), flat.length ? flat : 0);
+        if (wait) await wait;
+      }
+    }
+    this.links.clear();
   }
 
   /**
@@ -140,8 +201,8 @@ export class PointWriter {
     if (a === null) return;
     const under = Buffer.concat([dir, Buffer.from('/')]);
     for (const prefix of subtreePrefixes(this.vid, part, dir)) {
-      for (const row of this.store.scanVisible<StoredEntry>('entries', prefix, a, this.vid)) {
-        if (row.value === 0) continue;
+      for (const row of this.store.scanVisible<Buffer>('entries', prefix, a, this.vid)) {
+        if (isGone(row.value)) continue;
         const e = decodeEntry(row.value);
         const { parent, name } = entryKeyParts(row.key);
         const path = e.path ?? joinPath(parent, name);
@@ -157,6 +218,7 @@ export class PointWriter {
    * transaction). `record` is B's finished point record.
    */
   async finish(record: PointRecord, probe: LaterChangeProbe | null): Promise<void> {
+    await this.writeBuckets();
     await this.rows.flush();
     const c = this.neighbours.after;
     const drop: Array<[Table, Buffer]> = [];
@@ -168,17 +230,17 @@ export class PointWriter {
           if (own === undefined) {
             // C inherited this subject from before B: pin down what it saw.
             const seen = this.store.visible(table, subj, c, this.vid);
-            let value: unknown = seen ? seen.value : 0;
-            if (table === 'entries' && value !== 0) {
-              const e = decodeEntry(value as unknown[]);
-              const b = atB && atB !== 0 ? decodeEntry(atB as unknown[]) : null;
+            let value: unknown = seen ? seen.value : table === 'entries' ? TOMBSTONE : 0;
+            if (table === 'entries' && !isGone(value)) {
+              const e = decodeEntry(value as Buffer);
+              const b = atB !== undefined && !isGone(atB) ? decodeEntry(atB as Buffer) : null;
               if (!b || !sameIdentity(b, e)) e.stamp = c;
               value = encodeEntry(e);
             }
             await this.rows.put(table, withSeq(subj, c), value);
-          } else if (table === 'entries' && own !== 0 && atB !== undefined && atB !== 0) {
-            const e = decodeEntry(own as unknown[]);
-            const b = decodeEntry(atB as unknown[]);
+          } else if (table === 'entries' && !isGone(own) && atB !== undefined && !isGone(atB)) {
+            const e = decodeEntry(own as Buffer);
+            const b = decodeEntry(atB as Buffer);
             if (e.stamp === c && sameIdentity(b, e) && probe) {
               const { parent, name } = entryKeyParts(withSeq(subj, c));
               const part = subj.readUInt16BE(4);
@@ -188,9 +250,7 @@ export class PointWriter {
               }
             }
             if (sameEntry(e, b)) drop.push([table, withSeq(subj, c)]);
-          } else if (table !== 'entries' && atB !== undefined && sameValue(own, atB)) {
-            drop.push([table, withSeq(subj, c)]);
-          } else if (table === 'entries' && own === 0 && atB === 0) {
+          } else if (table === 'entries' ? isGone(own) && atB !== undefined && isGone(atB) : atB !== undefined && sameValue(own, atB)) {
             drop.push([table, withSeq(subj, c)]);
           }
         }
@@ -207,5 +267,6 @@ export class PointWriter {
 
 function sameValue(a: unknown, b: unknown): boolean {
   if (a instanceof Uint8Array && b instanceof Uint8Array) return Buffer.from(a).equals(Buffer.from(b));
+  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => sameValue(x, b[i]));
   return a === b;
 }

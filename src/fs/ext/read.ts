@@ -6,7 +6,7 @@
  */
 import { corrupt, FsError } from '../errors';
 import { LIMITS } from '../limits';
-import type { Run } from './blockmap';
+import { inodeRunsSync, type Run } from './blockmap';
 import type { ExtSource } from './source';
 import { inlineContents } from './inline';
 import { FLAG, I_BLOCK, type Inode } from './inode';
@@ -55,7 +55,7 @@ export interface FileExtents {
 }
 
 /** True if the inode has no block map: its bytes (if any) live in the inode. */
-function dataInInode(fs: ExtSource, inode: Inode): boolean {
+export function dataInInode(fs: Pick<ExtSource, 'blockSize'>, inode: Inode): boolean {
   const { stat } = inode;
   if (stat.flags & FLAG.INLINE_DATA) return true;
   if (stat.type === 'symlink') {
@@ -142,6 +142,44 @@ async function* pieces(fs: ExtSource, inode: Inode, start: number, end: number, 
   yield* zeroes(end);
 }
 
+/**
+ * fileExtents without I/O: undefined when the block map needs a block read
+ * (an extent tree deeper than the inode, indirect blocks).
+ */
+export function fileExtentsSync(fs: ExtSource, inode: Inode): FileExtents | undefined {
+  const out: FileExtents = {
+    ino: inode.stat.ino,
+    size: inode.stat.size,
+    blockSize: fs.blockSize,
+    runs: [],
+    metaBlocks: [],
+    xattrBlock: inode.fileAcl,
+    inline: false,
+  };
+  if (!hasData(inode)) return out;
+  if (dataInInode(fs, inode)) {
+    out.inline = true;
+    return out;
+  }
+  const runs = inodeRunsSync({ sb: fs.superblock, ino: inode.stat.ino }, inode);
+  if (!runs) return undefined;
+  for (const r of runs) (out.runs as ExtentRun[]).push({ ...r, imageOffset: fs.imageOffset(r.physical) });
+  checkOverlap(out.runs, inode.stat.ino);
+  return out;
+}
+
+export function checkOverlap(runs: Run[], ino: number): void {
+  // Two runs of one file sharing a block is corruption (ext4 has no reflinks).
+  if (runs.length < 2) return;
+  const byPhys = [...runs].sort((a, b) => a.physical - b.physical);
+  for (let i = 1; i < byPhys.length; i++) {
+    const prev = byPhys[i - 1]!;
+    if (byPhys[i]!.physical < prev.physical + prev.length) {
+      throw corrupt(`inode ${ino} block map`, `runs at blocks ${prev.physical} (+${prev.length}) and ${byPhys[i]!.physical} overlap`);
+    }
+  }
+}
+
 export async function fileExtents(fs: ExtSource, inode: Inode): Promise<FileExtents> {
   const out: FileExtents = {
     ino: inode.stat.ino,
@@ -158,16 +196,6 @@ export async function fileExtents(fs: ExtSource, inode: Inode): Promise<FileExte
     return out;
   }
   for await (const r of fs.runs(inode, 0, (b) => out.metaBlocks.push(b))) out.runs.push({ ...r, imageOffset: fs.imageOffset(r.physical) });
-  // Two runs of one file sharing a block is corruption (ext4 has no reflinks).
-  const byPhys = [...out.runs].sort((a, b) => a.physical - b.physical);
-  for (let i = 1; i < byPhys.length; i++) {
-    const prev = byPhys[i - 1]!;
-    if (byPhys[i]!.physical < prev.physical + prev.length) {
-      throw corrupt(
-        `inode ${inode.stat.ino} block map`,
-        `runs at blocks ${prev.physical} (+${prev.length}) and ${byPhys[i]!.physical} overlap`,
-      );
-    }
-  }
+  checkOverlap(out.runs, inode.stat.ino);
   return out;
 }
