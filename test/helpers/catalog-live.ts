@@ -5,7 +5,6 @@
  * the 4 KiB blocks that changed, so the block history sees what a guest's
  * writes would be), markers, and waiting for their catalogs.
  */
-import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import { escapeName } from '../../src/fs';
@@ -13,6 +12,7 @@ import { NbdClient } from '../../src/nbd/client';
 import type { JobRecord, PointRecord } from '../../src/file-catalog/service';
 import { sleep, type TestDaemon } from './daemon';
 import { apiOk } from './live';
+import { withLoopMount } from '../../tools/lib/loop-mount';
 
 const BS = 4096;
 
@@ -47,12 +47,7 @@ export async function writeChangedBlocks(d: TestDaemon, exportName: string, next
 /** Runs `fn` on the image mounted by the kernel (noatime: reading changes nothing), then unmounts it cleanly. */
 export function withMounted(image: string, mnt: string, fn: (dir: string) => void): void {
   fs.mkdirSync(mnt, { recursive: true });
-  execFileSync('mount', ['-o', 'loop,noatime', image, mnt]);
-  try {
-    fn(mnt);
-  } finally {
-    execFileSync('umount', [mnt]);
-  }
+  withLoopMount(image, mnt, 'noatime', fn);
 }
 
 /**
