@@ -7,8 +7,10 @@
  *     any other changed block that A's catalog knows as a directory block
  *     names its directory ("dirblocks").
  *  2. Each inode in a changed inode-table block is read at B. An inode A
- *     knew (its paths, from "inopaths") whose stat differs is described
- *     again; a directory whose inode changed may have new blocks.
+ *     knew (its paths, from the "inodes" row of its bucket of 16) whose
+ *     stat print differs is described again; a directory whose inode
+ *     changed may have new blocks. Most inodes of a changed table block
+ *     did not change: their print matches and nothing else is read.
  *  3. Each touched directory is diffed block by block: its changed blocks
  *     are read at B and at A (dropped blocks at A only, new ones at B only),
  *     and the entries that appear or vanish, as (name, inode) pairs, are
