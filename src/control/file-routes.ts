@@ -106,12 +106,18 @@ async function sendContent(fc: FileCatalog, volume: string, q: URLSearchParams, 
       res.end();
       return;
     }
-    // Chunks are read into a ring of reused buffers: each is handed to the socket and flushed before the next is read into.
+    // Chunks come in a ring of reused buffers, each valid until the one after the next is asked for:
+    // one write may stay in flight while the next chunk is fetched, never two.
+    let inflight: Promise<void> | null = null;
     for await (const chunk of file.chunks()) {
       if (res.destroyed) break;
-      await new Promise<void>((resolve, reject) => res.write(chunk, (err) => (err ? reject(err) : resolve())));
+      const w = new Promise<void>((resolve, reject) => res.write(chunk, (err) => (err ? reject(err) : resolve())));
+      w.catch(() => undefined); // awaited below; a failure before then is not unhandled
+      if (inflight) await inflight;
+      inflight = w;
       sent += chunk.length;
     }
+    if (inflight) await inflight;
     count();
     res.end();
   } catch (err) {

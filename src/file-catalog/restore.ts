@@ -23,7 +23,7 @@ import type { FsContext } from './types';
 export interface OpenedFile {
   partition: number;
   stat: Stat;
-  /** The file's bytes in order (holes as zeroes); each chunk valid until the next is asked for. */
+  /** The file's bytes in order (holes as zeroes); each chunk valid until the one after the next is asked for. */
   chunks: () => AsyncGenerator<Buffer>;
   counter: CountingImage;
 }
@@ -82,6 +82,7 @@ export async function openFile(
     partition: fs.partition.index,
     stat,
     counter,
-    chunks: () => fs.readFile(ino, { reuseBuffers: true }),
+    // A few chunks read ahead: the image is the block history, whose reads may wait on a busy disk.
+    chunks: () => fs.readFile(ino, { reuseBuffers: true, readAhead: 4 }),
   };
 }

@@ -25,6 +25,12 @@ export interface ReadOptions {
    * the difference between touching 3 MiB of memory and the file's size.
    */
   reuseBuffers?: boolean;
+  /**
+   * Chunks whose reads are started ahead of the consumer (default 1). More
+   * keeps a slow or busy source streaming; with reuseBuffers the ring holds
+   * readAhead + 2 buffers, so the guarantee above is the same.
+   */
+  readAhead?: number;
 }
 
 export interface FileChunk {
@@ -87,23 +93,24 @@ export async function* readFileChunks(fs: ExtSource, inode: Inode, opts: ReadOpt
     yield { offset: start, length: end - start, data: bytes.subarray(start, end) };
     return;
   }
-  // Reads are started one piece ahead of the consumer, so I/O overlaps its work.
-  // With reuse: chunk k is read into ring[k % 3]; that buffer is reused by chunk k + 3, whose read
-  // starts only when the consumer asks for chunk k + 2.
-  const ring = opts.reuseBuffers ? [0, 1, 2].map(() => Buffer.allocUnsafe(Math.min(chunk, end - start))) : null;
+  // Reads are started `depth` pieces ahead of the consumer, so I/O overlaps its work. With reuse:
+  // chunk k is read into ring[k % (depth + 2)]; that buffer is reused by chunk k + depth + 2, whose
+  // read starts only when the consumer asks for chunk k + 2.
+  const depth = Math.max(1, Math.min(16, Math.floor(opts.readAhead ?? 1)));
+  const ring = opts.reuseBuffers ? Array.from({ length: depth + 2 }, () => Buffer.allocUnsafe(Math.min(chunk, end - start))) : null;
   let k = 0;
-  let ahead: { c: FileChunk; p?: Promise<Buffer> } | null = null;
+  const ahead: Array<{ c: FileChunk; p?: Promise<Buffer> }> = [];
   for await (const piece of pieces(fs, inode, start, end, chunk)) {
     const started: { c: FileChunk; p?: Promise<Buffer> } = { c: piece.c };
     if (piece.block !== undefined) {
-      const into = ring?.[k++ % 3]!.subarray(0, piece.c.length);
+      const into = ring?.[k++ % ring.length]!.subarray(0, piece.c.length);
       started.p = fs.dev.readSpan(piece.block, piece.skip, piece.c.length, `${what} data`, into);
       started.p.catch(() => undefined); // if the consumer stops early, a failed read-ahead is not unhandled
     }
-    if (ahead) yield await settle(ahead);
-    ahead = started;
+    if (ahead.length === depth) yield await settle(ahead.shift()!);
+    ahead.push(started);
   }
-  if (ahead) yield await settle(ahead);
+  for (const a of ahead) yield await settle(a);
 }
 
 async function settle(a: { c: FileChunk; p?: Promise<Buffer> }): Promise<FileChunk> {
