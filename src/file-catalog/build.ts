@@ -173,7 +173,9 @@ async function run(input: BuildInput, dryBase: number | null): Promise<{ record:
     const prevCtx = baseRec?.filesystems.find((f) => f.partition === p.index);
     const maybeIncremental = baseRuns !== null && prevCtx !== undefined && !prevCtx.error;
     try {
-      const fs = await openFilesystem(countB, p, maybeIncremental ? { inodeReadahead: 4096 } : {});
+      // A walk reads whole stretches of inode table: large reads, few round trips to the history (each one
+      // a hop through the thread pool). An incremental build reads single changed blocks.
+      const fs = await openFilesystem(countB, p, { inodeReadahead: maybeIncremental ? 4096 : 256 * 1024 });
       ctx.blockSize = fs.blockSize;
       ctx.blocksCount = fs.superblock.blocksCount;
       ctx.inodesCount = fs.superblock.inodesCount;

@@ -251,7 +251,7 @@ export class FileCatalog {
     q: { path?: string; pathB64?: string; partition?: number },
   ): { path: string; partition: number; versions: Version[] } {
     const vid = this.vid(volume);
-    const points = new Map(this.store.pointsOf(vid).map((p) => [p.seq, p]));
+    const points = this.store.records(vid);
     const complete = this.store.complete(vid);
     if (!complete.length) throw new UserError('conflict', `no point of "${volume}" is cataloged yet`);
     const f = this.pickFilesystem(points.get(complete[complete.length - 1]!)!, q.partition);

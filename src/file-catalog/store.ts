@@ -31,6 +31,8 @@ export type Table = 'entries' | 'inodes' | 'dirblocks';
 
 export class CatalogStore {
   private readonly completeCache = new Map<number, number[]>();
+  /** Decoded point records per volume, in seq order: --versions over 1,000 points reads them all. */
+  private readonly recordCache = new Map<number, Map<number, PointRecord>>();
   private readonly completeSets = new Map<number, Set<number>>();
 
   private constructor(
@@ -109,7 +111,7 @@ export class CatalogStore {
       for (const { key } of this.points.getRange({ start: [vid, 0], end: [vid + 1, 0] })) void this.points.remove(key);
       void this.meta.remove(`vol:${volume}`);
     });
-    this.completeCache.delete(vid);
+    this.forget(vid);
   }
 
   private async deleteRange(db: Database<unknown, Buffer>, start: Buffer, end: Buffer): Promise<void> {
@@ -124,22 +126,42 @@ export class CatalogStore {
 
   // ---- points -------------------------------------------------------------
 
-  pointsOf(vid: number): PointRecord[] {
+  /** The volume's point records by seq (cached until a point record of it is written; do not modify them). */
+  records(vid: number): Map<number, PointRecord> {
+    let m = this.recordCache.get(vid);
+    if (!m) {
+      m = new Map(this.pointsRange(vid).map((p) => [p.seq, p]));
+      this.recordCache.set(vid, m);
+    }
+    return m;
+  }
+
+  private pointsRange(vid: number): PointRecord[] {
     return [...this.points.getRange({ start: [vid, 0], end: [vid + 1, 0] })].map((e) => e.value);
   }
 
+  pointsOf(vid: number): PointRecord[] {
+    return [...this.records(vid).values()];
+  }
+
   point(vid: number, seq: number): PointRecord | undefined {
-    return this.points.get([vid, seq]);
+    return this.records(vid).get(seq);
   }
 
   async putPoint(p: PointRecord): Promise<void> {
     await this.points.put([p.vid, p.seq], p);
-    this.completeCache.delete(p.vid);
+    this.forget(p.vid);
   }
 
   async removePointRecord(vid: number, seq: number): Promise<void> {
     await this.points.remove([vid, seq]);
+    this.forget(vid);
+  }
+
+  /** Drops what is cached of the volume's points (after writing a point record). */
+  forget(vid: number): void {
     this.completeCache.delete(vid);
+    this.recordCache.delete(vid);
   }
 
   /** Seqs of the volume's complete points, ascending. */
