@@ -348,7 +348,12 @@ test('kill -9 during a catalog build: the restarted daemon builds the point agai
     // The same data directory, now at full speed.
     const d2 = (again = await startDaemon({ dataDir: d.dataDir }));
     const p = await waitPoint(d2, 'k', r.job.seq, 180_000);
-    const job = await apiOk<{ state: string; attempts: number }>(d2, 'GET', `/v1/catalog/jobs/${r.job.id}`);
+    // The point is complete a moment before its job is marked done.
+    let job = await apiOk<{ state: string; attempts: number }>(d2, 'GET', `/v1/catalog/jobs/${r.job.id}`);
+    for (let i = 0; i < 100 && job.state === 'running'; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      job = await apiOk<{ state: string; attempts: number }>(d2, 'GET', `/v1/catalog/jobs/${r.job.id}`);
+    }
     t.is(job.state, 'done');
     t.is(job.attempts, 2, 'run again after the restart');
     const listed = await listAll(d2, 'k', `@seq:${r.job.seq}`);
