@@ -366,3 +366,61 @@ test('kill -9 during a catalog build: the restarted daemon builds the point agai
     tmp.cleanup();
   }
 });
+
+test("search by --name and --newer; a point's catalog exported as a blob answers in another daemon without the volume", async (t) => {
+  requireTools('mkfs.ext4', 'fls');
+  const tmp = tempDir();
+  const d = await startDaemon();
+  let d2: TestDaemon | null = null;
+  try {
+    const src = path.join(tmp.dir, 'src');
+    fs.mkdirSync(path.join(src, 'etc/nginx'), { recursive: true });
+    fs.mkdirSync(path.join(src, 'var/log'), { recursive: true });
+    const old = new Date('2001-01-01T00:00:00Z');
+    const files: Record<string, Date> = {
+      'etc/nginx/nginx.conf': new Date('2025-06-01T00:00:00Z'),
+      'etc/resolv.conf': old,
+      'etc/hosts': old,
+      'var/log/app.log': new Date('2025-07-01T00:00:00Z'),
+    };
+    for (const [p, when] of Object.entries(files)) {
+      fs.writeFileSync(path.join(src, p), `${p}\n`);
+      fs.utimesSync(path.join(src, p), when, when);
+    }
+    const image = path.join(tmp.dir, 'disk.img');
+    makeFs(image, src, { kind: 'ext4', blockSize: 4096, sizeMiB: 32 });
+    await createVolume(d, 'v', 32);
+    await writeChangedBlocks(d, 'v', fs.readFileSync(image), null);
+    const p = await markCataloged(d, 'v', 'm1');
+
+    const names = async (dd: TestDaemon, args: string[]): Promise<string[]> =>
+      (JSON.parse(await cliOk(dd, ['files', 'v', ...args, '--json'])) as { entries: FileInfo[] }).entries
+        .filter((e) => e.type === 'file') // directories made by mkfs -d are new too
+        .map((e) => e.path)
+        .sort();
+    t.deepEqual(await names(d, ['/', '--at', 'm1', '--name', '*.conf']), ['/etc/nginx/nginx.conf', '/etc/resolv.conf']);
+    t.deepEqual(await names(d, ['/etc', '--at', 'm1', '--name', '*.conf']), ['/etc/nginx/nginx.conf', '/etc/resolv.conf']);
+    t.deepEqual(await names(d, ['/', '--at', 'm1', '--newer', '2020-01-01T00:00:00Z']), ['/etc/nginx/nginx.conf', '/var/log/app.log']);
+    const all = await listAll(d, 'v', 'm1');
+
+    // The blob, into a daemon that has no such volume (an archive's catalog): the same listing, by marker and by seq.
+    const blob = path.join(tmp.dir, 'v.rwfcat');
+    await cliOk(d, ['catalog', 'v', '--at', 'm1', '--export', blob]);
+    const again = await d.cli(['catalog', 'v', '--at', 'm1', '--export', blob]);
+    t.is(again.code, 1, 'an existing --export file is refused without --force');
+    d2 = await startDaemon();
+    await cliOk(d2, ['catalog', 'v', '--import', blob]);
+    t.deepEqual(await listAll(d2, 'v', 'm1'), all);
+    t.deepEqual(await listAll(d2, 'v', `@seq:${p.seq}`), all);
+    t.deepEqual(await names(d2, ['/', '--at', 'm1', '--name', '*.conf']), ['/etc/nginx/nginx.conf', '/etc/resolv.conf']);
+    const v = await apiOk<{ versions: Version[] }>(d2, 'GET', '/v1/volumes/v/files/versions?path=/etc/hosts');
+    t.deepEqual(
+      v.versions.map((x) => x.seq),
+      [p.seq],
+    );
+  } finally {
+    await d2?.cleanup();
+    await d.cleanup();
+    tmp.cleanup();
+  }
+});

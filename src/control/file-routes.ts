@@ -148,7 +148,11 @@ export async function routeFiles(
   const m = /^\/v1\/volumes\/([^/]+)\/(files|files\/versions|files\/content|changed-files|catalog|catalog\/blob|catalog\/import)$/.exec(p);
   if (!m) return false;
   const volume = decode(m[1]!);
-  if (!volumeExists(volume)) throw new HttpError(404, `no volume named "${volume}"`);
+  // What the catalog alone answers also works for a volume that is gone, from its imported catalog (an archive's).
+  const catalogOnly =
+    ['files', 'files/versions', 'catalog/blob', 'catalog/import'].includes(m[2]!) || (m[2] === 'catalog' && method !== 'POST');
+  if (!volumeExists(volume) && !(catalogOnly && (m[2] === 'catalog/import' || fc.knows(volume))))
+    throw new HttpError(404, `no volume named "${volume}"`);
   const q = url.searchParams;
   switch (m[2]) {
     case 'files': {

@@ -152,6 +152,11 @@ export class FileCatalog {
 
   // ---- queries --------------------------------------------------------------
 
+  /** Has anything of this volume been cataloged (or imported)? */
+  knows(volume: string): boolean {
+    return this.store.knownVid(volume) !== undefined;
+  }
+
   private vid(volume: string): number {
     const vid = this.store.knownVid(volume);
     if (vid === undefined)
@@ -168,7 +173,15 @@ export class FileCatalog {
         throw new UserError('conflict', `no point of "${volume}" is cataloged yet: catalog one (rewind catalog ${volume} --at POINT)`);
       return this.store.point(vid, c[c.length - 1]!)!;
     }
-    const info = await this.access.resolveInfo(volume, at);
+    let info: PointInfo;
+    try {
+      info = await this.access.resolveInfo(volume, at);
+    } catch (err) {
+      // An archived point (its blob imported, the volume or its history gone): the catalog knows it by seq and markers.
+      const own = this.ownPoint(vid, at);
+      if (own) return own;
+      throw err;
+    }
     const p = this.store.point(vid, info.seq);
     if (p?.state !== 'complete') {
       throw new UserError(
@@ -177,6 +190,14 @@ export class FileCatalog {
       );
     }
     return p;
+  }
+
+  /** A complete point named by @seq:N or by one of its markers, from the catalog's own records. */
+  private ownPoint(vid: number, at: unknown): PointRecord | undefined {
+    if (typeof at !== 'string') return undefined;
+    const m = /^@seq:(\d+)$/.exec(at);
+    const found = m ? this.store.point(vid, Number(m[1])) : this.store.pointsOf(vid).find((p) => p.markers.includes(at));
+    return found?.state === 'complete' ? found : undefined;
   }
 
   private pickFilesystem(p: PointRecord, partition?: number): FsContext {
