@@ -1,9 +1,13 @@
 {
+  "variables": {
+    "have_uring": "<!(test -f /usr/include/liburing.h && echo 1 || echo 0)"
+  },
   "targets": [
     {
       "target_name": "rewind_native",
       "sources": [
         "addon/errors.cc",
+        "addon/io_ring.cc",
         "addon/rewind_native.cc"
       ],
       "include_dirs": [
@@ -19,6 +23,10 @@
       "cflags_cc!": [ "-fno-exceptions", "-std=gnu++17", "-std=gnu++20" ],
       "cflags_cc": [ "-std=gnu++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter" ],
       "conditions": [
+        [ "have_uring==1", {
+          "defines": [ "REWIND_HAVE_URING" ],
+          "libraries": [ "-luring" ]
+        } ],
         [ "OS=='mac'", {
           "xcode_settings": {
             "GCC_ENABLE_CPP_EXCEPTIONS": "YES",

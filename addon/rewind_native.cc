@@ -55,6 +55,10 @@
 #include "errors.h"
 
 namespace rwnative {
+void InitIoRing(Napi::Env env, Napi::Object exports);
+}
+
+namespace rwnative {
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -536,6 +540,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer, "alignedBuffer"));
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
+  InitIoRing(env, exports);
   return exports;
 }
 

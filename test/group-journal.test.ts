@@ -125,6 +125,8 @@ test('catchUp waits for the containers sealed before it, not for ones sealed whi
   // Writes go on and more containers are sealed while catchUp waits.
   await write();
   await j.seal('age'); // container 3
+  // Handing a sealed container to the link is asynchronous: wait for it, not for a fixed time.
+  for (let i = 0; i < 6000 && release.size < 3; i++) await new Promise((r) => setTimeout(r, 10));
   t.deepEqual([...release.keys()].sort(), [1, 2, 3]);
   release.get(1)!();
   await new Promise((r) => setTimeout(r, 20));

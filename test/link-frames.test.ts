@@ -15,6 +15,7 @@ import {
   parseData,
   parseJson,
 } from '../src/link/protocol';
+import { encodeRestoreData, parseRestoreData } from '../src/link/remote-restore';
 
 test('frame reader: JSON and DATA frames split anywhere come out once, in order, intact', (t) => {
   fc.assert(
@@ -71,4 +72,28 @@ test('frame reader: a bad length or type is refused, however the bytes arrive', 
       { instanceOf: LinkProtocolError },
     );
   }
+});
+
+test('RESTORE_DATA: header and bytes come through the frame reader intact; malformed ones are refused', (t) => {
+  const data = Buffer.alloc(8192, 0x5a);
+  const wire = Buffer.concat([
+    ...encodeRestoreData({ id: 'restore-1', volumeId: 2, offset: 4096, length: data.length, zero: false }, data),
+    ...encodeRestoreData({ id: 'restore-2', volumeId: 2, offset: 65536, length: 1 << 20, zero: true }, null),
+  ]);
+  const frames = new FrameReader().push(wire);
+  t.is(frames.length, 2);
+  const a = parseRestoreData(frames[0]!);
+  t.deepEqual(a.header, { id: 'restore-1', volumeId: 2, offset: 4096, length: 8192, zero: false });
+  t.true(a.data.equals(data));
+  const b = parseRestoreData(frames[1]!);
+  t.is(b.header.zero, true);
+  t.is(b.data.length, 0);
+  // The bytes must match the header's length; a header must be JSON and fit the frame.
+  const short = encodeRestoreData({ id: 'x', volumeId: 1, offset: 0, length: 4096, zero: false }, Buffer.alloc(100));
+  t.throws(() => parseRestoreData(new FrameReader().push(Buffer.concat(short))[0]!), { instanceOf: LinkProtocolError });
+  const body = Buffer.alloc(8);
+  body.writeUInt32BE(100, 0);
+  t.throws(() => parseRestoreData({ type: MsgType.RESTORE_DATA, body }), { instanceOf: LinkProtocolError });
+  const notJson = Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('{{{')]);
+  t.throws(() => parseRestoreData({ type: MsgType.RESTORE_DATA, body: notJson }), { instanceOf: LinkProtocolError });
 });

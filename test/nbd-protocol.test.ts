@@ -548,3 +548,35 @@ test('close() ends handshaking and transmitting clients promptly', async (t) => 
   t.true(await half.waitClosed());
   await t.throwsAsync(c.read(0, 1));
 });
+
+test('close() answers the requests in flight and refuses those only queued with ESHUTDOWN, each exactly once', async (t) => {
+  const f = await startFixture(t, { limits: { maxInflightPerConnection: 2 } });
+  const rw = f.exports.get('rw')!;
+  rw.delays.write = () => 300;
+  const peer = await RawPeer.connect(f.port);
+  await peer.handshake();
+  await peer.go('rw');
+  const n = 12;
+  for (let i = 0; i < n; i++) peer.request(P.CMD_WRITE, 0, BigInt(i + 1), i * 4096, 4096, Buffer.alloc(4096, i + 1));
+  await new Promise((r) => setTimeout(r, 100)); // two are running, the rest are queued
+  const closing = f.server.close();
+  const replies = new Map<bigint, number>();
+  for (let i = 0; i < n; i++) {
+    const r = await peer.simpleReply().catch((e: Error) => {
+      throw new Error(`after ${replies.size} replies (${[...replies].join(' ')}): ${e.message}`, { cause: e });
+    });
+    t.false(replies.has(r.cookie), `cookie ${r.cookie} answered twice`);
+    replies.set(r.cookie, r.error);
+  }
+  await closing;
+  t.true(await peer.waitClosed());
+  const ok = [...replies].filter(([, e]) => e === 0).map(([c]) => Number(c));
+  const refused = [...replies].filter(([, e]) => e === P.ESHUTDOWN).length;
+  t.is(ok.length + refused, n);
+  t.true(ok.length >= 2 && refused >= 1, `${ok.length} written, ${refused} refused`);
+  // What was answered OK is on the export; what was refused was never run.
+  for (let i = 0; i < n; i++) {
+    const got = await rw.inner.read(i * 4096, 4096);
+    t.is(got[0], ok.includes(i + 1) ? i + 1 : 0, `block ${i}`);
+  }
+});

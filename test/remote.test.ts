@@ -16,7 +16,7 @@ import { NbdClient } from '../src/nbd/client';
 import { haveCommand, run, sleep } from './helpers/daemon';
 import { checkLedger, requireLedgerTools, startLedgerWriter } from './helpers/ledger';
 import { LINK_PORT, RoleDaemon, caughtUp, makeNetns, startPair, waitFor, writeSecret, type VolStatus } from './helpers/remote';
-import { makePki } from './helpers/tls-certs';
+import { makePki, newServerCert } from './helpers/tls-certs';
 
 const FIO_SECONDS = Number(process.env.REWIND_REMOTE_FIO_SECONDS ?? 60);
 
@@ -311,6 +311,11 @@ test.serial(
     const pki = makePki(root);
     const secret = writeSecret(root);
     const wrong = writeSecret(root, 'a different secret of enough length');
+    // Copies the daemons use, so the certificates can be rotated under them.
+    const managerTls = path.join(root, 'manager-tls');
+    const interceptTls = path.join(root, 'intercept-tls');
+    fs.cpSync(pki.serverDir, managerTls, { recursive: true });
+    fs.cpSync(pki.clientDir, interceptTls, { recursive: true });
     const m = await RoleDaemon.start({
       ns: net.managerNs,
       args: [
@@ -323,7 +328,7 @@ test.serial(
         '--link-tls',
         'require',
         '--link-tls-dir',
-        pki.serverDir,
+        managerTls,
         '--link-tls-verify-client',
       ],
     });
@@ -364,7 +369,7 @@ test.serial(
         '--link-tls',
         'on',
         '--link-tls-dir',
-        pki.clientDir,
+        interceptTls,
         '--link-tls-servername',
         'localhost',
       ],
@@ -392,5 +397,33 @@ test.serial(
     await waitFor('garbage refused', async () => (m.logs.match(/link peer refused/g) ?? []).length >= 4, 10_000);
     const h = await m.json<{ pid: number }>(['status']);
     t.is(h.pid, m.pid!);
+
+    // Rotation without a restart: a new server certificate on the manager, the
+    // intercept's client certificate replaced by another (bob's), both by rename.
+    type Certs = { certificates: Array<{ what: string; certificate: { subject: string } | null; lastError: string | null }> };
+    const subjectOf = async (d: RoleDaemon, what: string) =>
+      (await d.json<Certs>(['status'])).certificates.find((c) => c.what === what)?.certificate?.subject ?? '';
+    const rotated = newServerCert(pki, 'manager2');
+    const swap = (to: string, from: string) => {
+      fs.copyFileSync(from, `${to}.new`);
+      fs.renameSync(`${to}.new`, to);
+    };
+    swap(path.join(managerTls, 'server-key.pem'), rotated.key);
+    swap(path.join(managerTls, 'server-cert.pem'), rotated.cert);
+    swap(path.join(interceptTls, 'client-key.pem'), path.join(pki.otherClientDir, 'client-key.pem'));
+    swap(path.join(interceptTls, 'client-cert.pem'), path.join(pki.otherClientDir, 'client-cert.pem'));
+    await waitFor('the manager to take its new certificate', async () => /OU=manager2/.test(await subjectOf(m, 'manager link TLS')));
+    await waitFor('the intercept to take its new certificate', async () => /CN=bob/.test(await subjectOf(i, 'link client TLS')));
+    // A new volume in the group makes the link reconnect, with the new certificates on both ends.
+    const upsBefore = (m.logs.match(/intercept link up/g) ?? []).length;
+    await i.cliOk(['volume', 'create', 'pv2', '--size', '8M', '--protected']);
+    const q2 = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6b 0 1M', i.nbdUnixUri('pv2')]);
+    t.is(q2.code, 0, q2.stderr);
+    await waitFor('the link to come back and apply', async () => {
+      const s = await i.json<VolStatus>(['status', 'pv2']);
+      return s.link.state === 'up' && s.appliedSeq === s.lastSeq && s.lastSeq > 0;
+    });
+    t.true((m.logs.match(/intercept link up/g) ?? []).length > upsBefore, 'the link reconnected after the rotation');
+    t.true((await m.json<{ ok: boolean }>(['verify', 'pv2'])).ok);
   },
 );

@@ -2,9 +2,10 @@
 /**
  * bench-fio: one run of fio's NBD engine against Rewind and the public peers
  * nbdkit (file plugin) and qemu-nbd, each serving its own sparse file of the
- * same size on the same filesystem.
+ * same size on the same filesystem; and, for sequential writes, the journal
+ * limit of the machine (fio appending to a fresh file there).
  *
- *   node dist/tools/bench-fio.js [--only rewind,rewind-protected,nbdkit,qemu-nbd] [--profiles seq-write,...]
+ *   node dist/tools/bench-fio.js [--only rewind,rewind-protected,nbdkit,qemu-nbd,journal-limit] [--profiles seq-write,...]
  *                                [--runtime 10] [--size 4G] [--repeat 1] [--json out.json]
  *
  * Profiles run one after another; inside a profile every server runs before the
@@ -72,7 +73,10 @@ interface BenchContext {
 
 interface RunningServer {
   uri: string;
-  handle: ServerHandle;
+  /** The peer process; none for the journal limit (fio writes a file itself). */
+  handle: ServerHandle | null;
+  /** fio's target arguments for a run; default: the NBD engine at `uri`. */
+  target?(): string[];
   stop(): Promise<void>;
   /**
    * Protected volumes: wait until the backup manager has applied every
@@ -88,6 +92,8 @@ interface ServerDescriptor {
   role: 'subject' | 'peer';
   /** Executables that must be on PATH. */
   programs: string[];
+  /** Profiles this entry measures (default: all). */
+  profiles?: string[];
   /** Further checks before anything starts; throw with a clear message. */
   preflight?(): void;
   version(): Promise<string>;
@@ -253,6 +259,36 @@ const qemuNbdServer: ServerDescriptor = {
   },
 };
 
+/**
+ * The journal limit of the machine: fio appending 1 MiB blocks to a fresh
+ * file on the same filesystem, the least any journal must do (every byte is
+ * a newly allocated page-cache page). A peer row for sequential writes only.
+ */
+const journalLimit: ServerDescriptor = {
+  name: 'journal-limit',
+  role: 'peer',
+  programs: [],
+  profiles: ['seq-write'],
+  version: async () => 'fio ioengine=psync appending to a fresh file',
+  start(ctx) {
+    let n = 0;
+    let last: string | null = null;
+    const fresh = () => {
+      if (last) fs.rmSync(last, { force: true });
+      last = path.join(ctx.dir, `append-${n++}.dat`);
+      return last;
+    };
+    return Promise.resolve({
+      uri: `file:${ctx.dir}/append-N.dat`,
+      handle: null,
+      target: () => ['--ioengine=psync', `--filename=${fresh()}`, '--fallocate=none', '--size=64G'],
+      stop: async () => {
+        if (last) fs.rmSync(last, { force: true });
+      },
+    });
+  },
+};
+
 function serverCatalog(opts: CliOptions): ServerDescriptor[] {
   return [
     rewindServer({ name: 'rewind', volume: opts.rewindVolume, extraArgs: opts.rewindArgs, bin: opts.rewindBin }),
@@ -267,6 +303,7 @@ function serverCatalog(opts: CliOptions): ServerDescriptor[] {
     }),
     nbdkitServer,
     qemuNbdServer,
+    journalLimit,
   ];
 }
 
@@ -281,11 +318,10 @@ interface Metrics {
   ioBytes: number;
 }
 
-function fioArgs(uri: string, name: string, rw: string, bs: string, iodepth: number, size: number, outFile: string): string[] {
+function fioArgs(srv: RunningServer, name: string, rw: string, bs: string, iodepth: number, size: number, outFile: string): string[] {
   return [
     `--name=${name}`,
-    '--ioengine=nbd',
-    `--uri=${uri}`,
+    ...(srv.target ? [] : ['--ioengine=nbd', `--uri=${srv.uri}`]),
     `--rw=${rw}`,
     `--bs=${bs}`,
     `--iodepth=${iodepth}`,
@@ -293,6 +329,8 @@ function fioArgs(uri: string, name: string, rw: string, bs: string, iodepth: num
     `--size=${size}`,
     '--output-format=json',
     `--output=${outFile}`,
+    // Last, so that a target may override the size (the journal limit never wraps around).
+    ...(srv.target ? srv.target() : []),
   ];
 }
 
@@ -333,6 +371,7 @@ async function runFio(args: string[], outFile: string, timeoutMs: number, server
     await runCommand('fio', args, { timeoutMs });
   } catch (e) {
     const srv = server.handle;
+    if (!srv) throw new Error(`fio failed for ${what}: ${(e as Error).message.trimEnd()}`, { cause: e });
     const state = srv.running() ? 'still running' : `exited (${describeExit(await srv.exited)})`;
     const out = srv.output().trimEnd().split('\n').slice(-15).join('\n');
     throw new Error(
@@ -434,7 +473,7 @@ function parseOptions(argv: string[]): CliOptions {
       "Benchmark fio's NBD engine against Rewind, nbdkit (file plugin) and qemu-nbd on equal sparse files.\n" +
         `Profiles: ${PROFILES.map((p) => `${p.name} (${p.rw} bs=${p.bs} iodepth=${p.iodepth})`).join(', ')}.`,
     )
-    .option('--only <servers>', 'comma-separated servers to run (default: all: rewind,rewind-protected,nbdkit,qemu-nbd)')
+    .option('--only <servers>', 'comma-separated servers to run (default: all: rewind,rewind-protected,nbdkit,qemu-nbd,journal-limit)')
     .option('--profiles <list>', 'comma-separated profiles (default: all, in the order above)')
     .option('--runtime <seconds>', 'measured seconds per run', positiveInt('--runtime'), 10)
     .option('--ramp <seconds>', 'unmeasured warm-up seconds per run (fio ramp_time)', nonNegativeInt('--ramp'), 2)
@@ -641,24 +680,25 @@ async function main(): Promise<number> {
     log(`starting ${s.name}...`);
     const r = await s.start({ dir, size: opts.size, host: HOST });
     live.set(s.name, r);
-    log(`  ${r.handle.commandLine}\n  -> ${r.uri} (pid ${r.handle.pid})`);
+    log(r.handle ? `  ${r.handle.commandLine}\n  -> ${r.uri} (pid ${r.handle.pid})` : `  -> ${r.uri}`);
   }
 
   const outFile = path.join(tmp, 'fio.json');
   const filled = new Set<string>();
   const cells: Cell[] = [];
-  const total = opts.profiles.length * opts.repeat * servers.length;
+  const total =
+    opts.profiles.reduce((n, p) => n + servers.filter((s) => !s.profiles || s.profiles.includes(p.name)).length, 0) * opts.repeat;
   let done = 0;
   const timedMs = (opts.runtime + opts.ramp) * 1000 + 120_000;
 
   for (const profile of opts.profiles) {
     if (isRead(profile)) {
       for (const s of servers) {
-        if (filled.has(s.name)) continue;
+        if (filled.has(s.name) || (s.profiles && !s.profiles.includes(profile.name))) continue;
         const srv = live.get(s.name)!;
         log(`filling ${s.name}: sequential write of ${fmtBytes(opts.size)} (untimed)...`);
         const t0 = Date.now();
-        const args = fioArgs(srv.uri, 'fill', 'write', '1M', 16, opts.size, outFile);
+        const args = fioArgs(srv, 'fill', 'write', '1M', 16, opts.size, outFile);
         const m = parseFioJson(await runFio(args, outFile, 60 * 60_000, srv, `fill on ${s.name}`), 'write', `fill on ${s.name}`);
         if (m.ioBytes < opts.size) throw new Error(`fill on ${s.name} wrote ${m.ioBytes} of ${opts.size} bytes`);
         log(`  done in ${((Date.now() - t0) / 1000).toFixed(1)} s (${fmtNum(m.mbps)} MB/s)`);
@@ -666,20 +706,21 @@ async function main(): Promise<number> {
         filled.add(s.name);
       }
     }
+    const inProfile = servers.filter((s) => !s.profiles || s.profiles.includes(profile.name));
     const row = new Map<string, Cell>();
-    for (const s of servers) {
+    for (const s of inProfile) {
       const c: Cell = { profile: profile.name, server: s.name, runs: [] };
       row.set(s.name, c);
       cells.push(c);
     }
     for (let rep = 1; rep <= opts.repeat; rep++) {
-      for (const s of servers) {
+      for (const s of inProfile) {
         const srv = live.get(s.name)!;
         const what = `${profile.name} on ${s.name}` + (opts.repeat > 1 ? ` (run ${rep}/${opts.repeat})` : '');
         process.stderr.write(`[${++done}/${total}] ${what}... `);
         midLine = true;
         const args = [
-          ...fioArgs(srv.uri, profile.name, profile.rw, profile.bs, profile.iodepth, opts.size, outFile),
+          ...fioArgs(srv, profile.name, profile.rw, profile.bs, profile.iodepth, opts.size, outFile),
           '--time_based',
           `--runtime=${opts.runtime}`,
           `--ramp_time=${opts.ramp}`,
@@ -707,13 +748,15 @@ async function main(): Promise<number> {
   const rows: string[][] = [['profile', 'server', 'MB/s', 'IOPS', 'p50 ms', 'p99 ms', 'ratio (MB/s)']];
   for (const profile of opts.profiles) {
     servers.forEach((s, i) => {
-      const m = cells.find((c) => c.profile === profile.name && c.server === s.name)!.median!;
+      const m = cells.find((c) => c.profile === profile.name && c.server === s.name)?.median;
+      if (!m) return;
       let ratioText = '';
       if (subjectNames.has(s.name)) {
         const parts: string[] = [];
         for (const peer of servers) {
           if (peer.name === s.name || subjectNames.has(peer.name)) continue;
-          const pm = cells.find((c) => c.profile === profile.name && c.server === peer.name)!.median!;
+          const pm = cells.find((c) => c.profile === profile.name && c.server === peer.name)?.median;
+          if (!pm) continue;
           const r = m.mbps / pm.mbps;
           ratios.push({ profile: profile.name, subject: s.name, peer: peer.name, mbpsRatio: r });
           parts.push(`${s.name}/${peer.name} ${fmtRatio(r)}`);
@@ -747,7 +790,7 @@ async function main(): Promise<number> {
         servers: servers.map((s) => ({
           name: s.name,
           role: s.role,
-          command: live.get(s.name)!.handle.commandLine,
+          command: live.get(s.name)!.handle?.commandLine ?? null,
           uri: live.get(s.name)!.uri,
         })),
       },

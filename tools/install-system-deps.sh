@@ -19,11 +19,13 @@ PACKAGES=(
   busybox-static    # VM test rig initramfs
   cpio              # VM test rig: packs the initramfs (vm-images/build.sh)
   openssl           # test certificates
+  chromium          # the web console's browser tests (driven by playwright-core; never downloaded)
   iproute2          # network namespaces for two-host tests
   util-linux        # mount, losetup
   python3           # node-gyp (npm ci builds the native addon)
   make              # node-gyp
   g++               # node-gyp
+  liburing-dev      # the addon's batched I/O (io_uring); without it the addon falls back to the threadpool
 )
 
 missing=()

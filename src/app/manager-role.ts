@@ -6,8 +6,9 @@
  *   exports, diffs, markers and bisect candidates work on the manager as in
  *   the single-process mode. "Catch up" asks the intercept to seal and waits
  *   for the commits (CATCHUP_REQ); with the intercept unreachable, points
- *   resolve against what is applied. Production restore is refused: it
- *   writes through the intercept, which needs the single-process mode.
+ *   resolve against what is applied. Production restore runs here too:
+ *   its RestoreTarget is the intercept's production over the link
+ *   (link/remote-restore.ts), so it is journaled there and can be undone.
  * - Control API routes for replicated volumes: status (link, lag,
  *   degraded state reported by the intercept), log, verify (replica against
  *   production checksums from the intercept), and the time-travel routes.
@@ -17,14 +18,15 @@ import { UserError } from '../util/errors';
 import type { VolumeManager } from '../daemon/volumes';
 import type { JournalPosition } from '../journal/group-journal';
 import type { JournalPort } from '../timetravel/ports';
+import { remoteRestoreTarget } from './remote-restores';
 import type { InterceptStatusMsg } from '../link/protocol';
 import type { TimeTravel, TimeTravelHost, VolumeContext } from '../timetravel/service';
 import { allow, HttpError, readJsonObject, sendJson } from '../util/http';
 import { routeTimeTravel } from '../control/timetravel-routes';
 import type { LinkServer } from '../link/server';
-
-export const RESTORE_NEEDS_SINGLE =
-  'production restore is not available on the manager role: it rewrites production through the intercept; run it in the single-process mode (rewind serve without --role), or export the point (rewind export) and copy it back';
+import type { ConsoleProtection, ConsoleSource } from '../control/console-overview';
+import { hostPort, nbdUris, type NbdEndpoints } from '../control/endpoints';
+import { rewindVersion } from '../util/version';
 
 export function managerTimeTravelHost(
   srv: LinkServer,
@@ -41,7 +43,7 @@ export function managerTimeTravelHost(
       await srv.catchUp(g);
       return null;
     };
-    // The intercept's journal across the link. Production is not here: no restore target.
+    // The intercept's journal across the link.
     const journal: JournalPort = {
       catchUp,
       async locate(find, opts) {
@@ -51,14 +53,13 @@ export function managerTimeTravelHost(
         return { position: staleInterceptPosition(g.intercept, g.manager.status()), found: null };
       },
       get isDegraded() {
-        return false;
+        return g.intercept?.state === 'degraded';
       },
-      async seal() {
-        throw new UserError('invalid', RESTORE_NEEDS_SINGLE);
-      },
-      lastAppendedSeq: () => Math.max(g.intercept?.lastAppendedSeq ?? 0, g.manager.status().lastSeq),
+      // A restore's writes start a transaction of their own: seal, and wait for what was sealed.
+      seal: () => srv.catchUp(g),
+      lastAppendedSeq: async () => (await srv.position(g)).position.seq,
     };
-    return { history: g.manager.history, journal, restore: null, group: g.name, volumeId, size };
+    return { history: g.manager.history, journal, restore: remoteRestoreTarget(g, volumeId), group: g.name, volumeId, size };
   };
   return {
     context: ctxOf,
@@ -72,7 +73,13 @@ export function managerTimeTravelHost(
       return `volume ${id}`;
     },
     volumeExists: (n) => base.volumeExists(n) || srv.volumes().some((v) => v.name === n),
-    restoreRefusal: RESTORE_NEEDS_SINGLE,
+    // Not stored as an intent while the intercept is away: it would roll production back whenever it returns.
+    restoreRefusal: (v) => {
+      const { g } = srv.find(v);
+      return g.conn
+        ? null
+        : `the intercept of group ${g.name} is not connected: a production restore rewrites production there; run it again once the link is up`;
+    },
     disconnect: base.disconnect,
     setOffline: base.setOffline,
     logger: base.logger,
@@ -128,7 +135,8 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
     dirtyRegions: iv?.dirtyRegions ?? 0,
     regionSize: g.meta.regionSize,
     transactions: st.transactions,
-    lastError: st.link.lastError ?? st.blocked?.error ?? null,
+    lastError: st.link.lastError ?? st.blocked?.error ?? g.manager.status().stalled?.error ?? null,
+    managerStalled: g.manager.status().stalled,
     pinnedFrom: g.manager.history.pins.from(),
     link: {
       ...st.link,
@@ -139,6 +147,34 @@ export async function managerVolumeStatus(srv: LinkServer, name: string): Promis
       poolLimit: ic?.poolLimit ?? null,
     },
     resync: ic?.resync ?? null,
+    scrub: { last: g.manager.lastScrub() ?? null, damage: g.manager.history.damage.list() },
+  };
+}
+
+/** What the web console shows on the manager: the replicated volumes, their link and lag as the intercept reports them. */
+export function managerConsoleSource(srv: LinkServer, tt: TimeTravel, endpoints: NbdEndpoints): ConsoleSource {
+  const { tcp, unix } = endpoints;
+  return {
+    role: 'manager',
+    version: rewindVersion(),
+    nbd: { tcp: tcp ? hostPort(tcp.host, tcp.port) : null, unix: unix ?? null },
+    volumes: async () =>
+      srv.volumes().map((v) => ({
+        name: v.name,
+        size: v.size,
+        allocatedBytes: null,
+        readOnly: true,
+        kind: 'replica',
+        description: `replica of the intercept's volume (group ${v.group})`,
+        connections: 0,
+        offline: null,
+        uris: { tcp: null, unix: null },
+        protection: { group: v.group, volumeId: v.volumeId },
+      })),
+    protection: async (n) => (await managerVolumeStatus(srv, n)) as unknown as ConsoleProtection,
+    retention: (n) => srv.find(n).g.manager.retention.stored()?.text ?? null,
+    views: () => tt.views.list(),
+    uris: (n) => nbdUris(endpoints, n),
   };
 }
 

@@ -2,12 +2,16 @@
  * `rewind serve`: the daemon.
  *
  * Start-up: create the data directory (0700) if missing, take the
- * data-directory lock (see lock.ts), write the pid file, make sure the
+ * data-directory lock (see lock.ts), check its format (data-format.ts:
+ * a newer one is refused), write the pid file, make sure the
  * control token exists, open the LMDB catalog, create the `default` volume
  * on first start, then listen for NBD (TCP and Unix socket) and for the
  * control API (Unix socket, plus optional TCP with a bearer token).
  *
- * Shutdown on SIGTERM, SIGINT or SIGHUP: stop the control API, close the NBD
+ * SIGHUP reloads the TLS certificates (certificates.ts; also when their files
+ * change).
+ *
+ * Shutdown on SIGTERM or SIGINT: stop the control API, close the NBD
  * server (stops accepting, ends every connection), close the shared images,
  * close LMDB, remove the pid and lock files. A second signal, or shutdown
  * taking more than 15 s, exits at once.
@@ -31,6 +35,7 @@ import { threadpoolSize } from '../util/threadpool';
 import { rewindVersion } from '../util/version';
 import { DataDirLock } from '../daemon/lock';
 import { dataDirLayout, type DataDirLayout } from '../daemon/paths';
+import { checkDataDir, DATA_DIR_FORMAT, markDataDir } from '../daemon/data-format';
 import { ensureControlToken } from '../daemon/token';
 import { VolumeManager } from '../daemon/volumes';
 import type { ImageBackend } from '../storage/image';
@@ -38,11 +43,17 @@ import { Protection } from '../daemon/protection';
 import { TimeTravel } from '../timetravel/service';
 import { faultController, FAULTS_ENV } from '../daemon/fault-injection';
 import type { RemoteManagerOptions } from '../daemon/protection';
-import type { TlsSettings } from '../tls';
+import type { TlsFiles, TlsSettings } from '../tls';
 import { LinkServer } from '../link/server';
-import { managerRoutes, managerTimeTravelHost } from './manager-role';
+import { managerConsoleSource, managerRoutes, managerTimeTravelHost } from './manager-role';
+import { RemoteRestoreResumer } from './remote-restores';
+import { watchCertificates } from './certificates';
+import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
 import { FileCatalog } from '../file-catalog/service';
+import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
+import { JobRegistry } from '../daemon/jobs';
+import { consoleParts, type ConsoleParts } from './console-wiring';
 
 export interface ServeConfig {
   dataDir: string;
@@ -65,7 +76,9 @@ export interface ServeConfig {
    */
   role?: 'single' | 'intercept' | 'manager';
   remote?: RemoteManagerOptions;
-  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings };
+  managerLink?: { listen: HostPort; secret: Buffer | null; tls: TlsSettings; tlsFiles?: TlsFiles | null };
+  /** The scrub's schedule and rate (daemon/scrub.ts); default DEFAULT_SCRUB. */
+  scrub?: ScrubSettings;
 }
 
 /** The NBD server options a ServeConfig asks for: TLS, limits, Unix-socket peer credentials. */
@@ -122,8 +135,16 @@ export class Daemon {
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
     private readonly fileCatalog: FileCatalog,
-    private readonly linkServer: LinkServer | null = null,
+    private readonly consoleParts: ConsoleParts,
+    private readonly linkServer: LinkServer | null,
+    private readonly certs: CertReloader,
+    private readonly scrub: ScrubService | null = null,
   ) {}
+
+  /** SIGHUP: read every certificate file again (those that are not usable are refused, the old ones stay). */
+  reloadCertificates(reason: string): void {
+    this.certs.reloadAll(reason);
+  }
 
   static async start(config: ServeConfig, logger: Logger, backend: ImageBackend): Promise<Daemon> {
     const layout = dataDirLayout(config.dataDir);
@@ -148,6 +169,8 @@ export class Daemon {
       }
     };
     try {
+      // Before anything opens a store: a directory written by a newer Rewind is refused, never misread.
+      const format = checkDataDir(layout.dataDir);
       const token = ensureControlToken(layout.tokenFile);
       fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
       const catalog = Catalog.open(layout.dataDir);
@@ -188,6 +211,8 @@ export class Daemon {
         setOffline: (v: string, reason: string | null) => volumes.setOffline(v, reason),
         logger: logger.child({ component: 'timetravel' }),
       };
+      // Intercept role: a restore the remote manager runs takes volumes offline here (held ones at once).
+      protection.setExportControl({ setOffline: hostBase.setOffline, disconnect: hostBase.disconnect });
       const timeTravel = await TimeTravel.open(
         layout.dataDir,
         linkServer
@@ -220,11 +245,39 @@ export class Daemon {
       cleanups.push(() => fileCatalog.close());
       timeTravel.markers.onPlaced((m) => fileCatalog.onMarkerPlaced(m));
       volumes.onProtectedRemoved((n) => fileCatalog.volumeRemoved(n));
+      if (linkServer) {
+        // Manager role: interrupted restores go on whenever their intercept is connected (not once at start-up).
+        const resumer = new RemoteRestoreResumer(linkServer, timeTravel, logger.child({ component: 'timetravel' }));
+        cleanups.push(() => resumer.close());
+      }
+      // Every store has opened (and recorded its own version): the directory is current. Before any listener.
+      await markDataDir(layout.dataDir, format);
+      if (format.found === 1)
+        logger.info({ dataDir: layout.dataDir, from: 1, to: DATA_DIR_FORMAT }, 'data directory upgraded to the current format');
       // Retention starts after time travel has re-pinned its views (fading respects pins).
-      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }));
+      const jobs = new JobRegistry();
+      const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }), process.env, jobs);
       cleanups.push(() => retention.stop());
+      const ls = linkServer;
+      const scrub = new ScrubService(
+        ls ? () => ls.managers() : () => protection.managers(),
+        config.scrub ?? DEFAULT_SCRUB,
+        logger.child({ component: 'scrub' }),
+        (name) => (ls ? ls.find(name).g.name : protection.target(name).group),
+      );
+      cleanups.push(() => scrub.stop());
+      const consoleBits = consoleParts({
+        dataDir: layout.dataDir,
+        catalog,
+        protection,
+        timeTravel,
+        linkServer,
+        served: config.controlTcp.length > 0,
+        logger: logger.child({ component: 'console' }),
+      });
+      cleanups.push(() => consoleBits.close());
       const RESTORING = 'an interrupted production restore is being finished';
-      const restoring = new Set(timeTravel.restores.pendingRestoreVolumes());
+      const restoring = new Set([...timeTravel.restores.pendingRestoreVolumes(), ...protection.heldVolumes()]);
       for (const v of protection.recoveringVolumes())
         volumes.setOffline(v, 'recovering from an unclean stop (the manager catches up, dirty regions are compared with the replica)', {
           recovering: true,
@@ -249,6 +302,19 @@ export class Daemon {
         endpoints.unix = config.socket;
       }
 
+      const certs = watchCertificates(
+        {
+          nbd,
+          nbdSettings: config.nbd,
+          link:
+            linkServer && config.managerLink
+              ? { server: linkServer, tls: config.managerLink.tls, files: config.managerLink.tlsFiles }
+              : null,
+          protection,
+        },
+        logger.child({ component: 'tls' }),
+      );
+      cleanups.push(() => certs.close());
       const control = new ControlServer({
         version: rewindVersion(),
         dataDir: layout.dataDir,
@@ -258,10 +324,19 @@ export class Daemon {
         retention,
         fileCatalog,
         ...(linkServer ? { volumeExists: (n: string) => linkServer!.volumes().some((v) => v.name === n) } : {}),
+        scrub,
         nbd,
         endpoints,
         token,
         logger: logger.child({ component: 'control' }),
+        certificates: certs,
+        jobs,
+        console: {
+          assets: consoleBits.assets,
+          timeline: consoleBits.timeline,
+          role: config.role ?? 'single',
+          ...(linkServer ? { source: managerConsoleSource(linkServer, timeTravel, endpoints) } : {}),
+        },
         ...(linkServer ? { extraRoutes: managerRoutes(linkServer, timeTravel) } : {}),
       });
       cleanups.push(() => control.close());
@@ -291,12 +366,29 @@ export class Daemon {
       void (async () => {
         await protection.recover((v, ok) => {
           if (!ok) volumes.setOffline(v, 'crash recovery failed (see the log); restart the daemon to retry');
-          else if (!restoring.has(v)) volumes.setOffline(v, null);
+          // A volume a restore holds stays offline (a hold may also have begun during recovery).
+          else if (!restoring.has(v) && !protection.heldVolumes().includes(v)) volumes.setOffline(v, null);
         });
-        await timeTravel.restores.resumeRestores();
+        if (!linkServer) await timeTravel.restores.resumeRestores();
       })().catch((err) => logger.error({ err: (err as Error).message }, 'background recovery failed'));
       retention.start();
-      return new Daemon(layout, logger, lock, catalog, protection, timeTravel, nbd, control, retention, fileCatalog, linkServer);
+      scrub.start();
+      return new Daemon(
+        layout,
+        logger,
+        lock,
+        catalog,
+        protection,
+        timeTravel,
+        nbd,
+        control,
+        retention,
+        fileCatalog,
+        consoleBits,
+        linkServer,
+        certs,
+        scrub,
+      );
     } catch (err) {
       await cleanup();
       throw err;
@@ -318,10 +410,13 @@ export class Daemon {
         this.logger.error({ err: (err as Error).message }, `shutdown: ${what} failed`);
       }
     };
+    this.certs.close();
     await step('closing control API', () => this.control.close());
     if (this.linkServer) await step('closing the manager link', () => this.linkServer!.stopLink());
     await step('closing NBD server', () => this.nbd.close());
     await step('stopping retention', () => this.retention.stop());
+    await step('stopping the scrub', () => this.scrub?.stop());
+    await step('saving the console state', () => this.consoleParts.close());
     await step('closing the file catalog', () => this.fileCatalog.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing protection (journals, managers)', () => this.protection.close());
@@ -365,6 +460,9 @@ export async function runDaemon(config: ServeConfig, logger: Logger, backend: Im
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    process.on('SIGHUP', onSignal);
+    process.on('SIGHUP', () => {
+      logger.info('SIGHUP: reloading certificates');
+      daemon.reloadCertificates('SIGHUP');
+    });
   });
 }

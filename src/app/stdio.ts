@@ -26,6 +26,7 @@ import { Catalog } from '../catalog/catalog';
 import type { ClientInfo, ExportListing, ExportProvider, OpenedExport } from '../nbd';
 import { NbdServer } from '../nbd';
 import { DataDirLock } from '../daemon/lock';
+import { checkDataDir } from '../daemon/data-format';
 import { dataDirLayout } from '../daemon/paths';
 import { Protection } from '../daemon/protection';
 import { ensureDataDir, nbdServerOptions, unixPeerCredentials, type ServeConfig } from './serve';
@@ -144,6 +145,8 @@ export async function runStdio(config: ServeConfig, exportName: string, logger: 
     }
   };
   try {
+    // Refuses a directory from a newer Rewind; the daemon (not this one-connection mode) records the current format.
+    checkDataDir(layout.dataDir);
     fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o700 });
     const catalog = Catalog.open(layout.dataDir);
     closers.push(() => catalog.close());

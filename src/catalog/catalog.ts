@@ -6,10 +6,13 @@
  * Sub-databases:
  *   volumes  name -> VolumeRecord
  *   groups   name -> GroupRecord (consistency groups of protected volumes)
- *   meta     string -> any (e.g. "defaultVolumeCreated", "nextGroupId")
+ *   meta     string -> any (e.g. "defaultVolumeCreated", "nextGroupId"; "format": the layout's
+ *            version, util/format-version.ts)
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
+import { STORE_FORMATS, stampStore } from '../util/format-version';
 
 export type VolumeKind = 'file' | 'device';
 
@@ -108,7 +111,29 @@ export class Catalog {
     const volumes = root.openDB<VolumeRecord, string>('volumes', {});
     const groups = root.openDB<GroupRecord, string>('groups', {});
     const meta = root.openDB<unknown, string>('meta', {});
-    return new Catalog(root, volumes, groups, meta, dbPath);
+    try {
+      stampStore(meta, 'the volume catalog', dbPath, STORE_FORMATS.catalog);
+    } catch (err) {
+      void root.close();
+      throw err;
+    }
+    const c = new Catalog(root, volumes, groups, meta, dbPath);
+    c.relocate(dataDir);
+    return c;
+  }
+
+  /**
+   * A data directory moved (restored elsewhere from a backup, or unpacked
+   * as a test fixture): images the daemon created are recorded by absolute
+   * path. One that is missing where it was recorded but present at its
+   * place in this directory is recorded there again.
+   */
+  private relocate(dataDir: string): void {
+    for (const { value: v } of this.volumes.getRange({})) {
+      if (v.external || fs.existsSync(v.path)) continue;
+      const here = path.join(dataDir, 'volumes', v.name, path.basename(v.path));
+      if (here !== v.path && fs.existsSync(here)) this.volumes.putSync(v.name, { ...v, path: here });
+    }
   }
 
   /** All volumes, sorted by name. */

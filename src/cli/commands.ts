@@ -1,4 +1,6 @@
 /** Client commands: volume create/list/rm and status, talking to the control API. */
+import type { ScrubStatus } from '../daemon/scrub';
+import { scrubStatusText } from './scrub-commands';
 import * as path from 'node:path';
 import type { CreateVolumeBody, VolumeView } from '../control/api';
 import { formatSize } from '../util/size';
@@ -97,6 +99,8 @@ export async function status(o: GlobalOptions & { json?: boolean }): Promise<voi
   if (h.nbd.unix) print(`  nbd unix:    ${h.nbd.unix}`);
   print(`  volumes:     ${h.volumes}`);
   print(`  connections: ${h.connections}`);
+  const scrub = await client.request<ScrubStatus>('GET', '/v1/scrub').catch(() => null);
+  if (scrub) print(scrubStatusText(scrub));
 }
 
 function formatUptime(s: number): string {

@@ -27,9 +27,11 @@ function pointLine(p: PointInfo): string {
 export async function mark(
   target: string,
   name: string,
-  o: GlobalOptions & Json & { quiescePre?: string; quiescePost?: string; timeout?: string; keep?: string },
+  o: GlobalOptions & Json & { quiescePre?: string; quiescePost?: string; timeout?: string; keep?: string; at?: string; nearest?: string },
 ): Promise<void> {
   const body: Record<string, unknown> = { name };
+  if (o.at) body.at = o.at;
+  if (o.nearest) body.nearest = o.nearest;
   if (o.quiescePre) body.pre = o.quiescePre;
   if (o.quiescePost) body.post = o.quiescePost;
   if (o.timeout) body.timeout = /^\d+(\.\d+)?$/.test(o.timeout) ? Number(o.timeout) : o.timeout;

@@ -15,7 +15,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Option, type Command } from 'commander';
 import type { ServeConfig } from '../app/serve';
-import { checkTlsSettings, type TlsSettings } from '../tls';
+import { checkTlsSettings, type TlsFiles, type TlsSettings } from '../tls';
+import { readLinkTlsClient, type LinkTlsFiles } from '../link/client';
 import { parseHostPort } from '../util/address';
 import { parseSize } from '../util/size';
 import { DEFAULT_LINK_PORT } from '../link/protocol';
@@ -108,15 +109,21 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
       throw new CliError(`--manager: ${(err as Error).message}`, EXIT.USAGE);
     }
     let tls: NonNullable<ServeConfig['remote']>['tls'] = null;
+    let tlsFiles: LinkTlsFiles | null = null;
     if (tlsMode !== 'off') {
       const cert = path.join(tlsDir, 'client-cert.pem');
-      tls = {
-        ca: readPem(path.join(tlsDir, 'ca-cert.pem'), 'link CA certificate'),
-        ...(fs.existsSync(cert)
-          ? { cert: readPem(cert, 'link client certificate'), key: readPem(path.join(tlsDir, 'client-key.pem'), 'link client key') }
-          : {}),
+      const has = fs.existsSync(cert);
+      tlsFiles = {
+        ca: path.join(tlsDir, 'ca-cert.pem'),
+        cert: has ? cert : null,
+        key: has ? path.join(tlsDir, 'client-key.pem') : null,
         ...(o.linkTlsServername ? { servername: o.linkTlsServername } : {}),
       };
+      try {
+        tls = readLinkTlsClient(tlsFiles);
+      } catch (err) {
+        throw new CliError((err as Error).message, EXIT.USAGE);
+      }
     }
     if (!secret && !tls?.cert)
       throw new CliError(
@@ -133,7 +140,7 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
     }
     const window = o.linkWindow ? Number(o.linkWindow) : 4;
     if (!Number.isInteger(window) || window < 1 || window > 64) throw new CliError('--link-window: an integer from 1 to 64', EXIT.USAGE);
-    config.remote = { host: hp.host, port: hp.port, secret, tls, poolBytes, window };
+    config.remote = { host: hp.host, port: hp.port, secret, tls, tlsFiles, poolBytes, window };
     return;
   }
   // manager
@@ -154,7 +161,14 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
   config.listen = nbdListen;
   config.defaultVolumeSize = null;
   const tls: TlsSettings = { mode: tlsMode };
+  let tlsFiles: TlsFiles | null = null;
   if (tlsMode !== 'off') {
+    const ca = path.join(tlsDir, 'ca-cert.pem');
+    tlsFiles = {
+      cert: path.join(tlsDir, 'server-cert.pem'),
+      key: path.join(tlsDir, 'server-key.pem'),
+      ca: fs.existsSync(ca) ? ca : null,
+    };
     tls.credentials = {
       cert: readPem(path.join(tlsDir, 'server-cert.pem'), 'link server certificate'),
       key: readPem(path.join(tlsDir, 'server-key.pem'), 'link server key'),
@@ -173,5 +187,5 @@ export function applyLinkOptions(o: LinkServeOptions & { listen?: string }, conf
       EXIT.USAGE,
     );
   }
-  config.managerLink = { listen, secret, tls };
+  config.managerLink = { listen, secret, tls, tlsFiles };
 }

@@ -33,6 +33,7 @@ import { clone, exportImage, point, restore, snapshot, step, viewList, viewRemov
 import { CliError, EXIT, type GlobalOptions } from './common';
 import { registerRetention } from './retention-commands';
 import { registerFileCommands } from './file-program';
+import { addScrubServeOptions, registerScrub } from './scrub-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
 import { addLinkServeOptions } from './link-options';
@@ -88,6 +89,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   addHardeningServeOptions(program.commands.find((c) => c.name() === 'serve')!);
   addLinkServeOptions(program.commands.find((c) => c.name() === 'serve')!);
+  addScrubServeOptions(program.commands.find((c) => c.name() === 'serve')!);
 
   const volume = program.command('volume').description('manage volumes');
   volume
@@ -283,9 +285,11 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
 
   program
     .command('mark')
-    .description('record a named point (a marker) at the current write; copies nothing')
+    .description('record a named point (a marker) at the current write, or at a past point with --at; copies nothing')
     .argument('<target>', 'a protected volume or a consistency group')
     .argument('<name>', 'marker name')
+    .option('--at <point>', 'name this past point instead (a volume only; crash-consistent, no hooks)')
+    .option('--nearest <side>', `with --at, before or after: ${nearestHelp}`)
     .option('--quiesce-pre <cmd>', 'run before the point is taken; success makes it application-consistent')
     .option('--quiesce-post <cmd>', 'run after the point is taken (always)')
     .option('--timeout <s>', 'hook timeout in seconds (a hook that hangs is killed)', '30')
@@ -398,6 +402,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   registerRetention(program);
   registerFileCommands(program);
+  registerScrub(program);
 
   return program;
 }

@@ -1,6 +1,7 @@
 /** Client commands for protected volumes: status VOL, seal, log, verify. */
 import type { VolumeProtectionStatus, VerifyReport } from '../daemon/protection';
 import { formatSize } from '../util/size';
+import { damageText } from './scrub-commands';
 import { CliError, EXIT, makeClient, table, type GlobalOptions } from './common';
 
 function print(text: string): void {
@@ -43,6 +44,14 @@ export async function volumeStatus(name: string, o: GlobalOptions & { json?: boo
     );
   }
   if (x.resync) print(`  resync          ${JSON.stringify(x.resync)}`);
+  if (s.scrub) {
+    const l = s.scrub.last;
+    print(
+      `  scrub           ${l ? `${l.state} ${l.finished}: ${l.containersChecked} containers, ${l.replicaBlocksChecked} replica blocks checked` : 'never'}; ` +
+        `${s.scrub.damage.length ? `${s.scrub.damage.length} DAMAGED` : 'no damage known'}`,
+    );
+    for (const d of s.scrub.damage) print(`    DAMAGED ${damageText(d)}`);
+  }
   if (s.io) {
     const e = s.io.errors;
     const total = e.read + e.write + e.trim + e.zero + e.flush;

@@ -26,6 +26,10 @@ export function addHardeningServeOptions(serve: Command): Command {
       `bytes of requests, results and unread replies buffered per connection before reading pauses (default ${mib(DEFAULT_LIMITS.maxBufferedBytesPerConnection)})`,
     )
     .option(
+      '--memory-budget <size>',
+      `bytes of requests, results, unread replies and idle buffers all NBD connections together hold before reading pauses (default ${mib(DEFAULT_LIMITS.memoryBudget)})`,
+    )
+    .option(
       '--handshake-timeout <seconds>',
       `time a client has to finish the NBD handshake, TLS included (default ${DEFAULT_LIMITS.handshakeTimeoutMs / 1000})`,
     )

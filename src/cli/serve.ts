@@ -18,11 +18,12 @@ import { AddressError, parseHostPort, type HostPort } from '../util/address';
 import { parseVolumeSize, SizeError } from '../util/size';
 import { CliError, EXIT, resolveDataDir, type GlobalOptions } from './common';
 import { applyLinkOptions, type LinkServeOptions } from './link-options';
+import { applyScrubOptions, type ScrubServeOptions } from './scrub-commands';
 
 /** TLS and limit flags: the NBD settings, as commander hands them over (strings). */
 type NbdSettingFlags = { [K in keyof NbdSettingsInput]: Extract<NbdSettingsInput[K], string | boolean | undefined> };
 
-export interface ServeOptions extends GlobalOptions, LinkServeOptions, NbdSettingFlags {
+export interface ServeOptions extends GlobalOptions, LinkServeOptions, ScrubServeOptions, NbdSettingFlags {
   listen: string;
   socket?: string;
   defaultSize: string;
@@ -100,6 +101,7 @@ export function buildServeConfig(o: ServeOptions): { config: ServeConfig; logLev
     nbd: buildNbdSettings(o, dataDir),
   };
   applyLinkOptions(o, config, o.listen !== DEFAULT_LISTEN);
+  applyScrubOptions(o, config);
   return logFile === undefined ? { config, logLevel: o.logLevel } : { config, logLevel: o.logLevel, logFile };
 }
 

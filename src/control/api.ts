@@ -7,9 +7,12 @@
  *   POST   /v1/volumes                   CreateVolumeBody -> 201 VolumeView
  *   DELETE /v1/volumes/NAME[?keepData=1] -> DeleteResult
  *   GET    /v1/metrics                   -> Prometheus text format
+ *   POST   /v1/certificates/reload       -> { certificates: CertStatus[] } (422 if a reload failed)
  *
  * Errors: 4xx/5xx with { error: "message" }.
  */
+import type { CertStatus } from '../daemon/cert-reload';
+
 export const API_PREFIX = '/v1';
 
 export { MAX_BODY_BYTES } from '../util/http';
@@ -25,6 +28,8 @@ export interface Health {
   connections: number;
   /** Volumes still in crash recovery after an unclean stop (offline until done). */
   recovering: string[];
+  /** TLS certificates in use: subject, fingerprint, expiry, reloads and the last reload error. */
+  certificates: CertStatus[];
 }
 
 export interface VolumeView {

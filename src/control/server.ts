@@ -32,8 +32,20 @@ import type { RetentionService } from '../daemon/retention';
 import { routeRetention } from './retention-routes';
 import type { FileCatalog } from '../file-catalog/service';
 import { routeFiles } from './file-routes';
+import type { ScrubService } from '../daemon/scrub';
+import { routeScrub, scrubMetrics } from './scrub-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
 import { type Logger } from '../util/logger';
+import type { CertStatus } from '../daemon/cert-reload';
+import { tracked, type JobRegistry } from '../daemon/jobs';
+import type { ConsoleAssets } from '../console/assets';
+import { EventHub } from '../console/events';
+import type { TimelineService } from '../console/timeline';
+import { buildLiveState, daemonConsoleSource, type ConsoleSource } from './console-overview';
+import { routeConsole, type ConsoleRouteDeps } from './console-routes';
+import { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
+
+export { hostPort, nbdUris, type NbdEndpoints } from './endpoints';
 
 /** What the control server needs from the NBD server. */
 export interface NbdServerView {
@@ -46,15 +58,11 @@ export interface NbdServerView {
     connectionsRefused?: number;
     handshakeTimeouts?: number;
     stallDisconnects?: number;
+    budget?: { limit: number; used: number; peak: number; waiting: number } | null;
   };
   disconnectExport(name: string): number;
   drainExport(name: string): Promise<void>;
   connectionCount(exportName?: string): number;
-}
-
-export interface NbdEndpoints {
-  tcp?: { host: string; port: number };
-  unix?: string;
 }
 
 export interface ControlServerOptions {
@@ -68,12 +76,23 @@ export interface ControlServerOptions {
   fileCatalog?: FileCatalog;
   /** Does a volume by this name exist here (file routes; default: the volume catalog)? */
   volumeExists?: (name: string) => boolean;
+  scrub?: ScrubService;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
   token: string;
   logger: Logger;
+  /** Certificates in use and their reloads (cert-reload.ts); reload() runs one now. */
+  certificates?: { status(): CertStatus[]; reloadAll(reason: string): CertStatus[] };
   /** Routes tried before the ordinary volume routes (the manager role's replicated volumes). */
   extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, method: string, p: string, url: URL) => Promise<boolean>;
+  /** Long operations report here (GET /v1/jobs): restores, exports, diffs, verifies, fades. */
+  jobs?: JobRegistry;
+  /**
+   * The web console: its static files on the TCP listeners (at /, without
+   * the token), its routes (console-routes.ts) everywhere. `source` defaults
+   * to this daemon's volumes and protection (the manager role brings its own).
+   */
+  console?: { assets: ConsoleAssets | null; timeline: TimelineService; source?: ConsoleSource; role?: ConsoleSource['role'] };
 }
 
 const CREATE_FIELDS = new Set(['name', 'size', 'readOnly', 'path', 'description', 'protected', 'group', 'allow']);
@@ -83,8 +102,35 @@ export class ControlServer {
   private readonly startedAt = Date.now();
   readonly registry = new client.Registry();
 
+  private readonly consoleDeps: ConsoleRouteDeps | null = null;
+
   constructor(private readonly opts: ControlServerOptions) {
     this.setupMetrics();
+    if (opts.console && opts.jobs) {
+      const source = opts.console.source ?? this.consoleSource(opts.console.role ?? 'single');
+      const jobs = opts.jobs;
+      this.consoleDeps = {
+        timeline: opts.console.timeline,
+        jobs,
+        source,
+        events: new EventHub(() => buildLiveState(source, jobs), {
+          onError: (err) => opts.logger.warn({ err: err.message }, 'console: live state failed'),
+        }),
+      };
+    }
+  }
+
+  /** What the console shows of this daemon's own volumes. */
+  private consoleSource(role: ConsoleSource['role']): ConsoleSource {
+    const o = this.opts;
+    return daemonConsoleSource({
+      role,
+      version: o.version,
+      endpoints: o.endpoints,
+      volumes: () => Promise.all(o.volumes.listRecords().map((r) => this.view(r))),
+      protection: o.protection,
+      views: () => o.timeTravel?.views.list() ?? [],
+    });
   }
 
   /** Listens on a Unix socket created with mode 0600. */
@@ -113,6 +159,7 @@ export class ControlServer {
   }
 
   async close(): Promise<void> {
+    this.consoleDeps?.events.close();
     await Promise.all(
       this.servers.map(
         ({ server, unixPath }) =>
@@ -147,6 +194,12 @@ export class ControlServer {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse, requireToken: boolean): Promise<void> {
     try {
+      // The console's static files hold no data: served without the token, on TCP listeners only.
+      const assets = this.opts.console?.assets;
+      if (requireToken && assets && (req.method === 'GET' || req.method === 'HEAD')) {
+        const pathname = new URL(req.url ?? '/', 'http://control').pathname;
+        if (assets.serve(req, res, pathname)) return;
+      }
       if (requireToken) {
         const auth = req.headers.authorization;
         const m = auth ? /^Bearer\s+(\S+)\s*$/i.exec(auth) : null;
@@ -197,6 +250,14 @@ export class ControlServer {
       allow(method, ['GET', 'HEAD']);
       return sendJson(res, 200, this.health());
     }
+    if (p === `${API_PREFIX}/certificates/reload`) {
+      allow(method, ['POST']);
+      const certs = this.opts.certificates;
+      if (!certs || certs.status().length === 0) throw new HttpError(409, 'no TLS certificates are in use');
+      const st = certs.reloadAll('control API');
+      const failed = st.filter((s) => s.lastError);
+      return sendJson(res, failed.length ? 422 : 200, { certificates: st });
+    }
     if (p === `${API_PREFIX}/metrics`) {
       allow(method, ['GET', 'HEAD']);
       const text = await this.registry.metrics();
@@ -204,6 +265,7 @@ export class ControlServer {
       res.end(text);
       return;
     }
+    if (this.opts.scrub && (await routeScrub(this.opts.scrub, req, res, method, p))) return;
     if (this.opts.extraRoutes && (await this.opts.extraRoutes(req, res, method, p, url))) return;
     if (p === `${API_PREFIX}/volumes`) {
       allow(method, ['GET', 'HEAD', 'POST']);
@@ -221,7 +283,9 @@ export class ControlServer {
       const exists = this.opts.volumeExists ?? ((n: string) => this.opts.volumes.get(n) !== undefined);
       if (await routeFiles(this.opts.fileCatalog, exists, req, res, method, p, url)) return;
     }
-    if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url))) return;
+    if (this.consoleDeps && (await routeConsole(this.consoleDeps, req, res, method, p, url))) return;
+    if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url, this.opts.jobs)))
+      return;
     const action = /^\/v1\/volumes\/([^/]+)\/(status|seal|log|verify)$/.exec(p);
     if (action) {
       let name: string;
@@ -246,15 +310,28 @@ export class ControlServer {
           const limit = url.searchParams.get('limit');
           return sendJson(res, 200, { transactions: prot.log(name, limit ? { limit: Number(limit) } : {}) });
         }
-        case 'verify':
+        case 'verify': {
           allow(method, ['POST']);
-          return sendJson(res, 200, await prot.verify(name, { full: url.searchParams.get('full') === '1' }));
+          const full = url.searchParams.get('full') === '1';
+          const run = tracked(
+            this.opts.jobs,
+            'verify',
+            name,
+            full ? 'full' : '',
+            () => prot.verify(name, { full }),
+            (r) => (r.ok ? 'replica equals production; history checks out' : 'MISMATCH: see the report'),
+          );
+          return sendJson(res, 200, await run(() => undefined));
+        }
       }
     }
     if (p.startsWith(`${API_PREFIX}/volumes/`)) {
+      const rest = p.slice(`${API_PREFIX}/volumes/`.length);
+      // A name never holds a raw "/": anything longer is an endpoint this daemon does not have.
+      if (rest.includes('/')) throw new HttpError(404, `no such endpoint: ${method} ${url.pathname}`);
       let name: string;
       try {
-        name = decodeURIComponent(p.slice(`${API_PREFIX}/volumes/`.length));
+        name = decodeURIComponent(rest);
       } catch {
         throw new HttpError(400, 'malformed volume name in URL');
       }
@@ -293,6 +370,7 @@ export class ControlServer {
       volumes: this.opts.volumes.listRecords().length,
       connections: this.opts.nbd.connectionCount(),
       recovering: this.opts.volumes.recoveringVolumes(),
+      certificates: this.opts.certificates?.status() ?? [],
     };
   }
 
@@ -351,7 +429,24 @@ export class ControlServer {
         this.set(nbd.stats().connections);
       },
     });
-    const counters: [string, string, keyof ReturnType<NbdServerView['stats']>][] = [
+    const budgetGauges: [string, string, 'limit' | 'used' | 'peak' | 'waiting'][] = [
+      ['rewind_nbd_memory_budget_bytes', 'Memory budget shared by all NBD connections', 'limit'],
+      ['rewind_nbd_memory_used_bytes', 'Bytes of the NBD memory budget held now', 'used'],
+      ['rewind_nbd_memory_peak_bytes', 'Most bytes of the NBD memory budget held at once', 'peak'],
+      ['rewind_nbd_memory_waiting_connections', 'NBD connections waiting for the memory budget', 'waiting'],
+    ];
+    for (const [name, help, key] of budgetGauges) {
+      new client.Gauge({
+        name,
+        help,
+        registers: [reg],
+        collect() {
+          const b = nbd.stats().budget;
+          if (b) this.set(b[key]);
+        },
+      });
+    }
+    const counters: [string, string, Exclude<keyof ReturnType<NbdServerView['stats']>, 'budget'>][] = [
       ['rewind_nbd_requests_total', 'NBD requests handled', 'requests'],
       ['rewind_nbd_read_bytes_total', 'Bytes read by NBD clients', 'bytesRead'],
       ['rewind_nbd_written_bytes_total', 'Bytes written by NBD clients', 'bytesWritten'],
@@ -408,6 +503,7 @@ export class ControlServer {
         });
       }
     }
+    if (this.opts.scrub) scrubMetrics(reg, this.opts.scrub);
     const start = Date.now();
     new client.Gauge({
       name: 'rewind_uptime_seconds',
@@ -418,23 +514,6 @@ export class ControlServer {
       },
     });
   }
-}
-
-export function hostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-/** The host a client should dial for a listener bound to `host`. */
-function dialHost(host: string): string {
-  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
-  if (host === '::') return '::1';
-  return host;
-}
-
-export function nbdUris(endpoints: NbdEndpoints, name: string): { tcp: string | null; unix: string | null } {
-  const tcp = endpoints.tcp ? `nbd://${hostPort(dialHost(endpoints.tcp.host), endpoints.tcp.port)}/${name}` : null;
-  const unix = endpoints.unix ? `nbd+unix:///${name}?socket=${endpoints.unix.split('/').map(encodeURIComponent).join('/')}` : null;
-  return { tcp, unix };
 }
 
 function flag(value: string | null, name: string): boolean {

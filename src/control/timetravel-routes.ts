@@ -16,7 +16,7 @@
  *   GET    /v1/volumes/NAME/restores
  *   POST   /v1/volumes/NAME/export      {at, out, nearest?}
  *   GET    /v1/markers/TARGET[?name=GLOB&kind=K&since=T&until=T]   (TARGET: volume or group)
- *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?}
+ *   POST   /v1/markers/TARGET           {name, pre?, post?, timeout?, keep?, at?, nearest?} (at: a past point, volumes only)
  *   DELETE /v1/markers/TARGET/NAME
  *   POST   /v1/volumes/NAME/surface     {marker}      POST /v1/submerge {name}
  *   GET    /v1/volumes/NAME/schedule    POST {add?: rule | rules, clear?}
@@ -32,6 +32,7 @@ import { httpStatusOf } from '../util/http';
 import type { VolumeManager } from '../daemon/volumes';
 import type { Progress, TimeTravel } from '../timetravel/service';
 import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
+import { tracked, type JobRegistry } from '../daemon/jobs';
 
 function decode(s: string): string {
   try {
@@ -87,6 +88,8 @@ export async function routeTimeTravel(
   method: string,
   p: string,
   url: URL,
+  /** Restores, exports and diffs report here (the console's jobs page). */
+  jobs?: JobRegistry,
 ): Promise<boolean> {
   if (p === '/v1/views') {
     allow(method, ['GET', 'HEAD']);
@@ -104,7 +107,7 @@ export async function routeTimeTravel(
     allow(method, ['GET', 'HEAD', 'POST']);
     if (method === 'POST') {
       const body = await readJsonObject(req);
-      only(body, ['name', 'pre', 'post', 'timeout', 'keep']);
+      only(body, ['name', 'pre', 'post', 'timeout', 'keep', 'at', 'nearest']);
       sendJson(res, 201, await tt.markers.mark(target, body.name, body));
       return true;
     }
@@ -190,7 +193,15 @@ export async function routeTimeTravel(
       const body = await readJsonObject(req);
       only(body, ['to', 'ranges', 'force', 'nearest']);
       if (body.force !== undefined && typeof body.force !== 'boolean') throw new UserError('invalid', 'force must be true or false');
-      await streamed(req, res, (progress) => tt.restores.restore(name, body, progress));
+      const run = tracked(
+        jobs,
+        'restore',
+        name,
+        `to ${String(body.to)}`,
+        (progress) => tt.restores.restore(name, body, progress),
+        (r) => `${r.blocksWritten} blocks rewritten${r.undo ? `; undo with --to ${r.undo}` : ''}`,
+      );
+      await streamed(req, res, run);
       return true;
     }
     case 'surface': {
@@ -213,7 +224,15 @@ export async function routeTimeTravel(
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['from', 'to', 'name', 'out', 'nearest']);
-      await streamed(req, res, (progress) => tt.queries.diff(name, body, progress));
+      const run = tracked(
+        jobs,
+        'diff',
+        name,
+        `${String(body.from)} .. ${String(body.to)}`,
+        (progress) => tt.queries.diff(name, body, progress),
+        (r) => `${r.extents.length} extents, ${r.changedBytes} bytes changed`,
+      );
+      await streamed(req, res, run);
       return true;
     }
     case 'bisect-candidates': {
@@ -227,7 +246,10 @@ export async function routeTimeTravel(
       allow(method, ['POST']);
       const body = await readJsonObject(req);
       only(body, ['at', 'out', 'nearest']);
-      await streamed(req, res, (progress) => tt.queries.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }));
+      const run = tracked(jobs, 'export', name, `${String(body.at)} to ${String(body.out)}`, (progress) =>
+        tt.queries.exportImage(name, body.at, body.out, progress, { nearest: body.nearest }),
+      );
+      await streamed(req, res, run);
       return true;
     }
   }

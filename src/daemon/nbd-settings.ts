@@ -5,7 +5,7 @@
  * optional JSON configuration file:
  *
  *   { "nbd": { "tls": "require", "tlsDir": "/etc/rewind/tls", "tlsVerifyClient": true,
- *              "maxConnections": 128, "maxInflight": 64, "maxBuffer": "64M",
+ *              "maxConnections": 128, "maxInflight": 64, "maxBuffer": "64M", "memoryBudget": "1G",
  *              "handshakeTimeout": 10, "writeStallTimeout": 60 } }
  *
  * Certificate files: --tls-cert, --tls-key, --tls-ca, or a directory
@@ -29,6 +29,7 @@ export interface NbdSettingsInput {
   maxConnections?: string | number;
   maxInflight?: string | number;
   maxBuffer?: string | number;
+  memoryBudget?: string | number;
   /** Seconds. */
   handshakeTimeout?: string | number;
   /** Seconds. */
@@ -45,6 +46,7 @@ export const NBD_SETTINGS_KEYS: readonly (keyof NbdSettingsInput)[] = [
   'maxConnections',
   'maxInflight',
   'maxBuffer',
+  'memoryBudget',
   'handshakeTimeout',
   'writeStallTimeout',
 ];
@@ -150,6 +152,8 @@ export function resolveNbdSettings(flags: NbdSettingsInput, file: NbdSettingsInp
   if (mi !== undefined) limits.maxInflightPerConnection = positiveInt('max requests in flight', mi, 65536);
   const mb = pick('maxBuffer');
   if (mb !== undefined) limits.maxBufferedBytesPerConnection = bytes('max buffer', mb);
+  const budget = pick('memoryBudget');
+  if (budget !== undefined) limits.memoryBudget = bytes('memory budget', budget);
   const ht = pick('handshakeTimeout');
   if (ht !== undefined) limits.handshakeTimeoutMs = seconds('handshake timeout', ht);
   const ws = pick('writeStallTimeout');

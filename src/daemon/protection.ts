@@ -23,12 +23,16 @@ import { BackupManager } from '../manager/backup-manager';
 import { FileExport } from '../storage/file-export';
 import { UserError } from '../util/errors';
 import { withFaults } from './fault-injection';
-import { RemoteLink, type LinkTlsClient, type RemoteLinkStatus } from '../link/client';
+import { RemoteLink, type LinkTlsClient, type LinkTlsFiles, type RemoteLinkStatus } from '../link/client';
 import { ResyncController, type ResyncStatus } from '../link/resync';
 import { hashReader, HASH_CHUNK } from '../util/hash';
-import { type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { blockDigests, type GroupMsg, type InterceptStatusMsg } from '../link/protocol';
+import { RestoreHolds, type RestoreHooks } from '../link/remote-restore';
 import { type Logger } from '../util/logger';
+import { recordCleanStop, takeCleanStop } from './clean-stop';
 import type { JournalPort, RestoreTarget, VolumeContext } from '../timetravel/ports';
+import type { DamageMark } from '../manager/damage';
+import type { StoredScrub } from './scrub';
 
 /** `rewind serve --role intercept`: the backup manager is remote (src/link/). */
 export interface RemoteManagerOptions {
@@ -36,6 +40,8 @@ export interface RemoteManagerOptions {
   port: number;
   secret: Buffer | null;
   tls: LinkTlsClient | null;
+  /** The files `tls` was read from (reloaded on SIGHUP or change: cert-reload.ts). */
+  tlsFiles?: LinkTlsFiles | null;
   /** Space limit of each group's local pool of LFCs (degraded mode beyond it). */
   poolBytes: number;
   window?: number;
@@ -62,6 +68,10 @@ export interface VolumeProtectionStatus {
   pinnedFrom: number | null;
   /** Production I/O failures (counts, last error, whether it is failing now). */
   io: VolumeIoStatus;
+  /** The group's last scrub and the damage known (where its manager is: single-process, manager role). */
+  scrub?: { last: StoredScrub | null; damage: DamageMark[] };
+  /** Single process: the manager's disk is full, applying waits (the group is degraded meanwhile). */
+  managerStalled?: { n: number; error: string; since: string };
   /** Intercept role: the link to the remote manager, the local LFC pool, the resync. */
   link?: RemoteLinkStatus & { poolBytes: number; poolLimit: number };
   resync?: ResyncStatus & { superTransaction: { id: number; fromSeq: number; lastContainer: number | null } | null };
@@ -79,9 +89,24 @@ export interface VerifyReport {
   ok: boolean;
 }
 
+/** Why a volume is offline while a restore run by the remote manager holds it. */
+export const RESTORE_HELD =
+  'a production restore run by the backup manager is rewriting it (it comes back when the manager ends the restore)';
+
+/** The daemon's control of its exports: what a restore run by a remote manager needs on the intercept. */
+export interface ExportControl {
+  setOffline(volume: string, reason: string | null): void;
+  /** Disconnects the volume's clients; resolves once their requests are done. */
+  disconnect(volume: string): Promise<number>;
+}
+
 export class Protection {
   private readonly groups = new Map<string, GroupRuntime>();
   private readonly byVolume = new Map<string, GroupRuntime>();
+  private exports: ExportControl | null = null;
+  // Settled once start-up's crash recovery is over: a restore may not begin before (see restoreHooks).
+  private markRecovered!: () => void;
+  private readonly recovered = new Promise<void>((resolve) => (this.markRecovered = resolve));
 
   constructor(
     private readonly dataDir: string,
@@ -89,6 +114,18 @@ export class Protection {
     private readonly logger: Logger,
     private readonly remote: RemoteManagerOptions | null = null,
   ) {}
+
+  /** The intercept's link TLS files, if it uses TLS (certificate reloads). */
+  get remoteTlsFiles(): LinkTlsFiles | null {
+    return this.remote?.tls ? (this.remote.tlsFiles ?? null) : null;
+  }
+
+  /** Rotated link client certificates: every group's link uses them from its next connection. */
+  setRemoteTls(tls: LinkTlsClient): void {
+    if (!this.remote?.tls) throw new Error('the manager link does not use TLS');
+    this.remote.tls = tls;
+    for (const rt of this.groups.values()) rt.link?.setTls(tls);
+  }
 
   /** Open every group in the catalog: manager recovery first, then the journal, then resync. */
   async start(): Promise<void> {
@@ -119,10 +156,25 @@ export class Protection {
     });
     const st = manager.status();
     const link: ManagerLink = { submit: (ref) => manager.submit(ref) };
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.lastContainer, st.lastSeq);
-    const rt: GroupRuntime = { record, manager, journal, volumes: new Map(), pendingRecovery: [] };
+    const rt: GroupRuntime = {
+      record,
+      manager,
+      journal,
+      volumes: new Map(),
+      pendingRecovery: [],
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
+    // The manager's disk full: the journal stops growing (degraded, state maps only) until the manager has
+    // caught up; then a super transaction re-captures what changed, as after a full LFC pool.
+    const stalled = (error: string) => journal.degradeForManager(error);
+    manager.on('stalled', (x) => stalled(x.error));
+    if (st.stalled) stalled(st.stalled.error);
     for (const v of vols) await this.openVolume(rt, v);
+    // Started by recover(), as in the intercept role.
+    rt.resync = new ResyncController(journal, () => [...rt.volumes.values()], log);
     return rt;
   }
 
@@ -175,10 +227,22 @@ export class Protection {
       logger: log,
     });
     const st = link.committed;
+    const cleanStop = await takeCleanStop(dir);
     const journal = await this.openJournal(record, dir, link, st.committedContainer, st.committedSeq, r.poolBytes);
-    const rt: GroupRuntime = { record, manager: null, journal, volumes: new Map(), link, pendingRecovery: [] };
+    const holds = new RestoreHolds(path.join(dir, 'restore-hold.json'));
+    const rt: GroupRuntime = {
+      record,
+      manager: null,
+      journal,
+      volumes: new Map(),
+      link,
+      pendingRecovery: [],
+      holds,
+      cleanStopSeq: cleanStop?.lastSeq ?? null,
+    };
     this.groups.set(record.name, rt);
     link.setHooks({
+      restore: this.restoreHooks(rt, holds),
       status: () => this.interceptStatus(rt),
       catchUp: async () => {
         await journal.catchUp();
@@ -209,6 +273,62 @@ export class Protection {
     return rt;
   }
 
+  /**
+   * Intercept role: the restore its manager runs (link/remote-restore.ts).
+   * The hold is recorded before the volume is touched; writes are refused
+   * for a volume not held, so they can never reach one hosts are using.
+   */
+  private restoreHooks(rt: GroupRuntime, holds: RestoreHolds): RestoreHooks {
+    const vol = (id: number): ProtectedVolume => {
+      const pv = [...rt.volumes.values()].find((x) => x.volumeId === id);
+      if (!pv) throw new Error(`no volume ${id} in group ${rt.record.name}`);
+      return pv;
+    };
+    const held = (id: number): ProtectedVolume => {
+      const pv = vol(id);
+      if (!holds.has(id)) throw new Error(`volume ${pv.name} is not held for a restore`);
+      return pv;
+    };
+    return {
+      begin: async (id) => {
+        const pv = vol(id);
+        // The manager finds what to rewrite in its history: writes a crash left unjournaled must be in it first.
+        await this.recovered;
+        if (rt.journal.isDegraded) throw new Error(`group ${rt.record.name} is degraded (not journaling): a restore must be journaled`);
+        holds.hold(id, pv.name);
+        this.exports?.setOffline(pv.name, RESTORE_HELD);
+        const n = (await this.exports?.disconnect(pv.name)) ?? 0;
+        await pv.flush();
+        this.logger.warn({ volume: pv.name, disconnected: n }, 'a production restore run by the backup manager holds the volume');
+      },
+      hashes: async (id, offset, length, bs) => blockDigests(await held(id).production.read(offset, length), bs),
+      write: (id, offset, data) => held(id).restoreWrite(offset, data),
+      zero: (id, offset, length) => held(id).restoreZero(offset, length),
+      flush: (id) => held(id).flush(),
+      end: async (id) => {
+        const pv = vol(id);
+        // Not held: nothing to end (and a volume offline for another reason stays so).
+        if (!holds.has(id)) return;
+        await this.recovered;
+        await pv.flush();
+        holds.release(id);
+        this.exports?.setOffline(pv.name, null);
+        this.logger.info({ volume: pv.name }, 'the production restore run by the backup manager ended: the volume is back');
+      },
+    };
+  }
+
+  /** Attaches the daemon's exports (after start): volumes a restore holds go offline now. */
+  setExportControl(c: ExportControl): void {
+    this.exports = c;
+    for (const name of this.heldVolumes()) c.setOffline(name, RESTORE_HELD);
+  }
+
+  /** Intercept role: volumes a restore run by the manager holds (kept across restarts). */
+  heldVolumes(): string[] {
+    return [...this.groups.values()].flatMap((rt) => rt.holds?.names() ?? []);
+  }
+
   private interceptStatus(rt: GroupRuntime): Omit<InterceptStatusMsg, 'bytesSent' | 'queued'> {
     const js = rt.journal.status();
     const rs = rt.resync?.status();
@@ -226,6 +346,7 @@ export class Protection {
       poolBytes: js.poolBytes,
       poolLimit: js.poolLimit,
       volumes: [...rt.volumes.values()].map((pv) => ({ volumeId: pv.volumeId, name: pv.name, dirtyRegions: pv.stateMap.dirtyCount() })),
+      restoreHeld: rt.holds?.ids() ?? [],
     };
   }
 
@@ -239,7 +360,11 @@ export class Protection {
     rt.volumes.set(v.name, pv);
     this.byVolume.set(v.name, rt);
     // Pool-degraded (intercept role): nothing can be journaled now; the super transaction resyncs later.
-    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) rt.pendingRecovery.push(pv);
+    if (stateMap.dirtyCount() > 0 && !rt.journal.isDegraded) {
+      // After a clean stop every dirty region is in a container the manager has yet to apply.
+      if (rt.cleanStopSeq !== null) stateMap.adoptLoaded(rt.cleanStopSeq);
+      else rt.pendingRecovery.push(pv);
+    }
     return pv;
   }
 
@@ -256,7 +381,11 @@ export class Protection {
    * group's resync controller (two-role mode) starts.
    */
   async recover(done: (volume: string, ok: boolean) => void = () => undefined): Promise<void> {
-    await Promise.all([...this.groups.values()].map((rt) => recoverGroup(rt, this.logger, done)));
+    try {
+      await Promise.all([...this.groups.values()].map((rt) => recoverGroup(rt, this.logger, done)));
+    } finally {
+      this.markRecovered();
+    }
   }
 
   /** A protected volume was just added to the catalog. */
@@ -309,11 +438,14 @@ export class Protection {
         return j.isDegraded;
       },
       seal: (reason) => j.seal(reason),
-      lastAppendedSeq: () => j.status().lastAppendedSeq,
+      lastAppendedSeq: async () => j.status().lastAppendedSeq,
     };
     const restore: RestoreTarget = {
+      // The host takes the export offline and disconnects its clients: nothing more to hold here.
+      hold: async () => undefined,
+      release: async () => undefined,
       flush: () => pv.flush(),
-      readProduction: (offset, length) => pv.production.read(offset, length),
+      differing: async (offset, want, bs) => differingBlocks(await pv.production.read(offset, want.length), want, bs),
       restoreWrite: (offset, data) => pv.restoreWrite(offset, data),
       restoreZero: (offset, length) => pv.restoreZero(offset, length),
     };
@@ -325,6 +457,11 @@ export class Protection {
       volumeId: pv.volumeId,
       size: pv.size,
     };
+  }
+
+  /** The local backup manager of every group (single-process mode; none in the intercept role): the scrub's groups. */
+  managers(): Array<{ group: string; manager: BackupManager }> {
+    return [...this.groups.values()].flatMap((rt) => (rt.manager ? [{ group: rt.record.name, manager: rt.manager }] : []));
   }
 
   /** The backup manager of a protected volume's group (single-process mode): retention, the log. */
@@ -381,7 +518,7 @@ export class Protection {
     const applied = ms
       ? { seq: ms.lastSeq, container: ms.lastContainer, time: ms.lastTime, transactions: ms.transactions }
       : { seq: c!.committedSeq, container: c!.committedContainer, time: c!.committedTime, transactions: c!.committedContainer };
-    const rs = rt.manager ? null : rt.resync!.status();
+    const rs = rt.resync?.status() ?? null;
     const lagWrites = Math.max(0, js.lastAppendedSeq - applied.seq);
     const out: VolumeProtectionStatus = {
       volume: name,
@@ -408,10 +545,10 @@ export class Protection {
       pinnedFrom: rt.manager ? rt.manager.history.pins.from() : null,
       io: pv.ioStatus(),
     };
-    if (rs) {
-      out.link = { ...rt.link!.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit };
-      out.resync = { ...rs, superTransaction: js.superRun };
-    }
+    if (rt.manager) out.scrub = { last: rt.manager.lastScrub() ?? null, damage: rt.manager.history.damage.list() };
+    if (rs) out.resync = { ...rs, superTransaction: js.superRun };
+    if (rt.link) out.link = { ...rt.link.status(), poolBytes: js.poolBytes, poolLimit: js.poolLimit };
+    if (ms?.stalled) out.managerStalled = ms.stalled;
     return out;
   }
 
@@ -460,10 +597,35 @@ export class Protection {
     });
   }
 
+  /**
+   * Stops every group. Called once the NBD server has drained (no write in
+   * flight): images, journal and state maps are synced, the journal sealed
+   * (its containers are handed to the manager, now or at the next start),
+   * and, if nothing was left undone (not degraded, no open super
+   * transaction, no recovery pending), a clean-stop record spares the next
+   * start its crash recovery.
+   */
   async close(): Promise<void> {
     for (const rt of this.groups.values()) {
       rt.resync?.close();
-      await rt.journal.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'journal close'));
+      let synced = rt.pendingRecovery.length === 0;
+      for (const pv of rt.volumes.values()) {
+        await pv.flush().catch((e) => {
+          synced = false;
+          this.logger.error({ volume: pv.name, err: (e as Error).message }, 'flush at stop failed');
+        });
+      }
+      const open = rt.journal.position().open;
+      await rt.journal.close().catch((e) => {
+        synced = false;
+        this.logger.error({ err: (e as Error).message }, 'journal close');
+      });
+      if (synced && open === null && !rt.journal.isDegraded) {
+        const lastSeq = rt.journal.status().lastAppendedSeq;
+        await recordCleanStop(this.groupDir(rt.record.name), lastSeq).catch((e) =>
+          this.logger.error({ err: (e as Error).message }, 'cannot record the clean stop (the next start recovers)'),
+        );
+      }
       await rt.link?.close();
       await rt.manager?.close().catch((e) => this.logger.error({ err: (e as Error).message }, 'manager close'));
       for (const pv of rt.volumes.values()) {
@@ -475,6 +637,13 @@ export class Protection {
     this.groups.clear();
     this.byVolume.clear();
   }
+}
+
+/** Per block: true where `have` and `want` differ (the last block may be short). */
+function differingBlocks(have: Buffer, want: Buffer, bs: number): boolean[] {
+  const out: boolean[] = [];
+  for (let a = 0; a < want.length; a += bs) out.push(!want.subarray(a, a + bs).equals(have.subarray(a, a + bs)));
+  return out;
 }
 
 /** SHA-256 of both images and the first differing offset, 1 MiB at a time. */

@@ -14,6 +14,7 @@ import type { FadeReport } from '../manager/retention';
 import { RetentionPolicyError } from '../manager/retention-policy';
 import { UserError } from '../util/errors';
 import type { Protection } from './protection';
+import type { JobRegistry } from './jobs';
 import { type Logger } from '../util/logger';
 
 export interface RetentionInfo {
@@ -41,6 +42,8 @@ export class RetentionService {
     private readonly catalog: Catalog,
     private readonly logger: Logger,
     env: NodeJS.ProcessEnv = process.env,
+    /** Where fades are reported (the console's jobs page); a timer's fade that does nothing is not. */
+    private readonly jobs: JobRegistry | null = null,
   ) {
     this.intervalMs = Number(env.REWIND_RETENTION_INTERVAL_MS ?? 60_000) || 0;
     this.clockOffsetMs = Number(env.REWIND_TEST_CLOCK_OFFSET_MS ?? 0) || 0;
@@ -108,6 +111,7 @@ export class RetentionService {
         `the group of "${volume}" has no retention policy; set one with --policy (history is kept forever until then)`,
       );
     }
+    const job = opts.dryRun ? null : this.jobs?.start('fade', volume, opts.policy ? `policy ${opts.policy}` : 'by its policy');
     try {
       const r = await manager.fade({
         now: this.now(),
@@ -115,8 +119,10 @@ export class RetentionService {
         policy: opts.policy,
         bytesPerSecond: opts.bytesPerSecond ?? this.bytesPerSecond,
       });
+      job?.done(fadeSummary(r));
       return { volume, ...r };
     } catch (err) {
+      job?.fail(err);
       if (err instanceof RetentionPolicyError) throw new UserError('invalid', err.message);
       throw err;
     }
@@ -136,16 +142,21 @@ export class RetentionService {
       if (this.stopped) return;
       const vols = this.catalog.groupVolumes(g.name);
       if (!vols.length) continue;
+      let job: ReturnType<JobRegistry['start']> | undefined;
       try {
         const { manager } = this.manager(vols[0]!.name);
         if (!manager.retention.stored()) continue;
+        job = this.jobs?.start('fade', g.name, 'retention timer');
         const r = await manager.fade({ now: this.now(), bytesPerSecond: this.bytesPerSecond });
-        if (r.steps.some((s) => s.done))
+        if (r.steps.some((s) => s.done)) {
           this.logger.info(
             { group: g.name, pointsRemoved: r.pointsRemoved, bytesFreed: r.bytesFreed, ms: r.durationMs },
             'retention: faded',
           );
+          job?.done(fadeSummary(r));
+        } else job?.discard();
       } catch (err) {
+        job?.fail(err);
         this.logger.warn({ group: g.name, err: (err as Error).message }, 'retention: fading failed');
       }
     }
@@ -157,4 +168,8 @@ export class RetentionService {
     this.timer = null;
     await this.ticking;
   }
+}
+
+function fadeSummary(r: FadeReport): string {
+  return `${r.pointsRemoved} points removed, ${r.bytesFreed} bytes freed in ${r.durationMs} ms`;
 }

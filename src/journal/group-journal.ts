@@ -47,6 +47,7 @@ import type { CommitInfo, ManagerLink, SealedContainerRef } from './link';
 import type { StateMap } from './state-map';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
+import { JSON_FORMATS, jsonFormat } from '../util/format-version';
 
 export type { SealedContainerRef, CommitInfo, ManagerLink } from './link';
 
@@ -83,13 +84,31 @@ export interface SuperRun {
   /** When its degraded stretch began (ms): the time of the first write not journaled. */
   fromTime?: number;
   lastContainer: number | null;
+  /**
+   * The resync's progress (link/resync.ts): every region dirty before this
+   * (volume id, byte offset), in volume then offset order, has been
+   * re-read into the run. Absent: none yet.
+   */
+  cursor?: { volumeId: number; offset: number };
+  /**
+   * Set when the pool overflowed again while the run was open: writes from
+   * this seq on were not journaled, so regions before the cursor that they
+   * dirtied are re-read too. Cleared once a pass has gone past the cursor
+   * it resumed from.
+   */
+  redoFrom?: number;
 }
 
 export interface JournalDegraded {
   since: string;
   reason: string;
-  /** "journal": the journal disk failed; "pool": the LFC pool is full (link down or slow). */
-  kind?: 'journal' | 'pool';
+  /**
+   * "journal": the journal disk failed; "pool": the LFC pool is full (link
+   * down or slow); "manager": the backup manager cannot store what it is
+   * sent (its disk is full). The last two are left by themselves, through
+   * a super transaction, once everything buffered is committed.
+   */
+  kind?: 'journal' | 'pool' | 'manager';
   /** First seq not journaled (pool kind). */
   fromSeq?: number;
   /** When that write came (ms; pool kind). */
@@ -127,6 +146,11 @@ export interface JournalPosition {
 export type PendingQuery = { seq: number } | { ms: number };
 
 const SUPER_FILE = 'super.json';
+
+/** Degraded modes a super transaction ends (the journal itself is fine). */
+function resyncable(d: JournalDegraded | null | undefined): d is JournalDegraded {
+  return d?.kind === 'pool' || d?.kind === 'manager';
+}
 
 interface Parked {
   rec: RecordInput;
@@ -284,7 +308,7 @@ export class GroupJournal {
     if (this.closed) return RESOLVED;
     if (this.degraded) {
       // Not journaled, but written: the lag (recovery point) counts from it.
-      if (this.degraded.kind === 'pool') this.lastAppendedTime = Date.now();
+      if (resyncable(this.degraded)) this.lastAppendedTime = Date.now();
       return RESOLVED;
     }
     const w = this.active;
@@ -357,13 +381,15 @@ export class GroupJournal {
    * the state maps; the active container is sealed so the buffered pool is
    * complete. Hosts see nothing.
    */
-  private enterPoolDegraded(fromSeq: number): void {
+  private enterPoolDegraded(fromSeq: number, kind: 'pool' | 'manager' = 'pool', reason?: string): void {
     if (this.degraded) return;
     const now = Date.now();
     this.degraded = {
       since: new Date(now).toISOString(),
-      reason: `the local pool of LFCs is full (${this.sealedBytes()} of ${this.poolLimit} bytes waiting for the manager, and the active container is full): tracking writes in the state map only`,
-      kind: 'pool',
+      reason:
+        reason ??
+        `the local pool of LFCs is full (${this.sealedBytes()} of ${this.poolLimit} bytes waiting for the manager, and the active container is full): tracking writes in the state map only`,
+      kind,
       fromSeq,
       fromTime: now,
     };
@@ -376,6 +402,21 @@ export class GroupJournal {
     this.saveSuperState();
     void this.seal('degraded');
     for (const cb of this.stateListeners) cb('degraded');
+  }
+
+  /**
+   * The backup manager cannot store containers now (its disk is full): stop
+   * journaling from the next write on, as when the pool is full, so the
+   * containers waiting for it stop growing; the super transaction after it
+   * has caught up re-captures what changed meanwhile.
+   */
+  degradeForManager(reason: string): void {
+    if (this.closed) return;
+    this.enterPoolDegraded(
+      this.nextAppend,
+      'manager',
+      `the backup manager cannot store containers (${reason}): tracking writes in the state map only`,
+    );
   }
 
   get poolLimitBytes(): number {
@@ -393,7 +434,7 @@ export class GroupJournal {
 
   /** Degraded because the pool filled, and everything buffered is committed: a super transaction can start. */
   get drained(): boolean {
-    return this.degraded?.kind === 'pool' && this.pending.size === 0;
+    return resyncable(this.degraded) && this.pending.size === 0;
   }
 
   get superTransaction(): SuperRun | null {
@@ -409,15 +450,18 @@ export class GroupJournal {
   async beginSuper(): Promise<SuperRun> {
     const d = this.degraded;
     if (this.superRun && this.superRun.lastContainer === null) {
-      // Degraded again while a super transaction was open: it goes on, from its first fromSeq.
-      if (d?.kind === 'pool') {
+      // Degraded again while a super transaction was open: it goes on, from its first fromSeq;
+      // what was written before its cursor while degraded is re-read (redoFrom).
+      if (resyncable(d)) {
+        const from = d.fromSeq ?? this.nextAppend;
+        if (this.superRun.cursor) this.superRun.redoFrom = Math.min(this.superRun.redoFrom ?? Infinity, from);
         this.degraded = null;
         this.saveSuperState();
         this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: the open super transaction continues');
       }
       return this.superRun;
     }
-    if (!d || d.kind !== 'pool') throw new Error('beginSuper: the journal is not in pool-degraded mode');
+    if (!d || !resyncable(d)) throw new Error('beginSuper: the journal is not in pool-degraded mode');
     await this.seal('super-start');
     await this.sealing;
     this.superRun = {
@@ -430,6 +474,19 @@ export class GroupJournal {
     this.saveSuperState();
     this.log.info({ group: this.groupId, super: this.superRun }, 'journaling resumed: super transaction started');
     return this.superRun;
+  }
+
+  /**
+   * Records the resync's progress in the open run (persisted: super.json).
+   * `redone`: the pass went past the cursor it resumed from, so the regions
+   * an earlier overflow left to re-read are done.
+   */
+  setResyncCursor(cursor: { volumeId: number; offset: number }, redone: boolean): void {
+    const r = this.superRun;
+    if (!r || r.lastContainer !== null) return;
+    r.cursor = cursor;
+    if (redone) delete r.redoFrom;
+    this.saveSuperState();
   }
 
   /**
@@ -463,7 +520,7 @@ export class GroupJournal {
    */
   private clearCap(): number {
     let cap = Infinity;
-    if (this.degraded?.kind === 'pool' && this.degraded.fromSeq !== undefined) cap = this.degraded.fromSeq - 1;
+    if (resyncable(this.degraded) && this.degraded.fromSeq !== undefined) cap = this.degraded.fromSeq - 1;
     const r = this.superRun;
     if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer)) cap = Math.min(cap, r.fromSeq - 1);
     return cap;
@@ -487,28 +544,33 @@ export class GroupJournal {
     } catch {
       return;
     }
+    let s: { degraded?: JournalDegraded; run?: SuperRun; format?: unknown };
     try {
-      const s = JSON.parse(raw) as { degraded?: JournalDegraded; run?: SuperRun };
-      if (s.degraded && s.degraded.kind === 'pool') {
-        this.degraded = s.degraded;
-        this.log.warn({ group: this.groupId, degraded: s.degraded }, 'still degraded (LFC pool was full at the last stop)');
-      }
-      if (s.run) this.superRun = s.run;
+      s = JSON.parse(raw) as typeof s;
     } catch (err) {
+      // A torn file cannot be: it is replaced atomically. Dirty regions are re-captured at start-up anyway.
       this.log.error({ group: this.groupId, err: (err as Error).message }, `unreadable ${SUPER_FILE}: ignored`);
+      return;
     }
+    // Written by a newer Rewind: refused rather than misread (the stretch it records must not be lost).
+    jsonFormat(s, 'the degraded and super-transaction state', path.join(this.dir, SUPER_FILE), JSON_FORMATS.superState);
+    if (s.degraded && resyncable(s.degraded)) {
+      this.degraded = s.degraded;
+      this.log.warn({ group: this.groupId, degraded: s.degraded }, 'still degraded (LFC pool was full at the last stop)');
+    }
+    if (s.run) this.superRun = s.run;
   }
 
   /** Persist the pool-degraded state and the super run (tmp + fsync + rename). */
   private saveSuperState(): void {
     const file = path.join(this.dir, SUPER_FILE);
-    const d = this.degraded?.kind === 'pool' ? this.degraded : undefined;
+    const d = resyncable(this.degraded) ? this.degraded : undefined;
     try {
       if (!d && !this.superRun) {
         fs.rmSync(file, { force: true });
         return;
       }
-      writeFileAtomicSync(file, JSON.stringify({ degraded: d, run: this.superRun ?? undefined }));
+      writeFileAtomicSync(file, JSON.stringify({ format: JSON_FORMATS.superState, degraded: d, run: this.superRun ?? undefined }));
     } catch (err) {
       this.log.error({ group: this.groupId, err: (err as Error).message }, `cannot write ${SUPER_FILE}`);
     }
@@ -536,7 +598,7 @@ export class GroupJournal {
   }
 
   private async doSeal(reason: string): Promise<{ containerId: number; committed: Promise<CommitInfo | null> } | null> {
-    if (this.closed || (this.degraded && this.degraded.kind !== 'pool')) return null;
+    if (this.closed || (this.degraded && !resyncable(this.degraded))) return null;
     // The end of a super transaction is sealed even if empty: its container carries the "last" tag.
     const superEnd = reason === 'super-end' && this.superRun !== null && this.superRun.lastContainer === null && !this.degraded;
     if (this.active.recordCount === 0 && !superEnd) return null;
@@ -697,7 +759,7 @@ export class GroupJournal {
     const d = this.degraded;
     const r = this.superRun;
     let open: JournalPosition['open'] = null;
-    if (d?.kind === 'pool' && d.fromSeq !== undefined)
+    if (resyncable(d) && d.fromSeq !== undefined)
       open = { fromSeq: d.fromSeq, fromTime: d.fromTime ?? Date.parse(d.since), state: 'degraded' };
     else if (r && (r.lastContainer === null || this.committedContainer < r.lastContainer))
       open = { fromSeq: r.fromSeq, fromTime: r.fromTime ?? 0, state: 'resync' };
@@ -776,7 +838,7 @@ export class GroupJournal {
     for (const [seq, p] of this.parked) p.reject(new Error(`journal closed before seq ${seq} was appended`));
     this.parked.clear();
     const a = this.active;
-    if (a.recordCount > 0 && (!this.degraded || this.degraded.kind === 'pool')) await a.seal().catch((err) => this.fail(err));
+    if (a.recordCount > 0 && (!this.degraded || resyncable(this.degraded))) await a.seal().catch((err) => this.fail(err));
     else {
       await a.close().catch(() => undefined);
       if (a.recordCount === 0) await fs.promises.rm(a.path, { force: true });

@@ -82,7 +82,8 @@ export interface DirtyMap {
   pin(offset: number, length: number): void;
   unpin(offset: number, length: number): void;
   sync(): Promise<void>;
-  dirtyRanges(): Array<{ offset: number; length: number }>;
+  /** Dirty regions as byte ranges; with minSeq, only those whose latest write has a seq >= minSeq (or is unknown). */
+  dirtyRanges(minSeq?: number): Array<{ offset: number; length: number }>;
   dirtyCount(): number;
   adoptLoaded(seq: number): void;
   clearLoaded(): number;

@@ -4,7 +4,7 @@
  * transaction holding the region's latest write (MISSION glossary).
  *
  * File layout (little-endian):
- *   0  u8[8]  magic "RWSMAP\0\1"
+ *   0  u8[8]  magic "RWSMAP\0" + format version (1)
  *   8  u32    region size, bytes (a power of two)
  *  12  u32    reserved (0)
  *  16  u64    volume size, bytes
@@ -32,6 +32,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32 } from '../util/crc32';
+import { tooNew } from '../util/format-version';
 
 export const STATE_MAP_MAGIC = Buffer.from('RWSMAP\x00\x01', 'latin1');
 export const STATE_MAP_HEADER_SIZE = 64;
@@ -165,7 +166,11 @@ export class StateMap {
       const hb = Buffer.alloc(STATE_MAP_HEADER_SIZE);
       const got = readFull(fd, hb, 0);
       if (got < STATE_MAP_HEADER_SIZE) throw new Error(`state map ${filePath}: file too short (${got} bytes)`);
-      if (!hb.subarray(0, 8).equals(STATE_MAP_MAGIC)) throw new Error(`state map ${filePath}: bad magic`);
+      if (!hb.subarray(0, 8).equals(STATE_MAP_MAGIC)) {
+        // The magic's last byte is the format version.
+        if (hb.subarray(0, 7).equals(STATE_MAP_MAGIC.subarray(0, 7))) throw tooNew('the state map', filePath, hb[7], STATE_MAP_MAGIC[7]!);
+        throw new Error(`state map ${filePath}: bad magic`);
+      }
       if (hb.readUInt32LE(60) !== crc32(hb.subarray(0, 60))) throw new Error(`state map ${filePath}: header CRC mismatch`);
       const fRegion = hb.readUInt32LE(8);
       const fVolume = readU64(hb, 16);
@@ -432,21 +437,27 @@ export class StateMap {
     return this.loaded;
   }
 
-  /** Dirty regions as coalesced byte ranges, ascending (the last one clipped to the volume size). */
-  dirtyRanges(): Array<{ offset: number; length: number }> {
+  /**
+   * Dirty regions as coalesced byte ranges, ascending (the last one clipped
+   * to the volume size). With `minSeq`, only regions whose latest write has
+   * a seq >= minSeq (or is unknown: loaded at open), e.g. the writes of a
+   * degraded stretch that began at minSeq.
+   */
+  dirtyRanges(minSeq?: number): Array<{ offset: number; length: number }> {
     const out: Array<{ offset: number; length: number }> = [];
     const bm = this.bitmap;
     const rs = this.regionSize;
     let start = -1;
     const n = this.regionCount;
+    const all = minSeq === undefined;
     for (let i = 0; i < bm.length; i++) {
       const v = bm[i];
       if (v === 0 && start < 0) continue;
-      if (v === 0xff && start >= 0) continue;
+      if (v === 0xff && start >= 0 && all) continue;
       for (let bit = 0; bit < 8; bit++) {
         const r = i * 8 + bit;
         if (r >= n) break;
-        const set = (v & (1 << bit)) !== 0;
+        const set = (v & (1 << bit)) !== 0 && (all || this.latestSeq(r) >= minSeq);
         if (set && start < 0) start = r;
         else if (!set && start >= 0) {
           out.push({ offset: start * rs, length: (r - start) * rs });
@@ -459,6 +470,15 @@ export class StateMap {
       out.push({ offset: off, length: this.volumeSize - off });
     }
     return out;
+  }
+
+  /** The latest seq recorded for a dirty region; +Infinity when it was loaded dirty at open (unknown). */
+  private latestSeq(r: number): number {
+    if (this.seqArr !== null) {
+      const s = this.seqArr[r]!;
+      return s === 0 ? Infinity : s - 1;
+    }
+    return this.seqMap!.get(r) ?? Infinity;
   }
 
   /** Flush nothing (writes are synchronous), close the file. Idempotent. */

@@ -87,7 +87,10 @@ export function decodeFileHeader(b: Buffer): FileHeader | string {
   if (getU32(b, 60) !== crc32(b.subarray(0, 60))) return 'container header CRC mismatch';
   const kind = b[8];
   if (kind !== ContainerKind.AILFC && kind !== ContainerKind.BILFC) return `unknown container kind ${kind}`;
-  if (b[9] !== LFC_VERSION) return `unsupported container format version ${b[9]}`;
+  if (b[9] !== LFC_VERSION)
+    return b[9]! > LFC_VERSION
+      ? `container format version ${b[9]}, written by a newer Rewind (this one reads version ${LFC_VERSION})`
+      : `unsupported container format version ${b[9]}`;
   const containerId = getU64(b, 16);
   if (containerId < 0) return 'container id out of range';
   return {

@@ -56,7 +56,9 @@ import {
 } from './protocol';
 import { type Logger } from '../util/logger';
 import { writeFileAtomicSync } from '../util/atomic-file';
+import { JSON_FORMATS, jsonFormat } from '../util/format-version';
 import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
+import { answerRestore, type RestoreHooks } from './remote-restore';
 
 export interface LinkTlsClient {
   ca: Buffer;
@@ -64,6 +66,40 @@ export interface LinkTlsClient {
   key?: Buffer;
   /** Name the manager's certificate must carry (default: the host). */
   servername?: string;
+}
+
+/** Where the intercept's link TLS files are (DIR/ca-cert.pem, and client-cert.pem + client-key.pem if it has them). */
+export interface LinkTlsFiles {
+  ca: string;
+  cert: string | null;
+  key: string | null;
+  servername?: string;
+}
+
+/** Reads and checks the link client's TLS files; throws naming the file that is missing or unusable. */
+export function readLinkTlsClient(files: LinkTlsFiles): LinkTlsClient {
+  const read = (what: string, f: string) => {
+    try {
+      return fs.readFileSync(f);
+    } catch (err) {
+      throw new Error(`${what} ${f}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const out: LinkTlsClient = { ca: read('link CA certificate', files.ca) };
+  if (files.cert) {
+    out.cert = read('link client certificate', files.cert);
+    out.key = read('link client key', files.key ?? '');
+  }
+  if (files.servername) out.servername = files.servername;
+  try {
+    tls.createSecureContext({ ca: out.ca, cert: out.cert, key: out.key });
+  } catch (err) {
+    throw new Error(
+      `link TLS files (${[files.ca, files.cert, files.key].filter(Boolean).join(', ')}) are not usable: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return out;
 }
 
 export interface RemoteLinkOptions {
@@ -115,21 +151,37 @@ export interface LinkHooks {
   ) => Promise<{ sha256: string; chunk: number; hashes: Buffer; appliedSeq: number }>;
   catchUp?: () => Promise<void>;
   position?: (find?: PositionReqMsg['find']) => Promise<{ position: JournalPosition; found: JournalRecordInfo | null }>;
+  /** A production restore the manager runs (remote-restore.ts). */
+  restore?: RestoreHooks;
 }
 
+/**
+ * The last commit the manager acknowledged, or null if none was recorded.
+ * A file written by a newer Rewind is refused (FormatError): reading it
+ * wrong could make numbering reuse a committed container id.
+ */
 export function readLinkState(file: string): LinkState | null {
+  let raw: string;
   try {
-    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as LinkState;
-    if (Number.isSafeInteger(s.committedContainer) && Number.isSafeInteger(s.committedSeq)) return s;
+    raw = fs.readFileSync(file, 'utf8');
   } catch {
-    /* none */
+    return null;
   }
+  let s: LinkState & { format?: unknown };
+  try {
+    s = JSON.parse(raw) as LinkState & { format?: unknown };
+  } catch {
+    return null;
+  }
+  jsonFormat(s, 'the link state', file, JSON_FORMATS.linkState);
+  if (Number.isSafeInteger(s.committedContainer) && Number.isSafeInteger(s.committedSeq))
+    return { committedContainer: s.committedContainer, committedSeq: s.committedSeq, committedTime: s.committedTime };
   return null;
 }
 
 /** Durable before the journal deletes its copy of a committed container (file and directory fsynced). */
 function writeLinkState(file: string, s: LinkState): void {
-  writeFileAtomicSync(file, JSON.stringify(s));
+  writeFileAtomicSync(file, JSON.stringify({ format: JSON_FORMATS.linkState, ...s }));
 }
 
 export class RemoteLink implements ManagerLink {
@@ -218,6 +270,12 @@ export class RemoteLink implements ManagerLink {
       const req: ReplicaHashesReq = { id, volumeId, offset, length, blockSize };
       this.write(sock, encodeJson(MsgType.REPLICA_HASHES_REQ, req));
     });
+  }
+
+  /** Rotated certificates, used from the next connection on. */
+  setTls(t: LinkTlsClient): void {
+    if (!this.opts.tls) throw new Error('this link does not use TLS');
+    this.opts.tls = t;
   }
 
   /** The group changed (a volume added): reconnect to announce it. */
@@ -531,6 +589,10 @@ export class RemoteLink implements ManagerLink {
         );
         return;
       }
+      case MsgType.RESTORE_REQ:
+      case MsgType.RESTORE_DATA:
+        answerRestore(f, this.hooks.restore, (a) => this.write(sock, encodeJson(MsgType.RESTORE_ANSWER, a)));
+        return;
       default:
         throw new LinkProtocolError(`unexpected frame type ${f.type} from the manager`);
     }

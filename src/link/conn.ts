@@ -41,6 +41,7 @@ import {
   type SuperTag,
 } from './protocol';
 import { writeFileAtomic } from '../util/atomic-file';
+import { JSON_FORMATS } from '../util/format-version';
 import type { ConnHost, GroupHost, LinkConn } from './group-host';
 
 interface Transfer {
@@ -190,6 +191,7 @@ export class Conn implements LinkConn {
             const st = g.manager.status();
             this.send(MsgType.GROUP_OK, { committedContainer: st.lastContainer, committedSeq: st.lastSeq, committedTime: st.lastTime });
             this.srv.log.info({ group: g.name, peer: this.peer, tls: this.tlsUp, applied: st.lastContainer }, 'intercept link up');
+            this.srv.connected(g);
           },
           (err: Error) => this.refuse(`cannot open group: ${err.message}`),
         );
@@ -212,6 +214,7 @@ export class Conn implements LinkConn {
         return;
       case MsgType.STATUS:
         g.intercept = parseJson<InterceptStatusMsg>(f);
+        this.srv.statusReceived(g);
         return;
       case MsgType.PUT:
         void this.onPut(parseJson<PutMsg>(f)).catch((err) => this.destroy(`PUT failed: ${(err as Error).message}`));
@@ -231,7 +234,8 @@ export class Conn implements LinkConn {
       case MsgType.VERIFY_READY:
       case MsgType.VERIFY_RESULT:
       case MsgType.CATCHUP_DONE:
-      case MsgType.POSITION: {
+      case MsgType.POSITION:
+      case MsgType.RESTORE_ANSWER: {
         const m = parseJson<{ id?: string }>(f);
         const w = g.waiters.get(String(m.id));
         if (!w) return;
@@ -289,7 +293,20 @@ export class Conn implements LinkConn {
     onFrame?: (f: Frame) => void,
   ): Promise<unknown> {
     const key = id ?? `req-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    return this.awaitAnswer(g, key, timeoutMs, () => this.send(type, { ...body, id: key }), onFrame);
+  }
+
+  /** Writes ready-made frames (a RESTORE_DATA) and waits for the answer carrying `id`. */
+  requestFrames(g: GroupHost, id: string, frames: Buffer[], timeoutMs: number): Promise<unknown> {
+    return this.awaitAnswer(g, id, timeoutMs, () => {
+      if (this.state === 'closed') return;
+      for (const b of frames) this.sock.write(b);
+    });
+  }
+
+  private awaitAnswer(g: GroupHost, key: string, timeoutMs: number, send: () => void, onFrame?: (f: Frame) => void): Promise<unknown> {
     return new Promise((resolve, reject) => {
+      if (this.state === 'closed') return reject(new Error('the intercept disconnected'));
       const timer = setTimeout(() => {
         g.waiters.delete(key);
         reject(new UserError('conflict', `the intercept did not answer within ${timeoutMs / 1000} s`));
@@ -306,7 +323,7 @@ export class Conn implements LinkConn {
         },
       };
       g.waiters.set(key, w);
-      this.send(type, { ...body, id: key });
+      send();
     });
   }
 
@@ -375,13 +392,16 @@ export class Conn implements LinkConn {
     const metaFile = `${final}.part.json`;
     let offset = 0;
     try {
-      const meta = JSON.parse(await fs.promises.readFile(metaFile, 'utf8')) as { size: number; bodyCrc: number };
+      const meta = JSON.parse(await fs.promises.readFile(metaFile, 'utf8')) as { size: number; bodyCrc: number; format?: unknown };
       const st = await fs.promises.stat(part);
-      if (meta.size === m.size && meta.bodyCrc === m.footer.bodyCrc && st.size <= m.size) offset = st.size;
+      // A partial transfer of an unknown format is not resumed: it is received again from the start.
+      const known = meta.format === undefined || meta.format === JSON_FORMATS.spool;
+      if (known && meta.size === m.size && meta.bodyCrc === m.footer.bodyCrc && st.size <= m.size) offset = st.size;
     } catch {
       offset = 0;
     }
-    if (offset === 0) await writeFileAtomic(metaFile, JSON.stringify({ size: m.size, bodyCrc: m.footer.bodyCrc }));
+    if (offset === 0)
+      await writeFileAtomic(metaFile, JSON.stringify({ format: JSON_FORMATS.spool, size: m.size, bodyCrc: m.footer.bodyCrc }));
     const fh = await fs.promises.open(part, offset === 0 ? 'w' : 'r+', 0o600);
     if (offset === 0) await fh.truncate(0);
     if (this.state === 'closed') {

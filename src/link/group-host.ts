@@ -27,6 +27,8 @@ export interface LinkConn {
     id?: string,
     onFrame?: (f: Frame) => void,
   ): Promise<unknown>;
+  /** Writes ready-made frames and waits for the answer frame carrying `id`. */
+  requestFrames(g: GroupHost, id: string, frames: Buffer[], timeoutMs: number): Promise<unknown>;
 }
 
 export interface GroupHost {
@@ -65,4 +67,7 @@ export interface ConnHost {
   noteRefused(peer: string, why: string, g?: GroupHost): void;
   openGroup(meta: GroupMsg): Promise<GroupHost>;
   saveTag(g: GroupHost, n: number, tag: SuperTag): Promise<void>;
+  /** The group's intercept is connected (GROUP_OK sent), and each STATUS it sends. */
+  connected(g: GroupHost): void;
+  statusReceived(g: GroupHost): void;
 }

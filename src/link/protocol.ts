@@ -63,9 +63,15 @@ export const enum MsgType {
   POSITION_REQ = 23,
   /** i->m: the answer, as of when the request arrived. */
   POSITION = 24,
+  /** m->i: a step of a production restore run by the manager: begin, hashes, flush, end (remote-restore.ts). */
+  RESTORE_REQ = 25,
+  /** m->i: a restore write (or zeroing) to journal: u32 header length, JSON header, the bytes. */
+  RESTORE_DATA = 26,
+  /** i->m: the answer to a RESTORE_REQ or RESTORE_DATA, by id. */
+  RESTORE_ANSWER = 27,
 }
 
-const TYPE_MAX = 24;
+const TYPE_MAX = 27;
 
 export class LinkProtocolError extends Error {
   constructor(message: string) {
@@ -250,6 +256,8 @@ export interface InterceptStatusMsg {
   poolLimit: number;
   bytesSent: number;
   volumes: Array<{ volumeId: number; name: string; dirtyRegions: number }>;
+  /** Volumes a restore run by the manager holds offline (remote-restore.ts). */
+  restoreHeld?: number[];
 }
 
 /** i→m: digests of the replica's blocks in [offset, offset+length) (crash recovery on the intercept). */

@@ -23,7 +23,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { BackupManager } from '../manager/backup-manager';
 import { type TransactionRecord } from '../manager/types';
-import { upgradeToTls } from '../tls';
+import { checkTlsSettings, upgradeToTls, type TlsSettings } from '../tls';
 import { UserError } from '../util/errors';
 import type { JournalPosition, JournalRecordInfo } from '../journal/group-journal';
 import {
@@ -38,6 +38,7 @@ import {
 } from './protocol';
 import { type Logger } from '../util/logger';
 import { writeFileAtomic } from '../util/atomic-file';
+import { JSON_FORMATS, jsonFormat } from '../util/format-version';
 import { hashFile, HASH_CHUNK } from '../util/hash';
 import { Conn } from './conn';
 import type { ConnHost, GroupHost, LinkConn, LinkServerOptions } from './group-host';
@@ -90,18 +91,27 @@ export class LinkServer implements ConnHost {
     return this.opts.logger;
   }
 
+  /** Rotated certificates, for intercepts that connect from now on (the mode stays). */
+  setTls(settings: TlsSettings): void {
+    if (settings.mode !== this.opts.tls.mode) throw new Error('the link TLS mode cannot change without a restart');
+    checkTlsSettings(settings);
+    this.opts.tls = settings;
+  }
+
   /** Opens every group this manager already holds (history stays available while no intercept is connected). */
   async start(): Promise<void> {
     const gdir = path.join(this.opts.dataDir, 'groups');
     await fs.promises.mkdir(gdir, { recursive: true, mode: 0o700 });
     for (const name of await fs.promises.readdir(gdir)) {
       const metaFile = path.join(gdir, name, 'link-group.json');
-      let meta: GroupMsg;
+      let meta: GroupMsg & { format?: unknown };
       try {
-        meta = JSON.parse(await fs.promises.readFile(metaFile, 'utf8')) as GroupMsg;
+        meta = JSON.parse(await fs.promises.readFile(metaFile, 'utf8')) as GroupMsg & { format?: unknown };
       } catch {
         continue;
       }
+      jsonFormat(meta, 'the group description', metaFile, JSON_FORMATS.linkGroup);
+      delete meta.format;
       await this.openGroup(meta);
     }
   }
@@ -159,6 +169,27 @@ export class LinkServer implements ConnHost {
     });
   }
 
+  private readonly upListeners: Array<(g: GroupHost) => void> = [];
+  private readonly statusListeners: Array<(g: GroupHost) => void> = [];
+
+  /** Called when a group's intercept connects (e.g. to resume restores it interrupted). */
+  onConnected(cb: (g: GroupHost) => void): void {
+    this.upListeners.push(cb);
+  }
+
+  /** Called on each status report of an intercept. */
+  onStatus(cb: (g: GroupHost) => void): void {
+    this.statusListeners.push(cb);
+  }
+
+  connected(g: GroupHost): void {
+    for (const cb of this.upListeners) cb(g);
+  }
+
+  statusReceived(g: GroupHost): void {
+    for (const cb of this.statusListeners) cb(g);
+  }
+
   noteRefused(peer: string, why: string, g?: GroupHost): void {
     this.refusedTotal++;
     if (g) g.refused++;
@@ -192,7 +223,7 @@ export class LinkServer implements ConnHost {
       for (const v of meta.volumes) await existing.manager.addVolume(v);
       if (JSON.stringify(existing.meta) !== JSON.stringify(meta)) {
         existing.meta = meta;
-        await writeFileAtomic(path.join(existing.dir, 'link-group.json'), JSON.stringify(meta));
+        await writeFileAtomic(path.join(existing.dir, 'link-group.json'), groupFile(meta));
       }
       return existing;
     }
@@ -208,14 +239,8 @@ export class LinkServer implements ConnHost {
     const dir = path.join(this.opts.dataDir, 'groups', meta.group);
     const spool = path.join(dir, 'spool');
     await fs.promises.mkdir(spool, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(path.join(dir, 'link-group.json'), JSON.stringify(meta));
-    const tags = new Map<number, SuperTag>();
-    try {
-      const raw = JSON.parse(await fs.promises.readFile(path.join(spool, 'tags.json'), 'utf8')) as Record<string, SuperTag>;
-      for (const [k, v] of Object.entries(raw)) tags.set(Number(k), v);
-    } catch {
-      /* none yet */
-    }
+    await writeFileAtomic(path.join(dir, 'link-group.json'), groupFile(meta));
+    const tags = await readTags(path.join(spool, 'tags.json'));
     const manager = await BackupManager.open(path.join(dir, 'manager'), {
       groupId: meta.groupId,
       blockSize: meta.blockSize,
@@ -256,10 +281,18 @@ export class LinkServer implements ConnHost {
     // Tags of committed transactions live in their records: keep only the rest.
     const applied = g.manager.status().lastContainer;
     for (const k of g.tags.keys()) if (k <= applied && k !== n) g.tags.delete(k);
-    await writeFileAtomic(path.join(g.spool, 'tags.json'), JSON.stringify(Object.fromEntries(g.tags)));
+    await writeFileAtomic(
+      path.join(g.spool, 'tags.json'),
+      JSON.stringify({ format: JSON_FORMATS.spool, tags: Object.fromEntries(g.tags) }),
+    );
   }
 
   // --- queries for the control API --------------------------------------------
+
+  /** Every group's backup manager (the scrub's groups). */
+  managers(): Array<{ group: string; manager: BackupManager }> {
+    return [...this.groups.values()].map((g) => ({ group: g.name, manager: g.manager }));
+  }
 
   groupNames(): string[] {
     return [...this.groups.keys()].sort();
@@ -428,3 +461,23 @@ export interface ManagerVerifyReport {
 }
 
 export type { TransactionRecord };
+
+/** link-group.json: the group as described, with its format version. */
+function groupFile(meta: GroupMsg): string {
+  return JSON.stringify({ format: JSON_FORMATS.linkGroup, ...meta });
+}
+
+/** Super-transaction tags of containers not committed yet (version 1 files were the bare map). */
+async function readTags(file: string): Promise<Map<number, SuperTag>> {
+  const tags = new Map<number, SuperTag>();
+  let raw: { format?: unknown; tags?: Record<string, SuperTag> } & Record<string, unknown>;
+  try {
+    raw = JSON.parse(await fs.promises.readFile(file, 'utf8')) as typeof raw;
+  } catch {
+    return tags; // none yet
+  }
+  jsonFormat(raw, 'the super-transaction tags', file, JSON_FORMATS.spool);
+  const map = raw.format !== undefined ? (raw.tags ?? {}) : (raw as Record<string, SuperTag>);
+  for (const [k, t] of Object.entries(map)) if (Number.isSafeInteger(Number(k))) tags.set(Number(k), t);
+  return tags;
+}

@@ -44,7 +44,7 @@
  *     so finishing it is equally right.)
  * Stray files of committed transactions are harmless (tmp ones are removed).
  *
- * About 650 lines: the apply pipeline and its crash recovery are one
+ * About 700 lines: the apply pipeline and its crash recovery are one
  * ordered state machine. The read side is history.ts, verification
  * verify-history.ts, the history copy history-copy.ts.
  */
@@ -60,6 +60,8 @@ import { crashPoint } from './crash-hook';
 import { takeCopy } from './history-copy';
 import { verifyHistory, type HistoryCheck } from './verify-history';
 import { HistoryReader } from './history';
+import { DamageRegistry, inheritedMarks } from './damage';
+import { scrubGroup, type ScrubOptions, type ScrubReport } from './scrub';
 import { Fader, type FadeOptions, type FadeReport } from './retention';
 import { CorruptContainerError, type CommitInfo, type ManagedVolume, type SealedContainerRef, type TransactionRecord } from './types';
 import { SILENT_LOGGER, type Logger } from '../util/logger';
@@ -101,6 +103,8 @@ export interface ManagerStatus {
   transactions: number;
   /** Set when the group stopped at a container that failed. */
   blocked: { n: number; error: string } | null;
+  /** Set while the manager's disk is full: T_n waits and is retried (nothing is lost). */
+  stalled: { n: number; error: string; since: string } | null;
 }
 
 interface Waiter {
@@ -122,6 +126,11 @@ export class BackupManager {
   private running: Promise<void> | null = null;
   private applyingN: number | null = null;
   private blocked: { n: number; error: Error; ref: SealedContainerRef | null } | null = null;
+  /** The manager's disk is full: T_n waits and is tried again (see stall()). */
+  private stalled: { n: number; error: string; since: number; retryMs: number } | null = null;
+  private stallTimer: NodeJS.Timeout | null = null;
+  /** T_n's apply has touched the replica: readers must keep going to BILFC_n until it is committed. */
+  private replicaTouched = false;
   private readonly prefetched = new Map<number, { ref: SealedContainerRef; result: Promise<VerifyOk | Failure> }>();
   private closed = false;
   readonly groupId: number;
@@ -141,8 +150,14 @@ export class BackupManager {
     this.blockSize = blockSize;
     this.historyDir = path.join(dir, 'history');
     this.replicaDir = path.join(dir, 'replica');
-    this.history = new HistoryReader(catalog, blockSize, this.historyDir, this.replicaDir, this.volumes, (k, overlay) =>
-      this.retention.checkPin(k, overlay),
+    this.history = new HistoryReader(
+      catalog,
+      blockSize,
+      this.historyDir,
+      this.replicaDir,
+      this.volumes,
+      (k, overlay) => this.retention.checkPin(k, overlay),
+      new DamageRegistry(catalog),
     );
   }
 
@@ -245,6 +260,9 @@ export class BackupManager {
 
   on(event: 'commit', cb: (c: CommitInfo) => void): void;
   on(event: 'blocked', cb: (b: { n: number; error: Error }) => void): void;
+  /** The manager's disk is full: applying waits (stalled), and goes on by itself once there is room (resumed). */
+  on(event: 'stalled', cb: (s: { n: number; error: string }) => void): void;
+  on(event: 'resumed', cb: (s: { n: number }) => void): void;
   on(event: string, cb: (...args: never[]) => void): void {
     this.events.on(event, cb as (...args: unknown[]) => void);
   }
@@ -308,7 +326,7 @@ export class BackupManager {
   }
 
   private kick(): void {
-    if (this.running || this.closed) return;
+    if (this.running || this.closed || this.stallTimer) return;
     this.running = this.drive().finally(() => {
       this.running = null;
       if (!this.closed && !this.blocked && this.pending.has(this.catalog.nextContainer())) this.kick();
@@ -324,9 +342,15 @@ export class BackupManager {
       try {
         const info = await this.process(n, p.ref);
         this.pending.delete(n);
+        if (this.stalled) this.resumeFromStall(n);
         for (const w of p.waiters) w.resolve(info);
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));
+        if (isOutOfSpace(e) && !this.closed) {
+          // Not the container's fault: it waits (its submit stays pending) and is tried again.
+          await this.stall(n, e);
+          return;
+        }
         this.pending.delete(n);
         this.blocked = { n, error: e, ref: p.ref };
         this.log.error({ container: n, err: e.message }, 'container not applied; the group waits until it is resubmitted');
@@ -334,9 +358,46 @@ export class BackupManager {
         this.emitSafe('blocked', { n, error: e });
       } finally {
         this.applyingN = null;
-        this.history.abortApply();
+        // A stalled apply may have written part of the replica: readers keep reading BILFC_n for its blocks.
+        if (!(this.stalled && this.replicaTouched)) this.history.abortApply();
       }
     }
+  }
+
+  /**
+   * The manager's disk (history, replica or index) is full. T_n is tried
+   * again, every second at first and at most every 10 s, until it fits:
+   * the redo is the crash-recovery path (a sealed BILFC_n is reused, the
+   * apply from BILFC_n + AILFC_n is idempotent), so nothing is applied
+   * twice and nothing is lost. Half-written files are removed to give the
+   * space back. The 'stalled' event lets the intercept go degraded.
+   */
+  private async stall(n: number, err: Error): Promise<void> {
+    const first = !this.stalled;
+    const retryMs = first ? 1000 : Math.min(10_000, this.stalled!.retryMs * 2);
+    this.stalled = { n, error: err.message, since: this.stalled?.since ?? Date.now(), retryMs };
+    for (const f of await fs.promises.readdir(this.historyDir).catch(() => [] as string[])) {
+      if (f.endsWith('.tmp')) await fs.promises.rm(path.join(this.historyDir, f), { force: true }).catch(() => undefined);
+    }
+    if (first) {
+      this.log.error(
+        { container: n, err: err.message },
+        "the backup manager's disk is full: the container waits and is retried until there is space",
+      );
+      this.emitSafe('stalled', { n, error: err.message });
+    }
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = null;
+      this.kick();
+    }, retryMs);
+    this.stallTimer.unref?.();
+  }
+
+  private resumeFromStall(n: number): void {
+    const s = this.stalled!;
+    this.stalled = null;
+    this.log.info({ container: n, stalledMs: Date.now() - s.since }, "the backup manager's disk has room again: applying resumed");
+    this.emitSafe('resumed', { n });
   }
 
   private emitSafe(event: string, arg: unknown): void {
@@ -429,6 +490,7 @@ export class BackupManager {
     // From here the replica changes: make readers of untouched-by-index
     // blocks go to BILFC_n, and let replica reads started before finish.
     await this.history.beginApply(n, prep.runs, bilfcPath);
+    this.replicaTouched = true;
 
     const touched = [...new Set(prep.runs.map((r) => r.volumeId))];
     const batchBytes = this.opts.batchBytes ?? 16 << 20;
@@ -477,10 +539,12 @@ export class BackupManager {
     };
     const tag = ref.superTransaction ?? this.opts.superTagOf?.(n);
     if (tag) rec.superTransaction = { ...tag };
+    await this.history.damage.add(inheritedMarks(this.history.damage, n, prep.runs, bilfcPath));
     await this.catalog.commit(rec, prep.runs, this.blockSize);
     crashPoint('after-commit', n);
     this.catalog.resetReadTxn();
     this.history.endApply(n, prep.runs);
+    this.replicaTouched = false;
     const info = commitInfo(rec);
     this.log.info(
       {
@@ -570,6 +634,7 @@ export class BackupManager {
       applying: this.applyingN,
       transactions: this.catalog.transactionCount(),
       blocked: this.blocked ? { n: this.blocked.n, error: this.blocked.error.message } : null,
+      stalled: this.stalled ? { n: this.stalled.n, error: this.stalled.error, since: new Date(this.stalled.since).toISOString() } : null,
     };
   }
 
@@ -584,6 +649,16 @@ export class BackupManager {
   /** The committed transaction whose AILFC holds seq p. */
   transactionForSeq(p: number): number | undefined {
     return this.catalog.transactionForSeq(p);
+  }
+
+  /** The n of every committed transaction up to `to` (keys only: the console's timeline index syncs on it after a fade). */
+  transactionNumbers(to?: number): number[] {
+    return this.catalog.transactionNumbers(to);
+  }
+
+  /** When this history was created (ms): tells a history apart from an earlier one of the same group name. */
+  createdAt(): number {
+    return this.catalog.config()?.created ?? 0;
   }
 
   // --- retention (src/manager/retention.ts) -----------------------------------------
@@ -620,10 +695,35 @@ export class BackupManager {
     return verifyHistory(this.catalog, this.historyDir, opts);
   }
 
+  /**
+   * Scrubs the group's stored data: containers, and the replica against
+   * the history (scrub.ts). Damage found refuses the reads that need it at
+   * once. The report is kept as the index meta "scrub".
+   */
+  async scrub(opts: ScrubOptions): Promise<ScrubReport> {
+    const r = await scrubGroup(
+      {
+        history: this.history,
+        transactions: () => this.catalog.transactions(),
+        volumes: () => [...this.volumes.values()],
+      },
+      { ...opts, aborted: () => this.closed || (opts.aborted?.() ?? false) },
+    );
+    if (!this.closed) await this.catalog.putMetaValue('scrub', { ...r, found: r.found.length });
+    return r;
+  }
+
+  /** The last scrub's report (its findings counted), if any. */
+  lastScrub(): (Omit<ScrubReport, 'found'> & { found: number }) | undefined {
+    return this.catalog.metaValue('scrub');
+  }
+
   /** Finishes the container being applied (later ones stay queued), then closes. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     await this.fader?.close();
     if (this.running) await this.running.catch(() => undefined);
     await Promise.allSettled([...this.prefetched.values()].map((p) => p.result));
@@ -648,6 +748,12 @@ export function commitInfo(rec: TransactionRecord): CommitInfo {
     blocks: rec.blocks,
     bytesApplied: rec.bytesApplied,
   };
+}
+
+/** A failure because a disk is full (or over quota), from Node, a worker (message only) or LMDB. */
+export function isOutOfSpace(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || /\bENOSPC\b|\bEDQUOT\b|No space left on device|Disk quota exceeded/i.test(err.message);
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -21,6 +21,7 @@ import { RECORD_FLAG_ZERO, RECORD_HEADER_SIZE, containerFileName, decodeRecordHe
 import type { ManagerCatalog, VolumeEntry } from './catalog';
 import { blockLength, unpackBeforeBlocks } from './plan';
 import { Pins } from './pins';
+import type { DamageRegistry } from './damage';
 import type { BlockRun, TransactionRecord, TxnRecord } from './types';
 
 /** Sealed AILFCs whose record headers are kept in memory. */
@@ -59,8 +60,15 @@ export class HistoryReader {
     /** The group's volumes (owned by the manager, which adds them). */
     private readonly volumes: ReadonlyMap<number, VolumeEntry>,
     checkPin: (k: number, overlay: boolean) => void,
+    /** What scrubs found damaged: reads that need it refuse (EIO). */
+    readonly damage: DamageRegistry,
   ) {
     this.pins = new Pins(catalog, checkPin);
+  }
+
+  /** Size of a volume of the group (undefined: not in the group). */
+  volumeSize(volumeId: number): number | undefined {
+    return this.volumes.get(volumeId)?.size;
   }
 
   replicaPath(volumeId: number): string {
@@ -215,11 +223,18 @@ export class HistoryReader {
   private buildLastTouch(): void {
     this.lastTouch.clear();
     this.lastTouchReliable = true;
-    for (const rec of this.catalog.transactions()) {
-      const runs = this.catalog.runs(rec.n);
-      // A transaction committed without its runs (an older index): no fast path.
-      if (rec.blocks > 0 && runs.length === 0) this.lastTouchReliable = false;
-      this.noteTouched(rec.n, runs);
+    // In chunks: a million records read at once would be held in memory together (GBs, seconds of GC).
+    const CHUNK = 8192;
+    for (let from = 0; ;) {
+      const recs = this.catalog.transactions({ from, limit: CHUNK });
+      for (const rec of recs) {
+        const runs = this.catalog.runs(rec.n);
+        // A transaction committed without its runs (an older index): no fast path.
+        if (rec.blocks > 0 && runs.length === 0) this.lastTouchReliable = false;
+        this.noteTouched(rec.n, runs);
+      }
+      if (recs.length < CHUNK) break;
+      from = recs[recs.length - 1]!.n + 1;
     }
   }
 
@@ -289,9 +304,10 @@ export class HistoryReader {
    * T_{k-1} (k = lastContainer + 1: as the replica is now, yet stable while
    * later transactions are applied). Before-images are checked against
    * their CRCs. The same lookup as readBlockBefore, for a whole range, with
-   * adjacent blocks read together and descriptors cached.
+   * adjacent blocks read together and descriptors cached. Blocks a scrub
+   * found damaged are refused (DamagedError, EIO) unless `unchecked`.
    */
-  readBefore(volumeId: number, offset: number, length: number, k: number, into?: Buffer): Promise<Buffer> {
+  readBefore(volumeId: number, offset: number, length: number, k: number, into?: Buffer, unchecked = false): Promise<Buffer> {
     const v = this.checkRange(volumeId, offset, length, k);
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
@@ -303,6 +319,9 @@ export class HistoryReader {
     const dest = aligned ? out : Buffer.allocUnsafe(end - first * bs);
     const srcs = this.blockSources(volumeId, first, count, k);
     const replicaFile = this.replicaPath(volumeId);
+    // `unchecked`: a scrub re-reading what it marked damaged, to see whether it still is.
+    const refused = unchecked ? null : this.refuseDamaged(volumeId, first, srcs, replicaFile);
+    if (refused) return Promise.reject(refused);
     const replicaReads: Promise<void>[] = [];
     const others: Promise<void>[] = [];
     for (const seg of this.segments(srcs)) {
@@ -343,6 +362,8 @@ export class HistoryReader {
     const map = new Uint8Array(count);
     const srcs = this.blockSources(volumeId, first, count, k);
     const replicaFile = this.replicaPath(volumeId);
+    const refused = this.refuseDamaged(volumeId, first, srcs, replicaFile);
+    if (refused) return Promise.reject(refused);
     const replicaReads: Promise<void>[] = [];
     const others: Promise<void>[] = [];
     const stride = RECORD_HEADER_SIZE + bs;
@@ -389,6 +410,44 @@ export class HistoryReader {
     }
     if (replicaReads.length) this.trackReplicaRead(Promise.all(replicaReads));
     return Promise.all([...replicaReads, ...others]).then(() => map);
+  }
+
+  /** The error a read of these sources must fail with, if any of them is damaged (see damage.ts). */
+  private refuseDamaged(
+    volumeId: number,
+    first: number,
+    srcs: Array<{ file: string | null; position: number }>,
+    replicaFile: string,
+  ): Error | null {
+    if (this.damage.empty) return null;
+    try {
+      for (let i = 0; i < srcs.length; i++) {
+        const f = srcs[i]!.file;
+        if (f === null) this.damage.checkReplica(replicaFile, volumeId, first + i);
+        else this.damage.checkFile(f, volumeId, first + i);
+      }
+    } catch (err) {
+      return err as Error;
+    }
+    return null;
+  }
+
+  /** Throws DamagedError if T_n's stored AILFC or BILFC is damaged as a whole (time travel's overlays read AILFCs). */
+  checkReadable(kind: 'ailfc' | 'bilfc', n: number): void {
+    if (this.damage.empty) return;
+    const file = this.historyFile(kind, n);
+    if (this.damage.fileMark(file)) this.damage.checkFile(file, 0, 0);
+  }
+
+  /** Where block `block` of the volume is read from for the image before T_k: a history file, or null for the replica. */
+  sourceOf(volumeId: number, block: number, k: number): string | null {
+    return this.blockSources(volumeId, block, 1, k)[0]!.file;
+  }
+
+  /** The last committed transaction that touched the block (0: none), or undefined when that is not known (an older index). */
+  lastTouched(volumeId: number, block: number): number | undefined {
+    if (!this.lastTouchReliable) return undefined;
+    return this.touchArray(volumeId)?.[block];
   }
 
   private trackReplicaRead(p: Promise<unknown>): void {

@@ -227,17 +227,20 @@ export class Fader {
    */
   async recover(): Promise<string[]> {
     const c = this.host.catalog;
-    const referenced = new Set<string>();
-    for (const r of c.transactions()) {
-      referenced.add(r.ailfc.file);
-      referenced.add(r.bilfc.file);
-    }
+    // A file can only be referenced by the record of its own n (merged files
+    // are named after the merge's last transaction): one lookup per file,
+    // never a read of every record (a million of them take seconds and GBs).
+    const referenced = (name: string, n: number): boolean => {
+      const r = c.transaction(n);
+      return r !== undefined && (r.ailfc.file === name || r.bilfc.file === name);
+    };
     const last = c.applied().lastContainer;
     const removed: string[] = [];
     for (const name of await fs.promises.readdir(this.host.historyDir)) {
       const m = NAME_RE.exec(name);
-      if (!m || referenced.has(name)) continue;
+      if (!m) continue;
       const n = Number(m[2]);
+      if (referenced(name, n)) continue;
       if (m[3] === undefined && n > last) continue;
       await fs.promises.rm(path.join(this.host.historyDir, name), { force: true });
       removed.push(name);

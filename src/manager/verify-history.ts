@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { verifyContainer } from '../lfc';
 import type { ManagerCatalog } from './catalog';
+import type { ContainerFileInfo } from './types';
 
 /** history/ailfc-N.lfc, or ailfc-N.mA.lfc when retention merged T_A..T_N into T_N. */
 const HISTORY_RE = /^(ailfc|bilfc)-(\d{16})(?:\.m\d{16})?\.lfc$/;
@@ -61,24 +62,10 @@ export async function verifyHistory(catalog: ManagerCatalog, historyDir: string,
       continue;
     }
     verified.delete(name);
-    const v = await verifyContainer(file);
-    if (!v.ok) {
-      out.push({ n, kind, ok: false, offset: v.offset, problem: v.problem });
-      continue;
-    }
-    if (want && (want.file !== name || want.size !== size || want.bodyCrc !== v.footer.bodyCrc)) {
-      out.push({
-        n,
-        kind,
-        ok: false,
-        offset: -1,
-        problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}`,
-      });
-      continue;
-    }
+    const c = await checkStored(n, kind, file, size, want);
     // Only committed containers are remembered: an uncommitted one may still change.
-    if (want) verified.set(name, { size, bodyCrc: v.footer.bodyCrc });
-    out.push({ n, kind, ok: true });
+    if (c.ok && want) verified.set(name, { size, bodyCrc: want.bodyCrc });
+    out.push(c);
   }
   for (const name of [...verified.keys()]) if (!seen.has(name)) verified.delete(name);
   await catalog.putMetaValue('verified', Object.fromEntries(verified));
@@ -89,4 +76,29 @@ export async function verifyHistory(catalog: ManagerCatalog, historyDir: string,
   }
   out.sort((a, b) => a.n - b.n || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0));
   return out;
+}
+
+/**
+ * Reads one stored container whole: its checksums and framing, and, when
+ * the catalog has a record of it (`want`), its name, size and body CRC.
+ */
+export async function checkStored(
+  n: number,
+  kind: 'ailfc' | 'bilfc',
+  file: string,
+  size: number,
+  want: ContainerFileInfo | undefined,
+): Promise<HistoryCheck> {
+  const v = await verifyContainer(file);
+  if (!v.ok) return { n, kind, ok: false, offset: v.offset, problem: v.problem };
+  if (want && (want.file !== path.basename(file) || want.size !== size || want.bodyCrc !== v.footer.bodyCrc)) {
+    return {
+      n,
+      kind,
+      ok: false,
+      offset: -1,
+      problem: `differs from the catalog: ${size} bytes, body CRC ${v.footer.bodyCrc}; catalog has ${want.size} bytes, CRC ${want.bodyCrc}`,
+    };
+  }
+  return { n, kind, ok: true };
 }

@@ -17,7 +17,11 @@
  *   exceed the output limit; a client that leaves replies unread past a
  *   stall timeout is disconnected;
  * - an option or request payload over the limits is refused, and the
- *   connection closed where the spec allows no other answer.
+ *   connection closed where the spec allows no other answer;
+ * - across connections, a request that needs memory is read only when the
+ *   server's budget (budget.ts) admits it; the connection's footprint
+ *   (requests in flight, reservations, unread replies, pooled buffers) is
+ *   reported to the budget whenever its flow changes.
  */
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -29,6 +33,7 @@ import { Receiver } from './receiver';
 import { upgradeToTls, type TlsUpgrade } from '../tls';
 import { Transmission } from './transmission';
 import { ProtocolViolation, type Hooks, type Session, type Wire } from './wire';
+import type { BudgetHolder } from './budget';
 
 export { DEFAULT_LIMITS, silentLogger, type ConnectionStats, type NbdLogger, type ServerLimits } from './limits';
 export type { TlsMode, TlsSettings } from '../tls';
@@ -49,7 +54,7 @@ const POOL_MIN = 64 * 1024;
 /** Bytes of idle read buffers a connection keeps. */
 const POOL_MAX_BYTES = 16 * 1024 * 1024;
 
-export class Connection implements Wire {
+export class Connection implements Wire, BudgetHolder {
   readonly info: ClientInfo;
   /** Name of the export in transmission, once chosen. */
   exportName: string | null = null;
@@ -68,8 +73,17 @@ export class Connection implements Wire {
   private stallTimer: NodeJS.Timeout | null = null;
   private inflight = 0;
   private inflightBytes = 0;
+  /** Bytes the budget admitted for requests not yet dispatched. */
+  private reserved = 0;
+  private reportScheduled = false;
+  /** The budget refused the request at the head of the input. */
+  private budgetBlocked = false;
+  /** Over a per-connection limit: no more requests are parsed. */
+  private held = false;
   private readPaused = false;
   private discMode = false;
+  /** The server is shutting down: requests are refused as they arrive; close once none is in flight. */
+  private stopping = false;
   private corkScheduled = false;
   private inputEnded = false;
   /**
@@ -164,7 +178,11 @@ export class Connection implements Wire {
 
   sendLast(buf: Buffer, into: Buffer | undefined): void {
     if (this.sock.destroyed) return;
-    if (into) this.sock.write(buf, () => this.giveBack(into));
+    if (into)
+      this.sock.write(buf, () => {
+        this.giveBack(into);
+        this.updateFlow();
+      });
     else this.sock.write(buf);
   }
 
@@ -195,10 +213,35 @@ export class Connection implements Wire {
 
   giveBack(b: Buffer | undefined): void {
     if (!b || this.phase === Phase.Closed || this.poolBytes + b.length > POOL_MAX_BYTES) return;
+    // Idle buffers are kept only while the server has memory to spare.
+    const budget = this.hooks.budget;
+    if (budget && budget.used + b.length > budget.limit / 2) return;
     let list = this.bufferPool.get(b.length);
     if (!list) this.bufferPool.set(b.length, (list = []));
     list.push(b);
     this.poolBytes += b.length;
+  }
+
+  admit(bytes: number): boolean {
+    const budget = this.hooks.budget;
+    if (!budget) return true;
+    if (!budget.admit(this, bytes, this.footprint())) {
+      this.budgetBlocked = true;
+      return false;
+    }
+    this.budgetBlocked = false;
+    this.reserved += bytes;
+    this.reportFootprint();
+    return true;
+  }
+
+  unreserve(bytes: number): void {
+    this.reserved = Math.max(0, this.reserved - bytes);
+  }
+
+  /** The budget has room again: parse (and so ask again). */
+  budgetRetry(): void {
+    this.pumpSafe();
   }
 
   track(bytes: number, p: Promise<void>): void {
@@ -258,6 +301,39 @@ export class Connection implements Wire {
       this.handshakeTimer = null;
     }
     this.log('debug', { flags: session.flags, size: this.tx.exp.size, structured: session.structured }, 'transmission');
+  }
+
+  /**
+   * Server shutdown: a connection still negotiating is closed. In
+   * transmission, the requests in flight finish and are answered; every
+   * request received from now on (those queued behind the in-flight limit
+   * and those still on the wire) is answered NBD_ESHUTDOWN without being
+   * run, as the spec asks; the connection closes once nothing is in flight
+   * (or at the client's NBD_CMD_DISC). Resolves when it is closed.
+   */
+  shutdown(): Promise<void> {
+    if (this.phase === Phase.Handshake) this.destroy();
+    else if (this.phase === Phase.Transmission && !this.discMode) {
+      this.stopping = true;
+      this.tx!.refuseAll();
+      this.updateFlow();
+      this.pumpSafe();
+      if (this.inflight === 0 && !this.discMode) this.softDisconnect();
+    }
+    // Once the last replies are out, drop the socket (a client that keeps its side open must not hold the shutdown).
+    return this.closed().then(
+      () =>
+        new Promise<void>((resolve) => {
+          const sock = this.sock;
+          const done = () => {
+            sock.destroy();
+            resolve();
+          };
+          if (sock.destroyed || sock.writableFinished) return done();
+          sock.once('finish', done);
+          sock.once('close', done);
+        }),
+    );
   }
 
   softDisconnect(): void {
@@ -344,7 +420,7 @@ export class Connection implements Wire {
       if (this.phase === Phase.Handshake) {
         if (!this.handshake.step(input)) return;
       } else if (this.phase === Phase.Transmission) {
-        if (this.discMode || this.rx.busy || this.readPaused) return;
+        if (this.discMode || this.rx.busy || this.held) return;
         if (!this.tx!.step(input)) return;
       } else return;
     }
@@ -354,8 +430,33 @@ export class Connection implements Wire {
     this.inflight--;
     this.inflightBytes -= bytes;
     this.updateFlow();
-    if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
+    if (this.stopping && this.inflight === 0 && !this.discMode) this.softDisconnect();
+    else if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
     if (this.phase === Phase.Closing) this.maybeFinish();
+  }
+
+  /**
+   * What this connection holds of the server's memory budget. Its receive
+   * queue is not counted: reading pauses, so it holds at most one staging
+   * read (part of the per-connection overhead), and counting it would deny
+   * a request the reserve its own header needs.
+   */
+  private footprint(): number {
+    return this.inflightBytes + this.reserved + this.sock.writableLength + this.poolBytes;
+  }
+
+  /**
+   * Reported on a microtask: a batch of reads completing together writes
+   * its replies before their requests leave the count in flight, and a
+   * report in between would count those bytes twice.
+   */
+  private reportFootprint(): void {
+    if (!this.hooks.budget || this.reportScheduled) return;
+    this.reportScheduled = true;
+    queueMicrotask(() => {
+      this.reportScheduled = false;
+      if (this.phase !== Phase.Closed) this.hooks.budget!.report(this, this.footprint());
+    });
   }
 
   /** Pause or resume reading from the client according to the limits. */
@@ -366,7 +467,12 @@ export class Connection implements Wire {
     if (this.phase === Phase.Handshake) {
       over = this.rx.queue.length > HANDSHAKE_BUFFER_MAX || outBacklog > HANDSHAKE_BUFFER_MAX;
     } else if (this.phase === Phase.Transmission) {
-      over = this.inflight >= L.maxInflightPerConnection || this.inflightBytes + outBacklog >= L.maxBufferedBytesPerConnection;
+      // Stopping, requests are refused as they arrive, so the in-flight limit must not keep them unread.
+      this.held =
+        (!this.stopping && this.inflight >= L.maxInflightPerConnection) ||
+        this.inflightBytes + outBacklog >= L.maxBufferedBytesPerConnection;
+      over = this.held || this.budgetBlocked;
+      this.reportFootprint();
     } else return;
     if (over && !this.readPaused) {
       this.readPaused = true;
@@ -417,6 +523,7 @@ export class Connection implements Wire {
     this.rx.release();
     this.bufferPool.clear();
     this.poolBytes = 0;
+    this.hooks.budget?.forget(this);
     const exp = this.tx?.exp ?? null;
     this.tx = null;
     const done = () => {

@@ -20,6 +20,8 @@ export interface ServerLimits {
   maxDiscardPayload: number;
   /** Options one handshake may send; past it the connection is closed (a client must choose an export). */
   maxOptions: number;
+  /** Bytes of payloads, results, unread replies and pooled buffers all connections together hold (budget.ts); 0: no budget. */
+  memoryBudget: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -31,6 +33,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   writeStallTimeoutMs: 60_000,
   maxDiscardPayload: 256 * 1024 * 1024,
   maxOptions: 16384,
+  memoryBudget: 1024 * 1024 * 1024,
 };
 
 export interface NbdLogger {

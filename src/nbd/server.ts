@@ -17,6 +17,7 @@ import {
   type TlsSettings,
 } from './connection';
 import { checkTlsSettings } from '../tls';
+import { MemoryBudget } from './budget';
 
 export type { NbdLogger, ServerLimits, TlsSettings, TlsMode } from './connection';
 export { DEFAULT_LIMITS } from './connection';
@@ -38,6 +39,8 @@ export interface ServerStats extends ConnectionStats {
   connections: number;
   connectionsTotal: number;
   connectionsRefused: number;
+  /** The memory budget (limits.memoryBudget): limit, bytes held now and at peak, connections waiting. */
+  budget: { limit: number; used: number; peak: number; waiting: number; refusals: number } | null;
 }
 
 export class NbdServer extends EventEmitter {
@@ -49,6 +52,7 @@ export class NbdServer extends EventEmitter {
   private readonly sockets: net.Server[] = [];
   private readonly unixPaths: string[] = [];
   private readonly conns = new Set<Connection>();
+  private readonly budget: MemoryBudget | undefined;
   private nextId = 1;
   private closing = false;
   private readonly counters: ConnectionStats = {
@@ -67,6 +71,7 @@ export class NbdServer extends EventEmitter {
     this.provider = opts.provider;
     this.logger = opts.logger ?? silentLogger;
     this.limits = { ...DEFAULT_LIMITS, ...(opts.limits ?? {}) };
+    this.budget = this.limits.memoryBudget > 0 ? new MemoryBudget(this.limits.memoryBudget) : undefined;
     this.tlsSettings = opts.tls ?? { mode: 'off' };
     checkTlsSettings(this.tlsSettings);
     this.peerCredentials = opts.peerCredentials;
@@ -114,18 +119,30 @@ export class NbdServer extends EventEmitter {
     return c ? c.closed() : Promise.resolve();
   }
 
-  /** Stop listening and end every connection. */
-  async close(): Promise<void> {
+  /**
+   * Stop listening and end every connection: gracefully (requests in
+   * flight are served and answered, those only received get NBD_ESHUTDOWN,
+   * as the spec asks of a server shutdown), and after `graceMs` by force.
+   */
+  async close(graceMs = 5000): Promise<void> {
     this.closing = true;
     // A net.Server finishes closing only when its connections are gone, so
     // end the connections (handshaking ones too) before waiting on it.
     const listenersClosed = this.sockets.map((l) => new Promise<void>((r) => l.close(() => r())));
     this.sockets.length = 0;
-    const waits = [...this.conns].map((c) => {
-      c.destroy();
-      return c.closed();
-    });
-    await Promise.all([...waits, ...listenersClosed]);
+    const conns = [...this.conns];
+    const graceful = Promise.all(conns.map((c) => c.shutdown()));
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      graceful.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (late) {
+      this.logger.warn({ connections: this.conns.size, graceMs }, 'connections still busy at shutdown: closing them');
+      for (const c of this.conns) c.destroy();
+    }
+    await Promise.all([...conns.map((c) => c.closed()), ...listenersClosed]);
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
     this.unixPaths.length = 0;
   }
@@ -161,10 +178,11 @@ export class NbdServer extends EventEmitter {
       connections: this.conns.size,
       connectionsTotal: this.connectionsTotal,
       connectionsRefused: this.connectionsRefused,
+      budget: this.budget ? this.budget.stats() : null,
     };
   }
 
-  /** New TLS settings for connections accepted from now on. */
+  /** New TLS settings (rotated certificates) for connections accepted from now on; those up keep theirs. */
   setTls(settings: TlsSettings): void {
     checkTlsSettings(settings);
     this.tlsSettings = settings;
@@ -232,6 +250,7 @@ export class NbdServer extends EventEmitter {
       logger: this.logger,
       tls: this.tlsSettings,
       stats: this.counters,
+      budget: this.budget,
       onClose: (conn) => {
         this.conns.delete(conn);
         this.emit('connection-closed', conn.info);

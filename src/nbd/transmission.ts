@@ -26,6 +26,10 @@ export class Transmission {
   private readonly structured: boolean;
   private readonly metaSelected: boolean;
   private readonly metaChosen: ChosenContext[];
+  /** The request at the head of the input holds a budget reservation. */
+  private admitted = false;
+  /** Shutting down: every request but DISC is answered NBD_ESHUTDOWN (refuseAll). */
+  private refusing = false;
 
   constructor(
     private readonly wire: Wire,
@@ -58,6 +62,12 @@ export class Transmission {
     if (h.readUInt32BE(0) !== P.REQUEST_MAGIC) throw new ProtocolViolation('bad request magic');
     const type = h.readUInt16BE(6);
     const len = h.readUInt32BE(24);
+    // What the request will hold in memory: its payload, or its result.
+    const need = (type === P.CMD_WRITE || type === P.CMD_READ) && len <= this.maxPayload ? len : 0;
+    if (need > 0 && !this.admitted) {
+      if (!this.wire.admit(need)) return false;
+      this.admitted = true;
+    }
     if (type === P.CMD_WRITE) {
       if (len > this.maxPayload) {
         if (len > this.wire.hooks.limits.maxDiscardPayload) {
@@ -71,18 +81,35 @@ export class Transmission {
         if (len >= DIRECT_MIN_PAYLOAD) {
           // Receive the rest of the payload straight into its buffer.
           const hdr = Buffer.from(input.take(REQUEST_HEADER));
+          this.admitted = false;
           // From the pool: a fresh 1 MiB buffer makes the export's
           // fs.write call itself ~30x dearer than a reused one.
           const payload = this.wire.borrow(len) ?? Buffer.allocUnsafe(len);
-          rx.receiveInto(payload, (p) => this.onPayload(hdr, p));
+          rx.receiveInto(payload, (p) => {
+            this.wire.unreserve(need);
+            this.onPayload(hdr, p);
+          });
+          // After it, read just the next header: a large write likely follows a large write.
+          rx.expectSmall(REQUEST_HEADER);
         }
         return false;
       }
     }
     const hdr = input.take(REQUEST_HEADER);
     const payload = type === P.CMD_WRITE ? input.take(len) : null;
+    this.admitted = false;
+    if (need > 0) this.wire.unreserve(need);
     this.dispatch(hdr, payload);
     return true;
+  }
+
+  /**
+   * The server is shutting down: from now on every request but
+   * NBD_CMD_DISC is answered NBD_ESHUTDOWN without being run, as the spec
+   * asks; requests already running finish normally.
+   */
+  refuseAll(): void {
+    this.refusing = true;
   }
 
   /** A WRITE payload received with receiveInto() is complete. */
@@ -121,6 +148,11 @@ export class Transmission {
     if (type === P.CMD_DISC) {
       this.wire.log('debug', {}, 'soft disconnect requested');
       this.wire.softDisconnect();
+      return;
+    }
+    if (this.refusing) {
+      if (pooled) this.wire.giveBack(payload!);
+      this.replyErrorCookie(hdr, type, P.ESHUTDOWN, 'the server is shutting down');
       return;
     }
 

@@ -7,6 +7,7 @@ import type { ClientInfo, ExportProvider, MetaContext, OpenedExport } from './ex
 import type { Receiver } from './receiver';
 import type { ConnectionStats, NbdLogger, ServerLimits } from './limits';
 import type { TlsSettings, TlsUpgrade } from '../tls';
+import type { MemoryBudget } from './budget';
 
 export interface Hooks {
   provider: ExportProvider;
@@ -14,6 +15,8 @@ export interface Hooks {
   logger: NbdLogger;
   tls: TlsSettings;
   stats: ConnectionStats;
+  /** Shared by every connection of a server (absent: per-connection limits only). */
+  budget?: MemoryBudget;
 }
 
 /** A broken protocol rule: the connection is closed (after any reply already sent). */
@@ -60,6 +63,18 @@ export interface Wire {
   resume(): void;
   borrow(length: number): Buffer | undefined;
   giveBack(b: Buffer | undefined): void;
+  /**
+   * Reserve `bytes` for the request at the head of the input (its payload or
+   * result) from the server's budget. false: not now; parsing stops and
+   * resumes by itself when memory is given back.
+   */
+  admit(bytes: number): boolean;
+  /**
+   * The reserved request is about to be dispatched: its bytes move to the
+   * requests in flight (track) or, if it is refused, are gone. Reported
+   * with the next flow update, so the move is never counted twice.
+   */
+  unreserve(bytes: number): void;
   /** Count a request in flight until `p` settles (flow control). */
   track(bytes: number, p: Promise<void>): void;
   /** OPT_ABORT. */
@@ -69,6 +84,6 @@ export interface Wire {
   /** STARTTLS: upgrade the socket in place; null when the connection ended meanwhile. */
   startTls(): Promise<TlsUpgrade | null>;
   enterTransmission(session: Session): void;
-  /** NBD_CMD_DISC: no more requests; close once those in flight are answered. */
+  /** NBD_CMD_DISC (or a server shutdown): no more requests; close once those in flight are answered. */
   softDisconnect(): void;
 }

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as native from '../native';
 import { codedError, type SharedImage } from './shared-image';
+import { ioRing } from '../native/io-ring';
 
 // ---------------------------------------------------------------------------
 // Pooled read/write requests: one arrow function per pooled object, reused.
@@ -146,6 +147,22 @@ function tryNoWait(img: SharedImage, write: boolean, pos: number, buf: Buffer): 
 export function startRead(img: SharedImage, pos: number, buf: Buffer): Promise<Buffer> {
   const done = tryNoWait(img, false, pos, buf);
   if (done === buf.length) return Promise.resolve(buf);
+  const ring = ioRing();
+  if (ring) {
+    img.inflight++;
+    return ring.read(img.fd, buf, done, buf.length - done, pos + done).then(
+      (n) => {
+        img.opDone();
+        // End of file (a regular file shorter than the export): zeroes.
+        if (done + n < buf.length) buf.fill(0, done + n);
+        return buf;
+      },
+      (err: Error) => {
+        img.opDone();
+        throw err;
+      },
+    );
+  }
   const op = readPool.pop() ?? new ReadOp();
   const p = new Promise<Buffer>(capture);
   op.resolve = capturedResolve as Resolve<Buffer>;
@@ -162,6 +179,18 @@ export function startRead(img: SharedImage, pos: number, buf: Buffer): Promise<B
 export function startWrite(img: SharedImage, pos: number, buf: Buffer, fua: boolean): Promise<void> {
   const done = tryNoWait(img, true, pos, buf);
   if (done === buf.length && !fua) return Promise.resolve();
+  const ring = ioRing();
+  if (ring) {
+    img.inflight++;
+    const w = done < buf.length ? ring.write(img.fd, buf, done, buf.length - done, pos + done) : Promise.resolve(0);
+    return (fua ? w.then(() => ring.fdatasync(img.fd)) : w).then(
+      () => img.opDone(),
+      (err: Error) => {
+        img.opDone();
+        throw err;
+      },
+    );
+  }
   const op = writePool.pop() ?? new WriteOp();
   const p = new Promise<void>(capture);
   op.resolve = capturedResolve as Resolve<void>;

@@ -20,8 +20,8 @@ export interface TimeTravelHost {
   disconnect(name: string): Promise<number>;
   /** Take a volume's export offline (no new clients) or back online. */
   setOffline(volume: string, reason: string | null): void;
-  /** Why production restore cannot run here (the manager role), if it cannot. */
-  restoreRefusal?: string;
+  /** Why a production restore of the volume cannot start now (the manager role: its intercept is away), or null. */
+  restoreRefusal?(volume: string): string | null;
   logger: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
 }
 

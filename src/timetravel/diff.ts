@@ -196,11 +196,14 @@ export async function readDiffFile(file: string, onRecord?: (offset: number, dat
     await fh.read(h, 0, HEADER, 0);
     if (!h.subarray(0, 8).equals(MAGIC)) throw new DiffFileError(file, 0, 'bad magic');
     if (crc32(h.subarray(0, 60)) !== h.readUInt32LE(60)) throw new DiffFileError(file, 0, 'header checksum mismatch');
-    if (h.readUInt32LE(8) !== 1) throw new DiffFileError(file, 8, `unknown version ${h.readUInt32LE(8)}`);
+    if (h.readUInt32LE(8) !== 1)
+      throw new DiffFileError(file, 8, `format version ${h.readUInt32LE(8)}: written by a newer Rewind (this one reads version 1)`);
     const f = Buffer.alloc(FOOTER);
     await fh.read(f, 0, FOOTER, size - FOOTER);
     if (!f.subarray(0, 8).equals(END) || crc32(f.subarray(0, 28)) !== f.readUInt32LE(28))
       throw new DiffFileError(file, size - FOOTER, 'bad footer');
+    // Sizes and offsets past 2^53 would lose precision as numbers: order and bounds checks would lie.
+    if (h.readBigUInt64LE(16) > BigInt(Number.MAX_SAFE_INTEGER)) throw new DiffFileError(file, 16, 'volume size past 2^53');
     const info: DiffFileInfo = {
       blockSize: h.readUInt32LE(12),
       volumeSize: Number(h.readBigUInt64LE(16)),
@@ -215,11 +218,14 @@ export async function readDiffFile(file: string, onRecord?: (offset: number, dat
     let crc = 0;
     let n = 0;
     let prevEnd = 0;
+    let bytes = 0;
     const rh = Buffer.alloc(16);
     while (pos < size - FOOTER) {
       if (pos + 16 > size - FOOTER) throw new DiffFileError(file, pos, 'truncated record header');
       await fh.read(rh, 0, 16, pos);
-      const off = Number(rh.readBigUInt64LE(0));
+      const off64 = rh.readBigUInt64LE(0);
+      if (off64 > BigInt(Number.MAX_SAFE_INTEGER)) throw new DiffFileError(file, pos, 'record offset past 2^53');
+      const off = Number(off64);
       const len = rh.readUInt32LE(8);
       if (len === 0 || len > 64 << 20 || pos + 16 + len > size - FOOTER) throw new DiffFileError(file, pos, `bad record length ${len}`);
       if (off < prevEnd || off + len > info.volumeSize)
@@ -230,11 +236,12 @@ export async function readDiffFile(file: string, onRecord?: (offset: number, dat
       crc = crc32(data, crc32(rh, crc));
       if (onRecord) await onRecord(off, data);
       prevEnd = off + len;
+      bytes += len;
       pos += 16 + len;
       n++;
     }
-    if (n !== info.records || crc !== f.readUInt32LE(24))
-      throw new DiffFileError(file, size - FOOTER, 'record count or body checksum does not match the footer');
+    if (n !== info.records || bytes !== info.dataBytes || crc !== f.readUInt32LE(24))
+      throw new DiffFileError(file, size - FOOTER, 'record count, data bytes or body checksum does not match the footer');
     return info;
   } finally {
     await fh.close();

@@ -12,6 +12,7 @@ import type { TimeTravelHost, ViewInfo } from './api';
 import type { VolumeContext } from './ports';
 import type { MarkerStore } from './store';
 import type { ViewService } from './views';
+import type { PointService } from './points';
 
 export class MarkerService {
   private timer: NodeJS.Timeout | null = null;
@@ -26,6 +27,8 @@ export class MarkerService {
     private readonly views: ViewService,
     /** The clock of schedules and marker expiry (tests may shift it). */
     private readonly now: () => number,
+    /** Resolves `at` for a marker placed at a past point. */
+    private readonly points: PointService | null = null,
   ) {}
 
   /**
@@ -40,8 +43,25 @@ export class MarkerService {
 
   /** Starts the once-a-second check of schedules and expiry. */
   start(): void {
+    this.pinAllGroups();
     this.timer = setInterval(() => void this.tick(), 1000);
     this.timer.unref();
+  }
+
+  /**
+   * Existing markers pin from the start: after a restart, retention may run
+   * before any new marker is placed (the crash campaign found a fade merging
+   * a marked point away exactly so).
+   */
+  private pinAllGroups(): void {
+    for (const group of new Set(this.store.markers().map((m) => m.group))) {
+      if (this.pinSourcesAdded.has(group)) continue;
+      try {
+        this.ensureMarkerPins(group, this.host.target(group).ctx);
+      } catch {
+        // The group is not open (yet): the next tick tries again.
+      }
+    }
   }
 
   /** Markers pin their points, resolved when retention asks (one source per group). */
@@ -64,11 +84,15 @@ export class MarkerService {
    * With a pre-hook that succeeds the marker is application-consistent;
    * if it fails or times out (it is killed) the marker is still placed, as
    * crash-consistent, with the reason. The post-hook always runs.
+   *
+   * With `at` (a volume only) the marker names that past point instead, as
+   * `rewind point` resolves it (`nearest` as there): crash-consistent, and
+   * without hooks (nothing can be quiesced in the past).
    */
   async mark(
     target: string,
     name: unknown,
-    opts: { pre?: unknown; post?: unknown; timeout?: unknown; keep?: unknown } = {},
+    opts: { pre?: unknown; post?: unknown; timeout?: unknown; keep?: unknown; at?: unknown; nearest?: unknown } = {},
     auto = false,
   ): Promise<MarkerRecord> {
     const { group, volume, ctx } = this.host.target(target);
@@ -91,6 +115,15 @@ export class MarkerService {
     let keepS: number | null = null;
     if (opts.keep !== undefined && opts.keep !== null)
       keepS = typeof opts.keep === 'number' ? opts.keep : parseDuration(String(opts.keep), 'keep');
+    let past: { seq: number; time: number } | null = null;
+    if (opts.at !== undefined && opts.at !== null) {
+      if (volume === null) throw new UserError('invalid', `a marker at a past point is placed on a volume, not on group ${group}`);
+      if (opts.pre !== undefined || opts.post !== undefined)
+        throw new UserError('invalid', 'a marker at a past point takes no quiesce hooks: nothing can be quiesced in the past');
+      if (!this.points) throw new UserError('invalid', 'markers at a past point are not available here');
+      const info = await this.points.resolveInfo(volume, opts.at, { nearest: opts.nearest });
+      past = { seq: info.seq, time: Date.parse(info.time) };
+    }
     this.ensureMarkerPins(group, ctx);
     const env = { REWIND_MARKER: markerName, REWIND_GROUP: group, REWIND_VOLUME: volume ?? '' };
     let pre: HookResult | null = null;
@@ -106,8 +139,8 @@ export class MarkerService {
     // The intercept's current write as of now (after the pre-hook): asked of
     // the journal itself, across the link on a remote manager, never a
     // status report that may be a second old.
-    const seq = (await ctx.journal.locate(undefined, { fresh: true })).position.seq;
-    const time = this.now();
+    const seq = past ? past.seq : (await ctx.journal.locate(undefined, { fresh: true })).position.seq;
+    const time = past ? past.time : this.now();
     let post: HookResult | null = null;
     if (typeof opts.post === 'string') post = await runHook(opts.post, timeoutS * 1000, env);
     const rec: MarkerRecord = {
@@ -118,7 +151,7 @@ export class MarkerService {
       time,
       kind,
       reason,
-      retainUntil: keepS === null ? null : time + keepS * 1000,
+      retainUntil: keepS === null ? null : (past ? this.now() : time) + keepS * 1000,
       auto,
       hooks: { pre, post },
     };
@@ -133,6 +166,11 @@ export class MarkerService {
       }
     }
     return rec;
+  }
+
+  /** Grows whenever a marker is added or removed (the console caches markers on it). */
+  get version(): number {
+    return this.store.version;
   }
 
   /** Markers of a volume's group (or a group), filtered by name glob, kind and time. */
@@ -205,6 +243,7 @@ export class MarkerService {
     if (this.ticking) return;
     this.ticking = true;
     try {
+      this.pinAllGroups();
       const now = this.now();
       for (const s of this.store.schedules()) {
         const due = dueRules(s, now);
@@ -229,8 +268,12 @@ export class MarkerService {
         } catch (err) {
           this.host.logger.warn({ volume: s.volume, err: (err as Error).message }, 'scheduled marker failed');
         }
-        for (const i of due) s.last[String(i)] = now;
-        await this.store.putSchedule(s, s.volume);
+        // The schedule may have been cleared or changed while the marker was placed
+        // (its hooks can take seconds): record the run only on the rules as they are now.
+        const cur = this.store.schedule(s.volume);
+        if (!cur || JSON.stringify(cur.rules) !== JSON.stringify(s.rules)) continue;
+        for (const i of due) cur.last[String(i)] = now;
+        await this.store.putSchedule(cur, s.volume);
       }
       if (now - this.lastSweep >= 10_000) {
         this.lastSweep = now;

@@ -22,6 +22,8 @@ export interface ImageHistory extends PointHistory {
   /** The manager's descriptor cache (retention closes files in it before deleting them). */
   readonly fds?: FdCache;
   readBefore(volumeId: number, offset: number, length: number, k: number, into?: Buffer): Promise<Buffer>;
+  /** Throws (EIO, naming it) if T_n's stored container is known to be damaged (a scrub found it). */
+  checkReadable?(kind: 'ailfc' | 'bilfc', n: number): void;
   zeroMapBefore(volumeId: number, first: number, count: number, k: number): Promise<Uint8Array>;
 }
 
@@ -61,6 +63,8 @@ export class TxnOverlay {
 
   /** AILFC_n's image-changing records of `volumeId` with seq <= maxSeq. */
   static async load(h: PointHistory, n: number, volumeId: number, maxSeq: number): Promise<TxnOverlay> {
+    // Its payloads are read without their CRCs (a record may be read in part): a damaged AILFC is refused whole.
+    (h as ImageHistory).checkReadable?.('ailfc', n);
     const all = await txnRecords(h, n);
     const recs = all.filter(
       (r) =>

@@ -36,15 +36,30 @@ export interface JournalPort extends JournalTail {
   readonly isDegraded: boolean;
   /** Seal the active container now (a restore's writes start a transaction of their own). */
   seal(reason: string): Promise<unknown>;
-  /** The last seq appended to the journal. */
-  lastAppendedSeq(): number;
+  /** The last seq appended to the journal (asked of the intercept where it is remote). */
+  lastAppendedSeq(): Promise<number>;
 }
 
-/** Where a production restore rewrites: the intercept, so every restore write is journaled. */
+/**
+ * Where a production restore rewrites: the intercept, so every restore
+ * write is journaled. In the process (ProtectedVolume), or across the link
+ * when the manager runs the restore (link/remote-restore.ts).
+ */
 export interface RestoreTarget {
+  /**
+   * Production out of service for the restore, its clients gone, until
+   * release(); kept so across a crash of the intercept (the single process
+   * needs nothing: the host took the export offline).
+   */
+  hold(): Promise<void>;
+  release(): Promise<void>;
   flush(): Promise<void>;
-  /** Production as it is now (to skip blocks that already hold the point's content). */
-  readProduction(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Per block of [offset, offset + want.length) (offset block-aligned; the
+   * last block may be short): true where production does not hold `want`,
+   * so only those are rewritten and a rerun rewrites whatever still differs.
+   */
+  differing(offset: number, want: Buffer, blockSize: number): Promise<boolean[]>;
   restoreWrite(offset: number, data: Buffer): Promise<void>;
   restoreZero(offset: number, length: number): Promise<void>;
 }
@@ -53,7 +68,7 @@ export interface RestoreTarget {
 export interface VolumeContext {
   history: HistoryPort;
   journal: JournalPort;
-  /** Null where production cannot be rewritten from here (the manager role). */
+  /** Null where production cannot be rewritten from here. */
   restore: RestoreTarget | null;
   group: string;
   volumeId: number;

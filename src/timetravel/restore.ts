@@ -29,10 +29,17 @@ export class RestoreService {
     private readonly points: PointService,
   ) {}
 
-  /** Finish restores a crash interrupted (the volumes stay offline until then). */
-  async resumeRestores(): Promise<void> {
+  /**
+   * Finish restores a crash (or, with a remote intercept, a lost link)
+   * interrupted; the volumes stay offline until then. `only`: just these
+   * volumes (the manager role, when a group's intercept connects).
+   */
+  async resumeRestores(only?: (volume: string) => boolean): Promise<void> {
     for (const intent of this.store.restoreIntents()) {
-      this.host.logger.warn({ volume: intent.volume, seq: intent.seq }, 'resuming a production restore interrupted by a crash');
+      if (only && !only(intent.volume)) continue;
+      if (this.restoring.has(intent.volume)) continue;
+      this.host.logger.warn({ volume: intent.volume, seq: intent.seq }, 'resuming an interrupted production restore');
+      this.restoring.add(intent.volume);
       try {
         await this.runRestore(intent, () => undefined, true);
       } catch (err) {
@@ -40,6 +47,8 @@ export class RestoreService {
           { volume: intent.volume, err: (err as Error).message },
           'could not finish the interrupted restore; the volume stays offline',
         );
+      } finally {
+        this.restoring.delete(intent.volume);
       }
     }
   }
@@ -92,7 +101,8 @@ export class RestoreService {
       // Never a silent substitute: a point with no image is refused, unless --nearest asked for one (and the result says so).
       const { point, info } = await this.points.resolve(volume, body.to, { nearest: body.nearest });
       // Refused before an intent is stored: a stored one would keep the volume offline.
-      if (this.host.restoreRefusal) throw new UserError('invalid', this.host.restoreRefusal);
+      const refusal = this.host.restoreRefusal?.(volume);
+      if (refusal) throw new UserError('conflict', refusal);
       const intent: RestoreIntent = { volume, seq: point.seq, ranges, undoSeq: null, started: new Date().toISOString() };
       await this.store.putRestoreIntent(intent);
       const r = await this.runRestore(intent, progress, false);
@@ -107,12 +117,14 @@ export class RestoreService {
     const volume = intent.volume;
     const ctx = this.host.context(volume);
     const target = ctx.restore;
-    if (!target) throw new UserError('invalid', this.host.restoreRefusal ?? `production of "${volume}" cannot be rewritten from here`);
+    if (!target) throw new UserError('invalid', `production of "${volume}" cannot be rewritten from here`);
     this.host.setOffline(volume, 'a production restore is running');
     const disconnected = await this.host.disconnect(volume);
     if (disconnected) this.host.logger.info({ volume, disconnected }, 'restore: clients disconnected');
     const holder = `restore:${volume}`;
+    let done = false;
     try {
+      await target.hold();
       progress({ phase: 'catch-up', done: 0, total: 1 });
       if (ctx.journal.isDegraded)
         throw new UserError(
@@ -142,8 +154,8 @@ export class RestoreService {
       const blocksChanged = changed.reduce((a, r) => a + r.count, 0);
       progress({ phase: 'restore', done: 0, total });
       await ctx.journal.seal('restore-start');
-      const firstSeqBefore = ctx.journal.lastAppendedSeq();
-      let done = 0;
+      const firstSeqBefore = await ctx.journal.lastAppendedSeq();
+      let bytesDone = 0;
       let bytesWritten = 0;
       let blocksWritten = 0;
       // Chunks of at most 1 MiB, RESTORE_PARALLEL at a time (they never overlap, and the volume is offline).
@@ -156,36 +168,34 @@ export class RestoreService {
       const worker = async (): Promise<void> => {
         while (next < chunks.length) {
           const { off, len } = chunks[next++]!;
-          const [want, have] = await Promise.all([img.read(off, len), target.readProduction(off, len)]);
-          // Write only the runs of blocks that differ.
+          const want = await img.read(off, len);
+          const differs = await target.differing(off, want, bs);
+          // Write only the runs of blocks that differ (chunks start on a block).
           const writes: Promise<void>[] = [];
-          for (let a = 0; a < len;) {
-            const blockEnd = (x: number): number => Math.min(len, (Math.floor((off + x) / bs) + 1) * bs - off);
-            let z = blockEnd(a);
-            if (want.subarray(a, z).equals(have.subarray(a, z))) {
-              a = z;
+          for (let b = 0; b < differs.length;) {
+            if (!differs[b]) {
+              b++;
               continue;
             }
-            while (z < len) {
-              const nz = blockEnd(z);
-              if (want.subarray(z, nz).equals(have.subarray(z, nz))) break;
-              z = nz;
-            }
+            let e = b + 1;
+            while (e < differs.length && differs[e]) e++;
+            const a = b * bs;
+            const z = Math.min(len, e * bs);
+            b = e;
             const slice = want.subarray(a, z);
             writes.push(isZero(slice) ? target.restoreZero(off + a, z - a) : target.restoreWrite(off + a, slice));
             bytesWritten += z - a;
             blocksWritten += Math.ceil((z - a) / bs);
-            a = z;
           }
           await Promise.all(writes);
-          done += len;
-          progress({ phase: 'restore', done, total });
+          bytesDone += len;
+          progress({ phase: 'restore', done: bytesDone, total });
         }
       };
       await Promise.all(Array.from({ length: RESTORE_PARALLEL }, worker));
       await target.flush();
       const tRewritten = Date.now();
-      const lastSeqAfter = ctx.journal.lastAppendedSeq();
+      const lastSeqAfter = await ctx.journal.lastAppendedSeq();
       progress({ phase: 'commit', done: total, total });
       await ctx.journal.catchUp();
       const after = ctx.history.status().lastContainer;
@@ -207,12 +217,21 @@ export class RestoreService {
         phases: { catchUpMs: tCaughtUp - t0, rewriteMs: tRewritten - tCaughtUp, commitMs: Date.now() - tRewritten },
         resumed,
       };
+      // The intent goes first: a crash after it leaves at worst a hold with no restore, which is released
+      // (a rerun after a release would rewrite what hosts wrote since).
       await this.store.putRestoreIntent(null, volume, result);
+      done = true;
+      await target
+        .release()
+        .catch((err: Error) =>
+          this.host.logger.warn({ volume, err: err.message }, 'restore done; the volume is released when its intercept is reachable'),
+        );
       this.host.logger.info({ ...result, point: result.point.seq }, 'production restore done');
       return result;
     } finally {
       ctx.history.pins.unpin(holder);
-      if (!this.store.restoreIntents().some((i) => i.volume === volume)) this.host.setOffline(volume, null);
+      // Not done: the intent stays, and so does the hold (the volume stays offline until a rerun ends it).
+      if (done && !this.store.restoreIntents().some((i) => i.volume === volume)) this.host.setOffline(volume, null);
     }
   }
 

@@ -41,7 +41,7 @@ export class TimeTravel {
     const now = () => Date.now() + Number(process.env.REWIND_TEST_CLOCK_OFFSET_MS ?? 0);
     this.points = new PointService(host, stores.markers);
     this.views = new ViewService(host, stores.views, stores.markers, this.points);
-    this.markers = new MarkerService(host, stores.markers, this.views, now);
+    this.markers = new MarkerService(host, stores.markers, this.views, now, this.points);
     this.queries = new HistoryQueries(this.points, this.views);
     this.restores = new RestoreService(host, stores.restores, this.views, this.points);
   }

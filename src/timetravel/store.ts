@@ -11,11 +11,13 @@
  *   RestoreStore  meta    'restore:VOL' -> the intent of a running restore,
  *                         'restored:N' -> results, 'restoreCount'
  *
- * Layer files live in DATA_DIR/timetravel/layers/.
+ * The meta database also holds 'format', the layout's version
+ * (util/format-version.ts). Layer files live in DATA_DIR/timetravel/layers/.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
+import { STORE_FORMATS, stampStore } from '../util/format-version';
 import type { ResolvedPoint } from './point';
 import type { MarkerRecord, Schedule } from './markers';
 
@@ -76,14 +78,27 @@ export interface TimeTravelStores {
 
 export function openStores(dir: string): TimeTravelStores {
   fs.mkdirSync(path.join(dir, 'layers'), { recursive: true, mode: 0o700 });
-  const root = open({ path: path.join(dir, 'index'), maxDbs: 8 });
+  const where = path.join(dir, 'index');
+  const root = open({ path: where, maxDbs: 8 });
   const meta = root.openDB<unknown, string>('meta', {});
+  const layers = root.openDB<LayerRecord, number>('layers', {});
+  try {
+    stampStore(meta, "time travel's index", where, STORE_FORMATS.timetravel);
+  } catch (err) {
+    void root.close();
+    throw err;
+  }
+  // A moved data directory: layer files are recorded by absolute path (see Catalog.relocate).
+  for (const { value: l } of layers.getRange({})) {
+    const here = path.join(dir, 'layers', path.basename(l.file));
+    if (here !== l.file && !fs.existsSync(l.file) && fs.existsSync(here)) layers.putSync(l.id, { ...l, file: here });
+  }
   return {
     views: new ViewStore(
       dir,
       root,
       root.openDB<ViewRecord, string>('views', {}),
-      root.openDB<LayerRecord, number>('layers', {}),
+      layers,
       root.openDB<boolean, BlockKey>('blocks', {}),
       meta,
     ),
@@ -173,6 +188,13 @@ export class ViewStore {
 
 /** Markers (pseudosnapshots) and the schedules that place them (markers.ts). */
 export class MarkerStore {
+  private changes = 0;
+
+  /** Grows with every marker added or removed (this process is the only writer): readers cache on it. */
+  get version(): number {
+    return this.changes;
+  }
+
   constructor(
     private readonly root: RootDatabase,
     private readonly markersDb: Database<MarkerRecord, [string, string]>,
@@ -195,6 +217,7 @@ export class MarkerStore {
       void this.markersDb.put([m.group, m.name], m);
       return true;
     });
+    if (ok) this.changes++;
     return ok;
   }
 
@@ -202,6 +225,7 @@ export class MarkerStore {
     await this.root.transaction(() => {
       for (const k of keys) void this.markersDb.remove(k);
     });
+    this.changes++;
   }
 
   schedules(): Schedule[] {

@@ -14,6 +14,7 @@
  * verifies a client certificate against the CA and refuses one that does
  * not verify: a TLSSocket created on its own would accept any certificate.
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 
@@ -44,6 +45,45 @@ export function checkTlsSettings(s: TlsSettings): void {
   if (s.verifyClient && !c.ca) throw new Error('verifying client certificates needs a CA certificate');
   // Parses the PEM files now, so a bad file is reported at start-up.
   tls.createSecureContext(c);
+}
+
+/** Where a server's PEM files are (the CA only when client certificates are verified or offered). */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string | null;
+}
+
+function readPem(what: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`cannot read the TLS ${what} ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * `settings` with credentials read afresh from `files`, checked as
+ * checkTlsSettings does (certificate and key must be a pair). Throws,
+ * naming the files, if they cannot be used.
+ */
+export function readTlsFiles(settings: TlsSettings, files: TlsFiles): TlsSettings {
+  const credentials: NonNullable<TlsSettings['credentials']> = {
+    ...settings.credentials,
+    cert: readPem('certificate', files.cert),
+    key: readPem('key', files.key),
+  };
+  if (files.ca) credentials.ca = readPem('CA certificate', files.ca);
+  const next: TlsSettings = { ...settings, credentials };
+  try {
+    checkTlsSettings(next);
+  } catch (err) {
+    throw new Error(
+      `TLS certificates (${files.cert}, ${files.key}${files.ca ? `, ${files.ca}` : ''}) are not usable: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return next;
 }
 
 /** A verified client certificate: subject and issuer attributes, SHA-256 fingerprint. */

@@ -226,11 +226,11 @@ export class TestDaemon {
    * A control API client on TCP (needs controlTcp). The token defaults to the
    * real one; pass null for a client that sends none.
    */
-  tcpClient(token: string | null = this.token()): ControlClient {
+  tcpClient(token: string | null = this.token(), timeoutMs?: number): ControlClient {
     if (this.controlPort === undefined) throw new Error('daemon was started without controlTcp');
     return new ControlClient(
       { kind: 'tcp', host: this.host, port: this.controlPort, display: `http://${this.host}:${this.controlPort}` },
-      token === null ? {} : { token },
+      { ...(token === null ? {} : { token }), ...(timeoutMs ? { timeoutMs } : {}) },
     );
   }
 

@@ -102,6 +102,8 @@ export class RoleDaemon {
   private child: ChildProcess | null = null;
   private exited: Promise<void> | null = null;
   logs = '';
+  /** How the last process ended (null while one runs or before any ended). */
+  lastExit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
 
   private constructor(private readonly opts: RoleDaemonOptions) {
     this.dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rwr-'));
@@ -135,11 +137,13 @@ export class RoleDaemon {
     const args = this.opts.ns ? ['netns', 'exec', this.opts.ns, process.execPath, ...serve] : serve;
     const child = spawn(cmd, args, { cwd: REPO_ROOT, env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
+    this.lastExit = null;
     running.add(child);
     child.stdout!.setEncoding('utf8').on('data', (s: string) => (this.logs += s));
     child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.logs += s));
     this.exited = new Promise<void>((resolve) =>
-      child.on('close', () => {
+      child.on('close', (code, signal) => {
+        this.lastExit = { code, signal };
         running.delete(child);
         resolve();
       }),

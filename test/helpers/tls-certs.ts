@@ -153,3 +153,10 @@ export function makePki(root: string): Pki {
     },
   };
 }
+
+/** Another server certificate from the same CA (a rotation): its cert and key files, in the PKI's work directory. */
+export function newServerCert(pki: Pki, name: string): { cert: string; key: string } {
+  const work = path.join(pki.root, 'work');
+  makeLeaf(work, 'ca', name, `/CN=localhost/O=Rewind Test/OU=${name}`, SERVER_EXT);
+  return { cert: path.join(work, `${name}-cert.pem`), key: path.join(work, `${name}-key.pem`) };
+}
