@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { prefixEnd, readSeq, subject, volumePrefix, withSeq, SEQ_LEN } from './keys';
 import type { JobRecord, PointRecord } from './types';
+import { tooNew } from '../util/format-version';
 
 /** The layout of the rows below; see checkFormat. */
 const FORMAT = 2;
@@ -58,16 +59,19 @@ export class CatalogStore {
       root.openDB<JobRecord, number>('jobs', {}),
       root.openDB<unknown, string>('meta', {}),
     );
-    store.checkFormat();
+    store.checkFormat(dir);
     return store;
   }
 
   /**
    * A catalog in an older layout is dropped, not migrated: it is derived
-   * data, and every point can be cataloged again from the history.
+   * data, and every point can be cataloged again from the history. One from
+   * a newer Rewind is refused (util/format-version.ts), never dropped.
    */
-  private checkFormat(): void {
-    if (this.meta.get('format') === FORMAT) return;
+  private checkFormat(dir: string): void {
+    const found = this.meta.get('format');
+    if (found === FORMAT) return;
+    if (typeof found === 'number' && found > FORMAT) throw tooNew('the file catalog', path.join(dir, 'index'), found, FORMAT);
     this.root.transactionSync(() => {
       for (const db of [this.points, ...Object.values(this.tables), this.jobs, this.meta]) db.clearSync();
       void this.meta.put('format', FORMAT);
