@@ -339,12 +339,21 @@ async function main(): Promise<void> {
       if (!(block > 0)) throw new Error('no block for /hot');
       await api.request('POST', '/v1/volumes', { name: 'v', size: 32 * MiB, protected: true });
       await writeBlocks(server.port, 'v', small, null);
-      // Then /hot is rewritten in place at each point (its one block, over NBD): a new version each time.
+      // Then /hot is rewritten in place at each point: a new version each time.
       const c = await NbdClient.connect({ port: server.port, exportName: 'v' });
       const tb = performance.now();
       for (let k = 0; k < Number(o.points); k++) {
         if (k > 0) {
-          await c.write(block * BS, Buffer.alloc(BS, `version ${k}\n`));
+          // As a kernel would: the data block and the inode's mtime (written by debugfs, copied over NBD).
+          const before = fs.readFileSync(small);
+          const fd = fs.openSync(small, 'r+');
+          fs.writeSync(fd, Buffer.alloc(BS, `version ${k}\n`), 0, BS, block * BS);
+          fs.closeSync(fd);
+          spawnSync('debugfs', ['-w', '-R', `sif /hot mtime ${1_700_000_000 + k}`, small], { env: { ...process.env, PATH } });
+          const after = fs.readFileSync(small);
+          for (let off = 0; off < after.length; off += BS) {
+            if (!after.subarray(off, off + BS).equals(before.subarray(off, off + BS))) await c.write(off, after.subarray(off, off + BS));
+          }
           await c.flush();
         }
         await api.request('POST', '/v1/markers/v', { name: `p${k}` });
@@ -376,7 +385,13 @@ async function main(): Promise<void> {
         const r = await runCommand('fio', fioRandWriteArgs(uri, { bs: '4k', iodepth: 32, size: '1G', runtime: o.runtime }), {
           timeoutMs: 600_000,
         });
-        return (JSON.parse(r.stdout) as { jobs: Array<{ write: { bw_bytes: number } }> }).jobs[0]!.write.bw_bytes / 1e6;
+        try {
+          // fio's nbd engine prints "fio: connected to NBD server" before the JSON.
+          const json = r.stdout.slice(r.stdout.indexOf('{'));
+          return (JSON.parse(json) as { jobs: Array<{ write: { bw_bytes: number } }> }).jobs[0]!.write.bw_bytes / 1e6;
+        } catch (err) {
+          throw new Error(`fio: ${r.stdout}${r.stderr}`, { cause: err });
+        }
       };
       await api.request('POST', '/v1/volumes/io/seal');
       const idle = await fio();
