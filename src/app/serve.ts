@@ -51,6 +51,7 @@ import { watchCertificates } from './certificates';
 import type { CertReloader } from '../daemon/cert-reload';
 import { RetentionService } from '../daemon/retention';
 import { Archiver } from '../timetravel/archiver';
+import { FileCatalog } from '../file-catalog/service';
 import { DEFAULT_SCRUB, ScrubService, type ScrubSettings } from '../daemon/scrub';
 import { JobRegistry } from '../daemon/jobs';
 import { consoleParts, type ConsoleParts } from './console-wiring';
@@ -136,6 +137,7 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly control: ControlServer,
     private readonly retention: RetentionService,
+    private readonly fileCatalog: FileCatalog,
     private readonly consoleParts: ConsoleParts,
     private readonly linkServer: LinkServer | null,
     private readonly certs: CertReloader,
@@ -235,6 +237,25 @@ export class Daemon {
       });
       // Closed after time travel (registered first, so it runs last): views read the pool until then.
       cleanups.splice(cleanups.length - 1, 0, () => archiver.close());
+      // The catalog of files inside points: markers are cataloged as they are placed (seed 004).
+      const fileCatalog = await FileCatalog.open({
+        dataDir: layout.dataDir,
+        tt: timeTravel,
+        logger: logger.child({ component: 'file-catalog' }),
+        volumesOfGroup: (g) =>
+          linkServer
+            ? linkServer
+                .volumes()
+                .filter((v) => v.group === g)
+                .map((v) => v.name)
+            : catalog
+                .list()
+                .filter((v) => v.protection?.group === g)
+                .map((v) => v.name),
+      });
+      cleanups.push(() => fileCatalog.close());
+      timeTravel.markers.onPlaced((m) => fileCatalog.onMarkerPlaced(m));
+      volumes.onProtectedRemoved((n) => fileCatalog.volumeRemoved(n));
       if (linkServer) {
         // Manager role: interrupted restores go on whenever their intercept is connected (not once at start-up).
         const resumer = new RemoteRestoreResumer(linkServer, timeTravel, logger.child({ component: 'timetravel' }));
@@ -313,6 +334,8 @@ export class Daemon {
         timeTravel,
         retention,
         archiver,
+        fileCatalog,
+        ...(linkServer ? { volumeExists: (n: string) => linkServer!.volumes().some((v) => v.name === n) } : {}),
         scrub,
         nbd,
         endpoints,
@@ -372,6 +395,7 @@ export class Daemon {
         nbd,
         control,
         retention,
+        fileCatalog,
         consoleBits,
         linkServer,
         certs,
@@ -406,6 +430,7 @@ export class Daemon {
     await step('stopping retention', () => this.retention.stop());
     await step('stopping the scrub', () => this.scrub?.stop());
     await step('saving the console state', () => this.consoleParts.close());
+    await step('closing the file catalog', () => this.fileCatalog.close());
     await step('closing snapshots and clones', () => this.timeTravel.close());
     await step('closing the archive pool', () => this.archiver.close());
     await step('closing protection (journals, managers)', () => this.protection.close());

@@ -16,6 +16,8 @@
  *     surface VOL MARKER; submerge NAME; schedule VOL [--add RULE]; checkpoint VOL --every N
  *     diff VOL --from A --to B [--export NAME] [--out FILE]; apply-diff FILE IMAGE
  *     bisect VOL --good A --bad B --check CMD [--granularity write|transaction]
+ *     catalog VOL [--at P]; files VOL [PATH] [--at P] [--name G] [--newer T] [--versions]
+ *     restore-file VOL --at P PATH --out FILE | --into CLONE; changed-files VOL --from A --to B
  *
  * Exit codes: 0 success, 1 failure, 2 bad usage, 3 no daemon reachable.
  */
@@ -32,6 +34,7 @@ import { CliError, EXIT, type GlobalOptions } from './common';
 import { registerRetention } from './retention-commands';
 import { registerArchive } from './archive-commands';
 import { addArchiveServeOptions } from './archive-options';
+import { registerFileCommands } from './file-program';
 import { addScrubServeOptions, registerScrub } from './scrub-commands';
 import { DEFAULT_LISTEN, serveCommand, type ServeOptions } from './serve';
 import { addHardeningServeOptions } from './serve-options';
@@ -402,6 +405,7 @@ SIGTERM/SIGINT shut down cleanly. UV_THREADPOOL_SIZE defaults to 16.`,
     });
   registerRetention(program);
   registerArchive(program);
+  registerFileCommands(program);
   registerScrub(program);
 
   return program;

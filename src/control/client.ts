@@ -203,6 +203,49 @@ export class ControlClient {
     });
   }
 
+  /**
+   * A request whose answer is read as a stream (file downloads): resolves
+   * with the response once its headers arrive; an error status is read and
+   * thrown as ApiError. The caller consumes (or destroys) the response.
+   */
+  download(method: string, path: string, body?: Buffer, headers: Record<string, string> = {}): Promise<http.IncomingMessage> {
+    const ep = this.endpoint;
+    const allHeaders: Record<string, string | number> = { Accept: 'application/octet-stream', ...headers };
+    if (body !== undefined) {
+      allHeaders['Content-Type'] ??= 'application/octet-stream';
+      allHeaders['Content-Length'] = body.length;
+    }
+    if (ep.kind === 'tcp' && this.opts.token) allHeaders.Authorization = `Bearer ${this.opts.token}`;
+    const options: http.RequestOptions = {
+      method,
+      path,
+      headers: allHeaders,
+      agent: false,
+      ...(ep.kind === 'unix' ? { socketPath: ep.path, host: 'localhost' } : { host: ep.host, port: ep.port }),
+    };
+    return new Promise((resolve, reject) => {
+      const req = http.request(options, (res) => {
+        if ((res.statusCode ?? 0) < 400) return resolve(res);
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let msg = `HTTP ${res.statusCode}`;
+          try {
+            msg = (JSON.parse(text) as { error?: string }).error ?? msg;
+          } catch {}
+          reject(new ApiError(res.statusCode ?? 0, msg));
+        });
+        res.on('error', reject);
+      });
+      req.setTimeout(this.opts.timeoutMs ?? 30_000, () => {
+        req.destroy(Object.assign(new Error(`no answer within ${this.opts.timeoutMs ?? 30_000} ms`), { code: 'ETIMEDOUT' }));
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => reject(this.connectError(err)));
+      req.end(body);
+    });
+  }
+
   health(): Promise<Health> {
     return this.request<Health>('GET', '/v1/health');
   }

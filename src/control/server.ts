@@ -33,6 +33,8 @@ import { routeRetention } from './retention-routes';
 import type { Archiver } from '../timetravel/archiver';
 import { routeArchives } from './archive-routes';
 import { registerArchiveMetrics } from './archive-metrics';
+import type { FileCatalog } from '../file-catalog/service';
+import { routeFiles } from './file-routes';
 import type { ScrubService } from '../daemon/scrub';
 import { routeScrub, scrubMetrics } from './scrub-routes';
 import { API_PREFIX, type CreateVolumeBody, type DeleteResult, type Health, type VolumeView } from './api';
@@ -74,6 +76,10 @@ export interface ControlServerOptions {
   timeTravel?: TimeTravel;
   retention?: RetentionService;
   archiver?: Archiver;
+  /** The catalog of files inside points (file-routes.ts). */
+  fileCatalog?: FileCatalog;
+  /** Does a volume by this name exist here (file routes; default: the volume catalog)? */
+  volumeExists?: (name: string) => boolean;
   scrub?: ScrubService;
   nbd: NbdServerView;
   endpoints: NbdEndpoints;
@@ -277,6 +283,10 @@ export class ControlServer {
       return sendJson(res, 200, { volumes: views });
     }
     if (this.opts.retention && (await routeRetention(this.opts.retention, req, res, method, p))) return;
+    if (this.opts.fileCatalog) {
+      const exists = this.opts.volumeExists ?? ((n: string) => this.opts.volumes.get(n) !== undefined);
+      if (await routeFiles(this.opts.fileCatalog, exists, req, res, method, p, url)) return;
+    }
     if (this.consoleDeps && (await routeConsole(this.consoleDeps, req, res, method, p, url))) return;
     if (this.opts.archiver && (await routeArchives(this.opts.archiver, req, res, method, p, this.opts.jobs))) return;
     if (this.opts.timeTravel && (await routeTimeTravel(this.opts.timeTravel, this.opts.volumes, req, res, method, p, url, this.opts.jobs)))
@@ -483,6 +493,23 @@ export class ControlServer {
     });
     const archiver = this.opts.archiver;
     if (archiver) registerArchiveMetrics(reg, () => archiver.stats());
+    const fc = this.opts.fileCatalog;
+    if (fc) {
+      for (const [name, help, key] of [
+        ['rewind_file_restores_total', 'Single files restored (content requests)', 'restores'],
+        ['rewind_file_restore_bytes_total', 'Bytes of files restored', 'restoredBytes'],
+        ['rewind_file_restore_image_bytes_total', 'Bytes of images read to restore files', 'restoreImageBytes'],
+      ] as const) {
+        new client.Gauge({
+          name,
+          help,
+          registers: [reg],
+          collect() {
+            this.set(fc.counters[key]);
+          },
+        });
+      }
+    }
     if (this.opts.scrub) scrubMetrics(reg, this.opts.scrub);
     const start = Date.now();
     new client.Gauge({

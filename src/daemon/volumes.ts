@@ -132,6 +132,13 @@ export class VolumeManager implements ExportProvider {
     this.timeTravel = tt;
   }
 
+  private readonly removedListeners: Array<(name: string) => Promise<void>> = [];
+
+  /** Told after a protected volume is deleted (the file catalog drops its index). */
+  onProtectedRemoved(fn: (name: string) => Promise<void>): void {
+    this.removedListeners.push(fn);
+  }
+
   /** Takes a volume's export offline (reason) or back online (null). `recovering`: a crash recovery, which opens wait for. */
   setOffline(name: string, reason: string | null, opts: { recovering?: boolean } = {}): void {
     if (reason === null) this.offline.delete(name);
@@ -226,6 +233,11 @@ export class VolumeManager implements ExportProvider {
         // Its markers, schedule and any restore intent go with it (and the group's markers with the group).
         const groupGone = !this.catalog.getGroup(record.protection.group);
         await this.timeTravel?.volumeRemoved(name, record.protection.group, groupGone);
+        for (const fn of this.removedListeners) {
+          await fn(name).catch((err: unknown) =>
+            this.logger.warn({ volume: name, err: (err as Error).message }, 'volume removal listener failed'),
+          );
+        }
       }
       let dataDeleted = false;
       if (!opts.keepData && !record.external) {

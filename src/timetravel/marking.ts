@@ -21,6 +21,7 @@ export class MarkerService {
   private readonly pinSourcesAdded = new Set<string>();
   /** Called after a scheduled marker is placed by a rule with archive=yes (set by the archiver). */
   onScheduledArchive: ((volume: string, marker: MarkerRecord) => Promise<void>) | null = null;
+  private readonly placedListeners: Array<(m: MarkerRecord) => void> = [];
 
   constructor(
     private readonly host: TimeTravelHost,
@@ -31,6 +32,16 @@ export class MarkerService {
     /** Resolves `at` for a marker placed at a past point. */
     private readonly points: PointService | null = null,
   ) {}
+
+  /**
+   * Called after each marker is placed, scheduled ones included: the
+   * composition root hands the file catalog's hook here, so a marker's
+   * point is indexed as it is taken (seed 004) without time travel knowing
+   * the catalog.
+   */
+  onPlaced(fn: (m: MarkerRecord) => void): void {
+    this.placedListeners.push(fn);
+  }
 
   /** Starts the once-a-second check of schedules and expiry. */
   start(): void {
@@ -149,6 +160,13 @@ export class MarkerService {
     if (!(await this.store.addMarker(rec)))
       throw new UserError('conflict', `a marker named "${markerName}" already exists in group ${group}`);
     this.host.logger.info({ marker: markerName, group, seq, kind, reason }, 'marker placed');
+    for (const fn of this.placedListeners) {
+      try {
+        fn(rec);
+      } catch (err) {
+        this.host.logger.warn({ marker: markerName, err: (err as Error).message }, 'marker listener failed');
+      }
+    }
     return rec;
   }
 

@@ -5,3 +5,4 @@ export * from './process';
 export * from './server';
 export * from './rewind';
 export * from './fio';
+export * from './loop-mount';

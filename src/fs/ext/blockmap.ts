@@ -73,6 +73,62 @@ export async function* mapInode(ctx: MapContext, inode: Inode, from = 0): AsyncG
   if (last) yield last;
 }
 
+/**
+ * The runs of an inode whose map lives wholly in the inode itself (an
+ * extent tree of depth 0, or direct blocks only), without I/O and with the
+ * same checks as the lazy walks; undefined when the map needs a block read.
+ * A walk describes most files this way, synchronously.
+ */
+export function inodeRunsSync(ctx: Omit<MapContext, 'dev'>, inode: Inode): Run[] | undefined {
+  const flags = inode.stat.flags;
+  if (flags & FLAG.INLINE_DATA) return [];
+  const out: Run[] = [];
+  const push = (r: Run): void => {
+    const c = out[out.length - 1];
+    if (c && c.logical + c.length === r.logical && c.physical + c.length === r.physical && c.unwritten === r.unwritten)
+      c.length += r.length;
+    else out.push(r);
+  };
+  if (flags & FLAG.EXTENTS) {
+    const root = inode.raw.subarray(I_BLOCK, I_BLOCK + I_BLOCK_LEN);
+    const rh = header(ctx as MapContext, root, (I_BLOCK_LEN - 12) / 12, 'root');
+    if (rh.depth !== 0) return undefined;
+    let logicalEnd = 0;
+    for (let i = 0; i < rh.entries; i++) {
+      const r = leafRun(ctx, root, 12 + 12 * i, 'root', logicalEnd);
+      logicalEnd = r.logical + r.length;
+      push(r);
+    }
+    return out;
+  }
+  const nblocks = Math.ceil(inode.stat.size / ctx.sb.blockSize);
+  if (nblocks > 12) return undefined;
+  for (let i = 0; i < nblocks; i++) {
+    const p = inode.raw.readUInt32LE(I_BLOCK + 4 * i);
+    if (p !== 0) push(dataRun(ctx as MapContext, i, p));
+  }
+  return out;
+}
+
+/** The extent at byte e of a leaf node, checked (order, length, bounds). */
+function leafRun(ctx: Omit<MapContext, 'dev'>, node: Buffer, e: number, where: string, logicalEnd: number): Run {
+  const { sb, ino } = ctx;
+  const what = `inode ${ino} extent tree`;
+  const lblk = node.readUInt32LE(e);
+  const rawLen = node.readUInt16LE(e + 4);
+  const unwritten = rawLen > 32768;
+  const length = unwritten ? rawLen - 32768 : rawLen;
+  const physical = node.readUInt32LE(e + 8) + node.readUInt16LE(e + 6) * 2 ** 32;
+  if (length === 0) throw corrupt(what, `${where}: extent at logical ${lblk} has length 0`);
+  if (lblk < logicalEnd)
+    throw corrupt(what, `${where}: extent at logical ${lblk} overlaps or precedes the one before (ends at ${logicalEnd})`);
+  if (lblk + length > MAX_LOGICAL) throw corrupt(what, `${where}: extent at logical ${lblk} runs past 2^32 blocks`);
+  if (physical < sb.firstDataBlock || physical + length > sb.blocksCount) {
+    throw corrupt(what, `${where}: extent ${lblk}+${length} at block ${physical} is outside the filesystem (${sb.blocksCount} blocks)`);
+  }
+  return { logical: lblk, physical, length, unwritten };
+}
+
 interface Frame {
   node: Buffer; // header + entries
   depth: number;
@@ -81,7 +137,7 @@ interface Frame {
   where: string;
 }
 
-function header(ctx: MapContext, node: Buffer, maxEntries: number, where: string): { entries: number; depth: number } {
+function header(ctx: Omit<MapContext, 'dev'>, node: Buffer, maxEntries: number, where: string): { entries: number; depth: number } {
   const what = `inode ${ctx.ino} extent tree`;
   if (node.readUInt16LE(0) !== EXT_MAGIC) throw corrupt(what, `${where}: bad magic 0x${node.readUInt16LE(0).toString(16)}`);
   const entries = node.readUInt16LE(2);
@@ -124,17 +180,7 @@ async function* extentRuns(ctx: MapContext, inode: Inode, from: number): AsyncGe
       stack.push({ node, depth: h.depth, entries: h.entries, next: 0, where });
       continue;
     }
-    const rawLen = f.node.readUInt16LE(e + 4);
-    const unwritten = rawLen > 32768;
-    const length = unwritten ? rawLen - 32768 : rawLen;
-    const physical = f.node.readUInt32LE(e + 8) + f.node.readUInt16LE(e + 6) * 2 ** 32;
-    if (length === 0) throw corrupt(what, `${f.where}: extent at logical ${lblk} has length 0`);
-    if (lblk < logicalEnd)
-      throw corrupt(what, `${f.where}: extent at logical ${lblk} overlaps or precedes the one before (ends at ${logicalEnd})`);
-    if (lblk + length > MAX_LOGICAL) throw corrupt(what, `${f.where}: extent at logical ${lblk} runs past 2^32 blocks`);
-    if (physical < sb.firstDataBlock || physical + length > sb.blocksCount) {
-      throw corrupt(what, `${f.where}: extent ${lblk}+${length} at block ${physical} is outside the filesystem (${sb.blocksCount} blocks)`);
-    }
+    const { length, physical, unwritten } = leafRun(ctx, f.node, e, f.where, logicalEnd);
     logicalEnd = lblk + length;
     if (logicalEnd <= from) continue;
     yield { logical: lblk, physical, length, unwritten };
@@ -163,7 +209,7 @@ async function* indirectRuns(ctx: MapContext, inode: Inode, from: number): Async
   }
 }
 
-function dataRun(ctx: MapContext, logical: number, physical: number): Run {
+function dataRun(ctx: Omit<MapContext, 'dev'>, logical: number, physical: number): Run {
   if (physical < ctx.sb.firstDataBlock || physical >= ctx.sb.blocksCount) {
     throw corrupt(
       `inode ${ctx.ino} block map`,

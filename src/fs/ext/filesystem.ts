@@ -13,14 +13,23 @@ import type { FsImage } from '../image';
 import { LIMITS } from '../limits';
 import { escapeName } from '../names';
 import type { Partition } from '../partitions';
-import { mapInode, type Run } from './blockmap';
+import { inodeRunsSync, mapInode, type Run } from './blockmap';
 import { BlockDevice, type DeviceOptions } from './device';
 import { parseDirEntries, type DirEntry, type DirFormat } from './dir';
 import { descriptorBlockNumbers, descriptorTableBytes, parseGroups, type GroupTable } from './groups';
 import { inlineContents, inlineRegions } from './inline';
 import { FLAG, I_BLOCK, parseInode, type Inode, type Stat } from './inode';
 import { INCOMPAT, parseSuperblock, type Superblock } from './superblock';
-import { readFileChunks, fileExtents, type FileChunk, type FileExtents, type ReadOptions } from './read';
+import {
+  readFileChunks,
+  fileExtents,
+  fileExtentsSync,
+  checkOverlap,
+  dataInInode,
+  type FileChunk,
+  type FileExtents,
+  type ReadOptions,
+} from './read';
 import { walk, type WalkOptions, type WalkSummary, type WalkVisitor } from './walk';
 import { classifyBlock, type BlockClass } from './layout';
 import type { ExtSource, Target } from './source';
@@ -247,6 +256,76 @@ export class ExtFilesystem implements ExtSource {
   /** Physical runs and metadata blocks of a file or directory (for digests and changed-block matching). */
   fileExtents(target: Target): Promise<FileExtents> {
     return this.guard(async () => fileExtents(this, await this.inode(await this.resolve(target, {}))));
+  }
+
+  /**
+   * The entries of one directory data block (linear, or an htree leaf; index
+   * blocks hold none), for incremental catalogs that re-read only the
+   * directory blocks the block history says changed.
+   */
+  dirBlockEntries(block: number, dirIno = 0): Promise<DirEntry[]> {
+    return this.guard(async () => {
+      const where = `directory ${dirIno ? `inode ${dirIno} ` : ''}block ${block}`;
+      const buf = await this.dev.readBlocks(block, 1, where);
+      const out: DirEntry[] = [];
+      parseDirEntries(buf, 0, this.blockSize, this.dirFormat, where, out);
+      return out;
+    });
+  }
+
+  /** Is this inode in use (linked, with a type)? Free inodes read as zeroes or carry a deletion time. */
+  static inUse(stat: Stat): boolean {
+    return stat.mode !== 0 && stat.nlink > 0 && stat.dtime === 0;
+  }
+
+  /**
+   * fileExtents without I/O, for a walk's hot path: undefined when the
+   * inode's table chunk is not cached or its map needs a block read.
+   * Throws FsError for a damaged map, as fileExtents does.
+   */
+  peekExtents(ino: number): FileExtents | undefined {
+    const c = this.chunkOf(ino);
+    const raw = this.rawView(ino, c);
+    if (!raw) return undefined;
+    try {
+      return fileExtentsSync(this, this.parse(ino, raw, c));
+    } catch (err) {
+      throw asFsError(err, this.where);
+    }
+  }
+
+  /**
+   * The block runs of the inode a walk just gave the stat of, without I/O
+   * and without parsing the inode again: undefined when its table chunk is
+   * not cached or the map needs a block read; [] for data kept in the inode.
+   * Throws FsError for a damaged map.
+   */
+  peekRuns(stat: Stat): Run[] | undefined {
+    const c = this.chunkOf(stat.ino);
+    const raw = this.rawView(stat.ino, c);
+    if (!raw) return undefined;
+    const inode = { stat, raw, fileAcl: raw.readUInt32LE(104) + raw.readUInt16LE(118) * 2 ** 32, coreEnd: 128 };
+    try {
+      if (dataInInode(this, inode)) return [];
+      const runs = inodeRunsSync({ sb: this.superblock, ino: stat.ino }, inode);
+      if (runs && runs.length > 1) checkOverlap(runs, stat.ino);
+      return runs;
+    } catch (err) {
+      throw asFsError(err, this.where);
+    }
+  }
+
+  /** A fast symlink's target (kept in the inode) without I/O; undefined when it needs a read. */
+  peekLink(ino: number): Buffer | undefined {
+    const c = this.chunkOf(ino);
+    const raw = this.rawView(ino, c);
+    if (!raw) return undefined;
+    const inode = this.parse(ino, raw, c);
+    const { stat } = inode;
+    if (stat.type !== 'symlink' || stat.flags & (FLAG.INLINE_DATA | FLAG.ENCRYPT)) return undefined;
+    const eaBlocks = inode.fileAcl !== 0 ? this.blockSize / 512 : 0;
+    if (stat.allocated / 512 - eaBlocks > 0 || stat.size >= 60) return undefined;
+    return Buffer.from(raw.subarray(I_BLOCK, I_BLOCK + stat.size));
   }
 
   /** Depth-first walk with an explicit stack (bounded memory); see WalkVisitor. */

@@ -6,7 +6,7 @@
  */
 import { corrupt, FsError } from '../errors';
 import { LIMITS } from '../limits';
-import type { Run } from './blockmap';
+import { inodeRunsSync, type Run } from './blockmap';
 import type { ExtSource } from './source';
 import { inlineContents } from './inline';
 import { FLAG, I_BLOCK, type Inode } from './inode';
@@ -25,6 +25,12 @@ export interface ReadOptions {
    * the difference between touching 3 MiB of memory and the file's size.
    */
   reuseBuffers?: boolean;
+  /**
+   * Chunks whose reads are started ahead of the consumer (default 1). More
+   * keeps a slow or busy source streaming; with reuseBuffers the ring holds
+   * readAhead + 2 buffers, so the guarantee above is the same.
+   */
+  readAhead?: number;
 }
 
 export interface FileChunk {
@@ -55,7 +61,7 @@ export interface FileExtents {
 }
 
 /** True if the inode has no block map: its bytes (if any) live in the inode. */
-function dataInInode(fs: ExtSource, inode: Inode): boolean {
+export function dataInInode(fs: Pick<ExtSource, 'blockSize'>, inode: Inode): boolean {
   const { stat } = inode;
   if (stat.flags & FLAG.INLINE_DATA) return true;
   if (stat.type === 'symlink') {
@@ -87,23 +93,24 @@ export async function* readFileChunks(fs: ExtSource, inode: Inode, opts: ReadOpt
     yield { offset: start, length: end - start, data: bytes.subarray(start, end) };
     return;
   }
-  // Reads are started one piece ahead of the consumer, so I/O overlaps its work.
-  // With reuse: chunk k is read into ring[k % 3]; that buffer is reused by chunk k + 3, whose read
-  // starts only when the consumer asks for chunk k + 2.
-  const ring = opts.reuseBuffers ? [0, 1, 2].map(() => Buffer.allocUnsafe(Math.min(chunk, end - start))) : null;
+  // Reads are started `depth` pieces ahead of the consumer, so I/O overlaps its work. With reuse:
+  // chunk k is read into ring[k % (depth + 2)]; that buffer is reused by chunk k + depth + 2, whose
+  // read starts only when the consumer asks for chunk k + 2.
+  const depth = Math.max(1, Math.min(16, Math.floor(opts.readAhead ?? 1)));
+  const ring = opts.reuseBuffers ? Array.from({ length: depth + 2 }, () => Buffer.allocUnsafe(Math.min(chunk, end - start))) : null;
   let k = 0;
-  let ahead: { c: FileChunk; p?: Promise<Buffer> } | null = null;
+  const ahead: Array<{ c: FileChunk; p?: Promise<Buffer> }> = [];
   for await (const piece of pieces(fs, inode, start, end, chunk)) {
     const started: { c: FileChunk; p?: Promise<Buffer> } = { c: piece.c };
     if (piece.block !== undefined) {
-      const into = ring?.[k++ % 3]!.subarray(0, piece.c.length);
+      const into = ring?.[k++ % ring.length]!.subarray(0, piece.c.length);
       started.p = fs.dev.readSpan(piece.block, piece.skip, piece.c.length, `${what} data`, into);
       started.p.catch(() => undefined); // if the consumer stops early, a failed read-ahead is not unhandled
     }
-    if (ahead) yield await settle(ahead);
-    ahead = started;
+    if (ahead.length === depth) yield await settle(ahead.shift()!);
+    ahead.push(started);
   }
-  if (ahead) yield await settle(ahead);
+  for (const a of ahead) yield await settle(a);
 }
 
 async function settle(a: { c: FileChunk; p?: Promise<Buffer> }): Promise<FileChunk> {
@@ -142,6 +149,44 @@ async function* pieces(fs: ExtSource, inode: Inode, start: number, end: number, 
   yield* zeroes(end);
 }
 
+/**
+ * fileExtents without I/O: undefined when the block map needs a block read
+ * (an extent tree deeper than the inode, indirect blocks).
+ */
+export function fileExtentsSync(fs: ExtSource, inode: Inode): FileExtents | undefined {
+  const out: FileExtents = {
+    ino: inode.stat.ino,
+    size: inode.stat.size,
+    blockSize: fs.blockSize,
+    runs: [],
+    metaBlocks: [],
+    xattrBlock: inode.fileAcl,
+    inline: false,
+  };
+  if (!hasData(inode)) return out;
+  if (dataInInode(fs, inode)) {
+    out.inline = true;
+    return out;
+  }
+  const runs = inodeRunsSync({ sb: fs.superblock, ino: inode.stat.ino }, inode);
+  if (!runs) return undefined;
+  for (const r of runs) (out.runs as ExtentRun[]).push({ ...r, imageOffset: fs.imageOffset(r.physical) });
+  checkOverlap(out.runs, inode.stat.ino);
+  return out;
+}
+
+export function checkOverlap(runs: Run[], ino: number): void {
+  // Two runs of one file sharing a block is corruption (ext4 has no reflinks).
+  if (runs.length < 2) return;
+  const byPhys = [...runs].sort((a, b) => a.physical - b.physical);
+  for (let i = 1; i < byPhys.length; i++) {
+    const prev = byPhys[i - 1]!;
+    if (byPhys[i]!.physical < prev.physical + prev.length) {
+      throw corrupt(`inode ${ino} block map`, `runs at blocks ${prev.physical} (+${prev.length}) and ${byPhys[i]!.physical} overlap`);
+    }
+  }
+}
+
 export async function fileExtents(fs: ExtSource, inode: Inode): Promise<FileExtents> {
   const out: FileExtents = {
     ino: inode.stat.ino,
@@ -158,16 +203,6 @@ export async function fileExtents(fs: ExtSource, inode: Inode): Promise<FileExte
     return out;
   }
   for await (const r of fs.runs(inode, 0, (b) => out.metaBlocks.push(b))) out.runs.push({ ...r, imageOffset: fs.imageOffset(r.physical) });
-  // Two runs of one file sharing a block is corruption (ext4 has no reflinks).
-  const byPhys = [...out.runs].sort((a, b) => a.physical - b.physical);
-  for (let i = 1; i < byPhys.length; i++) {
-    const prev = byPhys[i - 1]!;
-    if (byPhys[i]!.physical < prev.physical + prev.length) {
-      throw corrupt(
-        `inode ${inode.stat.ino} block map`,
-        `runs at blocks ${prev.physical} (+${prev.length}) and ${byPhys[i]!.physical} overlap`,
-      );
-    }
-  }
+  checkOverlap(out.runs, inode.stat.ino);
   return out;
 }
