@@ -26,6 +26,9 @@ PACKAGES=(
   make              # node-gyp
   g++               # node-gyp
   liburing-dev      # the addon's batched I/O (io_uring); without it the addon falls back to the threadpool
+  libzstd-dev       # the addon's zstd compression for the archive pool
+  borgbackup        # peer of tools/bench-archive.ts
+  restic            # peer of tools/bench-archive.ts
 )
 
 missing=()
