@@ -154,25 +154,26 @@ async function* pieces(fs: ExtSource, inode: Inode, start: number, end: number, 
  * (an extent tree deeper than the inode, indirect blocks).
  */
 export function fileExtentsSync(fs: ExtSource, inode: Inode): FileExtents | undefined {
-  const out: FileExtents = {
+  const out = emptyExtents(fs, inode);
+  if (!hasData(inode) || out.inline) return out;
+  const runs = inodeRunsSync({ sb: fs.superblock, ino: inode.stat.ino }, inode);
+  if (!runs) return undefined;
+  for (const r of runs) (out.runs as ExtentRun[]).push({ ...r, imageOffset: fs.imageOffset(r.physical) });
+  checkOverlap(out.runs, inode.stat.ino);
+  return out;
+}
+
+/** A file's extents before its block map is read: complete for a file without data or with its data in the inode. */
+function emptyExtents(fs: ExtSource, inode: Inode): FileExtents {
+  return {
     ino: inode.stat.ino,
     size: inode.stat.size,
     blockSize: fs.blockSize,
     runs: [],
     metaBlocks: [],
     xattrBlock: inode.fileAcl,
-    inline: false,
+    inline: hasData(inode) && dataInInode(fs, inode),
   };
-  if (!hasData(inode)) return out;
-  if (dataInInode(fs, inode)) {
-    out.inline = true;
-    return out;
-  }
-  const runs = inodeRunsSync({ sb: fs.superblock, ino: inode.stat.ino }, inode);
-  if (!runs) return undefined;
-  for (const r of runs) (out.runs as ExtentRun[]).push({ ...r, imageOffset: fs.imageOffset(r.physical) });
-  checkOverlap(out.runs, inode.stat.ino);
-  return out;
 }
 
 export function checkOverlap(runs: Run[], ino: number): void {
@@ -188,20 +189,8 @@ export function checkOverlap(runs: Run[], ino: number): void {
 }
 
 export async function fileExtents(fs: ExtSource, inode: Inode): Promise<FileExtents> {
-  const out: FileExtents = {
-    ino: inode.stat.ino,
-    size: inode.stat.size,
-    blockSize: fs.blockSize,
-    runs: [],
-    metaBlocks: [],
-    xattrBlock: inode.fileAcl,
-    inline: false,
-  };
-  if (!hasData(inode)) return out;
-  if (dataInInode(fs, inode)) {
-    out.inline = true;
-    return out;
-  }
+  const out = emptyExtents(fs, inode);
+  if (!hasData(inode) || out.inline) return out;
   for await (const r of fs.runs(inode, 0, (b) => out.metaBlocks.push(b))) out.runs.push({ ...r, imageOffset: fs.imageOffset(r.physical) });
   checkOverlap(out.runs, inode.stat.ino);
   return out;
