@@ -13,7 +13,7 @@ import type * as http from 'node:http';
 import type { EventHub } from '../console/events';
 import type { TimelineService } from '../console/timeline';
 import type { JobRegistry } from '../daemon/jobs';
-import { HttpError, allow, sendJson } from '../util/http';
+import { HttpError, allow, sendJson, decodePathName } from '../util/http';
 import { buildOverview, type ConsoleSource } from './console-overview';
 
 export interface ConsoleRouteDeps {
@@ -21,14 +21,6 @@ export interface ConsoleRouteDeps {
   jobs: JobRegistry;
   events: EventHub;
   source: ConsoleSource;
-}
-
-function decode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    throw new HttpError(400, 'malformed name in URL');
-  }
 }
 
 function timeParam(q: URLSearchParams, key: string): number | undefined {
@@ -57,7 +49,7 @@ export async function routeConsole(
       throw new HttpError(400, 'buckets must be a positive integer');
     const from = timeParam(q, 'from');
     const to = timeParam(q, 'to');
-    sendJson(res, 200, await deps.timeline.timeline(decode(tl[1]!), { from, to, buckets }));
+    sendJson(res, 200, await deps.timeline.timeline(decodePathName(tl[1]!), { from, to, buckets }));
     return true;
   }
   if (p === '/v1/console/overview') {

@@ -23,17 +23,9 @@
  */
 import type * as http from 'node:http';
 import type { FileCatalog } from '../file-catalog/service';
-import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
+import { HttpError, allow, readJsonObject, sendJson, decodePathName } from '../util/http';
 
 const MAX_BLOB = 1 << 30;
-
-function decode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    throw new HttpError(400, 'malformed name in URL');
-  }
-}
 
 function intParam(q: URLSearchParams, k: string): number | undefined {
   const v = q.get(k);
@@ -147,7 +139,7 @@ export async function routeFiles(
   }
   const m = /^\/v1\/volumes\/([^/]+)\/(files|files\/versions|files\/content|changed-files|catalog|catalog\/blob|catalog\/import)$/.exec(p);
   if (!m) return false;
-  const volume = decode(m[1]!);
+  const volume = decodePathName(m[1]!);
   // What the catalog alone answers also works for a volume that is gone, from its imported catalog (an archive's).
   const catalogOnly =
     ['files', 'files/versions', 'catalog/blob', 'catalog/import'].includes(m[2]!) || (m[2] === 'catalog' && method !== 'POST');

@@ -28,19 +28,11 @@
  */
 import type * as http from 'node:http';
 import { UserError } from '../util/errors';
-import { httpStatusOf } from '../util/http';
+import { httpStatusOf, decodePathName } from '../util/http';
 import type { VolumeManager } from '../daemon/volumes';
 import type { Progress, TimeTravel } from '../timetravel/service';
 import { HttpError, allow, readJsonObject, sendJson } from '../util/http';
 import { tracked, type JobRegistry } from '../daemon/jobs';
-
-function decode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    throw new HttpError(400, 'malformed name in URL');
-  }
-}
 
 function only(body: Record<string, unknown>, fields: string[]): void {
   for (const k of Object.keys(body)) {
@@ -98,10 +90,10 @@ export async function routeTimeTravel(
   }
   const mk = /^\/v1\/markers\/([^/]+)(?:\/([^/]+))?$/.exec(p);
   if (mk) {
-    const target = decode(mk[1]!);
+    const target = decodePathName(mk[1]!);
     if (mk[2]) {
       allow(method, ['DELETE']);
-      sendJson(res, 200, await tt.markers.unmark(target, decode(mk[2])));
+      sendJson(res, 200, await tt.markers.unmark(target, decodePathName(mk[2])));
       return true;
     }
     allow(method, ['GET', 'HEAD', 'POST']);
@@ -138,7 +130,7 @@ export async function routeTimeTravel(
   }
   let m = /^\/v1\/views\/([^/]+)(\/step)?$/.exec(p);
   if (m) {
-    const name = decode(m[1]!);
+    const name = decodePathName(m[1]!);
     if (m[2]) {
       allow(method, ['POST']);
       const body = await readJsonObject(req);
@@ -153,7 +145,7 @@ export async function routeTimeTravel(
   }
   m = /^\/v1\/volumes\/([^/]+)\/(resolve|snapshots|clones|restore|restores|export|surface|schedule|diff|bisect-candidates)$/.exec(p);
   if (!m) return false;
-  const name = decode(m[1]!);
+  const name = decodePathName(m[1]!);
   const action = m[2]!;
   if (!volumes.get(name) && !(action === 'clones' && tt.views.has(name))) throw new HttpError(404, `no volume named "${name}"`);
   switch (action) {

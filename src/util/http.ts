@@ -93,3 +93,12 @@ export async function readJsonObject(req: http.IncomingMessage): Promise<Record<
   }
   return value as Record<string, unknown>;
 }
+
+/** A name taken from a URL path segment; malformed percent-encoding is the client's error (400). */
+export function decodePathName(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new HttpError(400, 'malformed name in URL');
+  }
+}
