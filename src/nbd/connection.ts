@@ -49,6 +49,10 @@ const enum Phase {
   Closed,
 }
 
+/** Stopping: how long a connection with nothing in flight waits for more requests to refuse. */
+const STOP_LINGER_MS = 300;
+const STOP_LINGER_MAX_MS = 1500;
+
 /** Reads at least this large use recycled buffers (direct WRITE payloads always do). */
 const POOL_MIN = 64 * 1024;
 /** Bytes of idle read buffers a connection keeps. */
@@ -84,6 +88,10 @@ export class Connection implements Wire, BudgetHolder {
   private discMode = false;
   /** The server is shutting down: requests are refused as they arrive; close once none is in flight. */
   private stopping = false;
+  private lingerTimer: NodeJS.Timeout | null = null;
+  /** Bytes received from the client (the linger re-arms while more arrive). */
+  private received = 0;
+  private stopSince = 0;
   private corkScheduled = false;
   private inputEnded = false;
   /**
@@ -315,10 +323,11 @@ export class Connection implements Wire, BudgetHolder {
     if (this.phase === Phase.Handshake) this.destroy();
     else if (this.phase === Phase.Transmission && !this.discMode) {
       this.stopping = true;
+      this.stopSince = Date.now();
       this.tx!.refuseAll();
       this.updateFlow();
       this.pumpSafe();
-      if (this.inflight === 0 && !this.discMode) this.softDisconnect();
+      if (this.inflight === 0) this.lingerThenClose();
     }
     // Once the last replies are out, drop the socket (a client that keeps its side open must not hold the shutdown).
     return this.closed().then(
@@ -334,6 +343,25 @@ export class Connection implements Wire, BudgetHolder {
           sock.once('close', done);
         }),
     );
+  }
+
+  /**
+   * Stopping with nothing in flight: requests the client sent before it
+   * saw our ESHUTDOWN may still be on the wire; they are read and refused
+   * for a moment (until the client's NBD_CMD_DISC, or STOP_LINGER_MS
+   * without a new request), then the connection closes.
+   */
+  private lingerThenClose(): void {
+    if (this.discMode || this.phase !== Phase.Transmission) return;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    const seen = this.received;
+    this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = null;
+      // Re-armed while requests keep coming, but not past STOP_LINGER_MAX_MS: a client that ignores ESHUTDOWN is closed.
+      if (this.received !== seen && Date.now() - this.stopSince < STOP_LINGER_MAX_MS) return this.lingerThenClose();
+      if (this.inflight === 0 && !this.discMode) this.softDisconnect();
+    }, STOP_LINGER_MS);
+    this.lingerTimer.unref?.();
   }
 
   softDisconnect(): void {
@@ -352,6 +380,7 @@ export class Connection implements Wire, BudgetHolder {
   /** `n` bytes arrived in `buf`, a buffer readBuffer() returned (onread mode). */
   onRead(n: number, buf: Buffer): boolean {
     if (this.phase === Phase.Closing || this.phase === Phase.Closed) return true;
+    this.received += n;
     this.rx.received(n, buf);
     return true;
   }
@@ -398,6 +427,7 @@ export class Connection implements Wire, BudgetHolder {
 
   private readonly onData = (chunk: Buffer): void => {
     if (this.phase === Phase.Closing || this.phase === Phase.Closed) return;
+    this.received += chunk.length;
     this.rx.push(chunk);
   };
 
@@ -430,7 +460,7 @@ export class Connection implements Wire, BudgetHolder {
     this.inflight--;
     this.inflightBytes -= bytes;
     this.updateFlow();
-    if (this.stopping && this.inflight === 0 && !this.discMode) this.softDisconnect();
+    if (this.stopping && this.inflight === 0) this.lingerThenClose();
     else if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
     if (this.phase === Phase.Closing) this.maybeFinish();
   }
@@ -519,6 +549,7 @@ export class Connection implements Wire, BudgetHolder {
     this.phase = Phase.Closed;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     if (this.stallTimer) clearTimeout(this.stallTimer);
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.handshakeTimer = this.stallTimer = null;
     this.rx.release();
     this.bufferPool.clear();
