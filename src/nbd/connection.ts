@@ -460,7 +460,7 @@ export class Connection implements Wire, BudgetHolder {
     this.inflight--;
     this.inflightBytes -= bytes;
     this.updateFlow();
-    if (this.stopping && this.inflight === 0) this.lingerThenClose();
+    if (this.stopping && this.inflight === 0 && !this.discMode && !this.inputEnded) this.lingerThenClose();
     else if (this.discMode || this.inputEnded) this.maybeEndAfterDisc();
     if (this.phase === Phase.Closing) this.maybeFinish();
   }
