@@ -29,15 +29,12 @@ export interface RecoveryReport {
   damagedManifests: Array<{ manifest: string; reason: string }>;
 }
 
+function emptyReport(): RecoveryReport {
+  return { salvagedPacks: 0, salvagedChunks: 0, deletedPacks: 0, indexedPacks: 0, damagedPacks: [], damagedManifests: [] };
+}
+
 export async function recover(core: PoolCore): Promise<RecoveryReport> {
-  const r: RecoveryReport = {
-    salvagedPacks: 0,
-    salvagedChunks: 0,
-    deletedPacks: 0,
-    indexedPacks: 0,
-    damagedPacks: [],
-    damagedManifests: [],
-  };
+  const r = emptyReport();
   const stamp = core.index.nextEpoch();
   for (const name of fs.readdirSync(core.stagingDir)) {
     const file = path.join(core.stagingDir, name);
@@ -97,14 +94,7 @@ async function indexUnknownPacks(core: PoolCore, stamp: number, r: RecoveryRepor
 export async function rebuildIndex(core: PoolCore): Promise<RecoveryReport> {
   await core.index.clearAll();
   core.store.quarantinedHex.clear();
-  const r: RecoveryReport = {
-    salvagedPacks: 0,
-    salvagedChunks: 0,
-    deletedPacks: 0,
-    indexedPacks: 0,
-    damagedPacks: [],
-    damagedManifests: [],
-  };
+  const r = emptyReport();
   await indexUnknownPacks(core, core.index.nextEpoch(), r);
   await core.refreshBloom();
   return r;
