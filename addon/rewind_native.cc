@@ -12,6 +12,7 @@
 //                                                   physicalSectorSize,
 //                                                   major, minor }
 //   fadviseWillNeed(fd, offset, length)        -> undefined
+//   fadviseRandom(fd)                          -> undefined (no readahead)
 //   preadNoWait(fd, buf, bufOff, len, pos)     -> bytes read, or -1 if the
 //   pwriteNoWait(fd, buf, bufOff, len, pos)       kernel would block (the
 //                                                 data is not in the page
@@ -446,6 +447,18 @@ Napi::Value FadviseWillNeed(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Readahead off for this open file: sorted scattered small reads (a
+// container's before-images) otherwise ramp the readahead window up and
+// fill large folios, zeroing whole holes for a 4 KiB read (20x slower here).
+Napi::Value FadviseRandom(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+#ifdef POSIX_FADV_RANDOM
+  int r = ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+  if (r != 0) throw ErrnoError(info.Env(), r, "posix_fadvise(RANDOM)", "posix_fadvise");
+#endif
+  return info.Env().Undefined();
+}
+
 // Positioned I/O that refuses to block: RWF_NOWAIT. Returns the byte count,
 // -1 when the kernel reports EAGAIN (would block), or -2 when it does not
 // support RWF_NOWAIT for this file (EOPNOTSUPP: e.g. buffered writes on
@@ -538,6 +551,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize, "blockDeviceSize"));
   exports.Set("blockDeviceInfo", Napi::Function::New(env, BlockDeviceInfo, "blockDeviceInfo"));
   exports.Set("fadviseWillNeed", Napi::Function::New(env, FadviseWillNeed, "fadviseWillNeed"));
+  exports.Set("fadviseRandom", Napi::Function::New(env, FadviseRandom, "fadviseRandom"));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
   exports.Set("pwriteNoWait", Napi::Function::New(env, PwriteNoWait, "pwriteNoWait"));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));

@@ -64,6 +64,7 @@ interface RawAddon {
   blockDeviceSize(fd: number): number;
   blockDeviceInfo(fd: number): BlockDeviceInfo;
   fadviseWillNeed(fd: number, offset: number, length: number): void;
+  fadviseRandom(fd: number): void;
   preadNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   pwriteNoWait(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   peerCredentials(fd: number): PeerCredentials;
@@ -225,7 +226,11 @@ export function fadviseWillNeed(fd: number, offset: number, length: number): voi
   loadNative().fadviseWillNeed(fd, offset, length);
 }
 
-/** True if err is an "operation not supported" failure (EOPNOTSUPP/ENOTSUP/ENOSYS). */
+/** posix_fadvise(POSIX_FADV_RANDOM) on the whole file: no readahead for this descriptor. */
+export function fadviseRandom(fd: number): void {
+  loadNative().fadviseRandom(fd);
+}
+
 /**
  * pread that never waits for the disk (preadv2 + RWF_NOWAIT): returns the
  * bytes read from the page cache (possibly short), -1 if it would block, or
@@ -286,6 +291,7 @@ export function zstdVersion(): string {
   return loadNative().zstdVersion;
 }
 
+/** True if err is an "operation not supported" failure (EOPNOTSUPP/ENOTSUP/ENOSYS). */
 export function isNotSupported(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS';
