@@ -298,7 +298,7 @@ async function withFd<T>(filePath: string, flags: string, fn: (fd: number, size:
  * Throws LfcFormatError (with path and offset) if the file header itself is
  * invalid; anything wrong after it is reported in tornAt/problem.
  */
-export function scanContainer(filePath: string): Promise<ScanResult> {
+export function scanContainer(filePath: string, onRecord?: (rec: StoredRecord) => void): Promise<ScanResult> {
   return withFd(filePath, 'r', async (fd, size) => {
     const r = new ChunkReader(fd, size);
     try {
@@ -309,6 +309,7 @@ export function scanContainer(filePath: string): Promise<ScanResult> {
         let rec = w.trySync();
         if (rec === undefined) rec = await w.slow();
         if (rec === null) break;
+        onRecord?.(rec);
       }
       return toScanResult(header, st);
     } finally {
@@ -428,14 +429,17 @@ export async function repairActive(filePath: string): Promise<RepairResult> {
 /**
  * Full verification of a sealed container: header CRC, every record CRC,
  * footer CRC and footer fields against the records. Never throws for bad
- * content; throws for I/O errors (ENOENT, EIO...).
+ * content; throws for I/O errors (ENOENT, EIO...). `onRecord` sees each
+ * record whose checksums held, in order, without its payload (so a caller
+ * that needs the headers reads the file once); what it throws propagates.
  */
 export async function verifyContainer(
   filePath: string,
+  onRecord?: (rec: StoredRecord) => void,
 ): Promise<{ ok: true; footer: Footer } | { ok: false; offset: number; problem: string }> {
   let res: ScanResult;
   try {
-    res = await scanContainer(filePath);
+    res = await scanContainer(filePath, onRecord);
   } catch (err) {
     if (err instanceof LfcFormatError) return { ok: false, offset: err.offset, problem: err.problem };
     throw err;

@@ -48,7 +48,7 @@ import {
   emptyStats,
   planBatches,
   runsBytes,
-  scanHeaders,
+  addRecord,
   unpackBeforeBlocks,
   type RecordStats,
   type RecordTableData,
@@ -105,6 +105,14 @@ export interface ApplyTask {
   table: RecordTableData;
   runs: BlockRun[];
   batchBytes: number;
+  /** fdatasync the replica at the end (default). False: the caller runs a SyncTask. */
+  sync?: boolean;
+}
+
+/** fdatasync of replicated images written by apply tasks with sync: false. */
+export interface SyncTask {
+  op: 'sync';
+  paths: string[];
 }
 
 export type Failure = {
@@ -150,12 +158,18 @@ export interface ApplyOk {
   timings: Record<string, number>;
 }
 
-export type Task = VerifyTask | BilfcTask | ApplyTask;
+export interface SyncOk {
+  ok: true;
+  timings: Record<string, number>;
+}
 
-export default async function run(task: Task): Promise<VerifyOk | BilfcOk | ApplyOk | Failure> {
+export type Task = VerifyTask | BilfcTask | ApplyTask | SyncTask;
+
+export default async function run(task: Task): Promise<VerifyOk | BilfcOk | ApplyOk | SyncOk | Failure> {
   try {
     if (task.op === 'verify') return await verify(task);
     if (task.op === 'bilfc') return await bilfc(task);
+    if (task.op === 'sync') return syncFiles(task.paths);
     return await apply(task);
   } catch (err) {
     if (err instanceof PlanError) {
@@ -186,31 +200,6 @@ function checkFileHeader(file: string, kind: ContainerKind, groupId: number, n: 
   }
 }
 
-interface Scanned {
-  table: RecordTable;
-  stats: RecordStats;
-  runs: BlockRun[];
-  sizes: Map<number, number>;
-}
-
-/**
- * Scans AILFC_n's record headers (payloads stay on disk; their checksums
- * were verified by verifyContainer) into a table and its block runs.
- */
-function scan(ailfcPath: string, volumes: WorkerVolume[], blockSize: number): Scanned {
-  const sizes = volumeSizes(volumes);
-  const table = new RecordTable();
-  const stats = emptyStats();
-  const fd = fs.openSync(ailfcPath, 'r');
-  try {
-    scanHeaders(fd, fs.fstatSync(fd).size - FOOTER_SIZE, table, stats, sizes);
-  } finally {
-    fs.closeSync(fd);
-  }
-  const runs = computeRuns(table, blockSize, sizes, FILE_HEADER_SIZE);
-  return { table, stats, runs, sizes };
-}
-
 function volumeSizes(volumes: WorkerVolume[]): Map<number, number> {
   return new Map(volumes.map((v) => [v.volumeId, v.size] as [number, number]));
 }
@@ -219,13 +208,29 @@ function volumeSizes(volumes: WorkerVolume[]): Map<number, number> {
 async function verify(task: VerifyTask): Promise<VerifyOk | Failure> {
   const { n, blockSize } = task;
   const clock = new Clock();
-  const v = await verifyContainer(task.ailfcPath);
+  // One pass: the headers go into the table as the checksums are verified.
+  // A record the group cannot take is reported only if the container is
+  // intact (corruption is the more important finding).
+  const sizes = volumeSizes(task.volumes);
+  const table = new RecordTable();
+  const stats = emptyStats();
+  let invalid: PlanError | null = null;
+  const v = await verifyContainer(task.ailfcPath, (rec) => {
+    if (invalid) return;
+    try {
+      addRecord(table, stats, rec.kind, rec.volumeId, rec.seq, rec.time, rec.offset, rec.length, rec.payloadLength, rec.position, sizes);
+    } catch (err) {
+      if (!(err instanceof PlanError)) throw err;
+      invalid = err;
+    }
+  });
   clock.lap('verify');
   if (!v.ok) return fail('corrupt', 'ailfc', v.offset, v.problem);
   const hp = checkFileHeader(task.ailfcPath, ContainerKind.AILFC, task.groupId, n);
   if (hp) return fail('corrupt', 'ailfc', 0, hp);
+  if (invalid) throw invalid;
   const footer = v.footer;
-  const { table, stats, runs, sizes } = scan(task.ailfcPath, task.volumes, blockSize);
+  const runs = computeRuns(table, blockSize, sizes, FILE_HEADER_SIZE);
   clock.lap('scan');
   if (
     stats.records !== footer.recordCount ||
@@ -385,6 +390,19 @@ async function bilfc(task: BilfcTask): Promise<BilfcOk | Failure> {
     built: true,
     timings: clock.laps,
   };
+}
+
+function syncFiles(paths: string[]): SyncOk {
+  const clock = new Clock();
+  for (const p of paths) {
+    const fd = fs.openSync(p, 'r+');
+    try {
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return { ok: true, timings: clock.lap('fdatasync') };
 }
 
 class Clock {
@@ -548,8 +566,10 @@ async function apply(task: ApplyTask): Promise<ApplyOk | Failure> {
       clock.lap('write');
       if (bi === Math.floor(batches.length / 2)) crashPoint('apply-mid', n);
     }
-    fs.fdatasyncSync(replicaFd);
-    clock.lap('fdatasync');
+    if (task.sync !== false) {
+      fs.fdatasyncSync(replicaFd);
+      clock.lap('fdatasync');
+    }
   } finally {
     fs.closeSync(ailfcFd);
     fs.closeSync(bilfcFd);

@@ -55,7 +55,7 @@ import * as path from 'node:path';
 import { fsyncDir } from '../util/fsync-dir';
 import Piscina from 'piscina';
 import { verifyContainer } from '../lfc';
-import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, VerifyOk, VerifyTask, WorkerVolume } from './apply-worker';
+import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, SyncOk, SyncTask, VerifyOk, VerifyTask, WorkerVolume } from './apply-worker';
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
 import { takeCopy } from './history-copy';
@@ -133,6 +133,11 @@ export class BackupManager {
   /** T_n's apply has touched the replica: readers must keep going to BILFC_n until it is committed. */
   private replicaTouched = false;
   private readonly prefetched = new Map<number, { ref: SealedContainerRef; result: Promise<VerifyOk | Failure> }>();
+  /**
+   * BILFC_n+1 built while T_n's replica writes are being made durable (see
+   * speculate()); null result: nothing was built.
+   */
+  private speculative: { n: number; ref: SealedContainerRef; result: Promise<BilfcOk | Failure | null> } | null = null;
   private closed = false;
   readonly groupId: number;
   readonly blockSize: number;
@@ -444,6 +449,59 @@ export class BackupManager {
     this.prefetched.set(n, { ref, result });
   }
 
+  private bilfcTask(n: number, ver: VerifyOk, bilfcExists: boolean): BilfcTask {
+    return {
+      op: 'bilfc',
+      n,
+      groupId: this.groupId,
+      blockSize: this.blockSize,
+      historyDir: this.historyDir,
+      bilfcExists,
+      volumes: this.workerVolumes(),
+      runs: ver.runs,
+      blocks: ver.blocks,
+      bilfcSize: ver.bilfcSize,
+    };
+  }
+
+  /**
+   * Builds BILFC_n (T_n-1's replica writes done, not yet durable) while
+   * T_n-1's fdatasync runs: it hides the sync's wait. The replica it reads
+   * is the state T_n-1's commit will declare, and a redo of T_n-1 after a
+   * crash writes the same bytes, so the BILFC is valid either way. Only
+   * with AILFC_n verified already (prefetched); once per n (a retry of
+   * T_n-1 keeps the first).
+   */
+  private speculate(n: number): void {
+    const pre = this.prefetched.get(n);
+    if (!pre || this.closed || this.speculative?.n === n) return;
+    const bilfcPath = this.history.historyPath('bilfc', n);
+    const result = (async () => {
+      const ver = await pre.result;
+      if (!ver.ok) return null;
+      await fs.promises.rm(`${bilfcPath}.tmp`, { force: true });
+      const built = (await this.pool.run(this.bilfcTask(n, ver, await exists(bilfcPath)))) as BilfcOk | Failure;
+      return built;
+    })();
+    result.catch(() => undefined);
+    this.speculative = { n, ref: pre.ref, result };
+  }
+
+  /**
+   * The speculative BILFC_n's result when it is usable for this copy of
+   * AILFC_n; otherwise null, with anything it built removed (the caller
+   * builds BILFC_n afresh from the replica, which is T_n-1's state).
+   */
+  private async takeSpeculation(n: number, ref: SealedContainerRef): Promise<BilfcOk | Failure | null> {
+    const spec = this.speculative;
+    if (!spec || spec.n !== n) return null;
+    this.speculative = null;
+    const r = await spec.result.catch(() => null);
+    if (r?.ok && spec.ref === ref) return r;
+    if (r?.ok && r.built) await fs.promises.rm(this.history.historyPath('bilfc', n), { force: true });
+    return null;
+  }
+
   /** Processes AILFC_n (n is the next container); resolves once T_n is committed. */
   private async process(n: number, ref: SealedContainerRef): Promise<CommitInfo> {
     const t0 = Date.now();
@@ -468,22 +526,13 @@ export class BackupManager {
     }
     this.startPrefetch(n + 1);
 
-    await fs.promises.rm(`${bilfcPath}.tmp`, { force: true });
-    const bilfcExists = await exists(bilfcPath);
-    const volumes = this.workerVolumes();
-    const bilfcTask: BilfcTask = {
-      op: 'bilfc',
-      n,
-      groupId: this.groupId,
-      blockSize: this.blockSize,
-      historyDir: this.historyDir,
-      bilfcExists,
-      volumes,
-      runs: ver.runs,
-      blocks: ver.blocks,
-      bilfcSize: ver.bilfcSize,
-    };
-    const bil = (await this.pool.run(bilfcTask)) as BilfcOk | Failure;
+    let bil = await this.takeSpeculation(n, ref);
+    let bilfcExists = true;
+    if (!bil) {
+      await fs.promises.rm(`${bilfcPath}.tmp`, { force: true });
+      bilfcExists = await exists(bilfcPath);
+      bil = (await this.pool.run(this.bilfcTask(n, ver, bilfcExists))) as BilfcOk | Failure;
+    }
     if (!bil.ok) throw await this.failure(n, bil, ailfcPath, bilfcPath, bilfcExists);
     const t1 = Date.now();
     const prep = ver;
@@ -493,6 +542,7 @@ export class BackupManager {
     await this.history.beginApply(n, prep.runs, bilfcPath);
     this.replicaTouched = true;
 
+    const volumes = this.workerVolumes();
     const touched = [...new Set(prep.runs.map((r) => r.volumeId))];
     const batchBytes = this.opts.batchBytes ?? 16 << 20;
     const results = await Promise.all(
@@ -507,6 +557,7 @@ export class BackupManager {
           table: prep.table,
           runs: prep.runs.filter((r) => r.volumeId === volumeId),
           batchBytes,
+          sync: false,
         };
         return this.pool.run(task) as Promise<ApplyOk | Failure>;
       }),
@@ -518,6 +569,11 @@ export class BackupManager {
       bytesApplied += r.bytes;
       for (const [k, v] of Object.entries(r.timings)) applyTimings[k] = Math.max(applyTimings[k] ?? 0, v);
     }
+    // The replica's writes become durable while BILFC_n+1 is built from it.
+    this.speculate(n + 1);
+    const sync: SyncTask = { op: 'sync', paths: touched.map((v) => this.replicaPath(v)) };
+    const synced = (await this.pool.run(sync)) as SyncOk;
+    applyTimings.fdatasync = synced.timings.fdatasync ?? 0;
     crashPoint('apply-done', n);
     const t2 = Date.now();
 
@@ -729,6 +785,8 @@ export class BackupManager {
     if (this.running) await this.running.catch(() => undefined);
     await Promise.allSettled([...this.prefetched.values()].map((p) => p.result));
     this.prefetched.clear();
+    await this.speculative?.result.catch(() => undefined);
+    this.speculative = null;
     const err = new Error('backup manager closed before the container was applied');
     for (const p of this.pending.values()) for (const w of p.waiters) w.reject(err);
     this.pending.clear();
