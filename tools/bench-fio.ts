@@ -318,15 +318,28 @@ interface Metrics {
   ioBytes: number;
 }
 
-function fioArgs(srv: RunningServer, name: string, rw: string, bs: string, iodepth: number, size: number, outFile: string): string[] {
+function fioArgs(
+  srv: RunningServer,
+  name: string,
+  rw: string,
+  bs: string,
+  iodepth: number,
+  size: number,
+  outFile: string,
+  jobs = 1,
+): string[] {
+  // Several jobs (one NBD connection each) split the export into equal
+  // slices. The journal limit stays one stream: it is the machine's.
+  const n = srv.target ? 1 : jobs;
+  const slice = Math.floor(size / n / MiB) * MiB;
   return [
     `--name=${name}`,
     ...(srv.target ? [] : ['--ioengine=nbd', `--uri=${srv.uri}`]),
     `--rw=${rw}`,
     `--bs=${bs}`,
     `--iodepth=${iodepth}`,
-    '--numjobs=1',
-    `--size=${size}`,
+    `--numjobs=${n}`,
+    ...(n > 1 ? [`--size=${slice}`, `--offset_increment=${slice}`] : [`--size=${size}`]),
     '--output-format=json',
     `--output=${outFile}`,
     // Last, so that a target may override the size (the journal limit never wraps around).
@@ -393,6 +406,7 @@ interface CliOptions {
   ramp: number;
   size: number;
   repeat: number;
+  jobs: number;
   dir: string;
   json: string | null;
   baseline: string | null;
@@ -483,6 +497,12 @@ function parseOptions(argv: string[]): CliOptions {
         .default(4 * GiB, '4G'),
     )
     .option('--repeat <n>', 'runs per cell; the median is reported', positiveInt('--repeat'), 1)
+    .option(
+      '--jobs <n>',
+      'fio jobs per measured run, one NBD connection each (numjobs; MB/s and IOPS are their sum)',
+      positiveInt('--jobs'),
+      1,
+    )
     .option('--dir <dir>', 'parent of the temporary directory holding the files', '/var/tmp')
     .option('--json <file>', 'also write all results as JSON to this file')
     .option('--baseline <server>', 'server whose ratio to the others is shown (default: rewind servers, else the first)')
@@ -498,6 +518,7 @@ function parseOptions(argv: string[]): CliOptions {
     ramp: number;
     size: number;
     repeat: number;
+    jobs: number;
     dir: string;
     json?: string;
     baseline?: string;
@@ -525,6 +546,7 @@ function parseOptions(argv: string[]): CliOptions {
     ramp: o.ramp,
     size: o.size,
     repeat: o.repeat,
+    jobs: o.jobs,
     dir: path.resolve(o.dir),
     json: o.json ? path.resolve(o.json) : null,
     baseline: o.baseline ?? null,
@@ -661,7 +683,10 @@ async function main(): Promise<number> {
       `${os.type()} ${os.release()}, ${cpu.length} CPU (${cpu[0]?.model.trim() ?? '?'}), ${fmtBytes(Math.round(os.totalmem() / GiB) * GiB)} RAM`,
     ],
     ['files', `${fmtBytes(opts.size)} sparse file per server under ${tmp}`],
-    ['runs', `fio ioengine=nbd, ${opts.runtime} s measured after ${opts.ramp} s ramp, median of ${opts.repeat}`],
+    [
+      'runs',
+      `fio ioengine=nbd, ${opts.jobs} job(s) and connection(s), ${opts.runtime} s measured after ${opts.ramp} s ramp, median of ${opts.repeat}`,
+    ],
   ];
   console.log(`bench-fio ${new Date().toISOString()}`);
   console.log(
@@ -720,7 +745,7 @@ async function main(): Promise<number> {
         process.stderr.write(`[${++done}/${total}] ${what}... `);
         midLine = true;
         const args = [
-          ...fioArgs(srv, profile.name, profile.rw, profile.bs, profile.iodepth, opts.size, outFile),
+          ...fioArgs(srv, profile.name, profile.rw, profile.bs, profile.iodepth, opts.size, outFile, opts.jobs),
           '--time_based',
           `--runtime=${opts.runtime}`,
           `--ramp_time=${opts.ramp}`,
@@ -786,6 +811,7 @@ async function main(): Promise<number> {
         runtimeSeconds: opts.runtime,
         rampSeconds: opts.ramp,
         repeat: opts.repeat,
+        jobs: opts.jobs,
         profiles: opts.profiles,
         servers: servers.map((s) => ({
           name: s.name,
