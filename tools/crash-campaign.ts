@@ -26,7 +26,7 @@ async function main(): Promise<number> {
     .option('--minutes <m>', 'stop after this long')
     .option('--seed <n>', 'seed (to replay a violation)')
     .option('--dir <dir>', 'working directory (data directories; kept on a violation)')
-    .option('--restore-every <n>', 'a production restore every N rounds (single mode; 0: never)', '8')
+    .option('--restore-every <n>', 'a production restore every N rounds (0: never)', '8')
     .option('--keep', 'keep the data directories even without a violation')
     .parse(process.argv)
     .opts<{ mode: string; rounds: string; minutes?: string; seed?: string; dir?: string; restoreEvery: string; keep?: boolean }>();

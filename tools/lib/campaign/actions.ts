@@ -2,7 +2,7 @@
  * What the crash campaign does to the volume while the load runs and the
  * kill timer ticks: quiescent cuts (the points later checked against the
  * model, some pinned by markers), seals, fades, reads of a clone, a
- * production restore (single-process) and link cuts (two-role). Each marks
+ * production restore and link cuts (two-role). Each marks
  * its phase while it runs, so a kill is counted against what it hit.
  */
 import { sleep } from '../../../test/helpers/daemon';
@@ -125,9 +125,12 @@ export async function linkCut(w: World, r: () => number): Promise<void> {
   });
 }
 
-/** Production restore to a recent cut (single-process). The load stops: a restore disconnects clients. Forced: the clone keeps its point. */
+/**
+ * Production restore to a recent cut. The load stops: a restore disconnects
+ * clients. Forced: the clone keeps its point. In the two-role mode it is
+ * asked of the manager, which sends the blocks to the intercept.
+ */
 export async function restore(w: World, r: () => number, reconnect: () => Promise<void>): Promise<void> {
-  if (w.t.mode !== 'single') return;
   // A cut of this round first when there is none recent (history older may have faded).
   if (!w.cuts.some((c) => c.round >= w.round - 1)) await cut(w, false);
   const recent = w.cuts.filter((c) => c.round >= w.round - 1);
@@ -138,7 +141,8 @@ export async function restore(w: World, r: () => number, reconnect: () => Promis
     await w.load.close();
     w.ledgerValid = false; // the restore rolls the ledger's blocks back too
     w.restoring = { pre: w.model.current(), target: target.hashes };
-    const res = await apiCall(w.t.interceptSocket, 'POST', `${V}/restore`, { to: `@seq:${target.seq}`, force: true }, 600_000);
+    const api = w.t.mode === 'single' ? w.t.interceptSocket : w.t.managerSocket;
+    const res = await apiCall(api, 'POST', `${V}/restore`, { to: `@seq:${target.seq}`, force: true }, 600_000);
     if (res.status >= 300) {
       // Cut off by the kill, the restore may still be finished at start-up: the check keeps both states.
       if (!w.killed) {

@@ -51,7 +51,7 @@ export interface CampaignOptions {
   rounds: number;
   /** Stop after this long even if rounds remain. */
   timeLimitMs?: number;
-  /** Every how many rounds a restore is tried (single-process), 0: never. */
+  /** Every how many rounds a restore is tried, 0: never. */
   restoreEvery?: number;
   log?(line: string): void;
 }
@@ -143,7 +143,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
       await startLoad(round);
       const ledger = startLedgerWriter(t.ledgerUri(), round, { blocks: LEDGER_BLOCKS, flushEvery: 8 });
       const killAt = Date.now() + 200 + r() * 3500;
-      const canRestore = o.mode === 'single' && (o.restoreEvery ?? 8) > 0 && round % (o.restoreEvery ?? 8) === 0;
+      const canRestore = (o.restoreEvery ?? 8) > 0 && round % (o.restoreEvery ?? 8) === 0;
       const fadeOrSeal = () => (canFade ? fade(w) : seal(w));
       const linkOrCut = () => (t.linkCut ? linkCut(w, r) : cut(w, false));
       // Rounds open with these in turn (restore rounds with the restore), so a few rounds see every kind.
