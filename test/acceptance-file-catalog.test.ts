@@ -343,6 +343,12 @@ test('kill -9 during a catalog build: the restarted daemon builds the point agai
       if (Date.now() > deadline) throw new Error(`the build did not get going: ${JSON.stringify(j)}`);
       await new Promise((res) => setTimeout(res, 50));
     }
+    type DaemonJobs = { jobs: Array<{ kind: string; target: string; state: string; progress: { done: number } | null }> };
+    const running = (await apiOk<DaemonJobs>(d, 'GET', '/v1/jobs')).jobs;
+    t.truthy(
+      running.find((x) => x.kind === 'catalog' && x.target === 'k' && x.state === 'running' && (x.progress?.done ?? 0) > 0),
+      `the build is among the daemon's jobs, with progress: ${JSON.stringify(running)}`,
+    );
     const killed = await d.kill('SIGKILL');
     t.is(killed.signal, 'SIGKILL');
     // The same data directory, now at full speed.
@@ -356,6 +362,11 @@ test('kill -9 during a catalog build: the restarted daemon builds the point agai
     }
     t.is(job.state, 'done');
     t.is(job.attempts, 2, 'run again after the restart');
+    const finished = (await apiOk<DaemonJobs>(d2, 'GET', '/v1/jobs')).jobs;
+    t.truthy(
+      finished.find((x) => x.kind === 'catalog' && x.target === 'k' && x.state === 'done'),
+      `the restarted build is a finished daemon job: ${JSON.stringify(finished)}`,
+    );
     const listed = await listAll(d2, 'k', `@seq:${r.job.seq}`);
     t.is(listed.length, fls(image).length, 'every path, once');
     t.is(new Set(listed.map((e) => e.pathRaw)).size, listed.length);

@@ -267,6 +267,7 @@ export class Daemon {
         logger.info({ dataDir: layout.dataDir, from: 1, to: DATA_DIR_FORMAT }, 'data directory upgraded to the current format');
       // Retention starts after time travel has re-pinned its views (fading respects pins).
       const jobs = new JobRegistry();
+      fileCatalog.jobs.reporter = jobs;
       const retention = new RetentionService(protection, catalog, logger.child({ component: 'retention' }), process.env, jobs);
       cleanups.push(() => retention.stop());
       const ls = linkServer;

@@ -1,6 +1,6 @@
 /**
  * The daemon's job registry: the long operations running now (restores,
- * fades, verifies, exports, diffs; archives once they exist) and the last
+ * fades, verifies, exports, diffs, archives, file catalog builds) and the last
  * ones that finished, with their progress and errors, for `GET /v1/jobs`
  * and the web console. It only records: a job is whatever reports to it,
  * and it never cancels or schedules anything.
@@ -8,7 +8,7 @@
  * Bounded: finished jobs beyond the most recent KEEP_FINISHED are dropped.
  */
 
-export type JobKind = 'restore' | 'fade' | 'verify' | 'export' | 'diff' | 'archive';
+export type JobKind = 'restore' | 'fade' | 'verify' | 'export' | 'diff' | 'archive' | 'catalog';
 export type JobState = 'running' | 'done' | 'failed';
 
 export interface JobProgress {

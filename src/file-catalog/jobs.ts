@@ -26,6 +26,22 @@ export interface JobHost {
   markersAt(volume: string, seq: number): string[];
 }
 
+/**
+ * Where builds also show as the daemon's jobs (GET /v1/jobs, the console's
+ * Jobs page): the daemon's JobRegistry fits it.
+ */
+export interface BuildReporter {
+  start(
+    kind: 'catalog',
+    target: string,
+    detail: string,
+  ): {
+    progress(p: { phase: string; done: number; total: number }): void;
+    done(summary?: string): void;
+    fail(err: unknown): void;
+  };
+}
+
 const KEEP_FINISHED = 200;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -36,6 +52,8 @@ export class JobRunner {
   private loop: Promise<void> | null = null;
   private closed = false;
   current: number | null = null;
+  /** Set once the daemon's job registry exists (it is made after the catalog opens). */
+  reporter: BuildReporter | null = null;
 
   constructor(private readonly h: JobHost) {}
 
@@ -152,6 +170,7 @@ export class JobRunner {
     this.live.set(job.id, job);
     this.current = job.id;
     await this.h.store.putJob(job);
+    const shown = this.reporter?.start('catalog', job.volume, `files at seq ${job.seq}${job.full ? ' (full build)' : ''}`);
     const unpins: Array<() => void> = [];
     let vid: number | null = null;
     try {
@@ -161,6 +180,7 @@ export class JobRunner {
       if (existing?.state === 'complete') {
         await this.addMarkers(existing, job);
         await this.finish(job, { state: 'done', progress: { phase: 'done', done: 1, total: 1 }, stats: existing.stats });
+        shown?.done('cataloged already');
         return;
       }
       if (existing) {
@@ -190,6 +210,7 @@ export class JobRunner {
         full: job.full === true,
         progress: (phase, done, total) => {
           job.progress = { phase, done, total };
+          shown?.progress(job.progress);
         },
       });
       this.h.logger.info(
@@ -197,7 +218,9 @@ export class JobRunner {
         'file catalog built',
       );
       await this.finish(job, { state: 'done', progress: { phase: 'done', done: 1, total: 1 }, stats: rec.stats });
+      shown?.done(`${rec.stats.mode}: ${rec.stats.changedPaths} paths changed`);
     } catch (err) {
+      shown?.fail(err);
       const message = (err as Error).message;
       this.h.logger.warn({ volume: job.volume, seq: job.seq, err: message }, 'file catalog build failed');
       if (vid !== null && this.h.store.point(vid, job.seq)?.state === 'building') {
