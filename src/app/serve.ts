@@ -228,12 +228,20 @@ export class Daemon {
       const timeTravel = await TimeTravel.open(layout.dataDir, ttHost);
       cleanups.push(() => timeTravel.close());
       volumes.attachTimeTravel(timeTravel);
+      // The volumes of a consistency group: the intercepts' (manager role) or this daemon's.
+      const volumesOfGroup = (g: string): string[] =>
+        linkServer
+          ? linkServer
+              .volumes()
+              .filter((v) => v.group === g)
+              .map((v) => v.name)
+          : protection.groupVolumes(g);
       const archiver = await Archiver.open(timeTravel, {
         dir: config.archive?.dir ?? path.join(layout.dataDir, 'archive'),
         ...(config.archive?.keyFile ? { keyFile: config.archive.keyFile } : {}),
         ...(config.archive?.leafSize ? { leafSize: config.archive.leafSize } : {}),
         host: ttHost,
-        groupVolumes: (g) => protection.groupVolumes(g),
+        groupVolumes: volumesOfGroup,
       });
       // Closed after time travel (registered first, so it runs last): views read the pool until then.
       cleanups.splice(cleanups.length - 1, 0, () => archiver.close());
@@ -242,16 +250,7 @@ export class Daemon {
         dataDir: layout.dataDir,
         tt: timeTravel,
         logger: logger.child({ component: 'file-catalog' }),
-        volumesOfGroup: (g) =>
-          linkServer
-            ? linkServer
-                .volumes()
-                .filter((v) => v.group === g)
-                .map((v) => v.name)
-            : catalog
-                .list()
-                .filter((v) => v.protection?.group === g)
-                .map((v) => v.name),
+        volumesOfGroup,
       });
       cleanups.push(() => fileCatalog.close());
       timeTravel.markers.onPlaced((m) => fileCatalog.onMarkerPlaced(m));
