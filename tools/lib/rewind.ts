@@ -8,9 +8,9 @@ export const REWIND_BIN = path.join(REPO_ROOT, 'bin', 'rewind');
 /**
  * `rewind serve` on `dataDir`: NBD on a free 127.0.0.1 port, no Unix
  * socket, no default volume, warnings only. `bin`: another checkout's
- * bin/rewind (to compare versions in one run).
+ * bin/rewind (to compare versions in one run); `args`: more serve options.
  */
-export function startRewind(dataDir: string, opts: { env?: NodeJS.ProcessEnv; bin?: string } = {}): Promise<ServerHandle> {
+export function startRewind(dataDir: string, opts: { env?: NodeJS.ProcessEnv; bin?: string; args?: string[] } = {}): Promise<ServerHandle> {
   return startServer({
     name: 'rewind',
     command: process.execPath,
@@ -26,6 +26,7 @@ export function startRewind(dataDir: string, opts: { env?: NodeJS.ProcessEnv; bi
       '--no-default-volume',
       '--log-level',
       'warn',
+      ...(opts.args ?? []),
     ],
     host: '127.0.0.1',
     cwd: REPO_ROOT,
