@@ -10,7 +10,8 @@
  *   1. verify   (worker) every checksum of AILFC_n, its identity, its
  *               records against the group; the touched block runs. This
  *               needs no replica, so for a queued n+1 it runs while T_n is
- *               still being applied (startPrefetch).
+ *               still being applied (work-ahead.ts, as is BILFC_n+1 while
+ *               T_n's replica writes are made durable).
  *      bilfc    (worker) BILFC_n from the replicas (each touched block once,
  *               ascending) sealed (fdatasync + rename + dir fsync) BEFORE
  *               any replica is touched.
@@ -44,7 +45,7 @@
  *     so finishing it is equally right.)
  * Stray files of committed transactions are harmless (tmp ones are removed).
  *
- * About 750 lines: the apply pipeline, its crash recovery and the retry of a
+ * About 700 lines: the apply pipeline, its crash recovery and the retry of a
  * container that failed for space are one
  * ordered state machine. The read side is history.ts, verification
  * verify-history.ts, the history copy history-copy.ts.
@@ -59,6 +60,7 @@ import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, SyncOk, SyncTask,
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
 import { takeCopy } from './history-copy';
+import { WorkAhead, exists } from './work-ahead';
 import { verifyHistory, type HistoryCheck } from './verify-history';
 import { HistoryReader } from './history';
 import { DamageRegistry, inheritedMarks } from './damage';
@@ -132,12 +134,8 @@ export class BackupManager {
   private stallTimer: NodeJS.Timeout | null = null;
   /** T_n's apply has touched the replica: readers must keep going to BILFC_n until it is committed. */
   private replicaTouched = false;
-  private readonly prefetched = new Map<number, { ref: SealedContainerRef; result: Promise<VerifyOk | Failure> }>();
-  /**
-   * BILFC_n+1 built while T_n's replica writes are being made durable (see
-   * speculate()); null result: nothing was built.
-   */
-  private speculative: { n: number; ref: SealedContainerRef; result: Promise<BilfcOk | Failure | null> } | null = null;
+  /** AILFC_n+1 verified and BILFC_n+1 built while T_n is in progress. */
+  private readonly ahead: WorkAhead;
   private closed = false;
   readonly groupId: number;
   readonly blockSize: number;
@@ -156,6 +154,16 @@ export class BackupManager {
     this.blockSize = blockSize;
     this.historyDir = path.join(dir, 'history');
     this.replicaDir = path.join(dir, 'replica');
+    this.ahead = new WorkAhead({
+      pool,
+      historyDir: this.historyDir,
+      linkHistory: opts.linkHistory !== false,
+      historyPath: (kind, n) => this.history.historyPath(kind, n),
+      queued: (n) => this.pending.get(n)?.ref,
+      verifyTask: (n) => this.verifyTask(n),
+      bilfcTask: (n, ver, bilfcExists) => this.bilfcTask(n, ver, bilfcExists),
+      closed: () => this.closed,
+    });
     this.history = new HistoryReader(
       catalog,
       blockSize,
@@ -420,7 +428,7 @@ export class BackupManager {
       .map((v) => ({ volumeId: v.volumeId, size: v.size, replicaPath: this.replicaPath(v.volumeId) }));
   }
 
-  /** Processes AILFC_n (n is the next container); resolves once T_n is committed. */
+  /** The worker task that copies nothing and verifies AILFC_n in history. */
   private verifyTask(n: number): VerifyTask {
     return {
       op: 'verify',
@@ -430,23 +438,6 @@ export class BackupManager {
       ailfcPath: this.history.historyPath('ailfc', n),
       volumes: this.workerVolumes(),
     };
-  }
-
-  /**
-   * Starts step 0 and the verification of AILFC_n (n queued, not next yet)
-   * in the background: it needs no replica, so it overlaps the apply of the
-   * container before it.
-   */
-  private startPrefetch(n: number): void {
-    const p = this.pending.get(n);
-    if (!p || this.prefetched.has(n) || this.closed) return;
-    const ref = p.ref;
-    const result = (async () => {
-      await takeCopy(this.historyDir, this.opts.linkHistory !== false, ref.path, this.history.historyPath('ailfc', n), n);
-      return (await this.pool.run(this.verifyTask(n))) as VerifyOk | Failure;
-    })();
-    result.catch(() => undefined);
-    this.prefetched.set(n, { ref, result });
   }
 
   private bilfcTask(n: number, ver: VerifyOk, bilfcExists: boolean): BilfcTask {
@@ -464,57 +455,12 @@ export class BackupManager {
     };
   }
 
-  /**
-   * Builds BILFC_n (T_n-1's replica writes done, not yet durable) while
-   * T_n-1's fdatasync runs: it hides the sync's wait. The replica it reads
-   * is the state T_n-1's commit will declare, and a redo of T_n-1 after a
-   * crash writes the same bytes, so the BILFC is valid either way. Only
-   * with AILFC_n verified already (prefetched); once per n (a retry of
-   * T_n-1 keeps the first).
-   */
-  private speculate(n: number): void {
-    const pre = this.prefetched.get(n);
-    if (!pre || this.closed || this.speculative?.n === n) return;
-    const bilfcPath = this.history.historyPath('bilfc', n);
-    const result = (async () => {
-      const ver = await pre.result;
-      if (!ver.ok) return null;
-      await fs.promises.rm(`${bilfcPath}.tmp`, { force: true });
-      const built = (await this.pool.run(this.bilfcTask(n, ver, await exists(bilfcPath)))) as BilfcOk | Failure;
-      return built;
-    })();
-    result.catch(() => undefined);
-    this.speculative = { n, ref: pre.ref, result };
-  }
-
-  /**
-   * The speculative BILFC_n's result when it is usable for this copy of
-   * AILFC_n; otherwise null, with anything it built removed (the caller
-   * builds BILFC_n afresh from the replica, which is T_n-1's state).
-   */
-  private async takeSpeculation(n: number, ref: SealedContainerRef): Promise<BilfcOk | Failure | null> {
-    const spec = this.speculative;
-    if (!spec || spec.n !== n) return null;
-    this.speculative = null;
-    const r = await spec.result.catch(() => null);
-    if (r?.ok && spec.ref === ref) return r;
-    if (r?.ok && r.built) await fs.promises.rm(this.history.historyPath('bilfc', n), { force: true });
-    return null;
-  }
-
   /** Processes AILFC_n (n is the next container); resolves once T_n is committed. */
   private async process(n: number, ref: SealedContainerRef): Promise<CommitInfo> {
     const t0 = Date.now();
     const ailfcPath = this.history.historyPath('ailfc', n);
     const bilfcPath = this.history.historyPath('bilfc', n);
-    let ver: VerifyOk | Failure | null = null;
-    const pre = this.prefetched.get(n);
-    if (pre) {
-      this.prefetched.delete(n);
-      // Wait for it in any case (its copy must not race ours); use a success for the same ref.
-      const r = await pre.result.catch(() => null);
-      if (r && r.ok && pre.ref === ref) ver = r;
-    }
+    let ver: VerifyOk | Failure | null = await this.ahead.takeVerified(n, ref);
     await takeCopy(this.historyDir, this.opts.linkHistory !== false, ref.path, ailfcPath, n);
     crashPoint('copied', n);
     if (!ver) ver = (await this.pool.run(this.verifyTask(n))) as VerifyOk | Failure;
@@ -524,9 +470,9 @@ export class BackupManager {
         `AILFC_${n}: the copy in history has ${ver.footer.recordCount} records (body CRC ${ver.footer.bodyCrc}), the submitted footer says ${ref.footer.recordCount} (CRC ${ref.footer.bodyCrc})`,
       );
     }
-    this.startPrefetch(n + 1);
+    this.ahead.verify(n + 1);
 
-    let bil = await this.takeSpeculation(n, ref);
+    let bil: BilfcOk | Failure | null = await this.ahead.takeBilfc(n, ref);
     let bilfcExists = true;
     if (!bil) {
       await fs.promises.rm(`${bilfcPath}.tmp`, { force: true });
@@ -570,7 +516,7 @@ export class BackupManager {
       for (const [k, v] of Object.entries(r.timings)) applyTimings[k] = Math.max(applyTimings[k] ?? 0, v);
     }
     // The replica's writes become durable while BILFC_n+1 is built from it.
-    this.speculate(n + 1);
+    this.ahead.buildBilfc(n + 1);
     const sync: SyncTask = { op: 'sync', paths: touched.map((v) => this.replicaPath(v)) };
     const synced = (await this.pool.run(sync)) as SyncOk;
     applyTimings.fdatasync = synced.timings.fdatasync ?? 0;
@@ -783,10 +729,7 @@ export class BackupManager {
     this.stallTimer = null;
     await this.fader?.close();
     if (this.running) await this.running.catch(() => undefined);
-    await Promise.allSettled([...this.prefetched.values()].map((p) => p.result));
-    this.prefetched.clear();
-    await this.speculative?.result.catch(() => undefined);
-    this.speculative = null;
+    await this.ahead.drain();
     const err = new Error('backup manager closed before the container was applied');
     for (const p of this.pending.values()) for (const w of p.waiters) w.reject(err);
     this.pending.clear();
@@ -813,11 +756,4 @@ export function commitInfo(rec: TransactionRecord): CommitInfo {
 export function isOutOfSpace(err: Error): boolean {
   const code = (err as NodeJS.ErrnoException).code;
   return code === 'ENOSPC' || code === 'EDQUOT' || /\bENOSPC\b|\bEDQUOT\b|No space left on device|Disk quota exceeded/i.test(err.message);
-}
-
-async function exists(p: string): Promise<boolean> {
-  return fs.promises.access(p).then(
-    () => true,
-    () => false,
-  );
 }
