@@ -135,7 +135,11 @@ test.serial('under fio: timeline shows transactions and CLI markers; a click and
 
   // Diff from the picked point to latest, and the jobs page that lists it.
   await page.goto(`http://127.0.0.1:${d.controlPort}/#/volume/live/diff`);
-  await page.waitForSelector('#diff-bytes');
+  // "latest" waits for the manager to apply what fio wrote: on a loaded
+  // machine that can take longer than a page's usual 30 s. An error shows
+  // in the page instead of the figure, and fails with its text.
+  await page.waitForSelector('#diff-bytes, p.error', { timeout: 180_000 });
+  t.falsy(await page.$('p.error'), `the diff page shows an error: ${await page.textContent('#main').catch(() => '?')}`);
   t.regex((await page.textContent('#diff-bytes'))!, /in [\d,]+ extents/);
   await b.shot(page, 'diff');
   await page.goto(`http://127.0.0.1:${d.controlPort}/#/jobs`);
