@@ -428,7 +428,7 @@ export class BackupManager {
       .map((v) => ({ volumeId: v.volumeId, size: v.size, replicaPath: this.replicaPath(v.volumeId) }));
   }
 
-  /** The worker task that copies nothing and verifies AILFC_n in history. */
+  /** The worker task that verifies the copy of AILFC_n in history. */
   private verifyTask(n: number): VerifyTask {
     return {
       op: 'verify',
