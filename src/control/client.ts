@@ -82,24 +82,39 @@ export class ControlClient {
     private readonly opts: ControlClientOptions = {},
   ) {}
 
-  /** Sends a request and returns the raw response (no status checking). */
-  raw(method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}): Promise<RawResponse> {
+  /**
+   * One request's options: `type` is both what is accepted and the body's
+   * default Content-Type; the token goes with TCP requests that carry no
+   * Authorization of their own.
+   */
+  private requestOptions(
+    method: string,
+    path: string,
+    type: string,
+    body: string | Buffer | undefined,
+    headers: Record<string, string>,
+  ): http.RequestOptions {
     const ep = this.endpoint;
-    const allHeaders: Record<string, string | number> = { Accept: 'application/json', ...headers };
+    const allHeaders: Record<string, string | number> = { Accept: type, ...headers };
     if (body !== undefined) {
-      allHeaders['Content-Type'] ??= 'application/json';
+      allHeaders['Content-Type'] ??= type;
       allHeaders['Content-Length'] = Buffer.byteLength(body);
     }
     if (ep.kind === 'tcp' && this.opts.token && allHeaders.Authorization === undefined) {
       allHeaders.Authorization = `Bearer ${this.opts.token}`;
     }
-    const options: http.RequestOptions = {
+    return {
       method,
       path,
       headers: allHeaders,
       agent: false,
       ...(ep.kind === 'unix' ? { socketPath: ep.path, host: 'localhost' } : { host: ep.host, port: ep.port }),
     };
+  }
+
+  /** Sends a request and returns the raw response (no status checking). */
+  raw(method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}): Promise<RawResponse> {
+    const options = this.requestOptions(method, path, 'application/json', body, headers);
     const timeoutMs = this.opts.timeoutMs ?? 30_000;
     return new Promise<RawResponse>((resolve, reject) => {
       const req = http.request(options, (res) => {
@@ -143,21 +158,8 @@ export class ControlClient {
    * the stream alive with progress lines.
    */
   async streamJson<T>(method: string, path: string, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<T> {
-    const ep = this.endpoint;
     const text = JSON.stringify(body);
-    const headers: Record<string, string | number> = {
-      Accept: 'application/x-ndjson',
-      'Content-Type': 'application/json',
-      'Content-Length': Buffer.byteLength(text),
-    };
-    if (ep.kind === 'tcp' && this.opts.token) headers.Authorization = `Bearer ${this.opts.token}`;
-    const options: http.RequestOptions = {
-      method,
-      path,
-      headers,
-      agent: false,
-      ...(ep.kind === 'unix' ? { socketPath: ep.path, host: 'localhost' } : { host: ep.host, port: ep.port }),
-    };
+    const options = this.requestOptions(method, path, 'application/json', text, { Accept: 'application/x-ndjson' });
     return new Promise<T>((resolve, reject) => {
       const req = http.request(options, (res) => {
         let buf = '';
@@ -209,20 +211,7 @@ export class ControlClient {
    * thrown as ApiError. The caller consumes (or destroys) the response.
    */
   download(method: string, path: string, body?: Buffer, headers: Record<string, string> = {}): Promise<http.IncomingMessage> {
-    const ep = this.endpoint;
-    const allHeaders: Record<string, string | number> = { Accept: 'application/octet-stream', ...headers };
-    if (body !== undefined) {
-      allHeaders['Content-Type'] ??= 'application/octet-stream';
-      allHeaders['Content-Length'] = body.length;
-    }
-    if (ep.kind === 'tcp' && this.opts.token) allHeaders.Authorization = `Bearer ${this.opts.token}`;
-    const options: http.RequestOptions = {
-      method,
-      path,
-      headers: allHeaders,
-      agent: false,
-      ...(ep.kind === 'unix' ? { socketPath: ep.path, host: 'localhost' } : { host: ep.host, port: ep.port }),
-    };
+    const options = this.requestOptions(method, path, 'application/octet-stream', body, headers);
     return new Promise((resolve, reject) => {
       const req = http.request(options, (res) => {
         if ((res.statusCode ?? 0) < 400) return resolve(res);
