@@ -139,6 +139,7 @@ test.serial('under fio: timeline shows transactions and CLI markers; a click and
   // machine that can take longer than a page's usual 30 s. An error shows
   // in the page instead of the figure, and fails with its text.
   await page.waitForSelector('#diff-bytes, p.error', { timeout: 180_000 });
+  if (await page.$('p.error')) t.log(d.logs.slice(-4000));
   t.falsy(await page.$('p.error'), `the diff page shows an error: ${await page.textContent('#main').catch(() => '?')}`);
   t.regex((await page.textContent('#diff-bytes'))!, /in [\d,]+ extents/);
   await b.shot(page, 'diff');

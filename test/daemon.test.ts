@@ -255,13 +255,28 @@ test('bad input gets a 4xx with a clear message and the daemon stays up', async 
     });
     t.regex(reply, /^HTTP\/1\.1 413 /);
     t.regex(reply, /request body too large/);
+    // Raw exchanges: what the daemon answers before closing.
+    const exchange = (send: string | null) =>
+      new Promise<{ got: string; ms: number }>((resolve) => {
+        const t0 = Date.now();
+        let got = '';
+        const s = net.connect({ path: d.controlSocket }, () => {
+          if (send !== null) s.write(send);
+        });
+        s.on('data', (b: Buffer) => (got += b.toString('latin1')));
+        s.on('close', () => resolve({ got, ms: Date.now() - t0 }));
+        s.on('error', () => undefined);
+      });
     // Garbage that is not HTTP at all.
-    await new Promise<void>((resolve) => {
-      const s = net.connect({ path: d.controlSocket }, () => s.end('\x00\x01garbage\r\n\r\n'));
-      s.on('data', () => undefined);
-      s.on('close', () => resolve());
-      s.on('error', () => resolve());
-    });
+    t.regex((await exchange('\x00\x01garbage\r\n\r\n')).got, /^HTTP\/1\.1 400 Bad Request\r\n/);
+    // Headers past the size limit.
+    t.regex((await exchange(`GET /v1/health HTTP/1.1\r\nX-Big: ${'b'.repeat(64 * 1024)}\r\n\r\n`)).got, /^HTTP\/1\.1 431 /);
+    // A connection that never sends a request (a browser's preconnected
+    // socket) is closed with 408, which clients retry, not 400, which a
+    // client would take as the answer to a request it sends at that moment.
+    const idle = await exchange(null);
+    t.regex(idle.got, /^HTTP\/1\.1 408 Request Timeout\r\n/);
+    t.true(idle.ms >= 9_000 && idle.ms < 20_000, `idle connection closed after ${idle.ms} ms`);
 
     t.true(d.isRunning);
     const health = await d.api('GET', '/v1/health');

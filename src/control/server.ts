@@ -178,20 +178,27 @@ export class ControlServer {
   }
 
   private makeServer(requireToken: boolean): http.Server {
-    const server = http.createServer((req, res) => {
+    const server = http.createServer({ connectionsCheckingInterval: 2_000 }, (req, res) => {
       this.handle(req, res, requireToken).catch((err: unknown) => {
         this.opts.logger.error({ err: (err as Error).message }, 'control request failed');
         if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
         else res.destroy();
       });
     });
+    // Checked every 2 s (the default is 30 s), so an idle connection closes near its deadline.
     server.headersTimeout = 10_000;
     server.requestTimeout = 30_000;
     server.keepAliveTimeout = 5_000;
     server.maxHeadersCount = 100;
-    server.on('clientError', (_err, socket) => {
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-      else socket.destroy();
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      this.opts.logger.debug({ code: err.code, err: err.message }, 'control connection error');
+      // As Node's default: a connection idle past headersTimeout (a browser's
+      // preconnected socket) gets 408, which browsers retry on a fresh
+      // connection; a 400 there reads as the answer to the next request. And
+      // nothing is written into a response already under way.
+      const busy = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+      if (!socket.writable || busy) return socket.destroy();
+      socket.end(`HTTP/1.1 ${clientErrorStatus(err.code)}\r\nConnection: close\r\n\r\n`);
     });
     return server;
   }
@@ -552,4 +559,12 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   }
   if (!st.isSocket()) throw new Error(`${socketPath} exists and is not a socket`);
   fs.rmSync(socketPath, { force: true });
+}
+
+/** The status line for a connection-level error, as Node's default handler answers it. */
+function clientErrorStatus(code: string | undefined): string {
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return '408 Request Timeout';
+  if (code === 'HPE_HEADER_OVERFLOW') return '431 Request Header Fields Too Large';
+  if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return '413 Payload Too Large';
+  return '400 Bad Request';
 }
