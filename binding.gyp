@@ -7,6 +7,7 @@
     {
       "target_name": "rewind_native",
       "sources": [
+        "addon/digest.cc",
         "addon/errors.cc",
         "addon/io_ring.cc",
         "addon/rewind_native.cc",

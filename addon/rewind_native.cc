@@ -24,6 +24,7 @@
 //                                                 uses the threadpool.
 //
 //   zstdCompress / zstdDecompress (+Sync)     -> see zstd.cc (libzstd)
+//   digestLeaves                              -> see digest.cc (archive handles)
 //
 // Failures become JS Errors with `.code` (errno name), `.errno` (positive
 // number) and `.syscall`; asynchronous functions reject instead of throwing,
@@ -56,6 +57,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "digest.h"
 #include "zstd.h"
 
 namespace rwnative {
@@ -558,6 +560,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer, "alignedBuffer"));
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
   RegisterZstd(env, exports);
+  RegisterDigest(env, exports);
   InitIoRing(env, exports);
   return exports;
 }

@@ -98,3 +98,41 @@ test('bloom filter: no false negatives, about 1% false positives at capacity, a 
   t.is(p.volumes[0]!.stats.leavesStored, 0, "b's chunks are found, not stored again");
   await third.close();
 });
+
+test('native handles equal node:crypto: leaves (zero, partial, SHA-256 and HMAC) and decompress-and-digest batches with bad frames', async (t) => {
+  const { makeHasher } = await import('../src/archive/handle');
+  const { zstdCompressSync, zstdDigestBatch } = await import('../src/native');
+  const { createHash, createHmac, randomBytes } = await import('node:crypto');
+  const leaf = 64 * KiB;
+  // Leaves: random, zero, random with one non-zero byte at the very end, a short tail.
+  const buf = Buffer.alloc(3 * leaf + 1000);
+  randomBytes(leaf).copy(buf, 0);
+  buf[3 * leaf - 1] = 1;
+  randomBytes(1000).copy(buf, 3 * leaf);
+  const key = randomBytes(32);
+  for (const [hasher, ref] of [
+    [makeHasher('sha256'), () => createHash('sha256')],
+    [makeHasher('hmac-sha256', key), () => createHmac('sha256', key)],
+  ] as const) {
+    const hs = await hasher.leaves(buf, leaf);
+    t.is(hs.length, 4);
+    for (let i = 0; i < 4; i++) {
+      const data = buf.subarray(i * leaf, Math.min(buf.length, (i + 1) * leaf));
+      if (i === 1) t.true(hs[i]!.equals(Buffer.alloc(33)), 'an all-zero leaf has the zero handle');
+      else {
+        t.true(hs[i]!.equals(hasher.hash(data)), `leaf ${i}`);
+        t.true(hs[i]!.subarray(1).equals(ref().update(data).digest()));
+      }
+    }
+    const plain = buf.subarray(0, leaf);
+    const z = zstdCompressSync(plain, 3);
+    const bad = Buffer.from(z);
+    bad[bad.length - 5]! ^= 0xff;
+    const r = await zstdDigestBatch([z, plain, z, Buffer.from('not zstd'), bad], [leaf, -1, leaf + 1, leaf, leaf], hasher.nativeKey);
+    t.true((r[0] as Buffer).equals(hasher.hash(plain)));
+    t.true((r[1] as Buffer).equals(hasher.hash(plain)));
+    t.regex(r[2] as string, /expected 65537/);
+    t.regex(r[3] as string, /not a zstd frame/);
+    t.true(typeof r[4] === 'string' || !(r[4] as Buffer).equals(hasher.hash(plain)), 'a damaged frame never yields the right handle');
+  }
+});

@@ -12,10 +12,9 @@
  * are read in runs of consecutive leaves (up to 1 MiB per read), with the
  * bytes in flight bounded.
  */
-import { isZero } from '../util/zero';
 import type { ChunkStore } from './chunk-store';
 import { ArchiveError } from './errors';
-import { ZERO_HANDLE, type Handle, type Hasher } from './handle';
+import { isZeroHandle, ZERO_HANDLE, type Handle, type Hasher } from './handle';
 import { Limiter } from './limiter';
 import type { VolumeStats } from './manifest';
 import { TYPE_LEAF, TYPE_NODE } from './pack-format';
@@ -227,17 +226,19 @@ class Builder {
         throw new ArchiveError('EIO', `volume ${this.src.volume}: source returned ${buf.length} bytes for ${len} at ${off}`);
       const st = this.stats;
       const put: Array<{ h: Handle; plain: Buffer }> = [];
+      // Zero checks and hashes on the threadpool, while this thread reads and stores other runs.
+      const handles = await this.ctx.hasher.leaves(buf, this.shape.leafSize);
       for (let i = a; i < z; i++) {
         const s = (i - a) * this.shape.leafSize;
         const data = buf.subarray(s, s + leafLength(this.shape, i));
         st.leavesRead++;
         st.bytesRead += data.length;
-        if (isZero(data)) {
+        const h = handles[i - a]!;
+        if (isZeroHandle(h)) {
           st.leavesZero++;
           out[i - first] = ZERO_HANDLE;
           continue;
         }
-        const h = this.ctx.hasher.hash(data);
         st.bytesHashed += data.length;
         out[i - first] = h;
         const baseH = baseLeaf(i);

@@ -5,7 +5,7 @@
  * it does not bind the pack, so repacking copies records verbatim.
  */
 import { crc32 } from '../util/crc32';
-import { zstdCompressBatch, zstdCompressSync, zstdDecompress, zstdDecompressSync } from '../native';
+import { zstdCompressBatch, zstdCompressSync, zstdDecompress, zstdDecompressSync, zstdDigestBatch } from '../native';
 import { seal, unseal } from './crypto';
 import { HANDLE_SIZE, type Handle } from './handle';
 import { CODEC_SEALED, CODEC_ZSTD, type ChunkType } from './pack-format';
@@ -106,4 +106,60 @@ export async function decodeChunk(
   }
   if (body.length !== rawLength) throw new ChunkDecodeError(`stored ${body.length} bytes for a ${rawLength}-byte chunk`);
   return body;
+}
+
+export interface StoredChunk {
+  handle: Handle;
+  type: ChunkType;
+  codec: number;
+  rawLength: number;
+  stored: Buffer;
+}
+
+/**
+ * The handle the plaintext of each stored chunk hashes to (with the pool's
+ * native digest key), or why it could not be decoded. Decryption runs
+ * here; decompression and hashing run on the threadpool, in `jobs`
+ * batches side by side, and the plaintext never comes back: verify needs
+ * only the handle.
+ */
+export async function digestStored(
+  opts: CodecOptions,
+  digestKey: Buffer | null,
+  chunks: StoredChunk[],
+  jobs = 2,
+): Promise<Array<Handle | ChunkDecodeError>> {
+  const out: Array<Handle | ChunkDecodeError> = new Array(chunks.length);
+  const srcs: Buffer[] = [];
+  const sizes: number[] = [];
+  const at: number[] = [];
+  chunks.forEach((c, i) => {
+    let body = c.stored;
+    if (c.codec & CODEC_SEALED) {
+      if (!opts.key) return void (out[i] = new ChunkDecodeError('chunk is encrypted but the pool has no key'));
+      const open = unseal(opts.key, body, aad(c.handle, c.type));
+      if (!open) return void (out[i] = new ChunkDecodeError('authentication failed (corrupt chunk, or a different key)'));
+      body = open;
+    } else if (opts.key) {
+      return void (out[i] = new ChunkDecodeError('chunk is not encrypted in an encrypted pool'));
+    }
+    if (!(c.codec & CODEC_ZSTD) && body.length !== c.rawLength)
+      return void (out[i] = new ChunkDecodeError(`stored ${body.length} bytes for a ${c.rawLength}-byte chunk`));
+    srcs.push(body);
+    sizes.push(c.codec & CODEC_ZSTD ? c.rawLength : -1);
+    at.push(i);
+  });
+  const per = Math.max(1, Math.ceil(srcs.length / jobs));
+  const parts: Array<Promise<void>> = [];
+  for (let k = 0; k < srcs.length; k += per) {
+    parts.push(
+      zstdDigestBatch(srcs.slice(k, k + per), sizes.slice(k, k + per), digestKey).then((r) =>
+        r.forEach((x, j) => {
+          out[at[k + j]!] = typeof x === 'string' ? new ChunkDecodeError(`decompression failed: ${x}`) : x;
+        }),
+      ),
+    );
+  }
+  await Promise.all(parts);
+  return out;
 }

@@ -13,6 +13,7 @@
  * A new scheme gets a new byte; handles of different schemes never collide.
  */
 import { createHash, createHmac } from 'node:crypto';
+import { digestLeaves } from '../native';
 import { ArchiveFormatError } from './errors';
 
 export const HANDLE_SIZE = 33;
@@ -66,28 +67,34 @@ export function schemeByte(name: SchemeName): number {
 export interface Hasher {
   readonly scheme: SchemeName;
   hash(data: Buffer): Handle;
+  /**
+   * The handle of each leafSize slice of buf (ZERO_HANDLE for all-zero
+   * slices), computed on the threadpool: hashing is most of an archive's
+   * CPU, and this lets it run beside the main thread.
+   */
+  leaves(buf: Buffer, leafSize: number): Promise<Handle[]>;
+  /** The native digest's key: null for SHA-256, the id key for HMAC. */
+  readonly nativeKey: Buffer | null;
 }
 
 export function makeHasher(scheme: SchemeName, idKey?: Buffer): Hasher {
-  if (scheme === 'sha256') {
-    return {
-      scheme,
-      hash(data) {
-        const h = Buffer.allocUnsafe(HANDLE_SIZE);
-        h[0] = SCHEME_SHA256;
-        createHash('sha256').update(data).digest().copy(h, 1);
-        return h;
-      },
-    };
-  }
-  if (!idKey) throw new Error('hmac-sha256 handles need the pool id key');
+  if (scheme !== 'sha256' && !idKey) throw new Error('hmac-sha256 handles need the pool id key');
+  const key = scheme === 'sha256' ? null : idKey!;
+  const byte = scheme === 'sha256' ? SCHEME_SHA256 : SCHEME_HMAC_SHA256;
   return {
     scheme,
+    nativeKey: key,
     hash(data) {
       const h = Buffer.allocUnsafe(HANDLE_SIZE);
-      h[0] = SCHEME_HMAC_SHA256;
-      createHmac('sha256', idKey).update(data).digest().copy(h, 1);
+      h[0] = byte;
+      (key ? createHmac('sha256', key) : createHash('sha256')).update(data).digest().copy(h, 1);
       return h;
+    },
+    async leaves(buf, leafSize) {
+      const all = await digestLeaves(buf, leafSize, key);
+      const out: Handle[] = [];
+      for (let at = 0; at < all.length; at += HANDLE_SIZE) out.push(all.subarray(at, at + HANDLE_SIZE));
+      return out;
     },
   };
 }

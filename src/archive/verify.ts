@@ -7,7 +7,7 @@
  * with its pack and every point that references it. A quarantined chunk
  * that now checks out is released.
  */
-import { decodeChunk } from './codec';
+import { digestStored, type StoredChunk } from './codec';
 import { treeOf, type PoolCore } from './core';
 import { ArchiveError } from './errors';
 import { handleHex, isZeroHandle, type Handle } from './handle';
@@ -47,8 +47,6 @@ export interface VerifyReport {
   released: number;
   ms: number;
 }
-
-const PARALLEL = 8;
 
 interface Window {
   key: string;
@@ -141,14 +139,7 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
       continue;
     }
     report.bytesRead += buf.length;
-    for (let k = 0; k < w.entries.length; k += PARALLEL) {
-      await Promise.all(
-        w.entries.slice(k, k + PARALLEL).map(async ([h, loc]) => {
-          const rec = buf.subarray(loc.offset - w.offset, loc.offset - w.offset + recordSize(loc));
-          if (await checkOne(core, h, loc, w.key, rec, report, fail)) ok.add(handleHex(h));
-        }),
-      );
-    }
+    for (const h of await checkWindow(core, w, buf, report, fail)) ok.add(handleHex(h));
     opts.onProgress?.({ phase: 'check', done: i + 1, total: windows.length });
   }
   // A node that could not be read while marking (quarantined earlier, say) but checked out now is fine.
@@ -173,34 +164,48 @@ export async function verifyPool(core: PoolCore, opts: VerifyOptions = {}): Prom
   return report;
 }
 
-/** Checks one record (its bytes as read); true if it is good. */
-async function checkOne(
+/**
+ * Checks the records of one window (its bytes as read): framing and CRC
+ * here, then decryption, decompression and the handle in threadpool
+ * batches. Returns the handles that are good.
+ */
+async function checkWindow(
   core: PoolCore,
-  h: Buffer,
-  loc: ChunkLocation,
-  key: string,
-  rec: Buffer,
+  w: Window,
+  buf: Buffer,
   report: VerifyReport,
   fail: (h: Buffer, key: string, loc: ChunkLocation, reason: string) => void,
-): Promise<boolean> {
-  if (rec.length < recordSize(loc)) {
-    fail(h, key, loc, `pack truncated (record at ${loc.offset} cut short)`);
-    return false;
-  }
-  try {
-    const payload = checkRecord(rec, loc.offset, { handle: h, ...loc });
-    const plain = await decodeChunk(core.store.codec, h, loc.type, loc.codec, loc.rawLength, payload);
-    if (!core.store.hasher.hash(plain).equals(h)) {
-      fail(h, key, loc, 'content does not match its handle');
-      return false;
+): Promise<Handle[]> {
+  const stored: StoredChunk[] = [];
+  const locs: ChunkLocation[] = [];
+  for (const [h, loc] of w.entries) {
+    const rec = buf.subarray(loc.offset - w.offset, loc.offset - w.offset + recordSize(loc));
+    if (rec.length < recordSize(loc)) {
+      fail(h, w.key, loc, `pack truncated (record at ${loc.offset} cut short)`);
+      continue;
     }
-    report.chunksChecked++;
-    report.bytesChecked += plain.length;
-    return true;
-  } catch (err) {
-    fail(h, key, loc, (err as Error).message);
-    return false;
+    try {
+      const payload = checkRecord(rec, loc.offset, { handle: h, ...loc });
+      stored.push({ handle: h, type: loc.type, codec: loc.codec, rawLength: loc.rawLength, stored: payload });
+      locs.push(loc);
+    } catch (err) {
+      fail(h, w.key, loc, (err as Error).message);
+    }
   }
+  const got = await digestStored(core.store.codec, core.store.hasher.nativeKey, stored);
+  const good: Handle[] = [];
+  stored.forEach((c, i) => {
+    const r = got[i]!;
+    const loc = locs[i]!;
+    if (r instanceof Error) fail(c.handle, w.key, loc, r.message);
+    else if (!r.equals(c.handle)) fail(c.handle, w.key, loc, 'content does not match its handle');
+    else {
+      report.chunksChecked++;
+      report.bytesChecked += c.rawLength;
+      good.push(c.handle);
+    }
+  });
+  return good;
 }
 
 /** For each bad handle, the points whose trees reach it (one walk per distinct node). */

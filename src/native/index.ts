@@ -73,6 +73,8 @@ interface RawAddon {
   zstdCompress(src: Buffer, level: number): Promise<Buffer>;
   zstdDecompress(src: Buffer, size: number): Promise<Buffer>;
   zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]>;
+  zstdDigestBatch(srcs: Buffer[], sizes: number[], key: Buffer | null): Promise<Array<Buffer | string>>;
+  digestLeaves(buf: Buffer, leafSize: number, key: Buffer | null): Promise<Buffer>;
   zstdVersion: string;
   linux: boolean;
 }
@@ -284,6 +286,25 @@ export function zstdDecompress(src: Buffer, size: number): Promise<Buffer> {
  */
 export function zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]> {
   return rejectWith(() => loadNative().zstdCompressBatch(srcs, level));
+}
+
+/**
+ * The archive's chunk handles (33 bytes: scheme, then SHA-256, or
+ * HMAC-SHA256 under `key`) of each chunk, decompressed first where its size
+ * is given (-1: stored plain), in ONE threadpool job; a chunk that does not
+ * decompress gives the reason instead. For verify, which needs only that.
+ */
+export function zstdDigestBatch(srcs: Buffer[], sizes: number[], key: Buffer | null): Promise<Array<Buffer | string>> {
+  return rejectWith(() => loadNative().zstdDigestBatch(srcs, sizes, key));
+}
+
+/**
+ * The handle of each leafSize slice of buf (the last may be shorter), 33
+ * bytes each, concatenated; an all-zero slice gets the zero handle. On the
+ * threadpool (buf must not change until it settles).
+ */
+export function digestLeaves(buf: Buffer, leafSize: number, key: Buffer | null): Promise<Buffer> {
+  return rejectWith(() => loadNative().digestLeaves(buf, leafSize, key));
 }
 
 /** The linked libzstd's version, or '' when the addon has no zstd. */
