@@ -6,6 +6,7 @@
  */
 import { crc32 } from '../util/crc32';
 import { zstdCompressBatch, zstdCompressSync, zstdDecompress, zstdDecompressSync, zstdDigestBatch } from '../native';
+import { cpuJob } from './cpu-jobs';
 import { seal, unseal } from './crypto';
 import { HANDLE_SIZE, type Handle } from './handle';
 import { CODEC_SEALED, CODEC_ZSTD, type ChunkType } from './pack-format';
@@ -53,9 +54,11 @@ export async function encodeChunks(opts: CodecOptions, chunks: PlainChunk[]): Pr
       ? []
       : total < SYNC_BELOW / 4
         ? want.map((c) => zstdCompressSync(c.plain, opts.level))
-        : await zstdCompressBatch(
-            want.map((c) => c.plain),
-            opts.level,
+        : await cpuJob(() =>
+            zstdCompressBatch(
+              want.map((c) => c.plain),
+              opts.level,
+            ),
           );
   const z = new Map<PlainChunk, Buffer>(want.map((c, i) => [c, zs[i]!]));
   return chunks.map((c) => {
@@ -153,7 +156,7 @@ export async function digestStored(
   const parts: Array<Promise<void>> = [];
   for (let k = 0; k < srcs.length; k += per) {
     parts.push(
-      zstdDigestBatch(srcs.slice(k, k + per), sizes.slice(k, k + per), digestKey).then((r) =>
+      cpuJob(() => zstdDigestBatch(srcs.slice(k, k + per), sizes.slice(k, k + per), digestKey)).then((r) =>
         r.forEach((x, j) => {
           out[at[k + j]!] = typeof x === 'string' ? new ChunkDecodeError(`decompression failed: ${x}`) : x;
         }),

@@ -14,6 +14,7 @@
  */
 import { createHash, createHmac } from 'node:crypto';
 import { digestLeaves } from '../native';
+import { cpuJob } from './cpu-jobs';
 import { ArchiveFormatError } from './errors';
 
 export const HANDLE_SIZE = 33;
@@ -91,7 +92,7 @@ export function makeHasher(scheme: SchemeName, idKey?: Buffer): Hasher {
       return h;
     },
     async leaves(buf, leafSize) {
-      const all = await digestLeaves(buf, leafSize, key);
+      const all = await cpuJob(() => digestLeaves(buf, leafSize, key));
       const out: Handle[] = [];
       for (let at = 0; at < all.length; at += HANDLE_SIZE) out.push(all.subarray(at, at + HANDLE_SIZE));
       return out;
