@@ -19,13 +19,21 @@
  * 4. Then: stored bytes; forget the first half of the generations and time
  *    gc (borg delete + compact, restic forget --prune); time a full verify
  *    (borg check --verify-data, restic check --read-data).
+ *
+ * --ingest S instead measures the cost of archiving to production: the
+ * image is written into a protected volume of `rewind serve` over NBD;
+ * then protected fio 4 KiB random writes (iodepth 32) to another volume
+ * for S seconds alone, and again while `POST /v1/archives` of the image's
+ * volume runs back to back (each archive forgotten and gc'd before the
+ * next, so each is a full one).
  */
 import { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArchivePool, type Extent, type VolumeSource } from '../src/archive';
 import { parseSize } from '../src/util/size';
-import { findExecutable, runCommand } from './lib';
+import { ControlClient } from '../src/control/client';
+import { findExecutable, fioRandWriteMBs, requireExecutables, runCommand, startRewind, writeImageBlocks } from './lib';
 
 const MiB = 1024 * 1024;
 const mb = (bytes: number, s: number): number => bytes / 1e6 / s;
@@ -189,6 +197,7 @@ async function main(): Promise<void> {
     .option('--dir <dir>', 'parent of the work directory', '/var/tmp')
     .option('--no-peers', 'skip borg and restic')
     .option('--full-only <n>', 'only time first full archives: each tool n times, interleaved, best run counts', '0')
+    .option('--ingest <s>', 'only: protected fio ingest alone and while archiving, each for this many seconds')
     .option('--keep', 'keep the work directory')
     .option('--json', 'print the rows as JSON too')
     .parse()
@@ -200,6 +209,7 @@ async function main(): Promise<void> {
       compareLevel: string;
       compareLeaf: string;
       fullOnly: string;
+      ingest?: string;
       dir: string;
       peers: boolean;
       keep?: boolean;
@@ -232,6 +242,7 @@ async function main(): Promise<void> {
     fs.rmSync(tree, { recursive: true, force: true });
     console.log(`image: ${(size / MiB).toFixed(0)} MiB ext4, ${chosen.length} files, ${(bytes / MiB).toFixed(0)} MiB of /usr content`);
     if (Number(o.fullOnly) > 0) return await fullOnly(work, image, size, Number(o.fullOnly), o);
+    if (o.ingest) return await ingestWhileArchiving(work, image, size, Number(o.ingest));
     const mut = new Mutator(image, work, chosen, all.slice(k), r);
 
     // 2-3. Generations into every tool.
@@ -431,6 +442,51 @@ async function fullOnly(
   console.log('| tool | best full archive s | MB/s |');
   console.log('|---|---|---|');
   for (const [name, s] of best) console.log(`| ${name} | ${s.toFixed(2)} | ${mb(size, s).toFixed(0)} |`);
+}
+
+/** --ingest: protected fio alone, then while full archives of the image's volume run back to back. */
+async function ingestWhileArchiving(work: string, image: string, size: number, runtime: number): Promise<void> {
+  requireExecutables(['fio']);
+  const dataDir = path.join(work, 'data');
+  fs.mkdirSync(dataDir);
+  const server = await startRewind(dataDir);
+  const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'control' }, { timeoutMs: 3_600_000 });
+  try {
+    await api.request('POST', '/v1/volumes', { name: 'img', size, protected: true });
+    const blocks = await writeImageBlocks(server.port, 'img', image, null);
+    await api.request('POST', '/v1/volumes/img/seal');
+    console.log(`image written into protected volume img: ${((blocks * 4096) / MiB).toFixed(0)} MiB`);
+    await api.request('POST', '/v1/volumes', { name: 'io', size: 1024 ** 3, protected: true });
+    const uri = `nbd://127.0.0.1:${server.port}/io`;
+    // A first archive, untimed: the pool is created and img's history indexed.
+    await api.request('POST', '/v1/archives', { target: 'img', at: 'latest', name: 'warm' });
+    await api.request('DELETE', '/v1/archives/warm');
+    await api.request('POST', '/v1/archives/gc', {});
+    await api.request('POST', '/v1/volumes/io/seal');
+    const idle = await fioRandWriteMBs(uri, runtime);
+    let running = true;
+    let archives = 0;
+    let archiveS = 0;
+    const background = (async () => {
+      while (running) {
+        const t0 = now();
+        await api.request('POST', '/v1/archives', { target: 'img', at: 'latest', name: `a${archives}` });
+        archiveS += now() - t0;
+        await api.request('DELETE', `/v1/archives/a${archives}`);
+        await api.request('POST', '/v1/archives/gc', {});
+        archives++;
+      }
+    })();
+    const busy = await fioRandWriteMBs(uri, runtime);
+    running = false;
+    await background;
+    console.log(
+      `protected fio 4k randwrite: ${idle.toFixed(1)} MB/s alone, ${busy.toFixed(1)} MB/s while ${archives} full archives of ` +
+        `${(size / MiB).toFixed(0)} MiB ran (${(archiveS / Math.max(1, archives)).toFixed(1)} s each); ratio ${(busy / idle).toFixed(2)}x (target >= 0.85x)`,
+    );
+  } finally {
+    await server.stop();
+  }
 }
 
 function report(rows: Row[], size: number, changedPerGen: number, borg: Row | null, restic: Row | null): void {

@@ -29,7 +29,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ControlClient } from '../src/control/client';
 import { NbdClient } from '../src/nbd/client';
-import { fioRandWriteArgs, requireExecutables, runCommand, startRewind, withLoopMount } from './lib';
+import { fioRandWriteMBs, requireExecutables, startRewind, withLoopMount, writeImageBlocks } from './lib';
 
 const PATH = `${process.env.PATH ?? ''}:/usr/sbin:/sbin`;
 const MiB = 2 ** 20;
@@ -71,43 +71,6 @@ function makeImage(work: string, files: number, bigMiB: number): string {
 }
 
 /** Writes the blocks of `next` that differ from `prev` (non-zero ones when prev is null). */
-async function writeBlocks(port: number, name: string, next: string, prev: string | null): Promise<number> {
-  const c = await NbdClient.connect({ port, exportName: name });
-  const fa = prev ? fs.openSync(prev, 'r') : null;
-  const fb = fs.openSync(next, 'r');
-  const a = Buffer.alloc(4 * MiB);
-  const b = Buffer.alloc(4 * MiB);
-  const zero = Buffer.alloc(BS);
-  let blocks = 0;
-  try {
-    const size = fs.fstatSync(fb).size;
-    for (let off = 0; off < size; off += b.length) {
-      const n = fs.readSync(fb, b, 0, b.length, off);
-      if (fa) fs.readSync(fa, a, 0, a.length, off);
-      let run = -1;
-      const flush = async (end: number): Promise<void> => {
-        if (run >= 0) await c.write(off + run, Buffer.from(b.subarray(run, end)));
-        run = -1;
-      };
-      for (let i = 0; i < n; i += BS) {
-        const blk = b.subarray(i, i + BS);
-        const differs = fa ? !blk.equals(a.subarray(i, i + BS)) : !blk.equals(zero);
-        if (differs) {
-          blocks++;
-          if (run < 0) run = i;
-        } else await flush(i);
-      }
-      await flush(n);
-    }
-    await c.flush();
-  } finally {
-    if (fa !== null) fs.closeSync(fa);
-    fs.closeSync(fb);
-    await c.disconnect().catch(() => c.destroy());
-  }
-  return blocks;
-}
-
 const TICK_MS = 10; // USER_HZ is 100 on Linux
 
 /** User + system CPU of a process so far, from /proc. */
@@ -193,7 +156,7 @@ async function main(): Promise<void> {
   try {
     await api.request('POST', '/v1/volumes', { name: 'b', size, protected: true });
     const t0 = performance.now();
-    const blocks = await writeBlocks(server.port, 'b', image, null);
+    const blocks = await writeImageBlocks(server.port, 'b', image, null);
     console.log(
       `wrote ${blocks} blocks (${((blocks * BS) / MiB).toFixed(0)} MiB) of ${path.basename(image)} in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
@@ -254,7 +217,7 @@ async function main(): Promise<void> {
           fs.appendFileSync(path.join(m, `d${Math.floor(i / 10000)}`, `d${Math.floor(i / 100)}`, `file-${i}.dat`), `change ${k}\n`);
         }
       });
-      const wrote = await writeBlocks(server.port, 'b', changed, prev);
+      const wrote = await writeImageBlocks(server.port, 'b', changed, prev);
       const inc = await catalog('b', { at: 'latest', priority: true });
       const s = inc.job.stats!;
       say(
@@ -338,7 +301,7 @@ async function main(): Promise<void> {
       );
       if (!(block > 0)) throw new Error('no block for /hot');
       await api.request('POST', '/v1/volumes', { name: 'v', size: 32 * MiB, protected: true });
-      await writeBlocks(server.port, 'v', small, null);
+      await writeImageBlocks(server.port, 'v', small, null);
       // Then /hot is rewritten in place at each point: a new version each time.
       const c = await NbdClient.connect({ port: server.port, exportName: 'v' });
       const tb = performance.now();
@@ -381,18 +344,7 @@ async function main(): Promise<void> {
     if (only.has('ingest')) {
       await api.request('POST', '/v1/volumes', { name: 'io', size: 1024 ** 3, protected: true });
       const uri = `nbd://127.0.0.1:${server.port}/io`;
-      const fio = async (): Promise<number> => {
-        const r = await runCommand('fio', fioRandWriteArgs(uri, { bs: '4k', iodepth: 32, size: '1G', runtime: o.runtime }), {
-          timeoutMs: 600_000,
-        });
-        try {
-          // fio's nbd engine prints "fio: connected to NBD server" before the JSON.
-          const json = r.stdout.slice(r.stdout.indexOf('{'));
-          return (JSON.parse(json) as { jobs: Array<{ write: { bw_bytes: number } }> }).jobs[0]!.write.bw_bytes / 1e6;
-        } catch (err) {
-          throw new Error(`fio: ${r.stdout}${r.stderr}`, { cause: err });
-        }
-      };
+      const fio = (): Promise<number> => fioRandWriteMBs(uri, o.runtime);
       await api.request('POST', '/v1/volumes/io/seal');
       const idle = await fio();
       let running = true;

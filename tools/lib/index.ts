@@ -6,3 +6,4 @@ export * from './server';
 export * from './rewind';
 export * from './fio';
 export * from './loop-mount';
+export * from './nbd-image';
