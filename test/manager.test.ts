@@ -273,6 +273,52 @@ test('a corrupt AILFC is rejected with container and offset, never applied, and 
   t.true(fs.readdirSync(path.join(m.historyDir, 'rejected')).length === 1, 'the corrupt copy is kept aside');
 });
 
+test('the index refusing a commit (as lmdb-js once did in a crash campaign): the container is retried, not blocked, and nothing is lost', async (t) => {
+  const dir = tmpDir('mgr-index-fail');
+  const src = path.join(dir, 'journal');
+  const m = await BackupManager.open(path.join(dir, 'mgr'), { groupId: GROUP, volumes: VOLS });
+  t.teardown(async () => {
+    await m.close();
+    rmrf(dir);
+  });
+  // The next two LMDB write transactions fail at commit, as lmdb-js reports it.
+  const root = (m as unknown as { catalog: { root: { transaction: (fn: () => unknown) => Promise<unknown> } } }).catalog.root;
+  const real = root.transaction.bind(root);
+  let failures = 0;
+  root.transaction = (fn) => {
+    if (failures < 2 && ++failures)
+      return Promise.reject(new Error('MDB_BAD_TXN: reserved freelist had a data entry with zero-size (simulated)'));
+    return real(fn);
+  };
+  const stalled: string[] = [];
+  m.on('stalled', (x) => stalled.push(x.error));
+  // The retry timer is unref'd (a daemon's sockets keep its loop alive): keep this one's.
+  const alive = setInterval(() => undefined, 1000);
+  t.teardown(() => clearInterval(alive));
+  const rng = new Rng(7);
+  const model = emptyImages(VOLS);
+  let seq = 1;
+  const refs: SealedContainerRef[] = [];
+  for (let n = 1; n <= 3; n++) {
+    const ops = Array.from({ length: 30 }, () => randomOp(rng, VOLS, 9000));
+    for (const op of ops) applyOp(model, op);
+    refs.push(await writeAilfc(src, GROUP, n, ops, seq));
+    seq += ops.length;
+  }
+  const infos = await Promise.all(refs.map((r) => m.submit(r)));
+  t.deepEqual(
+    infos.map((c) => c.containerId),
+    [1, 2, 3],
+  );
+  t.is(failures, 2, 'both failed commits were retried');
+  t.is(stalled.length, 1);
+  t.regex(stalled[0]!, /index did not commit T_1: MDB_BAD_TXN/);
+  t.is(m.status().blocked, null);
+  t.is(m.status().stalled, null);
+  t.is(m.status().transactions, 3);
+  t.is(diffImages(model, await readImages((id) => m.replicaPath(id), VOLS)), null);
+});
+
 test('records the group cannot take (unknown volume, beyond the end) are refused, not skipped', async (t) => {
   const dir = tmpDir('mgr-invalid');
   const src = path.join(dir, 'journal');

@@ -156,7 +156,7 @@ export class Catalog {
   async add(record: VolumeRecord): Promise<void> {
     const added = await this.volumes.transaction(() => {
       if (this.volumes.get(record.name) !== undefined) return false;
-      void this.volumes.put(record.name, record);
+      this.volumes.putSync(record.name, record);
       return true;
     });
     if (!added) throw new DuplicateVolumeError(record.name);
@@ -177,14 +177,14 @@ export class Catalog {
       let group = this.groups.get(groupName);
       if (!group) {
         const groupId = (this.meta.get('nextGroupId') as number | undefined) ?? 1;
-        void this.meta.put('nextGroupId', groupId + 1);
+        this.meta.putSync('nextGroupId', groupId + 1);
         group = { name: groupName, groupId, ...settings, nextVolumeId: 1, created: record.created };
       }
       const volumeId = group.nextVolumeId;
       group = { ...group, nextVolumeId: volumeId + 1 };
       const stored: VolumeRecord = { ...record, protection: { group: groupName, groupId: group.groupId, volumeId } };
-      void this.groups.put(groupName, group);
-      void this.volumes.put(record.name, stored);
+      this.groups.putSync(groupName, group);
+      this.volumes.putSync(record.name, stored);
       return { record: stored, group };
     });
     if (!out) throw new DuplicateVolumeError(record.name);
@@ -216,7 +216,7 @@ export class Catalog {
   async remove(name: string): Promise<boolean> {
     return this.volumes.transaction(() => {
       if (this.volumes.get(name) === undefined) return false;
-      void this.volumes.remove(name);
+      this.volumes.removeSync(name);
       return true;
     });
   }

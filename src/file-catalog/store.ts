@@ -74,7 +74,7 @@ export class CatalogStore {
     if (typeof found === 'number' && found > FORMAT) throw tooNew('the file catalog', path.join(dir, 'index'), found, FORMAT);
     this.root.transactionSync(() => {
       for (const db of [this.points, ...Object.values(this.tables), this.jobs, this.meta]) db.clearSync();
-      void this.meta.put('format', FORMAT);
+      this.meta.putSync('format', FORMAT);
     });
   }
 
@@ -95,8 +95,8 @@ export class CatalogStore {
     let vid = 0;
     await this.root.transaction(() => {
       vid = ((this.meta.get('nextVid') as number | undefined) ?? 0) + 1;
-      void this.meta.put('nextVid', vid);
-      void this.meta.put(`vol:${volume}`, { vid, ...identity });
+      this.meta.putSync('nextVid', vid);
+      this.meta.putSync(`vol:${volume}`, { vid, ...identity });
     });
     return vid;
   }
@@ -112,8 +112,8 @@ export class CatalogStore {
     const p = volumePrefix(vid);
     for (const db of Object.values(this.tables)) await this.deleteRange(db, p, prefixEnd(p));
     await this.root.transaction(() => {
-      for (const { key } of this.points.getRange({ start: [vid, 0], end: [vid + 1, 0] })) void this.points.remove(key);
-      void this.meta.remove(`vol:${volume}`);
+      for (const { key } of this.points.getRange({ start: [vid, 0], end: [vid + 1, 0] })) this.points.removeSync(key);
+      this.meta.removeSync(`vol:${volume}`);
     });
     this.forget(vid);
   }
@@ -123,7 +123,7 @@ export class CatalogStore {
       const keys = [...db.getKeys({ start, end, limit: 5000 })] as Buffer[];
       if (!keys.length) return;
       await this.root.transaction(() => {
-        for (const k of keys) void db.remove(k);
+        for (const k of keys) db.removeSync(k);
       });
     }
   }
@@ -295,7 +295,7 @@ export class CatalogStore {
     let id = 0;
     await this.root.transaction(() => {
       id = ((this.meta.get('nextJob') as number | undefined) ?? 0) + 1;
-      void this.meta.put('nextJob', id);
+      this.meta.putSync('nextJob', id);
     });
     return id;
   }

@@ -259,7 +259,7 @@ export class PointWriter {
     }
     await this.store.root.transaction(() => {
       for (const [t, k] of drop) void this.store.tables[t].remove(k);
-      void this.store.points.put([record.vid, record.seq], record);
+      this.store.points.putSync([record.vid, record.seq], record);
     });
     await this.store.putPoint(record); // refreshes the complete-point cache
   }

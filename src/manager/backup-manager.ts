@@ -59,6 +59,7 @@ import { verifyContainer } from '../lfc';
 import type { ApplyOk, ApplyTask, BilfcOk, BilfcTask, Failure, SyncOk, SyncTask, VerifyOk, VerifyTask, WorkerVolume } from './apply-worker';
 import { ManagerCatalog, type VolumeEntry } from './catalog';
 import { crashPoint } from './crash-hook';
+import { IndexCommitError, isOutOfSpace } from './errors';
 import { takeCopy } from './history-copy';
 import { WorkAhead, exists } from './work-ahead';
 import { verifyHistory, type HistoryCheck } from './verify-history';
@@ -360,7 +361,7 @@ export class BackupManager {
         for (const w of p.waiters) w.resolve(info);
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));
-        if (isOutOfSpace(e) && !this.closed) {
+        if ((isOutOfSpace(e) || e instanceof IndexCommitError) && !this.closed) {
           // Not the container's fault: it waits (its submit stays pending) and is tried again.
           await this.stall(n, e);
           return;
@@ -379,8 +380,9 @@ export class BackupManager {
   }
 
   /**
-   * The manager's disk (history, replica or index) is full. T_n is tried
-   * again, every second at first and at most every 10 s, until it fits:
+   * The manager's disk (history, replica or index) is full, or its index
+   * refused a commit (IndexCommitError). T_n is tried again, every second
+   * at first and at most every 10 s, until it goes through:
    * the redo is the crash-recovery path (a sealed BILFC_n is reused, the
    * apply from BILFC_n + AILFC_n is idempotent), so nothing is applied
    * twice and nothing is lost. Half-written files are removed to give the
@@ -396,7 +398,9 @@ export class BackupManager {
     if (first) {
       this.log.error(
         { container: n, err: err.message },
-        "the backup manager's disk is full: the container waits and is retried until there is space",
+        isOutOfSpace(err)
+          ? "the backup manager's disk is full: the container waits and is retried until there is space"
+          : "the backup manager's index did not commit: the container waits and is retried",
       );
       this.emitSafe('stalled', { n, error: err.message });
     }
@@ -410,7 +414,7 @@ export class BackupManager {
   private resumeFromStall(n: number): void {
     const s = this.stalled!;
     this.stalled = null;
-    this.log.info({ container: n, stalledMs: Date.now() - s.since }, "the backup manager's disk has room again: applying resumed");
+    this.log.info({ container: n, stalledMs: Date.now() - s.since, after: s.error }, 'the backup manager applies again');
     this.emitSafe('resumed', { n });
   }
 
@@ -750,10 +754,4 @@ export function commitInfo(rec: TransactionRecord): CommitInfo {
     blocks: rec.blocks,
     bytesApplied: rec.bytesApplied,
   };
-}
-
-/** A failure because a disk is full (or over quota), from Node, a worker (message only) or LMDB. */
-export function isOutOfSpace(err: Error): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOSPC' || code === 'EDQUOT' || /\bENOSPC\b|\bEDQUOT\b|No space left on device|Disk quota exceeded/i.test(err.message);
 }

@@ -40,6 +40,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { STORE_FORMATS, stampStore } from '../util/format-version';
+import { IndexCommitError, isOutOfSpace } from './errors';
 import type { BlockRun, TransactionRecord } from './types';
 
 export interface ManagerConfig {
@@ -178,23 +179,26 @@ export class ManagerCatalog {
   async commit(rec: TransactionRecord, runs: BlockRun[], blockSize: number): Promise<void> {
     const stride = 48 + blockSize; // RECORD_HEADER_SIZE + blockSize
     await this.guardSpace();
-    const ok = await this.root.transaction(() => {
+    // putSync inside the transaction: the writes join it, and a failed commit
+    // rejects only the transaction's promise, awaited here (a put's own
+    // promise would reject unobserved and end the process).
+    const ok = await this.commitTxn(`T_${rec.n}`, () => {
       const cur = this.applied();
 
       if (rec.n !== this.nextContainer()) return false;
       if (this.txns.get(rec.n) !== undefined) return false;
-      void this.txns.put(rec.n, rec);
-      if (rec.records > 0) void this.seqs.put(rec.lastSeq, rec.n);
+      this.txns.putSync(rec.n, rec);
+      if (rec.records > 0) this.seqs.putSync(rec.lastSeq, rec.n);
       for (const r of runs) {
-        for (let i = 0; i < r.count; i++) void this.blocks.put([r.volumeId, r.start + i, rec.n], r.position + i * stride);
+        for (let i = 0; i < r.count; i++) this.blocks.putSync([r.volumeId, r.start + i, rec.n], r.position + i * stride);
       }
-      void this.txnRuns.put(rec.n, packRuns(runs));
+      this.txnRuns.putSync(rec.n, packRuns(runs));
       const next: AppliedPointer = {
         lastContainer: rec.n,
         lastSeq: rec.records > 0 ? rec.lastSeq : cur.lastSeq,
         lastTime: rec.records > 0 ? rec.lastTime : cur.lastTime,
       };
-      void this.meta.put('applied', next);
+      this.meta.putSync('applied', next);
       return true;
     });
     this.appliedCache = undefined;
@@ -295,7 +299,7 @@ export class ManagerCatalog {
   ): Promise<boolean> {
     const stride = 48 + blockSize;
     await this.guardSpace();
-    const ok = await this.root.transaction(() => {
+    const ok = await this.commitTxn(`the fade into T_${rec.n}`, () => {
       if (!check()) return false;
       for (const r of remove) {
         const cur = this.txns.get(r.n);
@@ -305,27 +309,37 @@ export class ManagerCatalog {
       for (const r of remove) {
         const old = this.txnRuns.get(r.n);
         for (const run of old ? unpackRuns(old) : []) {
-          for (let i = 0; i < run.count; i++) void this.blocks.remove([run.volumeId, run.start + i, r.n]);
+          for (let i = 0; i < run.count; i++) this.blocks.removeSync([run.volumeId, run.start + i, r.n]);
         }
-        void this.txnRuns.remove(r.n);
-        if (r.records > 0 && this.seqs.get(r.lastSeq) === r.n) void this.seqs.remove(r.lastSeq);
-        void this.txns.remove(r.n);
+        this.txnRuns.removeSync(r.n);
+        if (r.records > 0 && this.seqs.get(r.lastSeq) === r.n) this.seqs.removeSync(r.lastSeq);
+        this.txns.removeSync(r.n);
       }
-      void this.txns.put(rec.n, rec);
-      if (rec.records > 0) void this.seqs.put(rec.lastSeq, rec.n);
+      this.txns.putSync(rec.n, rec);
+      if (rec.records > 0) this.seqs.putSync(rec.lastSeq, rec.n);
       for (const r of runs) {
-        for (let i = 0; i < r.count; i++) void this.blocks.put([r.volumeId, r.start + i, rec.n], r.position + i * stride);
+        for (let i = 0; i < r.count; i++) this.blocks.putSync([r.volumeId, r.start + i, rec.n], r.position + i * stride);
       }
-      void this.txnRuns.put(rec.n, packRuns(runs));
+      this.txnRuns.putSync(rec.n, packRuns(runs));
       if (firstContainer !== null) {
         const c = this.meta.get('config') as ManagerConfig;
-        void this.meta.put('config', { ...c, firstContainer: Math.max(c.firstContainer, firstContainer) });
+        this.meta.putSync('config', { ...c, firstContainer: Math.max(c.firstContainer, firstContainer) });
       }
       return true;
     });
     this.configCache = undefined;
     await this.root.flushed;
     return ok === true;
+  }
+
+  /** One LMDB write transaction; a failed commit becomes an IndexCommitError. */
+  private async commitTxn(what: string, fn: () => boolean): Promise<boolean> {
+    try {
+      return (await this.root.transaction(fn)) === true;
+    } catch (err) {
+      if (isOutOfSpace(err)) throw err;
+      throw new IndexCommitError(`the index did not commit ${what}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /** The first committed transaction with n >= k, if any. */

@@ -154,7 +154,7 @@ export class ViewStore {
   async newLayer(size: number, blockSize: number): Promise<LayerRecord> {
     const id = await this.root.transaction(() => {
       const n = (this.meta.get('nextLayerId') as number | undefined) ?? 1;
-      void this.meta.put('nextLayerId', n + 1);
+      this.meta.putSync('nextLayerId', n + 1);
       return n;
     });
     const file = path.join(this.dir, 'layers', `layer-${id}.raw`);
@@ -171,12 +171,12 @@ export class ViewStore {
   /** Stores views and layers (and deletes others) in one transaction. */
   async put(change: { views?: ViewRecord[]; layers?: LayerRecord[]; removeViews?: string[]; removeLayers?: number[] }): Promise<void> {
     await this.root.transaction(() => {
-      for (const v of change.views ?? []) void this.viewsDb.put(v.name, v);
-      for (const l of change.layers ?? []) void this.layersDb.put(l.id, l);
-      for (const n of change.removeViews ?? []) void this.viewsDb.remove(n);
+      for (const v of change.views ?? []) this.viewsDb.putSync(v.name, v);
+      for (const l of change.layers ?? []) this.layersDb.putSync(l.id, l);
+      for (const n of change.removeViews ?? []) this.viewsDb.removeSync(n);
       for (const id of change.removeLayers ?? []) {
-        void this.layersDb.remove(id);
-        for (const { key } of this.blocksDb.getRange({ start: [id, 0], end: [id + 1, 0] })) void this.blocksDb.remove(key);
+        this.layersDb.removeSync(id);
+        for (const { key } of this.blocksDb.getRange({ start: [id, 0], end: [id + 1, 0] })) this.blocksDb.removeSync(key);
       }
     });
     await this.root.flushed;
@@ -184,7 +184,7 @@ export class ViewStore {
 
   async commitBlocks(id: number, blocks: Iterable<number>): Promise<void> {
     await this.root.transaction(() => {
-      for (const b of blocks) void this.blocksDb.put([id, b], true);
+      for (const b of blocks) this.blocksDb.putSync([id, b], true);
     });
     await this.root.flushed;
   }
@@ -218,7 +218,7 @@ export class MarkerStore {
   async addMarker(m: MarkerRecord): Promise<boolean> {
     const ok = await this.markersDb.transaction(() => {
       if (this.markersDb.get([m.group, m.name]) !== undefined) return false;
-      void this.markersDb.put([m.group, m.name], m);
+      this.markersDb.putSync([m.group, m.name], m);
       return true;
     });
     if (ok) this.changes++;
@@ -227,7 +227,7 @@ export class MarkerStore {
 
   async removeMarkers(keys: Array<[string, string]>): Promise<void> {
     await this.root.transaction(() => {
-      for (const k of keys) void this.markersDb.remove(k);
+      for (const k of keys) this.markersDb.removeSync(k);
     });
     this.changes++;
   }
@@ -257,13 +257,13 @@ export class RestoreStore {
   /** Sets (or with null, clears, optionally logging the result) the volume's restore intent. */
   async putRestoreIntent(intent: RestoreIntentRecord | null, volume?: string, result?: unknown): Promise<void> {
     await this.root.transaction(() => {
-      if (intent) void this.meta.put(`restore:${intent.volume}`, intent);
+      if (intent) this.meta.putSync(`restore:${intent.volume}`, intent);
       else {
-        void this.meta.remove(`restore:${volume}`);
+        this.meta.removeSync(`restore:${volume}`);
         if (result) {
           const n = ((this.meta.get('restoreCount') as number | undefined) ?? 0) + 1;
-          void this.meta.put('restoreCount', n);
-          void this.meta.put(`restored:${String(n).padStart(10, '0')}`, result);
+          this.meta.putSync('restoreCount', n);
+          this.meta.putSync(`restored:${String(n).padStart(10, '0')}`, result);
         }
       }
     });
