@@ -121,7 +121,9 @@ test('catchUp waits for the containers sealed before it, not for ones sealed whi
     caughtUp = true;
     return r;
   }); // seals container 2
-  await new Promise((r) => setTimeout(r, 20));
+  // Once container 2 is handed over, the next write lands in container 3
+  // (a fixed sleep here raced catchUp's seal on a loaded machine).
+  for (let i = 0; i < 6000 && !release.has(2); i++) await new Promise((r) => setTimeout(r, 10));
   // Writes go on and more containers are sealed while catchUp waits.
   await write();
   await j.seal('age'); // container 3
