@@ -7,6 +7,7 @@
     {
       "target_name": "rewind_native",
       "sources": [
+        "addon/background.cc",
         "addon/digest.cc",
         "addon/errors.cc",
         "addon/io_ring.cc",

@@ -10,6 +10,8 @@
 
 #include "digest.h"
 
+#include "background.h"
+
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
@@ -76,6 +78,7 @@ class LeavesWorker final : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {
+    BackgroundScope background;
     size_t k = 0;
     for (size_t at = 0; at < n_; at += leaf_, k++) {
       size_t len = n_ - at < leaf_ ? n_ - at : leaf_;

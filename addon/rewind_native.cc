@@ -25,6 +25,7 @@
 //
 //   zstdCompress / zstdDecompress (+Sync)     -> see zstd.cc (libzstd)
 //   digestLeaves                              -> see digest.cc (archive handles)
+//   setBackgroundNice                         -> see background.h (archive jobs yield)
 //
 // Failures become JS Errors with `.code` (errno name), `.errno` (positive
 // number) and `.syscall`; asynchronous functions reject instead of throwing,
@@ -57,6 +58,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "background.h"
 #include "digest.h"
 #include "zstd.h"
 
@@ -561,6 +563,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("linux", Napi::Boolean::New(env, kLinux));
   RegisterZstd(env, exports);
   RegisterDigest(env, exports);
+  RegisterBackground(env, exports);
   InitIoRing(env, exports);
   return exports;
 }

@@ -28,6 +28,7 @@
 
 #include "zstd.h"
 
+#include "background.h"
 #include "digest.h"
 
 #include <stdlib.h>
@@ -240,6 +241,7 @@ class ZstdBatchWorker final : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {
+    BackgroundScope background;  // only the archive compresses in batches
     for (auto& it : items_) DoCompress(it.data, it.n, level_, &it.out);
   }
   void OnOK() override {
@@ -317,6 +319,7 @@ class DigestBatchWorker final : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {
+    BackgroundScope background;  // archive verify
     for (auto& it : items_) {
       if (it.size < 0) {
         DigestHandle(key_, it.data, it.n, it.handle);

@@ -136,3 +136,24 @@ test('native handles equal node:crypto: leaves (zero, partial, SHA-256 and HMAC)
     t.true(typeof r[4] === 'string' || !(r[4] as Buffer).equals(hasher.hash(plain)), 'a damaged frame never yields the right handle');
   }
 });
+
+test('archive jobs run at the background nice level on threadpool threads, which return to their own level after', async (t) => {
+  const { digestLeaves, setBackgroundNice } = await import('../src/native');
+  const { randomBytes } = await import('node:crypto');
+  // Root (as the suite runs) can return a thread to nice 0; the daemon sets 19.
+  t.is(setBackgroundNice(19), 19);
+  t.teardown(() => setBackgroundNice(0));
+  const niceOf = (): number[] =>
+    fs.readdirSync('/proc/self/task').map((tid) => {
+      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+    });
+  const big = randomBytes(256 * MiB);
+  let seen = 0;
+  const job = digestLeaves(big, 64 * KiB, null);
+  const poll = setInterval(() => (seen = Math.max(seen, ...niceOf())), 1);
+  await job;
+  clearInterval(poll);
+  t.is(seen, 19, 'a thread ran the job at nice 19');
+  t.deepEqual([...new Set(niceOf())], [0], 'every thread is back at nice 0');
+});

@@ -26,7 +26,7 @@ import { Catalog } from '../catalog/catalog';
 import { ControlServer, hostPort, type NbdEndpoints } from '../control/server';
 import { NbdServer, type NbdServerOptions } from '../nbd';
 import type { PeerCredentials } from '../nbd';
-import { nativeAvailable, peerCredentials } from '../native';
+import { nativeAvailable, peerCredentials, setBackgroundNice } from '../native';
 import type { NbdSettings } from '../daemon/nbd-settings';
 import type { HostPort } from '../util/address';
 import { isLoopback } from '../util/address';
@@ -236,6 +236,9 @@ export class Daemon {
               .filter((v) => v.group === g)
               .map((v) => v.name)
           : protection.groupVolumes(g);
+      // The archive's hashing and compression yield to production I/O: nice 10 (about a tenth of a busy core), REWIND_ARCHIVE_NICE to change.
+      const nice = setBackgroundNice(Math.min(19, Math.max(0, Number(process.env.REWIND_ARCHIVE_NICE ?? 10) || 0)));
+      logger.debug({ nice }, 'archive jobs run at this nice level');
       const archiver = await Archiver.open(timeTravel, {
         dir: config.archive?.dir ?? path.join(layout.dataDir, 'archive'),
         ...(config.archive?.keyFile ? { keyFile: config.archive.keyFile } : {}),

@@ -75,6 +75,7 @@ interface RawAddon {
   zstdCompressBatch(srcs: Buffer[], level: number): Promise<Buffer[]>;
   zstdDigestBatch(srcs: Buffer[], sizes: number[], key: Buffer | null): Promise<Array<Buffer | string>>;
   digestLeaves(buf: Buffer, leafSize: number, key: Buffer | null): Promise<Buffer>;
+  setBackgroundNice(n: number): number;
   zstdVersion: string;
   linux: boolean;
 }
@@ -305,6 +306,16 @@ export function zstdDigestBatch(srcs: Buffer[], sizes: number[], key: Buffer | n
  */
 export function digestLeaves(buf: Buffer, leafSize: number, key: Buffer | null): Promise<Buffer> {
   return rejectWith(() => loadNative().digestLeaves(buf, leafSize, key));
+}
+
+/**
+ * The nice level (0..19) the archive's threadpool jobs (hashing,
+ * compression, verify) run at, each returning the thread to its own level
+ * after. Returns the level in effect: 0 where a thread could not return
+ * (no CAP_SYS_NICE and RLIMIT_NICE too low), so nothing is lowered then.
+ */
+export function setBackgroundNice(n: number): number {
+  return loadNative().setBackgroundNice(n);
 }
 
 /** The linked libzstd's version, or '' when the addon has no zstd. */
