@@ -20,6 +20,12 @@
  *    gc (borg delete + compact, restic forget --prune); time a full verify
  *    (borg check --verify-data, restic check --read-data).
  *
+ * --daemon runs the same generations end to end through `rewind serve`:
+ * each generation's changed blocks are written into a protected volume over
+ * NBD (as a guest would), `POST /v1/archives` archives the point (temporal
+ * dedup from the journal's block runs), and borg and restic read the image
+ * `rewind export` writes of the same point. One row per tool.
+ *
  * --ingest S instead measures the cost of archiving to production: the
  * image is written into a protected volume of `rewind serve` over NBD;
  * then protected fio 4 KiB random writes (iodepth 32) to another volume
@@ -198,6 +204,7 @@ async function main(): Promise<void> {
     .option('--no-peers', 'skip borg and restic')
     .option('--full-only <n>', 'only time first full archives: each tool n times, interleaved, best run counts', '0')
     .option('--ingest <s>', 'only: protected fio ingest alone and while archiving, each for this many seconds')
+    .option('--daemon', 'the generations through rewind serve: NBD writes, POST /v1/archives, peers on rewind export')
     .option('--keep', 'keep the work directory')
     .option('--json', 'print the rows as JSON too')
     .parse()
@@ -210,6 +217,7 @@ async function main(): Promise<void> {
       compareLeaf: string;
       fullOnly: string;
       ingest?: string;
+      daemon?: boolean;
       dir: string;
       peers: boolean;
       keep?: boolean;
@@ -244,6 +252,7 @@ async function main(): Promise<void> {
     if (Number(o.fullOnly) > 0) return await fullOnly(work, image, size, Number(o.fullOnly), o);
     if (o.ingest) return await ingestWhileArchiving(work, image, size, Number(o.ingest));
     const mut = new Mutator(image, work, chosen, all.slice(k), r);
+    if (o.daemon) return await throughDaemon(work, image, prev, size, gens, mut, o.peers, o.json === true);
 
     // 2-3. Generations into every tool.
     const configs = o.leaves.split(',').map((s) => ({ leafSize: parseSize(s), level: Number(o.level) }));
@@ -442,6 +451,151 @@ async function fullOnly(
   console.log('| tool | best full archive s | MB/s |');
   console.log('|---|---|---|');
   for (const [name, s] of best) console.log(`| ${name} | ${s.toFixed(2)} | ${mb(size, s).toFixed(0)} |`);
+}
+
+/** A tool's figures in --daemon mode. */
+interface DaemonRow {
+  tool: string;
+  fullS: number;
+  incS: number[];
+  stored: number;
+  gcS: number;
+  verifyS: number;
+}
+
+/** --daemon: every generation through rewind serve; the peers read `rewind export` of the same point. */
+async function throughDaemon(
+  work: string,
+  image: string,
+  prev: string,
+  size: number,
+  gens: number,
+  mut: Mutator,
+  peers: boolean,
+  json: boolean,
+): Promise<void> {
+  const dataDir = path.join(work, 'data');
+  fs.mkdirSync(dataDir);
+  const server = await startRewind(dataDir);
+  const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'control' }, { timeoutMs: 3_600_000 });
+  const exported = path.join(work, 'export.raw');
+  const borgRepo = path.join(work, 'borg');
+  const env = {
+    ...process.env,
+    BORG_PASSPHRASE: '',
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+    BORG_BASE_DIR: path.join(work, 'borg-home'),
+    RESTIC_PASSWORD: 'bench',
+    RESTIC_REPOSITORY: path.join(work, 'restic'),
+    RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
+  };
+  const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
+  const timed = async (fn: () => Promise<unknown>): Promise<number> => {
+    const t0 = now();
+    await fn();
+    return now() - t0;
+  };
+  const rw: DaemonRow = { tool: 'rewind (daemon, 64 KiB leaves)', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0 };
+  const borg: DaemonRow | null =
+    peers && findExecutable('borg') ? { tool: 'borg fixed 4 MiB', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0 } : null;
+  const restic: DaemonRow | null =
+    peers && findExecutable('restic') ? { tool: 'restic', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0 } : null;
+  const note = (row: DaemonRow, g: number, s: number): void => {
+    if (g === 0) row.fullS = s;
+    else row.incS.push(s);
+  };
+  let readPerInc = 0;
+  let changedTotal = 0;
+  try {
+    if (borg) await run('borg', ['init', '-e', 'none', borgRepo]);
+    if (restic) await run('restic', ['init']);
+    const resticIds: string[] = [];
+    await api.request('POST', '/v1/volumes', { name: 'img', size, protected: true });
+    for (let g = 0; g <= gens; g++) {
+      if (g > 0) {
+        await runCommand('cp', ['--sparse=always', image, prev]);
+        await mut.generation(g);
+      }
+      const blocks = await writeImageBlocks(server.port, 'img', image, g > 0 ? prev : null);
+      if (g > 0) changedTotal += blocks * 4096;
+      // The point written, exported first for the peers (untimed: it also waits for the manager to apply
+      // the writes, which is ingest's work, not the archive's), then archived by the daemon (incremental
+      // from the journal's block runs) at the same point.
+      fs.rmSync(exported, { force: true });
+      await api.request('POST', '/v1/volumes/img/export', { at: 'latest', out: exported });
+      let r: { point: { volumes: Array<{ stats: { bytesRead: number } }> } } | null = null;
+      note(rw, g, await timed(async () => (r = await api.request('POST', '/v1/archives', { target: 'img', at: 'latest', name: `g${g}` }))));
+      if (g > 0) readPerInc += r!.point.volumes[0]!.stats.bytesRead / gens;
+      if (borg)
+        note(borg, g, await timed(() => run('borg', ['create', '--chunker-params', 'fixed,4194304', `${borgRepo}::g${g}`, 'export.raw'])));
+      if (restic)
+        note(
+          restic,
+          g,
+          await timed(async () =>
+            resticIds.push(
+              JSON.parse((await run('restic', ['backup', '--json', 'export.raw'])).stdout.trim().split('\n').pop()!).snapshot_id as string,
+            ),
+          ),
+        );
+      console.log(`generation ${g}: ${blocks} blocks written, archived and exported`);
+    }
+    const half = Array.from({ length: Math.ceil((gens + 1) / 2) }, (_, g) => `g${g}`);
+    rw.stored = (await api.request<{ stats: { packBytes: number } }>('GET', '/v1/archives')).stats.packBytes;
+    rw.gcS = await timed(async () => {
+      for (const n of half) await api.request('DELETE', `/v1/archives/${n}`);
+      await api.request('POST', '/v1/archives/gc', {});
+    });
+    if (borg) {
+      borg.stored = du(borgRepo);
+      borg.gcS = await timed(async () => {
+        for (const n of half) await run('borg', ['delete', `${borgRepo}::${n}`]);
+        await run('borg', ['compact', borgRepo]);
+      });
+    }
+    if (restic) {
+      restic.stored = du(env.RESTIC_REPOSITORY);
+      restic.gcS = await timed(() => run('restic', ['forget', '--prune', ...resticIds.slice(0, half.length)]));
+    }
+    // Verify, every tool twice in opposite orders; the faster run counts.
+    const verifiers: Array<[DaemonRow, () => Promise<unknown>]> = [
+      [
+        rw,
+        async () => {
+          const v = await api.request<{ bad: unknown[] }>('POST', '/v1/archives/verify', {});
+          if (v.bad.length) throw new Error(`verify found ${v.bad.length} bad chunks`);
+        },
+      ],
+    ];
+    if (borg) verifiers.push([borg, () => run('borg', ['check', '--verify-data', borgRepo])]);
+    if (restic) verifiers.push([restic, () => run('restic', ['check', '--read-data'])]);
+    for (const order of [verifiers, [...verifiers].reverse()])
+      for (const [row, fn] of order) {
+        const s = await timed(fn);
+        row.verifyS = row.verifyS === 0 ? s : Math.min(row.verifyS, s);
+      }
+  } finally {
+    await server.stop();
+  }
+  const avg = (a: number[]): number => a.reduce((x, y) => x + y, 0) / Math.max(1, a.length);
+  const rows = [rw, ...(borg ? [borg] : []), ...(restic ? [restic] : [])];
+  const vs = (x: number, p: DaemonRow | null, f: (r: DaemonRow) => number): string => (p ? `${(x / f(p)).toFixed(2)}x` : '-');
+  console.log(
+    `\nthrough rewind serve: ${(size / MiB).toFixed(0)} MiB volume, ${gens} generations, ${(changedTotal / gens / MiB).toFixed(1)} MiB written per generation; ` +
+      `rewind read ${(readPerInc / MiB).toFixed(1)} MiB per incremental archive`,
+  );
+  console.log('| tool | full MB/s | incremental s (avg) | stored MiB | gc s | verify s |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of rows)
+    console.log(
+      `| ${r.tool} | ${mb(size, r.fullS).toFixed(0)} | ${avg(r.incS).toFixed(2)} | ${(r.stored / MiB).toFixed(0)} | ${r.gcS.toFixed(2)} | ${r.verifyS.toFixed(2)} |`,
+    );
+  console.log(
+    `rewind vs borg: full speed ${vs(1 / rw.fullS, borg, (r) => 1 / r.fullS)} (target >= 1.0x), incremental time ${vs(avg(rw.incS), borg, (r) => avg(r.incS))} (<= 0.1x), ` +
+      `stored ${vs(rw.stored, borg, (r) => r.stored)} (<= 0.8x), verify speed ${vs(1 / rw.verifyS, borg, (r) => 1 / r.verifyS)} (>= 1.0x); ` +
+      `vs restic: stored ${vs(rw.stored, restic, (r) => r.stored)} (<= 1.0x), gc time ${vs(rw.gcS, restic, (r) => r.gcS)} (<= 0.5x)`,
+  );
+  if (json) console.log(JSON.stringify({ size, gens, changedPerGen: changedTotal / gens, readPerInc, rows }, null, 1));
 }
 
 /** --ingest: protected fio alone, then while full archives of the image's volume run back to back. */
