@@ -132,6 +132,8 @@ export class BackupManager {
   private blocked: { n: number; error: Error; ref: SealedContainerRef | null } | null = null;
   /** The manager's disk is full: T_n waits and is tried again (see stall()). */
   private stalled: { n: number; error: string; since: number; retryMs: number } | null = null;
+  /** Commits of the index that failed in a row (IndexCommitError). */
+  private indexFailures = 0;
   private stallTimer: NodeJS.Timeout | null = null;
   /** T_n's apply has touched the replica: readers must keep going to BILFC_n until it is committed. */
   private replicaTouched = false;
@@ -356,11 +358,17 @@ export class BackupManager {
       this.applyingN = n;
       try {
         const info = await this.process(n, p.ref);
+        this.indexFailures = 0;
         this.pending.delete(n);
         if (this.stalled) this.resumeFromStall(n);
         for (const w of p.waiters) w.resolve(info);
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));
+        if (e instanceof IndexCommitError && !this.closed && ++this.indexFailures >= 2) {
+          // Failed again: LMDB's in-memory state may be what fails; a fresh environment re-reads it.
+          this.log.warn({ container: n, failures: this.indexFailures }, "reopening the backup manager's index");
+          await this.catalog.reopen();
+        }
         if ((isOutOfSpace(e) || e instanceof IndexCommitError) && !this.closed) {
           // Not the container's fault: it waits (its submit stays pending) and is tried again.
           await this.stall(n, e);

@@ -74,19 +74,16 @@ export class ManagerCatalog {
   private configCache: ManagerConfig | undefined;
   private appliedCache: AppliedPointer | undefined;
 
-  private constructor(
-    private readonly where: string,
-    readonly root: RootDatabase,
-    private readonly meta: Database<unknown, string>,
-    private readonly vols: Database<VolumeEntry, number>,
-    private readonly txns: Database<TransactionRecord, number>,
-    private readonly seqs: Database<number, number>,
-    private readonly blocks: Database<number, BlockKey>,
-    private readonly txnRuns: Database<Buffer, number>,
-  ) {}
+  // The environment and its databases; replaced together by reopen().
+  root: RootDatabase;
+  private meta: Database<unknown, string>;
+  private vols: Database<VolumeEntry, number>;
+  private txns: Database<TransactionRecord, number>;
+  private seqs: Database<number, number>;
+  private blocks: Database<number, BlockKey>;
+  private txnRuns: Database<Buffer, number>;
 
-  static open(dir: string): ManagerCatalog {
-    const where = path.join(dir, 'index');
+  private constructor(private readonly where: string) {
     const root = open({ path: where, maxDbs: 8 });
     const meta = root.openDB<unknown, string>('meta', {});
     try {
@@ -95,16 +92,36 @@ export class ManagerCatalog {
       void root.close();
       throw err;
     }
-    return new ManagerCatalog(
-      where,
-      root,
-      meta,
-      root.openDB<VolumeEntry, number>('volumes', {}),
-      root.openDB<TransactionRecord, number>('txn', {}),
-      root.openDB<number, number>('seq', {}),
-      root.openDB<number, BlockKey>('blocks', {}),
-      root.openDB<Buffer, number>('runs', { encoding: 'binary' }),
-    );
+    this.root = root;
+    this.meta = meta;
+    this.vols = root.openDB<VolumeEntry, number>('volumes', {});
+    this.txns = root.openDB<TransactionRecord, number>('txn', {});
+    this.seqs = root.openDB<number, number>('seq', {});
+    this.blocks = root.openDB<number, BlockKey>('blocks', {});
+    this.txnRuns = root.openDB<Buffer, number>('runs', { encoding: 'binary' });
+  }
+
+  static open(dir: string): ManagerCatalog {
+    return new ManagerCatalog(path.join(dir, 'index'));
+  }
+
+  /**
+   * Closes and opens the environment again: after a failed commit LMDB's
+   * in-memory state (its free-space list) may be what failed, and only a
+   * fresh environment re-reads it from the file. Between calls only.
+   */
+  async reopen(): Promise<void> {
+    await this.root.close().catch(() => undefined);
+    const fresh = new ManagerCatalog(this.where);
+    this.root = fresh.root;
+    this.meta = fresh.meta;
+    this.vols = fresh.vols;
+    this.txns = fresh.txns;
+    this.seqs = fresh.seqs;
+    this.blocks = fresh.blocks;
+    this.txnRuns = fresh.txnRuns;
+    this.configCache = undefined;
+    this.appliedCache = undefined;
   }
 
   /**
