@@ -11,6 +11,7 @@
 #include "digest.h"
 
 #include "background.h"
+#include "errors.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -113,9 +114,7 @@ Napi::Value DigestLeaves(const Napi::CallbackInfo& info) {
     auto* w = new LeavesWorker(env, info[0].As<Napi::Buffer<uint8_t>>(), static_cast<size_t>(leaf), ArgDigestKey(info, 2));
     return w->Start();
   } catch (const Napi::Error& e) {
-    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-    d.Reject(e.Value());
-    return d.Promise();
+    return RejectedPromise(env, e);
   }
 }
 

@@ -105,4 +105,10 @@ Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what,
   return e;
 }
 
+Napi::Value RejectedPromise(Napi::Env env, const Napi::Error& e) {
+  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+  d.Reject(e.Value());
+  return d.Promise();
+}
+
 }  // namespace rwnative

@@ -16,4 +16,8 @@ std::string ErrnoName(int err);
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what,
                        const char* syscall);
 
+// A promise already rejected with `e`: asynchronous functions reject
+// instead of throwing, even for bad arguments.
+Napi::Value RejectedPromise(Napi::Env env, const Napi::Error& e);
+
 }  // namespace rwnative

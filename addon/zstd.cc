@@ -30,6 +30,7 @@
 
 #include "background.h"
 #include "digest.h"
+#include "errors.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -279,9 +280,7 @@ Napi::Value CompressBatch(const Napi::CallbackInfo& info) {
     auto* w = new ZstdBatchWorker(env, info[0].As<Napi::Array>(), level);
     return w->Start();
   } catch (const Napi::Error& e) {
-    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-    d.Reject(e.Value());
-    return d.Promise();
+    return RejectedPromise(env, e);
   }
 }
 
@@ -369,9 +368,7 @@ Napi::Value DigestBatch(const Napi::CallbackInfo& info) {
     auto* w = new DigestBatchWorker(env, info[0].As<Napi::Array>(), info[1].As<Napi::Array>(), ArgDigestKey(info, 2));
     return w->Start();
   } catch (const Napi::Error& e) {
-    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-    d.Reject(e.Value());
-    return d.Promise();
+    return RejectedPromise(env, e);
   }
 }
 
@@ -398,9 +395,7 @@ Napi::Value Async(const Napi::CallbackInfo& info, bool compress) {
     auto* w = new ZstdWorker(env, src, compress, arg);
     return w->Start();
   } catch (const Napi::Error& e) {
-    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-    d.Reject(e.Value());
-    return d.Promise();
+    return RejectedPromise(env, e);
   }
 }
 

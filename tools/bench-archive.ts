@@ -173,6 +173,27 @@ function fileSource(file: string, size: number, changed?: Extent[]): VolumeSourc
   };
 }
 
+/** borg and restic, unattended, with their state under `work` (restic's repository: RESTIC_REPOSITORY, unless -r). */
+function peerTools(work: string): { env: NodeJS.ProcessEnv; run: (cmd: string, args: string[]) => ReturnType<typeof runCommand> } {
+  const env = {
+    ...process.env,
+    BORG_PASSPHRASE: '',
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+    BORG_BASE_DIR: path.join(work, 'borg-home'),
+    RESTIC_PASSWORD: 'bench',
+    RESTIC_REPOSITORY: path.join(work, 'restic'),
+    RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
+  };
+  return { env, run: (cmd, args) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 }) };
+}
+
+/** Seconds `fn` takes. */
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = now();
+  await fn();
+  return now() - t0;
+}
+
 function du(dir: string): number {
   let n = 0;
   for (const f of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
@@ -277,16 +298,7 @@ async function main(): Promise<void> {
         ? { tool: 'restic', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0, verifyBytes: 0, readPerInc: size }
         : null;
     const borgRepo = path.join(work, 'borg');
-    const env = {
-      ...process.env,
-      BORG_PASSPHRASE: '',
-      BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
-      BORG_BASE_DIR: path.join(work, 'borg-home'),
-      RESTIC_PASSWORD: 'bench',
-      RESTIC_REPOSITORY: path.join(work, 'restic'),
-      RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
-    };
-    const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
+    const { env, run } = peerTools(work);
     if (borg) await run('borg', ['init', '-e', 'none', borgRepo]);
     if (restic) await run('restic', ['init']);
     const resticIds: string[] = [];
@@ -397,20 +409,7 @@ async function fullOnly(
   const configs = o.leaves
     .split(',')
     .flatMap((l) => [...new Set([Number(o.level), Number(o.compareLevel)])].map((level) => ({ leafSize: parseSize(l), level })));
-  const env = {
-    ...process.env,
-    BORG_PASSPHRASE: '',
-    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
-    BORG_BASE_DIR: path.join(work, 'borg-home'),
-    RESTIC_PASSWORD: 'bench',
-    RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
-  };
-  const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
-  const timed = async (fn: () => Promise<unknown>): Promise<number> => {
-    const t0 = now();
-    await fn();
-    return now() - t0;
-  };
+  const { run } = peerTools(work);
   // Each returns the seconds of the archive itself (repository set-up excluded).
   const tools: Array<[string, (dir: string) => Promise<number>]> = configs.map((c) => [
     `rewind leaf ${c.leafSize / 1024} KiB zstd-${c.level}`,
@@ -480,21 +479,7 @@ async function throughDaemon(
   const api = new ControlClient({ kind: 'unix', path: path.join(dataDir, 'control.sock'), display: 'control' }, { timeoutMs: 3_600_000 });
   const exported = path.join(work, 'export.raw');
   const borgRepo = path.join(work, 'borg');
-  const env = {
-    ...process.env,
-    BORG_PASSPHRASE: '',
-    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
-    BORG_BASE_DIR: path.join(work, 'borg-home'),
-    RESTIC_PASSWORD: 'bench',
-    RESTIC_REPOSITORY: path.join(work, 'restic'),
-    RESTIC_CACHE_DIR: path.join(work, 'restic-cache'),
-  };
-  const run = (cmd: string, args: string[]) => runCommand(cmd, args, { env, cwd: work, timeoutMs: 3_600_000 });
-  const timed = async (fn: () => Promise<unknown>): Promise<number> => {
-    const t0 = now();
-    await fn();
-    return now() - t0;
-  };
+  const { env, run } = peerTools(work);
   const rw: DaemonRow = { tool: 'rewind (daemon, 64 KiB leaves)', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0 };
   const borg: DaemonRow | null =
     peers && findExecutable('borg') ? { tool: 'borg fixed 4 MiB', fullS: 0, incS: [], stored: 0, gcS: 0, verifyS: 0 } : null;
@@ -554,7 +539,7 @@ async function throughDaemon(
       });
     }
     if (restic) {
-      restic.stored = du(env.RESTIC_REPOSITORY);
+      restic.stored = du(env.RESTIC_REPOSITORY!);
       restic.gcS = await timed(() => run('restic', ['forget', '--prune', ...resticIds.slice(0, half.length)]));
     }
     // Verify, every tool twice in opposite orders; the faster run counts.
