@@ -453,14 +453,7 @@ async function fullOnly(
 }
 
 /** A tool's figures in --daemon mode. */
-interface DaemonRow {
-  tool: string;
-  fullS: number;
-  incS: number[];
-  stored: number;
-  gcS: number;
-  verifyS: number;
-}
+type DaemonRow = Pick<Row, 'tool' | 'fullS' | 'incS' | 'stored' | 'gcS' | 'verifyS'>;
 
 /** --daemon: every generation through rewind serve; the peers read `rewind export` of the same point. */
 async function throughDaemon(
