@@ -367,7 +367,9 @@ export class BackupManager {
         if (e instanceof IndexCommitError && !this.closed && ++this.indexFailures >= 2) {
           // Failed again: LMDB's in-memory state may be what fails; a fresh environment re-reads it.
           this.log.warn({ container: n, failures: this.indexFailures }, "reopening the backup manager's index");
-          await this.catalog.reopen();
+          await this.catalog
+            .reopen()
+            .catch((re: Error) => this.log.error({ err: re.message }, "the backup manager's index did not reopen"));
         }
         if ((isOutOfSpace(e) || e instanceof IndexCommitError) && !this.closed) {
           // Not the container's fault: it waits (its submit stays pending) and is tried again.
