@@ -82,15 +82,11 @@ export async function encodeChunk(opts: CodecOptions, handle: Handle, type: Chun
 /** Why a stored chunk could not be decoded (the caller names the chunk). */
 export class ChunkDecodeError extends Error {}
 
-/** Reverses encodeChunk. Throws ChunkDecodeError; does not check the handle. */
-export async function decodeChunk(
-  opts: CodecOptions,
-  handle: Handle,
-  type: ChunkType,
-  codec: number,
-  rawLength: number,
-  stored: Buffer,
-): Promise<Buffer> {
+/**
+ * The stored payload decrypted (if sealed) and checked against the pool's
+ * key and, when not compressed, the raw length. Throws ChunkDecodeError.
+ */
+function openBody(opts: CodecOptions, handle: Handle, type: ChunkType, codec: number, rawLength: number, stored: Buffer): Buffer {
   let body = stored;
   if (codec & CODEC_SEALED) {
     if (!opts.key) throw new ChunkDecodeError('chunk is encrypted but the pool has no key');
@@ -100,15 +96,27 @@ export async function decodeChunk(
   } else if (opts.key) {
     throw new ChunkDecodeError('chunk is not encrypted in an encrypted pool');
   }
-  if (codec & CODEC_ZSTD) {
-    try {
-      return rawLength < SYNC_BELOW ? zstdDecompressSync(body, rawLength) : await zstdDecompress(body, rawLength);
-    } catch (err) {
-      throw new ChunkDecodeError(`decompression failed: ${(err as Error).message}`);
-    }
-  }
-  if (body.length !== rawLength) throw new ChunkDecodeError(`stored ${body.length} bytes for a ${rawLength}-byte chunk`);
+  if (!(codec & CODEC_ZSTD) && body.length !== rawLength)
+    throw new ChunkDecodeError(`stored ${body.length} bytes for a ${rawLength}-byte chunk`);
   return body;
+}
+
+/** Reverses encodeChunk. Throws ChunkDecodeError; does not check the handle. */
+export async function decodeChunk(
+  opts: CodecOptions,
+  handle: Handle,
+  type: ChunkType,
+  codec: number,
+  rawLength: number,
+  stored: Buffer,
+): Promise<Buffer> {
+  const body = openBody(opts, handle, type, codec, rawLength, stored);
+  if (!(codec & CODEC_ZSTD)) return body;
+  try {
+    return rawLength < SYNC_BELOW ? zstdDecompressSync(body, rawLength) : await zstdDecompress(body, rawLength);
+  } catch (err) {
+    throw new ChunkDecodeError(`decompression failed: ${(err as Error).message}`);
+  }
 }
 
 export interface StoredChunk {
@@ -137,17 +145,13 @@ export async function digestStored(
   const sizes: number[] = [];
   const at: number[] = [];
   chunks.forEach((c, i) => {
-    let body = c.stored;
-    if (c.codec & CODEC_SEALED) {
-      if (!opts.key) return void (out[i] = new ChunkDecodeError('chunk is encrypted but the pool has no key'));
-      const open = unseal(opts.key, body, aad(c.handle, c.type));
-      if (!open) return void (out[i] = new ChunkDecodeError('authentication failed (corrupt chunk, or a different key)'));
-      body = open;
-    } else if (opts.key) {
-      return void (out[i] = new ChunkDecodeError('chunk is not encrypted in an encrypted pool'));
+    let body: Buffer;
+    try {
+      body = openBody(opts, c.handle, c.type, c.codec, c.rawLength, c.stored);
+    } catch (err) {
+      out[i] = err as ChunkDecodeError;
+      return;
     }
-    if (!(c.codec & CODEC_ZSTD) && body.length !== c.rawLength)
-      return void (out[i] = new ChunkDecodeError(`stored ${body.length} bytes for a ${c.rawLength}-byte chunk`));
     srcs.push(body);
     sizes.push(c.codec & CODEC_ZSTD ? c.rawLength : -1);
     at.push(i);
